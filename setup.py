@@ -1,0 +1,44 @@
+"""Builds the native core.  Everything else is in pyproject.toml."""
+import os
+import sysconfig
+
+from setuptools import Extension, setup
+
+NATIVE = "src/etwtrace/_native"
+
+
+def have_sdt_header():
+    # USDT probes need systemtap's sys/sdt.h; without it the probes compile
+    # to nothing and the rest still works (--info reports usdt False).
+    for root in ("/usr/include", "/usr/local/include", "/usr/include/x86_64-linux-gnu"):
+        if os.path.exists(os.path.join(root, "sys", "sdt.h")):
+            return True
+    return False
+
+
+macros = [("ETWTRACE_HAVE_SDT", "1")] if have_sdt_header() else []
+extra_compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-fno-strict-aliasing"]
+extra_compile_args += os.environ.get("ETWTRACE_CFLAGS", "").split()
+extra_link_args = os.environ.get("ETWTRACE_LDFLAGS", "").split()
+
+setup(
+    ext_modules=[
+        Extension(
+            "etwtrace._etwtrace",
+            sources=[
+                f"{NATIVE}/module.c",
+                f"{NATIVE}/tracer.c",
+                f"{NATIVE}/functions.c",
+                f"{NATIVE}/events.c",
+                f"{NATIVE}/recorder.c",
+                f"{NATIVE}/perf_jit.c",
+                f"{NATIVE}/trampoline.c",
+            ],
+            depends=[f"{NATIVE}/{h}" for h in os.listdir(NATIVE) if h.endswith(".h")],
+            define_macros=macros,
+            extra_compile_args=extra_compile_args,
+            extra_link_args=extra_link_args,
+            libraries=["dl", "pthread"],
+        )
+    ],
+)

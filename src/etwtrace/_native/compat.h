@@ -1,0 +1,135 @@
+/* Every CPython-version difference the native core depends on lives here.
+ *
+ * The rest of the core speaks only in the names defined below:
+ *   EtwFrame                     the frame type passed to a PEP 523 hook
+ *   EtwEvalFunc                  the PEP 523 hook signature
+ *   etw_frame_code(frame)        the code object a frame executes (borrowed)
+ *   etw_get_eval_func / etw_set_eval_func
+ *   etw_request_code_extra_index / etw_code_get_extra / etw_code_set_extra
+ *   etw_default_eval             CPython's own frame evaluator
+ */
+#ifndef ETWTRACE_COMPAT_H
+#define ETWTRACE_COMPAT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#if PY_VERSION_HEX < 0x03090000
+#  error "etwtrace needs CPython 3.9 or later"
+#endif
+
+#if PY_VERSION_HEX >= 0x030B0000
+/* 3.11+: the hook receives a _PyInterpreterFrame, whose layout is only in
+ * the internal headers. */
+#  ifndef Py_BUILD_CORE
+#    define Py_BUILD_CORE 1
+#    define ETWTRACE_DEFINED_BUILD_CORE
+#  endif
+#  include "internal/pycore_frame.h"
+#  include "internal/pycore_code.h"
+#  ifdef ETWTRACE_DEFINED_BUILD_CORE
+#    undef Py_BUILD_CORE
+#    undef ETWTRACE_DEFINED_BUILD_CORE
+#  endif
+typedef struct _PyInterpreterFrame EtwFrame;
+#else
+/* 3.9 and 3.10: the hook receives a PyFrameObject. */
+#  include <frameobject.h>
+typedef PyFrameObject EtwFrame;
+#endif
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+Py_NewRef(PyObject *obj)
+{
+    Py_INCREF(obj);
+    return obj;
+}
+#endif
+
+typedef PyObject *(*EtwEvalFunc)(PyThreadState *, EtwFrame *, int);
+
+static inline PyCodeObject *
+etw_frame_code(EtwFrame *frame)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    return (PyCodeObject *)PyStackRef_AsPyObjectBorrow(frame->f_executable);
+#elif PY_VERSION_HEX >= 0x030D0000
+    return (PyCodeObject *)frame->f_executable;
+#else
+    return frame->f_code;
+#endif
+}
+
+/* The line a frame is executing, for CallerLine. */
+static inline int
+etw_frame_line(EtwFrame *frame)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyUnstable_InterpreterFrame_GetLine(frame);
+#elif PY_VERSION_HEX >= 0x030B0000
+    return PyCode_Addr2Line(frame->f_code,
+                            _PyInterpreterFrame_LASTI(frame) * (int)sizeof(_Py_CODEUNIT));
+#else
+    return PyFrame_GetLineNumber(frame);
+#endif
+}
+
+static inline EtwEvalFunc
+etw_get_eval_func(PyInterpreterState *interp)
+{
+    return (EtwEvalFunc)_PyInterpreterState_GetEvalFrameFunc(interp);
+}
+
+static inline void
+etw_set_eval_func(PyInterpreterState *interp, EtwEvalFunc func)
+{
+    _PyInterpreterState_SetEvalFrameFunc(interp, (_PyFrameEvalFunction)func);
+}
+
+static inline PyObject *
+etw_default_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
+{
+    return _PyEval_EvalFrameDefault(ts, frame, throwflag);
+}
+
+#if PY_VERSION_HEX >= 0x030C0000
+#  define etw_request_code_extra_index PyUnstable_Eval_RequestCodeExtraIndex
+#  define etw_code_set_extra PyUnstable_Code_SetExtra
+#else
+#  define etw_request_code_extra_index _PyEval_RequestCodeExtraIndex
+#  define etw_code_set_extra _PyCode_SetExtra
+#endif
+
+/* Reading a code object's extra slot is on the hot path of every call, so
+ * read the slot directly where the layout is known rather than through the
+ * exported (argument-checking) function. */
+#if PY_VERSION_HEX >= 0x030B0000
+/* Mirrors CPython's private _PyCodeObjectExtra (Objects/codeobject.c in 3.11,
+ * pycore_code.h later), unchanged from 3.6 to 3.14. */
+typedef struct {
+    Py_ssize_t ce_size;
+    void *ce_extras[1];
+} EtwCodeExtra;
+#endif
+
+static inline void *
+etw_code_get_extra(PyCodeObject *co, Py_ssize_t index)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    EtwCodeExtra *extra = (EtwCodeExtra *)co->co_extra;
+    if (extra == NULL || index >= extra->ce_size) {
+        return NULL;
+    }
+    return extra->ce_extras[index];
+#else
+    void *result = NULL;
+    if (_PyCode_GetExtra((PyObject *)co, index, &result) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return result;
+#endif
+}
+
+#endif /* ETWTRACE_COMPAT_H */

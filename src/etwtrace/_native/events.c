@@ -1,0 +1,285 @@
+/* The event writer.  See events.h. */
+#define _GNU_SOURCE
+#include "events.h"
+
+#include "clock.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifdef ETWTRACE_HAVE_SDT
+#  include <sys/sdt.h>
+#  define ETW_PROBE1(n, a) DTRACE_PROBE1(etwtrace, n, a)
+#  define ETW_PROBE2(n, a, b) DTRACE_PROBE2(etwtrace, n, a, b)
+#  define ETW_PROBE3(n, a, b, c) DTRACE_PROBE3(etwtrace, n, a, b, c)
+#  define ETW_PROBE7(n, a, b, c, d, e, f, g) DTRACE_PROBE7(etwtrace, n, a, b, c, d, e, f, g)
+#else
+#  define ETW_PROBE1(n, a) ((void)0)
+#  define ETW_PROBE2(n, a, b) ((void)0)
+#  define ETW_PROBE3(n, a, b, c) ((void)0)
+#  define ETW_PROBE7(n, a, b, c, d, e, f, g) ((void)0)
+#endif
+
+/* Strings longer than this are cut: an event must fit one packet. */
+#define MAX_STRING 4095
+#define MAX_STACK 512
+
+uint32_t etw_epoch;
+__thread EtwThread *etw_tls_thread __attribute__((tls_model("initial-exec")));
+
+static int tracing;
+static pthread_key_t thread_key;
+static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
+
+int
+etw_events_usdt_available(void)
+{
+#ifdef ETWTRACE_HAVE_SDT
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static void
+emit_thread(EtwThread *t, uint32_t id)
+{
+    if (id == ETW_EV_THREAD_START) {
+        ETW_PROBE1(thread_start, t->tid);
+    } else {
+        ETW_PROBE1(thread_stop, t->tid);
+    }
+    if (t->stream != NULL) {
+        uint8_t *p = etw_stream_reserve(t->stream, id, etw_now_ns(), 4);
+        if (p != NULL) {
+            memcpy(p, &t->tid, 4);
+        }
+    }
+}
+
+/* pthread key destructor: the thread is ending. */
+static void
+thread_ended(void *arg)
+{
+    EtwThread *t = arg;
+    if (t == NULL) {
+        return;
+    }
+    if (tracing && t->epoch == etw_epoch) {
+        emit_thread(t, ETW_EV_THREAD_STOP);
+    }
+    etw_stream_close(t->stream);
+    etw_tls_thread = NULL;
+    free(t);
+}
+
+static void
+make_thread_key(void)
+{
+    pthread_key_create(&thread_key, thread_ended);
+}
+
+EtwThread *
+etw_thread_slow(void)
+{
+    EtwThread *t = etw_tls_thread;
+    if (t == NULL) {
+        pthread_once(&thread_key_once, make_thread_key);
+        t = calloc(1, sizeof(EtwThread));
+        if (t == NULL) {
+            /* Out of memory: a static stand-in keeps callers simple; it
+             * records nothing. */
+            static EtwThread fallback;
+            fallback.epoch = etw_epoch;
+            return &fallback;
+        }
+        t->tid = (uint32_t)syscall(SYS_gettid);
+        etw_tls_thread = t;
+        pthread_setspecific(thread_key, t);
+    }
+    if (t->stream != NULL) {
+        /* A stream from an earlier session: write it out and start anew. */
+        etw_stream_close(t->stream);
+        t->stream = NULL;
+    }
+    t->epoch = etw_epoch;
+    if (tracing && etw_recorder_active()) {
+        t->stream = etw_stream_open(t->tid);
+    }
+    if (tracing) {
+        emit_thread(t, ETW_EV_THREAD_START);
+    }
+    return t;
+}
+
+int
+etw_events_enable(const char *capture_dir, char *error, size_t error_size)
+{
+    if (capture_dir != NULL && capture_dir[0] != '\0') {
+        if (etw_recorder_start(capture_dir, error, error_size) != 0) {
+            return -1;
+        }
+    }
+    tracing = 1;
+    etw_epoch++;
+    return 0;
+}
+
+void
+etw_events_disable(void)
+{
+    if (!tracing) {
+        return;
+    }
+    EtwThread *t = etw_tls_thread;
+    if (t != NULL && t->epoch == etw_epoch) {
+        emit_thread(t, ETW_EV_THREAD_STOP);
+    }
+    tracing = 0;
+    etw_epoch++; /* every thread re-announces in the next session */
+    if (etw_recorder_active()) {
+        etw_recorder_stop();
+    }
+}
+
+static size_t
+bounded_len(const char *s)
+{
+    return s == NULL ? 0 : strnlen(s, MAX_STRING);
+}
+
+/* Copies a string field (cut at MAX_STRING) with its terminating NUL. */
+static uint8_t *
+put_string(uint8_t *p, const char *s, size_t len)
+{
+    if (len) {
+        memcpy(p, s, len);
+    }
+    p[len] = 0;
+    return p + len + 1;
+}
+
+void
+etw_emit_function(EtwThread *t, uint32_t function_id, uintptr_t begin, uintptr_t end,
+                  uint32_t line, int is_python, const char *file, const char *name)
+{
+    ETW_PROBE7(function, function_id, begin, end, line, file, name, is_python);
+    if (t->stream == NULL) {
+        return;
+    }
+    size_t file_len = bounded_len(file), name_len = bounded_len(name);
+    size_t size = 4 + 8 + 8 + 4 + 1 + file_len + 1 + name_len + 1;
+    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_FUNCTION, etw_now_ns(), size);
+    if (p == NULL) {
+        return;
+    }
+    uint64_t b = begin, e = end;
+    uint8_t py = is_python ? 1 : 0;
+    memcpy(p, &function_id, 4);
+    memcpy(p + 4, &b, 8);
+    memcpy(p + 12, &e, 8);
+    memcpy(p + 20, &line, 4);
+    p[24] = py;
+    p = put_string(p + 25, file, file_len);
+    put_string(p, name, name_len);
+}
+
+void
+etw_emit_mark(EtwThread *t, int opcode, const char *text)
+{
+    uint32_t id;
+    switch (opcode) {
+    case ETW_MARK_START:
+        ETW_PROBE1(mark_start, text);
+        id = ETW_EV_MARK_START;
+        break;
+    case ETW_MARK_STOP:
+        ETW_PROBE1(mark_stop, text);
+        id = ETW_EV_MARK_STOP;
+        break;
+    default:
+        ETW_PROBE1(mark, text);
+        id = ETW_EV_MARK;
+        break;
+    }
+    if (t->stream == NULL) {
+        return;
+    }
+    size_t len = bounded_len(text);
+    uint8_t *p = etw_stream_reserve(t->stream, id, etw_now_ns(), len + 1);
+    if (p != NULL) {
+        put_string(p, text, len);
+    }
+}
+
+void
+etw_emit_stack_sample(EtwThread *t, const char *text, void *const *frames, int depth)
+{
+    ETW_PROBE1(stack_sample, text);
+    if (t->stream == NULL) {
+        return;
+    }
+    if (depth < 0) {
+        depth = 0;
+    }
+    if (depth > MAX_STACK) {
+        depth = MAX_STACK;
+    }
+    size_t len = bounded_len(text);
+    uint32_t n = (uint32_t)depth;
+    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_STACK_SAMPLE, etw_now_ns(),
+                                    len + 1 + 4 + 8 * (size_t)n);
+    if (p == NULL) {
+        return;
+    }
+    p = put_string(p, text, len);
+    memcpy(p, &n, 4);
+    p += 4;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t ip = (uint64_t)(uintptr_t)frames[i];
+        memcpy(p + 8 * i, &ip, 8);
+    }
+}
+
+void
+etw_emit_push(EtwThread *t, uint32_t function_id, uint32_t caller, uint32_t caller_line)
+{
+    ETW_PROBE3(push, function_id, caller, caller_line);
+    if (t->stream == NULL) {
+        return;
+    }
+    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_PUSH, etw_now_ns(), 12);
+    if (p != NULL) {
+        memcpy(p, &function_id, 4);
+        memcpy(p + 4, &caller, 4);
+        memcpy(p + 8, &caller_line, 4);
+    }
+}
+
+void
+etw_emit_pop(EtwThread *t, uint32_t function_id)
+{
+    ETW_PROBE1(pop, function_id);
+    if (t->stream == NULL) {
+        return;
+    }
+    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_POP, etw_now_ns(), 4);
+    if (p != NULL) {
+        memcpy(p, &function_id, 4);
+    }
+}
+
+void
+etw_events_after_fork_child(void)
+{
+    etw_recorder_after_fork_child();
+    EtwThread *t = etw_tls_thread;
+    if (t != NULL) {
+        t->stream = NULL;
+        t->tid = (uint32_t)syscall(SYS_gettid);
+    }
+    etw_epoch++; /* the child announces its thread in its own trace */
+}

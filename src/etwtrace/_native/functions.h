@@ -1,0 +1,41 @@
+/* The function registry: what the tracer knows about each Python code
+ * object, kept in the code object's extra slot (PEP 523). */
+#ifndef ETWTRACE_FUNCTIONS_H
+#define ETWTRACE_FUNCTIONS_H
+
+#include "compat.h"
+#include "events.h"
+
+#include <sys/types.h>
+
+typedef struct EtwFunction {
+    uint32_t id;           /* FunctionID, unique for the life of the process */
+    uint32_t epoch;        /* session its PythonFunction event was emitted in */
+    pid_t described_pid;   /* process whose perf map/jitdump name it */
+    int traced;            /* 0: an ignored file, runs without a trampoline */
+    void *trampoline;      /* NULL when not traced or out of memory */
+} EtwFunction;
+
+/* Rules deciding which files are traced, owned by the module state. */
+typedef struct EtwFilter {
+    PyObject *ignored_files;     /* set of str */
+    PyObject *include_prefixes;  /* list of str; a match overrides ignore */
+} EtwFilter;
+
+/* Sets up the extra slot index (once per process).  Returns 0 or -1 with an
+ * exception set. */
+int etw_functions_init(void);
+
+extern Py_ssize_t etw_code_extra_index;
+
+/* Looks up or registers `co` for this session: decides whether it is traced,
+ * gives it an id and trampoline, describes the trampoline to perf and emits
+ * its PythonFunction event.  `known` is the current extra value (may be
+ * NULL).  Returns NULL only when memory is exhausted. */
+EtwFunction *etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThread *t,
+                                   const EtwFilter *filter, int want_trampoline);
+
+/* The next FunctionID (shared with C callables in instrumented mode). */
+uint32_t etw_function_next_id(void);
+
+#endif

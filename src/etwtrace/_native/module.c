@@ -1,0 +1,272 @@
+/* etwtrace._etwtrace: the Python face of the native core. */
+#include "compat.h"
+
+#include "events.h"
+#include "perf_jit.h"
+#include "recorder.h"
+#include "trampoline.h"
+#include "tracer.h"
+
+#include <execinfo.h>
+
+#define MAX_STACK_FRAMES 512
+
+typedef struct {
+    PyObject *ignored_files;     /* set of str */
+    PyObject *include_prefixes;  /* list of str */
+} ModuleState;
+
+static ModuleState *
+get_state(PyObject *module)
+{
+    return (ModuleState *)PyModule_GetState(module);
+}
+
+static PyObject *
+etw_enable(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"mode", "capture_dir", NULL};
+    const char *mode_name = "stack";
+    PyObject *capture = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|sO:enable", kwlist, &mode_name, &capture)) {
+        return NULL;
+    }
+    int mode;
+    if (strcmp(mode_name, "stack") == 0) {
+        mode = ETW_MODE_STACK;
+    } else if (strcmp(mode_name, "instrumented") == 0) {
+        mode = ETW_MODE_INSTRUMENTED;
+    } else {
+        PyErr_Format(PyExc_ValueError, "unknown tracing mode '%s' (use 'stack' or 'instrumented')",
+                     mode_name);
+        return NULL;
+    }
+    PyObject *capture_bytes = NULL;
+    const char *capture_dir = NULL;
+    if (capture != Py_None) {
+        if (!PyUnicode_FSConverter(capture, &capture_bytes)) {
+            return NULL;
+        }
+        capture_dir = PyBytes_AS_STRING(capture_bytes);
+    }
+    ModuleState *state = get_state(module);
+    int rc = etw_tracer_enable(mode, capture_dir, state->ignored_files, state->include_prefixes);
+    Py_XDECREF(capture_bytes);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+etw_disable(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    etw_tracer_disable();
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+etw_is_active(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyBool_FromLong(etw_tracer_mode() != ETW_MODE_OFF);
+}
+
+static PyObject *
+etw_get_mode(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    switch (etw_tracer_mode()) {
+    case ETW_MODE_STACK:
+        return PyUnicode_FromString("stack");
+    case ETW_MODE_INSTRUMENTED:
+        return PyUnicode_FromString("instrumented");
+    default:
+        Py_RETURN_NONE;
+    }
+}
+
+static PyObject *
+etw_get_ignored_files(PyObject *module, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(get_state(module)->ignored_files);
+}
+
+static PyObject *
+etw_get_include_prefixes(PyObject *module, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(get_state(module)->include_prefixes);
+}
+
+/* write_mark(text, opcode): 0 plain, 1 range start, 2 range stop.
+ * Returns False (and records nothing) when no tracer is enabled. */
+static PyObject *
+etw_write_mark(PyObject *module, PyObject *args)
+{
+    (void)module;
+    const char *text;
+    int opcode = ETW_MARK_PLAIN;
+    if (!PyArg_ParseTuple(args, "s|i:write_mark", &text, &opcode)) {
+        return NULL;
+    }
+    if (opcode < ETW_MARK_PLAIN || opcode > ETW_MARK_STOP) {
+        PyErr_Format(PyExc_ValueError, "mark opcode must be 0, 1 or 2, not %d", opcode);
+        return NULL;
+    }
+    EtwThread *t = etw_tracer_thread();
+    if (t == NULL) {
+        Py_RETURN_FALSE;
+    }
+    etw_emit_mark(t, opcode, text);
+    Py_RETURN_TRUE;
+}
+
+/* mark_stack(text): a PythonStackSample event carrying the calling thread's
+ * native stack, walked in process by glibc's unwinder (which sees the
+ * trampolines through their registered unwind info). */
+static PyObject *
+etw_mark_stack(PyObject *module, PyObject *args)
+{
+    (void)module;
+    const char *text;
+    if (!PyArg_ParseTuple(args, "s:mark_stack", &text)) {
+        return NULL;
+    }
+    EtwThread *t = etw_tracer_thread();
+    if (t == NULL) {
+        Py_RETURN_FALSE;
+    }
+    void *frames[MAX_STACK_FRAMES];
+    int depth = backtrace(frames, MAX_STACK_FRAMES);
+    etw_emit_stack_sample(t, text, frames, depth);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+etw_flush(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    etw_recorder_flush_all();
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+etw_technical_info(PyObject *module, PyObject *unused)
+{
+    (void)unused;
+    const char *jitdump = etw_perf_jit_dump_path();
+    const char *capture = etw_recorder_dir();
+    return Py_BuildValue(
+        "(sNsNNNzz)",
+        PyModule_GetName(module),
+        PyLong_FromLong(PY_VERSION_HEX),
+        "x86_64",
+        PyBool_FromLong(etw_events_usdt_available()),
+        PyBool_FromLong(etw_trampoline_unwind_registered()),
+        PyLong_FromLong(ETW_TRAMPOLINE_SIZE),
+        jitdump,
+        capture);
+}
+
+static void
+flush_at_exit(void)
+{
+    /* Last resort for events still buffered when the interpreter ends
+     * without the Python layer's atexit handler having run. */
+    etw_recorder_flush_all();
+}
+
+static PyMethodDef module_methods[] = {
+    {"enable", (PyCFunction)(void (*)(void))etw_enable, METH_VARARGS | METH_KEYWORDS,
+     "enable(mode='stack', capture_dir=None)\n--\n\nStart tracing this interpreter."},
+    {"disable", etw_disable, METH_NOARGS, "Stop tracing and write out pending events."},
+    {"is_active", etw_is_active, METH_NOARGS, "Whether a tracer is enabled."},
+    {"get_mode", etw_get_mode, METH_NOARGS, "'stack', 'instrumented' or None."},
+    {"get_ignored_files", etw_get_ignored_files, METH_NOARGS,
+     "The set of source files the tracer does not trace."},
+    {"get_include_prefixes", etw_get_include_prefixes, METH_NOARGS,
+     "The list of path prefixes traced even when ignored."},
+    {"write_mark", etw_write_mark, METH_VARARGS,
+     "write_mark(text, opcode=0)\n--\n\nEmit a PythonMark event (opcode 0 plain, 1 start, 2 stop)."},
+    {"mark_stack", etw_mark_stack, METH_VARARGS,
+     "mark_stack(text)\n--\n\nEmit a PythonStackSample event with the native stack."},
+    {"flush", etw_flush, METH_NOARGS, "Write out every thread's buffered events."},
+    {"_get_technical_info", etw_technical_info, METH_NOARGS,
+     "(module, PY_VERSION_HEX, arch, usdt, unwind_registered, trampoline_size, jitdump, capture)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+module_exec(PyObject *module)
+{
+    static int at_exit_registered;
+    ModuleState *state = get_state(module);
+    state->ignored_files = PySet_New(NULL);
+    state->include_prefixes = PyList_New(0);
+    if (state->ignored_files == NULL || state->include_prefixes == NULL) {
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "TRAMPOLINE_SIZE", ETW_TRAMPOLINE_SIZE) < 0 ||
+        PyModule_AddIntConstant(module, "HAVE_USDT", etw_events_usdt_available()) < 0) {
+        return -1;
+    }
+    if (!at_exit_registered) {
+        Py_AtExit(flush_at_exit);
+        at_exit_registered = 1;
+    }
+    return 0;
+}
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    ModuleState *state = get_state(module);
+    Py_VISIT(state->ignored_files);
+    Py_VISIT(state->include_prefixes);
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    ModuleState *state = get_state(module);
+    Py_CLEAR(state->ignored_files);
+    Py_CLEAR(state->include_prefixes);
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "etwtrace._etwtrace",
+    .m_doc = "Native core of etwtrace: trampolines, perf map/jitdump, USDT probes and the CTF recorder.",
+    .m_size = sizeof(ModuleState),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__etwtrace(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

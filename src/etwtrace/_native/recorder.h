@@ -1,0 +1,68 @@
+/* The built-in recorder: per-thread buffers written as a CTF 1.8 trace.
+ *
+ * Layout of a capture directory DIR:
+ *     DIR/ctf/pid-PID/metadata          TSDL text, one trace per process
+ *     DIR/ctf/pid-PID/stream-N-tid-TID   one stream file per thread
+ *
+ * Each thread owns its stream: events are appended to its current packet
+ * with no lock, and the packet is written out when full, when the thread
+ * ends, when tracing stops and at interpreter exit.  The event layout is
+ * described by the metadata that etw_recorder_start() writes (see
+ * recorder.c); the reader in etwtrace/_ctf.py decodes the same layout.
+ */
+#ifndef ETWTRACE_RECORDER_H
+#define ETWTRACE_RECORDER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Event ids: the CTF event ids of the trace, shared with the reader. */
+enum {
+    ETW_EV_THREAD_START = 0,
+    ETW_EV_THREAD_STOP = 1,
+    ETW_EV_FUNCTION = 2,
+    ETW_EV_MARK = 3,
+    ETW_EV_MARK_START = 4,
+    ETW_EV_MARK_STOP = 5,
+    ETW_EV_STACK_SAMPLE = 6,
+    ETW_EV_PUSH = 7,
+    ETW_EV_POP = 8,
+};
+
+typedef struct EtwStream EtwStream;
+
+/* Starts recording into DIR (creating DIR/ctf/pid-PID).  Returns 0, or -1
+ * with a message in `error` (of `error_size` bytes). */
+int etw_recorder_start(const char *dir, char *error, size_t error_size);
+
+/* Writes out every thread's pending events and closes the streams. */
+void etw_recorder_stop(void);
+
+/* Writes out every thread's pending events, keeping streams open. */
+void etw_recorder_flush_all(void);
+
+int etw_recorder_active(void);
+
+/* The capture directory while recording, else NULL. */
+const char *etw_recorder_dir(void);
+
+/* The stream of the calling thread (kernel id `tid`), created on first use;
+ * NULL when not recording or the stream file cannot be created. */
+EtwStream *etw_stream_open(uint32_t tid);
+
+/* Writes out and closes a thread's stream (at thread exit). */
+void etw_stream_close(EtwStream *stream);
+
+/* Reserves room for an event of `payload_size` bytes stamped `ts`, writes
+ * its header and returns where the payload goes, or NULL if the event can
+ * never fit a packet.  The caller fills exactly `payload_size` bytes. */
+uint8_t *etw_stream_reserve(EtwStream *stream, uint32_t id, uint64_t ts, size_t payload_size);
+
+/* Forgets streams inherited across fork() without writing them (they are the
+ * parent's); the child's first event starts a trace of its own. */
+void etw_recorder_after_fork_child(void);
+
+/* Bytes and events written so far (for --info and benchmarks). */
+uint64_t etw_recorder_events_dropped(void);
+
+#endif

@@ -1,0 +1,24 @@
+/* The tracer: installs the PEP 523 frame-evaluation hook that routes every
+ * traced Python function through its trampoline (stack mode). */
+#ifndef ETWTRACE_TRACER_H
+#define ETWTRACE_TRACER_H
+
+#include "functions.h"
+
+enum { ETW_MODE_OFF = 0, ETW_MODE_STACK = 1, ETW_MODE_INSTRUMENTED = 2 };
+
+/* Enables tracing in `mode` for the current interpreter.  `filter` holds
+ * strong references for as long as tracing is on.  Returns 0, or -1 with an
+ * exception set (a tracer already enabled, a capture dir not writable). */
+int etw_tracer_enable(int mode, const char *capture_dir, PyObject *ignored_files,
+                      PyObject *include_prefixes);
+
+/* Disables tracing and writes out every pending event.  Safe when off. */
+void etw_tracer_disable(void);
+
+int etw_tracer_mode(void);
+
+/* For marks: the calling thread's writer state while tracing, else NULL. */
+EtwThread *etw_tracer_thread(void);
+
+#endif

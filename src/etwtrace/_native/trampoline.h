@@ -1,0 +1,36 @@
+/* Trampolines: one tiny copy of machine code per Python function, so that a
+ * native stack shows one distinct native frame per Python frame.
+ *
+ * Every trampoline is the same 16 bytes of x86-64 code:
+ *     push rbp; mov rbp, rsp; call rcx; pop rbp; ret
+ * i.e. it calls its fourth argument with its first three, keeping a frame
+ * pointer so that frame-pointer unwinders walk through it too.
+ *
+ * Trampolines live in arenas that are filled, made executable and have their
+ * unwind info (eh_frame) registered with libgcc's unwinder once, when the
+ * arena is created; trampolines are then handed out one by one and never
+ * reused, so an address names one function for the life of the process.
+ */
+#ifndef ETWTRACE_TRAMPOLINE_H
+#define ETWTRACE_TRAMPOLINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ETW_TRAMPOLINE_SIZE 16
+
+/* A new trampoline, or NULL when executable memory cannot be had. */
+void *etw_trampoline_new(void);
+
+/* The bytes of one trampoline (ETW_TRAMPOLINE_SIZE of them). */
+const uint8_t *etw_trampoline_code(void);
+
+/* Unwind info for one trampoline placed in the ELF image that
+ * `perf inject --jit` builds from a jitdump code-load record: an .eh_frame
+ * followed by an .eh_frame_hdr, laid out as perf's genelf expects. */
+const uint8_t *etw_trampoline_jit_unwind(size_t *total_size, size_t *eh_frame_hdr_size);
+
+/* Whether in-process unwind registration is working (for --info). */
+int etw_trampoline_unwind_registered(void);
+
+#endif
