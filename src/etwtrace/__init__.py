@@ -1,1 +1,236 @@
+"""etwtrace for Linux: makes Python code visible to native profilers.
 
+Stack sampling (default) routes every Python function through its own
+native trampoline, described to perf (perf map, jitdump) and to in-process
+unwinders, so native stacks show Python frames.  Events (PythonFunction,
+PythonThread, PythonMark, PythonStackSample, ...) go to USDT probes of
+provider ``etwtrace`` and, while capturing, to a CTF trace.
+"""
+
+import atexit
+import os
+import sys
+import threading
+import warnings
+
+__version__ = "0.2.0"
+__all__ = [
+    "StackSamplingTracer",
+    "InstrumentedTracer",
+    "mark",
+    "mark_range",
+    "is_active",
+    "enable_if",
+    "get_profile_path",
+    "get_stacktags_path",
+    "open_trace",
+    "TraceError",
+]
+
+PROVIDER_NAME = "Python"
+PROVIDER_GUID = "99a10640-320d-4b37-9e26-c311d86da7ab"
+CAPTURE_ENV = "ETWTRACE_CAPTURE"
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_tracer = None
+_atexit_registered = False
+
+
+def _native():
+    from . import _etwtrace
+    return _etwtrace
+
+
+def _own_files():
+    """This package's own source files, which the tracer never traces."""
+    files = set()
+    for name in os.listdir(_PACKAGE_DIR):
+        if name.endswith(".py"):
+            path = os.path.join(_PACKAGE_DIR, name)
+            files.add(path)
+            files.add(os.path.realpath(path))
+    return files
+
+
+class _RangeMark:
+    def __init__(self, text, native):
+        self.mark = text
+        self._native = native
+
+    def __enter__(self):
+        self._native.write_mark(self.mark, 1)
+        return self
+
+    def __exit__(self, *exc):
+        self._native.write_mark(self.mark, 2)
+
+
+def _disable_at_exit():
+    tracer = _tracer
+    if tracer is not None:
+        tracer.disable()
+
+
+class _TracingMixin:
+    _mode = "stack"
+
+    def __init__(self):
+        self._native = _native()
+
+    def __enter__(self):
+        self.enable()
+        return self
+
+    def __exit__(self, *exc):
+        self.disable()
+
+    def enable(self):
+        """Starts tracing this interpreter (all threads, including new ones)."""
+        global _tracer, _atexit_registered
+        if _tracer is not None or self._native.is_active():
+            raise RuntimeError("a tracer is already enabled in this process")
+        self.ignore(*_own_files())
+        self.ignore(threading.__file__)
+        capture = os.environ.get(CAPTURE_ENV) or None
+        self._native.enable(self._mode, capture)
+        _tracer = self
+        if not _atexit_registered:
+            atexit.register(_disable_at_exit)
+            _atexit_registered = True
+
+    def disable(self):
+        """Stops tracing and writes out every buffered event."""
+        global _tracer
+        if _tracer is self:
+            _tracer = None
+        self._native.disable()
+
+    def ignore(self, *files):
+        """Source files whose functions are not traced."""
+        self._native.get_ignored_files().update(files)
+
+    def include(self, *prefixes):
+        """Path prefixes traced even when a file is ignored."""
+        self._native.get_include_prefixes().extend(prefixes)
+
+    def mark(self, text):
+        self._native.write_mark(str(text), 0)
+
+    def mark_range(self, text):
+        return _RangeMark(str(text), self._native)
+
+    def _mark_stack(self, text):
+        self._native.mark_stack(str(text))
+
+    def _get_technical_info(self):
+        return self._native._get_technical_info()
+
+
+class StackSamplingTracer(_TracingMixin):
+    """Routes Python functions through native trampolines for stack samplers."""
+    _mode = "stack"
+
+
+class InstrumentedTracer(_TracingMixin):
+    """Raises PythonFunctionPush/Pop events on entry and exit of functions."""
+    _mode = "instrumented"
+
+
+def is_active():
+    """Whether a tracer is enabled in this process."""
+    return _native().is_active()
+
+
+def _warn_inactive(what):
+    warnings.warn(f"etwtrace.{what}() called while no tracer is active; nothing recorded",
+                  RuntimeWarning, stacklevel=3)
+
+
+def mark(text):
+    """Emits a PythonMark event."""
+    if _tracer is None:
+        _warn_inactive("mark")
+        return
+    _tracer.mark(text)
+
+
+class _NullRange:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def mark_range(text):
+    """A context manager emitting PythonMark start/stop around its body."""
+    if _tracer is None:
+        _warn_inactive("mark_range")
+        return _NullRange()
+    return _tracer.mark_range(text)
+
+
+def _mark_stack(text):
+    """Emits a PythonStackSample event carrying the native stack."""
+    if _tracer is None:
+        _warn_inactive("_mark_stack")
+        return
+    _tracer._mark_stack(text)
+
+
+def _own_command_line():
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return list(getattr(sys, "orig_argv", sys.argv))
+
+
+def enable_if(enable_var, type_var):
+    """Enables tracing when `enable_var` is set truthy (always when empty).
+
+    Called from the etwtrace.pth written by ``python -m etwtrace --enable``.
+    `type_var` names the variable choosing 'stack' (default) or
+    'instrumented'.  ``python -m etwtrace`` itself is never traced this way.
+    """
+    global enable_if
+    enable_if = lambda *a: None  # noqa: E731 - only the first call counts
+
+    if enable_var and os.getenv(enable_var, "0").lower()[:1] in ("", "0", "n", "f"):
+        return
+    argv = _own_command_line()
+    if argv[1:3] == ["-m", "etwtrace"]:
+        return
+    trace_type = os.getenv(type_var, "").lower() if type_var else ""
+    if trace_type in ("", "stack"):
+        tracer = StackSamplingTracer()
+    elif trace_type in ("instrument", "instrumented"):
+        tracer = InstrumentedTracer()
+    else:
+        print(f"etwtrace: {type_var}={trace_type!r} is not a trace type "
+              "(use 'stack' or 'instrumented'); not tracing", file=sys.stderr)
+        return
+    try:
+        tracer.enable()
+    except Exception as ex:  # never break interpreter start-up
+        print(f"etwtrace: tracing not enabled: {ex}", file=sys.stderr)
+
+
+def _content_path(name):
+    path = os.path.join(_PACKAGE_DIR, "profiles", name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)
+    return path
+
+
+def get_profile_path():
+    """Path of the recording profile (presets Default and Minimal)."""
+    return _content_path("python.etwprofile")
+
+
+def get_stacktags_path():
+    """Path of the stack-tags file used to fold interpreter frames."""
+    return _content_path("python.stacktags")
+
+
+from ._trace import TraceError, open_trace  # noqa: E402

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -66,7 +67,7 @@ static int jitdump_fd = -1;
 static FILE *perf_map;
 static void *jitdump_marker;
 static uint64_t code_index;
-static char jitdump_path[PATH_MAX];
+static char jitdump_path[PATH_MAX + 32];
 
 static int
 write_all(int fd, const void *data, size_t size)
@@ -103,7 +104,16 @@ forget_files(void)
 static int
 open_jitdump(const char *dir, pid_t pid)
 {
-    snprintf(jitdump_path, sizeof(jitdump_path), "%s/jit-%d.dump", dir ? dir : "/tmp", (int)pid);
+    char jit_dir[PATH_MAX];
+    if (dir != NULL) {
+        /* Captures keep the jitdump and the ELF images perf inject makes
+         * from it together in DIR/jit. */
+        snprintf(jit_dir, sizeof(jit_dir), "%s/jit", dir);
+        mkdir(jit_dir, 0777);
+    } else {
+        snprintf(jit_dir, sizeof(jit_dir), "/tmp");
+    }
+    snprintf(jitdump_path, sizeof(jitdump_path), "%s/jit-%d.dump", jit_dir, (int)pid);
     int fd = open(jitdump_path, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0666);
     if (fd < 0) {
         jitdump_path[0] = '\0';

@@ -181,7 +181,7 @@ open_trace(char *error, size_t error_size)
         snprintf(error, error_size, "cannot create %s: %s", trace_dir, strerror(errno));
         return -1;
     }
-    char path[PATH_MAX + 16];
+    char path[PATH_MAX + 128];
     snprintf(path, sizeof(path), "%s/metadata", trace_dir);
     int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0666);
     if (fd < 0) {
@@ -290,7 +290,7 @@ etw_stream_open(uint32_t tid)
     if (s == NULL) {
         goto done;
     }
-    char path[PATH_MAX + 64];
+    char path[PATH_MAX + 128];
     snprintf(path, sizeof(path), "%s/stream-%llu-tid-%u", trace_dir,
              (unsigned long long)stream_counter++, tid);
     s->fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0666);

@@ -1,0 +1,5 @@
+import sys
+
+from etwtrace._cli import main
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""Put on PYTHONPATH by `python -m etwtrace --capture`, so that Python
+processes the traced program starts (subprocess, multiprocessing spawn) are
+traced into the same capture.  Chains to any other sitecustomize."""
+import os
+import sys
+
+
+def _start_tracing():
+    if not os.environ.get("ETWTRACE_CAPTURE"):
+        return
+    try:
+        import etwtrace
+        mode_var = "ETWTRACE_CAPTURE_MODE"
+        etwtrace.enable_if("", mode_var)
+    except Exception as ex:  # never break the child's start-up
+        print(f"etwtrace: not tracing this process: {ex}", file=sys.stderr)
+
+
+def _chain_sitecustomize():
+    here = os.path.dirname(os.path.abspath(__file__))
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    ours = sys.modules.pop("sitecustomize", None)
+    try:
+        import sitecustomize  # noqa: F401 - the next one on the path, if any
+    except ImportError:
+        if ours is not None:
+            sys.modules["sitecustomize"] = ours
+    finally:
+        sys.path[:] = saved
+
+
+_start_tracing()
+_chain_sitecustomize()

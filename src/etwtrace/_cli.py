@@ -1,0 +1,293 @@
+"""python -m etwtrace: the command line, with the original's options."""
+
+import os
+import sys
+
+import etwtrace
+
+PTH_NAME = "etwtrace.pth"
+PTH_TEMPLATE = "import etwtrace; etwtrace.enable_if({!r}, {!r})"
+
+HELP_TEXT = """\
+Usage: python -m etwtrace [options] -- script.py [args...]
+       python -m etwtrace [options] -- -m module [args...]
+
+    Runs a script or module with tracing enabled.
+    --stack               Stack sampling: Python frames in native stacks (default)
+    --instrumented        Events on entry and exit of every function
+    --capture PATH        Record everything into the directory PATH (replaced
+                          if it holds an earlier capture)
+    --recorder WHICH      auto (perf where installed and permitted, else
+                          builtin), perf, or builtin (no privileges needed)
+    --preset NAME         Recording profile preset: Default or Minimal
+
+Usage: python -m etwtrace --enable [ENABLE_VAR [TYPE_VAR]]
+
+    Traces every start of this Python (writes etwtrace.pth into site-packages).
+    ENABLE_VAR            Only when this environment variable is set truthy
+    TYPE_VAR              Variable choosing 'stack' (default) or 'instrumented'
+                          (default name: ENABLE_VAR_TYPE, or ETWTRACE_TYPE)
+
+Usage: python -m etwtrace --disable
+
+    Removes etwtrace.pth.
+
+Usage: python -m etwtrace report PATH [--format text|folded|speedscope|chrome|svg] [-o OUT]
+
+    Summarises a capture (see python -m etwtrace report --help).
+
+Other options:
+    -h, -?, --help        Show this help
+    --info                Show technical information for bug reports
+    --profile             Show the path of the recording profile
+    --stacktags           Show the path of the stack tags file
+
+Environment:
+    ETWTRACE_CAPTURE=DIR  Any traced process records into DIR (built-in recorder)
+    ETWTRACE_PROFILE=FILE Recording profile to use instead of the bundled one
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+def _say(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def _site_packages():
+    import site
+    import sysconfig
+    paths = []
+    try:
+        paths.extend(site.getsitepackages())
+    except AttributeError:
+        pass
+    purelib = sysconfig.get_paths().get("purelib")
+    if purelib and purelib not in paths:
+        paths.append(purelib)
+    return paths
+
+
+def _enable_pth(v1, v2):
+    v2 = v2 or (f"{v1}_TYPE" if v1 else "ETWTRACE_TYPE")
+    target = None
+    for directory in _site_packages():
+        if os.path.isdir(directory):
+            target = os.path.join(directory, PTH_NAME)
+            break
+    if target is None:
+        raise UsageError("no site-packages directory found to write etwtrace.pth into")
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(etwtrace.__file__)))
+    try:
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(package_root + "\n")
+            f.write(PTH_TEMPLATE.format(v1, v2) + "\n")
+    except OSError as ex:
+        raise UsageError(f"cannot write {target}: {ex.strerror}") from None
+    print("Created", target)
+    if v1:
+        print(f"Set ${v1} to activate")
+    print(f"Set ${v2} to 'instrumented' to use instrumented events rather than stacks")
+
+
+def _disable_pth():
+    removed = False
+    for directory in dict.fromkeys(_site_packages() + sys.path):
+        path = os.path.join(directory or ".", PTH_NAME)
+        try:
+            os.unlink(path)
+            print("Removed", path)
+            removed = True
+        except FileNotFoundError:
+            pass
+        except OSError as ex:
+            raise UsageError(f"cannot remove {path}: {ex.strerror}") from None
+    if not removed:
+        print("etwtrace.pth was not present")
+
+
+def _run_target(target, tracer):
+    """Runs script or -m module in this process under `tracer`; returns the
+    exit status the program would have had."""
+    import runpy
+    import traceback
+
+    if target[0] == "-m":
+        if len(target) < 2:
+            raise UsageError("-m needs a module name")
+        module = target[1]
+        sys.argv[:] = [module, *target[2:]]
+        import importlib.util
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            raise UsageError(f"no module named {module!r}")
+        runner = lambda: runpy.run_module(module, run_name="__main__", alter_sys=True)  # noqa: E731
+    else:
+        script = target[0]
+        if not os.path.isfile(script):
+            raise UsageError(f"no such script: {script}")
+        sys.argv[:] = list(target)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+        runner = lambda: runpy.run_path(script, run_name="__main__")  # noqa: E731
+
+    status = 0
+    tracer.enable()
+    try:
+        runner()
+    except SystemExit as ex:
+        code = ex.code
+        if code is None:
+            status = 0
+        elif isinstance(code, int):
+            status = code
+        else:
+            print(code, file=sys.stderr)
+            status = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        status = 130
+    except BaseException:
+        # The program's own error: report it as Python would, keep the trace.
+        traceback.print_exc()
+        status = 1
+    finally:
+        tracer.disable()
+    return status
+
+
+def _write_exit_status(status):
+    capture = os.environ.get(etwtrace.CAPTURE_ENV)
+    if capture and os.path.isdir(capture):
+        try:
+            with open(os.path.join(capture, ".exit-status"), "w") as f:
+                f.write(str(status))
+        except OSError:
+            pass
+
+
+def _parse(args):
+    opts = {
+        "mode": None, "capture": None, "recorder": "auto", "preset": "Default",
+        "target": None, "info": False, "unused": [],
+    }
+    actions = []
+
+    def value(option):
+        if not args or args[0] == "--":
+            raise UsageError(f"{option} needs a value")
+        return args.pop(0)
+
+    while args:
+        orig = args.pop(0)
+        arg = orig.lower()
+        if arg == "--":
+            if not args:
+                raise UsageError("nothing to run after --")
+            opts["target"] = list(args)
+            args.clear()
+            break
+        if arg in ("-h", "-?", "--help", "/?", "/h"):
+            actions.append(("help",))
+            opts["unused"].extend(args)
+            args.clear()
+            break
+        if arg == "--stack":
+            opts["mode"] = "stack"
+        elif arg in ("--instrumented", "--instrument"):
+            opts["mode"] = "instrumented"
+        elif arg == "--capture" or arg.startswith("--capture="):
+            opts["capture"] = orig.partition("=")[2] or value(orig)
+        elif arg == "--recorder" or arg.startswith("--recorder="):
+            rec = (orig.partition("=")[2] or value(orig)).lower()
+            if rec not in ("auto", "perf", "builtin"):
+                raise UsageError(f"--recorder must be auto, perf or builtin, not {rec!r}")
+            opts["recorder"] = rec
+        elif arg == "--preset" or arg.startswith("--preset="):
+            opts["preset"] = orig.partition("=")[2] or value(orig)
+        elif arg == "--profile":
+            actions.append(("profile",))
+        elif arg == "--stacktags":
+            actions.append(("stacktags",))
+        elif arg == "--info":
+            opts["info"] = True
+        elif arg == "--enable":
+            names = []
+            while args and not args[0].startswith("-") and len(names) < 2:
+                names.append(args.pop(0))
+            actions.append(("enable", *(names + [None, None])[:2]))
+            opts["unused"].extend(args)
+            args.clear()
+        elif arg == "--disable":
+            actions.append(("disable",))
+            opts["unused"].extend(args)
+            args.clear()
+        else:
+            opts["unused"].append(orig)
+    return opts, actions
+
+
+def main(args=None):
+    args = list(sys.argv[1:] if args is None else args)
+    if not args:
+        args = ["-?"]
+    if args[0] == "report":
+        from . import _report
+        return _report.main(args[1:])
+    try:
+        opts, actions = _parse(args)
+        for action in actions:
+            kind = action[0]
+            if kind == "help":
+                print(f"etwtrace for Linux, version {etwtrace.__version__}")
+                print(HELP_TEXT)
+            elif kind == "profile":
+                print(etwtrace.get_profile_path())
+            elif kind == "stacktags":
+                print(etwtrace.get_stacktags_path())
+            elif kind == "enable":
+                _enable_pth(action[1] or "", action[2])
+            elif kind == "disable":
+                _disable_pth()
+        if opts["info"]:
+            tracer = (etwtrace.InstrumentedTracer() if opts["mode"] == "instrumented"
+                      else etwtrace.StackSamplingTracer())
+            print(tracer._get_technical_info())
+        if opts["unused"]:
+            shown = " ".join(f'"{a}"' if " " in a else a for a in opts["unused"])
+            _say(f"WARNING: The following arguments were not used: {shown}")
+            return 1
+        target = opts["target"]
+        if target is None:
+            if opts["capture"]:
+                raise UsageError("--capture needs a program to run after --")
+            return 0
+        mode = opts["mode"] or "stack"
+        if opts["capture"]:
+            from . import _capture
+            try:
+                return _capture.capture(opts["capture"], mode, opts["recorder"],
+                                        opts["preset"], target, _say)
+            except _capture.CaptureError as ex:
+                raise UsageError(str(ex)) from None
+            except _capture.PerfError as ex:
+                raise UsageError(str(ex)) from None
+        tracer = (etwtrace.InstrumentedTracer() if mode == "instrumented"
+                  else etwtrace.StackSamplingTracer())
+        try:
+            status = _run_target(target, tracer)
+        except (RuntimeError, NotImplementedError, OSError) as ex:
+            raise UsageError(str(ex)) from None
+        _write_exit_status(status)
+        return status
+    except UsageError as ex:
+        _say(f"etwtrace: error: {ex}")
+        return 2
+
+
+def entry_point():
+    sys.exit(main())

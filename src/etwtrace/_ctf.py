@@ -1,0 +1,189 @@
+"""Reader for the CTF 1.8 traces the built-in recorder writes.
+
+The layout is fixed by src/etwtrace/_native/recorder.c (its metadata text
+describes it to generic CTF readers such as babeltrace2); this reader decodes
+exactly that layout and refuses anything else with a clear error.
+"""
+
+import os
+import struct
+import warnings
+
+CTF_MAGIC = 0xC1FC1FC1
+FORMAT_MARKER = 'tracer_name = "etwtrace"'
+PACKET_HEAD = struct.Struct("<IIQQQQQI")
+COMPACT_TS_BITS = 27
+COMPACT_TS_MASK = (1 << COMPACT_TS_BITS) - 1
+EXTENDED_ID = 31
+
+U32 = struct.Struct("<I")
+U32x3 = struct.Struct("<III")
+FUNCTION_HEAD = struct.Struct("<IQQIB")
+EXTENDED_HEAD = struct.Struct("<IQ")
+
+
+class TraceError(Exception):
+    """A capture is missing, not an etwtrace capture, or corrupt."""
+
+
+# id -> (name, opcode)
+EVENT_NAMES = {
+    0: ("PythonThread", "start"),
+    1: ("PythonThread", "stop"),
+    2: ("PythonFunction", None),
+    3: ("PythonMark", None),
+    4: ("PythonMark", "start"),
+    5: ("PythonMark", "stop"),
+    6: ("PythonStackSample", None),
+    7: ("PythonFunctionPush", None),
+    8: ("PythonFunctionPop", None),
+}
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def _cstring(data, pos, end):
+    nul = data.find(b"\0", pos, end)
+    if nul < 0:
+        raise _Corrupt("unterminated string")
+    return data[pos:nul].decode("utf-8", "replace"), nul + 1
+
+
+def _decode_payload(event_id, data, pos, end):
+    """Returns (fields, stack, new_pos)."""
+    if event_id in (0, 1):
+        if pos + 4 > end:
+            raise _Corrupt("short PythonThread event")
+        return {"ThreadId": U32.unpack_from(data, pos)[0]}, (), pos + 4
+    if event_id == 2:
+        if pos + FUNCTION_HEAD.size > end:
+            raise _Corrupt("short PythonFunction event")
+        fid, begin, stop, line, is_py = FUNCTION_HEAD.unpack_from(data, pos)
+        source, pos = _cstring(data, pos + FUNCTION_HEAD.size, end)
+        name, pos = _cstring(data, pos, end)
+        return {
+            "FunctionID": fid,
+            "BeginAddress": begin,
+            "EndAddress": stop,
+            "LineNumber": line,
+            "SourceFile": source,
+            "Name": name,
+            "IsPythonCode": is_py,
+        }, (), pos
+    if event_id in (3, 4, 5):
+        text, pos = _cstring(data, pos, end)
+        return {"Mark": text}, (), pos
+    if event_id == 6:
+        text, pos = _cstring(data, pos, end)
+        if pos + 4 > end:
+            raise _Corrupt("short PythonStackSample event")
+        depth = U32.unpack_from(data, pos)[0]
+        pos += 4
+        if pos + 8 * depth > end:
+            raise _Corrupt("PythonStackSample stack runs past its packet")
+        stack = struct.unpack_from(f"<{depth}Q", data, pos)
+        return {"Mark": text}, stack, pos + 8 * depth
+    if event_id == 7:
+        if pos + 12 > end:
+            raise _Corrupt("short PythonFunctionPush event")
+        fid, caller, line = U32x3.unpack_from(data, pos)
+        return {"FunctionID": fid, "Caller": caller, "CallerLine": line}, (), pos + 12
+    if event_id == 8:
+        if pos + 4 > end:
+            raise _Corrupt("short PythonFunctionPop event")
+        return {"FunctionID": U32.unpack_from(data, pos)[0]}, (), pos + 4
+    raise _Corrupt(f"unknown event id {event_id}")
+
+
+def read_stream(path, pid, make_event):
+    """Yields the events of one stream file in order.
+
+    A stream that ends part-way through a packet (a crash, a full disk)
+    yields every complete event before the damage and warns."""
+    with open(path, "rb") as f:
+        data = f.read()
+    size = len(data)
+    offset = 0
+    while offset < size:
+        if offset + PACKET_HEAD.size > size:
+            warnings.warn(f"{path}: trace truncated inside a packet header; "
+                          "events after it are lost", RuntimeWarning)
+            return
+        magic, _stream_id, ts_begin, _ts_end, content_bits, packet_bits, _seq, tid = \
+            PACKET_HEAD.unpack_from(data, offset)
+        if magic != CTF_MAGIC:
+            raise TraceError(f"{path}: corrupt trace (bad packet magic at byte {offset})")
+        if content_bits % 8 or packet_bits < content_bits or content_bits < PACKET_HEAD.size * 8:
+            raise TraceError(f"{path}: corrupt trace (bad packet size at byte {offset})")
+        end = offset + content_bits // 8
+        truncated = end > size
+        if truncated:
+            end = size
+        pos = offset + PACKET_HEAD.size
+        clock = ts_begin
+        try:
+            while pos < end:
+                if pos + 4 > end:
+                    raise _Corrupt("event header cut short")
+                word = U32.unpack_from(data, pos)[0]
+                event_id = word & 0x1F
+                if event_id == EXTENDED_ID:
+                    if pos + 13 > end:
+                        raise _Corrupt("event header cut short")
+                    event_id, clock = EXTENDED_HEAD.unpack_from(data, pos + 1)
+                    pos += 13
+                else:
+                    low = word >> 5
+                    ts = (clock & ~COMPACT_TS_MASK) | low
+                    if ts < clock:
+                        ts += 1 << COMPACT_TS_BITS
+                    clock = ts
+                    pos += 4
+                fields, stack, pos = _decode_payload(event_id, data, pos, end)
+                name, opcode = EVENT_NAMES[event_id]
+                yield make_event(name, opcode, pid, tid, clock, fields, stack)
+        except _Corrupt as ex:
+            if truncated:
+                warnings.warn(f"{path}: trace truncated mid-packet; "
+                              "reporting the complete events before it", RuntimeWarning)
+                return
+            raise TraceError(f"{path}: corrupt trace ({ex} at byte {pos})") from None
+        if truncated:
+            warnings.warn(f"{path}: trace truncated mid-packet; "
+                          "reporting the complete events before it", RuntimeWarning)
+            return
+        offset += packet_bits // 8
+
+
+def trace_dirs(ctf_root):
+    """(pid, directory) of every per-process trace under ctf_root."""
+    found = []
+    for name in sorted(os.listdir(ctf_root)):
+        path = os.path.join(ctf_root, name)
+        if not (name.startswith("pid-") and os.path.isdir(path)):
+            continue
+        try:
+            pid = int(name[4:])
+        except ValueError:
+            continue
+        found.append((pid, path))
+    return found
+
+
+def check_metadata(trace_dir):
+    path = os.path.join(trace_dir, "metadata")
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as ex:
+        raise TraceError(f"{trace_dir}: no readable CTF metadata ({ex.strerror})") from None
+    if FORMAT_MARKER not in text or "format_version = 1;" not in text:
+        raise TraceError(f"{path}: not an etwtrace CTF trace (or an unsupported version)")
+
+
+def stream_files(trace_dir):
+    return sorted(
+        os.path.join(trace_dir, n) for n in os.listdir(trace_dir) if n.startswith("stream-")
+    )

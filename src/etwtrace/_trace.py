@@ -1,0 +1,125 @@
+"""open_trace(): the events of a capture, from every recorder, in time order."""
+
+import heapq
+import json
+import os
+
+from . import _ctf, _perf
+from ._ctf import TraceError
+
+MANIFEST = "etwtrace-capture.json"
+PERF_SCRIPT = "perf.script"
+
+
+class Event:
+    """One event.  `fields` is keyed by the schema's field names; `stack`
+    holds instruction addresses, innermost first (empty when none)."""
+
+    __slots__ = ("name", "opcode", "pid", "tid", "timestamp", "fields", "stack", "frames")
+
+    def __init__(self, name, opcode, pid, tid, timestamp, fields, stack):
+        self.name = name
+        self.opcode = opcode
+        self.pid = pid
+        self.tid = tid
+        self.timestamp = timestamp
+        self.fields = fields
+        self.stack = stack
+        self.frames = ()
+
+    def __repr__(self):
+        op = f"/{self.opcode}" if self.opcode else ""
+        return (f"<Event {self.name}{op} pid={self.pid} tid={self.tid} "
+                f"t={self.timestamp} {self.fields!r} stack={len(self.stack)}>")
+
+
+def is_capture(path):
+    return os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def read_manifest(path):
+    try:
+        with open(os.path.join(path, MANIFEST), "r", encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _builtin_streams(path):
+    ctf_root = os.path.join(path, "ctf")
+    if not os.path.isdir(ctf_root):
+        return []
+    streams = []
+    for pid, trace_dir in _ctf.trace_dirs(ctf_root):
+        _ctf.check_metadata(trace_dir)
+        for stream in _ctf.stream_files(trace_dir):
+            streams.append(_ctf.read_stream(stream, pid, Event))
+    return streams
+
+
+def _dedupe_stack_samples(events, builtin_counts):
+    """The USDT stack-sample probe that perf recorded duplicates the
+    built-in recorder's PythonStackSample: drop perf's copy where the
+    built-in one exists (matched per thread, in order)."""
+    seen = {}
+    for e in events:
+        if e.name == "PythonStackSample":
+            key = (e.pid, e.tid)
+            n = seen.get(key, 0) + 1
+            seen[key] = n
+            if n <= builtin_counts.get(key, 0):
+                continue
+            e.fields = {"Mark": ""}
+        yield e
+
+
+def _count_builtin_stack_samples(path):
+    counts = {}
+    for stream in _builtin_streams(path):
+        for e in stream:
+            if e.name == "PythonStackSample":
+                key = (e.pid, e.tid)
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+class open_trace:
+    """Iterates over the events of a capture directory in timestamp order.
+
+    Usable as a context manager.  Raises TraceError for a missing or
+    corrupt capture."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise TraceError(f"{self.path}: no such capture")
+        if not os.path.isdir(self.path):
+            raise TraceError(f"{self.path}: not a capture directory")
+        has_ctf = os.path.isdir(os.path.join(self.path, "ctf"))
+        has_perf = os.path.isfile(os.path.join(self.path, PERF_SCRIPT))
+        if not (has_ctf or has_perf):
+            raise TraceError(f"{self.path}: not an etwtrace capture (no ctf/ or {PERF_SCRIPT})")
+        self.manifest = read_manifest(self.path)
+        self._closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._closed = True
+
+    def __iter__(self):
+        if self._closed:
+            raise ValueError("trace is closed")
+        sources = _builtin_streams(self.path)
+        script = os.path.join(self.path, PERF_SCRIPT)
+        if os.path.isfile(script):
+            counts = _count_builtin_stack_samples(self.path) if sources else {}
+            sources.append(_dedupe_stack_samples(_perf.read_script(script, Event), counts))
+        return heapq.merge(*sources, key=lambda e: e.timestamp)
+
+
+__all__ = ["open_trace", "Event", "TraceError"]
