@@ -31,6 +31,10 @@ uint32_t etw_epoch;
 __thread EtwThread *etw_tls_thread __attribute__((tls_model("initial-exec")));
 
 static int tracing;
+/* Guards the registry below, and a thread's stream whenever it is written
+ * by anyone but its own thread holding the GIL (thread exit, disable). */
+static pthread_mutex_t threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static EtwThread *threads;
 static pthread_key_t thread_key;
 static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
 
@@ -68,10 +72,20 @@ thread_ended(void *arg)
     if (t == NULL) {
         return;
     }
+    pthread_mutex_lock(&threads_lock);
     if (tracing && t->epoch == etw_epoch) {
         emit_thread(t, ETW_EV_THREAD_STOP);
     }
     etw_stream_close(t->stream);
+    if (t->prev != NULL) {
+        t->prev->next = t->next;
+    } else if (threads == t) {
+        threads = t->next;
+    }
+    if (t->next != NULL) {
+        t->next->prev = t->prev;
+    }
+    pthread_mutex_unlock(&threads_lock);
     etw_tls_thread = NULL;
     free(t);
 }
@@ -99,6 +113,13 @@ etw_thread_slow(void)
         t->tid = (uint32_t)syscall(SYS_gettid);
         etw_tls_thread = t;
         pthread_setspecific(thread_key, t);
+        pthread_mutex_lock(&threads_lock);
+        t->next = threads;
+        if (threads != NULL) {
+            threads->prev = t;
+        }
+        threads = t;
+        pthread_mutex_unlock(&threads_lock);
     }
     if (t->stream != NULL) {
         /* A stream from an earlier session: write it out and start anew. */
@@ -134,15 +155,20 @@ etw_events_disable(void)
     if (!tracing) {
         return;
     }
-    EtwThread *t = etw_tls_thread;
-    if (t != NULL && t->epoch == etw_epoch) {
-        emit_thread(t, ETW_EV_THREAD_STOP);
+    /* Threads that are still alive (or whose exit has not been seen yet)
+     * end their part of the session here. */
+    pthread_mutex_lock(&threads_lock);
+    for (EtwThread *t = threads; t != NULL; t = t->next) {
+        if (t->epoch == etw_epoch) {
+            emit_thread(t, ETW_EV_THREAD_STOP);
+        }
     }
     tracing = 0;
     etw_epoch++; /* every thread re-announces in the next session */
     if (etw_recorder_active()) {
         etw_recorder_stop();
     }
+    pthread_mutex_unlock(&threads_lock);
 }
 
 static size_t
@@ -276,8 +302,12 @@ void
 etw_events_after_fork_child(void)
 {
     etw_recorder_after_fork_child();
+    /* Only the forking thread exists in the child. */
+    pthread_mutex_init(&threads_lock, NULL);
     EtwThread *t = etw_tls_thread;
+    threads = t;
     if (t != NULL) {
+        t->next = t->prev = NULL;
         t->stream = NULL;
         t->tid = (uint32_t)syscall(SYS_gettid);
     }

@@ -13,6 +13,8 @@
 
 /* Per-thread writer state. */
 typedef struct EtwThread {
+    struct EtwThread *next;   /* registry of live threads (threads_lock) */
+    struct EtwThread *prev;
     uint32_t tid;         /* kernel thread id */
     uint32_t epoch;       /* tracing session this thread was announced in */
     EtwStream *stream;    /* recorder stream, NULL when not recording */
@@ -40,8 +42,8 @@ etw_thread(void)
  * Returns 0, or -1 with a message in `error`. */
 int etw_events_enable(const char *capture_dir, char *error, size_t error_size);
 
-/* Ends the session: PythonThread stop for the calling thread, then every
- * pending event is written out. */
+/* Ends the session: PythonThread stop for every thread announced in it,
+ * then every pending event is written out. */
 void etw_events_disable(void);
 
 int etw_events_usdt_available(void);

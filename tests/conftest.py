@@ -1,0 +1,123 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import etwtrace
+
+ROOT = Path(__file__).absolute().parent
+SCRIPTS = ROOT / "scripts"
+REQUIRE_PERF = os.environ.get("ETWTRACE_REQUIRE_PERF") == "1"
+
+
+def _perf_unavailable_reason():
+    """None when perf can record here, else why not."""
+    from etwtrace import _perf
+    perf = _perf.find_perf()
+    if perf is None:
+        return "perf is not installed"
+    try:
+        _perf.check_permitted(perf)
+    except _perf.PerfError as ex:
+        return str(ex)
+    return None
+
+
+_PERF_REASON = _perf_unavailable_reason()
+
+
+def need_perf():
+    """Skips the calling test where perf cannot record; under
+    ETWTRACE_REQUIRE_PERF=1 (CI) that is a failure instead."""
+    if _PERF_REASON is None:
+        return
+    if REQUIRE_PERF:
+        pytest.fail(f"perf is required here (ETWTRACE_REQUIRE_PERF=1) but: {_PERF_REASON}")
+    pytest.skip(f"needs perf: {_PERF_REASON}")
+
+
+def need_tool(name):
+    if shutil.which(name) is None:
+        if REQUIRE_PERF:
+            pytest.fail(f"{name} is required in CI but not installed")
+        pytest.skip(f"{name} is not installed")
+
+
+def run_etwtrace(*args, cwd=SCRIPTS, env=None, timeout=300, check=False):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "etwtrace", *map(str, args)],
+        cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        encoding="utf-8", errors="replace", timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"etwtrace {args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+class Capture:
+    def __init__(self, path, proc):
+        self.path = path
+        self.proc = proc
+
+    def events(self):
+        with etwtrace.open_trace(self.path) as trace:
+            return list(trace)
+
+
+@pytest.fixture
+def capture(tmp_path):
+    """capture(script, *args, recorder='builtin', mode='stack', preset=None)"""
+    counter = [0]
+
+    def run(script, *args, recorder="builtin", mode="stack", preset=None, expect_status=0):
+        if recorder == "perf":
+            need_perf()
+        counter[0] += 1
+        path = tmp_path / f"capture{counter[0]}"
+        options = [f"--{mode}", "--capture", path, "--recorder", recorder]
+        if preset:
+            options += ["--preset", preset]
+        proc = run_etwtrace(*options, "--", SCRIPTS / script, *args)
+        assert proc.returncode == expect_status, proc.stderr
+        return Capture(path, proc)
+
+    return run
+
+
+def python_functions(events, source_name):
+    return [e for e in events
+            if e.name == "PythonFunction" and e.fields["SourceFile"].endswith(source_name)]
+
+
+def name_stack(stack, funcs, pid=None):
+    """Python function names of a stack, innermost first, mapped through the
+    [BeginAddress, EndAddress) ranges of PythonFunction events."""
+    names = []
+    for ip in stack:
+        for f in funcs:
+            if pid is not None and f.pid != pid:
+                continue
+            if f.fields["BeginAddress"] <= ip < f.fields["EndAddress"]:
+                names.append(f.fields["Name"])
+                break
+    return names
+
+
+def marked_stacks(events, source_name):
+    funcs = python_functions(events, source_name)
+    result = []
+    for e in events:
+        if e.name == "PythonStackSample":
+            names = name_stack(e.stack, funcs, e.pid)
+            if names:
+                result.append(names)
+    return result
+
+
+RECORDERS = ["builtin", "perf"]
