@@ -1,0 +1,127 @@
+"""Reading captures: real clients (babeltrace2, perf) and damaged input."""
+import glob
+import os
+import shutil
+import subprocess
+import warnings
+
+import pytest
+
+import etwtrace
+from conftest import need_perf, need_tool
+
+
+def _streams(path):
+    return sorted(glob.glob(os.path.join(path, "ctf", "pid-*", "stream-*")))
+
+
+def test_babeltrace2_reads_every_trace(capture):
+    need_tool("babeltrace2")
+    cap = capture("threaded.py")
+    proc = subprocess.run(["babeltrace2", str(cap.path / "ctf")], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == ""
+    ours = cap.events()
+    # babeltrace2 sees exactly the events open_trace sees.
+    assert len(proc.stdout.strip().splitlines()) == len(ours)
+    assert proc.stdout.count("PythonStackSample") == 30
+    assert "Name = \"a\"" in proc.stdout
+
+
+def test_perf_script_names_python_functions(capture):
+    need_perf()
+    cap = capture("hot.py", "0.5", recorder="perf")
+    text = (cap.path / "perf.script").read_text(errors="replace")
+    assert "py::inner:" in text and "py::outer:" in text
+    # perf.data itself opens with perf script using the perf map
+    perf = shutil.which("perf")
+    raw = subprocess.run([perf, "script", "-i", str(cap.path / "perf.data")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
+                         errors="replace")
+    assert raw.returncode == 0
+    assert "py::inner:" in raw.stdout
+
+
+def test_perf_inject_jit_succeeds_and_makes_elf_images(capture):
+    need_perf()
+    cap = capture("basic.py", recorder="perf")
+    manifest = (cap.path / "etwtrace-capture.json").read_text()
+    if '"callgraph": "dwarf"' not in manifest:
+        pytest.skip("this Python keeps frame pointers: no inject needed")
+    assert (cap.path / "perf.jit.data").is_file()
+    images = glob.glob(str(cap.path / "jit" / "jitted-*.so"))
+    assert images
+    with open(images[0], "rb") as f:
+        assert f.read(4) == b"\x7fELF"
+
+
+def test_capture_is_self_contained(capture, tmp_path):
+    cap = capture("by_arg.py", "a", "b")
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(cap.path), moved)
+    with etwtrace.open_trace(moved) as trace:
+        assert sum(e.name == "PythonStackSample" for e in trace) == 2
+    assert glob.glob(str(moved / "maps" / "perf-*.map"))
+
+
+def test_missing_capture_is_a_trace_error(tmp_path):
+    with pytest.raises(etwtrace.TraceError, match="no such capture"):
+        etwtrace.open_trace(tmp_path / "nothing")
+    with pytest.raises(etwtrace.TraceError, match="not an etwtrace capture"):
+        etwtrace.open_trace(tmp_path)
+
+
+def test_corrupt_stream_is_a_trace_error(capture):
+    cap = capture("basic.py")
+    stream = _streams(cap.path)[0]
+    with open(stream, "r+b") as f:
+        f.write(b"\0\0\0\0")  # destroy the packet magic
+    with pytest.raises(etwtrace.TraceError, match="bad packet magic"):
+        list(etwtrace.open_trace(cap.path))
+
+
+def test_foreign_metadata_is_refused(capture):
+    cap = capture("basic.py")
+    meta = glob.glob(str(cap.path / "ctf" / "pid-*" / "metadata"))[0]
+    with open(meta, "w") as f:
+        f.write("/* CTF 1.8 */ trace { major = 1; minor = 8; };")
+    with pytest.raises(etwtrace.TraceError, match="not an etwtrace CTF trace"):
+        list(etwtrace.open_trace(cap.path))
+
+
+def test_truncated_stream_keeps_complete_events_and_warns(capture):
+    cap = capture("by_arg.py", "a", "b", "c")
+    before = [e for e in cap.events() if e.name == "PythonStackSample"]
+    assert len(before) == 3
+    stream = _streams(cap.path)[0]
+    size = os.path.getsize(stream)
+    with open(stream, "r+b") as f:
+        f.truncate(size - 20)  # cut into the last event(s)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        after = list(etwtrace.open_trace(cap.path))
+    assert any("truncated" in str(w.message) for w in caught)
+    samples = [e for e in after if e.name == "PythonStackSample"]
+    assert 1 <= len(samples) <= 3
+    assert [e.fields["Mark"] for e in samples] == ["a", "b", "c"][:len(samples)]
+
+
+def test_garbage_bytes_never_crash_the_reader(capture):
+    import random
+    cap = capture("basic.py")
+    stream = _streams(cap.path)[0]
+    original = open(stream, "rb").read()
+    rng = random.Random(1234)
+    for _ in range(300):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        with open(stream, "wb") as f:
+            f.write(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                list(etwtrace.open_trace(cap.path))
+            except etwtrace.TraceError:
+                pass
