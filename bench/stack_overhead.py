@@ -1,0 +1,72 @@
+"""Stack-mode overhead, side by side in one run.
+
+Each configuration runs in its own process, interleaved over several rounds;
+a configuration's time is the best of its runs.  Ratios are against no
+tracing and against the floor (a no-op PEP 523 hook).
+
+    python3 bench/stack_overhead.py [--rounds 3] [--repeat 5] [--workloads fib(25),richards]
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = ["none", "noop_hook", "etwtrace", "etwtrace_capture"]
+
+
+def build_noop_hook(build_dir):
+    os.makedirs(build_dir, exist_ok=True)
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    target = os.path.join(build_dir, "noop_hook" + suffix)
+    cmd = ["gcc", "-O2", "-shared", "-fPIC", "-std=gnu11", "-I", sysconfig.get_paths()["include"],
+           os.path.join(HERE, "noop_hook.c"), "-o", target]
+    subprocess.run(cmd, check=True)
+
+
+def run(config, workload, repeat, build_dir, capture_root):
+    capture = os.path.join(capture_root, f"{config}-{abs(hash(workload))}")
+    shutil.rmtree(capture, ignore_errors=True)
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, "_worker.py"), config, workload, str(repeat),
+         build_dir, capture],
+        check=True, stdout=subprocess.PIPE, encoding="utf-8")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    sys.path.insert(0, HERE)
+    import workloads
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workloads", default=",".join(workloads.WORKLOADS))
+    args = parser.parse_args()
+    build_dir = os.path.join(tempfile.gettempdir(), "etwtrace-bench-build")
+    build_noop_hook(build_dir)
+    capture_root = tempfile.mkdtemp(prefix="etwtrace-bench-")
+    names = args.workloads.split(",")
+    best = {(w, c): float("inf") for w in names for c in CONFIGS}
+    for _ in range(args.rounds):
+        for w in names:
+            for c in CONFIGS:
+                best[w, c] = min(best[w, c], run(c, w, args.repeat, build_dir, capture_root))
+    shutil.rmtree(capture_root, ignore_errors=True)
+
+    print(f"Python {sys.version.split()[0]}; best of {args.rounds} rounds x {args.repeat} runs\n")
+    print("| workload | no tracing (s) | no-op hook (floor) | etwtrace stack | etwtrace stack + capture | etwtrace / floor | capture / floor |")
+    print("|---|---|---|---|---|---|---|")
+    for w in names:
+        base = best[w, "none"]
+        floor = best[w, "noop_hook"]
+        et = best[w, "etwtrace"]
+        cap = best[w, "etwtrace_capture"]
+        print(f"| {w} | {base:.4f} | {floor / base:.3f} | {et / base:.3f} | {cap / base:.3f} "
+              f"| {et / floor:.3f} | {cap / floor:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
