@@ -53,7 +53,7 @@ def pyperformance_workload(name):
 
 
 WORKLOADS = {
-    "fib(25)": lambda: (lambda: fib(25)),
+    "fib(27)": lambda: (lambda: fib(27)),
     "method_calls": lambda: method_calls,
     "richards": lambda: pyperformance_workload("richards"),
     "deltablue": lambda: pyperformance_workload("deltablue"),

@@ -134,3 +134,11 @@ def test_sampled_profile_timestamps_share_the_clock(capture):
     # few seconds of its function registrations.
     assert abs(min(samples) - min(marks)) < 5e9
     assert [e.timestamp for e in events] == sorted(e.timestamp for e in events)
+
+
+def test_every_thread_is_announced_even_without_events(capture):
+    events = capture("silent_threads.py").events()
+    starts = [e for e in events if e.name == "PythonThread" and e.opcode == "start"]
+    stops = [e for e in events if e.name == "PythonThread" and e.opcode == "stop"]
+    assert len(starts) == 5, "main thread and four workers"
+    assert {e.tid for e in starts} == {e.tid for e in stops}

@@ -21,10 +21,13 @@ static struct {
 static PyObject *
 stack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
 {
+    /* A thread seen for the first time in this session announces itself
+     * (PythonThread start); afterwards this is one TLS load and compare. */
+    EtwThread *t = etw_thread();
     PyCodeObject *co = etw_frame_code(frame);
     EtwFunction *f = etw_code_get_extra(co, etw_code_extra_index);
     if (__builtin_expect(f == NULL || f->epoch != etw_epoch, 0)) {
-        f = etw_function_for_code(co, f, etw_thread(), &tracer.filter, 1);
+        f = etw_function_for_code(co, f, t, &tracer.filter, 1);
         if (f == NULL) {
             return tracer.previous(ts, frame, throwflag);
         }
