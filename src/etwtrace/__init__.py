@@ -90,7 +90,7 @@ class _TracingMixin:
         if _tracer is not None or self._native.is_active():
             raise RuntimeError("a tracer is already enabled in this process")
         self.ignore(*_own_files())
-        self.ignore(threading.__file__)
+        self.ignore(threading.__file__, threading.Thread.run.__code__.co_filename)
         capture = os.environ.get(CAPTURE_ENV) or None
         self._native.enable(self._mode, capture)
         _tracer = self

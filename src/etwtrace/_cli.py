@@ -136,6 +136,9 @@ def _run_target(target, tracer):
         runner = lambda: runpy.run_path(script, run_name="__main__")  # noqa: E731
 
     status = 0
+    # runpy is the launcher's machinery, not the program: keep it out of
+    # stacks as the tracer keeps out its own files.
+    tracer.ignore(runpy.__file__, runpy.run_path.__code__.co_filename)
     tracer.enable()
     try:
         runner()
