@@ -1,5 +1,6 @@
 """The Python API, run in child interpreters so each test has a fresh tracer."""
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -172,3 +173,32 @@ def test_spawned_python_child_is_traced_into_the_capture(tmp_path):
     assert sample.fields["Mark"] == "spawned"
     assert name_stack(sample.stack, funcs, sample.pid)[0] == "in_child"
     assert len({e.pid for e in events}) == 2
+
+
+def test_events_recorded_before_a_crash_are_kept(tmp_path):
+    proc, cap = run_python("""
+        import os, signal, etwtrace
+        def before_crash():
+            etwtrace._mark_stack("before")
+        etwtrace.StackSamplingTracer().enable()
+        etwtrace.mark("still here")
+        before_crash()
+        os.kill(os.getpid(), signal.SIGSEGV)
+    """, tmp_path)
+    assert proc.returncode == -signal.SIGSEGV
+    events = events_of(cap)
+    assert [e.fields["Mark"] for e in events if e.name == "PythonMark"] == ["still here"]
+    assert [e.fields["Mark"] for e in events if e.name == "PythonStackSample"] == ["before"]
+
+
+def test_crash_with_faulthandler_still_reports_and_keeps_events(tmp_path):
+    proc, cap = run_python("""
+        import faulthandler, os, signal, etwtrace
+        faulthandler.enable()
+        etwtrace.StackSamplingTracer().enable()
+        etwtrace.mark("kept")
+        os.kill(os.getpid(), signal.SIGSEGV)
+    """, tmp_path)
+    assert proc.returncode == -signal.SIGSEGV
+    assert "Fatal Python error" in proc.stderr
+    assert [e.fields["Mark"] for e in events_of(cap) if e.name == "PythonMark"] == ["kept"]

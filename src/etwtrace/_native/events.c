@@ -5,6 +5,7 @@
 #include "clock.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -136,6 +137,43 @@ etw_thread_slow(void)
     return t;
 }
 
+/* Fatal signals write out what the recorder holds, then let the previous
+ * handler (faulthandler, a debugger's, or the default) act as before. */
+static const int fatal_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+#define N_FATAL (sizeof(fatal_signals) / sizeof(fatal_signals[0]))
+static struct sigaction previous_actions[N_FATAL];
+
+static void
+on_fatal_signal(int sig)
+{
+    etw_recorder_flush_on_crash();
+    for (size_t i = 0; i < N_FATAL; i++) {
+        if (fatal_signals[i] == sig) {
+            sigaction(sig, &previous_actions[i], NULL);
+            break;
+        }
+    }
+    raise(sig); /* delivered to the previous handler when this one returns */
+}
+
+static void
+install_fatal_handlers(void)
+{
+    static int installed;
+    if (installed) {
+        return;
+    }
+    installed = 1;
+    for (size_t i = 0; i < N_FATAL; i++) {
+        struct sigaction action;
+        memset(&action, 0, sizeof(action));
+        action.sa_handler = on_fatal_signal;
+        sigemptyset(&action.sa_mask);
+        action.sa_flags = SA_ONSTACK;
+        sigaction(fatal_signals[i], &action, &previous_actions[i]);
+    }
+}
+
 int
 etw_events_enable(const char *capture_dir, char *error, size_t error_size)
 {
@@ -143,6 +181,7 @@ etw_events_enable(const char *capture_dir, char *error, size_t error_size)
         if (etw_recorder_start(capture_dir, error, error_size) != 0) {
             return -1;
         }
+        install_fatal_handlers();
     }
     tracing = 1;
     etw_epoch++;

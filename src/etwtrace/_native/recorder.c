@@ -352,6 +352,19 @@ etw_recorder_flush_all(void)
 }
 
 void
+etw_recorder_flush_on_crash(void)
+{
+    /* Only async-signal-safe work: trylock, memcpy, write. */
+    if (pthread_mutex_trylock(&registry_lock) != 0) {
+        return;
+    }
+    for (EtwStream *s = streams; s != NULL; s = s->next) {
+        flush_packet(s);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void
 etw_recorder_stop(void)
 {
     pthread_mutex_lock(&registry_lock);

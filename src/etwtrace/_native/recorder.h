@@ -62,6 +62,10 @@ uint8_t *etw_stream_reserve(EtwStream *stream, uint32_t id, uint64_t ts, size_t 
  * parent's); the child's first event starts a trace of its own. */
 void etw_recorder_after_fork_child(void);
 
+/* From a fatal-signal handler: writes out what every stream holds, unless
+ * the registry is busy (the fault happened inside the recorder). */
+void etw_recorder_flush_on_crash(void);
+
 /* Bytes and events written so far (for --info and benchmarks). */
 uint64_t etw_recorder_events_dropped(void);
 
