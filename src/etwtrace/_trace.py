@@ -57,30 +57,16 @@ def _builtin_streams(path):
     return streams
 
 
-def _dedupe_stack_samples(events, builtin_counts):
+def _dedupe_stack_samples(events, builtin_pids):
     """The USDT stack-sample probe that perf recorded duplicates the
-    built-in recorder's PythonStackSample: drop perf's copy where the
-    built-in one exists (matched per thread, in order)."""
-    seen = {}
+    built-in recorder's PythonStackSample (which carries the Mark text):
+    keep perf's copy only for processes the built-in recorder missed."""
     for e in events:
         if e.name == "PythonStackSample":
-            key = (e.pid, e.tid)
-            n = seen.get(key, 0) + 1
-            seen[key] = n
-            if n <= builtin_counts.get(key, 0):
+            if e.pid in builtin_pids:
                 continue
             e.fields = {"Mark": ""}
         yield e
-
-
-def _count_builtin_stack_samples(path):
-    counts = {}
-    for stream in _builtin_streams(path):
-        for e in stream:
-            if e.name == "PythonStackSample":
-                key = (e.pid, e.tid)
-                counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 class open_trace:
@@ -117,8 +103,10 @@ class open_trace:
         sources = _builtin_streams(self.path)
         script = os.path.join(self.path, PERF_SCRIPT)
         if os.path.isfile(script):
-            counts = _count_builtin_stack_samples(self.path) if sources else {}
-            sources.append(_dedupe_stack_samples(_perf.read_script(script, Event), counts))
+            ctf_root = os.path.join(self.path, "ctf")
+            pids = ({pid for pid, _ in _ctf.trace_dirs(ctf_root)}
+                    if os.path.isdir(ctf_root) else set())
+            sources.append(_dedupe_stack_samples(_perf.read_script(script, Event), pids))
         return heapq.merge(*sources, key=lambda e: e.timestamp)
 
 
