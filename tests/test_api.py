@@ -139,22 +139,18 @@ def test_fork_child_is_recorded_under_its_own_pid(tmp_path):
                 os._exit(0)
             os.waitpid(pid, 0)
             parent_work()
-            print(pid)
+            print(os.getpid(), pid)
     """, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    child_pid = int(proc.stdout.strip())
+    parent_pid, child_pid = map(int, proc.stdout.split())
     events = events_of(cap)
     funcs = [e for e in events if e.name == "PythonFunction"]
     by_mark = {e.fields["Mark"]: e for e in events if e.name == "PythonStackSample"}
     assert by_mark["child"].pid == child_pid
-    assert by_mark["parent"].pid == proc_pid_of(events, by_mark["parent"])
+    assert by_mark["parent"].pid == parent_pid
     assert name_stack(by_mark["child"].stack, funcs, child_pid) == ["child_work"]
-    assert name_stack(by_mark["parent"].stack, funcs, by_mark["parent"].pid) == ["parent_work"]
-    assert len({e.pid for e in events}) == 2
-
-
-def proc_pid_of(events, event):
-    return event.pid
+    assert name_stack(by_mark["parent"].stack, funcs, parent_pid) == ["parent_work"]
+    assert {e.pid for e in events} == {parent_pid, child_pid}
 
 
 def test_spawned_python_child_is_traced_into_the_capture(tmp_path):

@@ -122,7 +122,7 @@ def collect_perf_maps(path):
             shutil.copyfile(src, os.path.join(path, "maps", f"perf-{pid}.map"))
 
 
-def choose_recorder(requested, preset, say):
+def choose_recorder(requested, say):
     """'perf' or 'builtin' for --recorder auto|perf|builtin."""
     if requested == "builtin":
         return "builtin", None
@@ -225,7 +225,7 @@ def capture(path, mode, requested_recorder, preset_name, target, say):
     path = prepare_directory(path)
     write_manifest(path, format=1, mode=mode, preset=preset.name, command=target,
                    python=sys.version.split()[0], started=time.time())
-    recorder, perf = choose_recorder(requested_recorder, preset, say)
+    recorder, perf = choose_recorder(requested_recorder, say)
     if recorder == "perf":
         status = run_with_perf(path, perf, mode, preset, target, say)
     else:

@@ -224,21 +224,6 @@ etw_perf_jit_describe(const void *addr, size_t size, const char *name)
     }
 }
 
-void
-etw_perf_jit_close(void)
-{
-    if (opened_pid == getpid()) {
-        if (jitdump_fd >= 0) {
-            close(jitdump_fd);
-            jitdump_fd = -1;
-        }
-        if (perf_map != NULL) {
-            fclose(perf_map);
-            perf_map = NULL;
-        }
-    }
-}
-
 const char *
 etw_perf_jit_dump_path(void)
 {

@@ -15,9 +15,6 @@ int etw_perf_jit_open(const char *jitdump_dir);
 /* Names the code at [addr, addr + size) in both files. */
 void etw_perf_jit_describe(const void *addr, size_t size, const char *name);
 
-/* Closes both files (the perf map is kept on disk for perf to read). */
-void etw_perf_jit_close(void);
-
 /* The jitdump path of this process, or NULL (for --info and captures). */
 const char *etw_perf_jit_dump_path(void);
 

@@ -38,12 +38,6 @@ stack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
     return tracer.previous(ts, frame, throwflag);
 }
 
-static void
-after_fork_child(void)
-{
-    etw_events_after_fork_child();
-}
-
 int
 etw_tracer_enable(int mode, const char *capture_dir, PyObject *ignored_files,
                   PyObject *include_prefixes)
@@ -73,7 +67,7 @@ etw_tracer_enable(int mode, const char *capture_dir, PyObject *ignored_files,
         return -1;
     }
     if (!atfork_registered) {
-        pthread_atfork(NULL, NULL, after_fork_child);
+        pthread_atfork(NULL, NULL, etw_events_after_fork_child);
         atfork_registered = 1;
     }
     etw_perf_jit_open(capture_dir && capture_dir[0] ? capture_dir : NULL);
