@@ -29,6 +29,8 @@ setup(
                 f"{NATIVE}/module.c",
                 f"{NATIVE}/tracer.c",
                 f"{NATIVE}/functions.c",
+                f"{NATIVE}/c_functions.c",
+                f"{NATIVE}/clock.c",
                 f"{NATIVE}/events.c",
                 f"{NATIVE}/recorder.c",
                 f"{NATIVE}/perf_jit.c",

@@ -1,5 +1,6 @@
 """One benchmark process: sets up a tracing configuration, then times a
-workload.  Prints the best time in seconds.  Used by stack_overhead.py."""
+workload.  Prints the best time in seconds.  Used by stack_overhead.py and
+instrumented_overhead.py."""
 import os
 import sys
 import time
@@ -9,29 +10,58 @@ import workloads  # noqa: E402
 
 
 def setup(config, build_dir, capture_dir):
+    """Starts tracing as `config` says; returns what stops it (or None)."""
     if config == "none":
-        return
-    if config == "noop_hook":
+        return None
+    if config in ("noop_hook", "noop_profile"):
         sys.path.insert(0, build_dir)
         import noop_hook
-        noop_hook.enable()
-        return
+        noop_hook.enable() if config == "noop_hook" else noop_hook.enable_profile()
+        return None
+    if config == "cprofile":
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
+        return prof.disable
+    if config == "yappi":
+        import yappi
+        yappi.set_clock_type("wall")
+        yappi.start(builtins=True)
+        return yappi.stop
+    if config == "viztracer":
+        from viztracer import VizTracer
+        # A buffer big enough that no entry is dropped during the timed runs.
+        tracer = VizTracer(tracer_entries=20_000_000, verbose=0)
+        tracer.start()
+        return tracer.stop
+    if config == "pyinstrument":
+        from pyinstrument import Profiler
+        prof = Profiler()
+        prof.start()
+        return prof.stop
     import etwtrace
-    if config == "etwtrace_capture":
+    if config.endswith("_capture"):
         os.environ["ETWTRACE_CAPTURE"] = capture_dir
-    etwtrace.StackSamplingTracer().enable()
+    if config.startswith("etwtrace_instr"):
+        tracer = etwtrace.InstrumentedTracer(c_calls="_c" in config.replace("_capture", ""))
+    else:
+        tracer = etwtrace.StackSamplingTracer()
+    tracer.enable()
+    return tracer.disable
 
 
 def main():
     config, name, repeat, build_dir, capture_dir = sys.argv[1:6]
     func = workloads.WORKLOADS[name]()
-    setup(config, build_dir, capture_dir)
+    stop = setup(config, build_dir, capture_dir)
     func()  # warm-up: registers functions, fills caches
     best = float("inf")
     for _ in range(int(repeat)):
         t0 = time.perf_counter()
         func()
         best = min(best, time.perf_counter() - t0)
+    if stop is not None:
+        stop()
     print(best)
 
 

@@ -1,5 +1,7 @@
-/* The floor of stack mode: a PEP 523 hook that does nothing but call
- * CPython's own evaluator.  Built by bench/stack_overhead.py. */
+/* The floors: a PEP 523 hook that does nothing but call CPython's own
+ * evaluator (stack mode's floor), and a C profile hook that does nothing
+ * (the floor DESIGN.md names for instrumented mode).  Built by the bench
+ * scripts. */
 #include "../src/etwtrace/_native/compat.h"
 
 static EtwEvalFunc previous;
@@ -21,8 +23,28 @@ enable(PyObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static int
+noop_profile(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
+{
+    (void)obj;
+    (void)frame;
+    (void)what;
+    (void)arg;
+    return 0;
+}
+
+static PyObject *
+enable_profile(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    PyEval_SetProfile(noop_profile, NULL);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
-    {"enable", enable, METH_NOARGS, "Install the no-op hook."},
+    {"enable", enable, METH_NOARGS, "Install the no-op PEP 523 hook."},
+    {"enable_profile", enable_profile, METH_NOARGS, "Install the no-op C profile hook."},
     {NULL, NULL, 0, NULL},
 };
 

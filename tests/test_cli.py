@@ -65,12 +65,22 @@ def test_script_exit_status_is_kept(tmp_path):
     assert run_etwtrace("--", tmp_path / "fail.py").returncode == 7
 
 
-def test_instrumented_option_is_accepted_or_says_not_yet():
+def test_instrumented_runs_without_capture():
     proc = run_etwtrace("--instrumented", "--", SCRIPTS / "no_events.py")
-    if proc.returncode != 0:
-        assert "not yet available" in proc.stderr
-        assert "Traceback" not in proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(sum(i * i for i in range(1000)))
+
+
+def test_instrumented_through_enable_if(tmp_path):
+    # The TYPE_VAR of enable_if picks instrumented mode.
+    script = tmp_path / "t.py"
+    script.write_text("import etwtrace\n"
+                      "etwtrace.enable_if('T_ENABLE', 'T_TYPE')\n"
+                      "print(etwtrace._native().get_mode())\n")
+    env = dict(os.environ, T_ENABLE="1", T_TYPE="instrumented")
+    out = subprocess.run([sys.executable, script], env=env, stdout=subprocess.PIPE,
+                         encoding="utf-8", check=True).stdout
+    assert out.strip() == "instrumented"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -30,6 +30,7 @@ __all__ = [
 PROVIDER_NAME = "Python"
 PROVIDER_GUID = "99a10640-320d-4b37-9e26-c311d86da7ab"
 CAPTURE_ENV = "ETWTRACE_CAPTURE"
+C_CALLS_ENV = "ETWTRACE_C_CALLS"
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _tracer = None
@@ -73,6 +74,7 @@ def _disable_at_exit():
 
 class _TracingMixin:
     _mode = "stack"
+    _c_calls = False
 
     def __init__(self):
         self._native = _native()
@@ -92,7 +94,7 @@ class _TracingMixin:
         self.ignore(*_own_files())
         self.ignore(threading.__file__, threading.Thread.run.__code__.co_filename)
         capture = os.environ.get(CAPTURE_ENV) or None
-        self._native.enable(self._mode, capture)
+        self._native.enable(self._mode, capture, self._c_calls)
         _tracer = self
         if not _atexit_registered:
             atexit.register(_disable_at_exit)
@@ -132,8 +134,20 @@ class StackSamplingTracer(_TracingMixin):
 
 
 class InstrumentedTracer(_TracingMixin):
-    """Raises PythonFunctionPush/Pop events on entry and exit of functions."""
+    """Raises PythonFunctionPush/Pop events on entry and exit of functions.
+
+    Python functions always; C callables (builtins, methods of C types) too
+    when ``c_calls`` is true, which costs more (CPython's profile hook).  The
+    default for ``c_calls`` comes from the environment variable
+    ETWTRACE_C_CALLS (set by ``python -m etwtrace --c-calls``).
+    """
     _mode = "instrumented"
+
+    def __init__(self, c_calls=None):
+        super().__init__()
+        if c_calls is None:
+            c_calls = os.environ.get(C_CALLS_ENV, "").lower() not in ("", "0", "no", "false")
+        self._c_calls = bool(c_calls)
 
 
 def is_active():

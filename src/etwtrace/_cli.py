@@ -14,7 +14,9 @@ Usage: python -m etwtrace [options] -- script.py [args...]
 
     Runs a script or module with tracing enabled.
     --stack               Stack sampling: Python frames in native stacks (default)
-    --instrumented        Events on entry and exit of every function
+    --instrumented        Events on entry and exit of every Python function
+    --c-calls             With --instrumented: C callables (builtins, methods
+                          of C types) too; slower (CPython's profile hook)
     --capture PATH        Record everything into the directory PATH (replaced
                           if it holds an earlier capture)
     --recorder WHICH      auto (perf where installed and permitted, else
@@ -45,6 +47,7 @@ Other options:
 Environment:
     ETWTRACE_CAPTURE=DIR  Any traced process records into DIR (built-in recorder)
     ETWTRACE_PROFILE=FILE Recording profile to use instead of the bundled one
+    ETWTRACE_C_CALLS=1    Instrumented tracing includes C callables
 """
 
 
@@ -176,7 +179,7 @@ def _write_exit_status(status):
 def _parse(args):
     opts = {
         "mode": None, "capture": None, "recorder": "auto", "preset": "Default",
-        "target": None, "info": False, "unused": [],
+        "target": None, "info": False, "unused": [], "c_calls": False,
     }
     actions = []
 
@@ -203,6 +206,8 @@ def _parse(args):
             opts["mode"] = "stack"
         elif arg in ("--instrumented", "--instrument"):
             opts["mode"] = "instrumented"
+        elif arg == "--c-calls":
+            opts["c_calls"] = True
         elif arg == "--capture" or arg.startswith("--capture="):
             opts["capture"] = orig.partition("=")[2] or value(orig)
         elif arg == "--recorder" or arg.startswith("--recorder="):
@@ -270,6 +275,12 @@ def main(args=None):
                 raise UsageError("--capture needs a program to run after --")
             return 0
         mode = opts["mode"] or "stack"
+        if opts["c_calls"]:
+            if mode != "instrumented":
+                raise UsageError("--c-calls needs --instrumented")
+            # Through the environment, so capture children and spawned
+            # Python processes trace C calls too.
+            os.environ[etwtrace.C_CALLS_ENV] = "1"
         if opts["capture"]:
             from . import _capture
             try:

@@ -37,7 +37,13 @@ EVENT_NAMES = {
     6: ("PythonStackSample", None),
     7: ("PythonFunctionPush", None),
     8: ("PythonFunctionPop", None),
+    9: ("PythonFunctionPush", None),   # compact: Caller is the open push
+    10: ("PythonFunctionPop", None),   # compact: 16-bit FunctionID
 }
+PUSH_IDS = (7, 9)
+POP_IDS = (8, 10)
+U16 = struct.Struct("<H")
+U16x2 = struct.Struct("<HH")
 
 
 class _Corrupt(Exception):
@@ -94,6 +100,15 @@ def _decode_payload(event_id, data, pos, end):
         if pos + 4 > end:
             raise _Corrupt("short PythonFunctionPop event")
         return {"FunctionID": U32.unpack_from(data, pos)[0]}, (), pos + 4
+    if event_id == 9:
+        if pos + 4 > end:
+            raise _Corrupt("short PythonFunctionPush event")
+        fid, line = U16x2.unpack_from(data, pos)
+        return {"FunctionID": fid, "Caller": None, "CallerLine": line}, (), pos + 4
+    if event_id == 10:
+        if pos + 2 > end:
+            raise _Corrupt("short PythonFunctionPop event")
+        return {"FunctionID": U16.unpack_from(data, pos)[0]}, (), pos + 2
     raise _Corrupt(f"unknown event id {event_id}")
 
 
@@ -101,11 +116,15 @@ def read_stream(path, pid, make_event):
     """Yields the events of one stream file in order.
 
     A stream that ends part-way through a packet (a crash, a full disk)
-    yields every complete event before the damage and warns."""
+    yields every complete event before the damage and warns.
+
+    The thread's open pushes are tracked to fill in the Caller of compact
+    pushes (the innermost open push, as the writer guarantees)."""
     with open(path, "rb") as f:
         data = f.read()
     size = len(data)
     offset = 0
+    open_pushes = []
     while offset < size:
         if offset + PACKET_HEAD.size > size:
             warnings.warn(f"{path}: trace truncated inside a packet header; "
@@ -143,6 +162,16 @@ def read_stream(path, pid, make_event):
                     pos += 4
                 fields, stack, pos = _decode_payload(event_id, data, pos, end)
                 name, opcode = EVENT_NAMES[event_id]
+                if event_id in PUSH_IDS:
+                    if fields["Caller"] is None:
+                        fields["Caller"] = open_pushes[-1] if open_pushes else 0
+                    open_pushes.append(fields["FunctionID"])
+                elif event_id in POP_IDS and open_pushes:
+                    fid = fields["FunctionID"]
+                    if open_pushes[-1] == fid:
+                        open_pushes.pop()
+                    elif fid in open_pushes:  # events were lost: resynchronise
+                        del open_pushes[len(open_pushes) - 1 - open_pushes[::-1].index(fid):]
                 yield make_event(name, opcode, pid, tid, clock, fields, stack)
         except _Corrupt as ex:
             if truncated:

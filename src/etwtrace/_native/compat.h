@@ -4,6 +4,8 @@
  *   EtwFrame                     the frame type passed to a PEP 523 hook
  *   EtwEvalFunc                  the PEP 523 hook signature
  *   etw_frame_code(frame)        the code object a frame executes (borrowed)
+ *   etw_thread_caller_frame(ts)  the frame that calls the one being entered
+ *   etw_frame_lasti(frame)       its instruction offset, for CallerLine
  *   etw_get_eval_func / etw_set_eval_func
  *   etw_request_code_extra_index / etw_code_get_extra / etw_code_set_extra
  *   etw_default_eval             CPython's own frame evaluator
@@ -61,17 +63,38 @@ etw_frame_code(EtwFrame *frame)
 #endif
 }
 
-/* The line a frame is executing, for CallerLine. */
-static inline int
-etw_frame_line(EtwFrame *frame)
+/* The thread's innermost complete Python frame: inside a PEP 523 hook,
+ * before the default evaluator links the new frame in, that is its caller.
+ * NULL when there is none. */
+static inline EtwFrame *
+etw_thread_caller_frame(PyThreadState *ts)
 {
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyUnstable_InterpreterFrame_GetLine(frame);
+#if PY_VERSION_HEX >= 0x030D0000
+    EtwFrame *f = ts->current_frame;
 #elif PY_VERSION_HEX >= 0x030B0000
-    return PyCode_Addr2Line(frame->f_code,
-                            _PyInterpreterFrame_LASTI(frame) * (int)sizeof(_Py_CODEUNIT));
+    EtwFrame *f = ts->cframe->current_frame;
 #else
-    return PyFrame_GetLineNumber(frame);
+    return ts->frame;
+#endif
+#if PY_VERSION_HEX >= 0x030B0000
+    while (f != NULL && _PyFrame_IsIncomplete(f)) {
+        f = f->previous;
+    }
+    return f;
+#endif
+}
+
+/* Byte offset of the instruction a frame is executing (for line lookup with
+ * PyCode_Addr2Line). */
+static inline int
+etw_frame_lasti(EtwFrame *frame)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return _PyInterpreterFrame_LASTI(frame) * (int)sizeof(_Py_CODEUNIT);
+#elif PY_VERSION_HEX >= 0x030A0000
+    return frame->f_lasti * (int)sizeof(_Py_CODEUNIT);
+#else
+    return frame->f_lasti;
 #endif
 }
 
@@ -91,6 +114,25 @@ static inline PyObject *
 etw_default_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
 {
     return _PyEval_EvalFrameDefault(ts, frame, throwflag);
+}
+
+/* Removes profile function `func` from every thread of `interp` that has it
+ * (holding the GIL). */
+static inline void
+etw_clear_profile_all_threads(PyInterpreterState *interp, Py_tracefunc func)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    (void)interp;
+    (void)func;
+    PyEval_SetProfileAllThreads(NULL, NULL);
+#else
+    for (PyThreadState *ts = PyInterpreterState_ThreadHead(interp); ts != NULL;
+         ts = PyThreadState_Next(ts)) {
+        if (ts->c_profilefunc == func) {
+            _PyEval_SetProfile(ts, NULL, NULL);
+        }
+    }
+#endif
 }
 
 #if PY_VERSION_HEX >= 0x030C0000

@@ -11,24 +11,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#ifdef ETWTRACE_HAVE_SDT
-#  include <sys/sdt.h>
-#  define ETW_PROBE1(n, a) DTRACE_PROBE1(etwtrace, n, a)
-#  define ETW_PROBE2(n, a, b) DTRACE_PROBE2(etwtrace, n, a, b)
-#  define ETW_PROBE3(n, a, b, c) DTRACE_PROBE3(etwtrace, n, a, b, c)
-#  define ETW_PROBE7(n, a, b, c, d, e, f, g) DTRACE_PROBE7(etwtrace, n, a, b, c, d, e, f, g)
-#else
-#  define ETW_PROBE1(n, a) ((void)0)
-#  define ETW_PROBE2(n, a, b) ((void)0)
-#  define ETW_PROBE3(n, a, b, c) ((void)0)
-#  define ETW_PROBE7(n, a, b, c, d, e, f, g) ((void)0)
-#endif
 
 /* Strings longer than this are cut: an event must fit one packet. */
 #define MAX_STRING 4095
 #define MAX_STACK 512
 
 uint32_t etw_epoch;
+void (*etw_thread_started_hook)(EtwThread *);
 __thread EtwThread *etw_tls_thread __attribute__((tls_model("initial-exec")));
 
 static int tracing;
@@ -58,7 +47,7 @@ emit_thread(EtwThread *t, uint32_t id)
         ETW_PROBE1(thread_stop, t->tid);
     }
     if (t->stream != NULL) {
-        uint8_t *p = etw_stream_reserve(t->stream, id, etw_now_ns(), 4);
+        uint8_t *p = etw_stream_reserve(t->stream, id, 4);
         if (p != NULL) {
             memcpy(p, &t->tid, 4);
         }
@@ -128,11 +117,16 @@ etw_thread_slow(void)
         t->stream = NULL;
     }
     t->epoch = etw_epoch;
+    t->current = 0;
+    t->c_depth = 0;
     if (tracing && etw_recorder_active()) {
         t->stream = etw_stream_open(t->tid);
     }
     if (tracing) {
         emit_thread(t, ETW_EV_THREAD_START);
+        if (etw_thread_started_hook != NULL) {
+            etw_thread_started_hook(t);
+        }
     }
     return t;
 }
@@ -177,6 +171,7 @@ install_fatal_handlers(void)
 int
 etw_events_enable(const char *capture_dir, char *error, size_t error_size)
 {
+    etw_clock_init();
     if (capture_dir != NULL && capture_dir[0] != '\0') {
         if (etw_recorder_start(capture_dir, error, error_size) != 0) {
             return -1;
@@ -237,7 +232,7 @@ etw_emit_function(EtwThread *t, uint32_t function_id, uintptr_t begin, uintptr_t
     }
     size_t file_len = bounded_len(file), name_len = bounded_len(name);
     size_t size = 4 + 8 + 8 + 4 + 1 + file_len + 1 + name_len + 1;
-    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_FUNCTION, etw_now_ns(), size);
+    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_FUNCTION, size);
     if (p == NULL) {
         return;
     }
@@ -274,7 +269,7 @@ etw_emit_mark(EtwThread *t, int opcode, const char *text)
         return;
     }
     size_t len = bounded_len(text);
-    uint8_t *p = etw_stream_reserve(t->stream, id, etw_now_ns(), len + 1);
+    uint8_t *p = etw_stream_reserve(t->stream, id, len + 1);
     if (p != NULL) {
         put_string(p, text, len);
     }
@@ -295,8 +290,7 @@ etw_emit_stack_sample(EtwThread *t, const char *text, void *const *frames, int d
     }
     size_t len = bounded_len(text);
     uint32_t n = (uint32_t)depth;
-    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_STACK_SAMPLE, etw_now_ns(),
-                                    len + 1 + 4 + 8 * (size_t)n);
+    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_STACK_SAMPLE, len + 1 + 4 + 8 * (size_t)n);
     if (p == NULL) {
         return;
     }
@@ -310,13 +304,17 @@ etw_emit_stack_sample(EtwThread *t, const char *text, void *const *frames, int d
 }
 
 void
-etw_emit_push(EtwThread *t, uint32_t function_id, uint32_t caller, uint32_t caller_line)
+etw_emit_push_slow(EtwThread *t, uint32_t function_id, uint32_t caller, uint32_t caller_line)
 {
-    ETW_PROBE3(push, function_id, caller, caller_line);
-    if (t->stream == NULL) {
+    if (caller == t->current && caller != 0 && function_id <= 0xFFFF && caller_line <= 0xFFFF) {
+        uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_PUSH_SHORT, 4);
+        if (p != NULL) {
+            uint16_t v[2] = {(uint16_t)function_id, (uint16_t)caller_line};
+            memcpy(p, v, 4);
+        }
         return;
     }
-    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_PUSH, etw_now_ns(), 12);
+    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_PUSH, 12);
     if (p != NULL) {
         memcpy(p, &function_id, 4);
         memcpy(p + 4, &caller, 4);
@@ -325,13 +323,17 @@ etw_emit_push(EtwThread *t, uint32_t function_id, uint32_t caller, uint32_t call
 }
 
 void
-etw_emit_pop(EtwThread *t, uint32_t function_id)
+etw_emit_pop_slow(EtwThread *t, uint32_t function_id)
 {
-    ETW_PROBE1(pop, function_id);
-    if (t->stream == NULL) {
+    if (function_id <= 0xFFFF) {
+        uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_POP_SHORT, 2);
+        if (p != NULL) {
+            uint16_t v = (uint16_t)function_id;
+            memcpy(p, &v, 2);
+        }
         return;
     }
-    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_POP, etw_now_ns(), 4);
+    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_POP, 4);
     if (p != NULL) {
         memcpy(p, &function_id, 4);
     }

@@ -111,6 +111,7 @@ etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThread *t,
             return NULL;
         }
         f->id = etw_function_next_id();
+        f->line_offset[0] = f->line_offset[1] = -1;
         if (etw_code_set_extra((PyObject *)co, etw_code_extra_index, f) < 0) {
             PyErr_Clear();
             free(f);

@@ -14,6 +14,10 @@ typedef struct EtwFunction {
     pid_t described_pid;   /* process whose perf map/jitdump name it */
     int traced;            /* 0: an ignored file, runs without a trampoline */
     void *trampoline;      /* NULL when not traced or out of memory */
+    /* Instrumented mode: the last two call sites' lines (CallerLine), keyed
+     * by instruction offset; a loop calling from one or two places hits. */
+    int line_offset[2];
+    uint32_t line_value[2];
 } EtwFunction;
 
 /* Rules deciding which files are traced, owned by the module state. */
@@ -34,6 +38,20 @@ extern Py_ssize_t etw_code_extra_index;
  * NULL).  Returns NULL only when memory is exhausted. */
 EtwFunction *etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThread *t,
                                    const EtwFilter *filter, int want_trampoline);
+
+/* The line of instruction `offset` (bytes) in `co`, which `f` describes. */
+static inline uint32_t
+etw_function_line_at(EtwFunction *f, PyCodeObject *co, int offset)
+{
+    unsigned slot = ((unsigned)offset >> 1) & 1;
+    if (f->line_offset[slot] == offset) {
+        return f->line_value[slot];
+    }
+    int line = PyCode_Addr2Line(co, offset);
+    f->line_offset[slot] = offset;
+    f->line_value[slot] = line > 0 ? (uint32_t)line : 0;
+    return f->line_value[slot];
+}
 
 /* The next FunctionID (shared with C callables in instrumented mode). */
 uint32_t etw_function_next_id(void);

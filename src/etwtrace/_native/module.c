@@ -25,10 +25,12 @@ get_state(PyObject *module)
 static PyObject *
 etw_enable(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"mode", "capture_dir", NULL};
+    static char *kwlist[] = {"mode", "capture_dir", "c_calls", NULL};
     const char *mode_name = "stack";
     PyObject *capture = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|sO:enable", kwlist, &mode_name, &capture)) {
+    int c_calls = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|sOp:enable", kwlist, &mode_name, &capture,
+                                     &c_calls)) {
         return NULL;
     }
     int mode;
@@ -50,7 +52,7 @@ etw_enable(PyObject *module, PyObject *args, PyObject *kwargs)
         capture_dir = PyBytes_AS_STRING(capture_bytes);
     }
     ModuleState *state = get_state(module);
-    int rc = etw_tracer_enable(mode, capture_dir, state->ignored_files, state->include_prefixes);
+    int rc = etw_tracer_enable(mode, c_calls, capture_dir, state->ignored_files, state->include_prefixes);
     Py_XDECREF(capture_bytes);
     if (rc < 0) {
         return NULL;
@@ -185,7 +187,8 @@ flush_at_exit(void)
 
 static PyMethodDef module_methods[] = {
     {"enable", (PyCFunction)(void (*)(void))etw_enable, METH_VARARGS | METH_KEYWORDS,
-     "enable(mode='stack', capture_dir=None)\n--\n\nStart tracing this interpreter."},
+     "enable(mode='stack', capture_dir=None, c_calls=False)\n--\n\n"
+     "Start tracing this interpreter; c_calls adds C callables in instrumented mode."},
     {"disable", etw_disable, METH_NOARGS, "Stop tracing and write out pending events."},
     {"is_active", etw_is_active, METH_NOARGS, "Whether a tracer is enabled."},
     {"get_mode", etw_get_mode, METH_NOARGS, "'stack', 'instrumented' or None."},

@@ -30,10 +30,9 @@
 #include <unistd.h>
 
 #define CTF_MAGIC 0xC1FC1FC1u
-#define PACKET_BYTES (64 * 1024)
-#define COMPACT_ID_LIMIT 31u
-#define COMPACT_TS_BITS 27
-#define COMPACT_TS_MASK ((1u << COMPACT_TS_BITS) - 1)
+#define PACKET_BYTES ETW_PACKET_BYTES
+#define COMPACT_ID_LIMIT ETW_COMPACT_ID_LIMIT
+#define COMPACT_TS_MASK ETW_COMPACT_TS_MASK
 
 typedef struct {
     uint32_t magic;
@@ -45,18 +44,6 @@ typedef struct {
     uint64_t packet_seq_num;
     uint32_t tid;
 } __attribute__((packed)) PacketHead;
-
-struct EtwStream {
-    EtwStream *next;
-    EtwStream *prev;
-    int fd;
-    uint32_t tid;
-    uint64_t seq;
-    uint64_t begin_ts;
-    uint64_t last_ts;
-    size_t used;          /* bytes in data[], 0 = no packet open */
-    uint8_t data[PACKET_BYTES];
-};
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static EtwStream *streams;
@@ -72,6 +59,7 @@ static const char METADATA[] =
     "\n"
     "typealias integer { size = 5; align = 1; signed = false; } := uint5_t;\n"
     "typealias integer { size = 8; align = 8; signed = false; } := uint8_t;\n"
+    "typealias integer { size = 16; align = 8; signed = false; } := uint16_t;\n"
     "typealias integer { size = 32; align = 8; signed = false; } := uint32_t;\n"
     "typealias integer { size = 64; align = 8; signed = false; } := uint64_t;\n"
     "typealias integer { size = 64; align = 8; signed = false; base = hex; } := uint64x_t;\n"
@@ -136,7 +124,11 @@ static const char METADATA[] =
     "    string Mark; uint32_t StackDepth; uint64x_t Stack[StackDepth]; }; };\n"
     "event { stream_id = 0; id = 7; name = \"PythonFunctionPush\"; fields := struct {\n"
     "    uint32_t FunctionID; uint32_t Caller; uint32_t CallerLine; }; };\n"
-    "event { stream_id = 0; id = 8; name = \"PythonFunctionPop\"; fields := struct { uint32_t FunctionID; }; };\n";
+    "event { stream_id = 0; id = 8; name = \"PythonFunctionPop\"; fields := struct { uint32_t FunctionID; }; };\n"
+    "/* Compact push: Caller is the innermost open push of this stream. */\n"
+    "event { stream_id = 0; id = 9; name = \"PythonFunctionPush.short\"; fields := struct {\n"
+    "    uint16_t FunctionID; uint16_t CallerLine; }; };\n"
+    "event { stream_id = 0; id = 10; name = \"PythonFunctionPop.short\"; fields := struct { uint16_t FunctionID; }; };\n";
 
 static int
 write_all(int fd, const void *data, size_t size)
@@ -382,8 +374,9 @@ etw_recorder_stop(void)
 }
 
 uint8_t *
-etw_stream_reserve(EtwStream *s, uint32_t id, uint64_t ts, size_t payload_size)
+etw_stream_reserve(EtwStream *s, uint32_t id, size_t payload_size)
 {
+    uint64_t ts = etw_clock_read(&s->clock);
     size_t worst = 13 + payload_size;
     if (sizeof(PacketHead) + worst > PACKET_BYTES) {
         dropped++;

@@ -15,6 +15,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+#include "clock.h"
 
 /* Event ids: the CTF event ids of the trace, shared with the reader. */
 enum {
@@ -27,9 +30,32 @@ enum {
     ETW_EV_STACK_SAMPLE = 6,
     ETW_EV_PUSH = 7,
     ETW_EV_POP = 8,
+    /* Compact forms of push and pop for instrumented mode (see recorder.c):
+     * a push whose Caller is the innermost open push of the stream and whose
+     * FunctionID and CallerLine fit 16 bits, and a pop whose FunctionID does. */
+    ETW_EV_PUSH_SHORT = 9,
+    ETW_EV_POP_SHORT = 10,
 };
 
-typedef struct EtwStream EtwStream;
+#define ETW_PACKET_BYTES (64 * 1024)
+#define ETW_COMPACT_ID_LIMIT 31u
+#define ETW_COMPACT_TS_BITS 27
+#define ETW_COMPACT_TS_MASK ((1u << ETW_COMPACT_TS_BITS) - 1)
+
+/* A thread's stream.  Visible here only so the push/pop fast path below can
+ * be inlined into the tracer; everything else goes through functions. */
+typedef struct EtwStream {
+    struct EtwStream *next;
+    struct EtwStream *prev;
+    int fd;
+    uint32_t tid;
+    uint64_t seq;
+    uint64_t begin_ts;
+    uint64_t last_ts;
+    EtwClockAnchor clock;
+    size_t used;          /* bytes in data[], 0 = no packet open */
+    uint8_t data[ETW_PACKET_BYTES];
+} EtwStream;
 
 /* Starts recording into DIR (creating DIR/ctf/pid-PID).  Returns 0, or -1
  * with a message in `error` (of `error_size` bytes). */
@@ -53,10 +79,31 @@ EtwStream *etw_stream_open(uint32_t tid);
 /* Writes out and closes a thread's stream (at thread exit). */
 void etw_stream_close(EtwStream *stream);
 
-/* Reserves room for an event of `payload_size` bytes stamped `ts`, writes
+/* Reserves room for an event of `payload_size` bytes stamped now, writes
  * its header and returns where the payload goes, or NULL if the event can
  * never fit a packet.  The caller fills exactly `payload_size` bytes. */
-uint8_t *etw_stream_reserve(EtwStream *stream, uint32_t id, uint64_t ts, size_t payload_size);
+uint8_t *etw_stream_reserve(EtwStream *stream, uint32_t id, size_t payload_size);
+
+/* Fast path of etw_stream_reserve for small events: the compact header fits
+ * and the packet has room.  Returns NULL when the caller must take the slow
+ * path (etw_stream_reserve). */
+static inline __attribute__((always_inline)) uint8_t *
+etw_stream_reserve_compact(EtwStream *s, uint32_t id, size_t payload_size)
+{
+    if (__builtin_expect(s->used == 0 || s->used + 4 + payload_size > ETW_PACKET_BYTES, 0)) {
+        return NULL;
+    }
+    uint64_t ts = etw_clock_read(&s->clock);
+    if (__builtin_expect(ts - s->last_ts > ETW_COMPACT_TS_MASK, 0)) {
+        return NULL; /* earlier than the last event, or too long after it */
+    }
+    uint8_t *p = s->data + s->used;
+    uint32_t word = id | ((uint32_t)(ts & ETW_COMPACT_TS_MASK) << 5);
+    memcpy(p, &word, 4);
+    s->last_ts = ts;
+    s->used += 4 + payload_size;
+    return p + 4;
+}
 
 /* Forgets streams inherited across fork() without writing them (they are the
  * parent's); the child's first event starts a trace of its own. */

@@ -4,6 +4,7 @@
  * process-wide global of the core; it is only touched holding the GIL. */
 #include "tracer.h"
 
+#include "c_functions.h"
 #include "perf_jit.h"
 #include "recorder.h"
 
@@ -13,10 +14,24 @@ typedef PyObject *(*TrampolineFunc)(PyThreadState *, EtwFrame *, int, EtwEvalFun
 
 static struct {
     int mode;
+    int c_calls;               /* instrumented: also C callables */
     EtwEvalFunc previous;      /* evaluator the hook hands frames to */
+    EtwEvalFunc hook;          /* the hook installed */
     PyInterpreterState *interp;
     EtwFilter filter;          /* strong references while enabled */
 } tracer;
+
+/* The function record of `co` for this session, registering it (and emitting
+ * its PythonFunction event) if needed; NULL if out of memory. */
+static inline EtwFunction *
+function_of(PyCodeObject *co, EtwThread *t, int want_trampoline)
+{
+    EtwFunction *f = etw_code_get_extra(co, etw_code_extra_index);
+    if (__builtin_expect(f == NULL || f->epoch != etw_epoch, 0)) {
+        f = etw_function_for_code(co, f, t, &tracer.filter, want_trampoline);
+    }
+    return f;
+}
 
 static PyObject *
 stack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
@@ -24,22 +39,124 @@ stack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
     /* A thread seen for the first time in this session announces itself
      * (PythonThread start); afterwards this is one TLS load and compare. */
     EtwThread *t = etw_thread();
-    PyCodeObject *co = etw_frame_code(frame);
-    EtwFunction *f = etw_code_get_extra(co, etw_code_extra_index);
-    if (__builtin_expect(f == NULL || f->epoch != etw_epoch, 0)) {
-        f = etw_function_for_code(co, f, t, &tracer.filter, 1);
-        if (f == NULL) {
-            return tracer.previous(ts, frame, throwflag);
-        }
-    }
-    if (f->trampoline != NULL) {
+    EtwFunction *f = function_of(etw_frame_code(frame), t, 1);
+    if (f != NULL && f->trampoline != NULL) {
         return ((TrampolineFunc)f->trampoline)(ts, frame, throwflag, tracer.previous);
     }
     return tracer.previous(ts, frame, throwflag);
 }
 
+/* Caller and CallerLine of a call made now on thread `t` from Python frame
+ * `cf` (NULL: none).  The Caller is the thread's innermost open push; only
+ * at the bottom of a stack that started before tracing did (no open push)
+ * is it the calling frame's function.  The line is known when the Caller is
+ * that Python frame's function. */
+static inline uint32_t
+caller_of(EtwThread *t, EtwFrame *cf, uint32_t *line)
+{
+    uint32_t caller = t->current;
+    *line = 0;
+    if (cf == NULL) {
+        return caller;
+    }
+    PyCodeObject *cco = etw_frame_code(cf);
+    EtwFunction *cfn = etw_code_get_extra(cco, etw_code_extra_index);
+    if (__builtin_expect(caller == 0, 0)) {
+        cfn = function_of(cco, t, 0);
+        if (cfn != NULL && cfn->traced) {
+            caller = cfn->id;
+        }
+    }
+    if (cfn != NULL && cfn->id == caller && caller != 0) {
+        *line = etw_function_line_at(cfn, cco, etw_frame_lasti(cf));
+    }
+    return caller;
+}
+
+/* Instrumented mode: a push before and a pop after every traced Python
+ * frame's evaluation.  The evaluator returns once per entry (return, yield,
+ * await or exception), so pushes and pops nest per thread by construction.
+ * A pop is written only in the session its push was: frames still running
+ * when tracing stops, or restarts, are not closed in a later trace. */
+static PyObject *
+instrumented_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
+{
+    EtwThread *t = etw_thread();
+    EtwFunction *f = function_of(etw_frame_code(frame), t, 0);
+    if (__builtin_expect(f == NULL || !f->traced, 0)) {
+        return tracer.previous(ts, frame, throwflag);
+    }
+    uint32_t epoch = t->epoch;
+    uint32_t saved = t->current;
+    uint32_t line;
+    uint32_t caller = caller_of(t, etw_thread_caller_frame(ts), &line);
+    etw_emit_push(t, f->id, caller, line);
+    t->current = f->id;
+    PyObject *result = tracer.previous(ts, frame, throwflag);
+    if (__builtin_expect(epoch == etw_epoch, 1)) {
+        t->current = saved;
+        etw_emit_pop(t, f->id);
+    }
+    return result;
+}
+
+/* Instrumented mode with C calls: a profile function per thread that sees
+ * only C calls (Python calls are the eval hook's).  Each C call's push saves
+ * the Caller it replaces on a small per-thread stack; the return or
+ * exception that ends the call pops it.  A call from an ignored file is not
+ * traced but keeps its place on that stack so pairs stay matched. */
+#define C_CALL_UNTRACED UINT32_MAX
+
+static int
+c_call_profile(PyObject *unused, PyFrameObject *pyframe, int what, PyObject *arg)
+{
+    (void)unused;
+    (void)pyframe;
+    if (what == PyTrace_C_CALL) {
+        EtwThread *t = etw_thread();
+        uint32_t depth = t->c_depth++;
+        if (depth >= ETW_MAX_C_DEPTH) {
+            return 0;
+        }
+        EtwFrame *cf = etw_thread_caller_frame(PyThreadState_Get());
+        EtwFunction *cfn = cf != NULL ? function_of(etw_frame_code(cf), t, 0) : NULL;
+        uint32_t id = (cfn == NULL || cfn->traced) ? etw_c_function_id(arg, t) : 0;
+        if (id == 0) {
+            t->c_saved[depth] = C_CALL_UNTRACED;
+            return 0;
+        }
+        uint32_t line;
+        uint32_t caller = caller_of(t, cf, &line);
+        etw_emit_push(t, id, caller, line);
+        t->c_saved[depth] = t->current;
+        t->current = id;
+    } else if (what == PyTrace_C_RETURN || what == PyTrace_C_EXCEPTION) {
+        EtwThread *t = etw_thread();
+        if (t->c_depth == 0) {
+            return 0; /* the call began before this session */
+        }
+        uint32_t depth = --t->c_depth;
+        if (depth >= ETW_MAX_C_DEPTH || t->c_saved[depth] == C_CALL_UNTRACED) {
+            return 0;
+        }
+        uint32_t id = t->current;
+        t->current = t->c_saved[depth];
+        etw_emit_pop(t, id);
+    }
+    return 0;
+}
+
+static void
+start_c_calls_on_thread(EtwThread *t)
+{
+    (void)t;
+    if (tracer.c_calls && tracer.mode == ETW_MODE_INSTRUMENTED) {
+        PyEval_SetProfile(c_call_profile, NULL);
+    }
+}
+
 int
-etw_tracer_enable(int mode, const char *capture_dir, PyObject *ignored_files,
+etw_tracer_enable(int mode, int c_calls, const char *capture_dir, PyObject *ignored_files,
                   PyObject *include_prefixes)
 {
     static int atfork_registered;
@@ -47,17 +164,12 @@ etw_tracer_enable(int mode, const char *capture_dir, PyObject *ignored_files,
         PyErr_SetString(PyExc_RuntimeError, "a tracer is already enabled in this process");
         return -1;
     }
-    if (mode != ETW_MODE_STACK) {
-        PyErr_SetString(PyExc_NotImplementedError,
-                        "instrumented tracing is not yet available");
-        return -1;
-    }
     if (etw_functions_init() < 0) {
         return -1;
     }
     PyInterpreterState *interp = PyInterpreterState_Get();
     EtwEvalFunc current = etw_get_eval_func(interp);
-    if (current == stack_eval) {
+    if (current == stack_eval || current == instrumented_eval) {
         PyErr_SetString(PyExc_RuntimeError, "a tracer is already enabled in this process");
         return -1;
     }
@@ -70,7 +182,9 @@ etw_tracer_enable(int mode, const char *capture_dir, PyObject *ignored_files,
         pthread_atfork(NULL, NULL, etw_events_after_fork_child);
         atfork_registered = 1;
     }
-    etw_perf_jit_open(capture_dir && capture_dir[0] ? capture_dir : NULL);
+    if (mode == ETW_MODE_STACK) {
+        etw_perf_jit_open(capture_dir && capture_dir[0] ? capture_dir : NULL);
+    }
 
     Py_XINCREF(ignored_files);
     Py_XINCREF(include_prefixes);
@@ -79,7 +193,10 @@ etw_tracer_enable(int mode, const char *capture_dir, PyObject *ignored_files,
     tracer.previous = current;
     tracer.interp = interp;
     tracer.mode = mode;
-    etw_set_eval_func(interp, stack_eval);
+    tracer.c_calls = mode == ETW_MODE_INSTRUMENTED && c_calls;
+    tracer.hook = mode == ETW_MODE_STACK ? stack_eval : instrumented_eval;
+    etw_thread_started_hook = tracer.c_calls ? start_c_calls_on_thread : NULL;
+    etw_set_eval_func(interp, tracer.hook);
     etw_thread(); /* announce the enabling thread now */
     return 0;
 }
@@ -90,10 +207,15 @@ etw_tracer_disable(void)
     if (tracer.mode == ETW_MODE_OFF) {
         return;
     }
-    if (etw_get_eval_func(tracer.interp) == stack_eval) {
+    if (etw_get_eval_func(tracer.interp) == tracer.hook) {
         etw_set_eval_func(tracer.interp, tracer.previous);
     }
+    if (tracer.c_calls) {
+        etw_clear_profile_all_threads(tracer.interp, c_call_profile);
+    }
+    etw_thread_started_hook = NULL;
     tracer.mode = ETW_MODE_OFF;
+    tracer.c_calls = 0;
     etw_events_disable();
     Py_CLEAR(tracer.filter.ignored_files);
     Py_CLEAR(tracer.filter.include_prefixes);

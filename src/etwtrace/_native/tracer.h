@@ -1,5 +1,7 @@
 /* The tracer: installs the PEP 523 frame-evaluation hook that routes every
- * traced Python function through its trampoline (stack mode). */
+ * traced Python function through its trampoline (stack mode), or writes a
+ * push and a pop around it (instrumented mode; with `c_calls`, a profile
+ * function adds C callables). */
 #ifndef ETWTRACE_TRACER_H
 #define ETWTRACE_TRACER_H
 
@@ -10,7 +12,7 @@ enum { ETW_MODE_OFF = 0, ETW_MODE_STACK = 1, ETW_MODE_INSTRUMENTED = 2 };
 /* Enables tracing in `mode` for the current interpreter.  `filter` holds
  * strong references for as long as tracing is on.  Returns 0, or -1 with an
  * exception set (a tracer already enabled, a capture dir not writable). */
-int etw_tracer_enable(int mode, const char *capture_dir, PyObject *ignored_files,
+int etw_tracer_enable(int mode, int c_calls, const char *capture_dir, PyObject *ignored_files,
                       PyObject *include_prefixes);
 
 /* Disables tracing and writes out every pending event.  Safe when off. */
