@@ -1,9 +1,83 @@
-"""python -m etwtrace report: formats parsed back, stack-tag folding."""
+"""python -m etwtrace report: every format parsed back, on captures of
+stack-mode and instrumented scenarios with known stacks and counts."""
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
 import xml.dom.minidom
+from collections import Counter
 
 import pytest
 
-from conftest import need_perf, run_etwtrace
+from conftest import SCRIPTS, need_perf, run_etwtrace
+
+
+def _folded(text):
+    """{root-first tuple of frames: value} from folded output."""
+    stacks = {}
+    for line in text.splitlines():
+        stack, value = line.rsplit(" ", 1)
+        stacks[tuple(stack.split(";"))] = int(value)
+    return stacks
+
+
+def _name(frame):
+    return frame.split(" (")[0]
+
+
+def _report(path, *args):
+    proc = run_etwtrace("report", path, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+def check_speedscope(doc):
+    """The structure speedscope's file-format schema requires."""
+    assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    frames = doc["shared"]["frames"]
+    assert frames and all(isinstance(f["name"], str) for f in frames)
+    assert 0 <= doc.get("activeProfileIndex", 0) < len(doc["profiles"])
+    for p in doc["profiles"]:
+        assert p["type"] in ("evented", "sampled")
+        assert p["unit"] in ("none", "nanoseconds", "microseconds", "milliseconds",
+                             "seconds", "bytes")
+        assert isinstance(p["name"], str) and p["startValue"] <= p["endValue"]
+        if p["type"] == "sampled":
+            assert len(p["samples"]) == len(p["weights"])
+            assert all(0 <= i < len(frames) for s in p["samples"] for i in s)
+        else:
+            stack, last = [], p["startValue"]
+            for e in p["events"]:
+                assert e["type"] in ("O", "C") and 0 <= e["frame"] < len(frames)
+                assert last <= e["at"] <= p["endValue"]
+                last = e["at"]
+                if e["type"] == "O":
+                    stack.append(e["frame"])
+                else:
+                    assert stack.pop() == e["frame"], "close must match the innermost open"
+            assert not stack
+
+
+def check_chrome_nesting(events):
+    """Complete events of each thread nest: a slice starting inside another
+    ends inside it too."""
+    by_thread = {}
+    for e in events:
+        if e["ph"] == "X" and e.get("cat") == "python":
+            by_thread.setdefault((e["pid"], e["tid"]), []).append(e)
+    for slices in by_thread.values():
+        open_ends = []
+        for e in sorted(slices, key=lambda e: (e["ts"], -e["dur"])):
+            while open_ends and open_ends[-1] <= e["ts"]:
+                open_ends.pop()
+            end = e["ts"] + e["dur"]
+            assert not open_ends or end <= open_ends[-1] + 0.002, e
+            open_ends.append(end)
+    return by_thread
 
 
 def test_folded_from_builtin_stack_marks(capture):
@@ -51,7 +125,9 @@ def test_mixed_flame_graph_from_perf_samples(capture, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["report", "/nonexistent/capture"], "no such capture"),
-    (["report", "CAP", "--format", "chrome"], "not yet available"),
+    (["report", "CAP", "--format", "nope"], "invalid choice"),
+    (["report", "CAP", "--off-cpu"], "no off-CPU time recorded"),
+    (["report", "CAP", "--stacktags", "/nonexistent.stacktags"], "cannot read stack tags"),
     (["report", "CAP", "-o", "/proc/forbidden/out.txt"], "cannot write"),
 ])
 def test_report_bad_input(capture, args, message):
@@ -61,3 +137,201 @@ def test_report_bad_input(capture, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---- instrumented captures ----
+
+@pytest.fixture
+def calls_capture(capture):
+    return capture("report_calls.py", mode="instrumented")
+
+
+def test_instrumented_text_has_exact_calls_callers_and_callees(calls_capture):
+    text = _report(calls_capture.path, "--limit", "0")
+    rows = {}
+    for line in text.splitlines():
+        parts = line.split(None, 4)
+        if len(parts) == 5 and parts[0].isdigit() and "report_calls.py" in parts[4]:
+            rows[_name(parts[4])] = (int(parts[0]), float(parts[1]), float(parts[2]))
+    assert {k: v[0] for k, v in rows.items()} == {
+        "<module>": 1, "top": 2, "middle": 4, "leaf": 30, "worker": 1}
+    for name, (calls, inclusive, exclusive) in rows.items():
+        assert 0 <= exclusive <= inclusive, name
+    assert rows["top"][1] >= rows["middle"][1] >= rows["leaf"][1]
+    section = text[text.index("callers (<-)"):].splitlines()
+    at = next(i for i, l in enumerate(section) if l.startswith("  leaf ("))
+    assert section[at + 1].split()[:2] == ["<-", "30"] and " middle (" in section[at + 1]
+    assert not section[at + 2].startswith("      "), "leaf has one caller and no callees"
+
+
+def test_instrumented_folded_is_the_call_tree_in_nanoseconds(calls_capture):
+    stacks = _folded(_report(calls_capture.path, "--format", "folded"))
+    paths = {tuple(_name(f) for f in s) for s in stacks if "report_calls.py" in s[-1]}
+    assert {("<module>", "top", "middle", "leaf"), ("worker", "top", "middle", "leaf"),
+            ("<module>", "top", "middle"), ("worker", "top", "middle")} <= paths
+    assert all(v > 0 for v in stacks.values())
+
+
+def test_instrumented_speedscope_is_evented_and_valid(calls_capture):
+    doc = json.loads(_report(calls_capture.path, "--format", "speedscope"))
+    check_speedscope(doc)
+    assert {p["type"] for p in doc["profiles"]} == {"evented"}
+    assert len(doc["profiles"]) == 2     # main thread and worker
+    frames = doc["shared"]["frames"]
+    opens = Counter(frames[e["frame"]]["name"] for p in doc["profiles"]
+                    for e in p["events"] if e["type"] == "O")
+    assert (opens["leaf"], opens["middle"], opens["top"]) == (30, 4, 2)
+    leaf = next(f for f in frames if f["name"] == "leaf")
+    assert leaf["file"].endswith("report_calls.py") and leaf["line"] == 8
+
+
+def test_instrumented_chrome_nests_calls_and_shows_marks(calls_capture):
+    doc = json.loads(_report(calls_capture.path, "--format", "chrome"))
+    events = doc["traceEvents"]
+    by_thread = check_chrome_nesting(events)
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert set(by_thread) <= set(names) and "MainThread" in names.values()
+    leafs = [e for e in events if e["ph"] == "X" and _name(e["name"]) == "leaf"]
+    assert len(leafs) == 30
+    mark = [e for e in events if e["ph"] == "i" and e["name"] == "start mark"]
+    assert len(mark) == 1 and mark[0]["s"] == "t"
+    (rng,) = [e for e in events if e["ph"] == "X" and e["name"] == "worker range"]
+    worker_top = [e for e in events if e["ph"] == "X" and _name(e["name"]) == "top"
+                  and e["tid"] == rng["tid"]]
+    assert len(worker_top) == 1
+    assert rng["ts"] <= worker_top[0]["ts"] and \
+        worker_top[0]["ts"] + worker_top[0]["dur"] <= rng["ts"] + rng["dur"] + 0.002
+
+
+def test_instrumented_svg_is_a_flame_graph_of_the_calls(calls_capture, tmp_path):
+    out = tmp_path / "calls.svg"
+    _report(calls_capture.path, "--format", "svg", "-o", out)
+    doc = xml.dom.minidom.parse(str(out))
+    titles = [t.firstChild.data for t in doc.getElementsByTagName("title")]
+    assert any(t.startswith("leaf (") and " ms, " in t for t in titles)
+
+
+def test_stack_marks_in_speedscope_and_chrome(capture):
+    cap = capture("by_arg.py", "a", "b")
+    doc = json.loads(_report(cap.path, "--format", "speedscope"))
+    check_speedscope(doc)
+    (profile,) = doc["profiles"]
+    frames = doc["shared"]["frames"]
+    stacks = sorted([frames[i]["name"] for i in s] for s in profile["samples"])
+    assert stacks == [["<module>", "a"], ["<module>", "a", "b"]]
+    chrome = json.loads(_report(cap.path, "--format", "chrome"))
+    assert any(e["ph"] == "M" and e["name"] == "thread_name" for e in chrome["traceEvents"])
+    marks = [e["args"]["stack"] for e in chrome["traceEvents"] if e.get("cat") == "stack-mark"]
+    assert sorted(";".join(map(_name, m.split(";"))) for m in marks) == ["<module>;a", "<module>;a;b"]
+
+
+# ---- perf: off-CPU and C extension frames ----
+
+def _expect_blocked(stacks, function, at_least_ms):
+    blocked = sum(v for s, v in stacks.items() if any(_name(f) == function for f in s))
+    assert blocked >= at_least_ms * 1e6, (function, blocked / 1e6)
+
+
+@pytest.mark.parametrize("mode", ["stack", "instrumented"])
+def test_off_cpu_blocked_time_by_python_stack(capture, mode):
+    need_perf()
+    cap = capture("offcpu.py", recorder="perf", mode=mode)
+    stacks = _folded(_report(cap.path, "--off-cpu", "--format", "folded"))
+    # holder sleeps 0.3 s holding the lock; waiter waits for it; sleeper
+    # sleeps 0.2 s.  Each wait is found under its Python function.
+    _expect_blocked(stacks, "holder", 250)
+    _expect_blocked(stacks, "waiter", 200)
+    _expect_blocked(stacks, "sleeper", 150)
+    sleeper = [s for s in stacks if any(_name(f) == "sleeper" for f in s)]
+    assert any(any(f.startswith("time_sleep ") for f in s) for s in sleeper)
+    text = _report(cap.path, "--off-cpu")
+    assert "ms blocked (off-CPU)" in text.splitlines()[0]
+    lines = [l for l in text.splitlines() if re.search(r" waiter \(.*offcpu\.py:", l)]
+    assert lines and float(lines[0].split()[0]) >= 200
+    chrome = json.loads(_report(cap.path, "--off-cpu", "--format", "chrome"))
+    blocked = [e for e in chrome["traceEvents"] if e.get("cat") == "off-cpu"]
+    assert {e["tid"] for e in blocked if e["dur"] > 100_000} >= {cap.proc and e["pid"] for e in blocked}
+
+
+def _build_bridge(tmp_path):
+    out = tmp_path / ("etw_bridge" + sysconfig.get_config_var("EXT_SUFFIX"))
+    cc = sysconfig.get_config_var("CC").split()[0] or "gcc"
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-g", "-fno-omit-frame-pointer",
+                    "-I", sysconfig.get_paths()["include"],
+                    str(SCRIPTS / "cext" / "etw_bridge.c"), "-o", str(out)], check=True)
+    return tmp_path
+
+
+def test_stack_tags_keep_a_c_extension_frame_between_python_frames(capture, tmp_path):
+    need_perf()
+    ext_dir = _build_bridge(tmp_path)
+    cap = capture("cext_bridge.py", ext_dir, "1.5", recorder="perf")
+    stacks = _folded(_report(cap.path, "--format", "folded"))
+    inner = {s: v for s, v in stacks.items() if any(_name(f) == "inner" for f in s)}
+    assert sum(inner.values()) > 100
+    bridged = sum(v for s, v in inner.items()
+                  if [ _name(f).split(" [")[0] for f in s
+                       if _name(f) in ("outer", "inner") or f.startswith("bridge_call ")]
+                  == ["outer", "bridge_call", "inner"])
+    assert bridged / sum(inner.values()) > 0.9, (bridged, sum(inner.values()))
+    assert all("_PyEval_EvalFrameDefault" not in f for s in stacks for f in s)
+    raw = _folded(_report(cap.path, "--format", "folded", "--no-stacktags"))
+    assert any(any("_PyEval_EvalFrameDefault" in f for f in s) for s in raw)
+
+
+# ---- bad and damaged input, output plumbing ----
+
+def test_truncated_trace_reports_complete_events_with_a_warning(calls_capture, tmp_path):
+    import shutil
+    damaged = tmp_path / "damaged"
+    shutil.copytree(calls_capture.path, damaged)
+    streams = sorted((damaged / "ctf").glob("pid-*/stream-*"), key=os.path.getsize)
+    with open(streams[-1], "r+b") as f:
+        size = os.path.getsize(streams[-1])
+        f.truncate(size - 700)
+    proc = run_etwtrace("report", damaged)
+    assert proc.returncode == 0, proc.stderr
+    assert "truncated" in proc.stderr and "Traceback" not in proc.stderr
+    assert "calls (instrumented)" in proc.stdout
+
+
+def test_corrupt_trace_is_a_clear_error(calls_capture, tmp_path):
+    import shutil
+    damaged = tmp_path / "corrupt"
+    shutil.copytree(calls_capture.path, damaged)
+    stream = sorted((damaged / "ctf").glob("pid-*/stream-*"))[0]
+    with open(stream, "r+b") as f:
+        f.write(b"\xde\xad\xbe\xef")
+    proc = run_etwtrace("report", damaged)
+    assert proc.returncode == 2
+    assert "corrupt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_closed_pipe_ends_the_report_quietly(calls_capture):
+    report = subprocess.Popen([sys.executable, "-m", "etwtrace", "report", str(calls_capture.path),
+                               "--format", "chrome"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    report.stdout.readline()
+    report.stdout.close()
+    err = report.stderr.read().decode()
+    assert report.wait(timeout=120) == 0, err
+    assert "Traceback" not in err
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    from etwtrace._report import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    data = tmp_path / "data"
+    data.write_bytes(b"x" * 1000)
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        progress = _Progress([data], stream=stream)
+        progress.started -= 10      # as if the report had run for a while
+        update = progress.reader(data)
+        if update:
+            update(500)
+        progress.close()
+        assert ("50.0%" in stream.getvalue()) == shown

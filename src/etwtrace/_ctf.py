@@ -112,7 +112,7 @@ def _decode_payload(event_id, data, pos, end):
     raise _Corrupt(f"unknown event id {event_id}")
 
 
-def read_stream(path, pid, make_event):
+def read_stream(path, pid, make_event, progress=None):
     """Yields the events of one stream file in order.
 
     A stream that ends part-way through a packet (a crash, a full disk)
@@ -126,6 +126,8 @@ def read_stream(path, pid, make_event):
     offset = 0
     open_pushes = []
     while offset < size:
+        if progress is not None:
+            progress(offset)
         if offset + PACKET_HEAD.size > size:
             warnings.warn(f"{path}: trace truncated inside a packet header; "
                           "events after it are lost", RuntimeWarning)

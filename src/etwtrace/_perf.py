@@ -11,6 +11,7 @@ neither perf nor the machine that recorded it.
 
 import os
 import re
+from collections import deque
 import shutil
 import subprocess
 import sysconfig
@@ -110,7 +111,9 @@ def record_command(perf, output, preset, callgraph, probe_event):
     if preset.cpu_samples:
         events += ["-e", f"cpu-clock/freq={preset.frequency}/"]
     if preset.context_switches:
-        events += ["-e", "context-switches/period=1/"]
+        # Every switch-out with its stack, plus perf's switch records, whose
+        # switch-in ends each blocked time.
+        events += ["-e", "context-switches/period=1/", "--switch-events"]
     if probe_event:
         events += ["-e", probe_event]
     cmd += events
@@ -133,7 +136,7 @@ def save_script(perf, data, output):
     with open(output, "wb") as out:
         r = subprocess.run(
             [perf, "script", "-i", data, "-F", SCRIPT_FIELDS, "--ns", "--no-inline",
-             "--show-mmap-events"],
+             "--show-mmap-events", "--show-switch-events"],
             stdout=out, stderr=subprocess.PIPE,
         )
     if r.returncode != 0:
@@ -185,22 +188,50 @@ class _Maps:
         return rel if best is None else best
 
 
-def read_script(path, make_event):
+_SWITCH = re.compile(r"^\s*(\d+)/(\d+)\s+(\d+)\.(\d+):\s+PERF_RECORD_SWITCH(?:_CPU_WIDE)?\s+(IN|OUT)\s*(.*)$")
+
+
+def read_script(path, make_event, progress=None):
     """Yields events from a saved `perf script` text in order.  Each event
-    also carries `.frames`: (symbol, dso) per stack address."""
+    also carries `.frames`: (symbol, dso) per stack address.
+
+    A CSwitch (the thread leaving the CPU, with its stack) gets the fields
+    OffCpuTime (ns until the thread ran again, None if it never did) and
+    Preempted (it was still runnable).  It is held back until its
+    switch-in is read, with every later event, so the order is kept."""
     maps = _Maps()
     current = None
     stack = []
     frames = []
+    held = deque()      # events waiting for the oldest open CSwitch
+    switched_out = {}   # tid -> its open CSwitch event
 
     def finish():
         pid, tid, ts, name, raw = current
-        ev = make_event(name, None, pid, tid, ts, {"Event": raw}, tuple(stack))
+        fields = {"Event": raw}
+        if name == "CSwitch":
+            fields["OffCpuTime"] = None
+            fields["Preempted"] = False
+        ev = make_event(name, None, pid, tid, ts, fields, tuple(stack))
         ev.frames = tuple(frames)
-        return ev
+        if name == "CSwitch":
+            pending = switched_out.pop(tid, None)
+            if pending is not None:
+                pending.fields["_open"] = False
+            fields["_open"] = True
+            switched_out[tid] = ev
+        held.append(ev)
+
+    def release():
+        while held and not held[0].fields.get("_open"):
+            ev = held.popleft()
+            ev.fields.pop("_open", None)
+            yield ev
 
     with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for line in f:
+        for n, line in enumerate(f):
+            if progress is not None and not n & 0x3FFF:
+                progress(f.buffer.tell() if hasattr(f, "buffer") else 0)
             if current is not None:
                 m = _FRAME.match(line)
                 if m:
@@ -209,7 +240,8 @@ def read_script(path, make_event):
                     stack.append(maps.absolute(current[0], rel, dso))
                     frames.append((m.group(2), dso))
                     continue
-                yield finish()
+                finish()
+                yield from release()
                 current = None
                 stack, frames = [], []
             if "PERF_RECORD_MMAP" in line:
@@ -217,6 +249,20 @@ def read_script(path, make_event):
                 if m:
                     maps.add(int(m.group(5)), int(m.group(6), 16), int(m.group(7), 16),
                              int(m.group(8), 16), m.group(9).strip())
+                continue
+            if "PERF_RECORD_SWITCH" in line:
+                m = _SWITCH.match(line)
+                if m:
+                    tid = int(m.group(2))
+                    ev = switched_out.get(tid)
+                    if ev is not None:
+                        if m.group(5) == "OUT":
+                            ev.fields["Preempted"] = "preempt" in m.group(6)
+                        else:
+                            del switched_out[tid]
+                            ev.fields["OffCpuTime"] = max(_ns(m.group(3), m.group(4)) - ev.timestamp, 0)
+                            ev.fields["_open"] = False
+                            yield from release()
                 continue
             if "PERF_RECORD_" in line:
                 continue
@@ -226,4 +272,7 @@ def read_script(path, make_event):
                 name = EVENT_NAMES.get(raw.split("/")[0].split(":u")[0], raw)
                 current = (int(m.group(1)), int(m.group(2)), _ns(m.group(3), m.group(4)), name, raw)
     if current is not None:
-        yield finish()
+        finish()
+    for ev in switched_out.values():
+        ev.fields["_open"] = False
+    yield from release()

@@ -45,7 +45,7 @@ def read_manifest(path):
         return {}
 
 
-def _builtin_streams(path):
+def _builtin_streams(path, progress=None):
     ctf_root = os.path.join(path, "ctf")
     if not os.path.isdir(ctf_root):
         return []
@@ -53,7 +53,8 @@ def _builtin_streams(path):
     for pid, trace_dir in _ctf.trace_dirs(ctf_root):
         _ctf.check_metadata(trace_dir)
         for stream in _ctf.stream_files(trace_dir):
-            streams.append(_ctf.read_stream(stream, pid, Event))
+            streams.append(_ctf.read_stream(
+                stream, pid, Event, progress and progress.reader(stream)))
     return streams
 
 
@@ -98,15 +99,34 @@ class open_trace:
         self._closed = True
 
     def __iter__(self):
+        return self.events()
+
+    def files(self):
+        """Every file the events are read from."""
+        found = []
+        ctf_root = os.path.join(self.path, "ctf")
+        if os.path.isdir(ctf_root):
+            for _pid, trace_dir in _ctf.trace_dirs(ctf_root):
+                found.extend(_ctf.stream_files(trace_dir))
+        script = os.path.join(self.path, PERF_SCRIPT)
+        if os.path.isfile(script):
+            found.append(script)
+        return found
+
+    def events(self, progress=None):
+        """The events in timestamp order.  `progress`, if given, has a
+        `reader(file)` method returning a callback that each reader calls
+        with how many bytes of that file it has read."""
         if self._closed:
             raise ValueError("trace is closed")
-        sources = _builtin_streams(self.path)
+        sources = _builtin_streams(self.path, progress)
         script = os.path.join(self.path, PERF_SCRIPT)
         if os.path.isfile(script):
             ctf_root = os.path.join(self.path, "ctf")
             pids = ({pid for pid, _ in _ctf.trace_dirs(ctf_root)}
                     if os.path.isdir(ctf_root) else set())
-            sources.append(_dedupe_stack_samples(_perf.read_script(script, Event), pids))
+            reader = _perf.read_script(script, Event, progress and progress.reader(script))
+            sources.append(_dedupe_stack_samples(reader, pids))
         return heapq.merge(*sources, key=lambda e: e.timestamp)
 
 

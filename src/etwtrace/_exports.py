@@ -1,0 +1,153 @@
+"""Timeline exports: speedscope's file format and Chrome's Trace Event JSON.
+
+Both are written in chunks straight to the output, so a large trace never
+needs its whole JSON text in memory at once.
+"""
+
+import json
+
+SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
+
+
+def _frame_record(label):
+    """speedscope frame: `qualname (file:line)` split into its parts."""
+    if label.endswith(")") and " (" in label:
+        name, where = label[:-1].rsplit(" (", 1)
+        file, _, line = where.rpartition(":")
+        if file and line.isdigit():
+            return {"name": name, "file": file, "line": int(line)}
+    return {"name": label}
+
+
+class _Frames:
+    def __init__(self):
+        self.index = {}
+        self.records = []
+
+    def __call__(self, label):
+        i = self.index.get(label)
+        if i is None:
+            i = self.index[label] = len(self.records)
+            self.records.append(_frame_record(label))
+        return i
+
+
+def _sampled(name, stacks, frames, unit):
+    samples = []
+    weights = []
+    for stack, weight in sorted(stacks.items()):
+        samples.append([frames(f) for f in stack])
+        weights.append(weight)
+    return {"type": "sampled", "name": name, "unit": unit, "startValue": 0,
+            "endValue": sum(weights), "samples": samples, "weights": weights}
+
+
+def _evented_events(slices, frames):
+    """O/C events of one thread's calls (start, end, depth, label),
+    properly nested and never going back in time."""
+    order = sorted(slices, key=lambda s: (s[0], s[2], -s[1]))
+    open_calls = []     # (end, depth, frame)
+    last = None
+    for start, end, depth, label in order:
+        while open_calls and open_calls[-1][1] >= depth:
+            e, _d, f = open_calls.pop()
+            last = max(min(e, start), last)
+            yield {"type": "C", "at": last, "frame": f}
+        f = frames(label)
+        last = start if last is None else max(start, last)
+        yield {"type": "O", "at": last, "frame": f}
+        open_calls.append((end, depth, f))
+    while open_calls:
+        e, _d, f = open_calls.pop()
+        last = max(e, last)
+        yield {"type": "C", "at": last, "frame": f}
+
+
+def write_speedscope(out, scan, view, stacks, unit, title):
+    """Evented profiles (one per thread) for instrumented calls, else one
+    sampled profile of the chosen stack view."""
+    frames = _Frames()
+    out.write('{"$schema": %s, "exporter": "etwtrace", "name": %s, "activeProfileIndex": 0, '
+              '"profiles": [' % (json.dumps(SPEEDSCOPE_SCHEMA), json.dumps(title)))
+    if view == "calls":
+        per_thread = {}
+        for pid, tid, start, end, depth, label in scan.tree.slices:
+            per_thread.setdefault((pid, tid), []).append((start, end, depth, label))
+        first = True
+        for (pid, tid), slices in sorted(per_thread.items()):
+            events = list(_evented_events(slices, frames))
+            profile = {"type": "evented", "name": f"pid {pid} {scan.threads.get((pid, tid), tid)}",
+                       "unit": "nanoseconds",
+                       "startValue": events[0]["at"], "endValue": max(e["at"] for e in events),
+                       "events": []}
+            text = json.dumps(profile)
+            head = text[:-2]    # ...,"events": [
+            out.write(("" if first else ", ") + head)
+            for i in range(0, len(events), 4096):
+                chunk = ", ".join(json.dumps(e) for e in events[i:i + 4096])
+                out.write(("" if i == 0 else ", ") + chunk)
+            out.write("]}")
+            first = False
+    else:
+        out.write(json.dumps(_sampled(title, stacks, frames,
+                                      "nanoseconds" if unit == "ns" else "none")))
+    out.write('], "shared": {"frames": ')
+    out.write(json.dumps(frames.records))
+    out.write("}}\n")
+
+
+def write_chrome(out, scan, title):
+    """Chrome Trace Event JSON (opens in Perfetto UI and chrome://tracing):
+    process and thread names, calls as nested complete events, marks as
+    instant events, mark ranges and off-CPU waits as slices, CPU samples
+    and stack marks as instant events carrying their stack."""
+    t0 = scan.first or 0
+
+    def us(ns):
+        return round((ns - t0) / 1000, 3)
+
+    def emit(events):
+        out.write(",\n".join(json.dumps(e, separators=(",", ":")) for e in events))
+
+    out.write('{"displayTimeUnit": "ns", "otherData": {"title": %s},\n"traceEvents": [\n'
+              % json.dumps(title))
+    meta = []
+    for pid in sorted({pid for pid, _ in scan.threads}):
+        meta.append({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
+                     "args": {"name": f"python {pid}"}})
+    for (pid, tid), name in sorted(scan.threads.items()):
+        meta.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
+                     "args": {"name": name}})
+    emit(meta)
+    batch = []
+
+    def flush():
+        if batch:
+            out.write(",\n")
+            emit(batch)
+            batch.clear()
+
+    def add(event):
+        batch.append(event)
+        if len(batch) >= 4096:
+            flush()
+
+    for pid, tid, start, end, depth, label in sorted(
+            scan.tree.slices or (), key=lambda s: (s[0], s[1], s[2], s[4])):
+        add({"ph": "X", "cat": "python", "name": label, "pid": pid, "tid": tid,
+             "ts": us(start), "dur": round((end - start) / 1000, 3)})
+    for pid, tid, start, end, text in scan.ranges:
+        add({"ph": "X", "cat": "mark", "name": text, "pid": pid, "tid": tid,
+             "ts": us(start), "dur": round((end - start) / 1000, 3)})
+    for pid, tid, ts, text in scan.instants:
+        add({"ph": "i", "s": "t", "cat": "mark", "name": text, "pid": pid, "tid": tid,
+             "ts": us(ts)})
+    for pid, tid, start, end, label in scan.offcpu_slices:
+        add({"ph": "X", "cat": "off-cpu", "name": f"blocked: {label}", "pid": pid, "tid": tid,
+             "ts": us(start), "dur": round((end - start) / 1000, 3)})
+    for pid, tid, ts, frames, kind in scan.sample_points:
+        cat = "cpu-sample" if kind == "SampledProfile" else "stack-mark"
+        add({"ph": "i", "s": "t", "cat": cat, "name": frames[-1], "pid": pid,
+             "tid": tid, "ts": us(ts), "args": {"stack": ";".join(frames)}})
+    flush()
+    out.write("\n]}\n")

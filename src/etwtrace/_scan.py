@@ -1,0 +1,231 @@
+"""One pass over a capture, gathering what every report view needs.
+
+Stacks (CPU samples, stack marks, off-CPU waits) are counted raw and named
+once the whole capture is read: a perf sample can be stamped a few
+microseconds before the PythonFunction event of the trampoline it hit (the
+two recorders read their clocks apart), and a trampoline names one function
+for its process's life, so naming at the end is exact.
+
+Instrumented captures have no trampolines: there the Python part of a
+native stack is the thread's open calls at the sample's time, rebuilt from
+the push/pop events, and goes where the evaluator is in the native stack.
+"""
+
+import bisect
+import fnmatch
+import os
+import xml.dom.minidom
+from collections import Counter
+
+from ._calltree import CallTree, label_of
+
+# Native frames where CPython runs a Python frame: where the Python part of
+# an instrumented capture's stack goes.
+EVAL_SYMBOLS = ("_PyEval_EvalFrameDefault", "_PyEval_EvalFrame", "PyEval_EvalCode")
+
+
+class ReportError(Exception):
+    pass
+
+
+def load_stacktags(path):
+    """(module glob, method glob) of every Entrypoint in a stack-tags file."""
+    try:
+        doc = xml.dom.minidom.parse(path)
+    except Exception as ex:
+        raise ReportError(f"cannot read stack tags {path}: {ex}") from None
+    return [(e.getAttribute("Module") or "*", e.getAttribute("Method") or "*")
+            for e in doc.getElementsByTagName("Entrypoint")]
+
+
+class _Ranges:
+    """Address ranges of one process's PythonFunction events."""
+
+    def __init__(self):
+        self.begins = []
+        self.items = []
+
+    def add(self, begin, end, label):
+        if begin >= end:
+            return
+        i = bisect.bisect_left(self.begins, begin)
+        if i < len(self.begins) and self.begins[i] == begin:
+            self.items[i] = (begin, end, label)
+            return
+        self.begins.insert(i, begin)
+        self.items.insert(i, (begin, end, label))
+
+    def find(self, ip):
+        i = bisect.bisect_right(self.begins, ip) - 1
+        if i >= 0:
+            begin, end, label = self.items[i]
+            if begin <= ip < end:
+                return label
+        return None
+
+
+class Scan:
+    """Reads a capture once.  Views:
+
+    samples / marks / offcpu: Counter of root-first frame tuples (count, count,
+        blocked ns);
+    tree: the instrumented call tree (CallTree), empty without pushes;
+    threads: {(pid, tid): name}; instants: (pid, tid, ts, text);
+    ranges: (pid, tid, start, end, text); offcpu_slices: (pid, tid, start,
+        end, label); sample_points: (pid, tid, ts, frames, event name) of CPU
+        samples and stack marks (timeline only).
+    """
+
+    def __init__(self, path, tags, timeline=False, progress=None):
+        self.tags = tags
+        self.timeline = timeline
+        self.tree = CallTree(timeline=timeline)
+        self.threads = {}
+        self.instants = []
+        self.ranges = []
+        self.offcpu_slices = []
+        self.sample_points = []
+        self.first = None
+        self.last = None
+        self._ranges = {}
+        self._raw = {"SampledProfile": Counter(), "PythonStackSample": Counter(), "CSwitch": Counter()}
+        self._raw_points = []
+        self._open_ranges = {}
+        self._read(path, progress)
+        self._name_all()
+
+    # ---- reading ----
+
+    def _read(self, path, progress):
+        from ._trace import open_trace
+        tree = self.tree
+        with open_trace(path) as trace:
+            for e in trace.events(progress=progress):
+                name = e.name
+                if self.first is None:
+                    self.first = e.timestamp
+                self.last = e.timestamp
+                if name == "PythonFunctionPush":
+                    tree.push(e.pid, e.tid, e.fields["FunctionID"], e.timestamp)
+                elif name == "PythonFunctionPop":
+                    tree.pop(e.pid, e.tid, e.fields["FunctionID"], e.timestamp)
+                elif name == "PythonFunction":
+                    f = e.fields
+                    tree.function(e.pid, f)
+                    self._ranges.setdefault(e.pid, _Ranges()).add(
+                        f["BeginAddress"], f["EndAddress"], label_of(f))
+                elif name in self._raw:
+                    self._stack_event(e)
+                elif name == "PythonThread":
+                    if e.opcode == "start":
+                        self.threads.setdefault((e.pid, e.tid), self._thread_name(e.pid, e.tid))
+                    tree.seen(e.pid, e.tid, e.timestamp)
+                elif name == "PythonMark":
+                    self._mark(e)
+
+    def _thread_name(self, pid, tid):
+        return "MainThread" if pid == tid else f"thread {tid}"
+
+    def _stack_event(self, e):
+        if e.name == "CSwitch":
+            wait = e.fields.get("OffCpuTime")
+            if not wait or e.fields.get("Preempted"):
+                return      # still runnable, or never ran again: not a wait
+            weight = wait
+        else:
+            weight = 1
+        self.tree.seen(e.pid, e.tid, e.timestamp)
+        frames = getattr(e, "frames", ())
+        raw = tuple((ip, *(frames[i] if i < len(frames) else ("", "")))
+                    for i, ip in enumerate(e.stack))
+        python = self.tree.open_labels(e.pid, e.tid) if self.tree.calls else ()
+        if not raw and not python:
+            return
+        key = (e.pid, raw, python)
+        self._raw[e.name][key] += weight
+        if self.timeline:
+            end = e.timestamp + (weight if e.name == "CSwitch" else 0)
+            self._raw_points.append((e.name, e.pid, e.tid, e.timestamp, end, key))
+
+    def _mark(self, e):
+        text = e.fields.get("Mark", "")
+        key = (e.pid, e.tid)
+        self.threads.setdefault(key, self._thread_name(e.pid, e.tid))
+        if e.opcode is None:
+            self.instants.append((e.pid, e.tid, e.timestamp, text))
+        elif e.opcode == "start":
+            self._open_ranges.setdefault(key, []).append((text, e.timestamp))
+        else:
+            opened = self._open_ranges.get(key, [])
+            for i in range(len(opened) - 1, -1, -1):
+                if opened[i][0] == text:
+                    _, start = opened.pop(i)
+                    self.ranges.append((e.pid, e.tid, start, e.timestamp, text))
+                    break
+
+    # ---- naming ----
+
+    def _name_all(self):
+        self.tree.finish()
+        for (pid, tid), opened in self._open_ranges.items():
+            for text, start in opened:
+                self.ranges.append((pid, tid, start, self.last, text))
+        for pid, tid, *_ in self.tree.slices or ():
+            self.threads.setdefault((pid, tid), self._thread_name(pid, tid))
+        names = {}
+        views = {}
+        for kind, raw in self._raw.items():
+            named = Counter()
+            for key, weight in raw.items():
+                frames = names.get(key)
+                if frames is None:
+                    frames = names[key] = self._name(*key)
+                if frames:
+                    named[frames] += weight
+            views[kind] = named
+        self.samples = views["SampledProfile"]
+        self.marks = views["PythonStackSample"]
+        self.offcpu = views["CSwitch"]
+        for kind, pid, tid, start, end, key in self._raw_points:
+            frames = names.get(key)
+            if not frames:
+                continue
+            self.threads.setdefault((pid, tid), self._thread_name(pid, tid))
+            if kind == "CSwitch":
+                self.offcpu_slices.append((pid, tid, start, end, frames[-1]))
+            else:
+                self.sample_points.append((pid, tid, start, frames, kind))
+        self._raw = self._raw_points = None
+
+    def _name(self, pid, raw, python):
+        """Root-first frame labels of one raw stack."""
+        ranges = self._ranges.get(pid)
+        tags = self.tags
+        frames = []
+        for ip, sym, dso in reversed(raw):
+            if ip == 0xFFFFFFFFFFFFFFFF:
+                continue    # perf's marker for an unwind that stopped early
+            label = ranges.find(ip) if ranges else None
+            if label is not None:
+                frames.append(label)
+                continue
+            if python and sym in EVAL_SYMBOLS:
+                frames.extend(python)
+                python = ()
+                continue
+            if tags is not None and (not sym or _folded_by_tags(sym, dso, tags)):
+                continue
+            if sym and sym != "[unknown]":
+                frames.append(f"{sym} [{os.path.basename(dso)}]")
+            else:
+                frames.append(f"0x{ip:x}")
+        if python:
+            # No evaluator frame seen (a stack mark, or a short native
+            # stack): the Python calls go first.
+            frames[:0] = python
+        return tuple(frames)
+
+
+def _folded_by_tags(sym, dso, tags):
+    module = os.path.basename(dso)
+    return any(fnmatch.fnmatchcase(module, m) and fnmatch.fnmatchcase(sym, f) for m, f in tags)
