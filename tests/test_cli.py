@@ -142,10 +142,15 @@ def test_auto_recorder_falls_back_and_says_so(tmp_path):
 
 @pytest.fixture
 def venv_python(tmp_path):
-    """A virtual environment that sees this etwtrace through system site."""
+    """A virtual environment that sees the etwtrace under test (through a
+    .pth naming where it is installed: the tests may themselves run in a
+    venv, whose packages a nested venv's system site would not show)."""
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
-    return env_dir / "bin" / "python"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    with open(os.path.join(_site_packages(python), "_etwtrace_under_test.pth"), "w") as f:
+        f.write(os.path.dirname(os.path.dirname(os.path.abspath(etwtrace.__file__))) + "\n")
+    return python
 
 
 def _site_packages(python):

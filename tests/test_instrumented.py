@@ -143,7 +143,11 @@ def test_consistency_cases(capture, tmp_path, c_calls):
     # gen_user runs 5 times (main thread + 4 threads); each time gen(5) is
     # called (making the generator) and resumed 6 times, gen(10) called,
     # resumed once and closed (GeneratorExit thrown in: one more resume).
-    assert pushes["gen"] == 5 * ((1 + 6) + (1 + 1 + 1))
+    # 3.11+ runs the new frame to make a generator (RETURN_GENERATOR); 3.13+
+    # closes a generator suspended outside any try block without resuming it.
+    make = 1 if sys.version_info >= (3, 11) else 0
+    close = 0 if sys.version_info >= (3, 13) else 1
+    assert pushes["gen"] == 5 * ((make + 6) + (make + 1 + close))
     assert pushes["deep_raise"] == 31 * 5
     assert pushes["interrupted"] == 11
     assert pushes["recurse"] > 500

@@ -335,3 +335,21 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
             update(500)
         progress.close()
         assert ("50.0%" in stream.getvalue()) == shown
+
+
+def test_cpu_preset_uses_frame_pointers_where_libpython_keeps_them(capture):
+    # On a frame-pointer build (3.13 in CI) this is perf's frame-pointer
+    # call-graph path; elsewhere DWARF.  Either way the stacks are mixed
+    # and Python frames are named.
+    need_perf()
+    from etwtrace import _perf
+    cap = capture("hot.py", "1", recorder="perf", preset="CPU")
+    manifest = json.load(open(os.path.join(cap.path, "etwtrace-capture.json")))
+    expected = "fp" if _perf.python_keeps_frame_pointers() else "dwarf"
+    assert manifest["callgraph"] == expected
+    assert not any(e == "context-switches/period=1/" for e in manifest["perf_command"])
+    stacks = _folded(_report(cap.path, "--format", "folded"))
+    total = sum(stacks.values())
+    nested = sum(v for s, v in stacks.items()
+                 if [_name(f) for f in s if _name(f) in ("outer", "inner")] == ["outer", "inner"])
+    assert nested / total > 0.5, (nested, total)

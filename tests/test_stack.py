@@ -1,4 +1,5 @@
 """The original's stack-sampling scenarios, under both recorders."""
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -142,3 +143,22 @@ def test_every_thread_is_announced_even_without_events(capture):
     stops = [e for e in events if e.name == "PythonThread" and e.opcode == "stop"]
     assert len(starts) == 5, "main thread and four workers"
     assert {e.tid for e in starts} == {e.tid for e in stops}
+
+
+def test_stack_sample_probe_survives_an_identical_build_elsewhere(capture, tmp_path):
+    # An identical build (same build-id) cached by perf from a path that no
+    # longer exists must not stop the probe from attaching to this one.
+    need_perf()
+    import shutil
+    from etwtrace import _etwtrace, _perf
+    perf = _perf.find_perf()
+    ghost = tmp_path / "ghost" / os.path.basename(_etwtrace.__file__)
+    ghost.parent.mkdir()
+    shutil.copy(_etwtrace.__file__, ghost)
+    subprocess.run([perf, "buildid-cache", "--add", str(ghost)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(ghost.parent)
+    cap = capture("callback.py", recorder="perf", preset="Minimal")
+    assert "not recording the stack-sample probe" not in cap.proc.stderr
+    script = (cap.path / "perf.script").read_text(errors="replace")
+    assert any("sdt_etwtrace:stack_sample:" in line for line in script.splitlines())

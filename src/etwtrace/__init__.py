@@ -238,7 +238,7 @@ def _content_path(name):
 
 
 def get_profile_path():
-    """Path of the recording profile (presets Default and Minimal)."""
+    """Path of the recording profile (presets Default, CPU and Minimal)."""
     return _content_path("python.etwprofile")
 
 

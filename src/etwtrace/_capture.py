@@ -159,7 +159,7 @@ class _ForwardSignals:
 
 def run_with_perf(path, perf, mode, preset, target, say):
     from . import _etwtrace
-    callgraph = "fp" if _perf.python_keeps_frame_pointers() else "dwarf"
+    callgraph = _perf.choose_callgraph(preset)
     probe = None
     if preset.stack_sample_probe:
         probe, reason = _perf.add_stack_sample_probe(perf, _etwtrace.__file__)

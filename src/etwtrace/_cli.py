@@ -21,7 +21,7 @@ Usage: python -m etwtrace [options] -- script.py [args...]
                           if it holds an earlier capture)
     --recorder WHICH      auto (perf where installed and permitted, else
                           builtin), perf, or builtin (no privileges needed)
-    --preset NAME         Recording profile preset: Default or Minimal
+    --preset NAME         Recording profile preset: Default, CPU or Minimal
 
 Usage: python -m etwtrace --enable [ENABLE_VAR [TYPE_VAR]]
 

@@ -26,13 +26,13 @@ def stack_table(stacks, heading, unit="samples", limit=40):
         for frame in set(stack):
             inclusive[frame] += count
         exclusive[stack[-1]] += count
-    scale = 1e6 if unit == "ns" else 1
+    scale = 1e6 if unit == "ns" else None
     cols = ("total ms", "self ms") if unit == "ns" else ("total", "self")
     out = [heading, "",
            f"{cols[0]:>10} {'total%':>7} {cols[1]:>10} {'self%':>7}  function"]
     for frame, count in inclusive.most_common(limit):
-        out.append(f"{_num(count / scale):>10} {100 * count / total:>6.1f}% "
-                   f"{_num(exclusive[frame] / scale):>10} "
+        out.append(f"{_num(count, scale):>10} {100 * count / total:>6.1f}% "
+                   f"{_num(exclusive[frame], scale):>10} "
                    f"{100 * exclusive[frame] / total:>6.1f}%  {frame}")
     return out
 
@@ -71,8 +71,8 @@ def offcpu_tables(stacks, limit=40):
     return out
 
 
-def _num(value):
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+def _num(value, scale):
+    return str(value) if scale is None else f"{value / scale:.3f}"
 
 
 def calls_table(functions, limit=40):

@@ -53,6 +53,21 @@ def check_permitted(perf):
                         "/proc/sys/kernel/perf_event_paranoid, or use --recorder builtin")
 
 
+def choose_callgraph(preset):
+    """"fp" or "dwarf" for a capture.  Frame pointers where libpython keeps
+    them, except with context switches: a blocked stack runs through libc's
+    wait functions, which keep none, and perf cannot mix call-graph kinds
+    (measured with perf 6.1: a per-event call-graph=dwarf beside a global
+    fp gives stacks that stop at the first libc frame).
+    ETWTRACE_CALLGRAPH=fp|dwarf overrides."""
+    override = os.environ.get("ETWTRACE_CALLGRAPH", "").lower()
+    if override in ("fp", "dwarf"):
+        return override
+    if python_keeps_frame_pointers() and not preset.context_switches:
+        return "fp"
+    return "dwarf"
+
+
 def python_keeps_frame_pointers():
     """Whether this interpreter was built with frame pointers, so perf's
     cheap frame-pointer call graphs walk through libpython."""
@@ -85,6 +100,11 @@ def add_stack_sample_probe(perf, native_library):
         return None, "tracefs is not mounted"
     run = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     try:
+        # perf finds SDT notes through its build-id cache.  An identical
+        # build installed elsewhere earlier (another venv, since deleted)
+        # has the same build-id, and its stale cache entry would make
+        # `perf probe` fail with ENOENT: drop it, then add this copy.
+        subprocess.run([perf, "buildid-cache", "--remove", native_library], **run)
         subprocess.run([perf, "buildid-cache", "--add", native_library], **run)
         subprocess.run([perf, "probe", "-q", "-d", STACK_SAMPLE_PROBE], **run)
         r = subprocess.run([perf, "probe", "-q", "-x", native_library, "-a",
