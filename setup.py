@@ -41,6 +41,12 @@ setup(
             extra_compile_args=extra_compile_args,
             extra_link_args=extra_link_args,
             libraries=["dl", "pthread"],
-        )
+        ),
+        Extension(
+            "etwtrace._ctfdecode",
+            sources=[f"{NATIVE}/ctfdecode.c"],
+            extra_compile_args=extra_compile_args,
+            extra_link_args=extra_link_args,
+        ),
     ],
 )

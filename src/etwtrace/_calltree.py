@@ -1,21 +1,16 @@
 """Call trees from instrumented-mode events (PythonFunctionPush/Pop).
 
-Every thread's pushes and pops are folded into one tree per process: a node
-per distinct call path, holding its call count and its inclusive and
-exclusive nanoseconds.  Memory grows with the number of distinct call paths,
-not with the number of calls.  Pops are matched as `CallStacks` matches
-them: a pop with no open push (a call entered before tracing started) is
-counted and ignored; a pop of a call further down the stack closes the calls
-above it (events were lost).  Calls still open at the end of the trace are
-closed at their thread's last event.
+The C decoder (etwtrace._ctfdecode.fold) folds each thread's pushes and pops
+into a tree of call paths with calls and inclusive/exclusive nanoseconds;
+this module merges the threads of each process into one tree per process,
+names the nodes and gives the views.  Memory grows with the number of
+distinct call paths, not with the number of calls.
 
-With `timeline=True` every closed call is also kept as a slice
-(pid, tid, start, end, depth, label) for the timeline exports.
+With timelines, every call is also kept as a slice
+(pid, tid, start, end, depth, (pid, FunctionID)).
 """
 
-from collections import Counter, defaultdict
-
-ROOT = -1
+from collections import Counter
 
 
 def label_of(fields):
@@ -35,15 +30,6 @@ class _Node:
         self.children = {}
 
 
-class _Open:
-    __slots__ = ("node", "start", "child_time")
-
-    def __init__(self, node, start):
-        self.node = node
-        self.start = start
-        self.child_time = 0
-
-
 class CallTree:
     def __init__(self, timeline=False):
         self.roots = {}             # (pid, FunctionID) -> _Node
@@ -52,64 +38,36 @@ class CallTree:
         self.unmatched_pops = 0
         self.mismatched_pops = 0
         self.calls = 0
-        self._stacks = defaultdict(list)    # (pid, tid) -> [_Open]
-        self._last_seen = {}                # (pid, tid) -> last timestamp
 
     def function(self, pid, fields):
         self.labels[(pid, fields["FunctionID"])] = label_of(fields)
 
-    def push(self, pid, tid, fid, ts):
-        stack = self._stacks[(pid, tid)]
-        key = (pid, fid)
-        siblings = stack[-1].node.children if stack else self.roots
-        node = siblings.get(key)
-        if node is None:
-            node = siblings[key] = _Node(stack[-1].node if stack else None, key)
-        node.calls += 1
-        self.calls += 1
-        stack.append(_Open(node, ts))
-        self._last_seen[(pid, tid)] = ts
+    def add_thread(self, pid, tid, folded):
+        """Merges one thread's folded stream (from _ctfdecode.fold)."""
+        mine = []
+        for parent, fid, calls, inclusive, exclusive in folded["nodes"]:
+            siblings = mine[parent].children if parent >= 0 else self.roots
+            key = (pid, fid)
+            node = siblings.get(key)
+            if node is None:
+                node = siblings[key] = _Node(mine[parent] if parent >= 0 else None, key)
+            node.calls += calls
+            node.inclusive += inclusive
+            node.exclusive += exclusive
+            mine.append(node)
+        self.calls += folded["calls"]
+        self.unmatched_pops += folded["unmatched_pops"]
+        self.mismatched_pops += folded["mismatched_pops"]
+        if self.slices is not None and folded["slices"]:
+            nodes = folded["nodes"]
+            self.slices.extend((pid, tid, start, end, depth, (pid, nodes[n][1]))
+                               for start, end, depth, n in folded["slices"])
 
-    def pop(self, pid, tid, fid, ts):
-        self._last_seen[(pid, tid)] = ts
-        stack = self._stacks.get((pid, tid))
-        if not stack:
-            self.unmatched_pops += 1
-            return
-        key = (pid, fid)
-        if stack[-1].node.key != key:
-            self.mismatched_pops += 1
-            if not any(o.node.key == key for o in stack):
-                return
-            while stack[-1].node.key != key:
-                self._close(pid, tid, stack, ts)
-        self._close(pid, tid, stack, ts)
-
-    def _close(self, pid, tid, stack, ts):
-        call = stack.pop()
-        duration = max(ts - call.start, 0)
-        node = call.node
-        node.inclusive += duration
-        node.exclusive += max(duration - call.child_time, 0)
-        if stack:
-            stack[-1].child_time += duration
-        if self.slices is not None:
-            self.slices.append((pid, tid, call.start, ts, len(stack), self.label(node.key)))
-
-    def seen(self, pid, tid, ts):
-        """Any event of a thread: calls left open end no earlier than this."""
-        self._last_seen[(pid, tid)] = ts
-
-    def open_labels(self, pid, tid):
-        """Root-first labels of the thread's open calls."""
-        return tuple(self.label(o.node.key) for o in self._stacks.get((pid, tid), ()))
-
-    def finish(self):
-        """Closes the calls still open at their thread's last event."""
-        for (pid, tid), stack in self._stacks.items():
-            end = self._last_seen.get((pid, tid), 0)
-            while stack:
-                self._close(pid, tid, stack, end)
+    def labelled_slices(self):
+        """The slices with each call's label in place of its key."""
+        label = self.label
+        return [(pid, tid, start, end, depth, label(key))
+                for pid, tid, start, end, depth, key in self.slices or ()]
 
     def label(self, key):
         return self.labels.get(key) or f"function #{key[1]}"
@@ -130,13 +88,6 @@ class CallTree:
         for node, path in self._walk():
             if node.exclusive:
                 out[path] += node.exclusive
-        return out
-
-    def call_paths(self):
-        """Counter: root-first path of labels -> calls."""
-        out = Counter()
-        for node, path in self._walk():
-            out[path] += node.calls
         return out
 
     def functions(self):

@@ -188,6 +188,40 @@ def read_stream(path, pid, make_event, progress=None):
         offset += packet_bits // 8
 
 
+def fold_stream(path, pid, make_event, timeline=False):
+    """Decodes a stream with the C decoder: (the fold result, the events
+    that are not pushes or pops).  See etwtrace._ctfdecode."""
+    from . import _ctfdecode
+    try:
+        folded = _ctfdecode.fold(path, timeline=timeline)
+    except ValueError as ex:
+        raise TraceError(str(ex)) from None
+    except OSError as ex:
+        raise TraceError(f"{path}: cannot read ({ex.strerror})") from None
+    if folded["truncated"]:
+        warnings.warn(f"{path}: trace truncated mid-packet; "
+                      "reporting the complete events before it", RuntimeWarning)
+    tid = folded["tid"]
+    events = []
+    for event_id, ts, values in folded["events"]:
+        name, opcode = EVENT_NAMES[event_id]
+        stack = ()
+        if event_id in (0, 1):
+            fields = {"ThreadId": values[0]}
+        elif event_id == 2:
+            fid, begin, end, line, is_py, source, fname = values
+            fields = {"FunctionID": fid, "BeginAddress": begin, "EndAddress": end,
+                      "LineNumber": line, "SourceFile": source, "Name": fname,
+                      "IsPythonCode": is_py}
+        elif event_id == 6:
+            fields = {"Mark": values[0]}
+            stack = values[1]
+        else:
+            fields = {"Mark": values[0]}
+        events.append(make_event(name, opcode, pid, tid, ts, fields, stack))
+    return folded, events
+
+
 def trace_dirs(ctf_root):
     """(pid, directory) of every per-process trace under ctf_root."""
     found = []

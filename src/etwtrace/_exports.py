@@ -71,7 +71,7 @@ def write_speedscope(out, scan, view, stacks, unit, title):
               '"profiles": [' % (json.dumps(SPEEDSCOPE_SCHEMA), json.dumps(title)))
     if view == "calls":
         per_thread = {}
-        for pid, tid, start, end, depth, label in scan.tree.slices:
+        for pid, tid, start, end, depth, label in scan.tree.labelled_slices():
             per_thread.setdefault((pid, tid), []).append((start, end, depth, label))
         first = True
         for (pid, tid), slices in sorted(per_thread.items()):
@@ -133,7 +133,7 @@ def write_chrome(out, scan, title):
             flush()
 
     for pid, tid, start, end, depth, label in sorted(
-            scan.tree.slices or (), key=lambda s: (s[0], s[1], s[2], s[4])):
+            scan.tree.labelled_slices(), key=lambda s: (s[0], s[1], s[2], s[4])):
         add({"ph": "X", "cat": "python", "name": label, "pid": pid, "tid": tid,
              "ts": us(start), "dur": round((end - start) / 1000, 3)})
     for pid, tid, start, end, text in scan.ranges:

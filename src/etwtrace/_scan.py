@@ -7,8 +7,13 @@ two recorders read their clocks apart), and a trampoline names one function
 for its process's life, so naming at the end is exact.
 
 Instrumented captures have no trampolines: there the Python part of a
-native stack is the thread's open calls at the sample's time, rebuilt from
-the push/pop events, and goes where the evaluator is in the native stack.
+native stack is the thread's open calls at the sample's time (replayed by
+the C decoder once the capture is read), and goes where the evaluator is in
+the native stack.
+
+The built-in recorder's streams are decoded in C (etwtrace._ctfdecode),
+which folds pushes and pops into call trees as it reads; only the other
+events come back to Python, merged in time order with perf's.
 """
 
 import bisect
@@ -22,6 +27,9 @@ from ._calltree import CallTree, label_of
 # Native frames where CPython runs a Python frame: where the Python part of
 # an instrumented capture's stack goes.
 EVAL_SYMBOLS = ("_PyEval_EvalFrameDefault", "_PyEval_EvalFrame", "PyEval_EvalCode")
+
+
+_AT = object()     # marks a stack whose Python calls are looked up by time
 
 
 class ReportError(Exception):
@@ -91,25 +99,33 @@ class Scan:
         self._raw = {"SampledProfile": Counter(), "PythonStackSample": Counter(), "CSwitch": Counter()}
         self._raw_points = []
         self._open_ranges = {}
+        self._call_streams = {}     # (pid, tid) -> stream with pushes
         self._read(path, progress)
         self._name_all()
 
     # ---- reading ----
 
     def _read(self, path, progress):
-        from ._trace import open_trace
+        from ._ctf import fold_stream
+        from ._trace import Event, open_trace
         tree = self.tree
+
+        def fold(pid, stream):
+            folded, events = fold_stream(stream, pid, Event, timeline=self.timeline)
+            tree.add_thread(pid, folded["tid"], folded)
+            if folded["calls"]:
+                self._call_streams[(pid, folded["tid"])] = stream
+                self.threads.setdefault((pid, folded["tid"]),
+                                        self._thread_name(pid, folded["tid"]))
+            return events
+
         with open_trace(path) as trace:
-            for e in trace.events(progress=progress):
+            for e in trace.events(progress=progress, fold=fold):
                 name = e.name
                 if self.first is None:
                     self.first = e.timestamp
                 self.last = e.timestamp
-                if name == "PythonFunctionPush":
-                    tree.push(e.pid, e.tid, e.fields["FunctionID"], e.timestamp)
-                elif name == "PythonFunctionPop":
-                    tree.pop(e.pid, e.tid, e.fields["FunctionID"], e.timestamp)
-                elif name == "PythonFunction":
+                if name == "PythonFunction":
                     f = e.fields
                     tree.function(e.pid, f)
                     self._ranges.setdefault(e.pid, _Ranges()).add(
@@ -119,9 +135,10 @@ class Scan:
                 elif name == "PythonThread":
                     if e.opcode == "start":
                         self.threads.setdefault((e.pid, e.tid), self._thread_name(e.pid, e.tid))
-                    tree.seen(e.pid, e.tid, e.timestamp)
                 elif name == "PythonMark":
                     self._mark(e)
+        if tree.slices:
+            self.first = min(self.first, min(s[2] for s in tree.slices))
 
     def _thread_name(self, pid, tid):
         return "MainThread" if pid == tid else f"thread {tid}"
@@ -134,11 +151,12 @@ class Scan:
             weight = wait
         else:
             weight = 1
-        self.tree.seen(e.pid, e.tid, e.timestamp)
         frames = getattr(e, "frames", ())
         raw = tuple((ip, *(frames[i] if i < len(frames) else ("", "")))
                     for i, ip in enumerate(e.stack))
-        python = self.tree.open_labels(e.pid, e.tid) if self.tree.calls else ()
+        # The thread's open Python calls, when it made any: looked up by
+        # time once the capture is read (_resolve_open_calls).
+        python = (_AT, e.tid, e.timestamp) if (e.pid, e.tid) in self._call_streams else ()
         if not raw and not python:
             return
         key = (e.pid, raw, python)
@@ -165,13 +183,42 @@ class Scan:
 
     # ---- naming ----
 
+    def _resolve_open_calls(self):
+        """Replaces each stack's (_AT, tid, ts) placeholder by the labels
+        of the calls open on that thread at that time."""
+        wanted = {}
+        for raw in self._raw.values():
+            for pid, _stack, python in raw:
+                if python and python[0] is _AT:
+                    wanted.setdefault((pid, python[1]), set()).add(python[2])
+        if not wanted:
+            return
+        from . import _ctfdecode
+        open_at = {}
+        for (pid, tid), times in wanted.items():
+            times = sorted(times)
+            stacks = _ctfdecode.stacks_at(self._call_streams[(pid, tid)], times)
+            for ts, fids in zip(times, stacks):
+                open_at[(pid, tid, ts)] = tuple(self.tree.label((pid, f)) for f in fids)
+        renamed = {}
+        for kind, raw in self._raw.items():
+            resolved = Counter()
+            for key, weight in raw.items():
+                pid, stack, python = key
+                if python and python[0] is _AT:
+                    new = renamed[key] = (pid, stack, open_at[(pid, python[1], python[2])])
+                    resolved[new] += weight
+                else:
+                    resolved[key] += weight
+            self._raw[kind] = resolved
+        self._raw_points = [(kind, pid, tid, start, end, renamed.get(key, key))
+                            for kind, pid, tid, start, end, key in self._raw_points]
+
     def _name_all(self):
-        self.tree.finish()
+        self._resolve_open_calls()
         for (pid, tid), opened in self._open_ranges.items():
             for text, start in opened:
                 self.ranges.append((pid, tid, start, self.last, text))
-        for pid, tid, *_ in self.tree.slices or ():
-            self.threads.setdefault((pid, tid), self._thread_name(pid, tid))
         names = {}
         views = {}
         for kind, raw in self._raw.items():

@@ -45,7 +45,7 @@ def read_manifest(path):
         return {}
 
 
-def _builtin_streams(path, progress=None):
+def _builtin_streams(path, progress=None, fold=None):
     ctf_root = os.path.join(path, "ctf")
     if not os.path.isdir(ctf_root):
         return []
@@ -53,6 +53,12 @@ def _builtin_streams(path, progress=None):
     for pid, trace_dir in _ctf.trace_dirs(ctf_root):
         _ctf.check_metadata(trace_dir)
         for stream in _ctf.stream_files(trace_dir):
+            if fold is not None:
+                streams.append(fold(pid, stream))
+                update = progress and progress.reader(stream)
+                if update:
+                    update(os.path.getsize(stream))
+                continue
             streams.append(_ctf.read_stream(
                 stream, pid, Event, progress and progress.reader(stream)))
     return streams
@@ -113,13 +119,15 @@ class open_trace:
             found.append(script)
         return found
 
-    def events(self, progress=None):
+    def events(self, progress=None, fold=None):
         """The events in timestamp order.  `progress`, if given, has a
         `reader(file)` method returning a callback that each reader calls
-        with how many bytes of that file it has read."""
+        with how many bytes of that file it has read.  `fold(pid, stream)`,
+        if given, decodes each built-in stream itself and returns the events
+        to merge (the report folds pushes and pops in C)."""
         if self._closed:
             raise ValueError("trace is closed")
-        sources = _builtin_streams(self.path, progress)
+        sources = _builtin_streams(self.path, progress, fold)
         script = os.path.join(self.path, PERF_SCRIPT)
         if os.path.isfile(script):
             ctf_root = os.path.join(self.path, "ctf")

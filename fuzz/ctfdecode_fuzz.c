@@ -1,0 +1,59 @@
+/* libFuzzer target for the report's CTF decoder (src/etwtrace/_native/
+ * ctfdecode.c, included whole): every input must fold into a call tree,
+ * end as truncated, or raise ValueError -- never crash, never another error.
+ * Built and run by fuzz/run. */
+#include "../src/etwtrace/_native/ctfdecode.c"
+
+#include <stdio.h>
+
+static PyObject *input_name;
+static PyObject *probe_times;
+
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    Py_InitializeEx(0);
+    input_name = PyUnicode_FromString("fuzz-input");
+    /* Times before, inside and after any stream's clock range. */
+    probe_times = Py_BuildValue("(KKKK)", 0ULL, 1ULL << 27, 1ULL << 40, ~0ULL >> 1);
+    if (input_name == NULL || probe_times == NULL) {
+        abort();
+    }
+    return 0;
+}
+
+static void
+expect_value_error(const char *what)
+{
+    if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+        fprintf(stderr, "%s raised something other than ValueError:\n", what);
+        PyErr_Print();
+        abort();
+    }
+    PyErr_Clear();
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    for (int timeline = 0; timeline <= 1; timeline++) {
+        PyObject *folded = fold_data(input_name, data, size, timeline);
+        if (folded == NULL) {
+            expect_value_error("fold");
+            return 0;   /* corrupt: stacks_at is never asked about it */
+        }
+        Py_DECREF(folded);
+    }
+    PyObject *stacks = stacks_data(data, size, probe_times);
+    if (stacks == NULL) {
+        expect_value_error("stacks_at");
+        return 0;
+    }
+    if (PyList_GET_SIZE(stacks) != PyTuple_GET_SIZE(probe_times)) {
+        abort();
+    }
+    Py_DECREF(stacks);
+    return 0;
+}

@@ -1,0 +1,808 @@
+/* etwtrace._ctfdecode: the report's decoder for the built-in recorder's
+ * CTF streams (one file per thread; layout in recorder.c).
+ *
+ * fold(path, timeline=False) reads a stream once and folds its
+ * PythonFunctionPush/Pop events into a call tree in C: one node per distinct
+ * call path with calls, inclusive and exclusive ns.  Memory is bounded by
+ * the number of distinct paths and the deepest stack, not by the number of
+ * events.  The few other events (functions, threads, marks, stack samples)
+ * are returned decoded, for Python to order and name.
+ *
+ * stacks_at(path, timestamps) replays the pushes and pops and returns, for
+ * each timestamp (ascending), the FunctionIDs open on the thread then.
+ *
+ * Every length is checked against its packet: any byte sequence either
+ * decodes, ends as truncated, or raises ValueError.  Pops are matched as
+ * etwtrace._callstacks.CallStacks matches them.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CTF_MAGIC 0xC1FC1FC1u
+#define PACKET_HEAD_SIZE 52
+#define COMPACT_TS_BITS 27
+#define COMPACT_TS_MASK ((UINT64_C(1) << COMPACT_TS_BITS) - 1)
+#define EXTENDED_ID 31
+#define EXTENDED_HEAD_SIZE 13
+
+enum {
+    EV_THREAD_START = 0, EV_THREAD_STOP = 1, EV_FUNCTION = 2,
+    EV_MARK = 3, EV_MARK_START = 4, EV_MARK_STOP = 5, EV_STACK_SAMPLE = 6,
+    EV_PUSH = 7, EV_POP = 8, EV_PUSH_COMPACT = 9, EV_POP_COMPACT = 10,
+};
+
+/* ---- little-endian reads (the recorder writes x86-64 byte order) ---- */
+
+static uint16_t rd16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static uint32_t rd32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t rd64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* ---- the stream cursor ---- */
+
+typedef struct {
+    const unsigned char *data;
+    size_t size;
+    size_t packet;          /* offset of the current packet */
+    size_t pos;             /* next event */
+    size_t end;             /* end of the current packet's content */
+    int in_packet;
+    int truncated;          /* the stream ended inside a packet */
+    uint64_t clock;
+    uint32_t tid;
+    int have_tid;
+    char error[160];        /* set on corruption */
+} Cursor;
+
+typedef struct {
+    int id;
+    uint64_t ts;
+    const unsigned char *payload;   /* within the packet */
+    size_t payload_size;            /* bytes up to the packet's end */
+} RawEvent;
+
+/* Opens the next packet; 0 at the end of the stream, -1 on corruption. */
+static int
+next_packet(Cursor *c)
+{
+    if (c->packet >= c->size) {
+        return 0;
+    }
+    size_t left = c->size - c->packet;
+    if (left < PACKET_HEAD_SIZE) {
+        c->truncated = 1;
+        return 0;
+    }
+    const unsigned char *h = c->data + c->packet;
+    uint64_t content_bits = rd64(h + 24), packet_bits = rd64(h + 32);
+    if (rd32(h) != CTF_MAGIC) {
+        snprintf(c->error, sizeof c->error, "bad packet magic at byte %zu", c->packet);
+        return -1;
+    }
+    if (content_bits % 8 || packet_bits < content_bits || content_bits < PACKET_HEAD_SIZE * 8) {
+        snprintf(c->error, sizeof c->error, "bad packet size at byte %zu", c->packet);
+        return -1;
+    }
+    if (!c->have_tid) {
+        c->tid = rd32(h + 48);
+        c->have_tid = 1;
+    }
+    c->clock = rd64(h + 8);
+    c->pos = c->packet + PACKET_HEAD_SIZE;
+    if (content_bits / 8 > left) {
+        c->end = c->size;
+        c->truncated = 1;
+    }
+    else {
+        c->end = c->packet + (size_t)(content_bits / 8);
+    }
+    uint64_t step = packet_bits / 8;
+    c->packet = step > left ? c->size : c->packet + (size_t)step;
+    c->in_packet = 1;
+    return 1;
+}
+
+/* Reads the next event header; 1 with *ev set, 0 at the end, -1 on
+ * corruption.  The caller checks the payload against payload_size and
+ * calls cursor_advance. */
+static int
+next_event(Cursor *c, RawEvent *ev)
+{
+    for (;;) {
+        if (c->in_packet && c->pos < c->end) {
+            break;
+        }
+        if (c->in_packet && c->truncated) {
+            return 0;   /* the stream ended inside this packet */
+        }
+        c->in_packet = 0;
+        int r = next_packet(c);
+        if (r <= 0) {
+            return r;
+        }
+    }
+    size_t left = c->end - c->pos;
+    const unsigned char *p = c->data + c->pos;
+    if (left < 4) {
+        goto short_header;
+    }
+    uint32_t word = rd32(p);
+    if ((word & 0x1F) == EXTENDED_ID) {
+        if (left < EXTENDED_HEAD_SIZE) {
+            goto short_header;
+        }
+        uint32_t id = rd32(p + 1);
+        if (id > 0xFFFF) {
+            snprintf(c->error, sizeof c->error, "unknown event id %u at byte %zu", id, c->pos);
+            return -1;
+        }
+        ev->id = (int)id;
+        c->clock = rd64(p + 5);
+        c->pos += EXTENDED_HEAD_SIZE;
+    }
+    else {
+        uint64_t ts = (c->clock & ~COMPACT_TS_MASK) | (word >> 5);
+        if (ts < c->clock) {
+            ts += UINT64_C(1) << COMPACT_TS_BITS;
+        }
+        c->clock = ts;
+        ev->id = (int)(word & 0x1F);
+        c->pos += 4;
+    }
+    ev->ts = c->clock;
+    ev->payload = c->data + c->pos;
+    ev->payload_size = c->end - c->pos;
+    return 1;
+
+short_header:
+    if (c->truncated) {
+        return 0;
+    }
+    snprintf(c->error, sizeof c->error, "event header cut short at byte %zu", c->pos);
+    return -1;
+}
+
+/* A short or malformed payload: the end of a truncated stream, else
+ * corruption.  Returns 0 (stop) or -1 (error). */
+static int
+bad_payload(Cursor *c, const char *what)
+{
+    if (c->truncated) {
+        return 0;
+    }
+    snprintf(c->error, sizeof c->error, "%s at byte %zu", what, c->pos);
+    return -1;
+}
+
+/* Length of a NUL-terminated string within n bytes, or -1. */
+static Py_ssize_t
+cstr_len(const unsigned char *p, size_t n)
+{
+    const unsigned char *nul = memchr(p, 0, n);
+    return nul == NULL ? -1 : (Py_ssize_t)(nul - p);
+}
+
+/* Text fields as str; bytes that are not UTF-8 are replaced, as the Python
+ * reader does. */
+static PyObject *
+text(const unsigned char *p, Py_ssize_t len)
+{
+    return PyUnicode_DecodeUTF8((const char *)p, len, "replace");
+}
+
+/* ---- the call tree ---- */
+
+typedef struct {
+    int64_t parent;
+    uint32_t fid;
+    uint64_t calls, inclusive, exclusive;
+} Node;
+
+typedef struct {
+    int64_t node;
+    uint64_t start, child_time;
+} OpenCall;
+
+typedef struct {
+    Node *nodes;
+    size_t n_nodes, cap_nodes;
+    int64_t *table;         /* open addressing: node index or -1 */
+    size_t table_cap;       /* power of two */
+    OpenCall *stack;
+    size_t depth, cap_stack;
+    uint64_t unmatched, mismatched, calls;
+    PyObject *slices;       /* list or NULL */
+} Tree;
+
+static size_t
+slot_of(int64_t parent, uint32_t fid, size_t cap)
+{
+    uint64_t h = (uint64_t)(parent + 1) * UINT64_C(0x9E3779B97F4A7C15) ^ (uint64_t)fid * UINT64_C(0xC2B2AE3D27D4EB4F);
+    h ^= h >> 29;
+    return (size_t)h & (cap - 1);
+}
+
+static int
+tree_grow_table(Tree *t)
+{
+    size_t cap = t->table_cap ? t->table_cap * 2 : 1024;
+    int64_t *table = malloc(cap * sizeof *table);
+    if (table == NULL) {
+        return -1;
+    }
+    for (size_t i = 0; i < cap; i++) {
+        table[i] = -1;
+    }
+    for (size_t n = 0; n < t->n_nodes; n++) {
+        size_t s = slot_of(t->nodes[n].parent, t->nodes[n].fid, cap);
+        while (table[s] >= 0) {
+            s = (s + 1) & (cap - 1);
+        }
+        table[s] = (int64_t)n;
+    }
+    free(t->table);
+    t->table = table;
+    t->table_cap = cap;
+    return 0;
+}
+
+/* The node for (parent, fid), made if new; -1 when out of memory. */
+static int64_t
+tree_child(Tree *t, int64_t parent, uint32_t fid)
+{
+    if ((t->n_nodes + 1) * 2 > t->table_cap && tree_grow_table(t) < 0) {
+        return -1;
+    }
+    size_t s = slot_of(parent, fid, t->table_cap);
+    while (t->table[s] >= 0) {
+        Node *n = &t->nodes[t->table[s]];
+        if (n->parent == parent && n->fid == fid) {
+            return t->table[s];
+        }
+        s = (s + 1) & (t->table_cap - 1);
+    }
+    if (t->n_nodes == t->cap_nodes) {
+        size_t cap = t->cap_nodes ? t->cap_nodes * 2 : 1024;
+        Node *nodes = realloc(t->nodes, cap * sizeof *nodes);
+        if (nodes == NULL) {
+            return -1;
+        }
+        t->nodes = nodes;
+        t->cap_nodes = cap;
+    }
+    Node *n = &t->nodes[t->n_nodes];
+    n->parent = parent;
+    n->fid = fid;
+    n->calls = n->inclusive = n->exclusive = 0;
+    t->table[s] = (int64_t)t->n_nodes;
+    return (int64_t)t->n_nodes++;
+}
+
+static int
+tree_push(Tree *t, uint32_t fid, uint64_t ts)
+{
+    int64_t parent = t->depth ? t->stack[t->depth - 1].node : -1;
+    int64_t node = tree_child(t, parent, fid);
+    if (node < 0) {
+        return -1;
+    }
+    if (t->depth == t->cap_stack) {
+        size_t cap = t->cap_stack ? t->cap_stack * 2 : 256;
+        OpenCall *stack = realloc(t->stack, cap * sizeof *stack);
+        if (stack == NULL) {
+            return -1;
+        }
+        t->stack = stack;
+        t->cap_stack = cap;
+    }
+    t->nodes[node].calls++;
+    t->calls++;
+    t->stack[t->depth].node = node;
+    t->stack[t->depth].start = ts;
+    t->stack[t->depth].child_time = 0;
+    t->depth++;
+    return 0;
+}
+
+static int
+tree_close(Tree *t, uint64_t ts)
+{
+    OpenCall *call = &t->stack[--t->depth];
+    uint64_t duration = ts > call->start ? ts - call->start : 0;
+    Node *n = &t->nodes[call->node];
+    n->inclusive += duration;
+    n->exclusive += duration > call->child_time ? duration - call->child_time : 0;
+    if (t->depth) {
+        t->stack[t->depth - 1].child_time += duration;
+    }
+    if (t->slices != NULL) {
+        PyObject *slice = Py_BuildValue("(KKnL)", (unsigned long long)call->start,
+                                        (unsigned long long)ts, (Py_ssize_t)t->depth,
+                                        (long long)call->node);
+        if (slice == NULL || PyList_Append(t->slices, slice) < 0) {
+            Py_XDECREF(slice);
+            return -1;
+        }
+        Py_DECREF(slice);
+    }
+    return 0;
+}
+
+/* Where the pop of fid lands: the depth to close down to (exclusive), or
+ * -1 to ignore it.  Counts unmatched and mismatched pops. */
+static Py_ssize_t
+pop_target(Tree *t, uint32_t fid)
+{
+    if (t->depth == 0) {
+        t->unmatched++;
+        return -1;
+    }
+    if (t->nodes[t->stack[t->depth - 1].node].fid == fid) {
+        return (Py_ssize_t)t->depth - 1;
+    }
+    t->mismatched++;
+    for (size_t i = t->depth; i-- > 0;) {
+        if (t->nodes[t->stack[i].node].fid == fid) {
+            return (Py_ssize_t)i;
+        }
+    }
+    return -1;
+}
+
+static int
+tree_pop(Tree *t, uint32_t fid, uint64_t ts)
+{
+    Py_ssize_t target = pop_target(t, fid);
+    while (target >= 0 && (Py_ssize_t)t->depth > target) {
+        if (tree_close(t, ts) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void
+tree_free(Tree *t)
+{
+    free(t->nodes);
+    free(t->table);
+    free(t->stack);
+    Py_CLEAR(t->slices);
+}
+
+/* ---- reading a file ---- */
+
+typedef struct {
+    unsigned char *data;
+    size_t size;
+} FileData;
+
+static int
+read_file(PyObject *path, FileData *out)
+{
+    PyObject *bytes = NULL;
+    if (!PyUnicode_FSConverter(path, &bytes)) {
+        return -1;
+    }
+    FILE *f = fopen(PyBytes_AS_STRING(bytes), "rb");
+    if (f == NULL) {
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+        Py_DECREF(bytes);
+        return -1;
+    }
+    Py_DECREF(bytes);
+    unsigned char *data = NULL;
+    size_t size = 0, cap = 0;
+    for (;;) {
+        if (size == cap) {
+            cap = cap ? cap * 2 : 1 << 20;
+            unsigned char *grown = realloc(data, cap);
+            if (grown == NULL) {
+                free(data);
+                fclose(f);
+                PyErr_NoMemory();
+                return -1;
+            }
+            data = grown;
+        }
+        size_t n = fread(data + size, 1, cap - size, f);
+        size += n;
+        if (n == 0) {
+            break;
+        }
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        free(data);
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+        return -1;
+    }
+    out->data = data;
+    out->size = size;
+    return 0;
+}
+
+/* Decodes the payload of a non-push/pop event into a Python tuple; sets
+ * *stop to 0 (end of a truncated stream) or -1 (corruption) when it cannot. */
+static PyObject *
+decode_other(Cursor *c, RawEvent *ev, size_t *used, int *stop)
+{
+    const unsigned char *p = ev->payload;
+    size_t n = ev->payload_size;
+    switch (ev->id) {
+    case EV_THREAD_START:
+    case EV_THREAD_STOP:
+        if (n < 4) {
+            break;
+        }
+        *used = 4;
+        return Py_BuildValue("(I)", rd32(p));
+    case EV_FUNCTION: {
+        if (n < 25) {
+            break;
+        }
+        Py_ssize_t source = cstr_len(p + 25, n - 25);
+        if (source < 0) {
+            break;
+        }
+        size_t at = 25 + (size_t)source + 1;
+        Py_ssize_t name = cstr_len(p + at, n - at);
+        if (name < 0) {
+            break;
+        }
+        *used = at + (size_t)name + 1;
+        return Py_BuildValue("(IKKIBNN)", rd32(p), (unsigned long long)rd64(p + 4),
+                             (unsigned long long)rd64(p + 12), rd32(p + 20), p[24],
+                             text(p + 25, source), text(p + at, name));
+    }
+    case EV_MARK:
+    case EV_MARK_START:
+    case EV_MARK_STOP: {
+        Py_ssize_t len = cstr_len(p, n);
+        if (len < 0) {
+            break;
+        }
+        *used = (size_t)len + 1;
+        return Py_BuildValue("(N)", text(p, len));
+    }
+    case EV_STACK_SAMPLE: {
+        Py_ssize_t len = cstr_len(p, n);
+        if (len < 0) {
+            break;
+        }
+        size_t at = (size_t)len + 1;
+        if (n - at < 4) {
+            break;
+        }
+        uint32_t depth = rd32(p + at);
+        at += 4;
+        if ((n - at) / 8 < depth) {
+            break;
+        }
+        PyObject *stack = PyTuple_New(depth);
+        if (stack == NULL) {
+            return NULL;
+        }
+        for (uint32_t i = 0; i < depth; i++) {
+            PyObject *ip = PyLong_FromUnsignedLongLong(rd64(p + at + 8 * (size_t)i));
+            if (ip == NULL) {
+                Py_DECREF(stack);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(stack, i, ip);
+        }
+        *used = at + 8 * (size_t)depth;
+        return Py_BuildValue("(NN)", text(p, len), stack);
+    }
+    default:
+        if (!c->truncated) {
+            snprintf(c->error, sizeof c->error, "unknown event id %d at byte %zu", ev->id, c->pos);
+            *stop = -1;
+            return NULL;
+        }
+        *stop = 0;
+        return NULL;
+    }
+    *stop = bad_payload(c, "short event payload");
+    return NULL;
+}
+
+/* A push or pop: its FunctionID and payload size, or 0 when short. */
+static int
+push_pop(RawEvent *ev, uint32_t *fid, size_t *used)
+{
+    size_t n = ev->payload_size;
+    switch (ev->id) {
+    case EV_PUSH:
+        if (n < 12) return 0;
+        *fid = rd32(ev->payload);
+        *used = 12;
+        return 1;
+    case EV_POP:
+        if (n < 4) return 0;
+        *fid = rd32(ev->payload);
+        *used = 4;
+        return 1;
+    case EV_PUSH_COMPACT:
+        if (n < 4) return 0;
+        *fid = rd16(ev->payload);
+        *used = 4;
+        return 1;
+    case EV_POP_COMPACT:
+        if (n < 2) return 0;
+        *fid = rd16(ev->payload);
+        *used = 2;
+        return 1;
+    }
+    return 0;
+}
+
+static int
+is_push(int id) { return id == EV_PUSH || id == EV_PUSH_COMPACT; }
+
+static int
+is_pop(int id) { return id == EV_POP || id == EV_POP_COMPACT; }
+
+static PyObject *
+corrupt(PyObject *path, Cursor *c)
+{
+    PyErr_Format(PyExc_ValueError, "%S: corrupt trace (%s)", path, c->error);
+    return NULL;
+}
+
+/* fold() over bytes in memory; `path` names them in errors. */
+static PyObject *
+fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline)
+{
+    Tree tree;
+    memset(&tree, 0, sizeof tree);
+    Cursor c;
+    memset(&c, 0, sizeof c);
+    c.data = data;
+    c.size = size;
+    PyObject *events = PyList_New(0), *result = NULL;
+    if (events == NULL || (timeline && (tree.slices = PyList_New(0)) == NULL)) {
+        goto done;
+    }
+    uint64_t last = 0;
+    RawEvent ev;
+    int r;
+    while ((r = next_event(&c, &ev)) == 1) {
+        size_t used = 0;
+        if (is_push(ev.id) || is_pop(ev.id)) {
+            uint32_t fid;
+            if (!push_pop(&ev, &fid, &used)) {
+                r = bad_payload(&c, "short push/pop event");
+                break;
+            }
+            if ((is_push(ev.id) ? tree_push(&tree, fid, ev.ts) : tree_pop(&tree, fid, ev.ts)) < 0) {
+                if (!PyErr_Occurred()) {
+                    PyErr_NoMemory();
+                }
+                goto done;
+            }
+        }
+        else {
+            int stop = 0;
+            PyObject *fields = decode_other(&c, &ev, &used, &stop);
+            if (fields == NULL) {
+                if (PyErr_Occurred()) {
+                    goto done;
+                }
+                r = stop;
+                break;
+            }
+            PyObject *item = Py_BuildValue("(iKN)", ev.id, (unsigned long long)ev.ts, fields);
+            if (item == NULL || PyList_Append(events, item) < 0) {
+                Py_XDECREF(item);
+                goto done;
+            }
+            Py_DECREF(item);
+        }
+        c.pos += used;
+        last = ev.ts;
+    }
+    if (r < 0) {
+        corrupt(path, &c);
+        goto done;
+    }
+    while (tree.depth) {
+        if (tree_close(&tree, last) < 0) {
+            goto done;
+        }
+    }
+    PyObject *nodes = PyList_New((Py_ssize_t)tree.n_nodes);
+    if (nodes == NULL) {
+        goto done;
+    }
+    for (size_t i = 0; i < tree.n_nodes; i++) {
+        Node *n = &tree.nodes[i];
+        PyObject *item = Py_BuildValue("(LIKKK)", (long long)n->parent, n->fid,
+                                       (unsigned long long)n->calls,
+                                       (unsigned long long)n->inclusive,
+                                       (unsigned long long)n->exclusive);
+        if (item == NULL) {
+            Py_DECREF(nodes);
+            goto done;
+        }
+        PyList_SET_ITEM(nodes, (Py_ssize_t)i, item);
+    }
+    result = Py_BuildValue(
+        "{s:I,s:N,s:O,s:O,s:K,s:K,s:K,s:O,s:K}",
+        "tid", c.tid, "nodes", nodes, "events", events,
+        "slices", tree.slices ? tree.slices : Py_None,
+        "calls", (unsigned long long)tree.calls,
+        "unmatched_pops", (unsigned long long)tree.unmatched,
+        "mismatched_pops", (unsigned long long)tree.mismatched,
+        "truncated", c.truncated ? Py_True : Py_False,
+        "last", (unsigned long long)last);
+done:
+    Py_XDECREF(events);
+    tree_free(&tree);
+    return result;
+}
+
+static PyObject *
+fold(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    static char *keywords[] = {"path", "timeline", NULL};
+    PyObject *path;
+    int timeline = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:fold", keywords, &path, &timeline)) {
+        return NULL;
+    }
+    FileData file;
+    if (read_file(path, &file) < 0) {
+        return NULL;
+    }
+    PyObject *result = fold_data(path, file.data, file.size, timeline);
+    free(file.data);
+    return result;
+}
+
+static PyObject *
+fid_tuple(Tree *t)
+{
+    PyObject *out = PyTuple_New((Py_ssize_t)t->depth);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (size_t i = 0; i < t->depth; i++) {
+        PyObject *fid = PyLong_FromUnsignedLong(t->nodes[t->stack[i].node].fid);
+        if (fid == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, (Py_ssize_t)i, fid);
+    }
+    return out;
+}
+
+/* stacks_at() over bytes in memory; `seq` is a PySequence_Fast. */
+static PyObject *
+stacks_data(const unsigned char *data, size_t size, PyObject *seq)
+{
+    Tree tree;
+    memset(&tree, 0, sizeof tree);
+    Cursor c;
+    memset(&c, 0, sizeof c);
+    c.data = data;
+    c.size = size;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), next = 0;
+    PyObject *out = PyList_New(count), *result = NULL;
+    if (out == NULL) {
+        goto done;
+    }
+    RawEvent ev;
+    int r;
+    while (next < count && (r = next_event(&c, &ev)) == 1) {
+        /* Snapshot every requested time earlier than this event. */
+        while (next < count) {
+            unsigned long long when = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, next));
+            if (when == (unsigned long long)-1 && PyErr_Occurred()) {
+                goto done;
+            }
+            if (when >= ev.ts) {
+                break;
+            }
+            PyObject *stack = fid_tuple(&tree);
+            if (stack == NULL) {
+                goto done;
+            }
+            PyList_SET_ITEM(out, next++, stack);
+        }
+        size_t used = 0;
+        if (is_push(ev.id) || is_pop(ev.id)) {
+            uint32_t fid;
+            if (!push_pop(&ev, &fid, &used)) {
+                break;
+            }
+            if ((is_push(ev.id) ? tree_push(&tree, fid, ev.ts) : tree_pop(&tree, fid, ev.ts)) < 0) {
+                if (!PyErr_Occurred()) {
+                    PyErr_NoMemory();
+                }
+                goto done;
+            }
+        }
+        else {
+            int stop = 0;
+            PyObject *fields = decode_other(&c, &ev, &used, &stop);
+            if (fields == NULL) {
+                if (PyErr_Occurred()) {
+                    goto done;
+                }
+                break;
+            }
+            Py_DECREF(fields);
+        }
+        c.pos += used;
+    }
+    while (next < count) {
+        PyObject *stack = fid_tuple(&tree);
+        if (stack == NULL) {
+            goto done;
+        }
+        PyList_SET_ITEM(out, next++, stack);
+    }
+    result = out;
+    out = NULL;
+done:
+    Py_XDECREF(out);
+    tree_free(&tree);
+    return result;
+}
+
+static PyObject *
+stacks_at(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *path, *times;
+    if (!PyArg_ParseTuple(args, "OO:stacks_at", &path, &times)) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(times, "timestamps must be a sequence");
+    if (seq == NULL) {
+        return NULL;
+    }
+    FileData file;
+    if (read_file(path, &file) < 0) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    PyObject *result = stacks_data(file.data, file.size, seq);
+    free(file.data);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"fold", (PyCFunction)(void (*)(void))fold, METH_VARARGS | METH_KEYWORDS,
+     "fold(path, timeline=False) -> dict: a stream's call tree and its other events."},
+    {"stacks_at", stacks_at, METH_VARARGS,
+     "stacks_at(path, timestamps) -> list of FunctionID tuples open at each time."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef_Slot slots[] = {
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "etwtrace._ctfdecode",
+    "The report's C decoder for the built-in recorder's CTF streams.",
+    0, methods, slots, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__ctfdecode(void)
+{
+    return PyModuleDef_Init(&module_def);
+}
