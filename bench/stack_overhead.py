@@ -5,6 +5,10 @@ a configuration's time is the best of its runs.  Ratios are against no
 tracing and against the floor (a no-op PEP 523 hook).
 
     python3 bench/stack_overhead.py [--rounds 3] [--repeat 5] [--workloads fib(25),richards]
+                                    [--cpython-perf]
+
+--cpython-perf (3.12+) adds CPython's own perf support in the same run:
+`-X perf` (perf map trampolines, 3.12+) and `-X perf_jit` (jitdump, 3.13+).
 """
 import argparse
 import os
@@ -27,12 +31,17 @@ def build_noop_hook(build_dir):
     subprocess.run(cmd, check=True)
 
 
+# CPython's own perf support: interpreter options, no tracer in the worker.
+X_OPTIONS = {"x_perf": ["-X", "perf"], "x_perf_jit": ["-X", "perf_jit"]}
+
+
 def run(config, workload, repeat, build_dir, capture_root):
     capture = os.path.join(capture_root, f"{config}-{abs(hash(workload))}")
     shutil.rmtree(capture, ignore_errors=True)
+    options = X_OPTIONS.get(config, [])
     out = subprocess.run(
-        [sys.executable, os.path.join(HERE, "_worker.py"), config, workload, str(repeat),
-         build_dir, capture],
+        [sys.executable, *options, os.path.join(HERE, "_worker.py"),
+         "none" if options else config, workload, str(repeat), build_dir, capture],
         check=True, stdout=subprocess.PIPE, encoding="utf-8")
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -44,28 +53,42 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workloads", default=",".join(workloads.WORKLOADS))
+    parser.add_argument("--cpython-perf", action="store_true",
+                        help="also -X perf (3.12+) and -X perf_jit (3.13+)")
     args = parser.parse_args()
+    configs = list(CONFIGS)
+    if args.cpython_perf:
+        if sys.version_info < (3, 12):
+            parser.error("--cpython-perf needs Python 3.12 or later")
+        configs += ["x_perf"] + (["x_perf_jit"] if sys.version_info >= (3, 13) else [])
     build_dir = os.path.join(tempfile.gettempdir(), "etwtrace-bench-build")
     build_noop_hook(build_dir)
     capture_root = tempfile.mkdtemp(prefix="etwtrace-bench-")
     names = args.workloads.split(",")
-    best = {(w, c): float("inf") for w in names for c in CONFIGS}
+    best = {(w, c): float("inf") for w in names for c in configs}
     for _ in range(args.rounds):
         for w in names:
-            for c in CONFIGS:
+            for c in configs:
                 best[w, c] = min(best[w, c], run(c, w, args.repeat, build_dir, capture_root))
     shutil.rmtree(capture_root, ignore_errors=True)
 
     print(f"Python {sys.version.split()[0]}; best of {args.rounds} rounds x {args.repeat} runs\n")
-    print("| workload | no tracing (s) | no-op hook (floor) | etwtrace stack | etwtrace stack + capture | etwtrace / floor | capture / floor |")
-    print("|---|---|---|---|---|---|---|")
+    extra = configs[len(CONFIGS):]
+    names_of = {"x_perf": "-X perf", "x_perf_jit": "-X perf_jit"}
+    print("| workload | no tracing (s) | no-op hook (floor) | etwtrace stack | etwtrace stack + capture | "
+          + "".join(f"{names_of[c]} | " for c in extra)
+          + "etwtrace / floor | capture / floor |"
+          + "".join(f" etwtrace / {names_of[c]} |" for c in extra))
+    print("|---" * (7 + 2 * len(extra)) + "|")
     for w in names:
         base = best[w, "none"]
         floor = best[w, "noop_hook"]
         et = best[w, "etwtrace"]
         cap = best[w, "etwtrace_capture"]
-        print(f"| {w} | {base:.4f} | {floor / base:.3f} | {et / base:.3f} | {cap / base:.3f} "
-              f"| {et / floor:.3f} | {cap / floor:.3f} |")
+        print(f"| {w} | {base:.4f} | {floor / base:.3f} | {et / base:.3f} | {cap / base:.3f} | "
+              + "".join(f"{best[w, c] / base:.3f} | " for c in extra)
+              + f"{et / floor:.3f} | {cap / floor:.3f} |"
+              + "".join(f" {et / best[w, c]:.3f} |" for c in extra))
 
 
 if __name__ == "__main__":

@@ -39,14 +39,14 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     for (int timeline = 0; timeline <= 1; timeline++) {
-        PyObject *folded = fold_data(input_name, data, size, timeline);
+        PyObject *folded = fold_data(input_name, data, size, timeline, 0);
         if (folded == NULL) {
             expect_value_error("fold");
             return 0;   /* corrupt: stacks_at is never asked about it */
         }
         Py_DECREF(folded);
     }
-    PyObject *stacks = stacks_data(data, size, probe_times);
+    PyObject *stacks = stacks_data(data, size, probe_times, 0);
     if (stacks == NULL) {
         expect_value_error("stacks_at");
         return 0;

@@ -21,6 +21,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #define CTF_MAGIC 0xC1FC1FC1u
 #define PACKET_HEAD_SIZE 52
@@ -54,8 +58,29 @@ typedef struct {
     uint64_t clock;
     uint32_t tid;
     int have_tid;
+    int mapped;             /* data is a file mapping: drop pages once read */
+    size_t released;        /* bytes before this are dropped */
     char error[160];        /* set on corruption */
 } Cursor;
+
+/* Gives back the pages of packets already decoded, so a report's memory
+ * does not grow with the size of the trace. */
+static void
+release_behind(Cursor *c, size_t offset)
+{
+    static size_t page;
+    if (!c->mapped) {
+        return;
+    }
+    if (page == 0) {
+        page = (size_t)sysconf(_SC_PAGESIZE);
+    }
+    size_t upto = offset & ~(page - 1);
+    if (upto >= c->released + (4u << 20)) {   /* in steps of 4 MiB */
+        madvise((void *)(c->data + c->released), upto - c->released, MADV_DONTNEED);
+        c->released = upto;
+    }
+}
 
 typedef struct {
     int id;
@@ -76,6 +101,7 @@ next_packet(Cursor *c)
         c->truncated = 1;
         return 0;
     }
+    release_behind(c, c->packet);
     const unsigned char *h = c->data + c->packet;
     uint64_t content_bits = rd64(h + 24), packet_bits = rd64(h + 32);
     if (rd32(h) != CTF_MAGIC) {
@@ -380,50 +406,46 @@ typedef struct {
     size_t size;
 } FileData;
 
+/* Maps a stream file read-only (an empty file maps to nothing). */
 static int
-read_file(PyObject *path, FileData *out)
+map_file(PyObject *path, FileData *out)
 {
     PyObject *bytes = NULL;
     if (!PyUnicode_FSConverter(path, &bytes)) {
         return -1;
     }
-    FILE *f = fopen(PyBytes_AS_STRING(bytes), "rb");
-    if (f == NULL) {
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
-        Py_DECREF(bytes);
-        return -1;
-    }
+    int fd = open(PyBytes_AS_STRING(bytes), O_RDONLY | O_CLOEXEC);
     Py_DECREF(bytes);
-    unsigned char *data = NULL;
-    size_t size = 0, cap = 0;
-    for (;;) {
-        if (size == cap) {
-            cap = cap ? cap * 2 : 1 << 20;
-            unsigned char *grown = realloc(data, cap);
-            if (grown == NULL) {
-                free(data);
-                fclose(f);
-                PyErr_NoMemory();
-                return -1;
-            }
-            data = grown;
-        }
-        size_t n = fread(data + size, 1, cap - size, f);
-        size += n;
-        if (n == 0) {
-            break;
-        }
-    }
-    int failed = ferror(f);
-    fclose(f);
-    if (failed) {
-        free(data);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+        if (fd >= 0) {
+            close(fd);
+        }
         return -1;
     }
-    out->data = data;
-    out->size = size;
+    out->size = (size_t)st.st_size;
+    out->data = NULL;
+    if (out->size > 0) {
+        void *p = mmap(NULL, out->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+            close(fd);
+            return -1;
+        }
+        madvise(p, out->size, MADV_SEQUENTIAL);
+        out->data = p;
+    }
+    close(fd);
     return 0;
+}
+
+static void
+unmap_file(FileData *file)
+{
+    if (file->data != NULL) {
+        munmap(file->data, file->size);
+    }
 }
 
 /* Decodes the payload of a non-push/pop event into a Python tuple; sets
@@ -556,7 +578,7 @@ corrupt(PyObject *path, Cursor *c)
 
 /* fold() over bytes in memory; `path` names them in errors. */
 static PyObject *
-fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline)
+fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, int mapped)
 {
     Tree tree;
     memset(&tree, 0, sizeof tree);
@@ -564,6 +586,7 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline)
     memset(&c, 0, sizeof c);
     c.data = data;
     c.size = size;
+    c.mapped = mapped;
     PyObject *events = PyList_New(0), *result = NULL;
     if (events == NULL || (timeline && (tree.slices = PyList_New(0)) == NULL)) {
         goto done;
@@ -657,11 +680,11 @@ fold(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     FileData file;
-    if (read_file(path, &file) < 0) {
+    if (map_file(path, &file) < 0) {
         return NULL;
     }
-    PyObject *result = fold_data(path, file.data, file.size, timeline);
-    free(file.data);
+    PyObject *result = fold_data(path, file.data, file.size, timeline, 1);
+    unmap_file(&file);
     return result;
 }
 
@@ -685,7 +708,7 @@ fid_tuple(Tree *t)
 
 /* stacks_at() over bytes in memory; `seq` is a PySequence_Fast. */
 static PyObject *
-stacks_data(const unsigned char *data, size_t size, PyObject *seq)
+stacks_data(const unsigned char *data, size_t size, PyObject *seq, int mapped)
 {
     Tree tree;
     memset(&tree, 0, sizeof tree);
@@ -693,6 +716,7 @@ stacks_data(const unsigned char *data, size_t size, PyObject *seq)
     memset(&c, 0, sizeof c);
     c.data = data;
     c.size = size;
+    c.mapped = mapped;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), next = 0;
     PyObject *out = PyList_New(count), *result = NULL;
     if (out == NULL) {
@@ -770,12 +794,12 @@ stacks_at(PyObject *module, PyObject *args)
         return NULL;
     }
     FileData file;
-    if (read_file(path, &file) < 0) {
+    if (map_file(path, &file) < 0) {
         Py_DECREF(seq);
         return NULL;
     }
-    PyObject *result = stacks_data(file.data, file.size, seq);
-    free(file.data);
+    PyObject *result = stacks_data(file.data, file.size, seq, 1);
+    unmap_file(&file);
     Py_DECREF(seq);
     return result;
 }
