@@ -163,7 +163,21 @@ def test_deep_pushes_and_unmatched_pops(tmp_path):
     folded = _ctfdecode.fold(_write(tmp_path, _packet(events)), timeline=True)
     assert folded["calls"] == depth and len(folded["nodes"]) == depth
     assert folded["mismatched_pops"] == depth
-    assert len(folded["slices"]) == depth       # closed at the end
+    # Every call opens and closes on the timeline (closed at the end).
+    records = list(struct.iter_unpack("<QII", folded["timeline"]))
+    assert len(records) == 2 * depth
+    assert [k for _, _, k in records] == [0] * depth + [1] * depth
+
+
+def test_timeline_records_are_nested_whatever_the_pops(tmp_path):
+    events = (_pop(5, 5) + _push(1, 10) + _push(2, 20) + _push(3, 30)
+              + _pop(2, 40)     # 3's pop was lost: 3 then 2 close at 40
+              + _pop(1, 50))
+    folded = _ctfdecode.fold(_write(tmp_path, _packet(events)), timeline=True)
+    fid = [n[1] for n in folded["nodes"]]
+    got = [(ts, "OC"[kind], fid[node]) for ts, node, kind in struct.iter_unpack("<QII", folded["timeline"])]
+    assert got == [(10, "O", 1), (20, "O", 2), (30, "O", 3), (40, "C", 3), (40, "C", 2), (50, "C", 1)]
+    assert _ctfdecode.fold(_write(tmp_path, _packet(events), "again"))["timeline"] is None
 
 
 def test_truncated_stream_keeps_what_is_complete(tmp_path):

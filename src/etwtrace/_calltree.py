@@ -6,11 +6,14 @@ this module merges the threads of each process into one tree per process,
 names the nodes and gives the views.  Memory grows with the number of
 distinct call paths, not with the number of calls.
 
-With timelines, every call is also kept as a slice
-(pid, tid, start, end, depth, (pid, FunctionID)).
+With timelines, each thread's opens and closes of calls are kept as the
+decoder's packed records (16 bytes each), in time order and properly nested.
 """
 
+import struct
 from collections import Counter
+
+TIMELINE_RECORD = struct.Struct("<QII")     # ts, node, kind (0 open, 1 close)
 
 
 def label_of(fields):
@@ -34,7 +37,7 @@ class CallTree:
     def __init__(self, timeline=False):
         self.roots = {}             # (pid, FunctionID) -> _Node
         self.labels = {}            # (pid, FunctionID) -> label
-        self.slices = [] if timeline else None
+        self.timelines = [] if timeline else None   # (pid, tid, node keys, records)
         self.unmatched_pops = 0
         self.mismatched_pops = 0
         self.calls = 0
@@ -58,16 +61,17 @@ class CallTree:
         self.calls += folded["calls"]
         self.unmatched_pops += folded["unmatched_pops"]
         self.mismatched_pops += folded["mismatched_pops"]
-        if self.slices is not None and folded["slices"]:
-            nodes = folded["nodes"]
-            self.slices.extend((pid, tid, start, end, depth, (pid, nodes[n][1]))
-                               for start, end, depth, n in folded["slices"])
+        if self.timelines is not None and folded["timeline"]:
+            keys = [(pid, fid) for _parent, fid, *_ in folded["nodes"]]
+            self.timelines.append((pid, tid, keys, folded["timeline"]))
 
-    def labelled_slices(self):
-        """The slices with each call's label in place of its key."""
-        label = self.label
-        return [(pid, tid, start, end, depth, label(key))
-                for pid, tid, start, end, depth, key in self.slices or ()]
+    def timeline_span(self):
+        """(first, last) timestamp of the calls on the timelines, or None."""
+        spans = [(TIMELINE_RECORD.unpack_from(r, 0)[0], TIMELINE_RECORD.unpack_from(r, len(r) - 16)[0])
+                 for _pid, _tid, _keys, r in self.timelines or ()]
+        if not spans:
+            return None
+        return min(s[0] for s in spans), max(s[1] for s in spans)
 
     def label(self, key):
         return self.labels.get(key) or f"function #{key[1]}"

@@ -6,6 +6,10 @@ needs its whole JSON text in memory at once.
 
 import json
 
+from ._calltree import TIMELINE_RECORD
+
+CHUNK = 8192    # events per write
+
 SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
 
@@ -42,27 +46,6 @@ def _sampled(name, stacks, frames, unit):
             "endValue": sum(weights), "samples": samples, "weights": weights}
 
 
-def _evented_events(slices, frames):
-    """O/C events of one thread's calls (start, end, depth, label),
-    properly nested and never going back in time."""
-    order = sorted(slices, key=lambda s: (s[0], s[2], -s[1]))
-    open_calls = []     # (end, depth, frame)
-    last = None
-    for start, end, depth, label in order:
-        while open_calls and open_calls[-1][1] >= depth:
-            e, _d, f = open_calls.pop()
-            last = max(min(e, start), last)
-            yield {"type": "C", "at": last, "frame": f}
-        f = frames(label)
-        last = start if last is None else max(start, last)
-        yield {"type": "O", "at": last, "frame": f}
-        open_calls.append((end, depth, f))
-    while open_calls:
-        e, _d, f = open_calls.pop()
-        last = max(e, last)
-        yield {"type": "C", "at": last, "frame": f}
-
-
 def write_speedscope(out, scan, view, stacks, unit, title):
     """Evented profiles (one per thread) for instrumented calls, else one
     sampled profile of the chosen stack view."""
@@ -70,23 +53,22 @@ def write_speedscope(out, scan, view, stacks, unit, title):
     out.write('{"$schema": %s, "exporter": "etwtrace", "name": %s, "activeProfileIndex": 0, '
               '"profiles": [' % (json.dumps(SPEEDSCOPE_SCHEMA), json.dumps(title)))
     if view == "calls":
-        per_thread = {}
-        for pid, tid, start, end, depth, label in scan.tree.labelled_slices():
-            per_thread.setdefault((pid, tid), []).append((start, end, depth, label))
         first = True
-        for (pid, tid), slices in sorted(per_thread.items()):
-            events = list(_evented_events(slices, frames))
-            profile = {"type": "evented", "name": f"pid {pid} {scan.threads.get((pid, tid), tid)}",
-                       "unit": "nanoseconds",
-                       "startValue": events[0]["at"], "endValue": max(e["at"] for e in events),
-                       "events": []}
-            text = json.dumps(profile)
-            head = text[:-2]    # ...,"events": [
-            out.write(("" if first else ", ") + head)
-            for i in range(0, len(events), 4096):
-                chunk = ", ".join(json.dumps(e) for e in events[i:i + 4096])
-                out.write(("" if i == 0 else ", ") + chunk)
-            out.write("]}")
+        for pid, tid, keys, records in sorted(scan.tree.timelines, key=lambda t: t[:2]):
+            frame_of = [frames(scan.tree.label(k)) for k in keys]
+            start = TIMELINE_RECORD.unpack_from(records, 0)[0]
+            end = TIMELINE_RECORD.unpack_from(records, len(records) - 16)[0]
+            out.write(("" if first else ", ") + json.dumps(
+                {"type": "evented", "name": f"pid {pid} {scan.threads.get((pid, tid), tid)}",
+                 "unit": "nanoseconds", "startValue": start, "endValue": end})[:-1]
+                + ', "events": [')
+            parts = []
+            for ts, node, kind in TIMELINE_RECORD.iter_unpack(records):
+                parts.append('{"type":"%s","frame":%d,"at":%d}' % ("OC"[kind], frame_of[node], ts))
+                if len(parts) == CHUNK:
+                    out.write(",".join(parts) + ",")
+                    parts.clear()
+            out.write(",".join(parts) + "]}")
             first = False
     else:
         out.write(json.dumps(_sampled(title, stacks, frames,
@@ -98,7 +80,7 @@ def write_speedscope(out, scan, view, stacks, unit, title):
 
 def write_chrome(out, scan, title):
     """Chrome Trace Event JSON (opens in Perfetto UI and chrome://tracing):
-    process and thread names, calls as nested complete events, marks as
+    process and thread names, calls as nested begin/end events, marks as
     instant events, mark ranges and off-CPU waits as slices, CPU samples
     and stack marks as instant events carrying their stack."""
     t0 = scan.first or 0
@@ -132,10 +114,24 @@ def write_chrome(out, scan, title):
         if len(batch) >= 4096:
             flush()
 
-    for pid, tid, start, end, depth, label in sorted(
-            scan.tree.labelled_slices(), key=lambda s: (s[0], s[1], s[2], s[4])):
-        add({"ph": "X", "cat": "python", "name": label, "pid": pid, "tid": tid,
-             "ts": us(start), "dur": round((end - start) / 1000, 3)})
+    for pid, tid, keys, records in scan.tree.timelines or ():
+        # Begin/end pairs straight from the decoder's records (properly
+        # nested per thread), written as text in chunks.
+        names = [json.dumps(scan.tree.label(k)) for k in keys]
+        begin = '{"ph":"B","cat":"python","pid":%d,"tid":%d,' % (pid, tid)
+        end = '{"ph":"E","cat":"python","pid":%d,"tid":%d,' % (pid, tid)
+        parts = []
+        for ts, node, kind in TIMELINE_RECORD.iter_unpack(records):
+            when = '"ts":%d.%03d' % divmod(ts - t0, 1000)
+            if kind:
+                parts.append(end + when + "}")
+            else:
+                parts.append(begin + when + ',"name":' + names[node] + "}")
+            if len(parts) == CHUNK:
+                out.write(",\n" + ",\n".join(parts))
+                parts.clear()
+        if parts:
+            out.write(",\n" + ",\n".join(parts))
     for pid, tid, start, end, text in scan.ranges:
         add({"ph": "X", "cat": "mark", "name": text, "pid": pid, "tid": tid,
              "ts": us(start), "dur": round((end - start) / 1000, 3)})

@@ -133,7 +133,7 @@ def run(opts):
         raise ReportError(f"{opts.path}: no off-CPU time recorded (capture with perf and the "
                           "Default preset, which records context switches)")
     if opts.format == "chrome":
-        if not (scan.tree.slices or scan.ranges or scan.instants or scan.offcpu_slices
+        if not (scan.tree.timelines or scan.ranges or scan.instants or scan.offcpu_slices
                 or scan.sample_points):
             raise ReportError(f"{opts.path}: nothing to put on a timeline")
         _write(opts, lambda out: _exports.write_chrome(out, scan, f"etwtrace: {name}"))

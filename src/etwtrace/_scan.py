@@ -137,8 +137,10 @@ class Scan:
                         self.threads.setdefault((e.pid, e.tid), self._thread_name(e.pid, e.tid))
                 elif name == "PythonMark":
                     self._mark(e)
-        if tree.slices:
-            self.first = min(self.first, min(s[2] for s in tree.slices))
+        span = tree.timeline_span()
+        if span:
+            self.first = span[0] if self.first is None else min(self.first, span[0])
+            self.last = span[1] if self.last is None else max(self.last, span[1])
 
     def _thread_name(self, pid, tid):
         return "MainThread" if pid == tid else f"thread {tid}"

@@ -3,7 +3,9 @@
  *
  * fold(path, timeline=False) reads a stream once and folds its
  * PythonFunctionPush/Pop events into a call tree in C: one node per distinct
- * call path with calls, inclusive and exclusive ns.  Memory is bounded by
+ * call path with calls, inclusive and exclusive ns.  With timeline, it also
+ * returns every open and close of a call as packed 16-byte records
+ * (ts, node, kind), properly nested whatever the pops were.  Memory is bounded by
  * the number of distinct paths and the deepest stack, not by the number of
  * events.  The few other events (functions, threads, marks, stack samples)
  * are returned decoded, for Python to order and name.
@@ -232,6 +234,16 @@ typedef struct {
     uint64_t start, child_time;
 } OpenCall;
 
+/* One open or close of a call, for timelines: 16 bytes, returned to Python
+ * as packed little-endian (ts u64, node u32, kind u32) records. */
+typedef struct {
+    uint64_t ts;
+    uint32_t node;
+    uint32_t kind;          /* 0 open, 1 close */
+} TimelineRecord;
+
+_Static_assert(sizeof(TimelineRecord) == 16, "timeline records are 16 packed bytes");
+
 typedef struct {
     Node *nodes;
     size_t n_nodes, cap_nodes;
@@ -240,7 +252,9 @@ typedef struct {
     OpenCall *stack;
     size_t depth, cap_stack;
     uint64_t unmatched, mismatched, calls;
-    PyObject *slices;       /* list or NULL */
+    int timeline;           /* record every open and close */
+    TimelineRecord *records;
+    size_t n_records, cap_records;
 } Tree;
 
 static size_t
@@ -308,6 +322,33 @@ tree_child(Tree *t, int64_t parent, uint32_t fid)
 }
 
 static int
+tree_record(Tree *t, int64_t node, uint64_t ts, uint32_t kind)
+{
+    if (!t->timeline) {
+        return 0;
+    }
+    if (node > (int64_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "too many call paths for a timeline");
+        return -1;
+    }
+    if (t->n_records == t->cap_records) {
+        size_t cap = t->cap_records ? t->cap_records * 2 : 4096;
+        TimelineRecord *records = realloc(t->records, cap * sizeof *records);
+        if (records == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        t->records = records;
+        t->cap_records = cap;
+    }
+    TimelineRecord *r = &t->records[t->n_records++];
+    r->ts = ts;
+    r->node = (uint32_t)node;
+    r->kind = kind;
+    return 0;
+}
+
+static int
 tree_push(Tree *t, uint32_t fid, uint64_t ts)
 {
     int64_t parent = t->depth ? t->stack[t->depth - 1].node : -1;
@@ -323,6 +364,9 @@ tree_push(Tree *t, uint32_t fid, uint64_t ts)
         }
         t->stack = stack;
         t->cap_stack = cap;
+    }
+    if (tree_record(t, node, ts, 0) < 0) {
+        return -1;
     }
     t->nodes[node].calls++;
     t->calls++;
@@ -344,17 +388,7 @@ tree_close(Tree *t, uint64_t ts)
     if (t->depth) {
         t->stack[t->depth - 1].child_time += duration;
     }
-    if (t->slices != NULL) {
-        PyObject *slice = Py_BuildValue("(KKnL)", (unsigned long long)call->start,
-                                        (unsigned long long)ts, (Py_ssize_t)t->depth,
-                                        (long long)call->node);
-        if (slice == NULL || PyList_Append(t->slices, slice) < 0) {
-            Py_XDECREF(slice);
-            return -1;
-        }
-        Py_DECREF(slice);
-    }
-    return 0;
+    return tree_record(t, call->node, ts, 1);
 }
 
 /* Where the pop of fid lands: the depth to close down to (exclusive), or
@@ -396,7 +430,7 @@ tree_free(Tree *t)
     free(t->nodes);
     free(t->table);
     free(t->stack);
-    Py_CLEAR(t->slices);
+    free(t->records);
 }
 
 /* ---- reading a file ---- */
@@ -588,7 +622,8 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
     c.size = size;
     c.mapped = mapped;
     PyObject *events = PyList_New(0), *result = NULL;
-    if (events == NULL || (timeline && (tree.slices = PyList_New(0)) == NULL)) {
+    tree.timeline = timeline;
+    if (events == NULL) {
         goto done;
     }
     uint64_t last = 0;
@@ -654,10 +689,21 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
         }
         PyList_SET_ITEM(nodes, (Py_ssize_t)i, item);
     }
+    PyObject *records = Py_None;
+    Py_INCREF(records);
+    if (timeline) {
+        Py_DECREF(records);
+        records = PyBytes_FromStringAndSize((const char *)tree.records,
+                                            (Py_ssize_t)(tree.n_records * sizeof(TimelineRecord)));
+        if (records == NULL) {
+            Py_DECREF(nodes);
+            goto done;
+        }
+    }
     result = Py_BuildValue(
-        "{s:I,s:N,s:O,s:O,s:K,s:K,s:K,s:O,s:K}",
+        "{s:I,s:N,s:O,s:N,s:K,s:K,s:K,s:O,s:K}",
         "tid", c.tid, "nodes", nodes, "events", events,
-        "slices", tree.slices ? tree.slices : Py_None,
+        "timeline", records,
         "calls", (unsigned long long)tree.calls,
         "unmatched_pops", (unsigned long long)tree.unmatched,
         "mismatched_pops", (unsigned long long)tree.mismatched,

@@ -1,0 +1,100 @@
+"""Instrumented-mode overhead against the floors and the peers, side by side
+in one run (issue #3).
+
+Each configuration runs in its own process, interleaved over several rounds;
+a configuration's time is the best of its runs.  Overheads are time over no
+tracing; the ratios compare those overheads.
+
+    python3 -m pip install . pyperformance yappi viztracer pyinstrument
+    python3 bench/instrumented_overhead.py [--rounds 3] [--repeat 5] [--workloads fib(27),richards]
+
+Also prints the recorder's bytes per push/pop from a capture of fib(27).
+"""
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from stack_overhead import build_noop_hook, run  # noqa: E402
+
+CONFIGS = ["none", "noop_hook", "noop_profile", "etwtrace_instr", "etwtrace_instr_capture",
+           "etwtrace_instr_c_capture", "cprofile", "yappi", "viztracer", "pyinstrument"]
+LABELS = {
+    "noop_hook": "eval hook floor", "noop_profile": "profile hook floor",
+    "etwtrace_instr": "etwtrace", "etwtrace_instr_capture": "etwtrace+capture",
+    "etwtrace_instr_c_capture": "etwtrace+C calls+capture", "cprofile": "cProfile",
+    "yappi": "yappi", "viztracer": "viztracer", "pyinstrument": "pyinstrument",
+}
+
+
+def bytes_per_event(build_dir):
+    """Trace bytes per push/pop for fib(27) recorded with C calls off."""
+    capture = tempfile.mkdtemp(prefix="etwtrace-bench-bytes-")
+    try:
+        code = ("import sys; sys.path.insert(0, %r); import workloads; "
+                "f = workloads.WORKLOADS['fib(27)'](); f()" % HERE)
+        subprocess.run([sys.executable, "-m", "etwtrace", "--instrumented", "--capture", capture,
+                        "--recorder", "builtin", "--", "-c", code], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(capture, "ctf", "*", "stream-*")))
+        from etwtrace import _ctfdecode
+        calls = sum(_ctfdecode.fold(p)["calls"]
+                    for p in glob.glob(os.path.join(capture, "ctf", "*", "stream-*")))
+        return size / (2 * calls), calls
+    finally:
+        shutil.rmtree(capture, ignore_errors=True)
+
+
+def main():
+    import workloads
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workloads", default="fib(27),method_calls,richards,deltablue,raytrace,go")
+    args = parser.parse_args()
+    build_dir = os.path.join(tempfile.gettempdir(), "etwtrace-bench-build")
+    build_noop_hook(build_dir)
+    capture_root = tempfile.mkdtemp(prefix="etwtrace-bench-")
+    names = args.workloads.split(",")
+    for w in names:
+        workloads.WORKLOADS[w]   # unknown names fail before the long run
+    best = {(w, c): float("inf") for w in names for c in CONFIGS}
+    for _ in range(args.rounds):
+        for w in names:
+            for c in CONFIGS:
+                best[w, c] = min(best[w, c], run(c, w, args.repeat, build_dir, capture_root))
+    shutil.rmtree(capture_root, ignore_errors=True)
+
+    print(f"Python {sys.version.split()[0]}; best of {args.rounds} rounds x {args.repeat} runs\n")
+    shown = CONFIGS[1:]
+    print("Time over no tracing:\n")
+    print("| workload | no tracing (s) | " + " | ".join(LABELS[c] for c in shown) + " |")
+    print("|---" * (2 + len(shown)) + "|")
+    for w in names:
+        base = best[w, "none"]
+        print(f"| {w} | {base:.4f} | " + " | ".join(f"{best[w, c] / base:.2f}" for c in shown) + " |")
+    print("\nOverhead ratios (overhead = time - no tracing):\n")
+    print("| workload | etwtrace / cProfile | etwtrace+capture / cProfile | +C calls / cProfile "
+          "| capture / eval floor (time) | capture / profile floor (overhead) | yappi / cProfile "
+          "| viztracer / cProfile |")
+    print("|---" * 8 + "|")
+    for w in names:
+        base = best[w, "none"]
+        over = {c: best[w, c] - base for c in CONFIGS}
+        cp = over["cprofile"]
+        print(f"| {w} | {over['etwtrace_instr'] / cp:.2f} | {over['etwtrace_instr_capture'] / cp:.2f} "
+              f"| {over['etwtrace_instr_c_capture'] / cp:.2f} "
+              f"| {best[w, 'etwtrace_instr_capture'] / best[w, 'noop_hook']:.2f} "
+              f"| {over['etwtrace_instr_capture'] / over['noop_profile']:.2f} "
+              f"| {over['yappi'] / cp:.2f} | {over['viztracer'] / cp:.2f} |")
+    per_event, calls = bytes_per_event(build_dir)
+    print(f"\nRecorder: {per_event:.2f} bytes per push/pop ({calls:,} calls of fib(27)).")
+
+
+if __name__ == "__main__":
+    main()
