@@ -296,3 +296,17 @@ def test_cpu_preset_uses_frame_pointers_where_libpython_keeps_them(capture):
     nested = sum(v for s, v in stacks.items()
                  if [_name(f) for f in s if _name(f) in ("outer", "inner")] == ["outer", "inner"])
     assert nested / total > 0.5, (nested, total)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_timelines_stay_valid_json_at_every_chunk_boundary(calls_capture, tmp_path, monkeypatch, chunk):
+    from etwtrace import _exports, _report
+    monkeypatch.setattr(_exports, "CHUNK", chunk)
+    for fmt in ("chrome", "speedscope"):
+        out = tmp_path / f"{fmt}-{chunk}.json"
+        assert _report.main([str(calls_capture.path), "--format", fmt, "-o", str(out)]) == 0
+        doc = json.loads(out.read_text())
+        if fmt == "speedscope":
+            check_speedscope(doc)
+        else:
+            check_chrome_nesting(doc["traceEvents"])

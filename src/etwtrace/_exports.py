@@ -63,12 +63,14 @@ def write_speedscope(out, scan, view, stacks, unit, title):
                  "unit": "nanoseconds", "startValue": start, "endValue": end})[:-1]
                 + ', "events": [')
             parts = []
+            sep = ""
             for ts, node, kind in TIMELINE_RECORD.iter_unpack(records):
                 parts.append('{"type":"%s","frame":%d,"at":%d}' % ("OC"[kind], frame_of[node], ts))
                 if len(parts) == CHUNK:
-                    out.write(",".join(parts) + ",")
+                    out.write(sep + ",".join(parts))
                     parts.clear()
-            out.write(",".join(parts) + "]}")
+                    sep = ","
+            out.write((sep if parts else "") + ",".join(parts) + "]}")
             first = False
     else:
         out.write(json.dumps(_sampled(title, stacks, frames,
@@ -88,50 +90,43 @@ def write_chrome(out, scan, title):
     def us(ns):
         return round((ns - t0) / 1000, 3)
 
-    def emit(events):
-        out.write(",\n".join(json.dumps(e, separators=(",", ":")) for e in events))
+    parts = []          # JSON text of events not yet written
+    started = []        # whether an event was written (for the separators)
+
+    def flush():
+        if parts:
+            out.write((",\n" if started else "") + ",\n".join(parts))
+            started.append(True)
+            parts.clear()
+
+    def add_text(text):
+        parts.append(text)
+        if len(parts) >= CHUNK:
+            flush()
+
+    def add(event):
+        add_text(json.dumps(event, separators=(",", ":")))
 
     out.write('{"displayTimeUnit": "ns", "otherData": {"title": %s},\n"traceEvents": [\n'
               % json.dumps(title))
-    meta = []
     for pid in sorted({pid for pid, _ in scan.threads}):
-        meta.append({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
-                     "args": {"name": f"python {pid}"}})
+        add({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
+             "args": {"name": f"python {pid}"}})
     for (pid, tid), name in sorted(scan.threads.items()):
-        meta.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
-                     "args": {"name": name}})
-    emit(meta)
-    batch = []
-
-    def flush():
-        if batch:
-            out.write(",\n")
-            emit(batch)
-            batch.clear()
-
-    def add(event):
-        batch.append(event)
-        if len(batch) >= 4096:
-            flush()
-
+        add({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
+             "args": {"name": name}})
     for pid, tid, keys, records in scan.tree.timelines or ():
         # Begin/end pairs straight from the decoder's records (properly
-        # nested per thread), written as text in chunks.
+        # nested per thread).
         names = [json.dumps(scan.tree.label(k)) for k in keys]
         begin = '{"ph":"B","cat":"python","pid":%d,"tid":%d,' % (pid, tid)
         end = '{"ph":"E","cat":"python","pid":%d,"tid":%d,' % (pid, tid)
-        parts = []
         for ts, node, kind in TIMELINE_RECORD.iter_unpack(records):
             when = '"ts":%d.%03d' % divmod(ts - t0, 1000)
             if kind:
-                parts.append(end + when + "}")
+                add_text(end + when + "}")
             else:
-                parts.append(begin + when + ',"name":' + names[node] + "}")
-            if len(parts) == CHUNK:
-                out.write(",\n" + ",\n".join(parts))
-                parts.clear()
-        if parts:
-            out.write(",\n" + ",\n".join(parts))
+                add_text(begin + when + ',"name":' + names[node] + "}")
     for pid, tid, start, end, text in scan.ranges:
         add({"ph": "X", "cat": "mark", "name": text, "pid": pid, "tid": tid,
              "ts": us(start), "dur": round((end - start) / 1000, 3)})
