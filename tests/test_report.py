@@ -310,3 +310,16 @@ def test_timelines_stay_valid_json_at_every_chunk_boundary(calls_capture, tmp_pa
             check_speedscope(doc)
         else:
             check_chrome_nesting(doc["traceEvents"])
+
+
+def test_svg_is_interactive_and_draws_stacks_deeper_than_the_recursion_limit(tmp_path):
+    from etwtrace._formats import format_svg
+    deep = tuple(f"f{i} (deep.py:{i})" for i in range(3 * sys.getrecursionlimit()))
+    svg = format_svg(Counter({deep: 2, ("f0 (deep.py:0)", "leaf [libc.so.6]"): 1}), "deep")
+    doc = xml.dom.minidom.parseString(svg)
+    frames = [g for g in doc.getElementsByTagName("g") if g.getAttribute("class") == "f"]
+    assert len(frames) == len(deep) + 1
+    assert all(float(g.getAttribute("data-w")) > 0 for g in frames)
+    (script,) = doc.getElementsByTagName("script")
+    assert "function zoom" in script.firstChild.data
+    assert doc.getElementsByTagName("rect")[0].getAttribute("id") == "background"

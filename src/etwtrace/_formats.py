@@ -1,6 +1,7 @@
 """Report formats over stack counts: text tables, folded stacks, SVG flame graph."""
 
 import html
+import zlib
 from collections import Counter
 
 
@@ -101,9 +102,49 @@ def format_text(sections):
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
 
-def format_svg(stacks, title, unit="samples"):
-    """A self-contained flame graph: one <rect> per frame, root at the
-    bottom, width proportional to samples; hover shows the full name."""
+_SVG_SCRIPT = """
+var W = %(width)d, PAD = 10, CH = 7;
+function frames() { return document.querySelectorAll("g.f"); }
+function fit(g, x, w) {
+  var r = g.querySelector("rect"), t = g.querySelector("text"), n = g.getAttribute("data-n");
+  r.setAttribute("x", x.toFixed(2)); r.setAttribute("width", Math.max(w - 0.5, 0.1).toFixed(2));
+  var chars = Math.floor(w / CH);
+  t.setAttribute("x", (x + 3).toFixed(2));
+  t.textContent = chars < 3 ? "" : (n.length <= chars ? n : n.slice(0, chars - 2) + "..");
+}
+function zoom(fx, fw) {
+  var scale = (W - 2 * PAD) / fw;
+  frames().forEach(function (g) {
+    var x = +g.getAttribute("data-x"), w = +g.getAttribute("data-w");
+    var inside = x + w > fx + 1e-9 && x < fx + fw - 1e-9;
+    g.style.display = inside ? "" : "none";
+    if (inside) {
+      var left = Math.max(x, fx), right = Math.min(x + w, fx + fw);
+      fit(g, PAD + (left - fx) * scale, (right - left) * scale);
+    }
+  });
+}
+frames().forEach(function (g) {
+  g.addEventListener("click", function (e) {
+    e.stopPropagation();
+    zoom(+g.getAttribute("data-x"), +g.getAttribute("data-w"));
+  });
+});
+document.getElementById("background").addEventListener("click", function () {
+  zoom(PAD, W - 2 * PAD);
+});
+"""
+
+
+def _stable_hue(text):
+    return zlib.crc32(text.encode("utf-8", "replace")) % 30
+
+
+def format_svg(stacks, title, unit="samples", min_width=0.1):
+    """A self-contained, interactive flame graph: one frame per box, root at
+    the bottom, width proportional to the value; hover shows the full name
+    and share, click zooms into a frame, a click on the background zooms
+    out.  Frames narrower than min_width pixels are left out."""
     tree = {}
     for stack, count in stacks.items():
         node = tree
@@ -118,34 +159,38 @@ def format_svg(stacks, title, unit="samples"):
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="monospace" font-size="11">',
-        f'<rect width="{width}" height="{height}" fill="#fdfdf6"/>',
+        f'<rect id="background" width="{width}" height="{height}" fill="#fdfdf6"/>',
         f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="14">'
         f'{html.escape(title)}</text>',
+        f'<text x="{width - 10}" y="16" text-anchor="end" font-size="10" fill="#777">'
+        f'click a frame to zoom, the background to reset</text>',
     ]
-
-    def draw(node, x, level):
+    # Iterative, so stacks deeper than Python's recursion limit draw too.
+    todo = [(tree, 10.0, 0)]
+    while todo:
+        node, x, level = todo.pop()
         for frame, (count, children) in sorted(node.items()):
             w = count / total * (width - 20)
+            if w < min_width:
+                x += w
+                continue
             y = height - (level + 1) * row - 10
-            python = "(" in frame and frame.endswith(")") and not frame.startswith("0x")
-            hue = 30 + (hash(frame) % 30)
+            python = is_python(frame) and not frame.startswith("0x")
+            hue = 30 + _stable_hue(frame)
             color = f"hsl({hue + (150 if python else 0)},70%,{60 if python else 65}%)"
-            label = html.escape(frame)
+            label = html.escape(frame, quote=True)
             pct = 100 * count / total
-            parts.append(
-                f'<g><title>{label} ({_amount(count, unit)}, {pct:.1f}%)</title>'
-                f'<rect x="{x:.2f}" y="{y}" width="{max(w - 0.5, 0.1):.2f}" height="{row - 1}" '
-                f'fill="{color}" rx="2"/>')
             chars = int(w / 7)
-            if chars >= 3:
-                text = frame if len(frame) <= chars else frame[:chars - 2] + ".."
-                parts.append(f'<text x="{x + 3:.2f}" y="{y + row - 5}">{html.escape(text)}</text>')
-            parts.append("</g>")
-            draw(children, x, level + 1)
+            text = "" if chars < 3 else (frame if len(frame) <= chars else frame[:chars - 2] + "..")
+            parts.append(
+                f'<g class="f" data-x="{x:.4f}" data-w="{w:.4f}" data-n="{label}" cursor="pointer">'
+                f'<title>{label} ({_amount(count, unit)}, {pct:.1f}%)</title>'
+                f'<rect x="{x:.2f}" y="{y}" width="{max(w - 0.5, 0.1):.2f}" height="{row - 1}" '
+                f'fill="{color}" rx="2"/>'
+                f'<text x="{x + 3:.2f}" y="{y + row - 5}">{html.escape(text)}</text></g>')
+            if children:
+                todo.append((children, x, level + 1))
             x += w
-
-    draw(tree, 10, 0)
+    parts.append("<script><![CDATA[" + _SVG_SCRIPT % {"width": width} + "]]></script>")
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
-
-
