@@ -30,6 +30,7 @@ setup(
                 f"{NATIVE}/tracer.c",
                 f"{NATIVE}/functions.c",
                 f"{NATIVE}/c_functions.c",
+                f"{NATIVE}/monitoring.c",
                 f"{NATIVE}/clock.c",
                 f"{NATIVE}/events.c",
                 f"{NATIVE}/recorder.c",

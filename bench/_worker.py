@@ -42,6 +42,8 @@ def setup(config, build_dir, capture_dir):
     import etwtrace
     if config.endswith("_capture"):
         os.environ["ETWTRACE_CAPTURE"] = capture_dir
+    if "_profilehook" in config:
+        os.environ["ETWTRACE_C_CALL_HOOK"] = "profile"     # not sys.monitoring (3.12+)
     if config.startswith("etwtrace_instr"):
         tracer = etwtrace.InstrumentedTracer(c_calls="_c" in config.replace("_capture", ""))
     else:

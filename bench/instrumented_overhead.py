@@ -7,6 +7,11 @@ tracing; the ratios compare those overheads.
 
     python3 -m pip install . pyperformance yappi viztracer pyinstrument
     python3 bench/instrumented_overhead.py [--rounds 3] [--repeat 5] [--workloads fib(27),richards]
+                                           [--no-peers]
+
+On 3.12+ C calls are measured both through sys.monitoring (etwtrace's
+default there) and through the legacy profile function.  --no-peers leaves
+out yappi, viztracer and pyinstrument (when they are not installed).
 
 Also prints the recorder's bytes per push/pop from a capture of fib(27).
 """
@@ -24,10 +29,13 @@ from stack_overhead import build_noop_hook, run  # noqa: E402
 
 CONFIGS = ["none", "noop_hook", "noop_profile", "etwtrace_instr", "etwtrace_instr_capture",
            "etwtrace_instr_c_capture", "cprofile", "yappi", "viztracer", "pyinstrument"]
+# 3.12+: C calls through the profile function instead of sys.monitoring.
+PROFILE_HOOK = "etwtrace_instr_c_profilehook_capture"
 LABELS = {
     "noop_hook": "eval hook floor", "noop_profile": "profile hook floor",
     "etwtrace_instr": "etwtrace", "etwtrace_instr_capture": "etwtrace+capture",
     "etwtrace_instr_c_capture": "etwtrace+C calls+capture", "cprofile": "cProfile",
+    PROFILE_HOOK: "etwtrace+C calls (profile hook)+capture",
     "yappi": "yappi", "viztracer": "viztracer", "pyinstrument": "pyinstrument",
 }
 
@@ -50,13 +58,23 @@ def bytes_per_event(build_dir):
         shutil.rmtree(capture, ignore_errors=True)
 
 
+def _ratio(over, config, base):
+    return f"{over[config] / base:.2f}" if config in over else "-"
+
+
 def main():
     import workloads
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workloads", default="fib(27),method_calls,richards,deltablue,raytrace,go")
+    parser.add_argument("--no-peers", action="store_true")
     args = parser.parse_args()
+    global CONFIGS
+    if args.no_peers:
+        CONFIGS = [c for c in CONFIGS if c not in ("yappi", "viztracer", "pyinstrument")]
+    if sys.version_info >= (3, 12):
+        CONFIGS = CONFIGS + [PROFILE_HOOK]
     build_dir = os.path.join(tempfile.gettempdir(), "etwtrace-bench-build")
     build_noop_hook(build_dir)
     capture_root = tempfile.mkdtemp(prefix="etwtrace-bench-")
@@ -81,8 +99,8 @@ def main():
     print("\nOverhead ratios (overhead = time - no tracing):\n")
     print("| workload | etwtrace / cProfile | etwtrace+capture / cProfile | +C calls / cProfile "
           "| capture / eval floor (time) | capture / profile floor (overhead) | yappi / cProfile "
-          "| viztracer / cProfile |")
-    print("|---" * 8 + "|")
+          "| viztracer / cProfile |" + (" C calls: monitoring / profile hook |" if PROFILE_HOOK in CONFIGS else ""))
+    print("|---" * (8 + (PROFILE_HOOK in CONFIGS)) + "|")
     for w in names:
         base = best[w, "none"]
         over = {c: best[w, c] - base for c in CONFIGS}
@@ -91,7 +109,9 @@ def main():
               f"| {over['etwtrace_instr_c_capture'] / cp:.2f} "
               f"| {best[w, 'etwtrace_instr_capture'] / best[w, 'noop_hook']:.2f} "
               f"| {over['etwtrace_instr_capture'] / over['noop_profile']:.2f} "
-              f"| {over['yappi'] / cp:.2f} | {over['viztracer'] / cp:.2f} |")
+              f"| {_ratio(over, 'yappi', cp)} | {_ratio(over, 'viztracer', cp)} |"
+              + (f" {over['etwtrace_instr_c_capture'] / over[PROFILE_HOOK]:.2f} |"
+                 if PROFILE_HOOK in CONFIGS else ""))
     per_event, calls = bytes_per_event(build_dir)
     print(f"\nRecorder: {per_event:.2f} bytes per push/pop ({calls:,} calls of fib(27)).")
 

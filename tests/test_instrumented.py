@@ -99,10 +99,16 @@ def test_caller_and_line(capture):
     assert seen[("loop", "<module>", 32)] == 1
 
 
-def test_c_calls(capture, tmp_path):
+# C calls are observed through sys.monitoring on 3.12+, or a profile
+# function (the only way before 3.12, and ETWTRACE_C_CALL_HOOK=profile).
+C_CALL_HOOKS = ["monitoring", "profile"] if sys.version_info >= (3, 12) else ["profile"]
+
+
+@pytest.mark.parametrize("hook", C_CALL_HOOKS)
+def test_c_calls(capture, tmp_path, hook):
     path = tmp_path / "cap"
     proc = run_etwtrace("--instrumented", "--c-calls", "--capture", path, "--recorder", "builtin",
-                        "--", SCRIPTS / "calls.py", 3)
+                        "--", SCRIPTS / "calls.py", 3, env={"ETWTRACE_C_CALL_HOOK": hook})
     assert proc.returncode == 0, proc.stderr
     with etwtrace.open_trace(path) as trace:
         events = list(trace)
@@ -126,12 +132,12 @@ def test_c_calls_needs_instrumented():
     assert proc.stderr.strip() == "etwtrace: error: --c-calls needs --instrumented"
 
 
-@pytest.mark.parametrize("c_calls", [False, True])
+@pytest.mark.parametrize("c_calls", [None] + C_CALL_HOOKS)
 def test_consistency_cases(capture, tmp_path, c_calls):
     path = tmp_path / "cap"
     options = ["--c-calls"] if c_calls else []
     proc = run_etwtrace("--instrumented", *options, "--capture", path, "--recorder", "builtin",
-                        "--", SCRIPTS / "consistency.py")
+                        "--", SCRIPTS / "consistency.py", env={"ETWTRACE_C_CALL_HOOK": c_calls or ""})
     assert proc.returncode == 0, proc.stderr
     with etwtrace.open_trace(path) as trace:
         events = list(trace)
@@ -202,3 +208,33 @@ def test_millions_of_events_open(capture):
     size = sum(os.path.getsize(p) for p in (cap.path / "ctf").rglob("stream-*"))
     # Compact encoding: a push is 8 bytes, a pop 6.
     assert size / (pushes + pops) < 8
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring is 3.12+")
+@pytest.mark.parametrize("hook, expected", [("monitoring", "etwtrace"), ("profile", None)])
+def test_c_call_hook_is_sys_monitoring_on_3_12(hook, expected):
+    code = ("import sys, etwtrace\n"
+            "t = etwtrace.InstrumentedTracer(c_calls=True)\n"
+            "t.enable()\n"
+            "during = [sys.monitoring.get_tool(i) for i in range(6)]\n"
+            "t.disable()\n"
+            "after = [sys.monitoring.get_tool(i) for i in range(6)]\n"
+            "print(('etwtrace' if 'etwtrace' in during else None), after.count('etwtrace'))\n")
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         encoding="utf-8", env={**os.environ, "ETWTRACE_C_CALL_HOOK": hook})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(expected), "0"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring is 3.12+")
+def test_c_calls_beside_cprofile_take_another_tool_id(tmp_path):
+    # cProfile holds sys.monitoring's profiler id; etwtrace takes another.
+    code = ("import cProfile, sys, etwtrace\n"
+            "p = cProfile.Profile(); p.enable()\n"
+            "t = etwtrace.InstrumentedTracer(c_calls=True); t.enable()\n"
+            "print(sorted(x for x in (sys.monitoring.get_tool(i) for i in range(6)) if x))\n"
+            "len([1]); t.disable(); p.disable()\n")
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         encoding="utf-8")
+    assert out.returncode == 0, out.stderr
+    assert "etwtrace" in out.stdout and "cProfile" in out.stdout

@@ -5,16 +5,20 @@
 #include "tracer.h"
 
 #include "c_functions.h"
+#include "monitoring.h"
 #include "perf_jit.h"
 #include "recorder.h"
 
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 
 typedef PyObject *(*TrampolineFunc)(PyThreadState *, EtwFrame *, int, EtwEvalFunc);
 
 static struct {
     int mode;
     int c_calls;               /* instrumented: also C callables */
+    int c_calls_monitoring;    /* ... observed through sys.monitoring */
     EtwEvalFunc previous;      /* evaluator the hook hands frames to */
     EtwEvalFunc hook;          /* the hook installed */
     PyInterpreterState *interp;
@@ -100,12 +104,52 @@ instrumented_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
     return result;
 }
 
-/* Instrumented mode with C calls: a profile function per thread that sees
- * only C calls (Python calls are the eval hook's).  Each C call's push saves
- * the Caller it replaces on a small per-thread stack; the return or
- * exception that ends the call pops it.  A call from an ignored file is not
- * traced but keeps its place on that stack so pairs stay matched. */
+/* Instrumented mode with C calls: an observer that sees only C calls
+ * (Python calls are the eval hook's), through sys.monitoring on 3.12+ or a
+ * profile function per thread.  Each C call's push saves the Caller it
+ * replaces on a small per-thread stack; the return or exception that ends
+ * the call pops it.  A call from an ignored file (or one whose callable is
+ * not a builtin function) is not traced but keeps its place on that stack
+ * so pairs stay matched. */
 #define C_CALL_UNTRACED UINT32_MAX
+
+static void
+c_call_enter(PyObject *callable)
+{
+    EtwThread *t = etw_thread();
+    uint32_t depth = t->c_depth++;
+    if (depth >= ETW_MAX_C_DEPTH) {
+        return;
+    }
+    EtwFrame *cf = etw_thread_caller_frame(PyThreadState_Get());
+    EtwFunction *cfn = cf != NULL ? function_of(etw_frame_code(cf), t, 0) : NULL;
+    uint32_t id = callable != NULL && (cfn == NULL || cfn->traced) ? etw_c_function_id(callable, t) : 0;
+    if (id == 0) {
+        t->c_saved[depth] = C_CALL_UNTRACED;
+        return;
+    }
+    uint32_t line;
+    uint32_t caller = caller_of(t, cf, &line);
+    etw_emit_push(t, id, caller, line);
+    t->c_saved[depth] = t->current;
+    t->current = id;
+}
+
+static void
+c_call_exit(void)
+{
+    EtwThread *t = etw_thread();
+    if (t->c_depth == 0) {
+        return; /* the call began before this session */
+    }
+    uint32_t depth = --t->c_depth;
+    if (depth >= ETW_MAX_C_DEPTH || t->c_saved[depth] == C_CALL_UNTRACED) {
+        return;
+    }
+    uint32_t id = t->current;
+    t->current = t->c_saved[depth];
+    etw_emit_pop(t, id);
+}
 
 static int
 c_call_profile(PyObject *unused, PyFrameObject *pyframe, int what, PyObject *arg)
@@ -113,37 +157,22 @@ c_call_profile(PyObject *unused, PyFrameObject *pyframe, int what, PyObject *arg
     (void)unused;
     (void)pyframe;
     if (what == PyTrace_C_CALL) {
-        EtwThread *t = etw_thread();
-        uint32_t depth = t->c_depth++;
-        if (depth >= ETW_MAX_C_DEPTH) {
-            return 0;
-        }
-        EtwFrame *cf = etw_thread_caller_frame(PyThreadState_Get());
-        EtwFunction *cfn = cf != NULL ? function_of(etw_frame_code(cf), t, 0) : NULL;
-        uint32_t id = (cfn == NULL || cfn->traced) ? etw_c_function_id(arg, t) : 0;
-        if (id == 0) {
-            t->c_saved[depth] = C_CALL_UNTRACED;
-            return 0;
-        }
-        uint32_t line;
-        uint32_t caller = caller_of(t, cf, &line);
-        etw_emit_push(t, id, caller, line);
-        t->c_saved[depth] = t->current;
-        t->current = id;
-    } else if (what == PyTrace_C_RETURN || what == PyTrace_C_EXCEPTION) {
-        EtwThread *t = etw_thread();
-        if (t->c_depth == 0) {
-            return 0; /* the call began before this session */
-        }
-        uint32_t depth = --t->c_depth;
-        if (depth >= ETW_MAX_C_DEPTH || t->c_saved[depth] == C_CALL_UNTRACED) {
-            return 0;
-        }
-        uint32_t id = t->current;
-        t->current = t->c_saved[depth];
-        etw_emit_pop(t, id);
+        c_call_enter(arg);
+    }
+    else if (what == PyTrace_C_RETURN || what == PyTrace_C_EXCEPTION) {
+        c_call_exit();
     }
     return 0;
+}
+
+/* Whether C calls go through sys.monitoring: on 3.12+ unless
+ * ETWTRACE_C_CALL_HOOK=profile asks for the profile function (both are
+ * measured in docs/BENCHMARKS.md). */
+static int
+want_monitoring(void)
+{
+    const char *hook = getenv("ETWTRACE_C_CALL_HOOK");
+    return PY_VERSION_HEX >= 0x030C0000 && !(hook != NULL && strcmp(hook, "profile") == 0);
 }
 
 static void
@@ -195,7 +224,16 @@ etw_tracer_enable(int mode, int c_calls, const char *capture_dir, PyObject *igno
     tracer.mode = mode;
     tracer.c_calls = mode == ETW_MODE_INSTRUMENTED && c_calls;
     tracer.hook = mode == ETW_MODE_STACK ? stack_eval : instrumented_eval;
-    etw_thread_started_hook = tracer.c_calls ? start_c_calls_on_thread : NULL;
+    tracer.c_calls_monitoring = 0;
+    if (tracer.c_calls && want_monitoring()) {
+        int r = etw_monitoring_start(c_call_enter, c_call_exit);
+        if (r < 0) {
+            PyErr_Clear();  /* fall back to the profile function */
+        }
+        tracer.c_calls_monitoring = r == 0;
+    }
+    etw_thread_started_hook = tracer.c_calls && !tracer.c_calls_monitoring
+        ? start_c_calls_on_thread : NULL;
     etw_set_eval_func(interp, tracer.hook);
     etw_thread(); /* announce the enabling thread now */
     return 0;
@@ -210,7 +248,11 @@ etw_tracer_disable(void)
     if (etw_get_eval_func(tracer.interp) == tracer.hook) {
         etw_set_eval_func(tracer.interp, tracer.previous);
     }
-    if (tracer.c_calls) {
+    if (tracer.c_calls_monitoring) {
+        etw_monitoring_stop();
+        tracer.c_calls_monitoring = 0;
+    }
+    else if (tracer.c_calls) {
         etw_clear_profile_all_threads(tracer.interp, c_call_profile);
     }
     etw_thread_started_hook = NULL;

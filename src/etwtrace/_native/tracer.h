@@ -1,7 +1,7 @@
 /* The tracer: installs the PEP 523 frame-evaluation hook that routes every
  * traced Python function through its trampoline (stack mode), or writes a
  * push and a pop around it (instrumented mode; with `c_calls`, a profile
- * function adds C callables). */
+ * function or sys.monitoring adds C callables). */
 #ifndef ETWTRACE_TRACER_H
 #define ETWTRACE_TRACER_H
 
