@@ -40,22 +40,40 @@ LABELS = {
 }
 
 
-def bytes_per_event(build_dir):
-    """Trace bytes per push/pop for fib(27) recorded with C calls off."""
-    capture = tempfile.mkdtemp(prefix="etwtrace-bench-bytes-")
+def _content_bytes(stream):
+    """Bytes of a stream's packets up to their content's end (no padding)."""
+    import struct
+    head = struct.Struct("<IIQQQQQI")
+    total = offset = 0
+    with open(stream, "rb") as f:
+        data = f.read()
+    while offset + head.size <= len(data):
+        fields = head.unpack_from(data, offset)
+        total += fields[4] // 8
+        offset += fields[5] // 8
+    return total
+
+
+def bytes_per_event():
+    """Trace bytes (packet headers included) per push/pop, fib(27) recorded
+    without C calls."""
+    root = tempfile.mkdtemp(prefix="etwtrace-bench-bytes-")
     try:
-        code = ("import sys; sys.path.insert(0, %r); import workloads; "
-                "f = workloads.WORKLOADS['fib(27)'](); f()" % HERE)
+        script = os.path.join(root, "fib_workload.py")
+        with open(script, "w") as f:
+            f.write("import sys\nsys.path.insert(0, %r)\nimport workloads\n"
+                    "workloads.WORKLOADS['fib(27)']()()\n" % HERE)
+        capture = os.path.join(root, "cap")
         subprocess.run([sys.executable, "-m", "etwtrace", "--instrumented", "--capture", capture,
-                        "--recorder", "builtin", "--", "-c", code], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(capture, "ctf", "*", "stream-*")))
+                        "--recorder", "builtin", "--", script],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         from etwtrace import _ctfdecode
-        calls = sum(_ctfdecode.fold(p)["calls"]
-                    for p in glob.glob(os.path.join(capture, "ctf", "*", "stream-*")))
+        streams = glob.glob(os.path.join(capture, "ctf", "*", "stream-*"))
+        size = sum(_content_bytes(p) for p in streams)
+        calls = sum(_ctfdecode.fold(p)["calls"] for p in streams)
         return size / (2 * calls), calls
     finally:
-        shutil.rmtree(capture, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _ratio(over, config, base):
@@ -112,7 +130,7 @@ def main():
               f"| {_ratio(over, 'yappi', cp)} | {_ratio(over, 'viztracer', cp)} |"
               + (f" {over['etwtrace_instr_c_capture'] / over[PROFILE_HOOK]:.2f} |"
                  if PROFILE_HOOK in CONFIGS else ""))
-    per_event, calls = bytes_per_event(build_dir)
+    per_event, calls = bytes_per_event()
     print(f"\nRecorder: {per_event:.2f} bytes per push/pop ({calls:,} calls of fib(27)).")
 
 
