@@ -48,6 +48,9 @@ Environment:
     ETWTRACE_CAPTURE=DIR  Any traced process records into DIR (built-in recorder)
     ETWTRACE_PROFILE=FILE Recording profile to use instead of the bundled one
     ETWTRACE_C_CALLS=1    Instrumented tracing includes C callables
+    ETWTRACE_C_CALL_HOOK=profile
+                          C calls through the profile function, not
+                          sys.monitoring (3.12+ uses sys.monitoring)
 """
 
 
