@@ -25,7 +25,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from stack_overhead import build_noop_hook, run  # noqa: E402
+from stack_overhead import build_noop_hook, measure  # noqa: E402
 
 CONFIGS = ["none", "noop_hook", "noop_profile", "etwtrace_instr", "etwtrace_instr_capture",
            "etwtrace_instr_c_capture", "cprofile", "yappi", "viztracer", "pyinstrument"]
@@ -95,17 +95,10 @@ def main():
         CONFIGS = CONFIGS + [PROFILE_HOOK]
     build_dir = os.path.join(tempfile.gettempdir(), "etwtrace-bench-build")
     build_noop_hook(build_dir)
-    capture_root = tempfile.mkdtemp(prefix="etwtrace-bench-")
     names = args.workloads.split(",")
     for w in names:
         workloads.WORKLOADS[w]   # unknown names fail before the long run
-    best = {(w, c): float("inf") for w in names for c in CONFIGS}
-    for _ in range(args.rounds):
-        for w in names:
-            for c in CONFIGS:
-                best[w, c] = min(best[w, c], run(c, w, args.repeat, build_dir, capture_root))
-    shutil.rmtree(capture_root, ignore_errors=True)
-
+    best = measure(CONFIGS, names, args.rounds, args.repeat, build_dir)
     print(f"Python {sys.version.split()[0]}; best of {args.rounds} rounds x {args.repeat} runs\n")
     shown = CONFIGS[1:]
     print("Time over no tracing:\n")

@@ -46,6 +46,19 @@ def run(config, workload, repeat, build_dir, capture_root):
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def measure(configs, names, rounds, repeat, build_dir):
+    """{(workload, config): best seconds}, configurations interleaved over
+    rounds so that drifts in the machine's speed hit them all alike."""
+    capture_root = tempfile.mkdtemp(prefix="etwtrace-bench-")
+    best = {(w, c): float("inf") for w in names for c in configs}
+    for _ in range(rounds):
+        for w in names:
+            for c in configs:
+                best[w, c] = min(best[w, c], run(c, w, repeat, build_dir, capture_root))
+    shutil.rmtree(capture_root, ignore_errors=True)
+    return best
+
+
 def main():
     sys.path.insert(0, HERE)
     import workloads
@@ -63,15 +76,8 @@ def main():
         configs += ["x_perf"] + (["x_perf_jit"] if sys.version_info >= (3, 13) else [])
     build_dir = os.path.join(tempfile.gettempdir(), "etwtrace-bench-build")
     build_noop_hook(build_dir)
-    capture_root = tempfile.mkdtemp(prefix="etwtrace-bench-")
     names = args.workloads.split(",")
-    best = {(w, c): float("inf") for w in names for c in configs}
-    for _ in range(args.rounds):
-        for w in names:
-            for c in configs:
-                best[w, c] = min(best[w, c], run(c, w, args.repeat, build_dir, capture_root))
-    shutil.rmtree(capture_root, ignore_errors=True)
-
+    best = measure(configs, names, args.rounds, args.repeat, build_dir)
     print(f"Python {sys.version.split()[0]}; best of {args.rounds} rounds x {args.repeat} runs\n")
     extra = configs[len(CONFIGS):]
     names_of = {"x_perf": "-X perf", "x_perf_jit": "-X perf_jit"}

@@ -610,6 +610,39 @@ corrupt(PyObject *path, Cursor *c)
     return NULL;
 }
 
+/* Applies one event: a push or pop to the tree, anything else decoded into
+ * *other (a new reference; NULL for pushes and pops).  Returns 1, 0 at the
+ * end of a truncated stream, -1 on corruption (c->error says where), -2
+ * with a Python exception set. */
+static int
+step(Cursor *c, Tree *tree, RawEvent *ev, PyObject **other)
+{
+    size_t used = 0;
+    *other = NULL;
+    if (is_push(ev->id) || is_pop(ev->id)) {
+        uint32_t fid;
+        if (!push_pop(ev, &fid, &used)) {
+            return bad_payload(c, "short push/pop event");
+        }
+        int r = is_push(ev->id) ? tree_push(tree, fid, ev->ts) : tree_pop(tree, fid, ev->ts);
+        if (r < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_NoMemory();
+            }
+            return -2;
+        }
+    }
+    else {
+        int stop = 0;
+        *other = decode_other(c, ev, &used, &stop);
+        if (*other == NULL) {
+            return PyErr_Occurred() ? -2 : stop;
+        }
+    }
+    c->pos += used;
+    return 1;
+}
+
 /* fold() over bytes in memory; `path` names them in errors. */
 static PyObject *
 fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, int mapped)
@@ -630,30 +663,15 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
     RawEvent ev;
     int r;
     while ((r = next_event(&c, &ev)) == 1) {
-        size_t used = 0;
-        if (is_push(ev.id) || is_pop(ev.id)) {
-            uint32_t fid;
-            if (!push_pop(&ev, &fid, &used)) {
-                r = bad_payload(&c, "short push/pop event");
-                break;
-            }
-            if ((is_push(ev.id) ? tree_push(&tree, fid, ev.ts) : tree_pop(&tree, fid, ev.ts)) < 0) {
-                if (!PyErr_Occurred()) {
-                    PyErr_NoMemory();
-                }
-                goto done;
-            }
+        PyObject *fields;
+        r = step(&c, &tree, &ev, &fields);
+        if (r == -2) {
+            goto done;
         }
-        else {
-            int stop = 0;
-            PyObject *fields = decode_other(&c, &ev, &used, &stop);
-            if (fields == NULL) {
-                if (PyErr_Occurred()) {
-                    goto done;
-                }
-                r = stop;
-                break;
-            }
+        if (r <= 0) {
+            break;
+        }
+        if (fields != NULL) {
             PyObject *item = Py_BuildValue("(iKN)", ev.id, (unsigned long long)ev.ts, fields);
             if (item == NULL || PyList_Append(events, item) < 0) {
                 Py_XDECREF(item);
@@ -661,7 +679,6 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
             }
             Py_DECREF(item);
         }
-        c.pos += used;
         last = ev.ts;
     }
     if (r < 0) {
@@ -769,8 +786,7 @@ stacks_data(const unsigned char *data, size_t size, PyObject *seq, int mapped)
         goto done;
     }
     RawEvent ev;
-    int r;
-    while (next < count && (r = next_event(&c, &ev)) == 1) {
+    while (next < count && next_event(&c, &ev) == 1) {
         /* Snapshot every requested time earlier than this event. */
         while (next < count) {
             unsigned long long when = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, next));
@@ -786,31 +802,15 @@ stacks_data(const unsigned char *data, size_t size, PyObject *seq, int mapped)
             }
             PyList_SET_ITEM(out, next++, stack);
         }
-        size_t used = 0;
-        if (is_push(ev.id) || is_pop(ev.id)) {
-            uint32_t fid;
-            if (!push_pop(&ev, &fid, &used)) {
-                break;
-            }
-            if ((is_push(ev.id) ? tree_push(&tree, fid, ev.ts) : tree_pop(&tree, fid, ev.ts)) < 0) {
-                if (!PyErr_Occurred()) {
-                    PyErr_NoMemory();
-                }
-                goto done;
-            }
+        PyObject *fields;
+        int r = step(&c, &tree, &ev, &fields);
+        Py_XDECREF(fields);
+        if (r == -2) {
+            goto done;
         }
-        else {
-            int stop = 0;
-            PyObject *fields = decode_other(&c, &ev, &used, &stop);
-            if (fields == NULL) {
-                if (PyErr_Occurred()) {
-                    goto done;
-                }
-                break;
-            }
-            Py_DECREF(fields);
+        if (r <= 0) {
+            break;  /* fold() reports damage; here the replay just stops */
         }
-        c.pos += used;
     }
     while (next < count) {
         PyObject *stack = fid_tuple(&tree);
