@@ -149,11 +149,14 @@ def test_consistency_cases(capture, tmp_path, c_calls):
     # gen_user runs 5 times (main thread + 4 threads); each time gen(5) is
     # called (making the generator) and resumed 6 times, gen(10) called,
     # resumed once and closed (GeneratorExit thrown in: one more resume).
-    # 3.11+ runs the new frame to make a generator (RETURN_GENERATOR); 3.13+
-    # closes a generator suspended outside any try block without resuming it.
+    # 3.11+ runs the new frame to make a generator (RETURN_GENERATOR).  3.13
+    # may close a generator suspended outside any try block without resuming
+    # it: 3.13.5 does; 3.13.15 does not while a profile function is set.  The
+    # pushes follow what the interpreter did either way (pops are checked
+    # above), so both counts are right there.
     make = 1 if sys.version_info >= (3, 11) else 0
-    close = 0 if sys.version_info >= (3, 13) else 1
-    assert pushes["gen"] == 5 * ((make + 6) + (make + 1 + close))
+    closes = {0, 1} if sys.version_info >= (3, 13) else {1}
+    assert pushes["gen"] in {5 * ((make + 6) + (make + 1 + close)) for close in closes}
     assert pushes["deep_raise"] == 31 * 5
     assert pushes["interrupted"] == 11
     assert pushes["recurse"] > 500
