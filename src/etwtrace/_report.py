@@ -157,8 +157,16 @@ def run(opts):
             out, scan, view, stacks, unit, f"etwtrace: {name} ({what})"))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options are one line on stderr (and status 2), not a usage block."""
+
+    def error(self, message):
+        print(f"etwtrace: error: report: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(args):
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m etwtrace report",
         description="Summarise a capture: functions table (text), folded stacks, "
                     "speedscope or Chrome/Perfetto JSON, or an SVG flame graph.",
