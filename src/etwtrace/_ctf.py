@@ -57,30 +57,38 @@ def _cstring(data, pos, end):
     return data[pos:nul].decode("utf-8", "replace"), nul + 1
 
 
+def fields_of(event_id, values):
+    """(fields, stack) of a thread, function, mark or stack-sample event
+    from its values in stream order: the schema's field names, shared by
+    this reader and the C decoder (etwtrace._ctfdecode)."""
+    if event_id in (0, 1):
+        return {"ThreadId": values[0]}, ()
+    if event_id == 2:
+        fid, begin, end, line, is_py, source, name = values
+        return {"FunctionID": fid, "BeginAddress": begin, "EndAddress": end,
+                "LineNumber": line, "SourceFile": source, "Name": name,
+                "IsPythonCode": is_py}, ()
+    if event_id == 6:
+        return {"Mark": values[0]}, values[1]
+    return {"Mark": values[0]}, ()
+
+
 def _decode_payload(event_id, data, pos, end):
     """Returns (fields, stack, new_pos)."""
     if event_id in (0, 1):
         if pos + 4 > end:
             raise _Corrupt("short PythonThread event")
-        return {"ThreadId": U32.unpack_from(data, pos)[0]}, (), pos + 4
+        return (*fields_of(event_id, U32.unpack_from(data, pos)), pos + 4)
     if event_id == 2:
         if pos + FUNCTION_HEAD.size > end:
             raise _Corrupt("short PythonFunction event")
-        fid, begin, stop, line, is_py = FUNCTION_HEAD.unpack_from(data, pos)
+        head = FUNCTION_HEAD.unpack_from(data, pos)
         source, pos = _cstring(data, pos + FUNCTION_HEAD.size, end)
         name, pos = _cstring(data, pos, end)
-        return {
-            "FunctionID": fid,
-            "BeginAddress": begin,
-            "EndAddress": stop,
-            "LineNumber": line,
-            "SourceFile": source,
-            "Name": name,
-            "IsPythonCode": is_py,
-        }, (), pos
+        return (*fields_of(event_id, head + (source, name)), pos)
     if event_id in (3, 4, 5):
         text, pos = _cstring(data, pos, end)
-        return {"Mark": text}, (), pos
+        return (*fields_of(event_id, (text,)), pos)
     if event_id == 6:
         text, pos = _cstring(data, pos, end)
         if pos + 4 > end:
@@ -90,7 +98,7 @@ def _decode_payload(event_id, data, pos, end):
         if pos + 8 * depth > end:
             raise _Corrupt("PythonStackSample stack runs past its packet")
         stack = struct.unpack_from(f"<{depth}Q", data, pos)
-        return {"Mark": text}, stack, pos + 8 * depth
+        return (*fields_of(event_id, (text, stack)), pos + 8 * depth)
     if event_id == 7:
         if pos + 12 > end:
             raise _Corrupt("short PythonFunctionPush event")
@@ -205,19 +213,7 @@ def fold_stream(path, pid, make_event, timeline=False):
     events = []
     for event_id, ts, values in folded["events"]:
         name, opcode = EVENT_NAMES[event_id]
-        stack = ()
-        if event_id in (0, 1):
-            fields = {"ThreadId": values[0]}
-        elif event_id == 2:
-            fid, begin, end, line, is_py, source, fname = values
-            fields = {"FunctionID": fid, "BeginAddress": begin, "EndAddress": end,
-                      "LineNumber": line, "SourceFile": source, "Name": fname,
-                      "IsPythonCode": is_py}
-        elif event_id == 6:
-            fields = {"Mark": values[0]}
-            stack = values[1]
-        else:
-            fields = {"Mark": values[0]}
+        fields, stack = fields_of(event_id, values)
         events.append(make_event(name, opcode, pid, tid, ts, fields, stack))
     return folded, events
 
