@@ -223,8 +223,8 @@ def read_script(path, make_event, progress=None):
     current = None
     stack = []
     frames = []
-    held = deque()      # events waiting for the oldest open CSwitch
-    switched_out = {}   # tid -> its open CSwitch event
+    held = deque()      # events read, not yet given out
+    switched_out = {}   # tid -> its CSwitch still waiting for a switch-in
 
     def finish():
         pid, tid, ts, name, raw = current
@@ -235,23 +235,21 @@ def read_script(path, make_event, progress=None):
         ev = make_event(name, None, pid, tid, ts, fields, tuple(stack))
         ev.frames = tuple(frames)
         if name == "CSwitch":
-            pending = switched_out.pop(tid, None)
-            if pending is not None:
-                pending.fields["_open"] = False
-            fields["_open"] = True
+            # A thread switched out again without a switch-in read between:
+            # its earlier wait stays unknown (None).
             switched_out[tid] = ev
         held.append(ev)
 
     def release():
-        while held and not held[0].fields.get("_open"):
-            ev = held.popleft()
-            ev.fields.pop("_open", None)
-            yield ev
+        """Gives out events up to the oldest CSwitch still waiting."""
+        waiting = {id(ev) for ev in switched_out.values()}
+        while held and id(held[0]) not in waiting:
+            yield held.popleft()
 
     with open(path, "r", encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f):
             if progress is not None and not n & 0x3FFF:
-                progress(f.buffer.tell() if hasattr(f, "buffer") else 0)
+                progress(f.buffer.tell())
             if current is not None:
                 m = _FRAME.match(line)
                 if m:
@@ -281,7 +279,6 @@ def read_script(path, make_event, progress=None):
                         else:
                             del switched_out[tid]
                             ev.fields["OffCpuTime"] = max(_ns(m.group(3), m.group(4)) - ev.timestamp, 0)
-                            ev.fields["_open"] = False
                             yield from release()
                 continue
             if "PERF_RECORD_" in line:
@@ -293,6 +290,5 @@ def read_script(path, make_event, progress=None):
                 current = (int(m.group(1)), int(m.group(2)), _ns(m.group(3), m.group(4)), name, raw)
     if current is not None:
         finish()
-    for ev in switched_out.values():
-        ev.fields["_open"] = False
+    switched_out.clear()     # never switched in again: OffCpuTime stays None
     yield from release()
