@@ -13,6 +13,7 @@ static struct {
     PyObject *monitoring;   /* sys.monitoring */
     PyObject *missing;      /* sys.monitoring.MISSING: a call without self */
     PyObject *callbacks[2]; /* on_call, on_c_exit */
+    long events[3];         /* the CALL, C_RETURN and C_RAISE event bits */
     EtwCEnter enter;
     EtwCExit exit;
 } mon = {.tool = -1};
@@ -99,9 +100,12 @@ etw_monitoring_start(EtwCEnter enter, EtwCExit exit)
         forget();
         return -1;
     }
-    long call = event_bit(events, "CALL"), c_return = event_bit(events, "C_RETURN"),
-         c_raise = event_bit(events, "C_RAISE");
+    static const char *names[3] = {"CALL", "C_RETURN", "C_RAISE"};
+    for (int i = 0; i < 3; i++) {
+        mon.events[i] = event_bit(events, names[i]);
+    }
     Py_DECREF(events);
+    long call = mon.events[0], c_return = mon.events[1], c_raise = mon.events[2];
     if (call < 0 || c_return < 0 || c_raise < 0) {
         forget();
         return -1;
@@ -169,18 +173,10 @@ etw_monitoring_stop(void)
      * explicitly for 3.12. */
     PyObject *r = PyObject_CallMethod(mon.monitoring, "set_events", "ii", mon.tool, 0);
     Py_XDECREF(r);
-    PyObject *events = PyObject_GetAttrString(mon.monitoring, "events");
-    if (events != NULL) {
-        static const char *names[] = {"CALL", "C_RETURN", "C_RAISE"};
-        for (size_t i = 0; i < 3; i++) {
-            long bit = event_bit(events, names[i]);
-            if (bit >= 0) {
-                r = PyObject_CallMethod(mon.monitoring, "register_callback", "ilO", mon.tool, bit,
-                                        Py_None);
-                Py_XDECREF(r);
-            }
-        }
-        Py_DECREF(events);
+    for (size_t i = 0; i < 3; i++) {
+        r = PyObject_CallMethod(mon.monitoring, "register_callback", "ilO", mon.tool,
+                                mon.events[i], Py_None);
+        Py_XDECREF(r);
     }
     r = PyObject_CallMethod(mon.monitoring, "free_tool_id", "i", mon.tool);
     Py_XDECREF(r);
