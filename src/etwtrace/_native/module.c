@@ -4,6 +4,7 @@
 #include "events.h"
 #include "perf_jit.h"
 #include "recorder.h"
+#include "writer.h"
 #include "trampoline.h"
 #include "tracer.h"
 
@@ -160,6 +161,18 @@ etw_flush(PyObject *module, PyObject *unused)
 }
 
 static PyObject *
+etw_writer_pause_for_tests(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    int pause = PyObject_IsTrue(arg);
+    if (pause < 0) {
+        return NULL;
+    }
+    etw_writer_pause(pause);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 etw_technical_info(PyObject *module, PyObject *unused)
 {
     (void)unused;
@@ -201,6 +214,8 @@ static PyMethodDef module_methods[] = {
     {"mark_stack", etw_mark_stack, METH_VARARGS,
      "mark_stack(text)\n--\n\nEmit a PythonStackSample event with the native stack."},
     {"flush", etw_flush, METH_NOARGS, "Write out every thread's buffered events."},
+    {"_writer_pause", etw_writer_pause_for_tests, METH_O,
+     "For tests: True keeps full packets queued in memory (a crash must still write them)."},
     {"_get_technical_info", etw_technical_info, METH_NOARGS,
      "(module, PY_VERSION_HEX, arch, usdt, unwind_registered, trampoline_size, jitdump, capture)"},
     {NULL, NULL, 0, NULL},

@@ -19,6 +19,8 @@
 #define _GNU_SOURCE
 #include "recorder.h"
 
+#include "writer.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -224,30 +226,45 @@ etw_recorder_dir(void)
 uint64_t
 etw_recorder_events_dropped(void)
 {
-    return dropped;
+    return dropped + etw_writer_failures();
 }
 
+/* Fills in the open packet's end time and sizes. */
 static void
-flush_packet(EtwStream *s)
+finish_packet(EtwStream *s)
 {
-    if (s->used == 0) {
-        return;
-    }
     PacketHead head;
     memcpy(&head, s->data, sizeof(head));
     head.timestamp_end = s->last_ts;
     head.content_size = (uint64_t)s->used * 8;
     head.packet_size = head.content_size;
     memcpy(s->data, &head, sizeof(head));
-    if (s->fd >= 0 && write_all(s->fd, s->data, s->used) != 0) {
-        dropped++;
+}
+
+/* Hands the open packet to the writer thread (see writer.h); the next
+ * packet takes a fresh buffer. */
+static void
+flush_packet(EtwStream *s)
+{
+    if (s->used == 0) {
+        return;
+    }
+    if (s->fd >= 0) {
+        finish_packet(s);
+        etw_writer_submit(s->fd, s->file_size, s->data, s->used);
+        s->file_size += s->used;
+        s->data = NULL;
     }
     s->used = 0;
 }
 
-static void
+/* Opens a packet; -1 when no buffer can be had. */
+static int
 begin_packet(EtwStream *s, uint64_t ts)
 {
+    if (s->data == NULL && (s->data = etw_packet_alloc()) == NULL) {
+        return -1;
+    }
     PacketHead head = {
         .magic = CTF_MAGIC,
         .stream_id = 0,
@@ -260,6 +277,7 @@ begin_packet(EtwStream *s, uint64_t ts)
     s->used = sizeof(head);
     s->begin_ts = ts;
     s->last_ts = ts;
+    return 0;
 }
 
 EtwStream *
@@ -325,11 +343,13 @@ etw_stream_close(EtwStream *s)
     }
     pthread_mutex_lock(&registry_lock);
     flush_packet(s);
+    etw_writer_drain();
     if (s->fd >= 0) {
         close(s->fd);
     }
     unlink_stream(s);
     pthread_mutex_unlock(&registry_lock);
+    free(s->data);
     free(s);
 }
 
@@ -340,19 +360,28 @@ etw_recorder_flush_all(void)
     for (EtwStream *s = streams; s != NULL; s = s->next) {
         flush_packet(s);
     }
+    etw_writer_drain();
     pthread_mutex_unlock(&registry_lock);
 }
 
 void
 etw_recorder_flush_on_crash(void)
 {
-    /* Only async-signal-safe work: trylock, memcpy, write. */
+    /* Only async-signal-safe work: trylock, memcpy, pwrite.  Queued
+     * packets and open ones go to their own offsets, so the order of the
+     * writes does not matter. */
+    etw_writer_flush_on_crash();
     if (pthread_mutex_trylock(&registry_lock) != 0) {
         return;
     }
+    int saved_errno = errno;
     for (EtwStream *s = streams; s != NULL; s = s->next) {
-        flush_packet(s);
+        if (s->used != 0 && s->fd >= 0) {
+            finish_packet(s);
+            (void)pwrite(s->fd, s->data, s->used, (off_t)s->file_size);
+        }
     }
+    errno = saved_errno;
     pthread_mutex_unlock(&registry_lock);
 }
 
@@ -362,12 +391,17 @@ etw_recorder_stop(void)
     pthread_mutex_lock(&registry_lock);
     for (EtwStream *s = streams; s != NULL; s = s->next) {
         flush_packet(s);
+    }
+    etw_writer_drain();
+    for (EtwStream *s = streams; s != NULL; s = s->next) {
         /* Keep the stream object (its thread still points at it) but stop
          * writing: a later start opens a fresh stream per thread. */
         if (s->fd >= 0) {
             close(s->fd);
             s->fd = -1;
         }
+        free(s->data);
+        s->data = NULL;
     }
     active = 0;
     pthread_mutex_unlock(&registry_lock);
@@ -385,8 +419,9 @@ etw_stream_reserve(EtwStream *s, uint32_t id, size_t payload_size)
     if (s->used != 0 && s->used + worst > PACKET_BYTES) {
         flush_packet(s);
     }
-    if (s->used == 0) {
-        begin_packet(s, ts);
+    if (s->used == 0 && begin_packet(s, ts) != 0) {
+        dropped++;
+        return NULL;
     }
     if (ts < s->last_ts) {
         ts = s->last_ts; /* keep the stream ordered */
@@ -422,4 +457,5 @@ etw_recorder_after_fork_child(void)
     }
     streams = NULL; /* the copies stay allocated: freeing is not fork-safe */
     pthread_mutex_init(&registry_lock, NULL);
+    etw_writer_after_fork_child();
 }

@@ -53,8 +53,9 @@ typedef struct EtwStream {
     uint64_t begin_ts;
     uint64_t last_ts;
     EtwClockAnchor clock;
-    size_t used;          /* bytes in data[], 0 = no packet open */
-    uint8_t data[ETW_PACKET_BYTES];
+    uint64_t file_size;   /* bytes handed to the writer so far */
+    size_t used;          /* bytes in data, 0 = no packet open */
+    uint8_t *data;        /* the open packet (ETW_PACKET_BYTES), or NULL */
 } EtwStream;
 
 /* Starts recording into DIR (creating DIR/ctf/pid-PID).  Returns 0, or -1
