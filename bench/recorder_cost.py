@@ -88,6 +88,7 @@ def main():
                 env = dict(os.environ, BENCH_PATH=os.pathsep.join([path, hook_dir]))
                 env.pop("ETWTRACE_CAPTURE", None)
                 if capture:
+                    os.makedirs(captures, exist_ok=True)
                     env["ETWTRACE_CAPTURE"] = os.path.join(captures, f"{r}-{config}-{len(path)}")
                 out = subprocess.run([sys.executable, script, config, str(args.repeat)], env=env,
                                      check=True, stdout=subprocess.PIPE, encoding="utf-8").stdout
