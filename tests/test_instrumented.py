@@ -241,3 +241,27 @@ def test_c_calls_beside_cprofile_take_another_tool_id(tmp_path):
                          encoding="utf-8")
     assert out.returncode == 0, out.stderr
     assert "etwtrace" in out.stdout and "cProfile" in out.stdout
+
+
+def test_caller_lines_from_many_call_sites(capture):
+    rounds = 20
+    events = capture("many_call_sites.py", rounds, mode="instrumented").events()
+    check_consistent(events)
+    names = function_names(events)
+    source = (SCRIPTS / "many_call_sites.py").read_text().splitlines()
+    expected = Counter()
+    for number, text in enumerate(source, 1):
+        if text.endswith("# site") or text.endswith("# throw site"):
+            caller = "dispatch" if text.endswith("# site") else "thrower"
+            callee = "gen" if "throw(" in text else "leaf"
+            expected[callee, caller, number] += rounds
+        elif text.endswith("# site x2"):
+            expected["leaf", "dispatch", number] += 2 * rounds
+    seen = Counter((names[e.fields["FunctionID"]], names.get(e.fields["Caller"]), e.fields["CallerLine"])
+                   for e in events if e.name == "PythonFunctionPush"
+                   and names.get(e.fields["Caller"]) in ("dispatch", "thrower"))
+    # Making and first resuming the generator are calls too (from unmarked
+    # lines, and how many depends on the version); every leaf call and
+    # throw() is at its marked line.
+    assert {key: n for key, n in seen.items() if key[0] == "leaf" or key[2] in
+            {line for _, _, line in expected}} == expected

@@ -174,4 +174,62 @@ etw_code_get_extra(PyCodeObject *co, Py_ssize_t index)
 #endif
 }
 
+/* The line of every code unit of `co` (0 where none), in a new array of
+ * *n_units entries the caller frees.  NULL with *n_units 0 when the code
+ * has more than `max_units` units; NULL with an exception on failure.
+ * 3.10+ walks co_lines() once; 3.9 has no co_lines, so it asks
+ * PyCode_Addr2Line per unit (fine under the cap). */
+static inline uint32_t *
+etw_code_line_table(PyCodeObject *co, uint32_t max_units, uint32_t *n_units)
+{
+    *n_units = 0;
+#if PY_VERSION_HEX >= 0x030A0000
+    PyObject *ranges = PyObject_CallMethod((PyObject *)co, "co_lines", NULL);
+    PyObject *list = ranges != NULL ? PySequence_List(ranges) : NULL;
+    Py_XDECREF(ranges);
+    if (list == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    long end = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        long e = PyLong_AsLong(PyTuple_GET_ITEM(PyList_GET_ITEM(list, i), 1));
+        end = e > end ? e : end;
+    }
+    uint32_t n = (uint32_t)(end / (long)sizeof(_Py_CODEUNIT));
+    uint32_t *lines = NULL;
+    if (!PyErr_Occurred() && n > 0 && n <= max_units && (lines = calloc(n, sizeof(uint32_t))) != NULL) {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *range = PyList_GET_ITEM(list, i);
+            long start = PyLong_AsLong(PyTuple_GET_ITEM(range, 0)) / (long)sizeof(_Py_CODEUNIT);
+            long stop = PyLong_AsLong(PyTuple_GET_ITEM(range, 1)) / (long)sizeof(_Py_CODEUNIT);
+            PyObject *line = PyTuple_GET_ITEM(range, 2);
+            long value = line == Py_None ? 0 : PyLong_AsLong(line);
+            for (long u = start < 0 ? 0 : start; u < stop && u < (long)n; u++) {
+                lines[u] = value > 0 ? (uint32_t)value : 0;
+            }
+        }
+        *n_units = n;
+    }
+    Py_DECREF(list);
+    if (PyErr_Occurred()) {
+        free(lines);
+        return NULL;
+    }
+    return lines;
+#else
+    uint32_t n = (uint32_t)(PyBytes_GET_SIZE(co->co_code) / (Py_ssize_t)sizeof(_Py_CODEUNIT));
+    uint32_t *lines = n > 0 && n <= max_units ? calloc(n, sizeof(uint32_t)) : NULL;
+    if (lines == NULL) {
+        return NULL;
+    }
+    for (uint32_t u = 0; u < n; u++) {
+        int line = PyCode_Addr2Line(co, (int)(u * sizeof(_Py_CODEUNIT)));
+        lines[u] = line > 0 ? (uint32_t)line : 0;
+    }
+    *n_units = n;
+    return lines;
+#endif
+}
+
 #endif /* ETWTRACE_COMPAT_H */

@@ -12,6 +12,34 @@
 Py_ssize_t etw_code_extra_index = -1;
 static uint32_t last_function_id;
 
+/* The code object's extra slot owns its record. */
+static void
+free_function(void *p)
+{
+    EtwFunction *f = p;
+    if (f != NULL) {
+        free(f->lines);
+        free(f);
+    }
+}
+
+void
+etw_function_build_lines(EtwFunction *f, PyCodeObject *co)
+{
+    /* Keep any exception of the running frame untouched. */
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    uint32_t n = 0;
+    uint32_t *lines = etw_code_line_table(co, ETW_LINE_TABLE_MAX_UNITS, &n);
+    if (lines == NULL) {
+        PyErr_Clear();
+    }
+    free(f->lines);
+    f->lines = lines;
+    f->n_lines = n;
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
 int
 etw_functions_init(void)
 {
@@ -20,7 +48,7 @@ etw_functions_init(void)
     }
     /* Records are freed with their code object; trampolines never are, so
      * an address keeps naming one function. */
-    etw_code_extra_index = etw_request_code_extra_index(free);
+    etw_code_extra_index = etw_request_code_extra_index(free_function);
     if (etw_code_extra_index < 0) {
         PyErr_SetString(PyExc_RuntimeError, "etwtrace: no code extra slot available");
         return -1;
