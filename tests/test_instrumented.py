@@ -265,3 +265,40 @@ def test_caller_lines_from_many_call_sites(capture):
     # throw() is at its marked line.
     assert {key: n for key, n in seen.items() if key[0] == "leaf" or key[2] in
             {line for _, _, line in expected}} == expected
+
+
+def test_no_call_times_counts_callers_and_order_stay_exact(tmp_path):
+    """--no-call-times: the same pushes and pops, consistent and in order,
+    without a clock read for each (one timestamp per run of events); the
+    trace stays valid CTF."""
+    n = 25000
+    timed = tmp_path / "timed"
+    untimed = tmp_path / "untimed"
+    for path, options in ((timed, []), (untimed, ["--no-call-times"])):
+        proc = run_etwtrace("--instrumented", *options, "--capture", path, "--recorder", "builtin",
+                            "--", SCRIPTS / "calls.py", n)
+        assert proc.returncode == 0, proc.stderr
+
+    def calls(path):
+        with etwtrace.open_trace(path) as trace:
+            events = list(trace)
+        check_consistent(events)
+        names = function_names(events)
+        return events, [(e.name, names[e.fields["FunctionID"]], names.get(e.fields.get("Caller")),
+                         e.fields.get("CallerLine"))
+                        for e in events if e.name.startswith("PythonFunctionP")]
+
+    timed_events, timed_calls = calls(timed)
+    untimed_events, untimed_calls = calls(untimed)
+    assert untimed_calls == timed_calls
+    assert sum(1 for c in untimed_calls if c[:2] == ("PythonFunctionPush", "f")) == n
+    # Timed: nearly every push/pop has its own time; untimed: they share the
+    # few clock readings the recorder still takes (packets, other events).
+    def distinct_times(events):
+        return len({e.timestamp for e in events if e.name.startswith("PythonFunctionP")})
+    assert distinct_times(timed_events) > len(timed_calls) // 2
+    assert distinct_times(untimed_events) < len(untimed_calls) // 100
+    need_tool("babeltrace2")
+    out = subprocess.run(["babeltrace2", str(untimed / "ctf")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, encoding="utf-8", check=True).stdout
+    assert sum(1 for line in out.splitlines() if "PythonFunctionP" in line) == len(untimed_calls)

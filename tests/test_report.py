@@ -383,3 +383,58 @@ def test_svg_is_interactive_and_draws_stacks_deeper_than_the_recursion_limit(tmp
     (script,) = doc.getElementsByTagName("script")
     assert "function zoom" in script.firstChild.data
     assert doc.getElementsByTagName("rect")[0].getAttribute("id") == "background"
+
+
+@pytest.fixture
+def untimed_capture(tmp_path):
+    path = tmp_path / "untimed"
+    proc = run_etwtrace("--instrumented", "--no-call-times", "--capture", path, "--",
+                        SCRIPTS / "report_calls.py")
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def test_no_call_times_keeps_exact_calls_and_callers(untimed_capture):
+    metadata = next((untimed_capture / "ctf").glob("pid-*")) / "metadata"
+    assert "call_times = 0;" in metadata.read_text()
+    text = _report(untimed_capture, "--limit", "0")
+    rows = {}
+    for line in text.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[0].isdigit() and "report_calls.py" in parts[1]:
+            rows[_name(parts[1])] = int(parts[0])
+    assert rows == {"<module>": 1, "top": 2, "middle": 4, "leaf": 30, "worker": 1}
+    assert "incl ms" not in text and "without call times" in text
+    section = text[text.index("callers (<-)"):].splitlines()
+    at = next(i for i, l in enumerate(section) if l.startswith("  leaf ("))
+    assert section[at + 1].split()[:2] == ["<-", "30"] and " middle (" in section[at + 1]
+
+
+def test_no_call_times_flame_graph_counts_calls(untimed_capture):
+    stacks = _folded(_report(untimed_capture, "--format", "folded"))
+    by_path = {tuple(_name(f) for f in s): n for s, n in stacks.items() if "report_calls.py" in s[-1]}
+    # Each path's value is its own calls: leaf 15 per thread, and so on.
+    assert by_path[("<module>", "top", "middle", "leaf")] == 15
+    assert by_path[("worker", "top", "middle", "leaf")] == 15
+    assert by_path[("<module>", "top", "middle")] == 2
+    assert by_path[("<module>", "top")] == 1
+    svg = _report(untimed_capture, "--format", "svg")
+    assert "calls" in svg and "<svg" in svg
+
+
+@pytest.mark.parametrize("fmt", ["speedscope", "chrome"])
+def test_no_call_times_has_no_timeline(untimed_capture, fmt):
+    proc = run_etwtrace("report", untimed_capture, "--format", fmt)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "without call times" in lines[0]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--no-call-times"], "--no-call-times needs --instrumented"),
+    (["--instrumented", "--no-call-times", "--recorder", "perf"], "built-in recorder"),
+])
+def test_no_call_times_bad_combinations(tmp_path, options, message):
+    proc = run_etwtrace(*options, "--capture", tmp_path / "cap", "--", SCRIPTS / "report_calls.py")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr

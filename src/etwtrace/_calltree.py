@@ -6,6 +6,10 @@ this module merges the threads of each process into one tree per process,
 names the nodes and gives the views.  Memory grows with the number of
 distinct call paths, not with the number of calls.
 
+A process recorded without call times (--no-call-times) adds its calls
+but no durations; when no call has a duration, the folded view weighs call
+paths by calls instead.
+
 With timelines, each thread's opens and closes of calls are kept as the
 decoder's packed records (16 bytes each), in time order and properly nested.
 """
@@ -41,12 +45,22 @@ class CallTree:
         self.unmatched_pops = 0
         self.mismatched_pops = 0
         self.calls = 0
+        self.timed_calls = 0
+        self.untimed_pids = set()   # processes recorded without call times
 
     def function(self, pid, fields):
         self.labels[(pid, fields["FunctionID"])] = label_of(fields)
 
-    def add_thread(self, pid, tid, folded):
-        """Merges one thread's folded stream (from _ctfdecode.fold)."""
+    @property
+    def has_times(self):
+        """Whether any call has a duration (else only counts are known)."""
+        return self.timed_calls > 0 or not self.untimed_pids
+
+    def add_thread(self, pid, tid, folded, timed=True):
+        """Merges one thread's folded stream (from _ctfdecode.fold); with
+        `timed` false its calls count but their durations do not."""
+        if not timed and folded["calls"]:
+            self.untimed_pids.add(pid)
         mine = []
         for parent, fid, calls, inclusive, exclusive in folded["nodes"]:
             siblings = mine[parent].children if parent >= 0 else self.roots
@@ -55,13 +69,16 @@ class CallTree:
             if node is None:
                 node = siblings[key] = _Node(mine[parent] if parent >= 0 else None, key)
             node.calls += calls
-            node.inclusive += inclusive
-            node.exclusive += exclusive
+            if timed:
+                node.inclusive += inclusive
+                node.exclusive += exclusive
             mine.append(node)
         self.calls += folded["calls"]
+        if timed:
+            self.timed_calls += folded["calls"]
         self.unmatched_pops += folded["unmatched_pops"]
         self.mismatched_pops += folded["mismatched_pops"]
-        if self.timelines is not None and folded["timeline"]:
+        if self.timelines is not None and folded["timeline"] and timed:
             keys = [(pid, fid) for _parent, fid, *_ in folded["nodes"]]
             self.timelines.append((pid, tid, keys, folded["timeline"]))
 
@@ -87,11 +104,14 @@ class CallTree:
             todo.extend((c, path + (self.label(c.key),)) for c in node.children.values())
 
     def folded(self):
-        """Counter: root-first path of labels -> exclusive nanoseconds."""
+        """Counter: root-first path of labels -> exclusive nanoseconds, or
+        -> calls of that path when no call has a duration."""
         out = Counter()
+        by_calls = not self.has_times
         for node, path in self._walk():
-            if node.exclusive:
-                out[path] += node.exclusive
+            value = node.calls if by_calls else node.exclusive
+            if value:
+                out[path] += value
         return out
 
     def functions(self):

@@ -17,6 +17,9 @@ Usage: python -m etwtrace [options] -- script.py [args...]
     --instrumented        Events on entry and exit of every Python function
     --c-calls             With --instrumented: C callables (builtins, methods
                           of C types) too; slower (CPython's profile hook)
+    --no-call-times       With --instrumented: exact calls and callers without
+                          reading the clock per call (about the eval hook's
+                          cost; no call durations; built-in recorder only)
     --capture PATH        Record everything into the directory PATH (replaced
                           if it holds an earlier capture)
     --recorder WHICH      auto (perf where installed and permitted, else
@@ -48,6 +51,7 @@ Environment:
     ETWTRACE_CAPTURE=DIR  Any traced process records into DIR (built-in recorder)
     ETWTRACE_PROFILE=FILE Recording profile to use instead of the bundled one
     ETWTRACE_C_CALLS=1    Instrumented tracing includes C callables
+    ETWTRACE_CALL_TIMES=0 Instrumented tracing records no call durations
     ETWTRACE_C_CALL_HOOK=profile
                           C calls through the profile function, not
                           sys.monitoring (3.12+ uses sys.monitoring)
@@ -183,6 +187,7 @@ def _parse(args):
     opts = {
         "mode": None, "capture": None, "recorder": "auto", "preset": "Default",
         "target": None, "info": False, "unused": [], "c_calls": False,
+        "call_times": True,
     }
     actions = []
 
@@ -211,6 +216,8 @@ def _parse(args):
             opts["mode"] = "instrumented"
         elif arg == "--c-calls":
             opts["c_calls"] = True
+        elif arg == "--no-call-times":
+            opts["call_times"] = False
         elif arg == "--capture" or arg.startswith("--capture="):
             opts["capture"] = orig.partition("=")[2] or value(orig)
         elif arg == "--recorder" or arg.startswith("--recorder="):
@@ -284,6 +291,14 @@ def main(args=None):
             # Through the environment, so capture children and spawned
             # Python processes trace C calls too.
             os.environ[etwtrace.C_CALLS_ENV] = "1"
+        if not opts["call_times"]:
+            if mode != "instrumented":
+                raise UsageError("--no-call-times needs --instrumented")
+            if opts["recorder"] == "perf":
+                # perf's samples are placed on call stacks by time.
+                raise UsageError("--no-call-times records with the built-in recorder, not perf")
+            opts["recorder"] = "builtin"
+            os.environ[etwtrace.CALL_TIMES_ENV] = "0"
         if opts["capture"]:
             from . import _capture
             try:

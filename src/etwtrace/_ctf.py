@@ -244,6 +244,18 @@ def check_metadata(trace_dir):
         raise TraceError(f"{path}: not an etwtrace CTF trace (or an unsupported version)")
 
 
+def has_call_times(trace_dir):
+    """False when the process recorded pushes and pops without reading the
+    clock (--no-call-times): their timestamps order them but do not time
+    them.  Traces from before the flag existed have call times."""
+    try:
+        with open(os.path.join(trace_dir, "metadata"), "r", encoding="utf-8",
+                  errors="replace") as f:
+            return "call_times = 0;" not in f.read()
+    except OSError:
+        return True
+
+
 def stream_files(trace_dir):
     return sorted(
         os.path.join(trace_dir, n) for n in os.listdir(trace_dir) if n.startswith("stream-")

@@ -76,16 +76,26 @@ def _num(value, scale):
     return str(value) if scale is None else f"{value / scale:.3f}"
 
 
-def calls_table(functions, limit=40):
+def calls_table(functions, limit=40, times=True):
     """Instrumented call statistics: exact calls, inclusive and exclusive
-    time per function, then the callers and callees of the busiest."""
-    rows = sorted(functions.values(), key=lambda s: (-s.inclusive, s.label))
+    time per function (by calls alone when `times` is false: recorded
+    without call times), then the callers and callees of the busiest."""
+    if times:
+        rows = sorted(functions.values(), key=lambda s: (-s.inclusive, s.label))
+    else:
+        rows = sorted(functions.values(), key=lambda s: (-s.calls, s.label))
     total_calls = sum(s.calls for s in rows)
-    out = [f"{total_calls} calls (instrumented)", "",
-           f"{'calls':>10} {'incl ms':>11} {'excl ms':>11} {'ms/call':>9}  function"]
+    out = [f"{total_calls} calls (instrumented)", ""]
+    if times:
+        out.append(f"{'calls':>10} {'incl ms':>11} {'excl ms':>11} {'ms/call':>9}  function")
+    else:
+        out.append(f"{'calls':>10}  function")
     for s in rows[:limit]:
-        out.append(f"{s.calls:>10} {s.inclusive / 1e6:>11.3f} {s.exclusive / 1e6:>11.3f} "
-                   f"{s.inclusive / 1e6 / max(s.calls, 1):>9.4f}  {s.label}")
+        if times:
+            out.append(f"{s.calls:>10} {s.inclusive / 1e6:>11.3f} {s.exclusive / 1e6:>11.3f} "
+                       f"{s.inclusive / 1e6 / max(s.calls, 1):>9.4f}  {s.label}")
+        else:
+            out.append(f"{s.calls:>10}  {s.label}")
     out += ["", "callers (<-) and callees (->) with their calls"]
     # Callers and callees of the ten busiest (of all with --limit 0).
     for s in rows if limit is None else rows[:min(limit, 10)]:

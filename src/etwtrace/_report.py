@@ -69,6 +69,8 @@ def _choose_view(scan, off_cpu):
     if off_cpu:
         return "off-cpu", scan.offcpu, "ns", "blocked time (off-CPU)"
     if scan.tree.calls:
+        if not scan.tree.has_times:
+            return "calls", scan.tree.folded(), "calls", "instrumented calls, recorded without call times"
         return "calls", scan.tree.folded(), "ns", "exclusive time of instrumented calls"
     if scan.samples:
         return "samples", scan.samples, "samples", "CPU samples"
@@ -84,7 +86,13 @@ def _text(scan, off_cpu, limit):
         sections.append(_formats.stack_table(
             scan.samples, f"{sum(scan.samples.values())} CPU samples", limit=limit))
     if scan.tree.calls:
-        sections.append(_formats.calls_table(scan.tree.functions(), limit=limit))
+        sections.append(_formats.calls_table(scan.tree.functions(), limit=limit,
+                                             times=scan.tree.has_times))
+        if scan.tree.untimed_pids:
+            pids = ", ".join(str(p) for p in sorted(scan.tree.untimed_pids))
+            sections.append([f"note: process {pids} recorded calls without call times "
+                             "(--no-call-times): counts and callers are exact, durations "
+                             "were not measured"])
         if scan.tree.unmatched_pops or scan.tree.mismatched_pops:
             sections.append([f"note: {scan.tree.unmatched_pops} returns from calls entered "
                              f"before tracing, {scan.tree.mismatched_pops} returns that closed "
@@ -129,6 +137,10 @@ def run(opts):
         progress.close()
     name = os.path.basename(os.path.abspath(opts.path))
     view, stacks, unit, what = _choose_view(scan, opts.off_cpu)
+    if timeline and scan.tree.untimed_pids and not opts.off_cpu:
+        raise ReportError(f"{opts.path}: calls were recorded without call times "
+                          f"(--no-call-times), so they have no timeline; use --format text, "
+                          "folded or svg")
     if opts.off_cpu and not stacks:
         raise ReportError(f"{opts.path}: no off-CPU time recorded (capture with perf and the "
                           "Default preset, which records context switches)")

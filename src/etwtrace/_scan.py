@@ -106,13 +106,18 @@ class Scan:
     # ---- reading ----
 
     def _read(self, path, progress):
-        from ._ctf import fold_stream
+        from ._ctf import fold_stream, has_call_times
         from ._trace import Event, open_trace
         tree = self.tree
 
+        timed = {}
+
         def fold(pid, stream):
             folded, events = fold_stream(stream, pid, Event, timeline=self.timeline)
-            tree.add_thread(pid, folded["tid"], folded)
+            trace_dir = os.path.dirname(stream)
+            if trace_dir not in timed:
+                timed[trace_dir] = has_call_times(trace_dir)
+            tree.add_thread(pid, folded["tid"], folded, timed=timed[trace_dir])
             if folded["calls"]:
                 self._call_streams[(pid, folded["tid"])] = stream
                 self.threads.setdefault((pid, folded["tid"]),

@@ -169,11 +169,11 @@ install_fatal_handlers(void)
 }
 
 int
-etw_events_enable(const char *capture_dir, char *error, size_t error_size)
+etw_events_enable(const char *capture_dir, int call_times, char *error, size_t error_size)
 {
     etw_clock_init();
     if (capture_dir != NULL && capture_dir[0] != '\0') {
-        if (etw_recorder_start(capture_dir, error, error_size) != 0) {
+        if (etw_recorder_start(capture_dir, call_times, error, error_size) != 0) {
             return -1;
         }
         install_fatal_handlers();

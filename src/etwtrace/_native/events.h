@@ -64,9 +64,10 @@ etw_thread(void)
     return t;
 }
 
-/* Starts a tracing session; `capture_dir` (or NULL) turns the recorder on.
- * Returns 0, or -1 with a message in `error`. */
-int etw_events_enable(const char *capture_dir, char *error, size_t error_size);
+/* Starts a tracing session; `capture_dir` (or NULL) turns the recorder on,
+ * with or without `call_times` (see etw_recorder_start).  Returns 0, or -1
+ * with a message in `error`. */
+int etw_events_enable(const char *capture_dir, int call_times, char *error, size_t error_size);
 
 /* Ends the session: PythonThread stop for every thread announced in it,
  * then every pending event is written out. */

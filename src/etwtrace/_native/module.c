@@ -26,12 +26,13 @@ get_state(PyObject *module)
 static PyObject *
 etw_enable(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"mode", "capture_dir", "c_calls", NULL};
+    static char *kwlist[] = {"mode", "capture_dir", "c_calls", "call_times", NULL};
     const char *mode_name = "stack";
     PyObject *capture = Py_None;
     int c_calls = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|sOp:enable", kwlist, &mode_name, &capture,
-                                     &c_calls)) {
+    int call_times = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|sOpp:enable", kwlist, &mode_name, &capture,
+                                     &c_calls, &call_times)) {
         return NULL;
     }
     int mode;
@@ -53,7 +54,8 @@ etw_enable(PyObject *module, PyObject *args, PyObject *kwargs)
         capture_dir = PyBytes_AS_STRING(capture_bytes);
     }
     ModuleState *state = get_state(module);
-    int rc = etw_tracer_enable(mode, c_calls, capture_dir, state->ignored_files, state->include_prefixes);
+    int rc = etw_tracer_enable(mode, c_calls, call_times, capture_dir, state->ignored_files,
+                               state->include_prefixes);
     Py_XDECREF(capture_bytes);
     if (rc < 0) {
         return NULL;
@@ -200,8 +202,9 @@ flush_at_exit(void)
 
 static PyMethodDef module_methods[] = {
     {"enable", (PyCFunction)(void (*)(void))etw_enable, METH_VARARGS | METH_KEYWORDS,
-     "enable(mode='stack', capture_dir=None, c_calls=False)\n--\n\n"
-     "Start tracing this interpreter; c_calls adds C callables in instrumented mode."},
+     "enable(mode='stack', capture_dir=None, c_calls=False, call_times=True)\n--\n\n"
+     "Start tracing this interpreter; c_calls adds C callables in instrumented mode;\n"
+     "call_times=False records pushes and pops without reading the clock."},
     {"disable", etw_disable, METH_NOARGS, "Stop tracing and write out pending events."},
     {"is_active", etw_is_active, METH_NOARGS, "Whether a tracer is enabled."},
     {"get_mode", etw_get_mode, METH_NOARGS, "'stack', 'instrumented' or None."},

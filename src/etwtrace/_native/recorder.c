@@ -55,6 +55,7 @@ static char trace_dir[PATH_MAX + 40];
 static pid_t trace_pid;
 static uint64_t stream_counter;
 static uint64_t dropped;
+static int call_times = 1;
 
 static const char METADATA[] =
     "/* CTF 1.8 */\n"
@@ -83,6 +84,7 @@ static const char METADATA[] =
     "    provider_guid = \"99a10640-320d-4b37-9e26-c311d86da7ab\";\n"
     "    format_version = 1;\n"
     "    pid = %d;\n"
+    "    call_times = %d;\n"
     "};\n"
     "\n"
     "clock {\n"
@@ -182,8 +184,8 @@ open_trace(char *error, size_t error_size)
         snprintf(error, error_size, "cannot write %s: %s", path, strerror(errno));
         return -1;
     }
-    char text[sizeof(METADATA) + 32];
-    int len = snprintf(text, sizeof(text), METADATA, (int)pid);
+    char text[sizeof(METADATA) + 64];
+    int len = snprintf(text, sizeof(text), METADATA, (int)pid, call_times);
     int rc = write_all(fd, text, (size_t)len);
     close(fd);
     if (rc != 0) {
@@ -195,10 +197,11 @@ open_trace(char *error, size_t error_size)
 }
 
 int
-etw_recorder_start(const char *dir, char *error, size_t error_size)
+etw_recorder_start(const char *dir, int with_call_times, char *error, size_t error_size)
 {
     int rc = 0;
     pthread_mutex_lock(&registry_lock);
+    call_times = with_call_times != 0;
     if (strlen(dir) >= sizeof(capture_dir)) {
         snprintf(error, error_size, "capture path is too long: %s", dir);
         rc = -1;
@@ -311,6 +314,7 @@ etw_stream_open(uint32_t tid)
         goto done;
     }
     s->tid = tid;
+    s->timed = call_times;
     s->next = streams;
     if (streams != NULL) {
         streams->prev = s;

@@ -185,8 +185,8 @@ start_c_calls_on_thread(EtwThread *t)
 }
 
 int
-etw_tracer_enable(int mode, int c_calls, const char *capture_dir, PyObject *ignored_files,
-                  PyObject *include_prefixes)
+etw_tracer_enable(int mode, int c_calls, int call_times, const char *capture_dir,
+                  PyObject *ignored_files, PyObject *include_prefixes)
 {
     static int atfork_registered;
     if (tracer.mode != ETW_MODE_OFF) {
@@ -203,7 +203,8 @@ etw_tracer_enable(int mode, int c_calls, const char *capture_dir, PyObject *igno
         return -1;
     }
     char error[512];
-    if (etw_events_enable(capture_dir, error, sizeof(error)) != 0) {
+    if (etw_events_enable(capture_dir, mode != ETW_MODE_INSTRUMENTED || call_times, error,
+                          sizeof(error)) != 0) {
         PyErr_SetString(PyExc_OSError, error);
         return -1;
     }
