@@ -45,7 +45,8 @@ def setup(config, build_dir, capture_dir):
     if "_profilehook" in config:
         os.environ["ETWTRACE_C_CALL_HOOK"] = "profile"     # not sys.monitoring (3.12+)
     if config.startswith("etwtrace_instr"):
-        tracer = etwtrace.InstrumentedTracer(c_calls="_c" in config.replace("_capture", ""))
+        tracer = etwtrace.InstrumentedTracer(c_calls="_c" in config.replace("_capture", ""),
+                                             call_times="_untimed" not in config)
     else:
         tracer = etwtrace.StackSamplingTracer()
     tracer.enable()

@@ -28,12 +28,13 @@ sys.path.insert(0, HERE)
 from stack_overhead import build_noop_hook, measure  # noqa: E402
 
 CONFIGS = ["none", "noop_hook", "noop_profile", "etwtrace_instr", "etwtrace_instr_capture",
-           "etwtrace_instr_c_capture", "cprofile", "yappi", "viztracer", "pyinstrument"]
+           "etwtrace_instr_untimed_capture", "etwtrace_instr_c_capture", "cprofile", "yappi", "viztracer", "pyinstrument"]
 # 3.12+: C calls through the profile function instead of sys.monitoring.
 PROFILE_HOOK = "etwtrace_instr_c_profilehook_capture"
 LABELS = {
     "noop_hook": "eval hook floor", "noop_profile": "profile hook floor",
     "etwtrace_instr": "etwtrace", "etwtrace_instr_capture": "etwtrace+capture",
+    "etwtrace_instr_untimed_capture": "etwtrace+capture, no call times",
     "etwtrace_instr_c_capture": "etwtrace+C calls+capture", "cprofile": "cProfile",
     PROFILE_HOOK: "etwtrace+C calls (profile hook)+capture",
     "yappi": "yappi", "viztracer": "viztracer", "pyinstrument": "pyinstrument",
@@ -108,17 +109,21 @@ def main():
         base = best[w, "none"]
         print(f"| {w} | {base:.4f} | " + " | ".join(f"{best[w, c] / base:.2f}" for c in shown) + " |")
     print("\nOverhead ratios (overhead = time - no tracing):\n")
-    print("| workload | etwtrace / cProfile | etwtrace+capture / cProfile | +C calls / cProfile "
-          "| capture / eval floor (time) | capture / profile floor (overhead) | yappi / cProfile "
+    print("| workload | etwtrace / cProfile | etwtrace+capture / cProfile "
+          "| no call times / cProfile | +C calls / cProfile "
+          "| capture / eval floor (time) | no call times / eval floor (time) "
+          "| capture / profile floor (overhead) | yappi / cProfile "
           "| viztracer / cProfile |" + (" C calls: monitoring / profile hook |" if PROFILE_HOOK in CONFIGS else ""))
-    print("|---" * (8 + (PROFILE_HOOK in CONFIGS)) + "|")
+    print("|---" * (10 + (PROFILE_HOOK in CONFIGS)) + "|")
     for w in names:
         base = best[w, "none"]
         over = {c: best[w, c] - base for c in CONFIGS}
         cp = over["cprofile"]
+        untimed = "etwtrace_instr_untimed_capture"
         print(f"| {w} | {over['etwtrace_instr'] / cp:.2f} | {over['etwtrace_instr_capture'] / cp:.2f} "
-              f"| {over['etwtrace_instr_c_capture'] / cp:.2f} "
+              f"| {over[untimed] / cp:.2f} | {over['etwtrace_instr_c_capture'] / cp:.2f} "
               f"| {best[w, 'etwtrace_instr_capture'] / best[w, 'noop_hook']:.2f} "
+              f"| {best[w, untimed] / best[w, 'noop_hook']:.2f} "
               f"| {over['etwtrace_instr_capture'] / over['noop_profile']:.2f} "
               f"| {_ratio(over, 'yappi', cp)} | {_ratio(over, 'viztracer', cp)} |"
               + (f" {over['etwtrace_instr_c_capture'] / over[PROFILE_HOOK]:.2f} |"
