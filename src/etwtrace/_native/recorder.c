@@ -135,24 +135,6 @@ static const char METADATA[] =
     "event { stream_id = 0; id = 10; name = \"PythonFunctionPop.short\"; fields := struct { uint16_t FunctionID; }; };\n";
 
 static int
-write_all(int fd, const void *data, size_t size)
-{
-    const char *p = data;
-    while (size > 0) {
-        ssize_t n = write(fd, p, size);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            return -1;
-        }
-        p += n;
-        size -= (size_t)n;
-    }
-    return 0;
-}
-
-static int
 make_dir(const char *path)
 {
     if (mkdir(path, 0777) == 0 || errno == EEXIST) {
@@ -186,7 +168,7 @@ open_trace(char *error, size_t error_size)
     }
     char text[sizeof(METADATA) + 64];
     int len = snprintf(text, sizeof(text), METADATA, (int)pid, call_times);
-    int rc = write_all(fd, text, (size_t)len);
+    int rc = etw_pwrite_all(fd, (const uint8_t *)text, (size_t)len, 0);
     close(fd);
     if (rc != 0) {
         snprintf(error, error_size, "cannot write %s: %s", path, strerror(errno));
@@ -382,7 +364,7 @@ etw_recorder_flush_on_crash(void)
     for (EtwStream *s = streams; s != NULL; s = s->next) {
         if (s->used != 0 && s->fd >= 0) {
             finish_packet(s);
-            (void)pwrite(s->fd, s->data, s->used, (off_t)s->file_size);
+            (void)etw_pwrite_all(s->fd, s->data, s->used, s->file_size);
         }
     }
     errno = saved_errno;

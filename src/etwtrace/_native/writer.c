@@ -38,8 +38,8 @@ static unsigned n_free;
 static uint64_t failures;
 static int paused;         /* tests: jobs stay queued */
 
-static int
-pwrite_all(int fd, const uint8_t *p, size_t size, uint64_t offset)
+int
+etw_pwrite_all(int fd, const uint8_t *p, size_t size, uint64_t offset)
 {
     while (size > 0) {
         ssize_t n = pwrite(fd, p, size, (off_t)offset);
@@ -79,7 +79,7 @@ writer_main(void *unused)
         }
         Job job = queue[head];
         pthread_mutex_unlock(&lock);
-        int rc = pwrite_all(job.fd, job.packet, job.size, job.offset);
+        int rc = etw_pwrite_all(job.fd, job.packet, job.size, job.offset);
         pthread_mutex_lock(&lock);
         if (rc != 0) {
             failures++;
@@ -129,7 +129,7 @@ etw_writer_submit(int fd, uint64_t offset, uint8_t *packet, size_t size)
     }
     if (started < 0) {
         pthread_mutex_unlock(&lock);
-        int rc = pwrite_all(fd, packet, size, offset);
+        int rc = etw_pwrite_all(fd, packet, size, offset);
         pthread_mutex_lock(&lock);
         failures += rc != 0;
         release_packet(packet);
@@ -162,7 +162,7 @@ etw_writer_flush_on_crash(void)
     if (pthread_mutex_trylock(&lock) == 0) {
         for (unsigned i = 0; i < count; i++) {
             Job *job = &queue[(head + i) % QUEUE_LEN];
-            (void)pwrite_all(job->fd, job->packet, job->size, job->offset);
+            (void)etw_pwrite_all(job->fd, job->packet, job->size, job->offset);
         }
         pthread_mutex_unlock(&lock);
     }

@@ -14,6 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Writes all `size` bytes at `offset` (retrying short writes and EINTR);
+ * 0, or -1 with errno set.  Async-signal-safe. */
+int etw_pwrite_all(int fd, const uint8_t *p, size_t size, uint64_t offset);
+
 /* A packet buffer of ETW_PACKET_BYTES, reused from written packets when one
  * is free; NULL when out of memory. */
 uint8_t *etw_packet_alloc(void);
