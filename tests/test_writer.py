@@ -129,3 +129,34 @@ def test_fork_child_and_parent_each_keep_every_packet(tmp_path):
     parent = next(p for p in by_pid if p != child)
     assert _leaf_calls(by_pid[parent], _leaf_ids([(0, by_pid[parent])])) == 2 * CALLS
     assert _leaf_calls(by_pid[child], _leaf_ids([(0, by_pid[child])])) == CALLS
+
+
+def test_multiprocessing_fork_child_keeps_every_packet(tmp_path):
+    # multiprocessing's children end with os._exit(), past atexit: the
+    # tracer stops from multiprocessing's own exit hook instead.
+    proc = _run(f"""
+        import multiprocessing, etwtrace
+        def leaf():
+            pass
+        def work(n):
+            for _ in range(n):
+                leaf()
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("fork")
+            with etwtrace.InstrumentedTracer():
+                child = multiprocessing.Process(target=work, args=({CALLS},))
+                child.start()
+                child.join()
+                work(10)
+                print(child.pid, child.exitcode)
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    child, exitcode = map(int, proc.stdout.split())
+    assert exitcode == 0
+    folds = _folds(tmp_path)
+    child_folds = [fold for pid, fold in folds if pid == child]
+    assert child_folds, "the child recorded nothing"
+    for fold in child_folds:
+        _assert_whole(fold)
+    assert sum(_leaf_calls(fold, _leaf_ids([(0, f) for f in child_folds]))
+               for fold in child_folds) == CALLS

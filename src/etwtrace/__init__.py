@@ -73,6 +73,18 @@ def _disable_at_exit():
         tracer.disable()
 
 
+def _after_fork_in_child():
+    """A multiprocessing child started by fork (or a forkserver) ends with
+    os._exit(), which skips atexit: stop tracing from multiprocessing's own
+    exit hook instead, last of its finalizers, so the child's buffered
+    events are written.  The child clears the finalizers it inherits, then
+    runs its after-fork callbacks: register from one of those."""
+    util = sys.modules.get("multiprocessing.util")
+    if _tracer is not None and util is not None:
+        util.register_after_fork(_tracer, lambda tracer: util.Finalize(
+            None, _disable_at_exit, exitpriority=-(2 ** 30)))
+
+
 class _TracingMixin:
     _mode = "stack"
     _c_calls = False
@@ -100,6 +112,7 @@ class _TracingMixin:
         _tracer = self
         if not _atexit_registered:
             atexit.register(_disable_at_exit)
+            os.register_at_fork(after_in_child=_after_fork_in_child)
             _atexit_registered = True
 
     def disable(self):
