@@ -183,13 +183,15 @@ etw_writer_after_fork_child(void)
 {
     /* Queued jobs are the parent's to write; their buffers stay allocated
      * (freeing is not fork-safe) and the child's first packet starts a
-     * writer of its own. */
+     * writer of its own.  The free list is forgotten too: the writer may
+     * have been changing it when the parent forked. */
     pthread_mutex_init(&lock, NULL);
     pthread_cond_init(&job_queued, NULL);
     pthread_cond_init(&job_written, NULL);
     head = 0;
     count = 0;
     started = 0;
+    n_free = 0;
 }
 
 void
