@@ -233,14 +233,19 @@ def trace_dirs(ctf_root):
     return found
 
 
-def check_metadata(trace_dir):
-    path = os.path.join(trace_dir, "metadata")
+def _metadata_text(trace_dir):
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        with open(os.path.join(trace_dir, "metadata"), "r", encoding="utf-8",
+                  errors="replace") as f:
+            return f.read()
     except OSError as ex:
         raise TraceError(f"{trace_dir}: no readable CTF metadata ({ex.strerror})") from None
+
+
+def check_metadata(trace_dir):
+    text = _metadata_text(trace_dir)
     if FORMAT_MARKER not in text or "format_version = 1;" not in text:
+        path = os.path.join(trace_dir, "metadata")
         raise TraceError(f"{path}: not an etwtrace CTF trace (or an unsupported version)")
 
 
@@ -248,12 +253,7 @@ def has_call_times(trace_dir):
     """False when the process recorded pushes and pops without reading the
     clock (--no-call-times): their timestamps order them but do not time
     them.  Traces from before the flag existed have call times."""
-    try:
-        with open(os.path.join(trace_dir, "metadata"), "r", encoding="utf-8",
-                  errors="replace") as f:
-            return "call_times = 0;" not in f.read()
-    except OSError:
-        return True
+    return "call_times = 0;" not in _metadata_text(trace_dir)
 
 
 def stream_files(trace_dir):
