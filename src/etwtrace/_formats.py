@@ -80,22 +80,15 @@ def calls_table(functions, limit=40, times=True):
     """Instrumented call statistics: exact calls, inclusive and exclusive
     time per function (by calls alone when `times` is false: recorded
     without call times), then the callers and callees of the busiest."""
-    if times:
-        rows = sorted(functions.values(), key=lambda s: (-s.inclusive, s.label))
-    else:
-        rows = sorted(functions.values(), key=lambda s: (-s.calls, s.label))
+    rows = sorted(functions.values(),
+                  key=lambda s: (-(s.inclusive if times else s.calls), s.label))
     total_calls = sum(s.calls for s in rows)
-    out = [f"{total_calls} calls (instrumented)", ""]
-    if times:
-        out.append(f"{'calls':>10} {'incl ms':>11} {'excl ms':>11} {'ms/call':>9}  function")
-    else:
-        out.append(f"{'calls':>10}  function")
+    time_heads = f" {'incl ms':>11} {'excl ms':>11} {'ms/call':>9}" if times else ""
+    out = [f"{total_calls} calls (instrumented)", "", f"{'calls':>10}{time_heads}  function"]
     for s in rows[:limit]:
-        if times:
-            out.append(f"{s.calls:>10} {s.inclusive / 1e6:>11.3f} {s.exclusive / 1e6:>11.3f} "
-                       f"{s.inclusive / 1e6 / max(s.calls, 1):>9.4f}  {s.label}")
-        else:
-            out.append(f"{s.calls:>10}  {s.label}")
+        time_cells = (f" {s.inclusive / 1e6:>11.3f} {s.exclusive / 1e6:>11.3f} "
+                      f"{s.inclusive / 1e6 / max(s.calls, 1):>9.4f}" if times else "")
+        out.append(f"{s.calls:>10}{time_cells}  {s.label}")
     out += ["", "callers (<-) and callees (->) with their calls"]
     # Callers and callees of the ten busiest (of all with --limit 0).
     for s in rows if limit is None else rows[:min(limit, 10)]:
