@@ -14,10 +14,20 @@ from etwtrace import _ctfdecode
 # writer's queue holds, so the traced thread both queues and waits.
 CALLS = 200_000
 
+# Each scenario runs after this workload; the tests count leaf's calls.
+WORKLOAD = f"""
+def leaf():
+    pass
+def work(n={CALLS}):
+    for _ in range(n):
+        leaf()
+"""
+
 
 def _run(code, tmp_path):
     env = dict(os.environ, ETWTRACE_CAPTURE=str(tmp_path / "cap"))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=tmp_path,
+    return subprocess.run([sys.executable, "-c", WORKLOAD + textwrap.dedent(code)], env=env,
+                          cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
                           timeout=300)
 
@@ -48,13 +58,8 @@ def _assert_whole(fold):
 
 
 def test_many_packets_from_several_threads_are_all_written_in_order(tmp_path):
-    proc = _run(f"""
+    proc = _run("""
         import threading, etwtrace
-        def leaf():
-            pass
-        def work():
-            for _ in range({CALLS}):
-                leaf()
         with etwtrace.InstrumentedTracer():
             threads = [threading.Thread(target=work) for _ in range(3)]
             for t in threads:
@@ -80,8 +85,6 @@ def test_packets_queued_at_a_crash_are_kept(tmp_path):
     proc = _run(f"""
         import os, signal, etwtrace
         from etwtrace import _etwtrace
-        def leaf():
-            pass
         etwtrace.InstrumentedTracer().enable()
         _etwtrace._writer_pause(True)
         for _ in range({CALLS // 4}):
@@ -96,13 +99,8 @@ def test_packets_queued_at_a_crash_are_kept(tmp_path):
 
 
 def test_fork_child_and_parent_each_keep_every_packet(tmp_path):
-    proc = _run(f"""
+    proc = _run("""
         import os, etwtrace
-        def leaf():
-            pass
-        def work():
-            for _ in range({CALLS}):
-                leaf()
         tracer = etwtrace.InstrumentedTracer()
         tracer.enable()
         work()
@@ -134,17 +132,12 @@ def test_fork_child_and_parent_each_keep_every_packet(tmp_path):
 def test_multiprocessing_fork_child_keeps_every_packet(tmp_path):
     # multiprocessing's children end with os._exit(), past atexit: the
     # tracer stops from multiprocessing's own exit hook instead.
-    proc = _run(f"""
+    proc = _run("""
         import multiprocessing, etwtrace
-        def leaf():
-            pass
-        def work(n):
-            for _ in range(n):
-                leaf()
         if __name__ == "__main__":
             multiprocessing.set_start_method("fork")
             with etwtrace.InstrumentedTracer():
-                child = multiprocessing.Process(target=work, args=({CALLS},))
+                child = multiprocessing.Process(target=work)
                 child.start()
                 child.join()
                 work(10)
