@@ -38,15 +38,20 @@ expect_value_error(const char *what)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    /* The input is read as a stream file followed by packets from its ring
+     * (the tail), split where the last byte says; both must be handled. */
+    size_t split = size > 0 ? (size_t)data[size - 1] * size / 255 : 0;
+    const uint8_t *tail = data + split;
+    size_t tail_size = size - split;
     for (int timeline = 0; timeline <= 1; timeline++) {
-        PyObject *folded = fold_data(input_name, data, size, timeline, 0);
+        PyObject *folded = fold_data(input_name, data, split, timeline, 0, 2, tail, tail_size);
         if (folded == NULL) {
             expect_value_error("fold");
             return 0;   /* corrupt: stacks_at is never asked about it */
         }
         Py_DECREF(folded);
     }
-    PyObject *stacks = stacks_data(data, size, probe_times, 0);
+    PyObject *stacks = stacks_data(data, split, probe_times, 0, 2, tail, tail_size);
     if (stacks == NULL) {
         expect_value_error("stacks_at");
         return 0;

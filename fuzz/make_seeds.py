@@ -9,7 +9,7 @@ import os
 import struct
 import sys
 
-HEAD = struct.Struct("<IIQQQQQI")
+HEAD = struct.Struct("<IIQQQQQQI")   # trace format version 2
 
 
 def compact(data):

@@ -13,7 +13,8 @@ from etwtrace import _ctfdecode
 from etwtrace._callstacks import CallStacks
 from conftest import SCRIPTS, run_etwtrace
 
-HEAD = struct.Struct("<IIQQQQQI")
+HEAD = struct.Struct("<IIQQQQQQI")      # format version 2
+HEAD_V1 = struct.Struct("<IIQQQQQI")    # version 1: no events_discarded
 MAGIC = 0xC1FC1FC1
 
 
@@ -121,10 +122,11 @@ def _event(event_id, ts, payload=b""):
     return struct.pack("<I", (ts << 5) | event_id) + payload
 
 
-def _packet(events, tid=7, packet_extra=0, content=None):
+def _packet(events, tid=7, packet_extra=0, content=None, discarded=0):
     size = HEAD.size + len(events)
     content_bits = (size if content is None else content) * 8
-    return HEAD.pack(MAGIC, 0, 0, 0, content_bits, content_bits + packet_extra * 8, 0, tid) + events
+    return HEAD.pack(MAGIC, 0, 0, 0, content_bits, content_bits + packet_extra * 8, 0, discarded,
+                     tid) + events
 
 
 def _push(fid, ts):
@@ -188,12 +190,33 @@ def test_truncated_stream_keeps_what_is_complete(tmp_path):
     assert _paths(folded["nodes"]) == {(1,): (1, 10, 10), (2,): (1, 0, 0)}
 
 
+def test_version_1_streams_are_still_read(tmp_path):
+    events = _push(1, 10) + _pop(1, 20)
+    size = HEAD_V1.size + len(events)
+    data = HEAD_V1.pack(MAGIC, 0, 0, 0, size * 8, size * 8, 0, 9) + events
+    folded = _ctfdecode.fold(_write(tmp_path, data), version=1)
+    assert folded["tid"] == 9 and _paths(folded["nodes"]) == {(1,): (1, 10, 10)}
+    assert _ctfdecode.stacks_at(_write(tmp_path, data, "v1"), [15], version=1) == [(1,)]
+
+
+def test_never_begun_packets_end_an_unfinished_stream(tmp_path):
+    # A process that died before closing its stream leaves the rest of its
+    # last mapped chunk: all-zero packets.  They end the stream; the lost
+    # count of the last packet comes back.
+    events = _push(1, 10) + _pop(1, 20)
+    data = _packet(events, discarded=3) + b"\0" * 4096
+    folded = _ctfdecode.fold(_write(tmp_path, data))
+    assert folded["unfinished"] and not folded["truncated"]
+    assert folded["discarded"] == 3
+    assert _paths(folded["nodes"]) == {(1,): (1, 10, 10)}
+
+
 @pytest.mark.parametrize("data, message", [
     (_packet(b"", packet_extra=1 << 59), None),                  # a packet claiming 2^62 bytes
     (_packet(_event(6, 1, b"x\0" + struct.pack("<I", 0xFFFFFFFF))), "short event payload"),
     (_packet(struct.pack("<B", 31) + struct.pack("<IQ", 4000, 5)), "unknown event id"),
-    (b"\0" * 60, "bad packet magic"),
-    (HEAD.pack(MAGIC, 0, 0, 0, 8, 8, 0, 1), "bad packet size"),
+    (b"\x01" + b"\0" * 63, "bad packet magic"),
+    (HEAD.pack(MAGIC, 0, 0, 0, 8, 8, 0, 0, 1), "bad packet size"),
 ])
 def test_hostile_streams(tmp_path, data, message):
     path = _write(tmp_path, data)

@@ -10,8 +10,6 @@ provider ``etwtrace`` and, while capturing, to a CTF trace.
 import atexit
 import os
 import sys
-import threading
-import warnings
 
 __version__ = "0.2.0"
 __all__ = [
@@ -32,6 +30,7 @@ PROVIDER_GUID = "99a10640-320d-4b37-9e26-c311d86da7ab"
 CAPTURE_ENV = "ETWTRACE_CAPTURE"
 C_CALLS_ENV = "ETWTRACE_C_CALLS"
 CALL_TIMES_ENV = "ETWTRACE_CALL_TIMES"
+PERF_FILES_ENV = "ETWTRACE_PERF_FILES"
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _tracer = None
@@ -103,6 +102,7 @@ class _TracingMixin:
     def enable(self):
         """Starts tracing this interpreter (all threads, including new ones)."""
         global _tracer, _atexit_registered
+        import threading
         if _tracer is not None or self._native.is_active():
             raise RuntimeError("a tracer is already enabled in this process")
         self.ignore(*_own_files())
@@ -116,11 +116,12 @@ class _TracingMixin:
             _atexit_registered = True
 
     def disable(self):
-        """Stops tracing and writes out every buffered event."""
+        """Stops tracing (this tracer's; another one enabled in this process
+        is left running)."""
         global _tracer
         if _tracer is self:
             _tracer = None
-        self._native.disable()
+            self._native.disable()
 
     def ignore(self, *files):
         """Source files whose functions are not traced."""
@@ -166,19 +167,13 @@ class InstrumentedTracer(_TracingMixin):
 
     def __init__(self, c_calls=None, call_times=None):
         super().__init__()
+        from . import _env
         if c_calls is None:
-            c_calls = _env_flag(C_CALLS_ENV, False)
+            c_calls = _env.flag(C_CALLS_ENV, False)
         if call_times is None:
-            call_times = _env_flag(CALL_TIMES_ENV, True)
+            call_times = _env.flag(CALL_TIMES_ENV, True)
         self._c_calls = bool(c_calls)
         self._call_times = bool(call_times)
-
-
-def _env_flag(name, default):
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return default
-    return value not in ("0", "no", "false", "off")
 
 
 def is_active():
@@ -187,6 +182,7 @@ def is_active():
 
 
 def _warn_inactive(what):
+    import warnings
     warnings.warn(f"etwtrace.{what}() called while no tracer is active; nothing recorded",
                   RuntimeWarning, stacklevel=3)
 
@@ -247,15 +243,21 @@ def enable_if(enable_var, type_var):
     if argv[1:3] == ["-m", "etwtrace"]:
         return
     trace_type = os.getenv(type_var, "").lower() if type_var else ""
-    if trace_type in ("", "stack"):
-        tracer = StackSamplingTracer()
-    elif trace_type in ("instrument", "instrumented"):
-        tracer = InstrumentedTracer()
-    else:
-        print(f"etwtrace: {type_var}={trace_type!r} is not a trace type "
-              "(use 'stack' or 'instrumented'); not tracing", file=sys.stderr)
-        return
     try:
+        from . import _env
+        _env.check_all()
+        if trace_type in ("", "stack"):
+            tracer = StackSamplingTracer()
+        elif trace_type in ("instrument", "instrumented"):
+            tracer = InstrumentedTracer()
+        else:
+            print(f"etwtrace: {type_var}={trace_type!r} is not a trace type "
+                  "(use 'stack' or 'instrumented'); not tracing", file=sys.stderr)
+            return
+        # Started by the .pth: its /tmp perf files go when it exits, unless
+        # a recording asked to keep them (a capture collects them).
+        keep = _env.choice(PERF_FILES_ENV) == "keep" or bool(os.getenv(CAPTURE_ENV))
+        tracer._native.remove_perf_files_at_exit(not keep)
         tracer.enable()
     except Exception as ex:  # never break interpreter start-up
         print(f"etwtrace: tracing not enabled: {ex}", file=sys.stderr)
@@ -278,4 +280,10 @@ def get_stacktags_path():
     return _content_path("python.stacktags")
 
 
-from ._trace import TraceError, open_trace  # noqa: E402
+def __getattr__(name):
+    # The readers load only when used: `import etwtrace` (and every
+    # interpreter start through etwtrace.pth) stays cheap.
+    if name in ("open_trace", "TraceError"):
+        from . import _trace
+        return getattr(_trace, name)
+    raise AttributeError(f"module 'etwtrace' has no attribute {name!r}")

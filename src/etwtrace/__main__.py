@@ -1,5 +1,3 @@
-import sys
+from etwtrace import _cli
 
-from etwtrace._cli import main
-
-sys.exit(main())
+_cli.exit_as(_cli.main())

@@ -1,22 +1,40 @@
 """--capture: run a program under a recorder and leave a self-contained
 capture directory (CTF trace, perf.data and its script text, perf maps,
-jitdumps) that can be analysed on another machine."""
+jitdumps) that can be analysed on another machine.
+
+The launcher stays out of the program's way: Ctrl-C reaches the program
+through the terminal, SIGTERM/SIGHUP/SIGINT sent to the launcher are
+passed on to it, and the program dies with the launcher (PR_SET_PDEATHSIG)
+rather than run on orphaned.  Whatever ends the program, the capture is
+finished (perf inject and script run, streams are finalized, the manifest
+is completed) and the launcher then exits as the program did: with its exit
+code, or by the same signal."""
 
 import configparser
+import errno
+import fcntl
 import glob
 import json
 import os
-import shutil
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 
-from . import _perf, _trace
+from . import _env, _perf, _trace
 from ._perf import PerfError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
-MODE_ENV = "ETWTRACE_CAPTURE_MODE"
+MODE_ENV = _env.CAPTURE_MODE
+
+# Every entry a capture directory may hold: all the launcher makes, and
+# all it removes when it replaces a capture.
+OWN_ENTRIES = frozenset({
+    _trace.MANIFEST, _trace.MANIFEST + ".tmp", "ctf", "jit", "maps", "perf.data",
+    "perf.data.old", "perf.jit.data", _trace.PERF_SCRIPT, "README.txt",
+})
 
 
 class CaptureError(Exception):
@@ -34,9 +52,9 @@ class Preset:
             self.dwarf_stack_size = section.getint("dwarf_stack_size", 16384)
         except ValueError as ex:
             raise CaptureError(f"recording profile preset {name!r}: {ex}") from None
-        if self.frequency <= 0 or not (512 <= self.dwarf_stack_size <= 65528):
-            raise CaptureError(f"recording profile preset {name!r}: frequency must be positive "
-                               "and dwarf_stack_size within 512..65528")
+        if not (0 < self.frequency <= 100_000) or not (512 <= self.dwarf_stack_size <= 65528):
+            raise CaptureError(f"recording profile preset {name!r}: frequency must be within "
+                               "1..100000 and dwarf_stack_size within 512..65528")
 
     @property
     def needs_perf(self):
@@ -45,13 +63,15 @@ class Preset:
 
 def load_preset(name):
     from . import get_profile_path
-    path = os.environ.get("ETWTRACE_PROFILE") or get_profile_path()
+    path = os.environ.get(_env.PROFILE) or get_profile_path()
     parser = configparser.ConfigParser()
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            parser.read_file(f)
-    except (OSError, configparser.Error) as ex:
-        raise CaptureError(f"cannot read recording profile {path}: {ex}") from None
+        parser.read_string(_env.read_profile_text(path), source=path)
+    except _env.EnvError as ex:
+        raise CaptureError(str(ex)) from None
+    except configparser.Error as ex:
+        first = str(ex).strip().splitlines()[0]
+        raise CaptureError(f"cannot read recording profile {path}: {first}") from None
     for section in parser.sections():
         if section.lower() == name.lower():
             return Preset(section, parser[section])
@@ -59,68 +79,188 @@ def load_preset(name):
                        f"(it has: {', '.join(parser.sections())})")
 
 
-def prepare_directory(path):
-    """Creates an empty capture directory, replacing an earlier capture.
-    Refuses to replace anything that is not a capture."""
-    path = os.path.abspath(path)
-    if os.path.lexists(path):
-        if os.path.isdir(path) and not os.path.islink(path):
-            if os.listdir(path) and not _trace.is_capture(path):
-                raise CaptureError(f"{path} exists and is not an etwtrace capture; "
-                                   "refusing to replace it")
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+# ---- the capture directory ----
+
+class CaptureDir:
+    """A capture directory held for one capture: locked against a second
+    capture into it (flock on the directory, released when the launcher
+    exits), its earlier capture cleared, never anything else."""
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        self._fd = None
+
+    def open(self):
+        path = self.path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as ex:
+            raise CaptureError(f"cannot use {path}: {ex.strerror}") from None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
             raise CaptureError(f"{path} exists and is not a directory; refusing to replace it")
+        if st is None:
+            try:
+                os.makedirs(path, mode=0o700)
+            except OSError as ex:
+                raise CaptureError(f"cannot create capture directory {path}: {ex.strerror}") from None
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CaptureError(f"another capture is recording into {path}; "
+                               "wait for it or choose another path") from None
+        except OSError as ex:
+            raise CaptureError(f"cannot use capture directory {path}: {ex.strerror}") from None
+        self._clear()
+        try:
+            os.chmod(path, 0o700)
+            probe = os.path.join(path, ".writable")
+            with open(probe, "w"):
+                pass
+            os.unlink(probe)
+        except OSError as ex:
+            raise CaptureError(f"cannot write into capture directory {path}: {ex.strerror}") from None
+        return self
+
+    def _clear(self):
+        """Removes an earlier capture: only when its manifest says etwtrace
+        made it, and only the entries etwtrace makes."""
+        names = os.listdir(self.path)
+        if not names:
+            return
+        strangers = sorted(n for n in names if n not in OWN_ENTRIES)
+        if not _trace.is_own_capture(self.path) or strangers:
+            shown = ", ".join(strangers[:3]) + (" ..." if len(strangers) > 3 else "")
+            why = f" (it holds {shown})" if strangers else ""
+            raise CaptureError(f"{self.path} is not empty and is not an etwtrace capture{why}; "
+                               "refusing to replace it")
+        for name in names:
+            _remove_entry(os.path.join(self.path, name))
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _remove_entry(path):
+    """Removes a file or a directory tree without following symlinks."""
+    import shutil
     try:
-        os.makedirs(path)
-        probe = os.path.join(path, ".writable")
-        with open(probe, "w"):
-            pass
-        os.unlink(probe)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
     except OSError as ex:
-        raise CaptureError(f"cannot create capture directory {path}: {ex.strerror}") from None
-    return path
+        raise CaptureError(f"cannot remove the earlier capture's {path}: {ex.strerror}") from None
+
+
+# The manifest is written into room reserved when the capture starts, so
+# that a capture which filled the disk can still say how it ended.
+MANIFEST_ROOM = 8192
 
 
 def write_manifest(path, **info):
+    """Updates the capture's manifest.  A failure (a full disk) is a
+    one-line CaptureError; no partial or temporary file is left."""
     data = _trace.read_manifest(path)
     data.update(info)
+    data.setdefault("tool", "etwtrace")
     data.setdefault("format", 1)
-    tmp = os.path.join(path, _trace.MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, os.path.join(path, _trace.MANIFEST))
+    text = json.dumps(data, indent=2).encode() + b"\n"
+    target = os.path.join(path, _trace.MANIFEST)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            if len(text) < MANIFEST_ROOM:
+                text = text.ljust(MANIFEST_ROOM - 1) + b"\n"    # JSON ends in blanks
+            os.pwrite(fd, text, 0)
+            os.ftruncate(fd, len(text))
+        finally:
+            os.close(fd)
+    except OSError as ex:
+        raise CaptureError(f"cannot write the capture's manifest in {path}: {ex.strerror}") from None
 
 
 def child_environment(path, mode):
     """Environment that makes every Python process started from the traced
-    program (spawned, not only forked) trace into the same capture."""
+    program (spawned, not only forked) trace into the same capture, and
+    keep its perf files for the launcher to collect."""
     env = dict(os.environ)
-    env["ETWTRACE_CAPTURE"] = path
+    env[_env.CAPTURE] = path
     env[MODE_ENV] = mode
+    env[_env.PERF_FILES] = "keep"
     parts = [AUTOSTART_DIR] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
     return env
 
 
-def collect_perf_maps(path):
-    """Copies the perf map of every process the capture holds."""
-    pids = set()
-    ctf_root = os.path.join(path, "ctf")
-    if os.path.isdir(ctf_root):
-        from ._ctf import trace_dirs
-        pids.update(pid for pid, _ in trace_dirs(ctf_root))
-    for dump in glob.glob(os.path.join(path, "jit", "jit-*.dump")):
-        try:
-            pids.add(int(os.path.basename(dump)[4:-5]))
-        except ValueError:
-            pass
-    os.makedirs(os.path.join(path, "maps"), exist_ok=True)
-    for pid in sorted(pids):
-        src = f"/tmp/perf-{pid}.map"
-        if os.path.isfile(src):
-            shutil.copyfile(src, os.path.join(path, "maps", f"perf-{pid}.map"))
+# ---- the traced processes' /tmp files ----
 
+def _own_tmp_file(path):
+    """An open descriptor of `path` if it is a plain file of this user's
+    (never through a symlink), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        return None
+    return fd
+
+
+def _copy_own_file(src, dst):
+    """Copies a /tmp file of ours into the capture (mode 0600), never
+    through a symlink; files that are not ours are left alone."""
+    fd = _own_tmp_file(src)
+    if fd is None:
+        return False
+    try:
+        with os.fdopen(fd, "rb") as f, \
+                open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600), "wb") as out:
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+    except OSError:
+        return False
+    return True
+
+
+def capture_pids(path):
+    ctf_root = os.path.join(path, "ctf")
+    if not os.path.isdir(ctf_root):
+        return set()
+    from ._ctf import trace_dirs
+    return {pid for pid, _ in trace_dirs(ctf_root)}
+
+
+def collect_perf_files(path, pids):
+    """Copies the perf map, jitdump and `perf inject` images of every
+    traced process into the capture (maps/, jit/).  The originals stay in
+    /tmp, where perf and hotspot look for them (perf's unwinder finds the
+    images only there): the capture's README says how to put the copies
+    back on another machine."""
+    maps = os.path.join(path, "maps")
+    jit = os.path.join(path, "jit")
+    for directory in (maps, jit):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    for pid in sorted(pids):
+        _copy_own_file(f"/tmp/perf-{pid}.map", os.path.join(maps, f"perf-{pid}.map"))
+        _copy_own_file(f"/tmp/jit-{pid}.dump", os.path.join(jit, f"jit-{pid}.dump"))
+        for image in glob.glob(f"/tmp/jitted-{pid}-*.so"):
+            _copy_own_file(image, os.path.join(jit, os.path.basename(image)))
+
+
+# ---- recorders ----
 
 def choose_recorder(requested, say):
     """'perf' or 'builtin' for --recorder auto|perf|builtin."""
@@ -145,16 +285,79 @@ def choose_recorder(requested, say):
     return "perf", perf
 
 
-class _ForwardSignals:
-    """While the traced child runs, Ctrl-C reaches it through the terminal;
-    the orchestrator must survive to finish the capture."""
+def _die_with_parent():
+    """In the child, before exec: SIGTERM when the launcher dies."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except Exception:
+        pass
 
-    def __enter__(self):
-        self._old = signal.signal(signal.SIGINT, lambda *a: None)
-        return self
 
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._old)
+class _Child:
+    """The process the launcher runs (perf, or the traced program): signals
+    the launcher gets are passed on to it while it runs."""
+
+    FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+    def __init__(self, cmd, env, stderr=None):
+        self.received = None
+        self._old = {}
+        for sig in self.FORWARDED + (signal.SIGINT,):
+            self._old[sig] = signal.signal(sig, self._on_signal)
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, stderr=stderr, preexec_fn=_die_with_parent)
+        except OSError as ex:
+            self.restore()
+            raise CaptureError(f"cannot run {cmd[0]}: {ex.strerror}") from None
+
+    def _on_signal(self, sig, _frame):
+        # Ctrl-C reaches the child through the terminal by itself; other
+        # signals are passed on.  Either way the launcher carries on to
+        # finish the capture.
+        self.received = sig
+        if sig != signal.SIGINT:
+            try:
+                self.proc.send_signal(sig)
+            except (OSError, AttributeError):
+                pass
+
+    def wait(self):
+        try:
+            while True:
+                try:
+                    return self.proc.wait()
+                except InterruptedError:
+                    continue
+        finally:
+            self.restore()
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+class _Tee(threading.Thread):
+    """Copies a child's stderr to ours as it comes (so the program's own
+    messages are live), keeping the last lines for error reports."""
+
+    def __init__(self, pipe):
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.tail = []
+
+    def run(self):
+        out = sys.stderr.buffer
+        for line in iter(self.pipe.readline, b""):
+            try:
+                out.write(line)
+                out.flush()
+            except (OSError, ValueError):
+                pass
+            self.tail = (self.tail + [line.decode(errors="replace").rstrip()])[-20:]
 
 
 def run_with_perf(path, perf, mode, preset, target, say):
@@ -172,65 +375,72 @@ def run_with_perf(path, perf, mode, preset, target, say):
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
     write_manifest(path, recorder="perf", callgraph=callgraph, perf_command=cmd)
     try:
-        with _ForwardSignals():
-            proc = subprocess.run(cmd + ["--"] + child, env=child_environment(path, mode),
-                                  stderr=subprocess.PIPE)
+        proc = _Child(cmd + ["--"] + child, child_environment(path, mode), stderr=subprocess.PIPE)
+        tee = _Tee(proc.proc.stderr)
+        tee.start()
+        returncode = proc.wait()
+        tee.join(timeout=10)
     finally:
         if probe:
             _perf.remove_stack_sample_probe(perf)
-    perf_errors = proc.stderr.decode(errors="replace")
-    status = _child_status(path, proc.returncode)
+    # perf exits as its workload did (by the same signal, too).
+    status = returncode
     if not os.path.isfile(data) or os.path.getsize(data) == 0:
-        sys.stderr.write(perf_errors)
-        raise CaptureError("perf recorded nothing: " +
-                           (perf_errors.strip().splitlines() or ["unknown error"])[-1])
-    if perf_errors.strip():
-        sys.stderr.write(perf_errors)
+        raise CaptureError("perf recorded nothing: " + (tee.tail or ["unknown error"])[-1])
+    pids = capture_pids(path)
     script_input = data
-    if callgraph == "dwarf" and glob.glob(os.path.join(path, "jit", "jit-*.dump")):
+    if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
         injected = os.path.join(path, "perf.jit.data")
+        # perf's libdw unwinder walks the images inject writes only as
+        # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
         _perf.inject_jit(perf, data, injected)
         script_input = injected
     _perf.save_script(perf, script_input, os.path.join(path, _trace.PERF_SCRIPT))
-    return status
-
-
-def _child_status(path, returncode):
-    """The traced program's exit status (perf record reports its own)."""
-    status_file = os.path.join(path, ".exit-status")
-    try:
-        with open(status_file, "r") as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return returncode
-    finally:
-        try:
-            os.unlink(status_file)
-        except OSError:
-            pass
+    return status, proc.received
 
 
 def run_builtin_subprocess(path, mode, target):
     write_manifest(path, recorder="builtin")
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
-    with _ForwardSignals():
-        proc = subprocess.run(child, env=child_environment(path, mode))
-    return _child_status(path, proc.returncode)
+    proc = _Child(child, child_environment(path, mode))
+    return proc.wait(), proc.received
 
 
 def capture(path, mode, requested_recorder, preset_name, target, say):
     """Runs `target` (script args or ['-m', module, ...]) under the chosen
-    recorder into `path`; returns the program's exit status."""
+    recorder into `path`; returns the program's exit status (negative when
+    a signal ended it)."""
     preset = load_preset(preset_name)
-    path = prepare_directory(path)
-    write_manifest(path, format=1, mode=mode, preset=preset.name, command=target,
-                   python=sys.version.split()[0], started=time.time())
-    recorder, perf = choose_recorder(requested_recorder, say)
-    if recorder == "perf":
-        status = run_with_perf(path, perf, mode, preset, target, say)
-    else:
-        status = run_builtin_subprocess(path, mode, target)
-    collect_perf_maps(path)
-    write_manifest(path, finished=time.time(), exit_status=status)
+    directory = CaptureDir(path).open()
+    path = directory.path
+    try:
+        write_manifest(path, format=1, mode=mode, preset=preset.name, command=target,
+                       python=sys.version.split()[0], started=time.time())
+        recorder, perf = choose_recorder(requested_recorder, say)
+        if recorder == "perf":
+            status, received = run_with_perf(path, perf, mode, preset, target, say)
+        else:
+            status, received = run_builtin_subprocess(path, mode, target)
+        pids = capture_pids(path)
+        collect_perf_files(path, pids)
+        ctf_root = os.path.join(path, "ctf")
+        if os.path.isdir(ctf_root):
+            from ._ctf import finalize
+            finalize(ctf_root)
+        losses = _trace.recorded_losses(path)
+        info = {"finished": time.time(), "exit_status": status}
+        if received is not None:
+            info["stopped_by_signal"] = signal.Signals(received).name
+        if losses:
+            info["events_lost"] = {str(pid): n for pid, n in losses.items()}
+        try:
+            write_manifest(path, **info)
+        except CaptureError as ex:
+            say(f"etwtrace: {ex}")      # the trace is there: say so, go on
+    finally:
+        directory.close()
+    if losses:
+        say(f"etwtrace: {sum(losses.values()):,} events were lost in this capture "
+            f"({_trace.describe_losses(losses)}); the trace holds every event before")
     say(f"etwtrace: capture saved to {path}")
     return status

@@ -1,9 +1,12 @@
 """python -m etwtrace: the command line, with the original's options."""
 
 import os
+import signal
 import sys
 
 import etwtrace
+
+from . import _env
 
 PTH_NAME = "etwtrace.pth"
 PTH_TEMPLATE = "import etwtrace; etwtrace.enable_if({!r}, {!r})"
@@ -55,6 +58,11 @@ Environment:
     ETWTRACE_C_CALL_HOOK=profile
                           C calls through the profile function, not
                           sys.monitoring (3.12+ uses sys.monitoring)
+    ETWTRACE_PERF_FILES=keep|remove
+                          Whether a process traced through etwtrace.pth keeps
+                          /tmp/perf-PID.map and /tmp/jit-PID.dump after it
+                          exits (default: remove; keep them for a perf
+                          recording made outside etwtrace)
 """
 
 
@@ -118,36 +126,46 @@ def _disable_pth():
         print("etwtrace.pth was not present")
 
 
+def check_target(target):
+    """Raises UsageError unless `target` names a script that exists or a
+    module that can be found (before anything is recorded)."""
+    if target[0] == "-m":
+        if len(target) < 2:
+            raise UsageError("-m needs a module name")
+        import importlib.util
+        try:
+            spec = importlib.util.find_spec(target[1])
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            raise UsageError(f"no module named {target[1]!r}")
+    elif not os.path.isfile(target[0]):
+        raise UsageError(f"no such script: {target[0]}")
+
+
 def _run_target(target, tracer):
     """Runs script or -m module in this process under `tracer`; returns the
     exit status the program would have had."""
     import runpy
     import traceback
 
+    check_target(target)
     if target[0] == "-m":
-        if len(target) < 2:
-            raise UsageError("-m needs a module name")
         module = target[1]
         sys.argv[:] = [module, *target[2:]]
-        import importlib.util
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            raise UsageError(f"no module named {module!r}")
         runner = lambda: runpy.run_module(module, run_name="__main__", alter_sys=True)  # noqa: E731
     else:
         script = target[0]
-        if not os.path.isfile(script):
-            raise UsageError(f"no such script: {script}")
         sys.argv[:] = list(target)
         sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
         runner = lambda: runpy.run_path(script, run_name="__main__")  # noqa: E731
 
     status = 0
     # runpy is the launcher's machinery, not the program: keep it out of
-    # stacks as the tracer keeps out its own files.
+    # stacks as the tracer keeps out its own files, and import what it
+    # imports as it starts (pkgutil, and with it typing on 3.12+) now, so a
+    # trace begins at the program's first line.
+    import pkgutil  # noqa: F401
     tracer.ignore(runpy.__file__, runpy.run_path.__code__.co_filename)
     tracer.enable()
     try:
@@ -173,16 +191,6 @@ def _run_target(target, tracer):
     return status
 
 
-def _write_exit_status(status):
-    capture = os.environ.get(etwtrace.CAPTURE_ENV)
-    if capture and os.path.isdir(capture):
-        try:
-            with open(os.path.join(capture, ".exit-status"), "w") as f:
-                f.write(str(status))
-        except OSError:
-            pass
-
-
 def _parse(args):
     opts = {
         "mode": None, "capture": None, "recorder": "auto", "preset": "Default",
@@ -194,6 +202,9 @@ def _parse(args):
     def value(option):
         if not args or args[0] == "--":
             raise UsageError(f"{option} needs a value")
+        if args[0].startswith("-") and args[0] != "-":
+            raise UsageError(f"{option} needs a value, not the option {args[0]!r} "
+                             "(write ./-name for a path that starts with -)")
         return args.pop(0)
 
     while args:
@@ -220,6 +231,8 @@ def _parse(args):
             opts["call_times"] = False
         elif arg == "--capture" or arg.startswith("--capture="):
             opts["capture"] = orig.partition("=")[2] or value(orig)
+            if not opts["capture"].strip():
+                raise UsageError("--capture needs a path")
         elif arg == "--recorder" or arg.startswith("--recorder="):
             rec = (orig.partition("=")[2] or value(orig)).lower()
             if rec not in ("auto", "perf", "builtin"):
@@ -285,6 +298,8 @@ def main(args=None):
                 raise UsageError("--capture needs a program to run after --")
             return 0
         mode = opts["mode"] or "stack"
+        _env.check_all()
+        check_target(target)
         if opts["c_calls"]:
             if mode != "instrumented":
                 raise UsageError("--c-calls needs --instrumented")
@@ -314,12 +329,30 @@ def main(args=None):
             status = _run_target(target, tracer)
         except (RuntimeError, NotImplementedError, OSError) as ex:
             raise UsageError(str(ex)) from None
-        _write_exit_status(status)
         return status
-    except UsageError as ex:
+    except (UsageError, _env.EnvError) as ex:
         _say(f"etwtrace: error: {ex}")
         return 2
 
 
+def exit_as(status):
+    """Ends this process as the traced program ended: with its exit code,
+    or (status -N) by signal N, so a shell sees 128+N."""
+    if status is not None and status < 0:
+        sig = -status
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            import resource
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))   # the program's crash, not ours
+            signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+            os.kill(os.getpid(), sig)
+        except (OSError, ValueError):
+            pass
+        os._exit(128 + sig)
+    sys.exit(status)
+
+
 def entry_point():
-    sys.exit(main())
+    exit_as(main())

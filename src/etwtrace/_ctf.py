@@ -1,49 +1,80 @@
-"""Reader for the CTF 1.8 traces the built-in recorder writes.
+"""Reading the CTF 1.8 traces the built-in recorder writes.
 
-The layout is fixed by src/etwtrace/_native/recorder.c (its metadata text
-describes it to generic CTF readers such as babeltrace2); this reader decodes
-exactly that layout and refuses anything else with a clear error.
+The layout and every event are declared once, in
+src/etwtrace/_native/trace_format.h; the C decoder (etwtrace._ctfdecode)
+exports that table as EVENTS, and this module takes event names, opcodes and
+field names from it.  Traces of format versions 1 and 2 are read; anything
+else is refused with a clear error.
 """
 
 import os
+import re
+import stat
 import struct
 import warnings
 
-CTF_MAGIC = 0xC1FC1FC1
+from . import _ctfdecode
+
 FORMAT_MARKER = 'tracer_name = "etwtrace"'
-PACKET_HEAD = struct.Struct("<IIQQQQQI")
+FORMAT_VERSION = _ctfdecode.FORMAT_VERSION
+CTF_MAGIC = 0xC1FC1FC1
 COMPACT_TS_BITS = 27
 COMPACT_TS_MASK = (1 << COMPACT_TS_BITS) - 1
 EXTENDED_ID = 31
-
-U32 = struct.Struct("<I")
-U32x3 = struct.Struct("<III")
-FUNCTION_HEAD = struct.Struct("<IQQIB")
-EXTENDED_HEAD = struct.Struct("<IQ")
+_HEAD = {1: struct.Struct("<IIQQQQQI"), 2: struct.Struct("<IIQQQQQQI")}
+_EXTENDED_HEAD = struct.Struct("<IQ")
+_FIXED = {"U8": struct.Struct("<B"), "U16": struct.Struct("<H"), "U32": struct.Struct("<I"),
+          "HEX64": struct.Struct("<Q")}
+_U32 = struct.Struct("<I")
 
 
 class TraceError(Exception):
     """A capture is missing, not an etwtrace capture, or corrupt."""
 
 
-# id -> (name, opcode)
-EVENT_NAMES = {
-    0: ("PythonThread", "start"),
-    1: ("PythonThread", "stop"),
-    2: ("PythonFunction", None),
-    3: ("PythonMark", None),
-    4: ("PythonMark", "start"),
-    5: ("PythonMark", "stop"),
-    6: ("PythonStackSample", None),
-    7: ("PythonFunctionPush", None),
-    8: ("PythonFunctionPop", None),
-    9: ("PythonFunctionPush", None),   # compact: Caller is the open push
-    10: ("PythonFunctionPop", None),   # compact: 16-bit FunctionID
-}
-PUSH_IDS = (7, 9)
-POP_IDS = (8, 10)
-U16 = struct.Struct("<H")
-U16x2 = struct.Struct("<HH")
+class EventType:
+    """One line of the format's event table."""
+
+    def __init__(self, event_id, ctf_name, name, opcode, fields):
+        self.id = event_id
+        self.ctf_name = ctf_name
+        self.name = name
+        self.opcode = opcode
+        self.fields = fields            # ((field name, type name), ...)
+        self.names = tuple(f for f, _ in fields)
+        self.is_push = name == "PythonFunctionPush"
+        self.is_pop = name == "PythonFunctionPop"
+        # A compact push names no Caller: it is the innermost open push.
+        self.implied_caller = self.is_push and "Caller" not in self.names
+
+
+EVENTS = {e[0]: EventType(*e) for e in _ctfdecode.EVENTS}
+
+
+def fields_of(event_id, values):
+    """(fields, stack) of an event from its values in stream order, keyed by
+    the format's field names (a stack field becomes the event's stack)."""
+    etype = EVENTS[event_id]
+    fields = {}
+    stack = ()
+    for (name, ftype), value in zip(etype.fields, values):
+        if ftype == "ADDRESSES":
+            stack = value
+        else:
+            fields[name] = value
+    if etype.implied_caller:
+        fields = {"FunctionID": fields["FunctionID"], "Caller": None,
+                  "CallerLine": fields["CallerLine"]}
+    return fields, stack
+
+
+def event_tid(event_id, fields, stream_tid):
+    """The thread an event is about: its stream's, except PythonThread
+    events, which name theirs (the disabling thread writes every thread's
+    stop into its own stream)."""
+    if EVENTS[event_id].name == "PythonThread":
+        return fields["ThreadId"]
+    return stream_tid
 
 
 class _Corrupt(Exception):
@@ -54,135 +85,106 @@ def _cstring(data, pos, end):
     nul = data.find(b"\0", pos, end)
     if nul < 0:
         raise _Corrupt("unterminated string")
-    return data[pos:nul].decode("utf-8", "replace"), nul + 1
-
-
-def fields_of(event_id, values):
-    """(fields, stack) of a thread, function, mark or stack-sample event
-    from its values in stream order: the schema's field names, shared by
-    this reader and the C decoder (etwtrace._ctfdecode)."""
-    if event_id in (0, 1):
-        return {"ThreadId": values[0]}, ()
-    if event_id == 2:
-        fid, begin, end, line, is_py, source, name = values
-        return {"FunctionID": fid, "BeginAddress": begin, "EndAddress": end,
-                "LineNumber": line, "SourceFile": source, "Name": name,
-                "IsPythonCode": is_py}, ()
-    if event_id == 6:
-        return {"Mark": values[0]}, values[1]
-    return {"Mark": values[0]}, ()
+    return data[pos:nul].decode("utf-8", "surrogateescape"), nul + 1
 
 
 def _decode_payload(event_id, data, pos, end):
-    """Returns (fields, stack, new_pos)."""
-    if event_id in (0, 1):
-        if pos + 4 > end:
-            raise _Corrupt("short PythonThread event")
-        return (*fields_of(event_id, U32.unpack_from(data, pos)), pos + 4)
-    if event_id == 2:
-        if pos + FUNCTION_HEAD.size > end:
-            raise _Corrupt("short PythonFunction event")
-        head = FUNCTION_HEAD.unpack_from(data, pos)
-        source, pos = _cstring(data, pos + FUNCTION_HEAD.size, end)
-        name, pos = _cstring(data, pos, end)
-        return (*fields_of(event_id, head + (source, name)), pos)
-    if event_id in (3, 4, 5):
-        text, pos = _cstring(data, pos, end)
-        return (*fields_of(event_id, (text,)), pos)
-    if event_id == 6:
-        text, pos = _cstring(data, pos, end)
-        if pos + 4 > end:
-            raise _Corrupt("short PythonStackSample event")
-        depth = U32.unpack_from(data, pos)[0]
-        pos += 4
-        if pos + 8 * depth > end:
-            raise _Corrupt("PythonStackSample stack runs past its packet")
-        stack = struct.unpack_from(f"<{depth}Q", data, pos)
-        return (*fields_of(event_id, (text, stack)), pos + 8 * depth)
-    if event_id == 7:
-        if pos + 12 > end:
-            raise _Corrupt("short PythonFunctionPush event")
-        fid, caller, line = U32x3.unpack_from(data, pos)
-        return {"FunctionID": fid, "Caller": caller, "CallerLine": line}, (), pos + 12
-    if event_id == 8:
-        if pos + 4 > end:
-            raise _Corrupt("short PythonFunctionPop event")
-        return {"FunctionID": U32.unpack_from(data, pos)[0]}, (), pos + 4
-    if event_id == 9:
-        if pos + 4 > end:
-            raise _Corrupt("short PythonFunctionPush event")
-        fid, line = U16x2.unpack_from(data, pos)
-        return {"FunctionID": fid, "Caller": None, "CallerLine": line}, (), pos + 4
-    if event_id == 10:
-        if pos + 2 > end:
-            raise _Corrupt("short PythonFunctionPop event")
-        return {"FunctionID": U16.unpack_from(data, pos)[0]}, (), pos + 2
-    raise _Corrupt(f"unknown event id {event_id}")
+    """(values, new_pos) of one event's payload."""
+    etype = EVENTS.get(event_id)
+    if etype is None:
+        raise _Corrupt(f"unknown event id {event_id}")
+    values = []
+    for _name, ftype in etype.fields:
+        if ftype == "STRING":
+            value, pos = _cstring(data, pos, end)
+        elif ftype == "ADDRESSES":
+            if pos + 4 > end:
+                raise _Corrupt(f"short {etype.name} event")
+            depth = _U32.unpack_from(data, pos)[0]
+            pos += 4
+            if pos + 8 * depth > end:
+                raise _Corrupt(f"{etype.name} stack runs past its packet")
+            value = struct.unpack_from(f"<{depth}Q", data, pos)
+            pos += 8 * depth
+        else:
+            packer = _FIXED[ftype]
+            if pos + packer.size > end:
+                raise _Corrupt(f"short {etype.name} event")
+            value = packer.unpack_from(data, pos)[0]
+            pos += packer.size
+        values.append(value)
+    return values, pos
 
 
-def read_stream(path, pid, make_event, progress=None):
+def read_stream(path, pid, make_event, version=FORMAT_VERSION, progress=None):
     """Yields the events of one stream file in order.
 
     A stream that ends part-way through a packet (a crash, a full disk)
-    yields every complete event before the damage and warns.
-
-    The thread's open pushes are tracked to fill in the Caller of compact
-    pushes (the innermost open push, as the writer guarantees)."""
-    with open(path, "rb") as f:
-        data = f.read()
+    yields every complete event before the damage and warns; one that ends
+    at never-begun packets (its process died before closing it) simply
+    ends there.  The thread's open pushes are tracked to fill in the Caller
+    of compact pushes (the innermost open push, as the writer guarantees)."""
+    parts = StreamParts(path, version)
+    data = _read_file(path)[:parts.length] + parts.tail
+    head = _HEAD[2 if version >= 2 else 1]
     size = len(data)
     offset = 0
     open_pushes = []
     while offset < size:
         if progress is not None:
             progress(offset)
-        if offset + PACKET_HEAD.size > size:
-            warnings.warn(f"{path}: trace truncated inside a packet header; "
-                          "events after it are lost", RuntimeWarning)
+        if offset + head.size > size:
+            if data[offset:offset + 4] != b"\0\0\0\0":
+                warnings.warn(f"{path}: trace truncated inside a packet header; "
+                              "events after it are lost", RuntimeWarning)
             return
-        magic, _stream_id, ts_begin, _ts_end, content_bits, packet_bits, _seq, tid = \
-            PACKET_HEAD.unpack_from(data, offset)
+        values = head.unpack_from(data, offset)
+        magic, ts_begin, content_bits, packet_bits, tid = (values[0], values[2], values[4],
+                                                           values[5], values[-1])
+        if magic == 0 and content_bits == 0 and packet_bits == 0:
+            return      # never-begun packets of a stream left unfinished
         if magic != CTF_MAGIC:
             raise TraceError(f"{path}: corrupt trace (bad packet magic at byte {offset})")
-        if content_bits % 8 or packet_bits < content_bits or content_bits < PACKET_HEAD.size * 8:
+        if content_bits % 8 or packet_bits < content_bits or content_bits < head.size * 8:
             raise TraceError(f"{path}: corrupt trace (bad packet size at byte {offset})")
         end = offset + content_bits // 8
         truncated = end > size
         if truncated:
             end = size
-        pos = offset + PACKET_HEAD.size
+        pos = offset + head.size
         clock = ts_begin
         try:
             while pos < end:
                 if pos + 4 > end:
                     raise _Corrupt("event header cut short")
-                word = U32.unpack_from(data, pos)[0]
+                word = _U32.unpack_from(data, pos)[0]
                 event_id = word & 0x1F
                 if event_id == EXTENDED_ID:
                     if pos + 13 > end:
                         raise _Corrupt("event header cut short")
-                    event_id, clock = EXTENDED_HEAD.unpack_from(data, pos + 1)
+                    event_id, clock = _EXTENDED_HEAD.unpack_from(data, pos + 1)
                     pos += 13
                 else:
-                    low = word >> 5
-                    ts = (clock & ~COMPACT_TS_MASK) | low
+                    ts = (clock & ~COMPACT_TS_MASK) | (word >> 5)
                     if ts < clock:
                         ts += 1 << COMPACT_TS_BITS
                     clock = ts
                     pos += 4
-                fields, stack, pos = _decode_payload(event_id, data, pos, end)
-                name, opcode = EVENT_NAMES[event_id]
-                if event_id in PUSH_IDS:
+                values, pos = _decode_payload(event_id, data, pos, end)
+                fields, stack = fields_of(event_id, values)
+                etype = EVENTS[event_id]
+                if etype.is_push:
                     if fields["Caller"] is None:
                         fields["Caller"] = open_pushes[-1] if open_pushes else 0
                     open_pushes.append(fields["FunctionID"])
-                elif event_id in POP_IDS and open_pushes:
+                elif etype.is_pop and open_pushes:
                     fid = fields["FunctionID"]
                     if open_pushes[-1] == fid:
                         open_pushes.pop()
                     elif fid in open_pushes:  # events were lost: resynchronise
                         del open_pushes[len(open_pushes) - 1 - open_pushes[::-1].index(fid):]
-                yield make_event(name, opcode, pid, tid, clock, fields, stack)
+                yield make_event(etype.name, etype.opcode, pid, event_tid(event_id, fields, tid),
+                                 clock, fields, stack)
         except _Corrupt as ex:
             if truncated:
                 warnings.warn(f"{path}: trace truncated mid-packet; "
@@ -196,12 +198,14 @@ def read_stream(path, pid, make_event, progress=None):
         offset += packet_bits // 8
 
 
-def fold_stream(path, pid, make_event, timeline=False):
-    """Decodes a stream with the C decoder: (the fold result, the events
-    that are not pushes or pops).  See etwtrace._ctfdecode."""
-    from . import _ctfdecode
+def fold_stream(path, pid, make_event, version=FORMAT_VERSION, timeline=False):
+    """Decodes a stream (with what its ring still holds) with the C
+    decoder: (the fold result, the events that are not pushes or pops).
+    See etwtrace._ctfdecode."""
+    parts = StreamParts(path, version)
     try:
-        folded = _ctfdecode.fold(path, timeline=timeline)
+        folded = _ctfdecode.fold(path, timeline=timeline, version=version,
+                                 length=parts.length, tail=parts.tail)
     except ValueError as ex:
         raise TraceError(str(ex)) from None
     except OSError as ex:
@@ -212,41 +216,79 @@ def fold_stream(path, pid, make_event, timeline=False):
     tid = folded["tid"]
     events = []
     for event_id, ts, values in folded["events"]:
-        name, opcode = EVENT_NAMES[event_id]
         fields, stack = fields_of(event_id, values)
-        events.append(make_event(name, opcode, pid, tid, ts, fields, stack))
+        etype = EVENTS[event_id]
+        events.append(make_event(etype.name, etype.opcode, pid,
+                                 event_tid(event_id, fields, tid), ts, fields, stack))
     return folded, events
 
 
+def _check_regular(path):
+    """Refuses what is not a plain file (a FIFO would block a reader
+    forever, a device read without end)."""
+    try:
+        st = os.stat(path)
+    except OSError as ex:
+        raise TraceError(f"{path}: cannot read ({ex.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise TraceError(f"{path}: not a regular file; refusing to read it as a trace")
+
+
+def _read_file(path):
+    _check_regular(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as ex:
+        raise TraceError(f"{path}: cannot read ({ex.strerror})") from None
+
+
+_TRACE_DIR = re.compile(r"^pid-(\d+)(?:\.(\d+))?$")
+
+
 def trace_dirs(ctf_root):
-    """(pid, directory) of every per-process trace under ctf_root."""
+    """(pid, directory) of every per-process trace under ctf_root (pid-PID,
+    and pid-PID.N for the images a process exec'd into)."""
     found = []
     for name in sorted(os.listdir(ctf_root)):
+        m = _TRACE_DIR.match(name)
         path = os.path.join(ctf_root, name)
-        if not (name.startswith("pid-") and os.path.isdir(path)):
-            continue
-        try:
-            pid = int(name[4:])
-        except ValueError:
-            continue
-        found.append((pid, path))
-    return found
+        if m and os.path.isdir(path) and not os.path.islink(path):
+            found.append((int(m.group(1)), int(m.group(2) or 1), path))
+    found.sort()
+    return [(pid, path) for pid, _image, path in found]
+
+
+_VERSION = re.compile(r"format_version = (\d+);")
 
 
 def _metadata_text(trace_dir):
+    path = os.path.join(trace_dir, "metadata")
+    _check_regular(path)
     try:
-        with open(os.path.join(trace_dir, "metadata"), "r", encoding="utf-8",
-                  errors="replace") as f:
-            return f.read()
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            return f.read(1 << 20)
     except OSError as ex:
         raise TraceError(f"{trace_dir}: no readable CTF metadata ({ex.strerror})") from None
 
 
-def check_metadata(trace_dir):
+def trace_version(trace_dir):
+    """The format version of a per-process trace; TraceError when it is not
+    an etwtrace trace or of a version this reader does not know."""
     text = _metadata_text(trace_dir)
-    if FORMAT_MARKER not in text or "format_version = 1;" not in text:
-        path = os.path.join(trace_dir, "metadata")
-        raise TraceError(f"{path}: not an etwtrace CTF trace (or an unsupported version)")
+    m = _VERSION.search(text)
+    path = os.path.join(trace_dir, "metadata")
+    if FORMAT_MARKER not in text or m is None:
+        raise TraceError(f"{path}: not an etwtrace CTF trace")
+    version = int(m.group(1))
+    if not 1 <= version <= FORMAT_VERSION:
+        raise TraceError(f"{path}: trace format version {version}; this etwtrace reads "
+                         f"versions 1 to {FORMAT_VERSION} (upgrade etwtrace to read it)")
+    return version
+
+
+def check_metadata(trace_dir):
+    trace_version(trace_dir)
 
 
 def has_call_times(trace_dir):
@@ -260,3 +302,176 @@ def stream_files(trace_dir):
     return sorted(
         os.path.join(trace_dir, n) for n in os.listdir(trace_dir) if n.startswith("stream-")
     )
+
+
+def stacks_at(path, version, times):
+    """The FunctionIDs open on a stream's thread at each of `times`."""
+    parts = StreamParts(path, version)
+    return _ctfdecode.stacks_at(path, times, version=version, length=parts.length,
+                                tail=parts.tail)
+
+
+def ring_path(stream):
+    """The ring file of a stream file (stream-N-tid-T -> .ring-N-tid-T)."""
+    directory, name = os.path.split(stream)
+    return os.path.join(directory, ".ring-" + name[len("stream-"):])
+
+
+def _walk_packets(f, size, head):
+    """(offset after the last complete packet, its seq, its events_discarded,
+    the seq of a packet cut short after it or None) of an open stream file;
+    seq -1 when it holds none."""
+    offset, last_seq, lost = 0, -1, 0
+    while offset + head.size <= size:
+        f.seek(offset)
+        values = head.unpack(f.read(head.size))
+        magic, packet_bits = values[0], values[5]
+        if magic != CTF_MAGIC or packet_bits < head.size * 8 or packet_bits % 8:
+            break
+        end = offset + packet_bits // 8
+        if end > size:
+            return offset, last_seq, lost, values[6]    # cut short
+        last_seq = values[6]
+        lost = values[7] if len(values) > 8 else 0
+        offset = end
+    return offset, last_seq, lost, None
+
+
+class StreamParts:
+    """A stream as readers see it: the complete packets of its file (the
+    first `length` bytes), then `tail`, the packets its ring still holds
+    (those the copier had not written when the process ended or stopped),
+    in order.  `pending` says whether there were any; `lost` is the
+    events_discarded of the last packet."""
+
+    def __init__(self, path, version=FORMAT_VERSION):
+        self.path = path
+        self.tail = b""
+        head = _HEAD[2 if version >= 2 else 1]
+        _check_regular(path)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self.length, last_seq, self.lost, cut_seq = _walk_packets(f, size, head)
+        except OSError as ex:
+            raise TraceError(f"{path}: cannot read ({ex.strerror})") from None
+        self.cut_short = self.length < size
+        self._size = size
+        ring = ring_path(path)
+        if version < 2 or not os.path.exists(ring):
+            self._keep_cut_packet()
+            return
+        packets = []
+        try:
+            _check_regular(ring)
+            with open(ring, "rb") as f:
+                data = f.read()
+        except (OSError, TraceError):
+            self._keep_cut_packet()
+            return
+        packet_bytes = _ctfdecode.PACKET_BYTES
+        slots = max(0, len(data) - _RING_CONTROL_BYTES) // packet_bytes
+        for at in range(0, slots * packet_bytes, packet_bytes):
+            values = head.unpack_from(data, at)
+            magic, content_bits, packet_bits, seq = values[0], values[4], values[5], values[6]
+            if (magic != CTF_MAGIC or seq <= last_seq or packet_bits > packet_bytes * 8
+                    or content_bits > packet_bits or content_bits < head.size * 8):
+                continue
+            packets.append((seq, _finished(data[at:at + packet_bits // 8], head, version),
+                            values[7]))
+        packets.sort()
+        if self.cut_short and not (packets and packets[0][0] == cut_seq):
+            # The ring does not hold the packet cut short (a damaged file):
+            # read what is complete of it instead, as a truncated stream.
+            self._keep_cut_packet()
+            return
+        self.tail = b"".join(p for _, p, _ in packets)
+        if packets:
+            self.lost = packets[-1][2]
+        self.lost = max(self.lost, _ring_lost(data))
+
+    def _keep_cut_packet(self):
+        self.length = self._size
+
+    @property
+    def pending(self):
+        return bool(self.tail)
+
+
+_RING_CONTROL_BYTES = 4096
+_RING_CONTROL = struct.Struct("<8sQII")
+
+
+def _ring_lost(data):
+    """events_discarded of a ring's control page (trace_format.h)."""
+    if len(data) < _RING_CONTROL_BYTES:
+        return 0
+    magic, lost, _error, _slots = _RING_CONTROL.unpack_from(data, len(data) - _RING_CONTROL_BYTES)
+    return lost if magic == b"ETWRING2" else 0
+
+
+def _finished(packet, head, version):
+    """A packet from a ring with its header made to cover what its writer
+    finished: one left unfinished by a death has its content size (and end
+    time) from its last complete event (trace_format.h)."""
+    content, last_ts = _ctfdecode.scan_packet(packet, version)
+    values = list(head.unpack_from(packet, 0))
+    if content * 8 <= values[4]:
+        return packet
+    values[3] = max(values[3], last_ts)     # timestamp_end
+    values[4] = content * 8                 # content_size
+    return head.pack(*values) + packet[head.size:]
+
+
+def stream_losses(path, version):
+    """Events a stream's writer could not record (the events_discarded of
+    its last packet; version 1 traces did not count them)."""
+    if version < 2:
+        return 0
+    try:
+        return StreamParts(path, version).lost
+    except TraceError:
+        return 0
+
+
+def finalize(ctf_root):
+    """Moves the packets left in the rings of processes that have ended
+    into their stream files, so that every CTF reader (babeltrace2) sees
+    every event, and removes those rings.  Rings of live processes are left
+    alone.  Returns how many streams were completed."""
+    done = 0
+    for pid, trace_dir in trace_dirs(ctf_root):
+        if _alive(pid):
+            continue
+        try:
+            version = trace_version(trace_dir)
+        except TraceError:
+            continue
+        if version < 2:
+            continue
+        for path in stream_files(trace_dir):
+            ring = ring_path(path)
+            if not os.path.lexists(ring):
+                continue
+            try:
+                parts = StreamParts(path, version)
+                if parts.tail or parts.cut_short:
+                    with open(path, "r+b") as f:
+                        f.truncate(parts.length)
+                        f.seek(parts.length)
+                        f.write(parts.tail)
+                    done += 1
+                os.unlink(ring)
+            except (OSError, TraceError):
+                continue
+    return done
+
+
+def _alive(pid):
+    """Whether process `pid` still runs (a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")

@@ -77,8 +77,18 @@ def _choose_view(scan, off_cpu):
     return "marks", scan.marks, "samples", "stack marks"
 
 
-def _text(scan, off_cpu, limit):
-    sections = []
+def _losses_line(path):
+    """One line naming the events the recorder could not keep, or None."""
+    from ._trace import describe_losses, recorded_losses
+    losses = recorded_losses(path)
+    if not losses:
+        return None
+    return (f"WARNING: {sum(losses.values()):,} events were lost while recording "
+            f"({describe_losses(losses)}); what follows is what was kept")
+
+
+def _text(scan, off_cpu, limit, losses=None):
+    sections = [[losses]] if losses else []
     if off_cpu:
         sections.append(_formats.offcpu_tables(scan.offcpu, limit))
         return _formats.format_text(sections)
@@ -97,7 +107,7 @@ def _text(scan, off_cpu, limit):
             sections.append([f"note: {scan.tree.unmatched_pops} returns from calls entered "
                              f"before tracing, {scan.tree.mismatched_pops} returns that closed "
                              "calls with lost events"])
-    if scan.marks and not sections:
+    if scan.marks and not [s for s in sections if s != [losses]]:
         sections.append(_formats.stack_table(
             scan.marks, f"{sum(scan.marks.values())} stack marks", limit=limit))
     return _formats.format_text(sections)
@@ -136,6 +146,9 @@ def run(opts):
     finally:
         progress.close()
     name = os.path.basename(os.path.abspath(opts.path))
+    losses = _losses_line(opts.path)
+    if losses and opts.format != "text":
+        print(f"etwtrace: {losses}", file=sys.stderr)
     view, stacks, unit, what = _choose_view(scan, opts.off_cpu)
     if timeline and scan.tree.untimed_pids and not opts.off_cpu:
         raise ReportError(f"{opts.path}: calls were recorded without call times "
@@ -154,7 +167,7 @@ def run(opts):
         raise ReportError(f"{opts.path}: no stacks or calls recorded (record with perf, "
                           "--instrumented, or call _mark_stack)")
     if opts.format == "text":
-        text = _text(scan, opts.off_cpu, opts.limit or None)
+        text = _text(scan, opts.off_cpu, opts.limit or None, losses)
         _write(opts, lambda out: out.write(text))
     elif opts.format == "folded":
         text = _formats.format_folded(stacks)

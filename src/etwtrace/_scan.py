@@ -112,14 +112,14 @@ class Scan:
 
         timed = {}
 
-        def fold(pid, stream):
-            folded, events = fold_stream(stream, pid, Event, timeline=self.timeline)
+        def fold(pid, stream, version):
+            folded, events = fold_stream(stream, pid, Event, version, timeline=self.timeline)
             trace_dir = os.path.dirname(stream)
             if trace_dir not in timed:
                 timed[trace_dir] = has_call_times(trace_dir)
             tree.add_thread(pid, folded["tid"], folded, timed=timed[trace_dir])
             if folded["calls"]:
-                self._call_streams[(pid, folded["tid"])] = stream
+                self._call_streams[(pid, folded["tid"])] = (stream, version)
                 self.threads.setdefault((pid, folded["tid"]),
                                         self._thread_name(pid, folded["tid"]))
             return events
@@ -200,11 +200,12 @@ class Scan:
                     wanted.setdefault((pid, python[1]), set()).add(python[2])
         if not wanted:
             return
-        from . import _ctfdecode
+        from ._ctf import stacks_at
         open_at = {}
         for (pid, tid), times in wanted.items():
             times = sorted(times)
-            stacks = _ctfdecode.stacks_at(self._call_streams[(pid, tid)], times)
+            stream, version = self._call_streams[(pid, tid)]
+            stacks = stacks_at(stream, version, times)
             for ts, fids in zip(times, stacks):
                 open_at[(pid, tid, ts)] = tuple(self.tree.label((pid, f)) for f in fids)
         renamed = {}

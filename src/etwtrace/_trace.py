@@ -40,9 +40,42 @@ def is_capture(path):
 def read_manifest(path):
     try:
         with open(os.path.join(path, MANIFEST), "r", encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_own_capture(path):
+    """Whether etwtrace wrote this directory's manifest (its own, or one of
+    an earlier etwtrace, which had no "tool" key)."""
+    data = read_manifest(path)
+    if data.get("tool") == "etwtrace":
+        return True
+    return "tool" not in data and {"format", "mode", "command", "started"} <= data.keys()
+
+
+def recorded_losses(path):
+    """{pid: events lost} of the capture's built-in traces (only pids that
+    lost any), from the streams' packet headers."""
+    ctf_root = os.path.join(path, "ctf")
+    if not os.path.isdir(ctf_root):
+        return {}
+    losses = {}
+    for pid, trace_dir in _ctf.trace_dirs(ctf_root):
+        try:
+            version = _ctf.trace_version(trace_dir)
+        except TraceError:
+            continue
+        for stream in _ctf.stream_files(trace_dir):
+            lost = _ctf.stream_losses(stream, version)
+            if lost:
+                losses[pid] = losses.get(pid, 0) + lost
+    return losses
+
+
+def describe_losses(losses):
+    return ", ".join(f"process {pid}: {n:,}" for pid, n in sorted(losses.items()))
 
 
 def _builtin_streams(path, progress=None, fold=None):
@@ -51,16 +84,16 @@ def _builtin_streams(path, progress=None, fold=None):
         return []
     streams = []
     for pid, trace_dir in _ctf.trace_dirs(ctf_root):
-        _ctf.check_metadata(trace_dir)
+        version = _ctf.trace_version(trace_dir)
         for stream in _ctf.stream_files(trace_dir):
             if fold is not None:
-                streams.append(fold(pid, stream))
+                streams.append(fold(pid, stream, version))
                 update = progress and progress.reader(stream)
                 if update:
                     update(os.path.getsize(stream))
                 continue
             streams.append(_ctf.read_stream(
-                stream, pid, Event, progress and progress.reader(stream)))
+                stream, pid, Event, version, progress and progress.reader(stream)))
     return streams
 
 
@@ -122,9 +155,10 @@ class open_trace:
     def events(self, progress=None, fold=None):
         """The events in timestamp order.  `progress`, if given, has a
         `reader(file)` method returning a callback that each reader calls
-        with how many bytes of that file it has read.  `fold(pid, stream)`,
+        with how many bytes of that file it has read.  `fold(pid, stream, version)`,
         if given, decodes each built-in stream itself and returns the events
-        to merge (the report folds pushes and pops in C)."""
+        to merge (the report folds pushes and pops in C); `version` is the
+        stream's format version."""
         if self._closed:
             raise ValueError("trace is closed")
         sources = _builtin_streams(self.path, progress, fold)

@@ -2,7 +2,13 @@
  *
  * An open-addressing table keyed by PyMethodDef address: method definitions
  * are static or live as long as their type, so the address names one C
- * callable for the life of the process and needs no reference. */
+ * callable for the life of the process and needs no reference.
+ *
+ * Lookups take no lock: an entry's key is published last (release order),
+ * and a full table is replaced by a larger copy rather than changed in
+ * place; the old copies are kept (readers may still be in them; each is
+ * half the size of the next, so all of them take no more than the last).
+ * Insertions and re-descriptions take `lock`. */
 #include "c_functions.h"
 
 #include "functions.h"
@@ -10,14 +16,20 @@
 #include <stdlib.h>
 
 typedef struct {
-    const PyMethodDef *def;  /* NULL: empty slot */
+    const PyMethodDef *def;  /* NULL: empty slot; written last */
     uint32_t id;
     uint32_t epoch;          /* session its PythonFunction event was emitted in */
 } Entry;
 
-static Entry *table;
-static size_t capacity;      /* a power of two */
-static size_t count;
+typedef struct Table {
+    struct Table *older;     /* kept for readers still probing it */
+    size_t capacity;         /* a power of two */
+    size_t count;
+    Entry entries[];
+} Table;
+
+static Table *table;         /* atomic */
+static EtwLock lock = ETW_LOCK_INIT;
 
 static size_t
 slot_of(const PyMethodDef *def, size_t cap)
@@ -28,40 +40,43 @@ slot_of(const PyMethodDef *def, size_t cap)
     return (size_t)(h >> 7) & (cap - 1);
 }
 
+/* The entry of `def` in `t`, or the empty slot where it would go. */
 static Entry *
-find(const PyMethodDef *def)
+find(Table *t, const PyMethodDef *def)
 {
-    if (table == NULL) {
-        return NULL;
-    }
-    for (size_t i = slot_of(def, capacity);; i = (i + 1) & (capacity - 1)) {
-        if (table[i].def == def || table[i].def == NULL) {
-            return &table[i];
+    for (size_t i = slot_of(def, t->capacity);; i = (i + 1) & (t->capacity - 1)) {
+        const PyMethodDef *key = __atomic_load_n(&t->entries[i].def, __ATOMIC_ACQUIRE);
+        if (key == def || key == NULL) {
+            return &t->entries[i];
         }
     }
 }
 
-static int
-grow(void)
+/* Holding `lock`: a table with room for one more entry. */
+static Table *
+table_with_room(void)
 {
-    size_t new_cap = capacity ? capacity * 2 : 256;
-    Entry *fresh = calloc(new_cap, sizeof(Entry));
+    Table *old = table;
+    if (old != NULL && (old->count + 1) * 2 <= old->capacity) {
+        return old;
+    }
+    size_t cap = old != NULL ? old->capacity * 2 : 256;
+    Table *fresh = calloc(1, sizeof(Table) + cap * sizeof(Entry));
     if (fresh == NULL) {
-        return -1;
+        return NULL;
     }
-    for (size_t i = 0; i < capacity; i++) {
-        if (table[i].def != NULL) {
-            size_t j = slot_of(table[i].def, new_cap);
-            while (fresh[j].def != NULL) {
-                j = (j + 1) & (new_cap - 1);
+    fresh->capacity = cap;
+    fresh->older = old;
+    if (old != NULL) {
+        for (size_t i = 0; i < old->capacity; i++) {
+            if (old->entries[i].def != NULL) {
+                *find(fresh, old->entries[i].def) = old->entries[i];
             }
-            fresh[j] = table[i];
         }
+        fresh->count = old->count;
     }
-    free(table);
-    table = fresh;
-    capacity = new_cap;
-    return 0;
+    __atomic_store_n(&table, fresh, __ATOMIC_RELEASE);
+    return fresh;
 }
 
 /* SourceFile of a C callable: its module's name, or for a method the module
@@ -91,13 +106,23 @@ describe(PyCFunctionObject *fn, uint32_t id, EtwThread *t)
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
     PyObject *qualname = PyObject_GetAttrString((PyObject *)fn, "__qualname__");
     PyObject *module = module_name_of(fn);
-    const char *name = qualname && PyUnicode_Check(qualname) ? PyUnicode_AsUTF8(qualname) : NULL;
-    const char *file = module && PyUnicode_Check(module) ? PyUnicode_AsUTF8(module) : NULL;
+    Py_ssize_t name_len = 0, file_len = 0;
+    const char *name = qualname && PyUnicode_Check(qualname)
+        ? PyUnicode_AsUTF8AndSize(qualname, &name_len) : NULL;
+    const char *file = module && PyUnicode_Check(module)
+        ? PyUnicode_AsUTF8AndSize(module, &file_len) : NULL;
     if (name == NULL || file == NULL) {
         PyErr_Clear();
     }
-    etw_emit_function(t, id, 0, 0, 0, 0, file ? file : "builtins",
-                      name ? name : fn->m_ml->ml_name);
+    if (file == NULL) {
+        file = "builtins";
+        file_len = 8;
+    }
+    if (name == NULL) {
+        name = fn->m_ml->ml_name;
+        name_len = (Py_ssize_t)strlen(name);
+    }
+    etw_emit_function(t, id, 0, 0, 0, 0, file, (size_t)file_len, name, (size_t)name_len);
     Py_XDECREF(qualname);
     Py_XDECREF(module);
     PyErr_Restore(exc_type, exc_value, exc_tb);
@@ -110,28 +135,32 @@ etw_c_function_id(PyObject *callable, EtwThread *t)
         return 0;
     }
     PyCFunctionObject *fn = (PyCFunctionObject *)callable;
-    Entry *e = find(fn->m_ml);
-    if (e != NULL && e->def != NULL && e->epoch == etw_epoch) {
-        return e->id;
-    }
-    if (e == NULL || e->def == NULL) {
-        if ((count + 1) * 2 > capacity && grow() < 0) {
-            return 0;
+    uint32_t epoch = etw_current_epoch();
+    Table *current = __atomic_load_n(&table, __ATOMIC_ACQUIRE);
+    if (current != NULL) {
+        Entry *e = find(current, fn->m_ml);
+        if (__atomic_load_n(&e->def, __ATOMIC_ACQUIRE) != NULL &&
+            __atomic_load_n(&e->epoch, __ATOMIC_ACQUIRE) == epoch) {
+            return e->id;
         }
-        e = find(fn->m_ml);
-        e->def = fn->m_ml;
-        e->id = etw_function_next_id();
-        count++;
     }
-    e->epoch = etw_epoch;
-    describe(fn, e->id, t);
-    return e->id;
-}
-
-void
-etw_c_functions_clear(void)
-{
-    free(table);
-    table = NULL;
-    capacity = count = 0;
+    etw_lock(&lock);
+    uint32_t id = 0;
+    Table *tb = table_with_room();
+    if (tb != NULL) {
+        Entry *e = find(tb, fn->m_ml);
+        if (e->def == NULL) {
+            e->id = etw_function_next_id();
+            e->epoch = 0;
+            tb->count++;
+            __atomic_store_n(&e->def, fn->m_ml, __ATOMIC_RELEASE);
+        }
+        id = e->id;
+        if (__atomic_load_n(&e->epoch, __ATOMIC_RELAXED) != epoch) {
+            describe(fn, id, t);
+            __atomic_store_n(&e->epoch, epoch, __ATOMIC_RELEASE);
+        }
+    }
+    etw_unlock(&lock);
+    return id;
 }

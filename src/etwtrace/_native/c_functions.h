@@ -9,10 +9,8 @@
 
 /* The FunctionID of C callable `callable` in this session, emitting its
  * PythonFunction event the first time; 0 if it is not a builtin function or
- * memory is exhausted.  Holding the GIL. */
+ * memory is exhausted.  Attached to the interpreter (any thread in
+ * free-threaded builds: lookups take no lock). */
 uint32_t etw_c_function_id(PyObject *callable, EtwThread *t);
-
-/* Forgets every C callable (after the module is freed, at exit). */
-void etw_c_functions_clear(void);
 
 #endif

@@ -1,6 +1,7 @@
 /* Every CPython-version difference the native core depends on lives here.
  *
- * The rest of the core speaks only in the names defined below:
+ * The rest of the core speaks only in the names defined below; no other
+ * file tests PY_VERSION_HEX or Py_GIL_DISABLED.
  *   EtwFrame                     the frame type passed to a PEP 523 hook
  *   EtwEvalFunc                  the PEP 523 hook signature
  *   etw_frame_code(frame)        the code object a frame executes (borrowed)
@@ -9,6 +10,12 @@
  *   etw_get_eval_func / etw_set_eval_func
  *   etw_request_code_extra_index / etw_code_get_extra / etw_code_set_extra
  *   etw_default_eval             CPython's own frame evaluator
+ *   etw_code_qualname(co)        a code object's qualified name (borrowed)
+ *   etw_clear_profile_all_threads, etw_profile_func_in_use
+ *   ETW_HAVE_SYS_MONITORING      3.12+: C calls can be seen through sys.monitoring
+ *   ETW_FREE_THREADED            a build without the GIL (3.13t+)
+ *   EtwLock, etw_lock, etw_unlock  a lock for state the GIL guards elsewhere
+ *   ETW_MOD_GIL_SLOT             the module slot declaring it needs no GIL
  */
 #ifndef ETWTRACE_COMPAT_H
 #define ETWTRACE_COMPAT_H
@@ -16,8 +23,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#if PY_VERSION_HEX < 0x03090000
-#  error "etwtrace needs CPython 3.9 or later"
+#if PY_VERSION_HEX < 0x03090000 || PY_VERSION_HEX >= 0x03100000
+#  error "etwtrace supports CPython 3.9 to 3.15"
 #endif
 
 #if PY_VERSION_HEX >= 0x030B0000
@@ -29,6 +36,10 @@
 #  endif
 #  include "internal/pycore_frame.h"
 #  include "internal/pycore_code.h"
+#  if PY_VERSION_HEX >= 0x030E0000
+/* 3.14 moved the frame's layout and its inline helpers here. */
+#    include "internal/pycore_interpframe.h"
+#  endif
 #  ifdef ETWTRACE_DEFINED_BUILD_CORE
 #    undef Py_BUILD_CORE
 #    undef ETWTRACE_DEFINED_BUILD_CORE
@@ -54,10 +65,8 @@ typedef PyObject *(*EtwEvalFunc)(PyThreadState *, EtwFrame *, int);
 static inline PyCodeObject *
 etw_frame_code(EtwFrame *frame)
 {
-#if PY_VERSION_HEX >= 0x030E0000
-    return (PyCodeObject *)PyStackRef_AsPyObjectBorrow(frame->f_executable);
-#elif PY_VERSION_HEX >= 0x030D0000
-    return (PyCodeObject *)frame->f_executable;
+#if PY_VERSION_HEX >= 0x030D0000
+    return _PyFrame_GetCode(frame);
 #else
     return frame->f_code;
 #endif
@@ -116,23 +125,24 @@ etw_default_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
     return _PyEval_EvalFrameDefault(ts, frame, throwflag);
 }
 
-/* Removes profile function `func` from every thread of `interp` that has it
- * (holding the GIL). */
+#if PY_VERSION_HEX >= 0x030C0000
+/* Exported by every 3.12+ build, declared only in the internal
+ * pycore_ceval.h. */
+PyAPI_FUNC(int) _PyEval_SetProfile(PyThreadState *tstate, Py_tracefunc func, PyObject *arg);
+#endif
+
+/* Removes profile function `func` from every thread of `interp` that has it;
+ * other tools keep theirs (PyEval_SetProfileAllThreads(NULL) would clear
+ * every one).  Holding the GIL. */
 static inline void
 etw_clear_profile_all_threads(PyInterpreterState *interp, Py_tracefunc func)
 {
-#if PY_VERSION_HEX >= 0x030C0000
-    (void)interp;
-    (void)func;
-    PyEval_SetProfileAllThreads(NULL, NULL);
-#else
     for (PyThreadState *ts = PyInterpreterState_ThreadHead(interp); ts != NULL;
          ts = PyThreadState_Next(ts)) {
         if (ts->c_profilefunc == func) {
             _PyEval_SetProfile(ts, NULL, NULL);
         }
     }
-#endif
 }
 
 #if PY_VERSION_HEX >= 0x030C0000
@@ -173,6 +183,57 @@ etw_code_get_extra(PyCodeObject *co, Py_ssize_t index)
     return result;
 #endif
 }
+
+static inline PyObject *
+etw_code_qualname(PyCodeObject *co)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return co->co_qualname;
+#else
+    return co->co_name;
+#endif
+}
+
+/* Whether thread state `ts` has a profile function other than `ours` (an
+ * active cProfile, say), which C-call tracing must not replace. */
+static inline int
+etw_profile_func_in_use(PyThreadState *ts, Py_tracefunc ours)
+{
+    return ts->c_profilefunc != NULL && ts->c_profilefunc != ours;
+}
+
+#if PY_VERSION_HEX >= 0x030C0000
+#  define ETW_HAVE_SYS_MONITORING 1
+#endif
+
+/* Free-threaded builds: state that the GIL would guard takes a lock, and
+ * the module says it runs without the GIL. */
+#ifdef Py_GIL_DISABLED
+#  define ETW_FREE_THREADED 1
+typedef PyMutex EtwLock;
+#  define ETW_LOCK_INIT {0}
+static inline void etw_lock(EtwLock *lock) { PyMutex_Lock(lock); }
+static inline void etw_unlock(EtwLock *lock) { PyMutex_Unlock(lock); }
+#  define ETW_MOD_GIL_SLOT {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#else
+typedef int EtwLock;
+#  define ETW_LOCK_INIT 0
+static inline void etw_lock(EtwLock *lock) { (void)lock; }
+static inline void etw_unlock(EtwLock *lock) { (void)lock; }
+#  define ETW_MOD_GIL_SLOT
+#endif
+
+/* Sub-interpreters: the tracer is process-wide state, so only the main
+ * interpreter imports it; the decoder has no state and goes anywhere. */
+#if PY_VERSION_HEX >= 0x030C0000
+#  define ETW_MOD_INTERPRETERS_NOT_SUPPORTED_SLOT \
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#  define ETW_MOD_PER_INTERPRETER_GIL_SLOT \
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#else
+#  define ETW_MOD_INTERPRETERS_NOT_SUPPORTED_SLOT
+#  define ETW_MOD_PER_INTERPRETER_GIL_SLOT
+#endif
 
 /* The line of every code unit of `co` (0 where none), in a new array of
  * *n_units entries the caller frees.  NULL with *n_units 0 when the code

@@ -17,8 +17,8 @@
  * decodes, ends as truncated, or raises ValueError.  Pops are matched as
  * etwtrace._callstacks.CallStacks matches them.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "compat.h"
+#include "trace_format.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,18 +28,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#define CTF_MAGIC 0xC1FC1FC1u
-#define PACKET_HEAD_SIZE 52
-#define COMPACT_TS_BITS 27
-#define COMPACT_TS_MASK ((UINT64_C(1) << COMPACT_TS_BITS) - 1)
-#define EXTENDED_ID 31
-#define EXTENDED_HEAD_SIZE 13
-
-enum {
-    EV_THREAD_START = 0, EV_THREAD_STOP = 1, EV_FUNCTION = 2,
-    EV_MARK = 3, EV_MARK_START = 4, EV_MARK_STOP = 5, EV_STACK_SAMPLE = 6,
-    EV_PUSH = 7, EV_POP = 8, EV_PUSH_COMPACT = 9, EV_POP_COMPACT = 10,
-};
+#define COMPACT_TS_MASK ((uint64_t)ETW_COMPACT_TS_MASK)
 
 /* ---- little-endian reads (the recorder writes x86-64 byte order) ---- */
 
@@ -60,7 +49,12 @@ typedef struct {
     uint64_t clock;
     uint32_t tid;
     int have_tid;
+    size_t head_size;       /* packet header + context: by format version */
+    int unfinished;         /* ended at never-begun (all-zero) packets */
+    uint64_t discarded;     /* events_discarded of the last packet read */
     int mapped;             /* data is a file mapping: drop pages once read */
+    const unsigned char *tail;  /* packets read after `data` (from a ring) */
+    size_t tail_size;
     size_t released;        /* bytes before this are dropped */
     char error[160];        /* set on corruption */
 } Cursor;
@@ -91,35 +85,57 @@ typedef struct {
     size_t payload_size;            /* bytes up to the packet's end */
 } RawEvent;
 
-/* Opens the next packet; 0 at the end of the stream, -1 on corruption. */
+/* Opens the next packet; 0 at the end of the stream, -1 on corruption.
+ * A stream whose process died before closing it may end with never-begun
+ * packets, all zero (see recorder.c): the stream ends at the first. */
 static int
 next_packet(Cursor *c)
 {
+    if (c->packet >= c->size && c->tail != NULL && !c->truncated && !c->unfinished) {
+        /* The stream file is done: the packets still in its ring follow. */
+        c->data = c->tail;
+        c->size = c->tail_size;
+        c->packet = 0;
+        c->mapped = 0;
+        c->tail = NULL;
+    }
     if (c->packet >= c->size) {
         return 0;
     }
     size_t left = c->size - c->packet;
-    if (left < PACKET_HEAD_SIZE) {
-        c->truncated = 1;
+    if (left < c->head_size) {
+        if (rd32(c->data + c->packet) == 0 && left >= 4) {
+            c->unfinished = 1;
+        }
+        else {
+            c->truncated = 1;
+        }
         return 0;
     }
     release_behind(c, c->packet);
     const unsigned char *h = c->data + c->packet;
     uint64_t content_bits = rd64(h + 24), packet_bits = rd64(h + 32);
-    if (rd32(h) != CTF_MAGIC) {
+    if (rd32(h) == 0 && content_bits == 0 && packet_bits == 0) {
+        c->unfinished = 1;
+        return 0;
+    }
+    if (rd32(h) != ETW_CTF_MAGIC) {
         snprintf(c->error, sizeof c->error, "bad packet magic at byte %zu", c->packet);
         return -1;
     }
-    if (content_bits % 8 || packet_bits < content_bits || content_bits < PACKET_HEAD_SIZE * 8) {
+    if (content_bits % 8 || packet_bits < content_bits || content_bits < c->head_size * 8) {
         snprintf(c->error, sizeof c->error, "bad packet size at byte %zu", c->packet);
         return -1;
     }
     if (!c->have_tid) {
-        c->tid = rd32(h + 48);
+        c->tid = rd32(h + c->head_size - 4);
         c->have_tid = 1;
     }
+    if (c->head_size >= ETW_PACKET_HEAD_V2) {
+        c->discarded = rd64(h + offsetof(EtwPacketHead, events_discarded));
+    }
     c->clock = rd64(h + 8);
-    c->pos = c->packet + PACKET_HEAD_SIZE;
+    c->pos = c->packet + c->head_size;
     if (content_bits / 8 > left) {
         c->end = c->size;
         c->truncated = 1;
@@ -158,8 +174,8 @@ next_event(Cursor *c, RawEvent *ev)
         goto short_header;
     }
     uint32_t word = rd32(p);
-    if ((word & 0x1F) == EXTENDED_ID) {
-        if (left < EXTENDED_HEAD_SIZE) {
+    if ((word & 0x1F) == ETW_EXTENDED_ID) {
+        if (left < ETW_EXTENDED_HEAD_SIZE) {
             goto short_header;
         }
         uint32_t id = rd32(p + 1);
@@ -169,12 +185,12 @@ next_event(Cursor *c, RawEvent *ev)
         }
         ev->id = (int)id;
         c->clock = rd64(p + 5);
-        c->pos += EXTENDED_HEAD_SIZE;
+        c->pos += ETW_EXTENDED_HEAD_SIZE;
     }
     else {
         uint64_t ts = (c->clock & ~COMPACT_TS_MASK) | (word >> 5);
         if (ts < c->clock) {
-            ts += UINT64_C(1) << COMPACT_TS_BITS;
+            ts += UINT64_C(1) << ETW_COMPACT_TS_BITS;
         }
         c->clock = ts;
         ev->id = (int)(word & 0x1F);
@@ -213,12 +229,12 @@ cstr_len(const unsigned char *p, size_t n)
     return nul == NULL ? -1 : (Py_ssize_t)(nul - p);
 }
 
-/* Text fields as str; bytes that are not UTF-8 are replaced, as the Python
- * reader does. */
+/* Text fields as str; bytes that are not UTF-8 (an undecodable file name)
+ * come back as surrogates (surrogateescape), so they are not lost. */
 static PyObject *
 text(const unsigned char *p, Py_ssize_t len)
 {
-    return PyUnicode_DecodeUTF8((const char *)p, len, "replace");
+    return PyUnicode_DecodeUTF8((const char *)p, len, "surrogateescape");
 }
 
 /* ---- the call tree ---- */
@@ -482,79 +498,13 @@ unmap_file(FileData *file)
     }
 }
 
-/* Decodes the payload of a non-push/pop event into a Python tuple; sets
- * *stop to 0 (end of a truncated stream) or -1 (corruption) when it cannot. */
+/* Decodes the payload of a non-push/pop event into a tuple of its fields'
+ * values in declaration order (trace_format.h); sets *stop to 0 (end of a
+ * truncated stream) or -1 (corruption) when it cannot. */
 static PyObject *
 decode_other(Cursor *c, RawEvent *ev, size_t *used, int *stop)
 {
-    const unsigned char *p = ev->payload;
-    size_t n = ev->payload_size;
-    switch (ev->id) {
-    case EV_THREAD_START:
-    case EV_THREAD_STOP:
-        if (n < 4) {
-            break;
-        }
-        *used = 4;
-        return Py_BuildValue("(I)", rd32(p));
-    case EV_FUNCTION: {
-        if (n < 25) {
-            break;
-        }
-        Py_ssize_t source = cstr_len(p + 25, n - 25);
-        if (source < 0) {
-            break;
-        }
-        size_t at = 25 + (size_t)source + 1;
-        Py_ssize_t name = cstr_len(p + at, n - at);
-        if (name < 0) {
-            break;
-        }
-        *used = at + (size_t)name + 1;
-        return Py_BuildValue("(IKKIBNN)", rd32(p), (unsigned long long)rd64(p + 4),
-                             (unsigned long long)rd64(p + 12), rd32(p + 20), p[24],
-                             text(p + 25, source), text(p + at, name));
-    }
-    case EV_MARK:
-    case EV_MARK_START:
-    case EV_MARK_STOP: {
-        Py_ssize_t len = cstr_len(p, n);
-        if (len < 0) {
-            break;
-        }
-        *used = (size_t)len + 1;
-        return Py_BuildValue("(N)", text(p, len));
-    }
-    case EV_STACK_SAMPLE: {
-        Py_ssize_t len = cstr_len(p, n);
-        if (len < 0) {
-            break;
-        }
-        size_t at = (size_t)len + 1;
-        if (n - at < 4) {
-            break;
-        }
-        uint32_t depth = rd32(p + at);
-        at += 4;
-        if ((n - at) / 8 < depth) {
-            break;
-        }
-        PyObject *stack = PyTuple_New(depth);
-        if (stack == NULL) {
-            return NULL;
-        }
-        for (uint32_t i = 0; i < depth; i++) {
-            PyObject *ip = PyLong_FromUnsignedLongLong(rd64(p + at + 8 * (size_t)i));
-            if (ip == NULL) {
-                Py_DECREF(stack);
-                return NULL;
-            }
-            PyTuple_SET_ITEM(stack, i, ip);
-        }
-        *used = at + 8 * (size_t)depth;
-        return Py_BuildValue("(NN)", text(p, len), stack);
-    }
-    default:
+    if (ev->id < 0 || (size_t)ev->id >= ETW_N_EVENTS) {
         if (!c->truncated) {
             snprintf(c->error, sizeof c->error, "unknown event id %d at byte %zu", ev->id, c->pos);
             *stop = -1;
@@ -563,6 +513,65 @@ decode_other(Cursor *c, RawEvent *ev, size_t *used, int *stop)
         *stop = 0;
         return NULL;
     }
+    const EtwEventDecl *e = &etw_event_decls[ev->id];
+    const unsigned char *p = ev->payload;
+    size_t n = ev->payload_size, at = 0;
+    PyObject *values = PyTuple_New(e->n_fields);
+    if (values == NULL) {
+        return NULL;
+    }
+    for (uint32_t f = 0; f < e->n_fields; f++) {
+        PyObject *value = NULL;
+        EtwFieldType type = e->fields[f].type;
+        if (type == ETW_T_STRING) {
+            Py_ssize_t len = cstr_len(p + at, n - at);
+            if (len < 0) {
+                goto short_payload;
+            }
+            value = text(p + at, len);
+            at += (size_t)len + 1;
+        }
+        else if (type == ETW_T_ADDRESSES) {
+            if (n - at < 4) {
+                goto short_payload;
+            }
+            uint32_t depth = rd32(p + at);
+            at += 4;
+            if ((n - at) / 8 < depth) {
+                goto short_payload;
+            }
+            value = PyTuple_New(depth);
+            for (uint32_t i = 0; value != NULL && i < depth; i++) {
+                PyObject *ip = PyLong_FromUnsignedLongLong(rd64(p + at + 8 * (size_t)i));
+                if (ip == NULL) {
+                    Py_CLEAR(value);
+                    break;
+                }
+                PyTuple_SET_ITEM(value, i, ip);
+            }
+            at += 8 * (size_t)depth;
+        }
+        else {
+            size_t size = etw_field_fixed_size(type);
+            if (n - at < size) {
+                goto short_payload;
+            }
+            uint64_t v = 0;
+            memcpy(&v, p + at, size);
+            value = PyLong_FromUnsignedLongLong(v);
+            at += size;
+        }
+        if (value == NULL) {
+            Py_DECREF(values);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(values, f, value);
+    }
+    *used = at;
+    return values;
+
+short_payload:
+    Py_DECREF(values);
     *stop = bad_payload(c, "short event payload");
     return NULL;
 }
@@ -573,35 +582,35 @@ push_pop(RawEvent *ev, uint32_t *fid, size_t *used)
 {
     size_t n = ev->payload_size;
     switch (ev->id) {
-    case EV_PUSH:
-        if (n < 12) return 0;
+    case ETW_EV_PUSH:
+        *used = ETW_FIXED_PAYLOAD(ETW_FIELDS_PUSH);
+        if (n < *used) return 0;
         *fid = rd32(ev->payload);
-        *used = 12;
         return 1;
-    case EV_POP:
-        if (n < 4) return 0;
+    case ETW_EV_POP:
+        *used = ETW_FIXED_PAYLOAD(ETW_FIELDS_POP);
+        if (n < *used) return 0;
         *fid = rd32(ev->payload);
-        *used = 4;
         return 1;
-    case EV_PUSH_COMPACT:
-        if (n < 4) return 0;
+    case ETW_EV_PUSH_COMPACT:
+        *used = ETW_FIXED_PAYLOAD(ETW_FIELDS_PUSH_COMPACT);
+        if (n < *used) return 0;
         *fid = rd16(ev->payload);
-        *used = 4;
         return 1;
-    case EV_POP_COMPACT:
-        if (n < 2) return 0;
+    case ETW_EV_POP_COMPACT:
+        *used = ETW_FIXED_PAYLOAD(ETW_FIELDS_POP_COMPACT);
+        if (n < *used) return 0;
         *fid = rd16(ev->payload);
-        *used = 2;
         return 1;
     }
     return 0;
 }
 
 static int
-is_push(int id) { return id == EV_PUSH || id == EV_PUSH_COMPACT; }
+is_push(int id) { return id == ETW_EV_PUSH || id == ETW_EV_PUSH_COMPACT; }
 
 static int
-is_pop(int id) { return id == EV_POP || id == EV_POP_COMPACT; }
+is_pop(int id) { return id == ETW_EV_POP || id == ETW_EV_POP_COMPACT; }
 
 static PyObject *
 corrupt(PyObject *path, Cursor *c)
@@ -644,8 +653,16 @@ step(Cursor *c, Tree *tree, RawEvent *ev, PyObject **other)
 }
 
 /* fold() over bytes in memory; `path` names them in errors. */
+/* Size of the packet header and context of traces of format `version`. */
+static size_t
+head_size_of(int version)
+{
+    return version >= 2 ? ETW_PACKET_HEAD_V2 : ETW_PACKET_HEAD_V1;
+}
+
 static PyObject *
-fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, int mapped)
+fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, int mapped,
+          int version, const unsigned char *tail, size_t tail_size)
 {
     Tree tree;
     memset(&tree, 0, sizeof tree);
@@ -654,6 +671,9 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
     c.data = data;
     c.size = size;
     c.mapped = mapped;
+    c.head_size = head_size_of(version);
+    c.tail = tail;
+    c.tail_size = tail_size;
     PyObject *events = PyList_New(0), *result = NULL;
     tree.timeline = timeline;
     if (events == NULL) {
@@ -718,13 +738,15 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
         }
     }
     result = Py_BuildValue(
-        "{s:I,s:N,s:O,s:N,s:K,s:K,s:K,s:O,s:K}",
+        "{s:I,s:N,s:O,s:N,s:K,s:K,s:K,s:O,s:O,s:K,s:K}",
         "tid", c.tid, "nodes", nodes, "events", events,
         "timeline", records,
         "calls", (unsigned long long)tree.calls,
         "unmatched_pops", (unsigned long long)tree.unmatched,
         "mismatched_pops", (unsigned long long)tree.mismatched,
         "truncated", c.truncated ? Py_True : Py_False,
+        "unfinished", c.unfinished ? Py_True : Py_False,
+        "discarded", (unsigned long long)c.discarded,
         "last", (unsigned long long)last);
 done:
     Py_XDECREF(events);
@@ -736,17 +758,24 @@ static PyObject *
 fold(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
-    static char *keywords[] = {"path", "timeline", NULL};
+    static char *keywords[] = {"path", "timeline", "version", "length", "tail", NULL};
     PyObject *path;
-    int timeline = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:fold", keywords, &path, &timeline)) {
+    int timeline = 0, version = ETW_FORMAT_VERSION;
+    Py_ssize_t length = -1;
+    Py_buffer tail = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pinz*:fold", keywords, &path, &timeline,
+                                     &version, &length, &tail)) {
         return NULL;
     }
     FileData file;
     if (map_file(path, &file) < 0) {
+        PyBuffer_Release(&tail);
         return NULL;
     }
-    PyObject *result = fold_data(path, file.data, file.size, timeline, 1);
+    size_t size = length >= 0 && (size_t)length < file.size ? (size_t)length : file.size;
+    PyObject *result = fold_data(path, file.data, size, timeline, 1, version, tail.buf,
+                                 tail.buf != NULL ? (size_t)tail.len : 0);
+    PyBuffer_Release(&tail);
     unmap_file(&file);
     return result;
 }
@@ -771,7 +800,8 @@ fid_tuple(Tree *t)
 
 /* stacks_at() over bytes in memory; `seq` is a PySequence_Fast. */
 static PyObject *
-stacks_data(const unsigned char *data, size_t size, PyObject *seq, int mapped)
+stacks_data(const unsigned char *data, size_t size, PyObject *seq, int mapped, int version,
+            const unsigned char *tail, size_t tail_size)
 {
     Tree tree;
     memset(&tree, 0, sizeof tree);
@@ -780,6 +810,9 @@ stacks_data(const unsigned char *data, size_t size, PyObject *seq, int mapped)
     c.data = data;
     c.size = size;
     c.mapped = mapped;
+    c.head_size = head_size_of(version);
+    c.tail = tail;
+    c.tail_size = tail_size;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), next = 0;
     PyObject *out = PyList_New(count), *result = NULL;
     if (out == NULL) {
@@ -828,40 +861,205 @@ done:
 }
 
 static PyObject *
-stacks_at(PyObject *module, PyObject *args)
+stacks_at(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
+    static char *keywords[] = {"path", "timestamps", "version", "length", "tail", NULL};
     PyObject *path, *times;
-    if (!PyArg_ParseTuple(args, "OO:stacks_at", &path, &times)) {
+    int version = ETW_FORMAT_VERSION;
+    Py_ssize_t length = -1;
+    Py_buffer tail = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|inz*:stacks_at", keywords, &path, &times,
+                                     &version, &length, &tail)) {
         return NULL;
     }
     PyObject *seq = PySequence_Fast(times, "timestamps must be a sequence");
-    if (seq == NULL) {
-        return NULL;
-    }
     FileData file;
-    if (map_file(path, &file) < 0) {
-        Py_DECREF(seq);
+    if (seq == NULL || map_file(path, &file) < 0) {
+        Py_XDECREF(seq);
+        PyBuffer_Release(&tail);
         return NULL;
     }
-    PyObject *result = stacks_data(file.data, file.size, seq, 1);
+    size_t size = length >= 0 && (size_t)length < file.size ? (size_t)length : file.size;
+    PyObject *result = stacks_data(file.data, size, seq, 1, version, tail.buf,
+                                   tail.buf != NULL ? (size_t)tail.len : 0);
     unmap_file(&file);
     Py_DECREF(seq);
+    PyBuffer_Release(&tail);
     return result;
+}
+
+/* Bytes of event `id`'s payload at p (n bytes available), or -1 when it
+ * does not fit (an unknown id, or cut short). */
+static Py_ssize_t
+payload_size(int id, const unsigned char *p, size_t n)
+{
+    if (id < 0 || (size_t)id >= ETW_N_EVENTS) {
+        return -1;
+    }
+    const EtwEventDecl *e = &etw_event_decls[id];
+    size_t at = 0;
+    for (uint32_t f = 0; f < e->n_fields; f++) {
+        EtwFieldType type = e->fields[f].type;
+        if (type == ETW_T_STRING) {
+            Py_ssize_t len = cstr_len(p + at, n - at);
+            if (len < 0) {
+                return -1;
+            }
+            at += (size_t)len + 1;
+        }
+        else if (type == ETW_T_ADDRESSES) {
+            if (n - at < 4) {
+                return -1;
+            }
+            uint32_t depth = rd32(p + at);
+            at += 4;
+            if ((n - at) / 8 < depth) {
+                return -1;
+            }
+            at += 8 * (size_t)depth;
+        }
+        else {
+            size_t size = etw_field_fixed_size(type);
+            if (n - at < size) {
+                return -1;
+            }
+            at += size;
+        }
+    }
+    return (Py_ssize_t)at;
+}
+
+/* scan_packet(packet, version) -> (content bytes, last timestamp): how much
+ * of a packet its writer finished, for one left unfinished by a death (its
+ * header's content_size not updated): the events up to the first zero word
+ * (trace_format.h), never past the packet. */
+static PyObject *
+scan_packet(PyObject *module, PyObject *args)
+{
+    (void)module;
+    Py_buffer buf;
+    int version = ETW_FORMAT_VERSION;
+    if (!PyArg_ParseTuple(args, "y*|i:scan_packet", &buf, &version)) {
+        return NULL;
+    }
+    const unsigned char *data = buf.buf;
+    size_t size = (size_t)buf.len, head = head_size_of(version);
+    if (size < head || rd32(data) != ETW_CTF_MAGIC) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "not a packet");
+        return NULL;
+    }
+    uint64_t packet_bits = rd64(data + 32);
+    if (packet_bits / 8 < size) {
+        size = (size_t)(packet_bits / 8);
+    }
+    uint64_t clock = rd64(data + 8);
+    size_t pos = head;
+    while (pos + 4 <= size) {
+        uint32_t word = rd32(data + pos);
+        if (word == 0) {
+            break;
+        }
+        int id;
+        uint64_t ts;
+        size_t at;
+        if ((word & 0x1F) == ETW_EXTENDED_ID) {
+            if (pos + ETW_EXTENDED_HEAD_SIZE > size) {
+                break;
+            }
+            id = (int)rd32(data + pos + 1);
+            ts = rd64(data + pos + 5);
+            at = pos + ETW_EXTENDED_HEAD_SIZE;
+        }
+        else {
+            id = (int)(word & 0x1F);
+            ts = (clock & ~COMPACT_TS_MASK) | (word >> 5);
+            if (ts < clock) {
+                ts += UINT64_C(1) << ETW_COMPACT_TS_BITS;
+            }
+            at = pos + ETW_COMPACT_HEAD_SIZE;
+        }
+        Py_ssize_t n = payload_size(id, data + at, size - at);
+        if (n < 0) {
+            break;
+        }
+        clock = ts;
+        pos = at + (size_t)n;
+    }
+    PyBuffer_Release(&buf);
+    return Py_BuildValue("(nK)", (Py_ssize_t)pos, (unsigned long long)clock);
+}
+
+/* The event table of trace_format.h, for the Python side: a tuple of
+ * (id, ctf_name, name, opcode, ((field, type), ...)). */
+static PyObject *
+event_table(void)
+{
+    static const char *type_names[] = {
+#define ETW_TYPE_NAME(name, ctf, size) #name,
+        ETW_FIELD_TYPES(ETW_TYPE_NAME)
+#undef ETW_TYPE_NAME
+    };
+    PyObject *table = PyTuple_New((Py_ssize_t)ETW_N_EVENTS);
+    for (size_t i = 0; table != NULL && i < ETW_N_EVENTS; i++) {
+        const EtwEventDecl *e = &etw_event_decls[i];
+        PyObject *fields = PyTuple_New(e->n_fields);
+        for (uint32_t f = 0; fields != NULL && f < e->n_fields; f++) {
+            PyObject *field = Py_BuildValue("(ss)", e->fields[f].name,
+                                            type_names[e->fields[f].type]);
+            if (field == NULL) {
+                Py_CLEAR(fields);
+                break;
+            }
+            PyTuple_SET_ITEM(fields, f, field);
+        }
+        PyObject *item = fields == NULL ? NULL
+            : Py_BuildValue("(IsszN)", e->id, e->ctf_name, e->name, e->opcode, fields);
+        if (item == NULL) {
+            Py_CLEAR(table);
+            break;
+        }
+        PyTuple_SET_ITEM(table, (Py_ssize_t)i, item);
+    }
+    return table;
 }
 
 static PyMethodDef methods[] = {
     {"fold", (PyCFunction)(void (*)(void))fold, METH_VARARGS | METH_KEYWORDS,
-     "fold(path, timeline=False) -> dict: a stream's call tree and its other events."},
-    {"stacks_at", stacks_at, METH_VARARGS,
-     "stacks_at(path, timestamps) -> list of FunctionID tuples open at each time."},
+     "fold(path, timeline=False, version=FORMAT_VERSION, length=-1, tail=None) -> dict: a\n"
+     "stream's call tree and its other events; the first `length` bytes of the file (all\n"
+     "when negative), then the packets in `tail` (those still in its ring)."},
+    {"scan_packet", scan_packet, METH_VARARGS,
+     "scan_packet(packet, version=FORMAT_VERSION) -> (content bytes, last timestamp) of a\n"
+     "packet left unfinished."},
+    {"stacks_at", (PyCFunction)(void (*)(void))stacks_at, METH_VARARGS | METH_KEYWORDS,
+     "stacks_at(path, timestamps, version=FORMAT_VERSION, length=-1, tail=None) -> list of\n"
+     "FunctionID tuples open at each time."},
     {NULL, NULL, 0, NULL},
 };
 
+static int
+module_exec(PyObject *module)
+{
+    PyObject *table = event_table();
+    if (table == NULL || PyModule_AddObject(module, "EVENTS", table) < 0) {
+        Py_XDECREF(table);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "FORMAT_VERSION", ETW_FORMAT_VERSION) < 0 ||
+        PyModule_AddIntConstant(module, "PACKET_HEAD_V1", ETW_PACKET_HEAD_V1) < 0 ||
+        PyModule_AddIntConstant(module, "PACKET_HEAD_V2", ETW_PACKET_HEAD_V2) < 0 ||
+        PyModule_AddIntConstant(module, "PACKET_BYTES", ETW_PACKET_BYTES) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
 static struct PyModuleDef_Slot slots[] = {
-#if PY_VERSION_HEX >= 0x030C0000
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
+    {Py_mod_exec, module_exec},
+    ETW_MOD_PER_INTERPRETER_GIL_SLOT
+    ETW_MOD_GIL_SLOT
     {0, NULL},
 };
 

@@ -5,14 +5,13 @@
 #include "clock.h"
 
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-
-/* Strings longer than this are cut: an event must fit one packet. */
+/* Strings longer than this are cut, and stacks deeper: an event must fit
+ * one packet. */
 #define MAX_STRING 4095
 #define MAX_STACK 512
 
@@ -20,9 +19,9 @@ uint32_t etw_epoch;
 void (*etw_thread_started_hook)(EtwThread *);
 __thread EtwThread *etw_tls_thread __attribute__((tls_model("initial-exec")));
 
-static int tracing;
-/* Guards the registry below, and a thread's stream whenever it is written
- * by anyone but its own thread holding the GIL (thread exit, disable). */
+static int tracing;   /* atomic */
+/* Guards the registry of threads, and a thread's stream whenever it is
+ * written by anyone but its own thread (thread exit, disable). */
 static pthread_mutex_t threads_lock = PTHREAD_MUTEX_INITIALIZER;
 static EtwThread *threads;
 static pthread_key_t thread_key;
@@ -38,213 +37,114 @@ etw_events_usdt_available(void)
 #endif
 }
 
-static void
-emit_thread(EtwThread *t, uint32_t id)
+static int
+is_tracing(void)
 {
-    if (id == ETW_EV_THREAD_START) {
-        ETW_PROBE1(thread_start, t->tid);
-    } else {
-        ETW_PROBE1(thread_stop, t->tid);
-    }
-    if (t->stream != NULL) {
-        uint8_t *p = etw_stream_reserve(t->stream, id, 4);
-        if (p != NULL) {
-            memcpy(p, &t->tid, 4);
-        }
-    }
+    return __atomic_load_n(&tracing, __ATOMIC_ACQUIRE);
 }
 
-/* pthread key destructor: the thread is ending. */
-static void
-thread_ended(void *arg)
-{
-    EtwThread *t = arg;
-    if (t == NULL) {
-        return;
-    }
-    pthread_mutex_lock(&threads_lock);
-    if (tracing && t->epoch == etw_epoch) {
-        emit_thread(t, ETW_EV_THREAD_STOP);
-    }
-    etw_stream_close(t->stream);
-    if (t->prev != NULL) {
-        t->prev->next = t->next;
-    } else if (threads == t) {
-        threads = t->next;
-    }
-    if (t->next != NULL) {
-        t->next->prev = t->prev;
-    }
-    pthread_mutex_unlock(&threads_lock);
-    etw_tls_thread = NULL;
-    free(t);
-}
+/* ---- serializing events (layouts from trace_format.h) ---- */
 
-static void
-make_thread_key(void)
+static size_t
+string_length(const EtwValue *v)
 {
-    pthread_key_create(&thread_key, thread_ended);
-}
-
-EtwThread *
-etw_thread_slow(void)
-{
-    EtwThread *t = etw_tls_thread;
-    if (t == NULL) {
-        pthread_once(&thread_key_once, make_thread_key);
-        t = calloc(1, sizeof(EtwThread));
-        if (t == NULL) {
-            /* Out of memory: a static stand-in keeps callers simple; it
-             * records nothing. */
-            static EtwThread fallback;
-            fallback.epoch = etw_epoch;
-            return &fallback;
-        }
-        t->tid = (uint32_t)syscall(SYS_gettid);
-        etw_tls_thread = t;
-        pthread_setspecific(thread_key, t);
-        pthread_mutex_lock(&threads_lock);
-        t->next = threads;
-        if (threads != NULL) {
-            threads->prev = t;
-        }
-        threads = t;
-        pthread_mutex_unlock(&threads_lock);
+    if (v->str.s == NULL) {
+        return 0;
     }
-    if (t->stream != NULL) {
-        /* A stream from an earlier session: write it out and start anew. */
-        etw_stream_close(t->stream);
-        t->stream = NULL;
-    }
-    t->epoch = etw_epoch;
-    t->current = 0;
-    t->c_depth = 0;
-    if (tracing && etw_recorder_active()) {
-        t->stream = etw_stream_open(t->tid);
-    }
-    if (tracing) {
-        emit_thread(t, ETW_EV_THREAD_START);
-        if (etw_thread_started_hook != NULL) {
-            etw_thread_started_hook(t);
-        }
-    }
-    return t;
-}
-
-/* Fatal signals write out what the recorder holds, then let the previous
- * handler (faulthandler, a debugger's, or the default) act as before. */
-static const int fatal_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
-#define N_FATAL (sizeof(fatal_signals) / sizeof(fatal_signals[0]))
-static struct sigaction previous_actions[N_FATAL];
-
-static void
-on_fatal_signal(int sig)
-{
-    etw_recorder_flush_on_crash();
-    for (size_t i = 0; i < N_FATAL; i++) {
-        if (fatal_signals[i] == sig) {
-            sigaction(sig, &previous_actions[i], NULL);
-            break;
-        }
-    }
-    raise(sig); /* delivered to the previous handler when this one returns */
-}
-
-static void
-install_fatal_handlers(void)
-{
-    static int installed;
-    if (installed) {
-        return;
-    }
-    installed = 1;
-    for (size_t i = 0; i < N_FATAL; i++) {
-        struct sigaction action;
-        memset(&action, 0, sizeof(action));
-        action.sa_handler = on_fatal_signal;
-        sigemptyset(&action.sa_mask);
-        action.sa_flags = SA_ONSTACK;
-        sigaction(fatal_signals[i], &action, &previous_actions[i]);
-    }
-}
-
-int
-etw_events_enable(const char *capture_dir, int call_times, char *error, size_t error_size)
-{
-    etw_clock_init();
-    if (capture_dir != NULL && capture_dir[0] != '\0') {
-        if (etw_recorder_start(capture_dir, call_times, error, error_size) != 0) {
-            return -1;
-        }
-        install_fatal_handlers();
-    }
-    tracing = 1;
-    etw_epoch++;
-    return 0;
+    size_t len = v->str.len == (size_t)-1 ? strnlen(v->str.s, MAX_STRING) : v->str.len;
+    return len > MAX_STRING ? MAX_STRING : len;
 }
 
 void
-etw_events_disable(void)
+etw_emit_event(EtwThread *t, uint32_t id, const EtwValue *values)
 {
-    if (!tracing) {
+    EtwStream *s = t->stream;
+    if (s == NULL || id >= ETW_N_EVENTS) {
         return;
     }
-    /* Threads that are still alive (or whose exit has not been seen yet)
-     * end their part of the session here. */
-    pthread_mutex_lock(&threads_lock);
-    for (EtwThread *t = threads; t != NULL; t = t->next) {
-        if (t->epoch == etw_epoch) {
-            emit_thread(t, ETW_EV_THREAD_STOP);
+    const EtwEventDecl *e = &etw_event_decls[id];
+    size_t size = 0;
+    for (uint32_t f = 0; f < e->n_fields; f++) {
+        const EtwValue *v = &values[f];
+        switch (e->fields[f].type) {
+        case ETW_T_STRING:
+            size += string_length(v) + 1;
+            break;
+        case ETW_T_ADDRESSES:
+            size += 4 + 8 * (size_t)(v->addresses.depth > MAX_STACK ? MAX_STACK
+                                                                    : v->addresses.depth);
+            break;
+        default:
+            size += etw_field_fixed_size(e->fields[f].type);
         }
     }
-    tracing = 0;
-    etw_epoch++; /* every thread re-announces in the next session */
-    if (etw_recorder_active()) {
-        etw_recorder_stop();
+    uint8_t *p = etw_stream_reserve(s, id, size);
+    if (p == NULL) {
+        return;
     }
-    pthread_mutex_unlock(&threads_lock);
+    for (uint32_t f = 0; f < e->n_fields; f++) {
+        const EtwValue *v = &values[f];
+        EtwFieldType type = e->fields[f].type;
+        if (type == ETW_T_STRING) {
+            size_t len = string_length(v);
+            if (len) {
+                memcpy(p, v->str.s, len);
+            }
+            p[len] = 0;
+            p += len + 1;
+        }
+        else if (type == ETW_T_ADDRESSES) {
+            uint32_t n = v->addresses.depth > MAX_STACK ? MAX_STACK : v->addresses.depth;
+            memcpy(p, &n, 4);
+            p += 4;
+            for (uint32_t i = 0; i < n; i++, p += 8) {
+                uint64_t ip = (uint64_t)(uintptr_t)v->addresses.frames[i];
+                memcpy(p, &ip, 8);
+            }
+        }
+        else {
+            /* Little-endian: the low bytes of the value. */
+            size_t n = etw_field_fixed_size(type);
+            memcpy(p, &v->u, n);
+            p += n;
+        }
+    }
+    etw_stream_commit(s);
 }
 
-static size_t
-bounded_len(const char *s)
+/* PythonThread start or stop of thread `t`, written by `writer` (itself,
+ * or at disable the disabling thread: a thread's stream is only ever
+ * written by its own thread; readers take the event's thread from its
+ * ThreadId). */
+static void
+emit_thread(EtwThread *writer, EtwThread *t, uint32_t id)
 {
-    return s == NULL ? 0 : strnlen(s, MAX_STRING);
-}
-
-/* Copies a string field (cut at MAX_STRING) with its terminating NUL. */
-static uint8_t *
-put_string(uint8_t *p, const char *s, size_t len)
-{
-    if (len) {
-        memcpy(p, s, len);
+    if (id == ETW_EV_THREAD_START) {
+        ETW_PROBE1(thread_start, t->tid);
     }
-    p[len] = 0;
-    return p + len + 1;
+    else {
+        ETW_PROBE1(thread_stop, t->tid);
+    }
+    EtwValue v[] = {{.u = t->tid}};
+    etw_emit_event(writer, id, v);
 }
 
 void
 etw_emit_function(EtwThread *t, uint32_t function_id, uintptr_t begin, uintptr_t end,
-                  uint32_t line, int is_python, const char *file, const char *name)
+                  uint32_t line, int is_python, const char *file, size_t file_len,
+                  const char *name, size_t name_len)
 {
-    ETW_PROBE7(function, function_id, begin, end, line, file, name, is_python);
-    if (t->stream == NULL) {
-        return;
+    if (is_python) {
+        ETW_PROBE6(function, function_id, begin, end, line, file, name);
     }
-    size_t file_len = bounded_len(file), name_len = bounded_len(name);
-    size_t size = 4 + 8 + 8 + 4 + 1 + file_len + 1 + name_len + 1;
-    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_FUNCTION, size);
-    if (p == NULL) {
-        return;
+    else {
+        ETW_PROBE3(c_function, function_id, file, name);
     }
-    uint64_t b = begin, e = end;
-    uint8_t py = is_python ? 1 : 0;
-    memcpy(p, &function_id, 4);
-    memcpy(p + 4, &b, 8);
-    memcpy(p + 12, &e, 8);
-    memcpy(p + 20, &line, 4);
-    p[24] = py;
-    p = put_string(p + 25, file, file_len);
-    put_string(p, name, name_len);
+    EtwValue v[] = {
+        {.u = function_id}, {.u = begin}, {.u = end}, {.u = line}, {.u = is_python ? 1 : 0},
+        {.str = {file, file_len}}, {.str = {name, name_len}},
+    };
+    etw_emit_event(t, ETW_EV_FUNCTION, v);
 }
 
 void
@@ -265,78 +165,171 @@ etw_emit_mark(EtwThread *t, int opcode, const char *text)
         id = ETW_EV_MARK;
         break;
     }
-    if (t->stream == NULL) {
-        return;
-    }
-    size_t len = bounded_len(text);
-    uint8_t *p = etw_stream_reserve(t->stream, id, len + 1);
-    if (p != NULL) {
-        put_string(p, text, len);
-    }
+    EtwValue v[] = {{.str = {text, (size_t)-1}}};
+    etw_emit_event(t, id, v);
 }
 
 void
 etw_emit_stack_sample(EtwThread *t, const char *text, void *const *frames, int depth)
 {
     ETW_PROBE1(stack_sample, text);
-    if (t->stream == NULL) {
-        return;
-    }
-    if (depth < 0) {
-        depth = 0;
-    }
-    if (depth > MAX_STACK) {
-        depth = MAX_STACK;
-    }
-    size_t len = bounded_len(text);
-    uint32_t n = (uint32_t)depth;
-    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_STACK_SAMPLE, len + 1 + 4 + 8 * (size_t)n);
-    if (p == NULL) {
-        return;
-    }
-    p = put_string(p, text, len);
-    memcpy(p, &n, 4);
-    p += 4;
-    for (uint32_t i = 0; i < n; i++) {
-        uint64_t ip = (uint64_t)(uintptr_t)frames[i];
-        memcpy(p + 8 * i, &ip, 8);
-    }
+    EtwValue v[] = {{.str = {text, (size_t)-1}},
+                    {.addresses = {frames, depth > 0 ? (uint32_t)depth : 0}}};
+    etw_emit_event(t, ETW_EV_STACK_SAMPLE, v);
 }
 
 void
 etw_emit_push_slow(EtwThread *t, uint32_t function_id, uint32_t caller, uint32_t caller_line)
 {
     if (caller == t->current && caller != 0 && function_id <= 0xFFFF && caller_line <= 0xFFFF) {
-        uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_PUSH_SHORT, 4);
-        if (p != NULL) {
-            uint16_t v[2] = {(uint16_t)function_id, (uint16_t)caller_line};
-            memcpy(p, v, 4);
-        }
+        EtwValue v[] = {{.u = function_id}, {.u = caller_line}};
+        etw_emit_event(t, ETW_EV_PUSH_COMPACT, v);
         return;
     }
-    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_PUSH, 12);
-    if (p != NULL) {
-        memcpy(p, &function_id, 4);
-        memcpy(p + 4, &caller, 4);
-        memcpy(p + 8, &caller_line, 4);
-    }
+    EtwValue v[] = {{.u = function_id}, {.u = caller}, {.u = caller_line}};
+    etw_emit_event(t, ETW_EV_PUSH, v);
 }
 
 void
 etw_emit_pop_slow(EtwThread *t, uint32_t function_id)
 {
-    if (function_id <= 0xFFFF) {
-        uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_POP_SHORT, 2);
-        if (p != NULL) {
-            uint16_t v = (uint16_t)function_id;
-            memcpy(p, &v, 2);
-        }
+    EtwValue v[] = {{.u = function_id}};
+    etw_emit_event(t, function_id <= 0xFFFF ? ETW_EV_POP_COMPACT : ETW_EV_POP, v);
+}
+
+/* ---- threads ---- */
+
+/* Holding threads_lock. */
+static void
+unlink_thread(EtwThread *t)
+{
+    if (t->prev != NULL) {
+        t->prev->next = t->next;
+    }
+    else if (threads == t) {
+        threads = t->next;
+    }
+    if (t->next != NULL) {
+        t->next->prev = t->prev;
+    }
+    t->next = t->prev = NULL;
+}
+
+/* pthread key destructor: the thread is ending (it no longer runs Python). */
+static void
+thread_ended(void *arg)
+{
+    EtwThread *t = arg;
+    if (t == NULL) {
         return;
     }
-    uint8_t *p = etw_stream_reserve(t->stream, ETW_EV_POP, 4);
-    if (p != NULL) {
-        memcpy(p, &function_id, 4);
+    pthread_mutex_lock(&threads_lock);
+    if (is_tracing() && t->epoch == etw_current_epoch()) {
+        emit_thread(t, t, ETW_EV_THREAD_STOP);
     }
+    unlink_thread(t);
+    pthread_mutex_unlock(&threads_lock);
+    etw_stream_close(t->own);
+    t->stream = t->own = NULL;
+    etw_tls_thread = NULL;
+    free(t);
+}
+
+static void
+make_thread_key(void)
+{
+    pthread_key_create(&thread_key, thread_ended);
+}
+
+EtwThread *
+etw_thread_slow(void)
+{
+    EtwThread *t = etw_tls_thread;
+    if (t == NULL) {
+        pthread_once(&thread_key_once, make_thread_key);
+        t = calloc(1, sizeof(EtwThread));
+        if (t == NULL) {
+            /* Out of memory: a stand-in per thread keeps callers simple; it
+             * records nothing. */
+            static __thread EtwThread fallback;
+            fallback.epoch = etw_current_epoch();
+            return &fallback;
+        }
+        t->tid = (uint32_t)syscall(SYS_gettid);
+        etw_tls_thread = t;
+        pthread_setspecific(thread_key, t);
+        pthread_mutex_lock(&threads_lock);
+        t->next = threads;
+        if (threads != NULL) {
+            threads->prev = t;
+        }
+        threads = t;
+        pthread_mutex_unlock(&threads_lock);
+    }
+    pthread_mutex_lock(&threads_lock);
+    t->epoch = etw_current_epoch();   /* read by disable, under the lock */
+    pthread_mutex_unlock(&threads_lock);
+    t->current = 0;
+    t->c_depth = 0;
+    int on = is_tracing();
+    if (t->own != NULL || (on && etw_recorder_active())) {
+        /* The same stream file as in an earlier session of this capture,
+         * else a new one (or none when not recording). */
+        t->stream = etw_stream_attach(&t->own, t->tid);
+    }
+    else {
+        t->stream = NULL;
+    }
+    if (on) {
+        emit_thread(t, t, ETW_EV_THREAD_START);
+        if (etw_thread_started_hook != NULL) {
+            etw_thread_started_hook(t);
+        }
+    }
+    return t;
+}
+
+int
+etw_events_enable(const char *capture_dir, int call_times, char *error, size_t error_size)
+{
+    etw_clock_init();
+    if (capture_dir != NULL && capture_dir[0] != '\0') {
+        if (etw_recorder_start(capture_dir, call_times, error, error_size) != 0) {
+            return -1;
+        }
+    }
+    pthread_mutex_lock(&threads_lock);
+    __atomic_store_n(&tracing, 1, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&etw_epoch, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&threads_lock);
+    return 0;
+}
+
+void
+etw_events_disable(void)
+{
+    if (!is_tracing()) {
+        return;
+    }
+    /* The disabling thread writes the end of every thread's part of the
+     * session (PythonThread stop) into its own stream, then closes it;
+     * the others close theirs at their next event or exit. */
+    EtwThread *me = etw_thread();
+    pthread_mutex_lock(&threads_lock);
+    uint32_t epoch = etw_current_epoch();
+    for (EtwThread *t = threads; t != NULL; t = t->next) {
+        if (t->epoch == epoch) {
+            emit_thread(me, t, ETW_EV_THREAD_STOP);
+        }
+    }
+    __atomic_store_n(&tracing, 0, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&etw_epoch, 1, __ATOMIC_RELEASE); /* all re-announce next time */
+    pthread_mutex_unlock(&threads_lock);
+    if (etw_recorder_active()) {
+        etw_recorder_stop();
+    }
+    etw_stream_suspend(me->own);
+    me->stream = NULL;
 }
 
 void
@@ -349,8 +342,9 @@ etw_events_after_fork_child(void)
     threads = t;
     if (t != NULL) {
         t->next = t->prev = NULL;
-        t->stream = NULL;
         t->tid = (uint32_t)syscall(SYS_gettid);
     }
-    etw_epoch++; /* the child announces its thread in its own trace */
+    /* The child announces its thread in its own trace; its stream (the
+     * parent's) is let go at its next event. */
+    __atomic_add_fetch(&etw_epoch, 1, __ATOMIC_RELEASE);
 }

@@ -2,7 +2,8 @@
  * of provider `etwtrace` (a no-op until perf, bpftrace or SystemTap attaches)
  * and, while a capture is recording, the built-in recorder.
  *
- * All emitters are called holding the GIL. */
+ * Emitters run on the thread the event is about, attached to the
+ * interpreter (holding the GIL where there is one). */
 #ifndef ETWTRACE_EVENTS_H
 #define ETWTRACE_EVENTS_H
 
@@ -11,17 +12,16 @@
 
 #include "recorder.h"
 
+/* USDT probes: at most 6 arguments each, the most x86-64 bpftrace reads. */
 #ifdef ETWTRACE_HAVE_SDT
 #  include <sys/sdt.h>
 #  define ETW_PROBE1(n, a) DTRACE_PROBE1(etwtrace, n, a)
-#  define ETW_PROBE2(n, a, b) DTRACE_PROBE2(etwtrace, n, a, b)
 #  define ETW_PROBE3(n, a, b, c) DTRACE_PROBE3(etwtrace, n, a, b, c)
-#  define ETW_PROBE7(n, a, b, c, d, e, f, g) DTRACE_PROBE7(etwtrace, n, a, b, c, d, e, f, g)
+#  define ETW_PROBE6(n, a, b, c, d, e, f) DTRACE_PROBE6(etwtrace, n, a, b, c, d, e, f)
 #else
 #  define ETW_PROBE1(n, a) ((void)0)
-#  define ETW_PROBE2(n, a, b) ((void)0)
 #  define ETW_PROBE3(n, a, b, c) ((void)0)
-#  define ETW_PROBE7(n, a, b, c, d, e, f, g) ((void)0)
+#  define ETW_PROBE6(n, a, b, c, d, e, f) ((void)0)
 #endif
 
 /* How deep C calls may nest on one thread in instrumented mode; deeper ones
@@ -30,11 +30,12 @@
 
 /* Per-thread writer state. */
 typedef struct EtwThread {
-    struct EtwThread *next;   /* registry of live threads (threads_lock) */
+    struct EtwThread *next;   /* registry of live threads (threads lock) */
     struct EtwThread *prev;
     uint32_t tid;         /* kernel thread id */
     uint32_t epoch;       /* tracing session this thread was announced in */
-    EtwStream *stream;    /* recorder stream, NULL when not recording */
+    EtwStream *stream;    /* recorder stream to write, NULL when not recording */
+    EtwStream *own;       /* this thread's stream, kept across sessions */
     /* Instrumented mode: the innermost open push of this thread in this
      * session (0: none), and the Caller each open C-call push replaced. */
     uint32_t current;
@@ -42,15 +43,22 @@ typedef struct EtwThread {
     uint32_t c_saved[ETW_MAX_C_DEPTH];
 } EtwThread;
 
-/* Bumped by each etw_events_enable(); a thread whose epoch differs announces
- * itself (PythonThread start) before its next event. */
+/* Bumped by each enable and disable; a thread whose epoch differs announces
+ * itself (PythonThread start) before its next event.  Read with
+ * etw_current_epoch(). */
 extern uint32_t etw_epoch;
 extern __thread EtwThread *etw_tls_thread __attribute__((tls_model("initial-exec")));
 
+static inline uint32_t
+etw_current_epoch(void)
+{
+    return __atomic_load_n(&etw_epoch, __ATOMIC_ACQUIRE);
+}
+
 EtwThread *etw_thread_slow(void);
 
-/* Called (holding the GIL) when a thread is announced in a session; the
- * tracer uses it to give each thread its C-call hook. */
+/* Called when a thread is announced in a session; the tracer uses it to
+ * give each thread its C-call hook. */
 extern void (*etw_thread_started_hook)(EtwThread *);
 
 /* The calling thread's writer state, announcing the thread if needed. */
@@ -58,7 +66,7 @@ static inline EtwThread *
 etw_thread(void)
 {
     EtwThread *t = etw_tls_thread;
-    if (__builtin_expect(t == NULL || t->epoch != etw_epoch, 0)) {
+    if (__builtin_expect(t == NULL || t->epoch != etw_current_epoch(), 0)) {
         t = etw_thread_slow();
     }
     return t;
@@ -66,11 +74,12 @@ etw_thread(void)
 
 /* Starts a tracing session; `capture_dir` (or NULL) turns the recorder on,
  * with or without `call_times` (see etw_recorder_start).  Returns 0, or -1
- * with a message in `error`. */
+ * with a message in `error`.  Other threads must not be running Python
+ * (the tracer stops the world around this in free-threaded builds). */
 int etw_events_enable(const char *capture_dir, int call_times, char *error, size_t error_size);
 
 /* Ends the session: PythonThread stop for every thread announced in it,
- * then every pending event is written out. */
+ * then the recorder stops.  Same condition as etw_events_enable. */
 void etw_events_disable(void);
 
 int etw_events_usdt_available(void);
@@ -78,12 +87,36 @@ int etw_events_usdt_available(void);
 /* Mark opcodes, as in the original: 0 plain, 1 start, 2 stop. */
 enum { ETW_MARK_PLAIN = 0, ETW_MARK_START = 1, ETW_MARK_STOP = 2 };
 
+/* One field value for etw_emit_event, in the order the event declares its
+ * fields (trace_format.h). */
+typedef union {
+    uint64_t u;                 /* U8, U16, U32, HEX64 */
+    struct {
+        const char *s;          /* STRING: bytes, cut at 4095 */
+        size_t len;             /* (size_t)-1: up to the NUL */
+    } str;
+    struct {
+        void *const *frames;    /* ADDRESSES */
+        uint32_t depth;
+    } addresses;
+} EtwValue;
+
+/* Writes event `id` with `values` to the recorder (the probe is the
+ * caller's). */
+void etw_emit_event(EtwThread *t, uint32_t id, const EtwValue *values);
+
+/* A Python function (its trampoline's range) or, with begin 0, a C
+ * callable, whose SourceFile is its module. */
 void etw_emit_function(EtwThread *t, uint32_t function_id, uintptr_t begin, uintptr_t end,
-                       uint32_t line, int is_python, const char *file, const char *name);
+                       uint32_t line, int is_python, const char *file, size_t file_len,
+                       const char *name, size_t name_len);
 void etw_emit_mark(EtwThread *t, int opcode, const char *text);
 void etw_emit_stack_sample(EtwThread *t, const char *text, void *const *frames, int depth);
 void etw_emit_push_slow(EtwThread *t, uint32_t function_id, uint32_t caller, uint32_t caller_line);
 void etw_emit_pop_slow(EtwThread *t, uint32_t function_id);
+
+_Static_assert(ETW_FIXED_PAYLOAD(ETW_FIELDS_PUSH_COMPACT) == 4, "compact push payload");
+_Static_assert(ETW_FIXED_PAYLOAD(ETW_FIELDS_POP_COMPACT) == 2, "compact pop payload");
 
 /* PythonFunctionPush: inlined into the tracer's hooks, since it runs twice
  * per call.  The common case (Caller is the thread's innermost open push,
@@ -98,10 +131,12 @@ etw_emit_push(EtwThread *t, uint32_t function_id, uint32_t caller, uint32_t call
     }
     if (__builtin_expect(caller == t->current && caller != 0 &&
                          (function_id | caller_line) <= 0xFFFF, 1)) {
-        uint8_t *p = etw_stream_reserve_compact(s, ETW_EV_PUSH_SHORT, 4);
+        uint32_t header;
+        uint8_t *p = etw_stream_reserve_compact(s, ETW_EV_PUSH_COMPACT, 4, &header);
         if (__builtin_expect(p != NULL, 1)) {
             uint32_t fields = function_id | (caller_line << 16);
             memcpy(p, &fields, 4);
+            etw_stream_commit_compact(p, header);
             return;
         }
     }
@@ -117,10 +152,12 @@ etw_emit_pop(EtwThread *t, uint32_t function_id)
         return;
     }
     if (__builtin_expect(function_id <= 0xFFFF, 1)) {
-        uint8_t *p = etw_stream_reserve_compact(s, ETW_EV_POP_SHORT, 2);
+        uint32_t header;
+        uint8_t *p = etw_stream_reserve_compact(s, ETW_EV_POP_COMPACT, 2, &header);
         if (__builtin_expect(p != NULL, 1)) {
             uint16_t v = (uint16_t)function_id;
             memcpy(p, &v, 2);
+            etw_stream_commit_compact(p, header);
             return;
         }
     }

@@ -1,4 +1,8 @@
-/* The function registry.  See functions.h.  Called holding the GIL. */
+/* The function registry.  See functions.h.
+ *
+ * Registration runs holding `registry_lock` (free-threaded builds; the GIL
+ * elsewhere), so two threads that meet a function for the first time at
+ * once give it one FunctionID and one PythonFunction event. */
 #include "functions.h"
 
 #include "perf_jit.h"
@@ -10,7 +14,8 @@
 #include <unistd.h>
 
 Py_ssize_t etw_code_extra_index = -1;
-static uint32_t last_function_id;
+static uint32_t last_function_id;   /* atomic */
+static EtwLock registry_lock = ETW_LOCK_INIT;
 
 /* The code object's extra slot owns its record. */
 static void
@@ -26,18 +31,22 @@ free_function(void *p)
 void
 etw_function_build_lines(EtwFunction *f, PyCodeObject *co)
 {
-    /* Keep any exception of the running frame untouched. */
-    PyObject *exc_type, *exc_value, *exc_tb;
-    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    uint32_t n = 0;
-    uint32_t *lines = etw_code_line_table(co, ETW_LINE_TABLE_MAX_UNITS, &n);
-    if (lines == NULL) {
-        PyErr_Clear();
+    etw_lock(&registry_lock);
+    if (f->lines == NULL) {
+        /* Keep any exception of the running frame untouched. */
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        uint32_t n = 0;
+        uint32_t *lines = etw_code_line_table(co, ETW_LINE_TABLE_MAX_UNITS, &n);
+        if (lines == NULL) {
+            PyErr_Clear();
+            f->line_misses = UINT32_MAX;   /* too large: do not try again */
+        }
+        f->n_lines = n;
+        __atomic_store_n(&f->lines, lines, __ATOMIC_RELEASE);
+        PyErr_Restore(exc_type, exc_value, exc_tb);
     }
-    free(f->lines);
-    f->lines = lines;
-    f->n_lines = n;
-    PyErr_Restore(exc_type, exc_value, exc_tb);
+    etw_unlock(&registry_lock);
 }
 
 int
@@ -59,23 +68,50 @@ etw_functions_init(void)
 uint32_t
 etw_function_next_id(void)
 {
-    return ++last_function_id;
+    return __atomic_add_fetch(&last_function_id, 1, __ATOMIC_RELAXED);
+}
+
+/* UTF-8 bytes of `text`; names that are not valid Unicode (a file name's
+ * undecodable bytes come back as surrogates) keep those bytes
+ * (surrogateescape), so nothing is lost.  *holder owns the bytes when they
+ * had to be encoded. */
+static const char *
+utf8_of(PyObject *text, Py_ssize_t *len, PyObject **holder, const char *fallback)
+{
+    *holder = NULL;
+    if (text != NULL && PyUnicode_Check(text)) {
+        const char *s = PyUnicode_AsUTF8AndSize(text, len);
+        if (s != NULL) {
+            return s;
+        }
+        PyErr_Clear();
+        *holder = PyUnicode_AsEncodedString(text, "utf-8", "surrogateescape");
+        if (*holder != NULL) {
+            *len = PyBytes_GET_SIZE(*holder);
+            return PyBytes_AS_STRING(*holder);
+        }
+        PyErr_Clear();
+    }
+    *len = (Py_ssize_t)strlen(fallback);
+    return fallback;
 }
 
 static int
-starts_with_any(const char *text, PyObject *prefixes)
+starts_with_any(PyObject *file, PyObject *prefixes)
 {
-    if (prefixes == NULL || !PyList_Check(prefixes)) {
+    if (prefixes == NULL || !PyList_Check(prefixes) || !PyUnicode_Check(file)) {
         return 0;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(prefixes); i++) {
-        PyObject *item = PyList_GET_ITEM(prefixes, i);
-        const char *prefix = PyUnicode_Check(item) ? PyUnicode_AsUTF8(item) : NULL;
-        if (prefix == NULL) {
-            PyErr_Clear();
+        PyObject *prefix = PyList_GET_ITEM(prefixes, i);
+        if (!PyUnicode_Check(prefix)) {
             continue;
         }
-        if (strncmp(text, prefix, strlen(prefix)) == 0) {
+        int match = PyUnicode_Tailmatch(file, prefix, 0, PY_SSIZE_T_MAX, -1);
+        if (match < 0) {
+            PyErr_Clear();
+        }
+        else if (match) {
             return 1;
         }
     }
@@ -83,12 +119,12 @@ starts_with_any(const char *text, PyObject *prefixes)
 }
 
 static int
-is_traced(PyCodeObject *co, const char *file, const EtwFilter *filter)
+is_traced(PyCodeObject *co, const EtwFilter *filter)
 {
     if (filter == NULL) {
         return 1;
     }
-    if (starts_with_any(file, filter->include_prefixes)) {
+    if (starts_with_any(co->co_filename, filter->include_prefixes)) {
         return 1;
     }
     if (filter->ignored_files != NULL) {
@@ -102,27 +138,6 @@ is_traced(PyCodeObject *co, const char *file, const EtwFilter *filter)
     return 1;
 }
 
-static const char *
-utf8_or(PyObject *text, const char *fallback)
-{
-    const char *s = (text != NULL && PyUnicode_Check(text)) ? PyUnicode_AsUTF8(text) : NULL;
-    if (s == NULL) {
-        PyErr_Clear();
-        return fallback;
-    }
-    return s;
-}
-
-static PyObject *
-code_qualname(PyCodeObject *co)
-{
-#if PY_VERSION_HEX >= 0x030B0000
-    return co->co_qualname;
-#else
-    return co->co_name;
-#endif
-}
-
 EtwFunction *
 etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThread *t,
                       const EtwFilter *filter, int want_trampoline)
@@ -130,44 +145,59 @@ etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThread *t,
     /* Keep any exception of the running frame untouched. */
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    etw_lock(&registry_lock);
 
-    EtwFunction *f = known;
+    uint32_t epoch = etw_current_epoch();
+    EtwFunction *f = etw_code_get_extra(co, etw_code_extra_index);
+    (void)known;   /* re-read under the lock: another thread may have won */
+    if (f != NULL && __atomic_load_n(&f->epoch, __ATOMIC_ACQUIRE) == epoch &&
+        (f->trampoline != NULL || !want_trampoline || !f->traced)) {
+        goto done;
+    }
     if (f == NULL) {
         f = calloc(1, sizeof(EtwFunction));
         if (f == NULL) {
-            PyErr_Restore(exc_type, exc_value, exc_tb);
-            return NULL;
+            goto done;
         }
         f->id = etw_function_next_id();
         f->line_offset[0] = f->line_offset[1] = -1;
         if (etw_code_set_extra((PyObject *)co, etw_code_extra_index, f) < 0) {
             PyErr_Clear();
             free(f);
-            PyErr_Restore(exc_type, exc_value, exc_tb);
-            return NULL;
+            f = NULL;
+            goto done;
         }
     }
 
-    const char *file = utf8_or(co->co_filename, "");
-    const char *name = utf8_or(code_qualname(co), "?");
-    f->traced = is_traced(co, file, filter);
-    f->epoch = etw_epoch;
-
+    f->traced = is_traced(co, filter);
     if (f->traced) {
+        PyObject *file_holder, *name_holder;
+        Py_ssize_t file_len, name_len;
+        const char *file = utf8_of(co->co_filename, &file_len, &file_holder, "");
+        const char *name = utf8_of(etw_code_qualname(co), &name_len, &name_holder, "?");
         if (want_trampoline && f->trampoline == NULL) {
             f->trampoline = etw_trampoline_new();
         }
         pid_t pid = getpid();
         if (f->trampoline != NULL && f->described_pid != pid) {
+            /* perf's name for the trampoline: CPython's own form
+             * (py::qualname:file) plus the first line. */
             char label[1024];
-            snprintf(label, sizeof(label), "py::%s:%s", name, file);
+            snprintf(label, sizeof(label), "py::%.*s:%.*s:%d", (int)name_len, name,
+                     (int)file_len, file, co->co_firstlineno);
             etw_perf_jit_describe(f->trampoline, ETW_TRAMPOLINE_SIZE, label);
             f->described_pid = pid;
         }
         uintptr_t begin = (uintptr_t)f->trampoline;
         uintptr_t end = begin ? begin + ETW_TRAMPOLINE_SIZE : 0;
-        etw_emit_function(t, f->id, begin, end, (uint32_t)co->co_firstlineno, 1, file, name);
+        etw_emit_function(t, f->id, begin, end, (uint32_t)co->co_firstlineno, 1, file,
+                          (size_t)file_len, name, (size_t)name_len);
+        Py_XDECREF(file_holder);
+        Py_XDECREF(name_holder);
     }
+    __atomic_store_n(&f->epoch, epoch, __ATOMIC_RELEASE);
+done:
+    etw_unlock(&registry_lock);
     PyErr_Restore(exc_type, exc_value, exc_tb);
     return f;
 }

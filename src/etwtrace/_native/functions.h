@@ -8,6 +8,9 @@
 
 #include <sys/types.h>
 
+/* Fields are written holding the registry lock (etw_function_for_code);
+ * `epoch` last, with release order, so a thread that reads the current
+ * epoch (acquire) reads the rest as written. */
 typedef struct EtwFunction {
     uint32_t id;           /* FunctionID, unique for the life of the process */
     uint32_t epoch;        /* session its PythonFunction event was emitted in */
@@ -17,8 +20,10 @@ typedef struct EtwFunction {
     /* Instrumented mode: the last two call sites' lines (CallerLine), keyed
      * by instruction offset; a loop calling from one or two places hits.
      * A function that keeps missing them (calls from many places, as
-     * richards' methods do) gets a line per code unit instead: asking
-     * CPython each time was a third of richards' run. */
+     * richards' methods do) gets a line per code unit instead (see
+     * docs/BENCHMARKS.md: asking CPython each time was a third of
+     * richards' run).  Free-threaded builds use only the table, built
+     * once under the registry lock and never changed. */
     int line_offset[2];
     uint32_t line_value[2];
     uint32_t line_misses;
@@ -51,7 +56,8 @@ EtwFunction *etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThre
                                    const EtwFilter *filter, int want_trampoline);
 
 /* Gives `f` its per-unit line table (see EtwFunction); leaves it without
- * one when the code is too large or memory is short. */
+ * one when the code is too large or memory is short (free-threaded builds
+ * then mark line_misses so it is not tried again). */
 void etw_function_build_lines(EtwFunction *f, PyCodeObject *co);
 
 /* The line of instruction `offset` (bytes) in `co`, which `f` describes. */
@@ -59,9 +65,21 @@ static inline uint32_t
 etw_function_line_at(EtwFunction *f, PyCodeObject *co, int offset)
 {
     unsigned unit = (unsigned)offset / sizeof(_Py_CODEUNIT);
-    if (f->lines != NULL && unit < f->n_lines) {
-        return f->lines[unit];
+    uint32_t *lines = __atomic_load_n(&f->lines, __ATOMIC_ACQUIRE);
+    if (lines != NULL && unit < f->n_lines) {
+        return lines[unit];
     }
+#ifdef ETW_FREE_THREADED
+    if (lines == NULL && f->line_misses == 0) {
+        etw_function_build_lines(f, co);
+        lines = __atomic_load_n(&f->lines, __ATOMIC_ACQUIRE);
+        if (lines != NULL && unit < f->n_lines) {
+            return lines[unit];
+        }
+    }
+    int line = PyCode_Addr2Line(co, offset);
+    return line > 0 ? (uint32_t)line : 0;
+#else
     unsigned slot = ((unsigned)offset >> 1) & 1;
     if (f->line_offset[slot] == offset) {
         return f->line_value[slot];
@@ -76,6 +94,7 @@ etw_function_line_at(EtwFunction *f, PyCodeObject *co, int offset)
     f->line_offset[slot] = offset;
     f->line_value[slot] = line > 0 ? (uint32_t)line : 0;
     return f->line_value[slot];
+#endif
 }
 
 /* The next FunctionID (shared with C callables in instrumented mode). */

@@ -4,11 +4,11 @@
 #include "events.h"
 #include "perf_jit.h"
 #include "recorder.h"
-#include "writer.h"
 #include "trampoline.h"
 #include "tracer.h"
 
 #include <execinfo.h>
+#include <string.h>
 
 #define MAX_STACK_FRAMES 512
 
@@ -154,24 +154,25 @@ etw_mark_stack(PyObject *module, PyObject *args)
 }
 
 static PyObject *
-etw_flush(PyObject *module, PyObject *unused)
+etw_remove_perf_files_at_exit(PyObject *module, PyObject *arg)
 {
     (void)module;
-    (void)unused;
-    etw_recorder_flush_all();
+    int remove = PyObject_IsTrue(arg);
+    if (remove < 0) {
+        return NULL;
+    }
+    etw_perf_jit_remove_at_exit(remove);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-etw_writer_pause_for_tests(PyObject *module, PyObject *arg)
+etw_recorder_losses(PyObject *module, PyObject *unused)
 {
     (void)module;
-    int pause = PyObject_IsTrue(arg);
-    if (pause < 0) {
-        return NULL;
-    }
-    etw_writer_pause(pause);
-    Py_RETURN_NONE;
+    (void)unused;
+    int err = etw_recorder_first_error();
+    return Py_BuildValue("(Kz)", (unsigned long long)etw_recorder_events_discarded(),
+                         err ? strerror(err) : NULL);
 }
 
 static PyObject *
@@ -180,8 +181,13 @@ etw_technical_info(PyObject *module, PyObject *unused)
     (void)unused;
     const char *jitdump = etw_perf_jit_dump_path();
     const char *capture = etw_recorder_dir();
+#ifdef ETW_FREE_THREADED
+    int free_threaded = 1;
+#else
+    int free_threaded = 0;
+#endif
     return Py_BuildValue(
-        "(sNsNNNzz)",
+        "(sNsNNNzzNNK)",
         PyModule_GetName(module),
         PyLong_FromLong(PY_VERSION_HEX),
         "x86_64",
@@ -189,15 +195,23 @@ etw_technical_info(PyObject *module, PyObject *unused)
         PyBool_FromLong(etw_trampoline_unwind_registered()),
         PyLong_FromLong(ETW_TRAMPOLINE_SIZE),
         jitdump,
-        capture);
+        capture,
+        PyLong_FromLong(ETW_FORMAT_VERSION),
+        PyBool_FromLong(free_threaded),
+        (unsigned long long)etw_recorder_events_discarded());
 }
 
 static void
-flush_at_exit(void)
+close_stream_at_exit(void)
 {
-    /* Last resort for events still buffered when the interpreter ends
-     * without the Python layer's atexit handler having run. */
-    etw_recorder_flush_all();
+    /* The interpreter is ending: this thread's stream is written out and its
+     * ring removed (nothing would be lost without this: the ring holds what
+     * was not copied yet). */
+    EtwThread *t = etw_tls_thread;
+    if (t != NULL) {
+        etw_stream_close(t->own);
+        t->own = t->stream = NULL;
+    }
 }
 
 static PyMethodDef module_methods[] = {
@@ -216,11 +230,14 @@ static PyMethodDef module_methods[] = {
      "write_mark(text, opcode=0)\n--\n\nEmit a PythonMark event (opcode 0 plain, 1 start, 2 stop)."},
     {"mark_stack", etw_mark_stack, METH_VARARGS,
      "mark_stack(text)\n--\n\nEmit a PythonStackSample event with the native stack."},
-    {"flush", etw_flush, METH_NOARGS, "Write out every thread's buffered events."},
-    {"_writer_pause", etw_writer_pause_for_tests, METH_O,
-     "For tests: True keeps full packets queued in memory (a crash must still write them)."},
+    {"remove_perf_files_at_exit", etw_remove_perf_files_at_exit, METH_O,
+     "remove_perf_files_at_exit(flag)\n--\n\n"
+     "Delete this process's /tmp/perf-PID.map and /tmp/jit-PID.dump when it exits."},
+    {"recorder_losses", etw_recorder_losses, METH_NOARGS,
+     "(events lost by the recorder in this process, the first error or None)"},
     {"_get_technical_info", etw_technical_info, METH_NOARGS,
-     "(module, PY_VERSION_HEX, arch, usdt, unwind_registered, trampoline_size, jitdump, capture)"},
+     "(module, PY_VERSION_HEX, arch, usdt, unwind_registered, trampoline_size, jitdump, capture,\n"
+     " trace_format_version, free_threaded, events_lost)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -239,7 +256,7 @@ module_exec(PyObject *module)
         return -1;
     }
     if (!at_exit_registered) {
-        Py_AtExit(flush_at_exit);
+        Py_AtExit(close_stream_at_exit);
         at_exit_registered = 1;
     }
     return 0;
@@ -271,6 +288,9 @@ module_free(void *module)
 
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, module_exec},
+    /* One tracer per process: the hook and the recorder are process-wide. */
+    ETW_MOD_INTERPRETERS_NOT_SUPPORTED_SLOT
+    ETW_MOD_GIL_SLOT
     {0, NULL},
 };
 

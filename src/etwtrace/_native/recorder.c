@@ -1,197 +1,611 @@
-/* The built-in recorder.  See recorder.h.
+/* The built-in recorder.  See recorder.h; the byte layout is declared in
+ * trace_format.h.
  *
- * Binary layout (little-endian), matching the TSDL in write_metadata():
- *   packet header   uint32 magic 0xC1FC1FC1, uint32 stream_id 0
- *   packet context  uint64 timestamp_begin, timestamp_end, content_size
- *                   (bits), packet_size (bits), packet_seq_num; uint32 tid
- *   event header    compact:  one 32-bit word, id in bits 0-4 and the low
- *                             27 bits of the timestamp in bits 5-31
- *                   extended: one byte 31, uint32 id, uint64 timestamp
- * A compact header is used when the event follows the previous one in the
- * same stream by less than 2^27 ns (about 134 ms); a reader restores the
- * full timestamp from the previous one, as CTF 1.8 specifies for clock
- * fields narrower than the clock.
+ * A stream's ring is allocated (posix_fallocate) before it is mapped, so a
+ * full disk is an error here, never a SIGBUS in the traced program, and its
+ * pages are faulted in once, up front.  A stream that cannot go on (its
+ * copy failed: a full disk) stops: its later events are counted in its
+ * packet's events_discarded, and the packets the copier could not write
+ * stay in the ring for readers.
  *
- * Concurrency: a stream is written only by its own thread, holding the GIL,
- * except by etw_recorder_flush_all()/stop(), which run holding the GIL and
- * `registry_lock`, and by etw_stream_close() at thread exit, which holds
- * `registry_lock`.  So the hot path takes no lock. */
+ * Concurrency: only a stream's own thread writes, submits or closes it, so
+ * no thread ever touches a packet another may be writing (free-threaded
+ * builds need no stop-the-world); the copier only reads submitted packets.
+ * Recording stops for everyone at once (`active`); each thread then ends
+ * its stream at its next event or at its exit.  `registry_lock` guards the
+ * trace's state. */
 #define _GNU_SOURCE
 #include "recorder.h"
 
-#include "writer.h"
+#include "copier.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define CTF_MAGIC 0xC1FC1FC1u
-#define PACKET_BYTES ETW_PACKET_BYTES
-#define COMPACT_ID_LIMIT ETW_COMPACT_ID_LIMIT
-#define COMPACT_TS_MASK ETW_COMPACT_TS_MASK
+#ifndef MADV_POPULATE_WRITE
+#  define MADV_POPULATE_WRITE 23
+#endif
 
-typedef struct {
-    uint32_t magic;
-    uint32_t stream_id;
-    uint64_t timestamp_begin;
-    uint64_t timestamp_end;
-    uint64_t content_size;
-    uint64_t packet_size;
-    uint64_t packet_seq_num;
-    uint32_t tid;
-} __attribute__((packed)) PacketHead;
+#define PACKET_BYTES ETW_PACKET_BYTES
+#define HEAD_BYTES sizeof(EtwPacketHead)
+#define RING_BYTES ((size_t)ETW_RING_SLOTS * PACKET_BYTES)
+#define RING_FILE_BYTES (RING_BYTES + ETW_RING_CONTROL_BYTES)
+
+_Static_assert(ETW_EV_PUSH_COMPACT != 0 && ETW_EV_POP_COMPACT != 0,
+               "event id 0 never takes the compact header (trace_format.h)");
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static EtwStream *streams;
-static int active;
+static int active;             /* atomic */
 static char capture_dir[PATH_MAX];
-static char trace_dir[PATH_MAX + 40];
+static char trace_dir[PATH_MAX + 48];
 static pid_t trace_pid;
-static uint64_t stream_counter;
-static uint64_t dropped;
+static uint64_t generation = 1;   /* bumped for each new trace, and at fork */
+static unsigned stream_counter;
 static int call_times = 1;
+static uint64_t discarded;     /* atomic */
+static int first_error;        /* atomic */
+static int warned;
+static uint64_t reported;      /* losses already told at a stop */
 
-static const char METADATA[] =
-    "/* CTF 1.8 */\n"
-    "\n"
-    "typealias integer { size = 5; align = 1; signed = false; } := uint5_t;\n"
-    "typealias integer { size = 8; align = 8; signed = false; } := uint8_t;\n"
-    "typealias integer { size = 16; align = 8; signed = false; } := uint16_t;\n"
-    "typealias integer { size = 32; align = 8; signed = false; } := uint32_t;\n"
-    "typealias integer { size = 64; align = 8; signed = false; } := uint64_t;\n"
-    "typealias integer { size = 64; align = 8; signed = false; base = hex; } := uint64x_t;\n"
-    "\n"
-    "trace {\n"
-    "    major = 1;\n"
-    "    minor = 8;\n"
-    "    byte_order = le;\n"
-    "    packet.header := struct {\n"
-    "        uint32_t magic;\n"
-    "        uint32_t stream_id;\n"
-    "    };\n"
-    "};\n"
-    "\n"
-    "env {\n"
-    "    domain = \"etwtrace\";\n"
-    "    tracer_name = \"etwtrace\";\n"
-    "    provider = \"Python\";\n"
-    "    provider_guid = \"99a10640-320d-4b37-9e26-c311d86da7ab\";\n"
-    "    format_version = 1;\n"
-    "    pid = %d;\n"
-    "    call_times = %d;\n"
-    "};\n"
-    "\n"
-    "clock {\n"
-    "    name = monotonic;\n"
-    "    description = \"CLOCK_MONOTONIC\";\n"
-    "    freq = 1000000000;\n"
-    "    offset = 0;\n"
-    "};\n"
-    "\n"
-    "typealias integer { size = 27; align = 1; signed = false; map = clock.monotonic.value; } := uint27_clock_t;\n"
-    "typealias integer { size = 64; align = 8; signed = false; map = clock.monotonic.value; } := uint64_clock_t;\n"
-    "\n"
-    "stream {\n"
-    "    id = 0;\n"
-    "    packet.context := struct {\n"
-    "        uint64_clock_t timestamp_begin;\n"
-    "        uint64_clock_t timestamp_end;\n"
-    "        uint64_t content_size;\n"
-    "        uint64_t packet_size;\n"
-    "        uint64_t packet_seq_num;\n"
-    "        uint32_t tid;\n"
-    "    };\n"
-    "    event.header := struct {\n"
-    "        enum : uint5_t { compact = 0 ... 30, extended = 31 } id;\n"
-    "        variant <id> {\n"
-    "            struct { uint27_clock_t timestamp; } compact;\n"
-    "            struct { uint32_t id; uint64_clock_t timestamp; } extended;\n"
-    "        } v;\n"
-    "    } align(8);\n"
-    "};\n"
-    "\n"
-    "event { stream_id = 0; id = 0; name = \"PythonThread.start\"; fields := struct { uint32_t ThreadId; }; };\n"
-    "event { stream_id = 0; id = 1; name = \"PythonThread.stop\"; fields := struct { uint32_t ThreadId; }; };\n"
-    "event { stream_id = 0; id = 2; name = \"PythonFunction\"; fields := struct {\n"
-    "    uint32_t FunctionID; uint64x_t BeginAddress; uint64x_t EndAddress; uint32_t LineNumber;\n"
-    "    uint8_t IsPythonCode; string SourceFile; string Name; }; };\n"
-    "event { stream_id = 0; id = 3; name = \"PythonMark\"; fields := struct { string Mark; }; };\n"
-    "event { stream_id = 0; id = 4; name = \"PythonMark.start\"; fields := struct { string Mark; }; };\n"
-    "event { stream_id = 0; id = 5; name = \"PythonMark.stop\"; fields := struct { string Mark; }; };\n"
-    "event { stream_id = 0; id = 6; name = \"PythonStackSample\"; fields := struct {\n"
-    "    string Mark; uint32_t StackDepth; uint64x_t Stack[StackDepth]; }; };\n"
-    "event { stream_id = 0; id = 7; name = \"PythonFunctionPush\"; fields := struct {\n"
-    "    uint32_t FunctionID; uint32_t Caller; uint32_t CallerLine; }; };\n"
-    "event { stream_id = 0; id = 8; name = \"PythonFunctionPop\"; fields := struct { uint32_t FunctionID; }; };\n"
-    "/* Compact push: Caller is the innermost open push of this stream. */\n"
-    "event { stream_id = 0; id = 9; name = \"PythonFunctionPush.short\"; fields := struct {\n"
-    "    uint16_t FunctionID; uint16_t CallerLine; }; };\n"
-    "event { stream_id = 0; id = 10; name = \"PythonFunctionPop.short\"; fields := struct { uint16_t FunctionID; }; };\n";
+/* ---- files ---- */
 
+/* Writes all of `size` bytes at `offset`; 0, or -1 with errno. */
 static int
-make_dir(const char *path)
+pwrite_all(int fd, const void *data, size_t size, off_t offset)
 {
-    if (mkdir(path, 0777) == 0 || errno == EEXIST) {
-        return 0;
+    const char *p = data;
+    while (size > 0) {
+        ssize_t n = pwrite(fd, p, size, offset);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return -1;
+        }
+        p += n;
+        size -= (size_t)n;
+        offset += n;
     }
-    return -1;
+    return 0;
 }
 
-/* Creates DIR/ctf/pid-PID and its metadata for the current process. */
+/* A directory of ours: made with mode 0700, or already there as a real
+ * directory (not a symlink).  0, or -1 with errno. */
 static int
-open_trace(char *error, size_t error_size)
+make_private_dir(const char *path)
+{
+    if (mkdir(path, 0700) == 0) {
+        return 0;
+    }
+    if (errno != EEXIST) {
+        return -1;
+    }
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
+/* A new file for this process alone (never through a symlink, never an
+ * existing one): its descriptor, and its identity in *st. */
+static int
+create_own_file(const char *path, struct stat *st)
+{
+    int fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd >= 0 && fstat(fd, st) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+/* Stores a 64-bit field of a packet header after the bytes it describes
+ * (x86-64 keeps stores in order; the fence keeps the compiler from moving
+ * them). */
+static inline void
+put_head_u64(uint8_t *packet, size_t field, uint64_t value)
+{
+    __atomic_signal_fence(__ATOMIC_RELEASE);
+    memcpy(packet + field, &value, 8);
+}
+
+/* ---- metadata ---- */
+
+static int
+appendf(char *buf, size_t size, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int
+appendf(char *buf, size_t size, size_t *len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = *len < size ? vsnprintf(buf + *len, size - *len, fmt, ap) : -1;
+    va_end(ap);
+    if (n < 0 || (size_t)n >= size - *len) {
+        *len = size;
+        return -1;
+    }
+    *len += (size_t)n;
+    return 0;
+}
+
+int
+etw_format_metadata(char *buf, size_t size, int pid, int with_call_times)
+{
+    size_t len = 0;
+    appendf(buf, size, &len,
+        "/* CTF 1.8 */\n"
+        "\n"
+        "typealias integer { size = 5; align = 1; signed = false; } := uint5_t;\n"
+        "typealias integer { size = 8; align = 8; signed = false; } := uint8_t;\n"
+        "typealias integer { size = 16; align = 8; signed = false; } := uint16_t;\n"
+        "typealias integer { size = 32; align = 8; signed = false; } := uint32_t;\n"
+        "typealias integer { size = 64; align = 8; signed = false; } := uint64_t;\n"
+        "typealias integer { size = 64; align = 8; signed = false; base = hex; } := uint64x_t;\n"
+        "\n"
+        "trace {\n"
+        "    major = 1;\n"
+        "    minor = 8;\n"
+        "    byte_order = le;\n"
+        "    packet.header := struct {\n"
+        "        uint32_t magic;\n"
+        "        uint32_t stream_id;\n"
+        "    };\n"
+        "};\n"
+        "\n"
+        "env {\n"
+        "    domain = \"etwtrace\";\n"
+        "    tracer_name = \"etwtrace\";\n"
+        "    provider = \"Python\";\n"
+        "    provider_guid = \"99a10640-320d-4b37-9e26-c311d86da7ab\";\n"
+        "    format_version = %d;\n"
+        "    pid = %d;\n"
+        "    call_times = %d;\n"
+        "};\n"
+        "\n"
+        "clock {\n"
+        "    name = monotonic;\n"
+        "    description = \"CLOCK_MONOTONIC\";\n"
+        "    freq = 1000000000;\n"
+        "    offset = 0;\n"
+        "};\n"
+        "\n"
+        "typealias integer { size = 27; align = 1; signed = false; map = clock.monotonic.value; } := uint27_clock_t;\n"
+        "typealias integer { size = 64; align = 8; signed = false; map = clock.monotonic.value; } := uint64_clock_t;\n"
+        "\n"
+        "stream {\n"
+        "    id = 0;\n"
+        "    packet.context := struct {\n"
+        "        uint64_clock_t timestamp_begin;\n"
+        "        uint64_clock_t timestamp_end;\n"
+        "        uint64_t content_size;\n"
+        "        uint64_t packet_size;\n"
+        "        uint64_t packet_seq_num;\n"
+        "        uint64_t events_discarded;\n"
+        "        uint32_t tid;\n"
+        "    };\n"
+        "    event.header := struct {\n"
+        "        enum : uint5_t { compact = 0 ... 30, extended = 31 } id;\n"
+        "        variant <id> {\n"
+        "            struct { uint27_clock_t timestamp; } compact;\n"
+        "            struct { uint32_t id; uint64_clock_t timestamp; } extended;\n"
+        "        } v;\n"
+        "    } align(8);\n"
+        "};\n"
+        "\n",
+        ETW_FORMAT_VERSION, pid, with_call_times);
+    for (size_t i = 0; i < ETW_N_EVENTS; i++) {
+        const EtwEventDecl *e = &etw_event_decls[i];
+        appendf(buf, size, &len, "event { stream_id = 0; id = %u; name = \"%s\"; fields := struct {",
+                e->id, e->ctf_name);
+        for (uint32_t f = 0; f < e->n_fields; f++) {
+            const EtwFieldDecl *field = &e->fields[f];
+            if (field->type == ETW_T_ADDRESSES) {
+                appendf(buf, size, &len, " uint32_t %sDepth; %s %s[%sDepth];", field->name,
+                        etw_field_ctf_type(field->type), field->name, field->name);
+            }
+            else {
+                appendf(buf, size, &len, " %s %s;", etw_field_ctf_type(field->type), field->name);
+            }
+        }
+        appendf(buf, size, &len, " }; };\n");
+    }
+    return len < size ? (int)len : -1;
+}
+
+static int
+write_metadata(const char *dir, int flags, char *error, size_t error_size)
+{
+    char path[PATH_MAX + 128];
+    snprintf(path, sizeof(path), "%s/metadata", dir);
+    int fd = open(path, flags | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+    char text[8192];
+    int len = etw_format_metadata(text, sizeof(text), (int)getpid(), call_times);
+    int rc = fd < 0 || len < 0 || pwrite_all(fd, text, (size_t)len, 0) != 0 ||
+             ftruncate(fd, len) != 0 ? -1 : 0;
+    if (rc != 0) {
+        snprintf(error, error_size, "cannot write %s: %s", path, strerror(errno));
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    return rc;
+}
+
+/* Creates DIR/ctf/pid-PID (pid-PID.2, ... when an earlier image of this pid,
+ * before an exec, made one) and its metadata. */
+static int
+open_trace_dir(char *error, size_t error_size)
 {
     pid_t pid = getpid();
     char ctf_dir[PATH_MAX + 8];
     snprintf(ctf_dir, sizeof(ctf_dir), "%s/ctf", capture_dir);
-    int n = snprintf(trace_dir, sizeof(trace_dir), "%s/pid-%d", ctf_dir, (int)pid);
-    if (n < 0 || (size_t)n >= sizeof(trace_dir)) {
-        snprintf(error, error_size, "capture path is too long: %s", capture_dir);
+    if (make_private_dir(capture_dir) != 0 || make_private_dir(ctf_dir) != 0) {
+        snprintf(error, error_size, "cannot create %s: %s", ctf_dir, strerror(errno));
         return -1;
     }
-    if (make_dir(capture_dir) != 0 || make_dir(ctf_dir) != 0 || make_dir(trace_dir) != 0) {
-        snprintf(error, error_size, "cannot create %s: %s", trace_dir, strerror(errno));
+    for (int image = 1; image < 1000; image++) {
+        int n = image == 1
+            ? snprintf(trace_dir, sizeof(trace_dir), "%s/pid-%d", ctf_dir, (int)pid)
+            : snprintf(trace_dir, sizeof(trace_dir), "%s/pid-%d.%d", ctf_dir, (int)pid, image);
+        if (n < 0 || (size_t)n >= sizeof(trace_dir)) {
+            snprintf(error, error_size, "capture path is too long: %s", capture_dir);
+            return -1;
+        }
+        if (mkdir(trace_dir, 0700) == 0) {
+            trace_pid = pid;
+            stream_counter = 0;
+            return write_metadata(trace_dir, O_CREAT | O_EXCL, error, error_size);
+        }
+        if (errno != EEXIST) {
+            break;
+        }
+    }
+    snprintf(error, error_size, "cannot create %s: %s", trace_dir, strerror(errno));
+    return -1;
+}
+
+/* ---- streams ---- */
+
+static void
+note_failure(EtwStream *s, int err, const char *what)
+{
+    s->error = err;
+    if (s->control != NULL) {
+        s->control->error = (uint32_t)err;
+    }
+    int expected = 0;
+    __atomic_compare_exchange_n(&first_error, &expected, err, 0, __ATOMIC_RELAXED,
+                                __ATOMIC_RELAXED);
+    if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED)) {
+        fprintf(stderr, "etwtrace: stopped recording thread %u: %s %s: %s; "
+                "its later events are counted as lost\n", s->tid, what, s->path, strerror(err));
+    }
+}
+
+void
+etw_stream_discard(EtwStream *s)
+{
+    __atomic_fetch_add(&discarded, 1, __ATOMIC_RELAXED);
+    s->discarded++;
+    if (s->data != NULL) {
+        put_head_u64(s->data, offsetof(EtwPacketHead, events_discarded), s->discarded);
+    }
+    if (s->control != NULL) {
+        s->control->events_discarded = s->discarded;
+    }
+}
+
+/* Hands the open packet (its first `size` bytes) to the copier and moves to
+ * the next slot. */
+static void
+submit_packet(EtwStream *s, size_t size)
+{
+    unsigned slot = s->slot;
+    put_head_u64(s->data, offsetof(EtwPacketHead, timestamp_end), s->last_ts);
+    put_head_u64(s->data, offsetof(EtwPacketHead, content_size), (uint64_t)s->used * 8);
+    s->busy[slot] = 1;
+    EtwCopy copy = {
+        .path = s->path, .dev = s->dev, .ino = s->ino,
+        .packet = s->data, .size = size, .offset = s->file_offset,
+        .busy = &s->busy[slot], .error = &s->copy_error,
+    };
+    s->file_offset += size;
+    s->slot = (slot + 1) % ETW_RING_SLOTS;
+    s->data = NULL;
+    s->used = PACKET_BYTES;
+    etw_copier_submit(&copy);
+}
+
+/* Opens the next packet at `ts` in the next free slot of the ring (after
+ * handing a full one to the copier); -1 when the stream stops (a copy
+ * failed: the packets it could not write stay in the ring). */
+static int
+begin_packet(EtwStream *s, uint64_t ts)
+{
+    if (s->data != NULL) {
+        submit_packet(s, PACKET_BYTES);
+    }
+    etw_copier_wait(&s->busy[s->slot]);
+    int err = __atomic_load_n(&s->copy_error, __ATOMIC_RELAXED);
+    if (err != 0) {
+        note_failure(s, err, "cannot write");
         return -1;
     }
-    char path[PATH_MAX + 128];
-    snprintf(path, sizeof(path), "%s/metadata", trace_dir);
-    int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        snprintf(error, error_size, "cannot write %s: %s", path, strerror(errno));
-        return -1;
-    }
-    char text[sizeof(METADATA) + 64];
-    int len = snprintf(text, sizeof(text), METADATA, (int)pid, call_times);
-    int rc = etw_pwrite_all(fd, (const uint8_t *)text, (size_t)len, 0);
-    close(fd);
-    if (rc != 0) {
-        snprintf(error, error_size, "cannot write %s: %s", path, strerror(errno));
-        return -1;
-    }
-    trace_pid = pid;
+    s->data = s->ring + (size_t)s->slot * PACKET_BYTES;
+    EtwPacketHead head = {
+        .magic = ETW_CTF_MAGIC,
+        .stream_id = 0,
+        .timestamp_begin = ts,
+        .timestamp_end = ts,
+        .content_size = HEAD_BYTES * 8,
+        .packet_size = (uint64_t)PACKET_BYTES * 8,
+        .packet_seq_num = s->seq++,
+        .events_discarded = s->discarded,
+        .tid = s->tid,
+    };
+    memcpy(s->data, &head, sizeof(head));
+    memset(s->data + HEAD_BYTES, 0, ETW_END_WORD_SIZE);   /* no event yet */
+    s->used = HEAD_BYTES;
+    s->last_ts = ts;
     return 0;
 }
+
+/* Ends the open packet where its content does (padded to 8 bytes), hands
+ * it to the copier and waits until the whole stream is written. */
+static void
+suspend_stream(EtwStream *s)
+{
+    if (s->pid != getpid()) {
+        return;     /* a fork's parent's stream: not ours to write */
+    }
+    if (s->data != NULL && s->used > HEAD_BYTES) {
+        uint64_t padded = ((uint64_t)s->used + 7) & ~(uint64_t)7;
+        put_head_u64(s->data, offsetof(EtwPacketHead, packet_size), padded * 8);
+        put_head_u64(s->data, offsetof(EtwPacketHead, events_discarded), s->discarded);
+        submit_packet(s, (size_t)padded);
+    }
+    else if (s->data != NULL) {
+        s->seq--;   /* an empty packet: never written */
+    }
+    s->data = NULL;
+    s->used = PACKET_BYTES;
+    for (unsigned i = 0; i < ETW_RING_SLOTS; i++) {
+        etw_copier_wait(&s->busy[i]);
+    }
+}
+
+void
+etw_stream_suspend(EtwStream *s)
+{
+    if (s != NULL) {
+        suspend_stream(s);
+    }
+}
+
+/* Closes a stream: written out, its ring removed (kept when a copy failed:
+ * readers find the packets there). */
+static void
+free_stream(EtwStream *s)
+{
+    int own = s->pid == getpid();
+    if (own) {
+        suspend_stream(s);
+    }
+    if (s->ring != NULL) {
+        munmap(s->ring, RING_FILE_BYTES);
+    }
+    if (own && s->copy_error == 0 && s->ring_path != NULL) {
+        unlink(s->ring_path);
+    }
+    free(s->path);
+    free(s->ring_path);
+    free(s);
+}
+
+/* Holding registry_lock: a new stream file and ring for thread `tid`, or
+ * NULL. */
+static EtwStream *
+create_stream(uint32_t tid)
+{
+    EtwStream *s = calloc(1, sizeof(EtwStream));
+    size_t size = strlen(trace_dir) + 48;
+    char *path = malloc(size), *ring_path = malloc(size);
+    if (s == NULL || path == NULL || ring_path == NULL) {
+        free(s);
+        free(path);
+        free(ring_path);
+        return NULL;
+    }
+    unsigned number = stream_counter++;
+    snprintf(path, size, "%s/stream-%u-tid-%u", trace_dir, number, tid);
+    snprintf(ring_path, size, "%s/.ring-%u-tid-%u", trace_dir, number, tid);
+    s->tid = tid;
+    s->timed = call_times;
+    s->used = PACKET_BYTES;
+    s->generation = generation;
+    s->pid = getpid();
+    s->path = path;
+    struct stat st;
+    int fd = create_own_file(path, &st);
+    if (fd < 0) {
+        note_failure(s, errno, "cannot create");
+        goto failed;
+    }
+    close(fd);
+    s->dev = st.st_dev;
+    s->ino = st.st_ino;
+    s->ring_path = ring_path;
+    ring_path = NULL;
+    fd = create_own_file(s->ring_path, &st);
+    int rc = fd < 0 ? errno : posix_fallocate(fd, 0, (off_t)RING_FILE_BYTES);
+    if (rc == 0) {
+        void *p = mmap(NULL, RING_FILE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+            rc = errno;
+        }
+        else {
+            /* Fault every page in now rather than one by one from the traced
+             * code (a no-op before Linux 5.14). */
+            (void)madvise(p, RING_FILE_BYTES, MADV_POPULATE_WRITE);
+            s->ring = p;
+            s->control = (EtwRingControl *)(s->ring + RING_BYTES);
+            memcpy(s->control->magic, ETW_RING_CONTROL_MAGIC, 8);
+            s->control->slots = ETW_RING_SLOTS;
+        }
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (rc != 0) {
+        note_failure(s, rc, "cannot create the ring of");
+        unlink(s->ring_path);
+        goto failed;
+    }
+    return s;
+
+failed:
+    free(s->path);
+    free(s->ring_path);
+    free(ring_path);
+    free(s);
+    return NULL;
+}
+
+EtwStream *
+etw_stream_attach(EtwStream **own, uint32_t tid)
+{
+    EtwStream *s = *own;
+    pthread_mutex_lock(&registry_lock);
+    if (s != NULL && s->generation != generation) {
+        /* Of an earlier capture, or of a fork's parent: done with it. */
+        free_stream(s);
+        s = NULL;
+    }
+    if (s != NULL && !etw_recorder_active()) {
+        suspend_stream(s);    /* kept for the next session of this trace */
+    }
+    if (s != NULL) {
+        s->timed = call_times;
+    }
+    if (etw_recorder_active() && s == NULL) {
+        if (trace_pid != getpid()) {
+            /* A forked child: a trace of its own in the same capture. */
+            char error[PATH_MAX + 64];
+            if (open_trace_dir(error, sizeof(error)) != 0) {
+                fprintf(stderr, "etwtrace: %s\n", error);
+                __atomic_store_n(&active, 0, __ATOMIC_RELEASE);
+            }
+        }
+        if (etw_recorder_active() && (s = create_stream(tid)) == NULL) {
+            __atomic_fetch_add(&discarded, 1, __ATOMIC_RELAXED);
+        }
+    }
+    int writable = etw_recorder_active();
+    pthread_mutex_unlock(&registry_lock);
+    *own = s;
+    return writable ? s : NULL;
+}
+
+void
+etw_stream_close(EtwStream *s)
+{
+    if (s != NULL) {
+        free_stream(s);
+    }
+}
+
+uint8_t *
+etw_stream_reserve(EtwStream *s, uint32_t id, size_t payload_size)
+{
+    if (s->error != 0) {
+        etw_stream_discard(s);
+        return NULL;
+    }
+    uint64_t ts = etw_clock_read(&s->clock);
+    size_t worst = ETW_EXTENDED_HEAD_SIZE + payload_size + ETW_END_WORD_SIZE;
+    if (HEAD_BYTES + worst > PACKET_BYTES) {
+        etw_stream_discard(s);
+        return NULL;
+    }
+    if (s->data == NULL || s->used + worst > PACKET_BYTES) {
+        if (ts < s->last_ts) {
+            ts = s->last_ts;
+        }
+        if (begin_packet(s, ts) != 0) {
+            etw_stream_discard(s);
+            return NULL;
+        }
+    }
+    if (ts < s->last_ts) {
+        ts = s->last_ts; /* keep the stream ordered */
+    }
+    /* The header is written by etw_stream_commit, after the payload. */
+    uint8_t *p = s->data + s->used;
+    s->pending_at = p;
+    if (id != 0 && id < ETW_EXTENDED_ID && ts - s->last_ts <= ETW_COMPACT_TS_MASK) {
+        uint32_t word = id | ((uint32_t)(ts & ETW_COMPACT_TS_MASK) << 5);
+        memcpy(s->pending, &word, 4);
+        s->pending_len = ETW_COMPACT_HEAD_SIZE;
+    }
+    else {
+        s->pending[0] = ETW_EXTENDED_ID;
+        memcpy(s->pending + 1, &id, 4);
+        memcpy(s->pending + 5, &ts, 8);
+        s->pending_len = ETW_EXTENDED_HEAD_SIZE;
+    }
+    p += s->pending_len;
+    s->last_ts = ts;
+    s->used = (size_t)(p - s->data) + payload_size;
+    memset(s->data + s->used, 0, ETW_END_WORD_SIZE);   /* where the next one starts */
+    return p;
+}
+
+/* ---- the recorder ---- */
 
 int
 etw_recorder_start(const char *dir, int with_call_times, char *error, size_t error_size)
 {
     int rc = 0;
     pthread_mutex_lock(&registry_lock);
+    int times_changed = call_times != (with_call_times != 0);
     call_times = with_call_times != 0;
     if (strlen(dir) >= sizeof(capture_dir)) {
         snprintf(error, error_size, "capture path is too long: %s", dir);
         rc = -1;
-    } else if (!(active && trace_pid == getpid() && strcmp(dir, capture_dir) == 0)) {
-        snprintf(capture_dir, sizeof(capture_dir), "%s", dir);
-        rc = open_trace(error, error_size);
     }
-    active = rc == 0;
+    else if (trace_pid == getpid() && strcmp(dir, capture_dir) == 0) {
+        /* Another session of this process in the same capture: its threads
+         * continue their streams. */
+        if (times_changed) {
+            rc = write_metadata(trace_dir, O_TRUNC, error, error_size);
+        }
+    }
+    else {
+        /* A new trace: streams of an earlier one are closed by their
+         * threads at their next event. */
+        generation++;
+        snprintf(capture_dir, sizeof(capture_dir), "%s", dir);
+        rc = open_trace_dir(error, error_size);
+    }
+    __atomic_store_n(&active, rc == 0, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&registry_lock);
     return rc;
 }
@@ -199,249 +613,50 @@ etw_recorder_start(const char *dir, int with_call_times, char *error, size_t err
 int
 etw_recorder_active(void)
 {
-    return active;
+    return __atomic_load_n(&active, __ATOMIC_ACQUIRE);
 }
 
 const char *
 etw_recorder_dir(void)
 {
-    return active ? capture_dir : NULL;
+    return etw_recorder_active() ? capture_dir : NULL;
 }
 
 uint64_t
-etw_recorder_events_dropped(void)
+etw_recorder_events_discarded(void)
 {
-    return dropped + etw_writer_failures();
+    return __atomic_load_n(&discarded, __ATOMIC_RELAXED);
 }
 
-/* Fills in the open packet's end time and sizes. */
-static void
-finish_packet(EtwStream *s)
+int
+etw_recorder_first_error(void)
 {
-    PacketHead head;
-    memcpy(&head, s->data, sizeof(head));
-    head.timestamp_end = s->last_ts;
-    head.content_size = (uint64_t)s->used * 8;
-    head.packet_size = head.content_size;
-    memcpy(s->data, &head, sizeof(head));
-}
-
-/* Hands the open packet to the writer thread (see writer.h); the next
- * packet takes a fresh buffer. */
-static void
-flush_packet(EtwStream *s)
-{
-    if (s->used == 0) {
-        return;
-    }
-    if (s->fd >= 0) {
-        finish_packet(s);
-        etw_writer_submit(s->fd, s->file_size, s->data, s->used);
-        s->file_size += s->used;
-        s->data = NULL;
-    }
-    s->used = 0;
-}
-
-/* Opens a packet; -1 when no buffer can be had. */
-static int
-begin_packet(EtwStream *s, uint64_t ts)
-{
-    if (s->data == NULL && (s->data = etw_packet_alloc()) == NULL) {
-        return -1;
-    }
-    PacketHead head = {
-        .magic = CTF_MAGIC,
-        .stream_id = 0,
-        .timestamp_begin = ts,
-        .timestamp_end = ts,
-        .packet_seq_num = s->seq++,
-        .tid = s->tid,
-    };
-    memcpy(s->data, &head, sizeof(head));
-    s->used = sizeof(head);
-    s->begin_ts = ts;
-    s->last_ts = ts;
-    return 0;
-}
-
-EtwStream *
-etw_stream_open(uint32_t tid)
-{
-    EtwStream *s = NULL;
-    pthread_mutex_lock(&registry_lock);
-    if (!active) {
-        goto done;
-    }
-    if (trace_pid != getpid()) {
-        char error[256];
-        if (open_trace(error, sizeof(error)) != 0) {
-            fprintf(stderr, "etwtrace: %s\n", error);
-            active = 0;
-            goto done;
-        }
-    }
-    s = calloc(1, sizeof(EtwStream));
-    if (s == NULL) {
-        goto done;
-    }
-    char path[PATH_MAX + 128];
-    snprintf(path, sizeof(path), "%s/stream-%llu-tid-%u", trace_dir,
-             (unsigned long long)stream_counter++, tid);
-    s->fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0666);
-    if (s->fd < 0) {
-        fprintf(stderr, "etwtrace: cannot write %s: %s\n", path, strerror(errno));
-        free(s);
-        s = NULL;
-        goto done;
-    }
-    s->tid = tid;
-    s->timed = call_times;
-    s->next = streams;
-    if (streams != NULL) {
-        streams->prev = s;
-    }
-    streams = s;
-done:
-    pthread_mutex_unlock(&registry_lock);
-    return s;
-}
-
-static void
-unlink_stream(EtwStream *s)
-{
-    if (s->prev != NULL) {
-        s->prev->next = s->next;
-    } else if (streams == s) {
-        streams = s->next;
-    }
-    if (s->next != NULL) {
-        s->next->prev = s->prev;
-    }
-    s->next = s->prev = NULL;
-}
-
-void
-etw_stream_close(EtwStream *s)
-{
-    if (s == NULL) {
-        return;
-    }
-    pthread_mutex_lock(&registry_lock);
-    flush_packet(s);
-    etw_writer_drain();
-    if (s->fd >= 0) {
-        close(s->fd);
-    }
-    unlink_stream(s);
-    pthread_mutex_unlock(&registry_lock);
-    free(s->data);
-    free(s);
-}
-
-void
-etw_recorder_flush_all(void)
-{
-    pthread_mutex_lock(&registry_lock);
-    for (EtwStream *s = streams; s != NULL; s = s->next) {
-        flush_packet(s);
-    }
-    etw_writer_drain();
-    pthread_mutex_unlock(&registry_lock);
-}
-
-void
-etw_recorder_flush_on_crash(void)
-{
-    /* Only async-signal-safe work: trylock, memcpy, pwrite.  Queued
-     * packets and open ones go to their own offsets, so the order of the
-     * writes does not matter. */
-    etw_writer_flush_on_crash();
-    if (pthread_mutex_trylock(&registry_lock) != 0) {
-        return;
-    }
-    int saved_errno = errno;
-    for (EtwStream *s = streams; s != NULL; s = s->next) {
-        if (s->used != 0 && s->fd >= 0) {
-            finish_packet(s);
-            (void)etw_pwrite_all(s->fd, s->data, s->used, s->file_size);
-        }
-    }
-    errno = saved_errno;
-    pthread_mutex_unlock(&registry_lock);
+    return __atomic_load_n(&first_error, __ATOMIC_RELAXED);
 }
 
 void
 etw_recorder_stop(void)
 {
     pthread_mutex_lock(&registry_lock);
-    for (EtwStream *s = streams; s != NULL; s = s->next) {
-        flush_packet(s);
-    }
-    etw_writer_drain();
-    for (EtwStream *s = streams; s != NULL; s = s->next) {
-        /* Keep the stream object (its thread still points at it) but stop
-         * writing: a later start opens a fresh stream per thread. */
-        if (s->fd >= 0) {
-            close(s->fd);
-            s->fd = -1;
-        }
-        free(s->data);
-        s->data = NULL;
-    }
-    active = 0;
+    int was_active = etw_recorder_active();
+    __atomic_store_n(&active, 0, __ATOMIC_RELEASE);
+    uint64_t lost = etw_recorder_events_discarded() - reported;
+    reported += lost;
     pthread_mutex_unlock(&registry_lock);
-}
-
-uint8_t *
-etw_stream_reserve(EtwStream *s, uint32_t id, size_t payload_size)
-{
-    uint64_t ts = etw_clock_read(&s->clock);
-    size_t worst = 13 + payload_size;
-    if (sizeof(PacketHead) + worst > PACKET_BYTES) {
-        dropped++;
-        return NULL;
+    if (was_active && lost > 0) {
+        int err = etw_recorder_first_error();
+        fprintf(stderr, "etwtrace: %llu events were lost%s%s; the trace holds every event "
+                "recorded before\n", (unsigned long long)lost, err ? ": " : "",
+                err ? strerror(err) : "");
     }
-    if (s->used != 0 && s->used + worst > PACKET_BYTES) {
-        flush_packet(s);
-    }
-    if (s->used == 0 && begin_packet(s, ts) != 0) {
-        dropped++;
-        return NULL;
-    }
-    if (ts < s->last_ts) {
-        ts = s->last_ts; /* keep the stream ordered */
-    }
-    uint8_t *p = s->data + s->used;
-    if (id < COMPACT_ID_LIMIT && ts - s->last_ts <= COMPACT_TS_MASK) {
-        uint32_t word = id | ((uint32_t)(ts & COMPACT_TS_MASK) << 5);
-        memcpy(p, &word, 4);
-        p += 4;
-    } else {
-        *p++ = COMPACT_ID_LIMIT;
-        memcpy(p, &id, 4);
-        memcpy(p + 4, &ts, 8);
-        p += 12;
-    }
-    s->last_ts = ts;
-    s->used = (size_t)(p - s->data) + payload_size;
-    return p;
 }
 
 void
 etw_recorder_after_fork_child(void)
 {
-    /* The inherited streams and their files are the parent's: forget them
-     * without writing (the parent writes its own pending data).  Only
-     * async-signal-safe calls here. */
-    for (EtwStream *s = streams; s != NULL; s = s->next) {
-        if (s->fd >= 0) {
-            close(s->fd);
-            s->fd = -1;
-        }
-        s->used = 0;
-    }
-    streams = NULL; /* the copies stay allocated: freeing is not fork-safe */
+    /* Inherited streams are the parent's; each is let go untouched (they
+     * know their creator's pid) when its thread next writes. */
     pthread_mutex_init(&registry_lock, NULL);
-    etw_writer_after_fork_child();
+    generation++;
+    etw_copier_after_fork_child();
 }

@@ -1,62 +1,74 @@
-/* The built-in recorder: per-thread buffers written as a CTF 1.8 trace.
+/* The built-in recorder: one CTF 1.8 stream file per thread.
  *
  * Layout of a capture directory DIR:
- *     DIR/ctf/pid-PID/metadata          TSDL text, one trace per process
- *     DIR/ctf/pid-PID/stream-N-tid-TID   one stream file per thread
+ *     DIR/ctf/pid-PID/metadata             TSDL text, one trace per process
+ *     DIR/ctf/pid-PID/stream-N-tid-TID      one stream file per thread
+ *     DIR/ctf/pid-PID/.ring-N-tid-TID       its ring (while it records)
+ * (pid-PID.2, .3, ... for the images a process execs into.)
  *
- * Each thread owns its stream: events are appended to its current packet
- * with no lock, and the packet is written out when full, when the thread
- * ends, when tracing stops and at interpreter exit.  The event layout is
- * described by the metadata that etw_recorder_start() writes (see
- * recorder.c); the reader in etwtrace/_ctf.py decodes the same layout.
- */
+ * A thread writes its events straight into a small ring of packets, a file
+ * mapped MAP_SHARED: every packet's header says how much of it is written,
+ * after every event, so whatever the process dies of (SIGKILL, os._exit,
+ * exec, a crash) every event written so far is in the page cache, in the
+ * ring or in the stream.  Full packets are copied from the ring into the
+ * stream file by a background thread (copier.c); readers take the packets
+ * still in a ring after the stream's (etwtrace/_ctf.py), and finalize()
+ * moves them into the stream for other CTF readers.  The ring's pages are
+ * reused, so a traced thread pays neither for write(2) nor for fresh pages.
+ *
+ * The recorder never keeps a file descriptor across user code: files are
+ * opened (and checked to be the ones it created) only for a moment, so a
+ * program that closes or reuses descriptors cannot make it write into its
+ * own files.
+ *
+ * The byte layout is declared in trace_format.h. */
 #ifndef ETWTRACE_RECORDER_H
 #define ETWTRACE_RECORDER_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/types.h>
 
 #include "clock.h"
+#include "trace_format.h"
 
-/* Event ids: the CTF event ids of the trace, shared with the reader. */
-enum {
-    ETW_EV_THREAD_START = 0,
-    ETW_EV_THREAD_STOP = 1,
-    ETW_EV_FUNCTION = 2,
-    ETW_EV_MARK = 3,
-    ETW_EV_MARK_START = 4,
-    ETW_EV_MARK_STOP = 5,
-    ETW_EV_STACK_SAMPLE = 6,
-    ETW_EV_PUSH = 7,
-    ETW_EV_POP = 8,
-    /* Compact forms of push and pop for instrumented mode (see recorder.c):
-     * a push whose Caller is the innermost open push of the stream and whose
-     * FunctionID and CallerLine fit 16 bits, and a pop whose FunctionID does. */
-    ETW_EV_PUSH_SHORT = 9,
-    ETW_EV_POP_SHORT = 10,
-};
-
-#define ETW_PACKET_BYTES (64 * 1024)
-#define ETW_COMPACT_ID_LIMIT 31u
-#define ETW_COMPACT_TS_BITS 27
-#define ETW_COMPACT_TS_MASK ((1u << ETW_COMPACT_TS_BITS) - 1)
+/* Packets in a stream's ring: a thread may be this many packets ahead of
+ * the copier before it waits. */
+#define ETW_RING_SLOTS 8
 
 /* A thread's stream.  Visible here only so the push/pop fast path below can
- * be inlined into the tracer; everything else goes through functions. */
+ * be inlined into the tracer; everything else goes through functions.
+ * Only its own thread writes to it. */
 typedef struct EtwStream {
-    struct EtwStream *next;
-    struct EtwStream *prev;
-    int fd;
-    uint32_t tid;
-    uint64_t seq;
-    uint64_t begin_ts;
+    /* The open packet, in the ring: `used` bytes of `data` are written.
+     * With no packet open, data is NULL and used is ETW_PACKET_BYTES, so
+     * that the fast path's room check sends the writer to the slow path. */
+    uint8_t *data;
+    size_t used;
     uint64_t last_ts;
     EtwClockAnchor clock;
-    uint64_t file_size;   /* bytes handed to the writer so far */
-    int timed;            /* 0: pushes and pops take the last time read */
-    size_t used;          /* bytes in data, 0 = no packet open */
-    uint8_t *data;        /* the open packet (ETW_PACKET_BYTES), or NULL */
+    int timed;                /* 0: pushes and pops take the last time read */
+    uint32_t tid;
+    uint64_t seq;             /* packets begun */
+    uint64_t discarded;       /* events lost (also in every packet header) */
+    uint8_t *ring;            /* ETW_RING_SLOTS packets, mapped shared ... */
+    EtwRingControl *control;  /* ... then the ring's control page */
+    /* The header of the event being written (see etw_stream_commit). */
+    uint8_t *pending_at;
+    uint8_t pending[ETW_EXTENDED_HEAD_SIZE];
+    uint8_t pending_len;
+    unsigned slot;            /* the ring slot of the open (or next) packet */
+    uint8_t busy[ETW_RING_SLOTS];   /* slot being copied (the copier clears it) */
+    uint64_t file_offset;     /* where the next packet copied goes */
+    int error;                /* errno that stopped this stream, or 0 */
+    int copy_error;           /* errno of a failed copy (set by the copier) */
+    uint64_t generation;      /* the trace it belongs to (recorder.c) */
+    pid_t pid;                /* its creator: after a fork, not the child */
+    char *path;               /* the stream file, made by the recorder ... */
+    dev_t dev;                /* ... with this identity */
+    ino_t ino;
+    char *ring_path;
 } EtwStream;
 
 /* Starts recording into DIR (creating DIR/ctf/pid-PID).  With `call_times`
@@ -66,36 +78,59 @@ typedef struct EtwStream {
  * Returns 0, or -1 with a message in `error` (of `error_size` bytes). */
 int etw_recorder_start(const char *dir, int call_times, char *error, size_t error_size);
 
-/* Writes out every thread's pending events and closes the streams. */
+/* Ends recording.  Each thread's stream is closed (its file cut to its
+ * last event) by that thread, at its next event or when it ends; the
+ * caller's own at once.  Prints one line to stderr if events were lost. */
 void etw_recorder_stop(void);
-
-/* Writes out every thread's pending events, keeping streams open. */
-void etw_recorder_flush_all(void);
 
 int etw_recorder_active(void);
 
 /* The capture directory while recording, else NULL. */
 const char *etw_recorder_dir(void);
 
-/* The stream of the calling thread (kernel id `tid`), created on first use;
- * NULL when not recording or the stream file cannot be created. */
-EtwStream *etw_stream_open(uint32_t tid);
+/* The calling thread's stream for this session.  `*own` is the thread's
+ * stream object (NULL at first): it is kept while it belongs to the trace
+ * being recorded, so a thread writes one file in every session of a
+ * capture; it is closed and let go when it belongs to an earlier trace or
+ * to a fork's parent.  Returns the stream to write, or NULL when not
+ * recording (or the file cannot be created: an event lost, counted). */
+EtwStream *etw_stream_attach(EtwStream **own, uint32_t tid);
 
-/* Writes out and closes a thread's stream (at thread exit). */
+/* Closes the calling thread's stream (at thread exit) and frees it. */
 void etw_stream_close(EtwStream *stream);
 
-/* Reserves room for an event of `payload_size` bytes stamped now, writes
- * its header and returns where the payload goes, or NULL if the event can
- * never fit a packet.  The caller fills exactly `payload_size` bytes. */
+/* Ends the calling thread's open packet and waits until the copier has
+ * written all of its stream (recording stopped); the stream continues in
+ * the next session. */
+void etw_stream_suspend(EtwStream *stream);
+
+/* Reserves room for an event of `payload_size` bytes stamped now and
+ * returns where its payload goes, or NULL when the event is lost
+ * (counted).  The caller fills exactly `payload_size` bytes, then calls
+ * etw_stream_commit, which writes the event's header. */
 uint8_t *etw_stream_reserve(EtwStream *stream, uint32_t id, size_t payload_size);
 
-/* Fast path of etw_stream_reserve for small events: the compact header fits
- * and the packet has room.  Returns NULL when the caller must take the slow
- * path (etw_stream_reserve). */
-static inline __attribute__((always_inline)) uint8_t *
-etw_stream_reserve_compact(EtwStream *s, uint32_t id, size_t payload_size)
+/* Writes the header of the event reserved last, after its payload (and
+ * after the zero word reserving put after it): the fence keeps the
+ * compiler from moving this store before those, and x86-64 keeps stores in
+ * order, so neither a reader of the ring nor the page cache after a SIGKILL
+ * sees a header whose payload is not written (trace_format.h). */
+static inline void
+etw_stream_commit(EtwStream *s)
 {
-    if (__builtin_expect(s->used == 0 || s->used + 4 + payload_size > ETW_PACKET_BYTES, 0)) {
+    __atomic_signal_fence(__ATOMIC_RELEASE);
+    memcpy(s->pending_at, s->pending, s->pending_len);
+}
+
+/* Fast path of etw_stream_reserve for small events: the compact header fits
+ * and the packet has room.  Returns where the payload goes, with the
+ * header to write after it in *header (etw_stream_commit_compact), or NULL
+ * when the caller must take the slow path (etw_stream_reserve). */
+static inline __attribute__((always_inline)) uint8_t *
+etw_stream_reserve_compact(EtwStream *s, uint32_t id, size_t payload_size, uint32_t *header)
+{
+    size_t size = ETW_COMPACT_HEAD_SIZE + payload_size;
+    if (__builtin_expect(s->used + size + ETW_END_WORD_SIZE > ETW_PACKET_BYTES, 0)) {
         return NULL;
     }
     uint64_t ts = __builtin_expect(s->timed, 1) ? etw_clock_read(&s->clock) : s->last_ts;
@@ -103,22 +138,36 @@ etw_stream_reserve_compact(EtwStream *s, uint32_t id, size_t payload_size)
         return NULL; /* earlier than the last event, or too long after it */
     }
     uint8_t *p = s->data + s->used;
-    uint32_t word = id | ((uint32_t)(ts & ETW_COMPACT_TS_MASK) << 5);
-    memcpy(p, &word, 4);
+    *header = id | ((uint32_t)(ts & ETW_COMPACT_TS_MASK) << 5);
     s->last_ts = ts;
-    s->used += 4 + payload_size;
-    return p + 4;
+    s->used += size;
+    const uint32_t end = 0;
+    memcpy(s->data + s->used, &end, ETW_END_WORD_SIZE);   /* where the next one starts */
+    return p + ETW_COMPACT_HEAD_SIZE;
 }
 
-/* Forgets streams inherited across fork() without writing them (they are the
- * parent's); the child's first event starts a trace of its own. */
+static inline __attribute__((always_inline)) void
+etw_stream_commit_compact(uint8_t *payload, uint32_t header)
+{
+    __atomic_signal_fence(__ATOMIC_RELEASE);
+    memcpy(payload - ETW_COMPACT_HEAD_SIZE, &header, 4);
+}
+
+/* Counts an event that could not be recorded on this stream. */
+void etw_stream_discard(EtwStream *stream);
+
+/* In a forked child: streams inherited from the parent are let go without
+ * touching their files; the child's first event starts a trace of its own.
+ * Only async-signal-safe calls. */
 void etw_recorder_after_fork_child(void);
 
-/* From a fatal-signal handler: writes out what every stream holds, unless
- * the registry is busy (the fault happened inside the recorder). */
-void etw_recorder_flush_on_crash(void);
+/* Events lost so far in this process (disk full, mapping failed, event too
+ * large), and the errno of the first failure (0 if none). */
+uint64_t etw_recorder_events_discarded(void);
+int etw_recorder_first_error(void);
 
-/* Bytes and events written so far (for --info and benchmarks). */
-uint64_t etw_recorder_events_dropped(void);
+/* Writes the CTF metadata text of a trace into `buf` (NUL-terminated);
+ * returns its length, or -1 if `size` is too small. */
+int etw_format_metadata(char *buf, size_t size, int pid, int call_times);
 
 #endif

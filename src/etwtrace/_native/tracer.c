@@ -1,7 +1,10 @@
 /* The tracer.  See tracer.h.
  *
  * A PEP 523 hook has no context argument, so the tracer's state is the one
- * process-wide global of the core; it is only touched holding the GIL. */
+ * process-wide global of the core.  It is set by enable before the hook is
+ * installed and read by the hooks on every thread; `previous` (what the
+ * hooks call) is never cleared, since a free-threaded build may still be
+ * inside a hook when tracing stops. */
 #include "tracer.h"
 
 #include "c_functions.h"
@@ -9,6 +12,7 @@
 #include "perf_jit.h"
 #include "recorder.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,22 +23,36 @@ static struct {
     int mode;
     int c_calls;               /* instrumented: also C callables */
     int c_calls_monitoring;    /* ... observed through sys.monitoring */
-    EtwEvalFunc previous;      /* evaluator the hook hands frames to */
+    EtwEvalFunc previous;      /* evaluator the hook hands frames to (atomic) */
     EtwEvalFunc hook;          /* the hook installed */
     PyInterpreterState *interp;
-    EtwFilter filter;          /* strong references while enabled */
+    /* Strong references, kept after disable: a free-threaded build may
+     * still be registering a function with them (they are the module
+     * state's set and list, which live as long anyway). */
+    EtwFilter filter;
 } tracer;
+
+/* Serializes enable and disable (they call into Python, so a PyMutex in
+ * free-threaded builds). */
+static EtwLock enable_lock = ETW_LOCK_INIT;
 
 /* The function record of `co` for this session, registering it (and emitting
  * its PythonFunction event) if needed; NULL if out of memory. */
-static inline EtwFunction *
+static inline __attribute__((always_inline)) EtwFunction *
 function_of(PyCodeObject *co, EtwThread *t, int want_trampoline)
 {
     EtwFunction *f = etw_code_get_extra(co, etw_code_extra_index);
-    if (__builtin_expect(f == NULL || f->epoch != etw_epoch, 0)) {
+    if (__builtin_expect(f == NULL || __atomic_load_n(&f->epoch, __ATOMIC_ACQUIRE) !=
+                                          etw_current_epoch(), 0)) {
         f = etw_function_for_code(co, f, t, &tracer.filter, want_trampoline);
     }
     return f;
+}
+
+static inline EtwEvalFunc
+previous_eval(void)
+{
+    return __atomic_load_n(&tracer.previous, __ATOMIC_RELAXED);
 }
 
 static PyObject *
@@ -45,9 +63,9 @@ stack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
     EtwThread *t = etw_thread();
     EtwFunction *f = function_of(etw_frame_code(frame), t, 1);
     if (f != NULL && f->trampoline != NULL) {
-        return ((TrampolineFunc)f->trampoline)(ts, frame, throwflag, tracer.previous);
+        return ((TrampolineFunc)f->trampoline)(ts, frame, throwflag, previous_eval());
     }
-    return tracer.previous(ts, frame, throwflag);
+    return previous_eval()(ts, frame, throwflag);
 }
 
 /* Caller and CallerLine of a call made now on thread `t` from Python frame
@@ -55,7 +73,7 @@ stack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
  * at the bottom of a stack that started before tracing did (no open push)
  * is it the calling frame's function.  The line is known when the Caller is
  * that Python frame's function. */
-static inline uint32_t
+static inline __attribute__((always_inline)) uint32_t
 caller_of(EtwThread *t, EtwFrame *cf, uint32_t *line)
 {
     uint32_t caller = t->current;
@@ -88,7 +106,7 @@ instrumented_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
     EtwThread *t = etw_thread();
     EtwFunction *f = function_of(etw_frame_code(frame), t, 0);
     if (__builtin_expect(f == NULL || !f->traced, 0)) {
-        return tracer.previous(ts, frame, throwflag);
+        return previous_eval()(ts, frame, throwflag);
     }
     uint32_t epoch = t->epoch;
     uint32_t saved = t->current;
@@ -96,8 +114,8 @@ instrumented_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
     uint32_t caller = caller_of(t, etw_thread_caller_frame(ts), &line);
     etw_emit_push(t, f->id, caller, line);
     t->current = f->id;
-    PyObject *result = tracer.previous(ts, frame, throwflag);
-    if (__builtin_expect(epoch == etw_epoch, 1)) {
+    PyObject *result = previous_eval()(ts, frame, throwflag);
+    if (__builtin_expect(epoch == etw_current_epoch(), 1)) {
         t->current = saved;
         etw_emit_pop(t, f->id);
     }
@@ -171,8 +189,12 @@ c_call_profile(PyObject *unused, PyFrameObject *pyframe, int what, PyObject *arg
 static int
 want_monitoring(void)
 {
+#ifdef ETW_HAVE_SYS_MONITORING
     const char *hook = getenv("ETWTRACE_C_CALL_HOOK");
-    return PY_VERSION_HEX >= 0x030C0000 && !(hook != NULL && strcmp(hook, "profile") == 0);
+    return !(hook != NULL && strcmp(hook, "profile") == 0);
+#else
+    return 0;
+#endif
 }
 
 static void
@@ -184,9 +206,32 @@ start_c_calls_on_thread(EtwThread *t)
     }
 }
 
+static int enable_locked(int mode, int c_calls, int call_times, const char *capture_dir,
+                         PyObject *ignored_files, PyObject *include_prefixes);
+static void disable_locked(void);
+
 int
 etw_tracer_enable(int mode, int c_calls, int call_times, const char *capture_dir,
                   PyObject *ignored_files, PyObject *include_prefixes)
+{
+    etw_lock(&enable_lock);
+    int rc = enable_locked(mode, c_calls, call_times, capture_dir, ignored_files,
+                           include_prefixes);
+    etw_unlock(&enable_lock);
+    return rc;
+}
+
+void
+etw_tracer_disable(void)
+{
+    etw_lock(&enable_lock);
+    disable_locked();
+    etw_unlock(&enable_lock);
+}
+
+static int
+enable_locked(int mode, int c_calls, int call_times, const char *capture_dir,
+              PyObject *ignored_files, PyObject *include_prefixes)
 {
     static int atfork_registered;
     if (tracer.mode != ETW_MODE_OFF) {
@@ -202,7 +247,16 @@ etw_tracer_enable(int mode, int c_calls, int call_times, const char *capture_dir
         PyErr_SetString(PyExc_RuntimeError, "a tracer is already enabled in this process");
         return -1;
     }
-    char error[512];
+    int monitoring = mode == ETW_MODE_INSTRUMENTED && c_calls && want_monitoring();
+    if (mode == ETW_MODE_INSTRUMENTED && c_calls && !monitoring &&
+        etw_profile_func_in_use(PyThreadState_Get(), c_call_profile)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "another profiler (cProfile?) holds this thread's profile function, "
+                        "which tracing C calls needs here; stop it first, or trace without "
+                        "C calls");
+        return -1;
+    }
+    char error[PATH_MAX + 128];
     if (etw_events_enable(capture_dir, mode != ETW_MODE_INSTRUMENTED || call_times, error,
                           sizeof(error)) != 0) {
         PyErr_SetString(PyExc_OSError, error);
@@ -213,20 +267,24 @@ etw_tracer_enable(int mode, int c_calls, int call_times, const char *capture_dir
         atfork_registered = 1;
     }
     if (mode == ETW_MODE_STACK) {
-        etw_perf_jit_open(capture_dir && capture_dir[0] ? capture_dir : NULL);
+        etw_perf_jit_open();
     }
 
-    Py_XINCREF(ignored_files);
-    Py_XINCREF(include_prefixes);
-    tracer.filter.ignored_files = ignored_files;
-    tracer.filter.include_prefixes = include_prefixes;
-    tracer.previous = current;
+    if (tracer.filter.ignored_files != ignored_files) {
+        Py_XINCREF(ignored_files);
+        Py_XSETREF(tracer.filter.ignored_files, ignored_files);
+    }
+    if (tracer.filter.include_prefixes != include_prefixes) {
+        Py_XINCREF(include_prefixes);
+        Py_XSETREF(tracer.filter.include_prefixes, include_prefixes);
+    }
+    __atomic_store_n(&tracer.previous, current, __ATOMIC_RELAXED);
     tracer.interp = interp;
     tracer.mode = mode;
     tracer.c_calls = mode == ETW_MODE_INSTRUMENTED && c_calls;
     tracer.hook = mode == ETW_MODE_STACK ? stack_eval : instrumented_eval;
     tracer.c_calls_monitoring = 0;
-    if (tracer.c_calls && want_monitoring()) {
+    if (monitoring) {
         int r = etw_monitoring_start(c_call_enter, c_call_exit);
         if (r < 0) {
             PyErr_Clear();  /* fall back to the profile function */
@@ -240,8 +298,8 @@ etw_tracer_enable(int mode, int c_calls, int call_times, const char *capture_dir
     return 0;
 }
 
-void
-etw_tracer_disable(void)
+static void
+disable_locked(void)
 {
     if (tracer.mode == ETW_MODE_OFF) {
         return;
@@ -260,8 +318,6 @@ etw_tracer_disable(void)
     tracer.mode = ETW_MODE_OFF;
     tracer.c_calls = 0;
     etw_events_disable();
-    Py_CLEAR(tracer.filter.ignored_files);
-    Py_CLEAR(tracer.filter.include_prefixes);
 }
 
 int
