@@ -200,8 +200,10 @@ def test_c_stack_overflow_keeps_every_event(tmp_path):
         deeper()
     """)
     proc = subprocess.run([sys.executable, str(prog)], env=_env(tmp_path), timeout=300,
-                          stderr=subprocess.PIPE)
-    assert proc.returncode in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT), proc.returncode
+                          stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
+    # CPython 3.14+ stops the recursion itself before the C stack runs out.
+    crashed = proc.returncode in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT)
+    assert crashed or "Stack overflow" in proc.stderr, (proc.returncode, proc.stderr[-500:])
     emitted = _counted(tmp_path)
     found = _leaf_calls(tmp_path / "cap")[0].get(_pid_of(tmp_path), 0)
     assert emitted > 1000 and found in (emitted, emitted + 1), (found, emitted)

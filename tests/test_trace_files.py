@@ -34,9 +34,11 @@ def test_perf_script_names_python_functions(capture):
     cap = capture("hot.py", "0.5", recorder="perf")
     text = (cap.path / "perf.script").read_text(errors="replace")
     assert "py::inner:" in text and "py::outer:" in text
-    # perf.data itself opens with perf script using the perf map
+    # perf opens what it recorded itself, naming Python frames through the
+    # perf map (frame-pointer call graphs) or the injected jitdump (DWARF).
     perf = shutil.which("perf")
-    raw = subprocess.run([perf, "script", "-i", str(cap.path / "perf.data")],
+    data = cap.path / ("perf.jit.data" if (cap.path / "perf.jit.data").exists() else "perf.data")
+    raw = subprocess.run([perf, "script", "-i", str(data)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
                          errors="replace")
     assert raw.returncode == 0

@@ -19,6 +19,7 @@ events come back to Python, merged in time order with perf's.
 import bisect
 import fnmatch
 import os
+import re
 import xml.dom.minidom
 from collections import Counter
 
@@ -30,6 +31,14 @@ EVAL_SYMBOLS = ("_PyEval_EvalFrameDefault", "_PyEval_EvalFrame", "PyEval_EvalCod
 
 
 _AT = object()     # marks a stack whose Python calls are looked up by time
+
+# Suffixes GCC gives the copies it makes of a function (LTO-local, ISRA,
+# constant-propagated, split cold parts): one function to a reader.
+_CLONE_SUFFIX = re.compile(r"(\.(lto_priv|isra|constprop|part|cold|llvm)(\.\d+)?)+$")
+
+
+def clean_symbol(sym):
+    return _CLONE_SUFFIX.sub("", sym)
 
 
 class ReportError(Exception):
@@ -260,6 +269,7 @@ class Scan:
         for ip, sym, dso in reversed(raw):
             if ip == 0xFFFFFFFFFFFFFFFF:
                 continue    # perf's marker for an unwind that stopped early
+            sym = clean_symbol(sym)
             label = ranges.find(ip) if ranges else None
             if label is not None:
                 frames.append(label)
@@ -268,7 +278,7 @@ class Scan:
                 frames.extend(python)
                 python = ()
                 continue
-            if tags is not None and (not sym or _folded_by_tags(sym, dso, tags)):
+            if tags is not None and _folded_by_tags(sym, dso, tags):
                 continue
             if sym and sym != "[unknown]":
                 frames.append(f"{sym} [{os.path.basename(dso)}]")
@@ -282,5 +292,13 @@ class Scan:
 
 
 def _folded_by_tags(sym, dso, tags):
+    """Whether stack tags fold this frame: an interpreter-internal function,
+    or a nameless frame of a module they cover (an interpreter built
+    without local symbols, as Debian's 3.15)."""
+    if not sym or sym == "[unknown]":
+        if not dso or dso == "[unknown]":
+            return True
+        module = os.path.basename(dso)
+        return any(fnmatch.fnmatchcase(module, m) for m, _ in tags)
     module = os.path.basename(dso)
     return any(fnmatch.fnmatchcase(module, m) and fnmatch.fnmatchcase(sym, f) for m, f in tags)
