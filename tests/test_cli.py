@@ -9,6 +9,7 @@ import xml.dom.minidom
 import pytest
 
 import etwtrace
+from pathlib import Path
 from conftest import SCRIPTS, run_etwtrace
 
 
@@ -38,7 +39,7 @@ def test_profile_path_has_both_presets():
     proc = run_etwtrace("--profile")
     assert proc.returncode == 0
     path = proc.stdout.strip()
-    text = open(path, encoding="utf-8").read()
+    text = Path(path).read_text(encoding="utf-8")
     assert "[Default]" in text and "[Minimal]" in text
 
 
@@ -166,7 +167,7 @@ def test_enable_and_disable_pth(venv_python, tmp_path):
     assert out.returncode == 0, out.stderr
     pth = os.path.join(site_dir, "etwtrace.pth")
     assert os.path.isfile(pth)
-    assert "enable_if('MY_TRACE', 'MY_TYPE')" in open(pth).read()
+    assert "enable_if('MY_TRACE', 'MY_TYPE')" in Path(pth).read_text()
 
     probe = "import etwtrace; print(etwtrace.is_active())"
     off = subprocess.run([venv_python, "-c", probe], stdout=subprocess.PIPE, encoding="utf-8",

@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 import etwtrace
+from pathlib import Path
 from etwtrace import _ctfdecode
 from etwtrace._callstacks import CallStacks
 from conftest import SCRIPTS, run_etwtrace
@@ -229,7 +230,7 @@ def test_hostile_streams(tmp_path, data, message):
 
 
 def test_random_and_mutated_bytes_never_crash(tmp_path):
-    seeds = [open(p, "rb").read() for p in glob.glob(
+    seeds = [Path(p).read_bytes() for p in glob.glob(
         os.path.join(os.path.dirname(__file__), "..", "fuzz", "seeds", "*"))]
     assert seeds
     rng = random.Random(1234)

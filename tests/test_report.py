@@ -371,7 +371,7 @@ def test_cpu_preset_uses_frame_pointers_where_libpython_keeps_them(capture):
     need_perf()
     from etwtrace import _perf
     cap = capture("hot.py", "1", recorder="perf", preset="CPU")
-    manifest = json.load(open(os.path.join(cap.path, "etwtrace-capture.json")))
+    manifest = json.loads((cap.path / "etwtrace-capture.json").read_text())
     expected = "fp" if _perf.python_keeps_frame_pointers() else "dwarf"
     assert manifest["callgraph"] == expected
     assert not any(e == "context-switches/period=1/" for e in manifest["perf_command"])

@@ -8,6 +8,7 @@ import warnings
 import pytest
 
 import etwtrace
+from pathlib import Path
 from conftest import need_perf, need_tool
 
 
@@ -113,7 +114,7 @@ def test_garbage_bytes_never_crash_the_reader(capture):
     import random
     cap = capture("basic.py")
     stream = _streams(cap.path)[0]
-    original = open(stream, "rb").read()
+    original = Path(stream).read_bytes()
     rng = random.Random(1234)
     for _ in range(300):
         data = bytearray(original)

@@ -20,9 +20,24 @@ from collections import Counter
 TIMELINE_RECORD = struct.Struct("<QII")     # ts, node, kind (0 open, 1 close)
 
 
+# Control characters as escapes: a newline in a name must not end a line of
+# folded output (or of a table).
+_CONTROL = {i: f"\\x{i:02x}" for i in list(range(32)) + [127]}
+_CONTROL.update({9: "\\t", 10: "\\n", 13: "\\r"})
+
+
+def shown(text):
+    """`text` as a report shows it: bytes that are not UTF-8 (kept as
+    surrogates by the reader) as \\xNN, control characters escaped."""
+    if text.isprintable():
+        return text
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.translate(_CONTROL)
+
+
 def label_of(fields):
     """`qualname (file:line)` of a PythonFunction event's fields."""
-    return f"{fields['Name']} ({fields['SourceFile']}:{fields['LineNumber']})"
+    return f"{shown(fields['Name'])} ({shown(fields['SourceFile'])}:{fields['LineNumber']})"
 
 
 class _Node:

@@ -17,7 +17,9 @@ import subprocess
 import sysconfig
 
 STACK_SAMPLE_PROBE = "sdt_etwtrace:stack_sample"
-SCRIPT_FIELDS = "pid,tid,time,event,ip,sym,dso"
+SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
+# etwtrace's own thread (copier.c): not part of the program's picture.
+OWN_THREADS = ("etwtrace-copy",)
 
 
 class PerfError(Exception):
@@ -166,9 +168,12 @@ def save_script(perf, data, output):
 
 # ---- reading perf script text ----
 
-_SAMPLE = re.compile(r"^\s*(\d+)/(\d+)\s+(\d+)\.(\d+):\s+(\S+):\s*(.*)$")
+# Lines start with the thread's comm, padded (captures from before it was
+# saved have none): "COMM PID/TID SECONDS.NANOS: ...".
+_HEAD = r"^\s*(?:(?P<comm>\S.*?)\s+)?"
+_SAMPLE = re.compile(_HEAD + r"(\d+)/(\d+)\s+(\d+)\.(\d+):\s+(\S+):\s*(.*)$")
 _MMAP = re.compile(
-    r"^\s*(\d+)/(\d+)\s+(\d+)\.(\d+):\s+PERF_RECORD_MMAP2?\s+(-?\d+)/\d+:\s+"
+    _HEAD + r"(\d+)/(\d+)\s+(\d+)\.(\d+):\s+PERF_RECORD_MMAP2?\s+(-?\d+)/\d+:\s+"
     r"\[0x([0-9a-f]+)\(0x([0-9a-f]+)\) @ (?:0x)?([0-9a-f]+)[^\]]*\]:\s+\S+\s+(.*)$"
 )
 _FRAME = re.compile(r"^\s+([0-9a-f]+)\s+(.*?)\s+\((.*)\)\s*$")
@@ -208,7 +213,10 @@ class _Maps:
         return rel if best is None else best
 
 
-_SWITCH = re.compile(r"^\s*(\d+)/(\d+)\s+(\d+)\.(\d+):\s+PERF_RECORD_SWITCH(?:_CPU_WIDE)?\s+(IN|OUT)\s*(.*)$")
+_SWITCH = re.compile(_HEAD + r"(\d+)/(\d+)\s+(\d+)\.(\d+):\s+PERF_RECORD_SWITCH(?:_CPU_WIDE)?\s+(IN|OUT)\s*(.*)$")
+
+
+_SKIPPED = object()     # a sample of etwtrace's own thread, left out
 
 
 def read_script(path, make_event, progress=None):
@@ -250,6 +258,10 @@ def read_script(path, make_event, progress=None):
         for n, line in enumerate(f):
             if progress is not None and not n & 0x3FFF:
                 progress(f.buffer.tell())
+            if current is _SKIPPED:
+                if _FRAME.match(line):
+                    continue
+                current = None
             if current is not None:
                 m = _FRAME.match(line)
                 if m:
@@ -265,30 +277,32 @@ def read_script(path, make_event, progress=None):
             if "PERF_RECORD_MMAP" in line:
                 m = _MMAP.match(line)
                 if m:
-                    maps.add(int(m.group(5)), int(m.group(6), 16), int(m.group(7), 16),
-                             int(m.group(8), 16), m.group(9).strip())
+                    maps.add(int(m.group(6)), int(m.group(7), 16), int(m.group(8), 16),
+                             int(m.group(9), 16), m.group(10).strip())
                 continue
             if "PERF_RECORD_SWITCH" in line:
                 m = _SWITCH.match(line)
                 if m:
-                    tid = int(m.group(2))
+                    tid = int(m.group(3))
                     ev = switched_out.get(tid)
                     if ev is not None:
-                        if m.group(5) == "OUT":
-                            ev.fields["Preempted"] = "preempt" in m.group(6)
+                        if m.group(6) == "OUT":
+                            ev.fields["Preempted"] = "preempt" in m.group(7)
                         else:
                             del switched_out[tid]
-                            ev.fields["OffCpuTime"] = max(_ns(m.group(3), m.group(4)) - ev.timestamp, 0)
+                            ev.fields["OffCpuTime"] = max(_ns(m.group(4), m.group(5)) - ev.timestamp, 0)
                             yield from release()
                 continue
             if "PERF_RECORD_" in line:
                 continue
             m = _SAMPLE.match(line)
             if m:
-                raw = m.group(5)
+                raw = m.group(6)
                 name = EVENT_NAMES.get(raw.split("/")[0].split(":u")[0], raw)
-                current = (int(m.group(1)), int(m.group(2)), _ns(m.group(3), m.group(4)), name, raw)
-    if current is not None:
+                current = (int(m.group(2)), int(m.group(3)), _ns(m.group(4), m.group(5)), name, raw)
+                if (m.group("comm") or "").strip() in OWN_THREADS:
+                    current = _SKIPPED
+    if current is not None and current is not _SKIPPED:
         finish()
     switched_out.clear()     # never switched in again: OffCpuTime stays None
     yield from release()

@@ -85,6 +85,8 @@ static void *
 copier_main(void *unused)
 {
     (void)unused;
+    /* Named before it first waits, so that every sample of it is known. */
+    pthread_setname_np(pthread_self(), "etwtrace-copy");
     pthread_mutex_lock(&lock);
     for (;;) {
         while (count == 0) {
@@ -114,9 +116,6 @@ start_copier(void)
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_t thread;
     started = pthread_create(&thread, &attr, copier_main, NULL) == 0 ? 1 : -1;
-    if (started > 0) {
-        pthread_setname_np(thread, "etwtrace-copy");
-    }
     pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
