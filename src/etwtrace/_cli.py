@@ -143,6 +143,36 @@ def check_target(target):
         raise UsageError(f"no such script: {target[0]}")
 
 
+def _prepare_runner(target):
+    """A function that runs `target` as __main__, with everything that
+    comes before the program's first line (finding the module, reading and
+    compiling the script) done now, before tracing starts."""
+    import runpy
+    if target[0] == "-m":
+        module = target[1]
+        sys.argv[:] = [module, *target[2:]]
+        try:
+            name, spec, code = runpy._get_module_details(module)
+            return lambda: runpy._run_module_code(code, None, "__main__", spec)
+        except Exception:   # runpy's internals moved: its public way
+            return lambda: runpy.run_module(module, run_name="__main__", alter_sys=True)
+    script = target[0]
+    sys.argv[:] = list(target)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    import io
+    import zipfile
+    if not zipfile.is_zipfile(script):
+        try:
+            with io.open_code(script) as f:
+                code = compile(f.read(), script, "exec", dont_inherit=True)
+            return lambda: runpy._run_module_code(code, None, "__main__", script_name=script)
+        except (AttributeError, TypeError):
+            pass    # runpy's internals moved: its public way
+        except SyntaxError:
+            pass    # runpy reports it, as Python would
+    return lambda: runpy.run_path(script, run_name="__main__")
+
+
 def _run_target(target, tracer):
     """Runs script or -m module in this process under `tracer`; returns the
     exit status the program would have had."""
@@ -150,23 +180,11 @@ def _run_target(target, tracer):
     import traceback
 
     check_target(target)
-    if target[0] == "-m":
-        module = target[1]
-        sys.argv[:] = [module, *target[2:]]
-        runner = lambda: runpy.run_module(module, run_name="__main__", alter_sys=True)  # noqa: E731
-    else:
-        script = target[0]
-        sys.argv[:] = list(target)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-        runner = lambda: runpy.run_path(script, run_name="__main__")  # noqa: E731
-
-    status = 0
+    runner = _prepare_runner(target)
     # runpy is the launcher's machinery, not the program: keep it out of
-    # stacks as the tracer keeps out its own files, and import what it
-    # imports as it starts (pkgutil, and with it typing on 3.12+) now, so a
-    # trace begins at the program's first line.
-    import pkgutil  # noqa: F401
+    # stacks as the tracer keeps out its own files.
     tracer.ignore(runpy.__file__, runpy.run_path.__code__.co_filename)
+    status = 0
     tracer.enable()
     try:
         runner()
@@ -345,8 +363,9 @@ def exit_as(status):
         try:
             import resource
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))   # the program's crash, not ours
-            signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
             os.kill(os.getpid(), sig)
         except (OSError, ValueError):
             pass
