@@ -32,6 +32,7 @@ setup(
                 f"{NATIVE}/module.c",
                 f"{NATIVE}/tracer.c",
                 f"{NATIVE}/functions.c",
+                f"{NATIVE}/code_index.c",
                 f"{NATIVE}/c_functions.c",
                 f"{NATIVE}/monitoring.c",
                 f"{NATIVE}/clock.c",

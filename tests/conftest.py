@@ -11,6 +11,13 @@ import etwtrace
 ROOT = Path(__file__).absolute().parent
 SCRIPTS = ROOT / "scripts"
 REQUIRE_PERF = os.environ.get("ETWTRACE_REQUIRE_PERF") == "1"
+# Heavy loops shrink by this factor where everything runs slower (under
+# ThreadSanitizer: .ci/tsan sets it); what they check stays the same.
+SCALE = float(os.environ.get("ETWTRACE_TEST_SCALE", "1"))
+
+
+def scaled(n, least=1):
+    return max(least, int(n * SCALE))
 
 
 def _perf_unavailable_reason():

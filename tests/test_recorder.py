@@ -16,7 +16,7 @@ import pytest
 
 import etwtrace
 from etwtrace import _ctf
-from conftest import SCRIPTS, need_tool, run_etwtrace
+from conftest import SCRIPTS, need_tool, run_etwtrace, scaled
 
 # Calls `leaf` in a loop, counting each in COUNTER (an 8-byte file) after the
 # call returns; `fast` calls as fast as it can, else about 5,000 calls/s.
@@ -245,13 +245,14 @@ def test_multiprocessing_children_keep_every_event(tmp_path, method, pool):
 
 
 def test_sixteen_threads_keep_exact_counts(tmp_path):
+    calls = scaled(1_000_000)
     prog = tmp_path / "threads.py"
-    prog.write_text(textwrap.dedent("""
+    prog.write_text(textwrap.dedent(f"""
         import threading, etwtrace
         def leaf():
             pass
         def work():
-            for _ in range(1_000_000):
+            for _ in range({calls}):
                 leaf()
         with etwtrace.InstrumentedTracer(call_times=False):
             threads = [threading.Thread(target=work) for _ in range(16)]
@@ -274,18 +275,19 @@ def test_sixteen_threads_keep_exact_counts(tmp_path):
         assert folded["unmatched_pops"] == folded["mismatched_pops"] == 0
         assert not folded["truncated"]
         per_thread.append(sum(n[2] for n in folded["nodes"] if n[1] in leaf))
-    # The main thread called nothing; each of the 16 called leaf 1M times.
-    assert sorted(per_thread) == [0] * (len(folds) - 16) + [1_000_000] * 16
+    # The main thread called nothing; each of the 16 called leaf `calls` times.
+    assert sorted(per_thread) == [0] * (len(folds) - 16) + [calls] * 16
 
 
 def test_enable_disable_cycles_reuse_one_stream_per_thread(tmp_path):
+    cycles = scaled(10_000)
     prog = tmp_path / "cycles.py"
-    prog.write_text(textwrap.dedent("""
+    prog.write_text(f"CYCLES = {cycles}\n" + textwrap.dedent("""
         import etwtrace
         def leaf():
             pass
         tracer = etwtrace.InstrumentedTracer()
-        for _ in range(10_000):
+        for _ in range(CYCLES):
             tracer.enable()
             leaf()
             tracer.disable()
@@ -297,7 +299,7 @@ def test_enable_disable_cycles_reuse_one_stream_per_thread(tmp_path):
     files = os.listdir(_ctf.trace_dirs(str(cap / "ctf"))[0][1])
     assert sorted(files) == ["metadata", files[1]] and files[1].startswith("stream-")
     calls, _ = _leaf_calls(cap)
-    assert sum(calls.values()) == 10_000
+    assert sum(calls.values()) == cycles
 
 
 def test_a_program_that_closes_every_descriptor_gets_nothing_in_its_files(tmp_path):

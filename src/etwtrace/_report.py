@@ -18,7 +18,6 @@ import time
 from . import _exports, _formats
 from ._scan import ReportError, Scan, load_stacktags
 
-FORMATS = ("text", "folded", "speedscope", "chrome", "svg")
 
 
 class _Progress:
@@ -139,7 +138,7 @@ def run(opts):
     from . import get_stacktags_path
     from ._trace import open_trace
     tags = None if opts.no_stacktags else load_stacktags(opts.stacktags or get_stacktags_path())
-    timeline = opts.format in ("chrome", "speedscope")
+    timeline = FORMATS[opts.format].timeline
     progress = _Progress(open_trace(opts.path).files())
     try:
         scan = Scan(opts.path, tags, timeline=timeline, progress=progress)
@@ -157,29 +156,71 @@ def run(opts):
     if opts.off_cpu and not stacks:
         raise ReportError(f"{opts.path}: no off-CPU time recorded (capture with perf and the "
                           "Default preset, which records context switches)")
-    if opts.format == "chrome":
-        if not (scan.tree.timelines or scan.ranges or scan.instants or scan.offcpu_slices
-                or scan.sample_points):
-            raise ReportError(f"{opts.path}: nothing to put on a timeline")
-        _write(opts, lambda out: _exports.write_chrome(out, scan, f"etwtrace: {name}"))
-        return
-    if not stacks and not (opts.format == "text" and (scan.samples or scan.tree.calls)):
+    fmt = FORMATS[opts.format]
+    if fmt.needs_stacks and not stacks and not (
+            opts.format == "text" and (scan.samples or scan.tree.calls)):
         raise ReportError(f"{opts.path}: no stacks or calls recorded (record with perf, "
                           "--instrumented, or call _mark_stack)")
-    if opts.format == "text":
-        text = _text(scan, opts.off_cpu, opts.limit or None, losses)
-        _write(opts, lambda out: out.write(text))
-    elif opts.format == "folded":
-        text = _formats.format_folded(stacks)
-        _write(opts, lambda out: out.write(text))
-    elif opts.format == "svg":
-        total = sum(stacks.values())
-        amount = f"{total / 1e6:.3f} ms" if unit == "ns" else f"{total}"
-        text = _formats.format_svg(stacks, f"etwtrace: {name} ({amount}, {what})", unit)
-        _write(opts, lambda out: out.write(text))
-    elif opts.format == "speedscope":
-        _write(opts, lambda out: _exports.write_speedscope(
-            out, scan, view, stacks, unit, f"etwtrace: {name} ({what})"))
+    if fmt.check is not None:
+        fmt.check(opts, scan)
+    view_info = _View(name, view, stacks, unit, what, losses)
+    _write(opts, lambda out: fmt.write(out, opts, scan, view_info))
+
+
+class _View:
+    """What a report shows: the capture's name, the view chosen, its stacks
+    and their unit, and the line naming lost events (or None)."""
+
+    def __init__(self, name, view, stacks, unit, what, losses):
+        self.name, self.view, self.stacks = name, view, stacks
+        self.unit, self.what, self.losses = unit, what, losses
+
+
+def _write_text(out, opts, scan, v):
+    out.write(_text(scan, opts.off_cpu, opts.limit or None, v.losses))
+
+
+def _write_folded(out, opts, scan, v):
+    out.write(_formats.format_folded(v.stacks))
+
+
+def _write_svg(out, opts, scan, v):
+    total = sum(v.stacks.values())
+    amount = f"{total / 1e6:.3f} ms" if v.unit == "ns" else f"{total}"
+    out.write(_formats.format_svg(v.stacks, f"etwtrace: {v.name} ({amount}, {v.what})", v.unit))
+
+
+def _write_speedscope(out, opts, scan, v):
+    _exports.write_speedscope(out, scan, v.view, v.stacks, v.unit,
+                              f"etwtrace: {v.name} ({v.what})")
+
+
+def _check_chrome(opts, scan):
+    if not (scan.tree.timelines or scan.ranges or scan.instants or scan.offcpu_slices
+            or scan.sample_points):
+        raise ReportError(f"{opts.path}: nothing to put on a timeline")
+
+
+def _write_chrome(out, opts, scan, v):
+    _exports.write_chrome(out, scan, f"etwtrace: {v.name}")
+
+
+class _Format:
+    def __init__(self, write, timeline=False, needs_stacks=True, check=None):
+        self.write = write
+        self.timeline = timeline          # needs every call's open and close
+        self.needs_stacks = needs_stacks
+        self.check = check                # raises ReportError before any output
+
+
+# Every output format: its writer, and what it needs from the scan.
+FORMATS = {
+    "text": _Format(_write_text),
+    "folded": _Format(_write_folded),
+    "speedscope": _Format(_write_speedscope, timeline=True),
+    "chrome": _Format(_write_chrome, timeline=True, needs_stacks=False, check=_check_chrome),
+    "svg": _Format(_write_svg),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -199,7 +240,7 @@ def main(args):
                "exclusive nanoseconds); perf captures show CPU samples; --off-cpu shows "
                "blocked time in nanoseconds.")
     parser.add_argument("path", help="capture directory (from --capture)")
-    parser.add_argument("--format", default="text", choices=FORMATS,
+    parser.add_argument("--format", default="text", choices=list(FORMATS),
                         help="output format (default: text)")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     parser.add_argument("--off-cpu", action="store_true",

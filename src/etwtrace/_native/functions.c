@@ -5,6 +5,7 @@
  * once give it one FunctionID and one PythonFunction event. */
 #include "functions.h"
 
+#include "code_index.h"
 #include "perf_jit.h"
 #include "trampoline.h"
 
@@ -13,11 +14,10 @@
 #include <string.h>
 #include <unistd.h>
 
-Py_ssize_t etw_code_extra_index = -1;
 static uint32_t last_function_id;   /* atomic */
 static EtwLock registry_lock = ETW_LOCK_INIT;
 
-/* The code object's extra slot owns its record. */
+/* A record goes with its code object (code_index.h). */
 static void
 free_function(void *p)
 {
@@ -52,17 +52,9 @@ etw_function_build_lines(EtwFunction *f, PyCodeObject *co)
 int
 etw_functions_init(void)
 {
-    if (etw_code_extra_index >= 0) {
-        return 0;
-    }
     /* Records are freed with their code object; trampolines never are, so
      * an address keeps naming one function. */
-    etw_code_extra_index = etw_request_code_extra_index(free_function);
-    if (etw_code_extra_index < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "etwtrace: no code extra slot available");
-        return -1;
-    }
-    return 0;
+    return etw_code_index_init(free_function);
 }
 
 uint32_t
@@ -148,7 +140,7 @@ etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThread *t,
     etw_lock(&registry_lock);
 
     uint32_t epoch = etw_current_epoch();
-    EtwFunction *f = etw_code_get_extra(co, etw_code_extra_index);
+    EtwFunction *f = etw_code_index_get(co);
     (void)known;   /* re-read under the lock: another thread may have won */
     if (f != NULL && __atomic_load_n(&f->epoch, __ATOMIC_ACQUIRE) == epoch &&
         (f->trampoline != NULL || !want_trampoline || !f->traced)) {
@@ -161,7 +153,7 @@ etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThread *t,
         }
         f->id = etw_function_next_id();
         f->line_offset[0] = f->line_offset[1] = -1;
-        if (etw_code_set_extra((PyObject *)co, etw_code_extra_index, f) < 0) {
+        if (etw_code_index_set(co, f) < 0) {
             PyErr_Clear();
             free(f);
             f = NULL;

@@ -1,8 +1,9 @@
 /* The function registry: what the tracer knows about each Python code
- * object, kept in the code object's extra slot (PEP 523). */
+ * object (found through code_index.h). */
 #ifndef ETWTRACE_FUNCTIONS_H
 #define ETWTRACE_FUNCTIONS_H
 
+#include "code_index.h"
 #include "compat.h"
 #include "events.h"
 
@@ -42,11 +43,9 @@ typedef struct EtwFilter {
     PyObject *include_prefixes;  /* list of str; a match overrides ignore */
 } EtwFilter;
 
-/* Sets up the extra slot index (once per process).  Returns 0 or -1 with an
+/* Sets up the registry (once per process).  Returns 0 or -1 with an
  * exception set. */
 int etw_functions_init(void);
-
-extern Py_ssize_t etw_code_extra_index;
 
 /* Looks up or registers `co` for this session: decides whether it is traced,
  * gives it an id and trampoline, describes the trampoline to perf and emits

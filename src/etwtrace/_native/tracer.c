@@ -41,7 +41,7 @@ static EtwLock enable_lock = ETW_LOCK_INIT;
 static inline __attribute__((always_inline)) EtwFunction *
 function_of(PyCodeObject *co, EtwThread *t, int want_trampoline)
 {
-    EtwFunction *f = etw_code_get_extra(co, etw_code_extra_index);
+    EtwFunction *f = etw_code_index_get(co);
     if (__builtin_expect(f == NULL || __atomic_load_n(&f->epoch, __ATOMIC_ACQUIRE) !=
                                           etw_current_epoch(), 0)) {
         f = etw_function_for_code(co, f, t, &tracer.filter, want_trampoline);
@@ -82,7 +82,7 @@ caller_of(EtwThread *t, EtwFrame *cf, uint32_t *line)
         return caller;
     }
     PyCodeObject *cco = etw_frame_code(cf);
-    EtwFunction *cfn = etw_code_get_extra(cco, etw_code_extra_index);
+    EtwFunction *cfn = etw_code_index_get(cco);
     if (__builtin_expect(caller == 0, 0)) {
         cfn = function_of(cco, t, 0);
         if (cfn != NULL && cfn->traced) {
