@@ -20,6 +20,32 @@ from collections import Counter
 TIMELINE_RECORD = struct.Struct("<QII")     # ts, node, kind (0 open, 1 close)
 
 
+class TimelineRecords:
+    """One thread's opens and closes of calls, in a file the decoder wrote
+    (etwtrace._ctfdecode.fold): read back in chunks, so a timeline export
+    holds a chunk at a time, whatever the size of the trace."""
+
+    CHUNK = 1 << 16     # records per read
+
+    def __init__(self, file, info):
+        self.file = file
+        self.count = info["count"]
+        self.first = info["first"]
+        self.last = info["last"]
+
+    def __bool__(self):
+        return self.count > 0
+
+    def __iter__(self):
+        self.file.seek(0)
+        size = TIMELINE_RECORD.size
+        while True:
+            data = self.file.read(self.CHUNK * size)
+            if not data:
+                return
+            yield from TIMELINE_RECORD.iter_unpack(data[:len(data) - len(data) % size])
+
+
 # Control characters as escapes: a newline in a name must not end a line of
 # folded output (or of a table).
 _CONTROL = {i: f"\\x{i:02x}" for i in list(range(32)) + [127]}
@@ -99,8 +125,7 @@ class CallTree:
 
     def timeline_span(self):
         """(first, last) timestamp of the calls on the timelines, or None."""
-        spans = [(TIMELINE_RECORD.unpack_from(r, 0)[0], TIMELINE_RECORD.unpack_from(r, len(r) - 16)[0])
-                 for _pid, _tid, _keys, r in self.timelines or ()]
+        spans = [(r.first, r.last) for _pid, _tid, _keys, r in self.timelines or ()]
         if not spans:
             return None
         return min(s[0] for s in spans), max(s[1] for s in spans)

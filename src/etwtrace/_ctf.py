@@ -198,14 +198,16 @@ def read_stream(path, pid, make_event, version=FORMAT_VERSION, progress=None):
         offset += packet_bits // 8
 
 
-def fold_stream(path, pid, make_event, version=FORMAT_VERSION, timeline=False):
+def fold_stream(path, pid, make_event, version=FORMAT_VERSION, timeline=None):
     """Decodes a stream (with what its ring still holds) with the C
     decoder: (the fold result, the events that are not pushes or pops).
-    See etwtrace._ctfdecode."""
+    With `timeline` (an open binary file), every open and close of a call
+    is written to it.  See etwtrace._ctfdecode."""
     parts = StreamParts(path, version)
     try:
-        folded = _ctfdecode.fold(path, timeline=timeline, version=version,
-                                 length=parts.length, tail=parts.tail)
+        folded = _ctfdecode.fold(path, timeline=timeline is not None, version=version,
+                                 length=parts.length, tail=parts.tail,
+                                 timeline_fd=timeline.fileno() if timeline is not None else -1)
     except ValueError as ex:
         raise TraceError(str(ex)) from None
     except OSError as ex:

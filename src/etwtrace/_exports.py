@@ -6,7 +6,6 @@ needs its whole JSON text in memory at once.
 
 import json
 
-from ._calltree import TIMELINE_RECORD
 
 CHUNK = 8192    # events per write
 
@@ -56,15 +55,14 @@ def write_speedscope(out, scan, view, stacks, unit, title):
         first = True
         for pid, tid, keys, records in sorted(scan.tree.timelines, key=lambda t: t[:2]):
             frame_of = [frames(scan.tree.label(k)) for k in keys]
-            start = TIMELINE_RECORD.unpack_from(records, 0)[0]
-            end = TIMELINE_RECORD.unpack_from(records, len(records) - 16)[0]
+            start, end = records.first, records.last
             out.write(("" if first else ", ") + json.dumps(
                 {"type": "evented", "name": f"pid {pid} {scan.threads.get((pid, tid), tid)}",
                  "unit": "nanoseconds", "startValue": start, "endValue": end})[:-1]
                 + ', "events": [')
             parts = []
             sep = ""
-            for ts, node, kind in TIMELINE_RECORD.iter_unpack(records):
+            for ts, node, kind in records:
                 parts.append('{"type":"%s","frame":%d,"at":%d}' % ("OC"[kind], frame_of[node], ts))
                 if len(parts) == CHUNK:
                     out.write(sep + ",".join(parts))
@@ -121,7 +119,7 @@ def write_chrome(out, scan, title):
         names = [json.dumps(scan.tree.label(k)) for k in keys]
         begin = '{"ph":"B","cat":"python","pid":%d,"tid":%d,' % (pid, tid)
         end = '{"ph":"E","cat":"python","pid":%d,"tid":%d,' % (pid, tid)
-        for ts, node, kind in TIMELINE_RECORD.iter_unpack(records):
+        for ts, node, kind in records:
             when = '"ts":%d.%03d' % divmod(ts - t0, 1000)
             if kind:
                 add_text(end + when + "}")

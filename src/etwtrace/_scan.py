@@ -20,10 +20,11 @@ import bisect
 import fnmatch
 import os
 import re
+import tempfile
 import xml.dom.minidom
 from collections import Counter
 
-from ._calltree import CallTree, label_of
+from ._calltree import CallTree, TimelineRecords, label_of
 
 # Native frames where CPython runs a Python frame: where the Python part of
 # an instrumented capture's stack goes.
@@ -122,7 +123,12 @@ class Scan:
         timed = {}
 
         def fold(pid, stream, version):
-            folded, events = fold_stream(stream, pid, Event, version, timeline=self.timeline)
+            # A thread's timeline goes to a file of its own, read back as
+            # it is written out: memory does not grow with the trace.
+            records = tempfile.TemporaryFile() if self.timeline else None
+            folded, events = fold_stream(stream, pid, Event, version, timeline=records)
+            if records is not None:
+                folded["timeline"] = TimelineRecords(records, folded["timeline"])
             trace_dir = os.path.dirname(stream)
             if trace_dir not in timed:
                 timed[trace_dir] = has_call_times(trace_dir)

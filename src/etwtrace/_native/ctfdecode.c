@@ -4,8 +4,10 @@
  * fold(path, timeline=False) reads a stream once and folds its
  * PythonFunctionPush/Pop events into a call tree in C: one node per distinct
  * call path with calls, inclusive and exclusive ns.  With timeline, it also
- * returns every open and close of a call as packed 16-byte records
- * (ts, node, kind), properly nested whatever the pops were.  Memory is bounded by
+ * gives every open and close of a call as packed 16-byte records
+ * (ts, node, kind), properly nested whatever the pops were: written to the
+ * file descriptor `timeline_fd` as they come (so memory does not grow
+ * with the trace), or returned as bytes when it is -1.  Memory is bounded by
  * the number of distinct paths and the deepest stack, not by the number of
  * events.  The few other events (functions, threads, marks, stack samples)
  * are returned decoded, for Python to order and name.
@@ -20,6 +22,7 @@
 #include "compat.h"
 #include "trace_format.h"
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -269,6 +272,9 @@ typedef struct {
     size_t depth, cap_stack;
     uint64_t unmatched, mismatched, calls;
     int timeline;           /* record every open and close */
+    int timeline_fd;        /* ... to this file, or -1: kept in `records` */
+    uint64_t written;       /* records written to the file */
+    uint64_t first_ts, last_ts;
     TimelineRecord *records;
     size_t n_records, cap_records;
 } Tree;
@@ -337,6 +343,29 @@ tree_child(Tree *t, int64_t parent, uint32_t fid)
     return (int64_t)t->n_nodes++;
 }
 
+/* Writes the records held to the timeline file; -1 with an exception. */
+static int
+tree_flush_records(Tree *t)
+{
+    const char *p = (const char *)t->records;
+    size_t left = t->n_records * sizeof(TimelineRecord);
+    while (left > 0) {
+        ssize_t n = write(t->timeline_fd, p, left);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        p += n;
+        left -= (size_t)n;
+    }
+    t->written += t->n_records;
+    t->n_records = 0;
+    return 0;
+}
+
 static int
 tree_record(Tree *t, int64_t node, uint64_t ts, uint32_t kind)
 {
@@ -348,15 +377,26 @@ tree_record(Tree *t, int64_t node, uint64_t ts, uint32_t kind)
         return -1;
     }
     if (t->n_records == t->cap_records) {
-        size_t cap = t->cap_records ? t->cap_records * 2 : 4096;
-        TimelineRecord *records = realloc(t->records, cap * sizeof *records);
-        if (records == NULL) {
-            PyErr_NoMemory();
-            return -1;
+        if (t->timeline_fd >= 0 && t->cap_records > 0) {
+            if (tree_flush_records(t) < 0) {
+                return -1;
+            }
         }
-        t->records = records;
-        t->cap_records = cap;
+        else {
+            size_t cap = t->cap_records ? t->cap_records * 2 : 4096;
+            TimelineRecord *records = realloc(t->records, cap * sizeof *records);
+            if (records == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            t->records = records;
+            t->cap_records = cap;
+        }
     }
+    if (t->written == 0 && t->n_records == 0) {
+        t->first_ts = ts;
+    }
+    t->last_ts = ts;
     TimelineRecord *r = &t->records[t->n_records++];
     r->ts = ts;
     r->node = (uint32_t)node;
@@ -662,7 +702,7 @@ head_size_of(int version)
 
 static PyObject *
 fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, int mapped,
-          int version, const unsigned char *tail, size_t tail_size)
+          int version, const unsigned char *tail, size_t tail_size, int timeline_fd)
 {
     Tree tree;
     memset(&tree, 0, sizeof tree);
@@ -676,6 +716,7 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
     c.tail_size = tail_size;
     PyObject *events = PyList_New(0), *result = NULL;
     tree.timeline = timeline;
+    tree.timeline_fd = timeline_fd;
     if (events == NULL) {
         goto done;
     }
@@ -728,14 +769,25 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
     }
     PyObject *records = Py_None;
     Py_INCREF(records);
-    if (timeline) {
+    if (timeline && timeline_fd >= 0) {
+        if (tree_flush_records(&tree) < 0) {
+            Py_DECREF(nodes);
+            Py_DECREF(records);
+            goto done;
+        }
+        Py_DECREF(records);
+        records = Py_BuildValue("{s:K,s:K,s:K}", "count", (unsigned long long)tree.written,
+                                "first", (unsigned long long)tree.first_ts,
+                                "last", (unsigned long long)tree.last_ts);
+    }
+    else if (timeline) {
         Py_DECREF(records);
         records = PyBytes_FromStringAndSize((const char *)tree.records,
                                             (Py_ssize_t)(tree.n_records * sizeof(TimelineRecord)));
-        if (records == NULL) {
-            Py_DECREF(nodes);
-            goto done;
-        }
+    }
+    if (records == NULL) {
+        Py_DECREF(nodes);
+        goto done;
     }
     result = Py_BuildValue(
         "{s:I,s:N,s:O,s:N,s:K,s:K,s:K,s:O,s:O,s:K,s:K}",
@@ -758,13 +810,14 @@ static PyObject *
 fold(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
-    static char *keywords[] = {"path", "timeline", "version", "length", "tail", NULL};
+    static char *keywords[] = {"path", "timeline", "version", "length", "tail", "timeline_fd",
+                               NULL};
     PyObject *path;
-    int timeline = 0, version = ETW_FORMAT_VERSION;
+    int timeline = 0, version = ETW_FORMAT_VERSION, timeline_fd = -1;
     Py_ssize_t length = -1;
     Py_buffer tail = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pinz*:fold", keywords, &path, &timeline,
-                                     &version, &length, &tail)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pinz*i:fold", keywords, &path, &timeline,
+                                     &version, &length, &tail, &timeline_fd)) {
         return NULL;
     }
     FileData file;
@@ -774,7 +827,7 @@ fold(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     size_t size = length >= 0 && (size_t)length < file.size ? (size_t)length : file.size;
     PyObject *result = fold_data(path, file.data, size, timeline, 1, version, tail.buf,
-                                 tail.buf != NULL ? (size_t)tail.len : 0);
+                                 tail.buf != NULL ? (size_t)tail.len : 0, timeline_fd);
     PyBuffer_Release(&tail);
     unmap_file(&file);
     return result;
@@ -1027,9 +1080,11 @@ event_table(void)
 
 static PyMethodDef methods[] = {
     {"fold", (PyCFunction)(void (*)(void))fold, METH_VARARGS | METH_KEYWORDS,
-     "fold(path, timeline=False, version=FORMAT_VERSION, length=-1, tail=None) -> dict: a\n"
-     "stream's call tree and its other events; the first `length` bytes of the file (all\n"
-     "when negative), then the packets in `tail` (those still in its ring)."},
+     "fold(path, timeline=False, version=FORMAT_VERSION, length=-1, tail=None,\n"
+     "     timeline_fd=-1) -> dict: a stream's call tree and its other events; the first\n"
+     "`length` bytes of the file (all when negative), then the packets in `tail` (those still\n"
+     "in its ring).  With timeline, its records go to timeline_fd (then 'timeline' is their\n"
+     "count, first and last time) or come back as bytes."},
     {"scan_packet", scan_packet, METH_VARARGS,
      "scan_packet(packet, version=FORMAT_VERSION) -> (content bytes, last timestamp) of a\n"
      "packet left unfinished."},
