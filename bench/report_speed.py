@@ -5,7 +5,8 @@ babeltrace2 reading the same trace to text (issue #4).
 
 For each size: records tests/scripts/many_calls.py N (2 events per call,
 plus start-up) with the built-in recorder, then times, one after another in
-the same run: `report --format text`, `report --format folded`,
+the same run: iterating over every event of `etwtrace.open_trace`,
+`report --format text`, `report --format folded`,
 `babeltrace2 TRACE > /dev/null`, and (with --timelines) chrome and
 speedscope.  Peak RSS is each command's own (wait4).  Prints a Markdown
 table.
@@ -66,7 +67,12 @@ def main():
             events = count_events(trace_dir)
             size = sum(os.path.getsize(p) for p in glob.glob(os.path.join(trace_dir, "stream-*")))
             report = [sys.executable, "-m", "etwtrace", "report", cap]
+            read_all = [sys.executable, "-c", "import sys, etwtrace\n"
+                        "with etwtrace.open_trace(sys.argv[1]) as trace:\n"
+                        "    for event in trace:\n"
+                        "        pass\n", cap]
             measured = {
+                "open_trace, every event": timed(read_all),
                 "report text": timed(report),
                 "report folded": timed(report + ["--format", "folded"]),
                 "babeltrace2 to text": timed(["babeltrace2", trace_dir]),

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 import etwtrace
 from conftest import name_stack, python_functions

@@ -1,6 +1,5 @@
 """Against CPython's own perf support (3.12+ `-X perf`, 3.13+ `-X perf_jit`):
 perf must see the same Python functions with etwtrace as with CPython's."""
-import os
 import re
 import subprocess
 import sys

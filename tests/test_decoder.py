@@ -11,7 +11,7 @@ import pytest
 import etwtrace
 from pathlib import Path
 from etwtrace import _ctfdecode
-from etwtrace._callstacks import CallStacks
+from callstacks import CallStacks
 from conftest import SCRIPTS, run_etwtrace
 
 HEAD = struct.Struct("<IIQQQQQQI")      # format version 2

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 import etwtrace
-from etwtrace._callstacks import CallStacks
+from callstacks import CallStacks
 from conftest import SCRIPTS, need_tool, run_etwtrace
 
 

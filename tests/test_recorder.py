@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-import etwtrace
 from etwtrace import _ctf
 from conftest import SCRIPTS, need_tool, run_etwtrace, scaled
 
@@ -426,7 +425,7 @@ def test_a_full_disk_stops_recording_out_loud_and_keeps_what_fit(tmp_path):
         assert "No space left on device" in proc.stderr
         lost_lines = [l for l in proc.stderr.splitlines() if "events were lost" in l]
         assert lost_lines, proc.stderr
-        from etwtrace._trace import read_manifest
+        from etwtrace._manifest import read_manifest
         manifest = read_manifest(cap)
         assert sum(manifest["events_lost"].values()) > 0
         assert not list(cap.glob("*.tmp"))

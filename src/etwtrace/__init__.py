@@ -263,21 +263,16 @@ def enable_if(enable_var, type_var):
         print(f"etwtrace: tracing not enabled: {ex}", file=sys.stderr)
 
 
-def _content_path(name):
-    path = os.path.join(_PACKAGE_DIR, "profiles", name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(path)
-    return path
-
-
 def get_profile_path():
     """Path of the recording profile (presets Default, CPU and Minimal)."""
-    return _content_path("python.etwprofile")
+    from ._content import profile_path
+    return profile_path()
 
 
 def get_stacktags_path():
     """Path of the stack-tags file used to fold interpreter frames."""
-    return _content_path("python.stacktags")
+    from ._content import stacktags_path
+    return stacktags_path()
 
 
 def __getattr__(name):

@@ -11,7 +11,6 @@ is completed) and the launcher then exits as the program did: with its exit
 code, or by the same signal."""
 
 import configparser
-import errno
 import fcntl
 import glob
 import json
@@ -23,7 +22,7 @@ import sys
 import threading
 import time
 
-from . import _env, _perf, _trace
+from . import _ctf, _env, _manifest, _perf
 from ._perf import PerfError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
@@ -32,8 +31,8 @@ MODE_ENV = _env.CAPTURE_MODE
 # Every entry a capture directory may hold: all the launcher makes, and
 # all it removes when it replaces a capture.
 OWN_ENTRIES = frozenset({
-    _trace.MANIFEST, _trace.MANIFEST + ".tmp", "ctf", "jit", "maps", "perf.data",
-    "perf.data.old", "perf.jit.data", _trace.PERF_SCRIPT, "README.txt",
+    _manifest.MANIFEST, _manifest.MANIFEST + ".tmp", "ctf", "jit", "maps", "perf.data",
+    "perf.data.old", "perf.jit.data", _manifest.PERF_SCRIPT, "README.txt",
 })
 
 
@@ -62,8 +61,8 @@ class Preset:
 
 
 def load_preset(name):
-    from . import get_profile_path
-    path = os.environ.get(_env.PROFILE) or get_profile_path()
+    from ._content import profile_path
+    path = os.environ.get(_env.PROFILE) or profile_path()
     parser = configparser.ConfigParser()
     try:
         parser.read_string(_env.read_profile_text(path), source=path)
@@ -131,7 +130,7 @@ class CaptureDir:
         if not names:
             return
         strangers = sorted(n for n in names if n not in OWN_ENTRIES)
-        if not _trace.is_own_capture(self.path) or strangers:
+        if not _manifest.is_own_capture(self.path) or strangers:
             shown = ", ".join(strangers[:3]) + (" ..." if len(strangers) > 3 else "")
             why = f" (it holds {shown})" if strangers else ""
             raise CaptureError(f"{self.path} is not empty and is not an etwtrace capture{why}; "
@@ -167,12 +166,12 @@ MANIFEST_ROOM = 8192
 def write_manifest(path, **info):
     """Updates the capture's manifest.  A failure (a full disk) is a
     one-line CaptureError; no partial or temporary file is left."""
-    data = _trace.read_manifest(path)
+    data = _manifest.read_manifest(path)
     data.update(info)
     data.setdefault("tool", "etwtrace")
     data.setdefault("format", 1)
     text = json.dumps(data, indent=2).encode() + b"\n"
-    target = os.path.join(path, _trace.MANIFEST)
+    target = os.path.join(path, _manifest.MANIFEST)
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -239,8 +238,7 @@ def capture_pids(path):
     ctf_root = os.path.join(path, "ctf")
     if not os.path.isdir(ctf_root):
         return set()
-    from ._ctf import trace_dirs
-    return {pid for pid, _ in trace_dirs(ctf_root)}
+    return {pid for pid, _ in _ctf.trace_dirs(ctf_root)}
 
 
 def collect_perf_files(path, pids):
@@ -395,7 +393,7 @@ def run_with_perf(path, perf, mode, preset, target, say):
         # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
         _perf.inject_jit(perf, data, injected)
         script_input = injected
-    _perf.save_script(perf, script_input, os.path.join(path, _trace.PERF_SCRIPT))
+    _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT))
     return status, proc.received
 
 
@@ -425,9 +423,8 @@ def capture(path, mode, requested_recorder, preset_name, target, say):
         collect_perf_files(path, pids)
         ctf_root = os.path.join(path, "ctf")
         if os.path.isdir(ctf_root):
-            from ._ctf import finalize
-            finalize(ctf_root)
-        losses = _trace.recorded_losses(path)
+            _ctf.finalize(ctf_root)
+        losses = _ctf.recorded_losses(path)
         info = {"finished": time.time(), "exit_status": status}
         if received is not None:
             info["stopped_by_signal"] = signal.Signals(received).name
@@ -441,6 +438,6 @@ def capture(path, mode, requested_recorder, preset_name, target, say):
         directory.close()
     if losses:
         say(f"etwtrace: {sum(losses.values()):,} events were lost in this capture "
-            f"({_trace.describe_losses(losses)}); the trace holds every event before")
+            f"({_ctf.describe_losses(losses)}); the trace holds every event before")
     say(f"etwtrace: capture saved to {path}")
     return status

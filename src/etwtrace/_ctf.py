@@ -1,10 +1,10 @@
-"""Reading the CTF 1.8 traces the built-in recorder writes.
-
-The layout and every event are declared once, in
-src/etwtrace/_native/trace_format.h; the C decoder (etwtrace._ctfdecode)
-exports that table as EVENTS, and this module takes event names, opcodes and
-field names from it.  Traces of format versions 1 and 2 are read; anything
-else is refused with a clear error.
+"""The built-in recorder's CTF 1.8 traces as files: trace directories,
+format versions, streams with the packets their rings still hold, and
+finalize() for other CTF readers.  Decoding is the C decoder's
+(etwtrace._ctfdecode), which takes the layout and every event from the one
+declaration in src/etwtrace/_native/trace_format.h; this module names what
+fold() returns from the same table.  Traces of format versions 1 and 2 are
+read; anything else is refused with a clear error.
 """
 
 import os
@@ -18,18 +18,15 @@ from . import _ctfdecode
 FORMAT_MARKER = 'tracer_name = "etwtrace"'
 FORMAT_VERSION = _ctfdecode.FORMAT_VERSION
 CTF_MAGIC = 0xC1FC1FC1
-COMPACT_TS_BITS = 27
-COMPACT_TS_MASK = (1 << COMPACT_TS_BITS) - 1
-EXTENDED_ID = 31
+# Packet header and context of each format version (trace_format.h).
 _HEAD = {1: struct.Struct("<IIQQQQQI"), 2: struct.Struct("<IIQQQQQQI")}
-_EXTENDED_HEAD = struct.Struct("<IQ")
-_FIXED = {"U8": struct.Struct("<B"), "U16": struct.Struct("<H"), "U32": struct.Struct("<I"),
-          "HEX64": struct.Struct("<Q")}
-_U32 = struct.Struct("<I")
 
 
 class TraceError(Exception):
     """A capture is missing, not an etwtrace capture, or corrupt."""
+
+
+_ctfdecode.configure(TraceError)
 
 
 class EventType:
@@ -77,127 +74,6 @@ def event_tid(event_id, fields, stream_tid):
     return stream_tid
 
 
-class _Corrupt(Exception):
-    pass
-
-
-def _cstring(data, pos, end):
-    nul = data.find(b"\0", pos, end)
-    if nul < 0:
-        raise _Corrupt("unterminated string")
-    return data[pos:nul].decode("utf-8", "surrogateescape"), nul + 1
-
-
-def _decode_payload(event_id, data, pos, end):
-    """(values, new_pos) of one event's payload."""
-    etype = EVENTS.get(event_id)
-    if etype is None:
-        raise _Corrupt(f"unknown event id {event_id}")
-    values = []
-    for _name, ftype in etype.fields:
-        if ftype == "STRING":
-            value, pos = _cstring(data, pos, end)
-        elif ftype == "ADDRESSES":
-            if pos + 4 > end:
-                raise _Corrupt(f"short {etype.name} event")
-            depth = _U32.unpack_from(data, pos)[0]
-            pos += 4
-            if pos + 8 * depth > end:
-                raise _Corrupt(f"{etype.name} stack runs past its packet")
-            value = struct.unpack_from(f"<{depth}Q", data, pos)
-            pos += 8 * depth
-        else:
-            packer = _FIXED[ftype]
-            if pos + packer.size > end:
-                raise _Corrupt(f"short {etype.name} event")
-            value = packer.unpack_from(data, pos)[0]
-            pos += packer.size
-        values.append(value)
-    return values, pos
-
-
-def read_stream(path, pid, make_event, version=FORMAT_VERSION, progress=None):
-    """Yields the events of one stream file in order.
-
-    A stream that ends part-way through a packet (a crash, a full disk)
-    yields every complete event before the damage and warns; one that ends
-    at never-begun packets (its process died before closing it) simply
-    ends there.  The thread's open pushes are tracked to fill in the Caller
-    of compact pushes (the innermost open push, as the writer guarantees)."""
-    parts = StreamParts(path, version)
-    data = _read_file(path)[:parts.length] + parts.tail
-    head = _HEAD[2 if version >= 2 else 1]
-    size = len(data)
-    offset = 0
-    open_pushes = []
-    while offset < size:
-        if progress is not None:
-            progress(offset)
-        if offset + head.size > size:
-            if data[offset:offset + 4] != b"\0\0\0\0":
-                warnings.warn(f"{path}: trace truncated inside a packet header; "
-                              "events after it are lost", RuntimeWarning)
-            return
-        values = head.unpack_from(data, offset)
-        magic, ts_begin, content_bits, packet_bits, tid = (values[0], values[2], values[4],
-                                                           values[5], values[-1])
-        if magic == 0 and content_bits == 0 and packet_bits == 0:
-            return      # never-begun packets of a stream left unfinished
-        if magic != CTF_MAGIC:
-            raise TraceError(f"{path}: corrupt trace (bad packet magic at byte {offset})")
-        if content_bits % 8 or packet_bits < content_bits or content_bits < head.size * 8:
-            raise TraceError(f"{path}: corrupt trace (bad packet size at byte {offset})")
-        end = offset + content_bits // 8
-        truncated = end > size
-        if truncated:
-            end = size
-        pos = offset + head.size
-        clock = ts_begin
-        try:
-            while pos < end:
-                if pos + 4 > end:
-                    raise _Corrupt("event header cut short")
-                word = _U32.unpack_from(data, pos)[0]
-                event_id = word & 0x1F
-                if event_id == EXTENDED_ID:
-                    if pos + 13 > end:
-                        raise _Corrupt("event header cut short")
-                    event_id, clock = _EXTENDED_HEAD.unpack_from(data, pos + 1)
-                    pos += 13
-                else:
-                    ts = (clock & ~COMPACT_TS_MASK) | (word >> 5)
-                    if ts < clock:
-                        ts += 1 << COMPACT_TS_BITS
-                    clock = ts
-                    pos += 4
-                values, pos = _decode_payload(event_id, data, pos, end)
-                fields, stack = fields_of(event_id, values)
-                etype = EVENTS[event_id]
-                if etype.is_push:
-                    if fields["Caller"] is None:
-                        fields["Caller"] = open_pushes[-1] if open_pushes else 0
-                    open_pushes.append(fields["FunctionID"])
-                elif etype.is_pop and open_pushes:
-                    fid = fields["FunctionID"]
-                    if open_pushes[-1] == fid:
-                        open_pushes.pop()
-                    elif fid in open_pushes:  # events were lost: resynchronise
-                        del open_pushes[len(open_pushes) - 1 - open_pushes[::-1].index(fid):]
-                yield make_event(etype.name, etype.opcode, pid, event_tid(event_id, fields, tid),
-                                 clock, fields, stack)
-        except _Corrupt as ex:
-            if truncated:
-                warnings.warn(f"{path}: trace truncated mid-packet; "
-                              "reporting the complete events before it", RuntimeWarning)
-                return
-            raise TraceError(f"{path}: corrupt trace ({ex} at byte {pos})") from None
-        if truncated:
-            warnings.warn(f"{path}: trace truncated mid-packet; "
-                          "reporting the complete events before it", RuntimeWarning)
-            return
-        offset += packet_bits // 8
-
-
 def fold_stream(path, pid, make_event, version=FORMAT_VERSION, timeline=None):
     """Decodes a stream (with what its ring still holds) with the C
     decoder: (the fold result, the events that are not pushes or pops).
@@ -234,15 +110,6 @@ def _check_regular(path):
         raise TraceError(f"{path}: cannot read ({ex.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
         raise TraceError(f"{path}: not a regular file; refusing to read it as a trace")
-
-
-def _read_file(path):
-    _check_regular(path)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as ex:
-        raise TraceError(f"{path}: cannot read ({ex.strerror})") from None
 
 
 _TRACE_DIR = re.compile(r"^pid-(\d+)(?:\.(\d+))?$")
@@ -477,3 +344,26 @@ def _alive(pid):
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
+
+
+def recorded_losses(path):
+    """{pid: events lost} of the capture's built-in traces (only pids that
+    lost any), from the streams' packet headers."""
+    ctf_root = os.path.join(path, "ctf")
+    if not os.path.isdir(ctf_root):
+        return {}
+    losses = {}
+    for pid, trace_dir in trace_dirs(ctf_root):
+        try:
+            version = trace_version(trace_dir)
+        except TraceError:
+            continue
+        for stream in stream_files(trace_dir):
+            lost = stream_losses(stream, version)
+            if lost:
+                losses[pid] = losses.get(pid, 0) + lost
+    return losses
+
+
+def describe_losses(losses):
+    return ", ".join(f"process {pid}: {n:,}" for pid, n in sorted(losses.items()))

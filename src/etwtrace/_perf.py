@@ -1,4 +1,4 @@
-"""Running perf for a capture, and reading what it recorded.
+"""Running perf for a capture (reading what it recorded: _perfscript.py).
 
 perf records CPU samples (and context switches, and the USDT stack-sample
 probe) with call graphs on CLOCK_MONOTONIC, the clock of the built-in
@@ -10,16 +10,12 @@ neither perf nor the machine that recorded it.
 """
 
 import os
-import re
-from collections import deque
 import shutil
 import subprocess
 import sysconfig
 
 STACK_SAMPLE_PROBE = "sdt_etwtrace:stack_sample"
 SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
-# etwtrace's own thread (copier.c): not part of the program's picture.
-OWN_THREADS = ("etwtrace-copy",)
 
 
 class PerfError(Exception):
@@ -164,145 +160,3 @@ def save_script(perf, data, output):
     if r.returncode != 0:
         raise PerfError("perf script failed: " +
                         (r.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1])
-
-
-# ---- reading perf script text ----
-
-# Lines start with the thread's comm, padded (captures from before it was
-# saved have none): "COMM PID/TID SECONDS.NANOS: ...".
-_HEAD = r"^\s*(?:(?P<comm>\S.*?)\s+)?"
-_SAMPLE = re.compile(_HEAD + r"(\d+)/(\d+)\s+(\d+)\.(\d+):\s+(\S+):\s*(.*)$")
-_MMAP = re.compile(
-    _HEAD + r"(\d+)/(\d+)\s+(\d+)\.(\d+):\s+PERF_RECORD_MMAP2?\s+(-?\d+)/\d+:\s+"
-    r"\[0x([0-9a-f]+)\(0x([0-9a-f]+)\) @ (?:0x)?([0-9a-f]+)[^\]]*\]:\s+\S+\s+(.*)$"
-)
-_FRAME = re.compile(r"^\s+([0-9a-f]+)\s+(.*?)\s+\((.*)\)\s*$")
-
-EVENT_NAMES = {
-    "cpu-clock": "SampledProfile",
-    "task-clock": "SampledProfile",
-    "cycles": "SampledProfile",
-    "context-switches": "CSwitch",
-    "cs": "CSwitch",
-    STACK_SAMPLE_PROBE: "PythonStackSample",
-}
-
-
-def _ns(sec, frac):
-    return int(sec) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
-
-
-class _Maps:
-    """Per-process executable mappings, to turn the DSO-relative addresses
-    perf script prints back into the process's own addresses."""
-
-    def __init__(self):
-        self._by_pid = {}
-
-    def add(self, pid, start, length, pgoff, path):
-        self._by_pid.setdefault(pid, {}).setdefault(path, []).append((pgoff, length, start))
-
-    def absolute(self, pid, rel, dso):
-        maps = self._by_pid.get(pid, {}).get(dso)
-        if not maps:
-            return rel
-        best = None
-        for pgoff, length, start in maps:
-            if pgoff <= rel < pgoff + length:
-                best = start + rel - pgoff
-        return rel if best is None else best
-
-
-_SWITCH = re.compile(_HEAD + r"(\d+)/(\d+)\s+(\d+)\.(\d+):\s+PERF_RECORD_SWITCH(?:_CPU_WIDE)?\s+(IN|OUT)\s*(.*)$")
-
-
-_SKIPPED = object()     # a sample of etwtrace's own thread, left out
-
-
-def read_script(path, make_event, progress=None):
-    """Yields events from a saved `perf script` text in order.  Each event
-    also carries `.frames`: (symbol, dso) per stack address.
-
-    A CSwitch (the thread leaving the CPU, with its stack) gets the fields
-    OffCpuTime (ns until the thread ran again, None if it never did) and
-    Preempted (it was still runnable).  It is held back until its
-    switch-in is read, with every later event, so the order is kept."""
-    maps = _Maps()
-    current = None
-    stack = []
-    frames = []
-    held = deque()      # events read, not yet given out
-    switched_out = {}   # tid -> its CSwitch still waiting for a switch-in
-
-    def finish():
-        pid, tid, ts, name, raw = current
-        fields = {"Event": raw}
-        if name == "CSwitch":
-            fields["OffCpuTime"] = None
-            fields["Preempted"] = False
-        ev = make_event(name, None, pid, tid, ts, fields, tuple(stack))
-        ev.frames = tuple(frames)
-        if name == "CSwitch":
-            # A thread switched out again without a switch-in read between:
-            # its earlier wait stays unknown (None).
-            switched_out[tid] = ev
-        held.append(ev)
-
-    def release():
-        """Gives out events up to the oldest CSwitch still waiting."""
-        waiting = {id(ev) for ev in switched_out.values()}
-        while held and id(held[0]) not in waiting:
-            yield held.popleft()
-
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f):
-            if progress is not None and not n & 0x3FFF:
-                progress(f.buffer.tell())
-            if current is _SKIPPED:
-                if _FRAME.match(line):
-                    continue
-                current = None
-            if current is not None:
-                m = _FRAME.match(line)
-                if m:
-                    rel = int(m.group(1), 16)
-                    dso = m.group(3)
-                    stack.append(maps.absolute(current[0], rel, dso))
-                    frames.append((m.group(2), dso))
-                    continue
-                finish()
-                yield from release()
-                current = None
-                stack, frames = [], []
-            if "PERF_RECORD_MMAP" in line:
-                m = _MMAP.match(line)
-                if m:
-                    maps.add(int(m.group(6)), int(m.group(7), 16), int(m.group(8), 16),
-                             int(m.group(9), 16), m.group(10).strip())
-                continue
-            if "PERF_RECORD_SWITCH" in line:
-                m = _SWITCH.match(line)
-                if m:
-                    tid = int(m.group(3))
-                    ev = switched_out.get(tid)
-                    if ev is not None:
-                        if m.group(6) == "OUT":
-                            ev.fields["Preempted"] = "preempt" in m.group(7)
-                        else:
-                            del switched_out[tid]
-                            ev.fields["OffCpuTime"] = max(_ns(m.group(4), m.group(5)) - ev.timestamp, 0)
-                            yield from release()
-                continue
-            if "PERF_RECORD_" in line:
-                continue
-            m = _SAMPLE.match(line)
-            if m:
-                raw = m.group(6)
-                name = EVENT_NAMES.get(raw.split("/")[0].split(":u")[0], raw)
-                current = (int(m.group(2)), int(m.group(3)), _ns(m.group(4), m.group(5)), name, raw)
-                if (m.group("comm") or "").strip() in OWN_THREADS:
-                    current = _SKIPPED
-    if current is not None and current is not _SKIPPED:
-        finish()
-    switched_out.clear()     # never switched in again: OffCpuTime stays None
-    yield from release()

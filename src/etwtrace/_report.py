@@ -78,7 +78,7 @@ def _choose_view(scan, off_cpu):
 
 def _losses_line(path):
     """One line naming the events the recorder could not keep, or None."""
-    from ._trace import describe_losses, recorded_losses
+    from ._ctf import describe_losses, recorded_losses
     losses = recorded_losses(path)
     if not losses:
         return None
@@ -135,9 +135,9 @@ def _write(opts, produce):
 
 
 def run(opts):
-    from . import get_stacktags_path
+    from ._content import stacktags_path
     from ._trace import open_trace
-    tags = None if opts.no_stacktags else load_stacktags(opts.stacktags or get_stacktags_path())
+    tags = None if opts.no_stacktags else load_stacktags(opts.stacktags or stacktags_path())
     timeline = FORMATS[opts.format].timeline
     progress = _Progress(open_trace(opts.path).files())
     try:
@@ -255,7 +255,7 @@ def main(args):
         opts = parser.parse_args(args)
     except SystemExit as ex:
         return 0 if ex.code == 0 else 2
-    from . import TraceError
+    from ._ctf import TraceError
     try:
         run(opts)
     except (ReportError, TraceError) as ex:

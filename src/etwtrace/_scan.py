@@ -117,14 +117,16 @@ class Scan:
 
     def _read(self, path, progress):
         from ._ctf import fold_stream, has_call_times
-        from ._trace import Event, open_trace
+        from ._ctfdecode import Merge
+        from ._trace import Event, builtin_streams, perf_events
         tree = self.tree
-
         timed = {}
-
-        def fold(pid, stream, version):
-            # A thread's timeline goes to a file of its own, read back as
-            # it is written out: memory does not grow with the trace.
+        sources = []
+        # Each built-in stream is folded in C (pushes and pops into the call
+        # tree); its other events are merged in time order with perf's.
+        for pid, stream, version in builtin_streams(path):
+            # A thread's timeline goes to a file of its own, read back as it
+            # is written out: memory does not grow with the trace.
             records = tempfile.TemporaryFile() if self.timeline else None
             folded, events = fold_stream(stream, pid, Event, version, timeline=records)
             if records is not None:
@@ -137,26 +139,30 @@ class Scan:
                 self._call_streams[(pid, folded["tid"])] = (stream, version)
                 self.threads.setdefault((pid, folded["tid"]),
                                         self._thread_name(pid, folded["tid"]))
-            return events
-
-        with open_trace(path) as trace:
-            for e in trace.events(progress=progress, fold=fold):
-                name = e.name
-                if self.first is None:
-                    self.first = e.timestamp
-                self.last = e.timestamp
-                if name == "PythonFunction":
-                    f = e.fields
-                    tree.function(e.pid, f)
-                    self._ranges.setdefault(e.pid, _Ranges()).add(
-                        f["BeginAddress"], f["EndAddress"], label_of(f))
-                elif name in self._raw:
-                    self._stack_event(e)
-                elif name == "PythonThread":
-                    if e.opcode == "start":
-                        self.threads.setdefault((e.pid, e.tid), self._thread_name(e.pid, e.tid))
-                elif name == "PythonMark":
-                    self._mark(e)
+            sources.append(events)
+            update = progress and progress.reader(stream)
+            if update:
+                update(os.path.getsize(stream))
+        perf = perf_events(path, progress and progress.reader(os.path.join(path, "perf.script")))
+        if perf is not None:
+            sources.append(perf)
+        for e in Merge(sources):
+            name = e.name
+            if self.first is None:
+                self.first = e.timestamp
+            self.last = e.timestamp
+            if name == "PythonFunction":
+                f = e.fields
+                tree.function(e.pid, f)
+                self._ranges.setdefault(e.pid, _Ranges()).add(
+                    f["BeginAddress"], f["EndAddress"], label_of(f))
+            elif name in self._raw:
+                self._stack_event(e)
+            elif name == "PythonThread":
+                if e.opcode == "start":
+                    self.threads.setdefault((e.pid, e.tid), self._thread_name(e.pid, e.tid))
+            elif name == "PythonMark":
+                self._mark(e)
         span = tree.timeline_span()
         if span:
             self.first = span[0] if self.first is None else min(self.first, span[0])

@@ -223,16 +223,13 @@ static inline void etw_unlock(EtwLock *lock) { (void)lock; }
 #  define ETW_MOD_GIL_SLOT
 #endif
 
-/* Sub-interpreters: the tracer is process-wide state, so only the main
- * interpreter imports it; the decoder has no state and goes anywhere. */
+/* Sub-interpreters: the tracer is process-wide state, and the decoder has
+ * static types, so only the main interpreter imports them. */
 #if PY_VERSION_HEX >= 0x030C0000
 #  define ETW_MOD_INTERPRETERS_NOT_SUPPORTED_SLOT \
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
-#  define ETW_MOD_PER_INTERPRETER_GIL_SLOT \
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #else
 #  define ETW_MOD_INTERPRETERS_NOT_SUPPORTED_SLOT
-#  define ETW_MOD_PER_INTERPRETER_GIL_SLOT
 #endif
 
 /* The line of every code unit of `co` (0 where none), in a new array of
