@@ -1,6 +1,6 @@
 /* The floors: a PEP 523 hook that does nothing but call CPython's own
  * evaluator (stack mode's floor), and a C profile hook that does nothing
- * (the floor DESIGN.md names for instrumented mode).  Built by the bench
+ * (instrumented mode's floor, as the project brief names it).  Built by the bench
  * scripts. */
 #include "../src/etwtrace/_native/compat.h"
 

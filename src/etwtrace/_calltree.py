@@ -191,7 +191,7 @@ class CallTree:
 
 
 class FunctionStats:
-    __slots__ = ("label", "calls", "inclusive", "exclusive", "callers", "callees", "samples")
+    __slots__ = ("label", "calls", "inclusive", "exclusive", "callers", "callees")
 
     def __init__(self, label):
         self.label = label
@@ -200,4 +200,3 @@ class FunctionStats:
         self.exclusive = 0
         self.callers = Counter()
         self.callees = Counter()
-        self.samples = 0

@@ -1,9 +1,10 @@
 /* The one clock every output uses: CLOCK_MONOTONIC in nanoseconds, the clock
  * `perf record -k CLOCK_MONOTONIC` stamps its samples with.
  *
- * Reading it through the vDSO costs about 30 ns here, too much for two
- * events per call in instrumented mode, so a stream can also derive it from
- * the TSC (about 13 ns): each stream keeps an anchor pair (TSC, ns) read
+ * Reading it through the vDSO costs about twice a TSC read (measured in
+ * docs/BENCHMARKS.md), too much for two events per call in instrumented
+ * mode, so a stream can also derive it from the TSC: each stream keeps an
+ * anchor pair (TSC, ns) read
  * together, and scales TSC deltas from it with the kernel's own TSC-to-ns
  * factor.  Anchors are renewed every 2^26 cycles (tens of ms), which bounds
  * any drift from CLOCK_MONOTONIC's NTP slewing to microseconds. */

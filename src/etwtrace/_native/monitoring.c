@@ -6,7 +6,7 @@
  * C_RAISE event of that call decides its exit, so enters and exits pair. */
 #include "monitoring.h"
 
-#if PY_VERSION_HEX >= 0x030C0000
+#ifdef ETW_HAVE_SYS_MONITORING
 
 static struct {
     int tool;               /* -1 when not started */

@@ -156,9 +156,9 @@ etw_stream_commit_compact(uint8_t *payload, uint32_t header)
 /* Counts an event that could not be recorded on this stream. */
 void etw_stream_discard(EtwStream *stream);
 
-/* In a forked child: streams inherited from the parent are let go without
- * touching their files; the child's first event starts a trace of its own.
- * Only async-signal-safe calls. */
+/* In a forked child, before anything else runs there: streams inherited
+ * from the parent are let go without touching their files (the child's
+ * first event starts a trace of its own); no lock is taken, nothing freed. */
 void etw_recorder_after_fork_child(void);
 
 /* Events lost so far in this process (disk full, mapping failed, event too

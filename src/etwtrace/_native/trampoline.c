@@ -235,12 +235,6 @@ etw_trampoline_new(void)
     return arena->code + ETW_TRAMPOLINE_SIZE * arena->used++;
 }
 
-const uint8_t *
-etw_trampoline_code(void)
-{
-    return trampoline_code;
-}
-
 int
 etw_trampoline_unwind_registered(void)
 {

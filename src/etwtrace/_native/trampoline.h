@@ -22,9 +22,6 @@
 /* A new trampoline, or NULL when executable memory cannot be had. */
 void *etw_trampoline_new(void);
 
-/* The bytes of one trampoline (ETW_TRAMPOLINE_SIZE of them). */
-const uint8_t *etw_trampoline_code(void);
-
 /* Unwind info for one trampoline placed in the ELF image that
  * `perf inject --jit` builds from a jitdump code-load record: an .eh_frame
  * followed by an .eh_frame_hdr, laid out as perf's genelf expects. */
