@@ -197,3 +197,17 @@ def test_enable_and_disable_pth(venv_python, tmp_path):
                          encoding="utf-8")
     assert out.returncode == 0
     assert not os.path.exists(pth)
+
+
+@pytest.mark.parametrize("version", ["(3, 8, 18, 'final', 0)", "(3, 16, 0, 'alpha', 1)"])
+def test_an_unsupported_interpreter_is_refused_in_one_line(version):
+    setup_py = Path(__file__).absolute().parent.parent / "setup.py"
+    if not setup_py.exists():
+        pytest.skip("needs the source tree")
+    code = (f"import sys; sys.version_info = {version}; "
+            f"exec(compile(open({str(setup_py)!r}).read(), 'setup.py', 'exec'))")
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, encoding="utf-8", cwd=setup_py.parent)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [lines[0]] and "supports CPython 3.9 to 3.15" in lines[0], proc.stderr
