@@ -50,6 +50,7 @@ setup(
                 f"{NATIVE}/clock.c",
                 f"{NATIVE}/events.c",
                 f"{NATIVE}/recorder.c",
+                f"{NATIVE}/session.c",
                 f"{NATIVE}/copier.c",
                 f"{NATIVE}/perf_jit.c",
                 f"{NATIVE}/trampoline.c",

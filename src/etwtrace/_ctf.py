@@ -209,15 +209,22 @@ def _walk_packets(f, size, head):
 class StreamParts:
     """A stream as readers see it: the complete packets of its file (the
     first `length` bytes), then `tail`, the packets its ring still holds
-    (those the copier had not written when the process ended or stopped),
-    in order.  `pending` says whether there were any; `lost` is the
-    events_discarded of the last packet."""
+    (those the copier had not written when the process ended or stopped,
+    or all of them in memory mode), in order.  `pending` says whether there
+    were any; `lost` is the events_discarded of the last packet.
+
+    The stream's writer may still be running (a snapshot of a session):
+    the ring is read before the file, so a packet the copier moves in
+    between is found in one or the other, and a packet whose slot was
+    being reused while it was read is left out (recorder.c, begin_packet)."""
 
     def __init__(self, path, version=FORMAT_VERSION):
         self.path = path
         self.tail = b""
         head = _HEAD[2 if version >= 2 else 1]
         _check_regular(path)
+        ring = ring_path(path)
+        ring_packets, ring_lost = ([], 0) if version < 2 else _read_ring(ring, head)
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -226,28 +233,11 @@ class StreamParts:
             raise TraceError(f"{path}: cannot read ({ex.strerror})") from None
         self.cut_short = self.length < size
         self._size = size
-        ring = ring_path(path)
-        if version < 2 or not os.path.exists(ring):
+        if ring_packets is None:
             self._keep_cut_packet()
             return
-        packets = []
-        try:
-            _check_regular(ring)
-            with open(ring, "rb") as f:
-                data = f.read()
-        except (OSError, TraceError):
-            self._keep_cut_packet()
-            return
-        packet_bytes = _ctfdecode.PACKET_BYTES
-        slots = max(0, len(data) - _RING_CONTROL_BYTES) // packet_bytes
-        for at in range(0, slots * packet_bytes, packet_bytes):
-            values = head.unpack_from(data, at)
-            magic, content_bits, packet_bits, seq = values[0], values[4], values[5], values[6]
-            if (magic != CTF_MAGIC or seq <= last_seq or packet_bits > packet_bytes * 8
-                    or content_bits > packet_bits or content_bits < head.size * 8):
-                continue
-            packets.append((seq, _finished(data[at:at + packet_bits // 8], head, version),
-                            values[7]))
+        packets = [(seq, _finished(packet, head, version), lost)
+                   for seq, packet, lost in ring_packets if seq > last_seq]
         packets.sort()
         if self.cut_short and not (packets and packets[0][0] == cut_seq):
             # The ring does not hold the packet cut short (a damaged file):
@@ -257,7 +247,7 @@ class StreamParts:
         self.tail = b"".join(p for _, p, _ in packets)
         if packets:
             self.lost = packets[-1][2]
-        self.lost = max(self.lost, _ring_lost(data))
+        self.lost = max(self.lost, ring_lost)
 
     def _keep_cut_packet(self):
         self.length = self._size
@@ -269,13 +259,56 @@ class StreamParts:
 
 _RING_CONTROL_BYTES = 4096
 _RING_CONTROL = struct.Struct("<8sQII")
+_SEQ_REWRITING = 2 ** 64 - 1
+_SEQ_FIELD = 40     # offset of packet_seq_num in a packet (version 2)
 
 
-def _ring_lost(data):
+def _read_ring(ring, head):
+    """([(seq, packet bytes, events_discarded)], events lost per the control
+    page) of a ring file; (None, 0) when there is none.  Each slot's
+    packet_seq_num is read before and after the slot, and the packet kept
+    only when both are the same real number (its writer may be reusing the
+    slot: recorder.c writes a new number last and spoils it first)."""
+    if not os.path.lexists(ring):
+        return None, 0
+    packet_bytes = _ctfdecode.PACKET_BYTES
+    seq_of = struct.Struct("<Q")
+    packets = []
+    try:
+        _check_regular(ring)
+        fd = os.open(ring, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, TraceError):
+        return None, 0
+    try:
+        size = os.fstat(fd).st_size
+        slots = max(0, size - _RING_CONTROL_BYTES) // packet_bytes
+        for at in range(0, slots * packet_bytes, packet_bytes):
+            before = seq_of.unpack(os.pread(fd, 8, at + _SEQ_FIELD))[0]
+            if before == _SEQ_REWRITING:
+                continue
+            data = os.pread(fd, packet_bytes, at)
+            after = seq_of.unpack(os.pread(fd, 8, at + _SEQ_FIELD))[0]
+            if after != before or len(data) < head.size:
+                continue
+            values = head.unpack_from(data, 0)
+            magic, content_bits, packet_bits, seq = values[0], values[4], values[5], values[6]
+            if (magic != CTF_MAGIC or seq != before or packet_bits > packet_bytes * 8
+                    or content_bits > packet_bits or content_bits < head.size * 8):
+                continue
+            packets.append((seq, data[:packet_bits // 8], values[7]))
+        control = os.pread(fd, _RING_CONTROL_BYTES, slots * packet_bytes)
+    except OSError:
+        return None, 0
+    finally:
+        os.close(fd)
+    return packets, _ring_lost(control)
+
+
+def _ring_lost(control):
     """events_discarded of a ring's control page (trace_format.h)."""
-    if len(data) < _RING_CONTROL_BYTES:
+    if len(control) < _RING_CONTROL.size:
         return 0
-    magic, lost, _error, _slots = _RING_CONTROL.unpack_from(data, len(data) - _RING_CONTROL_BYTES)
+    magic, lost, _error, _slots = _RING_CONTROL.unpack_from(control, 0)
     return lost if magic == b"ETWRING2" else 0
 
 
@@ -310,30 +343,67 @@ def finalize(ctf_root):
     alone.  Returns how many streams were completed."""
     done = 0
     for pid, trace_dir in trace_dirs(ctf_root):
-        if _alive(pid):
+        if not _alive(pid):
+            done += finalize_trace(trace_dir)
+    return done
+
+
+def finalize_trace(trace_dir):
+    """finalize() of one per-process trace whose writer has ended."""
+    try:
+        version = trace_version(trace_dir)
+    except TraceError:
+        return 0
+    if version < 2:
+        return 0
+    done = 0
+    for path in stream_files(trace_dir):
+        ring = ring_path(path)
+        if not os.path.lexists(ring):
             continue
         try:
-            version = trace_version(trace_dir)
-        except TraceError:
+            parts = StreamParts(path, version)
+            if parts.tail or parts.cut_short:
+                with open(path, "r+b") as f:
+                    f.truncate(parts.length)
+                    f.seek(parts.length)
+                    f.write(parts.tail)
+                done += 1
+            os.unlink(ring)
+        except (OSError, TraceError):
             continue
-        if version < 2:
-            continue
-        for path in stream_files(trace_dir):
-            ring = ring_path(path)
-            if not os.path.lexists(ring):
-                continue
-            try:
-                parts = StreamParts(path, version)
-                if parts.tail or parts.cut_short:
-                    with open(path, "r+b") as f:
-                        f.truncate(parts.length)
-                        f.seek(parts.length)
-                        f.write(parts.tail)
-                    done += 1
-                os.unlink(ring)
-            except (OSError, TraceError):
-                continue
     return done
+
+
+def copy_trace(trace_dir, target):
+    """Writes into the new directory `target` a copy of a per-process
+    trace as it is now (its writer may still be running): the metadata and
+    each stream's packets, with what its ring holds after them, so the
+    copy needs no ring.  Streams that cannot be read are left out; returns
+    how many were copied."""
+    os.mkdir(target, 0o700)
+    with open(os.path.join(trace_dir, "metadata"), "rb") as src, \
+            open(os.path.join(target, "metadata"), "wb") as out:
+        out.write(src.read(1 << 20))
+    version = trace_version(trace_dir)
+    copied = 0
+    for path in stream_files(trace_dir):
+        try:
+            parts = StreamParts(path, version)
+            with open(path, "rb") as src, \
+                    open(os.path.join(target, os.path.basename(path)), "wb") as out:
+                left = parts.length
+                while left > 0:
+                    chunk = src.read(min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    left -= len(chunk)
+                out.write(parts.tail)
+            copied += 1
+        except (OSError, TraceError):
+            continue
+    return copied
 
 
 def _alive(pid):

@@ -14,11 +14,17 @@
 #include "functions.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     const PyMethodDef *def;  /* NULL: empty slot; written last */
     uint32_t id;
     uint32_t epoch;          /* session its PythonFunction event was emitted in */
+    /* Its SourceFile and Name as first described ("file\0name"), for
+     * rundowns, which have no callable object to ask; NULL if out of
+     * memory.  Shared by the copies of the entry in older tables. */
+    char *names;
+    uint32_t file_len, name_len;
 } Entry;
 
 typedef struct Table {
@@ -99,8 +105,28 @@ module_name_of(PyCFunctionObject *fn)
     return PyUnicode_FromString("builtins");
 }
 
+/* Keeps the names an entry was described with (see Entry). */
 static void
-describe(PyCFunctionObject *fn, uint32_t id, EtwThread *t)
+keep_names(Entry *e, const char *file, size_t file_len, const char *name, size_t name_len)
+{
+    if (e->names != NULL || file_len > UINT32_MAX || name_len > UINT32_MAX) {
+        return;
+    }
+    char *names = malloc(file_len + name_len + 2);
+    if (names == NULL) {
+        return;
+    }
+    memcpy(names, file, file_len);
+    names[file_len] = '\0';
+    memcpy(names + file_len + 1, name, name_len);
+    names[file_len + 1 + name_len] = '\0';
+    e->file_len = (uint32_t)file_len;
+    e->name_len = (uint32_t)name_len;
+    e->names = names;
+}
+
+static void
+describe(PyCFunctionObject *fn, Entry *e, EtwThread *t)
 {
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
@@ -122,7 +148,8 @@ describe(PyCFunctionObject *fn, uint32_t id, EtwThread *t)
         name = fn->m_ml->ml_name;
         name_len = (Py_ssize_t)strlen(name);
     }
-    etw_emit_function(t, id, 0, 0, 0, 0, file, (size_t)file_len, name, (size_t)name_len);
+    etw_emit_function(t, e->id, 0, 0, 0, 0, file, (size_t)file_len, name, (size_t)name_len);
+    keep_names(e, file, (size_t)file_len, name, (size_t)name_len);
     Py_XDECREF(qualname);
     Py_XDECREF(module);
     PyErr_Restore(exc_type, exc_value, exc_tb);
@@ -157,10 +184,28 @@ etw_c_function_id(PyObject *callable, EtwThread *t)
         }
         id = e->id;
         if (__atomic_load_n(&e->epoch, __ATOMIC_RELAXED) != epoch) {
-            describe(fn, id, t);
+            describe(fn, e, t);
             __atomic_store_n(&e->epoch, epoch, __ATOMIC_RELEASE);
         }
     }
     etw_unlock(&lock);
     return id;
+}
+
+void
+etw_c_functions_rundown(EtwThread *t)
+{
+    etw_lock(&lock);
+    uint32_t epoch = etw_current_epoch();
+    Table *tb = table;
+    for (size_t i = 0; tb != NULL && i < tb->capacity; i++) {
+        Entry *e = &tb->entries[i];
+        if (e->def == NULL || e->names == NULL) {
+            continue;   /* (never described: it is described at its next call) */
+        }
+        etw_emit_function(t, e->id, 0, 0, 0, 0, e->names, e->file_len,
+                          e->names + e->file_len + 1, e->name_len);
+        __atomic_store_n(&e->epoch, epoch, __ATOMIC_RELEASE);
+    }
+    etw_unlock(&lock);
 }

@@ -13,4 +13,8 @@
  * free-threaded builds: lookups take no lock). */
 uint32_t etw_c_function_id(PyObject *callable, EtwThread *t);
 
+/* Writes on `t` the PythonFunction event of every C callable registered so
+ * far (etw_events_restart's rundown). */
+void etw_c_functions_rundown(EtwThread *t);
+
 #endif

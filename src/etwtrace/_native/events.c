@@ -17,6 +17,8 @@
 
 uint32_t etw_epoch;
 void (*etw_thread_started_hook)(EtwThread *);
+void (*etw_rundown_hook)(EtwThread *);
+static uint32_t rundown_epoch;   /* epoch that still owes a rundown (atomic) */
 __thread EtwThread *etw_tls_thread __attribute__((tls_model("initial-exec")));
 
 static int tracing;   /* atomic */
@@ -55,6 +57,16 @@ string_length(const EtwValue *v)
     return len > MAX_STRING ? MAX_STRING : len;
 }
 
+static void write_event(EtwStream *s, uint32_t id, const EtwValue *values);
+
+/* Events that describe the process rather than what it does: in memory
+ * mode they go to the kept stream (recorder.h). */
+static int
+describes_process(uint32_t id)
+{
+    return id == ETW_EV_FUNCTION || id == ETW_EV_THREAD_START || id == ETW_EV_THREAD_STOP;
+}
+
 void
 etw_emit_event(EtwThread *t, uint32_t id, const EtwValue *values)
 {
@@ -62,6 +74,20 @@ etw_emit_event(EtwThread *t, uint32_t id, const EtwValue *values)
     if (s == NULL || id >= ETW_N_EVENTS) {
         return;
     }
+    if (s->overwrite && describes_process(id)) {
+        EtwStream *kept = etw_kept_stream_lock();
+        if (kept != NULL) {
+            write_event(kept, id, values);
+            etw_kept_stream_unlock();
+        }
+        return;
+    }
+    write_event(s, id, values);
+}
+
+static void
+write_event(EtwStream *s, uint32_t id, const EtwValue *values)
+{
     const EtwEventDecl *e = &etw_event_decls[id];
     size_t size = 0;
     for (uint32_t f = 0; f < e->n_fields; f++) {
@@ -224,7 +250,13 @@ thread_ended(void *arg)
         return;
     }
     pthread_mutex_lock(&threads_lock);
-    if (is_tracing() && t->epoch == etw_current_epoch()) {
+    uint32_t epoch = etw_current_epoch();
+    if (is_tracing() && t->announced == epoch) {
+        if (t->epoch != epoch) {
+            /* Announced by a rundown, and has not written since. */
+            t->stream = etw_stream_attach(&t->own, t->tid);
+            t->epoch = epoch;
+        }
         emit_thread(t, t, ETW_EV_THREAD_STOP);
     }
     unlink_thread(t);
@@ -234,6 +266,8 @@ thread_ended(void *arg)
     etw_tls_thread = NULL;
     free(t);
 }
+
+static void rundown(EtwThread *me, uint32_t epoch);
 
 static void
 make_thread_key(void)
@@ -267,7 +301,10 @@ etw_thread_slow(void)
         pthread_mutex_unlock(&threads_lock);
     }
     pthread_mutex_lock(&threads_lock);
-    t->epoch = etw_current_epoch();   /* read by disable, under the lock */
+    uint32_t epoch = etw_current_epoch();
+    t->epoch = epoch;
+    int announce = t->announced != epoch;
+    t->announced = epoch;   /* read by disable and rundowns, under the lock */
     pthread_mutex_unlock(&threads_lock);
     t->current = 0;
     t->c_depth = 0;
@@ -281,7 +318,14 @@ etw_thread_slow(void)
         t->stream = NULL;
     }
     if (on) {
-        emit_thread(t, t, ETW_EV_THREAD_START);
+        uint32_t owed = epoch;
+        if (__atomic_compare_exchange_n(&rundown_epoch, &owed, 0, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED)) {
+            rundown(t, epoch);
+        }
+        if (announce) {
+            emit_thread(t, t, ETW_EV_THREAD_START);
+        }
         if (etw_thread_started_hook != NULL) {
             etw_thread_started_hook(t);
         }
@@ -289,12 +333,51 @@ etw_thread_slow(void)
     return t;
 }
 
+/* The rundown of epoch `epoch`, written by `me`: every registered function,
+ * then a PythonThread start for every other live thread (each then writes
+ * its own events without announcing itself again). */
+static void
+rundown(EtwThread *me, uint32_t epoch)
+{
+    if (etw_rundown_hook != NULL) {
+        etw_rundown_hook(me);
+    }
+    pthread_mutex_lock(&threads_lock);
+    for (EtwThread *t = threads; t != NULL; t = t->next) {
+        if (t != me && t->announced != epoch) {
+            emit_thread(me, t, ETW_EV_THREAD_START);
+            t->announced = epoch;
+        }
+    }
+    pthread_mutex_unlock(&threads_lock);
+}
+
+void
+etw_events_touch(void)
+{
+    if (is_tracing()) {
+        etw_thread();
+    }
+}
+
+void
+etw_events_restart(int with_rundown)
+{
+    pthread_mutex_lock(&threads_lock);
+    uint32_t epoch = __atomic_add_fetch(&etw_epoch, 1, __ATOMIC_RELEASE);
+    if (with_rundown) {
+        __atomic_store_n(&rundown_epoch, epoch, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&threads_lock);
+}
+
 int
 etw_events_enable(const char *capture_dir, int call_times, char *error, size_t error_size)
 {
     etw_clock_init();
     if (capture_dir != NULL && capture_dir[0] != '\0') {
-        if (etw_recorder_start(capture_dir, call_times, error, error_size) != 0) {
+        EtwRecorderOptions options = {.call_times = call_times};
+        if (etw_recorder_start(capture_dir, &options, error, error_size) != 0) {
             return -1;
         }
     }
@@ -318,7 +401,7 @@ etw_events_disable(void)
     pthread_mutex_lock(&threads_lock);
     uint32_t epoch = etw_current_epoch();
     for (EtwThread *t = threads; t != NULL; t = t->next) {
-        if (t->epoch == epoch) {
+        if (t->announced == epoch) {
             emit_thread(me, t, ETW_EV_THREAD_STOP);
         }
     }

@@ -33,7 +33,9 @@ typedef struct EtwThread {
     struct EtwThread *next;   /* registry of live threads (threads lock) */
     struct EtwThread *prev;
     uint32_t tid;         /* kernel thread id */
-    uint32_t epoch;       /* tracing session this thread was announced in */
+    uint32_t epoch;       /* epoch whose stream this thread took */
+    uint32_t announced;   /* epoch its PythonThread start was written in (by
+                           * itself, or by a rundown; threads lock) */
     EtwStream *stream;    /* recorder stream to write, NULL when not recording */
     EtwStream *own;       /* this thread's stream, kept across sessions */
     /* Instrumented mode: the innermost open push of this thread in this
@@ -61,6 +63,10 @@ EtwThread *etw_thread_slow(void);
  * give each thread its C-call hook. */
 extern void (*etw_thread_started_hook)(EtwThread *);
 
+/* Writes, on thread `t`, a PythonFunction event for every function and C
+ * callable registered so far (the tracer's; see etw_events_restart). */
+extern void (*etw_rundown_hook)(EtwThread *);
+
 /* The calling thread's writer state, announcing the thread if needed. */
 static inline EtwThread *
 etw_thread(void)
@@ -77,6 +83,18 @@ etw_thread(void)
  * with a message in `error`.  Other threads must not be running Python
  * (the tracer stops the world around this in free-threaded builds). */
 int etw_events_enable(const char *capture_dir, int call_times, char *error, size_t error_size);
+
+/* While tracing, from any thread: every thread takes its stream afresh at
+ * its next event (the recorder was started or stopped under it).  With
+ * `rundown`, the first thread to write then also writes the rundown: a
+ * PythonFunction event for every function registered before
+ * (etw_rundown_hook) and a PythonThread start for every live thread, so a
+ * trace that begins while the program runs maps all of its stacks. */
+void etw_events_restart(int rundown);
+
+/* On a thread attached to the interpreter: takes the thread's writer state
+ * now (announcing it, writing a rundown owed) if tracing. */
+void etw_events_touch(void);
 
 /* Ends the session: PythonThread stop for every thread announced in it,
  * then the recorder stops.  Same condition as etw_events_enable. */

@@ -9,6 +9,7 @@
 #include "perf_jit.h"
 #include "trampoline.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,16 +17,33 @@
 
 static uint32_t last_function_id;   /* atomic */
 static EtwLock registry_lock = ETW_LOCK_INIT;
+/* Guards `functions`, the list of every record.  A plain mutex, taken
+ * without calling into Python: records are freed from code objects'
+ * deallocation, on any thread. */
+static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
+static EtwFunction *functions;
 
 /* A record goes with its code object (code_index.h). */
 static void
 free_function(void *p)
 {
     EtwFunction *f = p;
-    if (f != NULL) {
-        free(f->lines);
-        free(f);
+    if (f == NULL) {
+        return;
     }
+    pthread_mutex_lock(&list_lock);
+    if (f->prev != NULL) {
+        f->prev->next = f->next;
+    }
+    else if (functions == f) {
+        functions = f->next;
+    }
+    if (f->next != NULL) {
+        f->next->prev = f->prev;
+    }
+    pthread_mutex_unlock(&list_lock);
+    free(f->lines);
+    free(f);
 }
 
 void
@@ -130,6 +148,52 @@ is_traced(PyCodeObject *co, const EtwFilter *filter)
     return 1;
 }
 
+/* Describes traced function `f` of `co`: its trampoline to perf (once per
+ * process) and its PythonFunction event on `t`. */
+static void
+describe(EtwFunction *f, PyCodeObject *co, EtwThread *t)
+{
+    PyObject *file_holder, *name_holder;
+    Py_ssize_t file_len, name_len;
+    const char *file = utf8_of(co->co_filename, &file_len, &file_holder, "");
+    const char *name = utf8_of(etw_code_qualname(co), &name_len, &name_holder, "?");
+    pid_t pid = getpid();
+    if (f->trampoline != NULL && f->described_pid != pid) {
+        /* perf's name for the trampoline: CPython's own form
+         * (py::qualname:file) plus the first line. */
+        char label[1024];
+        snprintf(label, sizeof(label), "py::%.*s:%.*s:%d", (int)name_len, name,
+                 (int)file_len, file, co->co_firstlineno);
+        etw_perf_jit_describe(f->trampoline, ETW_TRAMPOLINE_SIZE, label);
+        f->described_pid = pid;
+    }
+    uintptr_t begin = (uintptr_t)f->trampoline;
+    uintptr_t end = begin ? begin + ETW_TRAMPOLINE_SIZE : 0;
+    etw_emit_function(t, f->id, begin, end, (uint32_t)co->co_firstlineno, 1, file,
+                      (size_t)file_len, name, (size_t)name_len);
+    Py_XDECREF(file_holder);
+    Py_XDECREF(name_holder);
+}
+
+void
+etw_functions_rundown(EtwThread *t)
+{
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    etw_lock(&registry_lock);
+    pthread_mutex_lock(&list_lock);
+    uint32_t epoch = etw_current_epoch();
+    for (EtwFunction *f = functions; f != NULL; f = f->next) {
+        if (f->traced) {
+            describe(f, f->code, t);
+        }
+        __atomic_store_n(&f->epoch, epoch, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&list_lock);
+    etw_unlock(&registry_lock);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
 EtwFunction *
 etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThread *t,
                       const EtwFilter *filter, int want_trampoline)
@@ -152,6 +216,7 @@ etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThread *t,
             goto done;
         }
         f->id = etw_function_next_id();
+        f->code = co;
         f->line_offset[0] = f->line_offset[1] = -1;
         if (etw_code_index_set(co, f) < 0) {
             PyErr_Clear();
@@ -159,33 +224,21 @@ etw_function_for_code(PyCodeObject *co, EtwFunction *known, EtwThread *t,
             f = NULL;
             goto done;
         }
+        pthread_mutex_lock(&list_lock);
+        f->next = functions;
+        if (functions != NULL) {
+            functions->prev = f;
+        }
+        functions = f;
+        pthread_mutex_unlock(&list_lock);
     }
 
     f->traced = is_traced(co, filter);
     if (f->traced) {
-        PyObject *file_holder, *name_holder;
-        Py_ssize_t file_len, name_len;
-        const char *file = utf8_of(co->co_filename, &file_len, &file_holder, "");
-        const char *name = utf8_of(etw_code_qualname(co), &name_len, &name_holder, "?");
         if (want_trampoline && f->trampoline == NULL) {
             f->trampoline = etw_trampoline_new();
         }
-        pid_t pid = getpid();
-        if (f->trampoline != NULL && f->described_pid != pid) {
-            /* perf's name for the trampoline: CPython's own form
-             * (py::qualname:file) plus the first line. */
-            char label[1024];
-            snprintf(label, sizeof(label), "py::%.*s:%.*s:%d", (int)name_len, name,
-                     (int)file_len, file, co->co_firstlineno);
-            etw_perf_jit_describe(f->trampoline, ETW_TRAMPOLINE_SIZE, label);
-            f->described_pid = pid;
-        }
-        uintptr_t begin = (uintptr_t)f->trampoline;
-        uintptr_t end = begin ? begin + ETW_TRAMPOLINE_SIZE : 0;
-        etw_emit_function(t, f->id, begin, end, (uint32_t)co->co_firstlineno, 1, file,
-                          (size_t)file_len, name, (size_t)name_len);
-        Py_XDECREF(file_holder);
-        Py_XDECREF(name_holder);
+        describe(f, co, t);
     }
     __atomic_store_n(&f->epoch, epoch, __ATOMIC_RELEASE);
 done:

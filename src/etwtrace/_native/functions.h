@@ -13,6 +13,10 @@
  * `epoch` last, with release order, so a thread that reads the current
  * epoch (acquire) reads the rest as written. */
 typedef struct EtwFunction {
+    /* Every record, for rundowns (`list_lock` in functions.c); `code` is
+     * borrowed: the record goes with its code object. */
+    struct EtwFunction *prev, *next;
+    PyCodeObject *code;
     uint32_t id;           /* FunctionID, unique for the life of the process */
     uint32_t epoch;        /* session its PythonFunction event was emitted in */
     pid_t described_pid;   /* process whose perf map/jitdump name it */
@@ -98,5 +102,10 @@ etw_function_line_at(EtwFunction *f, PyCodeObject *co, int offset)
 
 /* The next FunctionID (shared with C callables in instrumented mode). */
 uint32_t etw_function_next_id(void);
+
+/* Writes on `t` the PythonFunction event of every traced function
+ * registered so far, as registered, and counts them as described in the
+ * current epoch (etw_events_restart's rundown). */
+void etw_functions_rundown(EtwThread *t);
 
 #endif

@@ -4,6 +4,7 @@
 #include "events.h"
 #include "perf_jit.h"
 #include "recorder.h"
+#include "session.h"
 #include "trampoline.h"
 #include "tracer.h"
 
@@ -26,13 +27,14 @@ get_state(PyObject *module)
 static PyObject *
 etw_enable(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"mode", "capture_dir", "c_calls", "call_times", NULL};
+    static char *kwlist[] = {"mode", "capture_dir", "c_calls", "call_times", "sessions", NULL};
     const char *mode_name = "stack";
     PyObject *capture = Py_None;
     int c_calls = 0;
     int call_times = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|sOpp:enable", kwlist, &mode_name, &capture,
-                                     &c_calls, &call_times)) {
+    int sessions = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|sOppp:enable", kwlist, &mode_name, &capture,
+                                     &c_calls, &call_times, &sessions)) {
         return NULL;
     }
     int mode;
@@ -54,8 +56,8 @@ etw_enable(PyObject *module, PyObject *args, PyObject *kwargs)
         capture_dir = PyBytes_AS_STRING(capture_bytes);
     }
     ModuleState *state = get_state(module);
-    int rc = etw_tracer_enable(mode, c_calls, call_times, capture_dir, state->ignored_files,
-                               state->include_prefixes);
+    int rc = etw_tracer_enable(mode, c_calls, call_times, capture_dir, sessions,
+                               state->ignored_files, state->include_prefixes);
     Py_XDECREF(capture_bytes);
     if (rc < 0) {
         return NULL;
@@ -78,6 +80,27 @@ etw_is_active(PyObject *module, PyObject *unused)
     (void)module;
     (void)unused;
     return PyBool_FromLong(etw_tracer_mode() != ETW_MODE_OFF);
+}
+
+static PyObject *
+etw_session_id(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    char id[128];
+    if (!etw_session_joined(id, sizeof(id))) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_DecodeFSDefault(id);
+}
+
+static PyObject *
+etw_session_after_fork(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    etw_session_resume_in_child();
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -216,9 +239,15 @@ close_stream_at_exit(void)
 
 static PyMethodDef module_methods[] = {
     {"enable", (PyCFunction)(void (*)(void))etw_enable, METH_VARARGS | METH_KEYWORDS,
-     "enable(mode='stack', capture_dir=None, c_calls=False, call_times=True)\n--\n\n"
+     "enable(mode='stack', capture_dir=None, c_calls=False, call_times=True, sessions=True)\n"
+     "--\n\n"
      "Start tracing this interpreter; c_calls adds C callables in instrumented mode;\n"
-     "call_times=False records pushes and pops without reading the clock."},
+     "call_times=False records pushes and pops without reading the clock; with no\n"
+     "capture_dir and sessions, record into the recording sessions that run."},
+    {"session_id", etw_session_id, METH_NOARGS,
+     "The id of the recording session this process records into, or None."},
+    {"session_after_fork", etw_session_after_fork, METH_NOARGS,
+     "In a forked child: watch for recording sessions again (a new thread)."},
     {"disable", etw_disable, METH_NOARGS, "Stop tracing and write out pending events."},
     {"is_active", etw_is_active, METH_NOARGS, "Whether a tracer is enabled."},
     {"get_mode", etw_get_mode, METH_NOARGS, "'stack', 'instrumented' or None."},

@@ -37,8 +37,15 @@
 
 #define PACKET_BYTES ETW_PACKET_BYTES
 #define HEAD_BYTES sizeof(EtwPacketHead)
-#define RING_BYTES ((size_t)ETW_RING_SLOTS * PACKET_BYTES)
-#define RING_FILE_BYTES (RING_BYTES + ETW_RING_CONTROL_BYTES)
+/* A packet being rewritten says so in its packet_seq_num first (see
+ * begin_packet). */
+#define SEQ_REWRITING UINT64_MAX
+
+static size_t
+ring_file_bytes(unsigned slots)
+{
+    return (size_t)slots * PACKET_BYTES + ETW_RING_CONTROL_BYTES;
+}
 
 _Static_assert(ETW_EV_PUSH_COMPACT != 0 && ETW_EV_POP_COMPACT != 0,
                "event id 0 never takes the compact header (trace_format.h)");
@@ -50,7 +57,7 @@ static char trace_dir[PATH_MAX + 48];
 static pid_t trace_pid;
 static uint64_t generation = 1;   /* bumped for each new trace, and at fork */
 static unsigned stream_counter;
-static int call_times = 1;
+static EtwRecorderOptions options = {.call_times = 1};
 static uint64_t discarded;     /* atomic */
 static int first_error;        /* atomic */
 static int warned;
@@ -237,7 +244,7 @@ write_metadata(const char *dir, int flags, char *error, size_t error_size)
     snprintf(path, sizeof(path), "%s/metadata", dir);
     int fd = open(path, flags | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
     char text[8192];
-    int len = etw_format_metadata(text, sizeof(text), (int)getpid(), call_times);
+    int len = etw_format_metadata(text, sizeof(text), (int)getpid(), options.call_times);
     int rc = fd < 0 || len < 0 || pwrite_all(fd, text, (size_t)len, 0) != 0 ||
              ftruncate(fd, len) != 0 ? -1 : 0;
     if (rc != 0) {
@@ -294,7 +301,7 @@ note_failure(EtwStream *s, int err, const char *what)
     int expected = 0;
     __atomic_compare_exchange_n(&first_error, &expected, err, 0, __ATOMIC_RELAXED,
                                 __ATOMIC_RELAXED);
-    if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED)) {
+    if (!s->quiet && !__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED)) {
         fprintf(stderr, "etwtrace: stopped recording thread %u: %s %s: %s; "
                 "its later events are counted as lost\n", s->tid, what, s->path, strerror(err));
     }
@@ -313,24 +320,29 @@ etw_stream_discard(EtwStream *s)
     }
 }
 
-/* Hands the open packet (its first `size` bytes) to the copier and moves to
- * the next slot. */
+/* Ends the open packet (its first `size` bytes) and moves to the next
+ * slot; the packet goes to the copier, except in memory mode, where it
+ * stays in the ring until its slot comes round again. */
 static void
 submit_packet(EtwStream *s, size_t size)
 {
     unsigned slot = s->slot;
+    const uint8_t *packet = s->data;
     put_head_u64(s->data, offsetof(EtwPacketHead, timestamp_end), s->last_ts);
     put_head_u64(s->data, offsetof(EtwPacketHead, content_size), (uint64_t)s->used * 8);
+    s->slot = (slot + 1) % s->slots;
+    s->data = NULL;
+    s->used = PACKET_BYTES;
+    if (s->overwrite) {
+        return;
+    }
     s->busy[slot] = 1;
     EtwCopy copy = {
         .path = s->path, .dev = s->dev, .ino = s->ino,
-        .packet = s->data, .size = size, .offset = s->file_offset,
+        .packet = packet, .size = size, .offset = s->file_offset,
         .busy = &s->busy[slot], .error = &s->copy_error,
     };
     s->file_offset += size;
-    s->slot = (slot + 1) % ETW_RING_SLOTS;
-    s->data = NULL;
-    s->used = PACKET_BYTES;
     etw_copier_submit(&copy);
 }
 
@@ -343,13 +355,23 @@ begin_packet(EtwStream *s, uint64_t ts)
     if (s->data != NULL) {
         submit_packet(s, PACKET_BYTES);
     }
-    etw_copier_wait(&s->busy[s->slot]);
-    int err = __atomic_load_n(&s->copy_error, __ATOMIC_RELAXED);
-    if (err != 0) {
-        note_failure(s, err, "cannot write");
-        return -1;
+    if (!s->overwrite) {
+        etw_copier_wait(&s->busy[s->slot]);
+        int err = __atomic_load_n(&s->copy_error, __ATOMIC_RELAXED);
+        if (err != 0) {
+            note_failure(s, err, "cannot write");
+            return -1;
+        }
     }
     s->data = s->ring + (size_t)s->slot * PACKET_BYTES;
+    /* A reader may be copying this slot from the ring file while it is
+     * reused (memory mode, or a snapshot racing the copier): it reads the
+     * packet_seq_num before and after, and keeps the packet only when both
+     * are the same real number.  So the number is spoiled first, the rest
+     * rewritten, and the new number stored last. */
+    put_head_u64(s->data, offsetof(EtwPacketHead, packet_seq_num), SEQ_REWRITING);
+    __atomic_signal_fence(__ATOMIC_RELEASE);
+    memset(s->data + HEAD_BYTES, 0, ETW_END_WORD_SIZE);   /* no event yet */
     EtwPacketHead head = {
         .magic = ETW_CTF_MAGIC,
         .stream_id = 0,
@@ -357,12 +379,13 @@ begin_packet(EtwStream *s, uint64_t ts)
         .timestamp_end = ts,
         .content_size = HEAD_BYTES * 8,
         .packet_size = (uint64_t)PACKET_BYTES * 8,
-        .packet_seq_num = s->seq++,
+        .packet_seq_num = SEQ_REWRITING,
         .events_discarded = s->discarded,
         .tid = s->tid,
     };
+    __atomic_signal_fence(__ATOMIC_RELEASE);
     memcpy(s->data, &head, sizeof(head));
-    memset(s->data + HEAD_BYTES, 0, ETW_END_WORD_SIZE);   /* no event yet */
+    put_head_u64(s->data, offsetof(EtwPacketHead, packet_seq_num), s->seq++);
     s->used = HEAD_BYTES;
     s->last_ts = ts;
     return 0;
@@ -387,7 +410,7 @@ suspend_stream(EtwStream *s)
     }
     s->data = NULL;
     s->used = PACKET_BYTES;
-    for (unsigned i = 0; i < ETW_RING_SLOTS; i++) {
+    for (unsigned i = 0; s->busy != NULL && i < s->slots; i++) {
         etw_copier_wait(&s->busy[i]);
     }
 }
@@ -400,8 +423,8 @@ etw_stream_suspend(EtwStream *s)
     }
 }
 
-/* Closes a stream: written out, its ring removed (kept when a copy failed:
- * readers find the packets there). */
+/* Closes a stream: written out, its ring removed (kept when a copy failed,
+ * and in memory mode: readers find the packets there). */
 static void
 free_stream(EtwStream *s)
 {
@@ -410,20 +433,35 @@ free_stream(EtwStream *s)
         suspend_stream(s);
     }
     if (s->ring != NULL) {
-        munmap(s->ring, RING_FILE_BYTES);
+        munmap(s->ring, ring_file_bytes(s->slots));
     }
-    if (own && s->copy_error == 0 && s->ring_path != NULL) {
+    if (own && !s->overwrite && s->copy_error == 0 && s->ring_path != NULL) {
         unlink(s->ring_path);
     }
     free(s->path);
     free(s->ring_path);
+    free(s->busy);
     free(s);
 }
 
+/* Slots of a new stream's ring. */
+static unsigned
+ring_slots(void)
+{
+    if (options.ring_bytes == 0) {
+        return ETW_RING_SLOTS;
+    }
+    size_t n = options.ring_bytes / PACKET_BYTES;
+    if (n < ETW_MEMORY_MIN_SLOTS) {
+        n = ETW_MEMORY_MIN_SLOTS;
+    }
+    return n > ETW_MEMORY_MAX_SLOTS ? ETW_MEMORY_MAX_SLOTS : (unsigned)n;
+}
+
 /* Holding registry_lock: a new stream file and ring for thread `tid`, or
- * NULL. */
+ * NULL.  `kept`: never overwritten, whatever the mode. */
 static EtwStream *
-create_stream(uint32_t tid)
+create_stream(uint32_t tid, int kept)
 {
     EtwStream *s = calloc(1, sizeof(EtwStream));
     size_t size = strlen(trace_dir) + 48;
@@ -438,7 +476,10 @@ create_stream(uint32_t tid)
     snprintf(path, size, "%s/stream-%u-tid-%u", trace_dir, number, tid);
     snprintf(ring_path, size, "%s/.ring-%u-tid-%u", trace_dir, number, tid);
     s->tid = tid;
-    s->timed = call_times;
+    s->timed = options.call_times;
+    s->overwrite = options.ring_bytes != 0 && !kept;
+    s->quiet = options.quiet;
+    s->slots = s->overwrite ? ring_slots() : ETW_RING_SLOTS;
     s->used = PACKET_BYTES;
     s->generation = generation;
     s->pid = getpid();
@@ -454,21 +495,28 @@ create_stream(uint32_t tid)
     s->ino = st.st_ino;
     s->ring_path = ring_path;
     ring_path = NULL;
-    fd = create_own_file(s->ring_path, &st);
-    int rc = fd < 0 ? errno : posix_fallocate(fd, 0, (off_t)RING_FILE_BYTES);
+    size_t file_bytes = ring_file_bytes(s->slots);
+    int rc = 0;
+    if (!s->overwrite && (s->busy = calloc(s->slots, 1)) == NULL) {
+        rc = ENOMEM;
+    }
+    fd = rc ? -1 : create_own_file(s->ring_path, &st);
     if (rc == 0) {
-        void *p = mmap(NULL, RING_FILE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        rc = fd < 0 ? errno : posix_fallocate(fd, 0, (off_t)file_bytes);
+    }
+    if (rc == 0) {
+        void *p = mmap(NULL, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (p == MAP_FAILED) {
             rc = errno;
         }
         else {
             /* Fault every page in now rather than one by one from the traced
              * code (a no-op before Linux 5.14). */
-            (void)madvise(p, RING_FILE_BYTES, MADV_POPULATE_WRITE);
+            (void)madvise(p, file_bytes, MADV_POPULATE_WRITE);
             s->ring = p;
-            s->control = (EtwRingControl *)(s->ring + RING_BYTES);
+            s->control = (EtwRingControl *)(s->ring + (size_t)s->slots * PACKET_BYTES);
             memcpy(s->control->magic, ETW_RING_CONTROL_MAGIC, 8);
-            s->control->slots = ETW_RING_SLOTS;
+            s->control->slots = s->slots;
         }
     }
     if (fd >= 0) {
@@ -476,7 +524,9 @@ create_stream(uint32_t tid)
     }
     if (rc != 0) {
         note_failure(s, rc, "cannot create the ring of");
-        unlink(s->ring_path);
+        if (fd >= 0) {
+            unlink(s->ring_path);
+        }
         goto failed;
     }
     return s;
@@ -484,13 +534,14 @@ create_stream(uint32_t tid)
 failed:
     free(s->path);
     free(s->ring_path);
+    free(s->busy);
     free(ring_path);
     free(s);
     return NULL;
 }
 
-EtwStream *
-etw_stream_attach(EtwStream **own, uint32_t tid)
+static EtwStream *
+attach(EtwStream **own, uint32_t tid, int kept)
 {
     EtwStream *s = *own;
     pthread_mutex_lock(&registry_lock);
@@ -503,7 +554,7 @@ etw_stream_attach(EtwStream **own, uint32_t tid)
         suspend_stream(s);    /* kept for the next session of this trace */
     }
     if (s != NULL) {
-        s->timed = call_times;
+        s->timed = options.call_times;
     }
     if (etw_recorder_active() && s == NULL) {
         if (trace_pid != getpid()) {
@@ -514,7 +565,7 @@ etw_stream_attach(EtwStream **own, uint32_t tid)
                 __atomic_store_n(&active, 0, __ATOMIC_RELEASE);
             }
         }
-        if (etw_recorder_active() && (s = create_stream(tid)) == NULL) {
+        if (etw_recorder_active() && (s = create_stream(tid, kept)) == NULL) {
             __atomic_fetch_add(&discarded, 1, __ATOMIC_RELAXED);
         }
     }
@@ -522,6 +573,39 @@ etw_stream_attach(EtwStream **own, uint32_t tid)
     pthread_mutex_unlock(&registry_lock);
     *own = s;
     return writable ? s : NULL;
+}
+
+EtwStream *
+etw_stream_attach(EtwStream **own, uint32_t tid)
+{
+    return attach(own, tid, 0);
+}
+
+/* Memory mode's kept stream (see recorder.h). */
+static pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
+static EtwStream *kept_stream;
+
+EtwStream *
+etw_kept_stream_lock(void)
+{
+    pthread_mutex_lock(&kept_lock);
+    EtwStream *s = attach(&kept_stream, (uint32_t)getpid(), 1);
+    if (s == NULL) {
+        pthread_mutex_unlock(&kept_lock);
+    }
+    return s;
+}
+
+void
+etw_kept_stream_unlock(void)
+{
+    pthread_mutex_unlock(&kept_lock);
+}
+
+int
+etw_recorder_memory_mode(void)
+{
+    return etw_recorder_active() && options.ring_bytes != 0;
 }
 
 void
@@ -581,17 +665,20 @@ etw_stream_reserve(EtwStream *s, uint32_t id, size_t payload_size)
 /* ---- the recorder ---- */
 
 int
-etw_recorder_start(const char *dir, int with_call_times, char *error, size_t error_size)
+etw_recorder_start(const char *dir, const EtwRecorderOptions *with, char *error,
+                   size_t error_size)
 {
     int rc = 0;
     pthread_mutex_lock(&registry_lock);
-    int times_changed = call_times != (with_call_times != 0);
-    call_times = with_call_times != 0;
+    int times_changed = options.call_times != (with->call_times != 0);
+    int same_kind = options.ring_bytes == with->ring_bytes && options.quiet == with->quiet;
+    options = *with;
+    options.call_times = with->call_times != 0;
     if (strlen(dir) >= sizeof(capture_dir)) {
         snprintf(error, error_size, "capture path is too long: %s", dir);
         rc = -1;
     }
-    else if (trace_pid == getpid() && strcmp(dir, capture_dir) == 0) {
+    else if (trace_pid == getpid() && strcmp(dir, capture_dir) == 0 && same_kind) {
         /* Another session of this process in the same capture: its threads
          * continue their streams. */
         if (times_changed) {
@@ -643,7 +730,7 @@ etw_recorder_stop(void)
     uint64_t lost = etw_recorder_events_discarded() - reported;
     reported += lost;
     pthread_mutex_unlock(&registry_lock);
-    if (was_active && lost > 0) {
+    if (was_active && lost > 0 && !options.quiet) {
         int err = etw_recorder_first_error();
         fprintf(stderr, "etwtrace: %llu events were lost%s%s; the trace holds every event "
                 "recorded before\n", (unsigned long long)lost, err ? ": " : "",
@@ -657,6 +744,8 @@ etw_recorder_after_fork_child(void)
     /* Inherited streams are the parent's; each is let go untouched (they
      * know their creator's pid) when its thread next writes. */
     pthread_mutex_init(&registry_lock, NULL);
+    pthread_mutex_init(&kept_lock, NULL);
+    kept_stream = NULL;     /* the parent's: let go */
     generation++;
     etw_copier_after_fork_child();
 }

@@ -37,6 +37,22 @@
  * the copier before it waits. */
 #define ETW_RING_SLOTS 8
 
+/* Memory mode (a session's --ring SIZE): each thread's ring holds this
+ * many packets at least and at most; nothing is copied, the oldest packet
+ * is overwritten. */
+#define ETW_MEMORY_MIN_SLOTS 2
+#define ETW_MEMORY_MAX_SLOTS 65536
+
+/* How a trace is recorded. */
+typedef struct {
+    int call_times;      /* see etw_recorder_start */
+    size_t ring_bytes;   /* 0: every packet goes to the stream file; else
+                          * memory mode, about this much per thread */
+    int quiet;           /* a session's trace: failures are counted in the
+                          * trace, never printed (the program's stderr is
+                          * not the session's) */
+} EtwRecorderOptions;
+
 /* A thread's stream.  Visible here only so the push/pop fast path below can
  * be inlined into the tracer; everything else goes through functions.
  * Only its own thread writes to it. */
@@ -52,14 +68,17 @@ typedef struct EtwStream {
     uint32_t tid;
     uint64_t seq;             /* packets begun */
     uint64_t discarded;       /* events lost (also in every packet header) */
-    uint8_t *ring;            /* ETW_RING_SLOTS packets, mapped shared ... */
+    uint8_t *ring;            /* `slots` packets, mapped shared ... */
     EtwRingControl *control;  /* ... then the ring's control page */
+    unsigned slots;
+    int overwrite;            /* memory mode: no copier, oldest packet reused */
+    int quiet;                /* EtwRecorderOptions.quiet */
     /* The header of the event being written (see etw_stream_commit). */
     uint8_t *pending_at;
     uint8_t pending[ETW_EXTENDED_HEAD_SIZE];
     uint8_t pending_len;
     unsigned slot;            /* the ring slot of the open (or next) packet */
-    uint8_t busy[ETW_RING_SLOTS];   /* slot being copied (the copier clears it) */
+    uint8_t *busy;            /* per slot: being copied (the copier clears it) */
     uint64_t file_offset;     /* where the next packet copied goes */
     int error;                /* errno that stopped this stream, or 0 */
     int copy_error;           /* errno of a failed copy (set by the copier) */
@@ -76,11 +95,13 @@ typedef struct EtwStream {
  * clock reading instead of reading the clock: exact call counts and order
  * at less cost, no call durations; the metadata says so (env call_times).
  * Returns 0, or -1 with a message in `error` (of `error_size` bytes). */
-int etw_recorder_start(const char *dir, int call_times, char *error, size_t error_size);
+int etw_recorder_start(const char *dir, const EtwRecorderOptions *options, char *error,
+                       size_t error_size);
 
 /* Ends recording.  Each thread's stream is closed (its file cut to its
  * last event) by that thread, at its next event or when it ends; the
- * caller's own at once.  Prints one line to stderr if events were lost. */
+ * caller's own at once.  Prints one line to stderr if events were lost
+ * (unless the trace is quiet). */
 void etw_recorder_stop(void);
 
 int etw_recorder_active(void);
@@ -95,6 +116,17 @@ const char *etw_recorder_dir(void);
  * to a fork's parent.  Returns the stream to write, or NULL when not
  * recording (or the file cannot be created: an event lost, counted). */
 EtwStream *etw_stream_attach(EtwStream **own, uint32_t tid);
+
+/* Memory mode keeps the events that describe the process (PythonFunction,
+ * PythonThread) out of the rings, which forget: they go to one stream per
+ * process that is copied to its file as usual.  Returns it locked (any
+ * thread may write it; etw_kept_stream_unlock after the event), or NULL
+ * when not recording. */
+EtwStream *etw_kept_stream_lock(void);
+void etw_kept_stream_unlock(void);
+
+/* Whether the recorder records in memory mode now. */
+int etw_recorder_memory_mode(void);
 
 /* Closes the calling thread's stream (at thread exit) and frees it. */
 void etw_stream_close(EtwStream *stream);

@@ -11,6 +11,7 @@
 #include "monitoring.h"
 #include "perf_jit.h"
 #include "recorder.h"
+#include "session.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -206,16 +207,33 @@ start_c_calls_on_thread(EtwThread *t)
     }
 }
 
+/* The rundown a recording session asks for (events.h). */
+static void
+rundown(EtwThread *t)
+{
+    etw_functions_rundown(t);
+    if (tracer.c_calls) {
+        etw_c_functions_rundown(t);
+    }
+}
+
+static void
+after_fork_child(void)
+{
+    etw_events_after_fork_child();
+    etw_session_after_fork_child();
+}
+
 static int enable_locked(int mode, int c_calls, int call_times, const char *capture_dir,
-                         PyObject *ignored_files, PyObject *include_prefixes);
+                         int sessions, PyObject *ignored_files, PyObject *include_prefixes);
 static void disable_locked(void);
 
 int
 etw_tracer_enable(int mode, int c_calls, int call_times, const char *capture_dir,
-                  PyObject *ignored_files, PyObject *include_prefixes)
+                  int sessions, PyObject *ignored_files, PyObject *include_prefixes)
 {
     etw_lock(&enable_lock);
-    int rc = enable_locked(mode, c_calls, call_times, capture_dir, ignored_files,
+    int rc = enable_locked(mode, c_calls, call_times, capture_dir, sessions, ignored_files,
                            include_prefixes);
     etw_unlock(&enable_lock);
     return rc;
@@ -231,7 +249,7 @@ etw_tracer_disable(void)
 
 static int
 enable_locked(int mode, int c_calls, int call_times, const char *capture_dir,
-              PyObject *ignored_files, PyObject *include_prefixes)
+              int sessions, PyObject *ignored_files, PyObject *include_prefixes)
 {
     static int atfork_registered;
     if (tracer.mode != ETW_MODE_OFF) {
@@ -263,7 +281,7 @@ enable_locked(int mode, int c_calls, int call_times, const char *capture_dir,
         return -1;
     }
     if (!atfork_registered) {
-        pthread_atfork(NULL, NULL, etw_events_after_fork_child);
+        pthread_atfork(NULL, NULL, after_fork_child);
         atfork_registered = 1;
     }
     if (mode == ETW_MODE_STACK) {
@@ -293,8 +311,16 @@ enable_locked(int mode, int c_calls, int call_times, const char *capture_dir,
     }
     etw_thread_started_hook = tracer.c_calls && !tracer.c_calls_monitoring
         ? start_c_calls_on_thread : NULL;
+    etw_rundown_hook = rundown;
     etw_set_eval_func(interp, tracer.hook);
     etw_thread(); /* announce the enabling thread now */
+    if (sessions && (capture_dir == NULL || capture_dir[0] == '\0')) {
+        int times = mode != ETW_MODE_INSTRUMENTED || call_times;
+        if (etw_session_watch_start(times) != 0) {
+            PyErr_WarnEx(PyExc_RuntimeWarning, "etwtrace: cannot watch for recording sessions "
+                         "(no thread); this process joins only a session running now", 1);
+        }
+    }
     return 0;
 }
 
@@ -304,6 +330,7 @@ disable_locked(void)
     if (tracer.mode == ETW_MODE_OFF) {
         return;
     }
+    etw_session_watch_stop();
     if (etw_get_eval_func(tracer.interp) == tracer.hook) {
         etw_set_eval_func(tracer.interp, tracer.previous);
     }

@@ -11,11 +11,12 @@ enum { ETW_MODE_OFF = 0, ETW_MODE_STACK = 1, ETW_MODE_INSTRUMENTED = 2 };
 
 /* Enables tracing in `mode` for the current interpreter.  In instrumented
  * mode, `c_calls` adds C callables and `call_times` 0 records pushes and
- * pops without reading the clock.  `filter` holds strong references for as
+ * pops without reading the clock.  With no `capture_dir` and `sessions`,
+ * the process records into the recording sessions it finds (session.h).  `filter` holds strong references for as
  * long as tracing is on.  Returns 0, or -1 with an exception set (a tracer
  * already enabled, a capture dir not writable). */
 int etw_tracer_enable(int mode, int c_calls, int call_times, const char *capture_dir,
-                      PyObject *ignored_files, PyObject *include_prefixes);
+                      int sessions, PyObject *ignored_files, PyObject *include_prefixes);
 
 /* Disables tracing and writes out every pending event.  Safe when off. */
 void etw_tracer_disable(void);
