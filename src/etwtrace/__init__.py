@@ -78,6 +78,8 @@ def _after_fork_in_child():
     exit hook instead, last of its finalizers, so the child's buffered
     events are written.  The child clears the finalizers it inherits, then
     runs its after-fork callbacks: register from one of those."""
+    if _tracer is not None:
+        _tracer._native.session_after_fork()
     util = sys.modules.get("multiprocessing.util")
     if _tracer is not None and util is not None:
         util.register_after_fork(_tracer, lambda tracer: util.Finalize(
@@ -107,8 +109,10 @@ class _TracingMixin:
             raise RuntimeError("a tracer is already enabled in this process")
         self.ignore(*_own_files())
         self.ignore(threading.__file__, threading.Thread.run.__code__.co_filename)
+        from . import _env
         capture = os.environ.get(CAPTURE_ENV) or None
-        self._native.enable(self._mode, capture, self._c_calls, self._call_times)
+        sessions = _env.choice(_env.SESSION) != "ignore"
+        self._native.enable(self._mode, capture, self._c_calls, self._call_times, sessions)
         _tracer = self
         if not _atexit_registered:
             atexit.register(_disable_at_exit)
@@ -142,6 +146,10 @@ class _TracingMixin:
 
     def _get_technical_info(self):
         return self._native._get_technical_info()
+
+    def _session_id(self):
+        """The recording session this process records into now, or None."""
+        return self._native.session_id()
 
 
 class StackSamplingTracer(_TracingMixin):

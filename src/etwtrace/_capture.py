@@ -33,6 +33,7 @@ MODE_ENV = _env.CAPTURE_MODE
 OWN_ENTRIES = frozenset({
     _manifest.MANIFEST, _manifest.MANIFEST + ".tmp", "ctf", "jit", "maps", "perf.data",
     "perf.data.old", "perf.jit.data", _manifest.PERF_SCRIPT, "README.txt",
+    ".session",     # a recording session's staging directory (_session.py)
 })
 
 
@@ -123,10 +124,23 @@ class CaptureDir:
             raise CaptureError(f"cannot write into capture directory {path}: {ex.strerror}") from None
         return self
 
-    def _clear(self):
-        """Removes an earlier capture: only when its manifest says etwtrace
-        made it, and only the entries etwtrace makes."""
-        names = os.listdir(self.path)
+    def check(self):
+        """Raises CaptureError now if open() would refuse the path (before
+        anything is started), changing nothing."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return self
+        except OSError as ex:
+            raise CaptureError(f"cannot use {self.path}: {ex.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise CaptureError(f"{self.path} exists and is not a directory; refusing to replace it")
+        self._check_replaceable(os.listdir(self.path))
+        return self
+
+    def _check_replaceable(self, names):
+        """Only an earlier capture is replaced: its manifest says etwtrace
+        made it, and it holds only the entries etwtrace makes."""
         if not names:
             return
         strangers = sorted(n for n in names if n not in OWN_ENTRIES)
@@ -135,8 +149,26 @@ class CaptureDir:
             why = f" (it holds {shown})" if strangers else ""
             raise CaptureError(f"{self.path} is not empty and is not an etwtrace capture{why}; "
                                "refusing to replace it")
+
+    def _clear(self):
+        """Removes an earlier capture (see _check_replaceable)."""
+        names = os.listdir(self.path)
+        self._check_replaceable(names)
         for name in names:
             _remove_entry(os.path.join(self.path, name))
+
+    def hold(self):
+        """Locks an existing capture directory, clearing nothing (a
+        recording session finishing its capture)."""
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                               | os.O_CLOEXEC)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CaptureError(f"another capture is recording into {self.path}") from None
+        except OSError as ex:
+            raise CaptureError(f"cannot use capture directory {self.path}: {ex.strerror}") from None
+        return self
 
     def close(self):
         if self._fd is not None:
@@ -200,24 +232,24 @@ def child_environment(path, mode):
 
 # ---- the traced processes' /tmp files ----
 
-def _own_tmp_file(path):
-    """An open descriptor of `path` if it is a plain file of this user's
+def _own_tmp_file(path, owner):
+    """An open descriptor of `path` if it is a plain file of user `owner`
     (never through a symlink), else None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
         os.close(fd)
         return None
     return fd
 
 
-def _copy_own_file(src, dst):
-    """Copies a /tmp file of ours into the capture (mode 0600), never
-    through a symlink; files that are not ours are left alone."""
-    fd = _own_tmp_file(src)
+def _copy_own_file(src, dst, owner):
+    """Copies a /tmp file of the traced process's user into the capture
+    (mode 0600), never through a symlink; other files are left alone."""
+    fd = _own_tmp_file(src, owner)
     if fd is None:
         return False
     try:
@@ -241,9 +273,10 @@ def capture_pids(path):
     return {pid for pid, _ in _ctf.trace_dirs(ctf_root)}
 
 
-def collect_perf_files(path, pids):
+def collect_perf_files(path, pids, owners=None):
     """Copies the perf map, jitdump and `perf inject` images of every
-    traced process into the capture (maps/, jit/).  The originals stay in
+    traced process into the capture (maps/, jit/): files of the process's
+    user (`owners`: {pid: uid}; default this user).  The originals stay in
     /tmp, where perf and hotspot look for them (perf's unwinder finds the
     images only there): the capture's README says how to put the copies
     back on another machine."""
@@ -252,16 +285,18 @@ def collect_perf_files(path, pids):
     for directory in (maps, jit):
         os.makedirs(directory, mode=0o700, exist_ok=True)
     for pid in sorted(pids):
-        _copy_own_file(f"/tmp/perf-{pid}.map", os.path.join(maps, f"perf-{pid}.map"))
-        _copy_own_file(f"/tmp/jit-{pid}.dump", os.path.join(jit, f"jit-{pid}.dump"))
+        owner = (owners or {}).get(pid, os.geteuid())
+        _copy_own_file(f"/tmp/perf-{pid}.map", os.path.join(maps, f"perf-{pid}.map"), owner)
+        _copy_own_file(f"/tmp/jit-{pid}.dump", os.path.join(jit, f"jit-{pid}.dump"), owner)
         for image in glob.glob(f"/tmp/jitted-{pid}-*.so"):
-            _copy_own_file(image, os.path.join(jit, os.path.basename(image)))
+            _copy_own_file(image, os.path.join(jit, os.path.basename(image)), owner)
 
 
 # ---- recorders ----
 
-def choose_recorder(requested, say):
-    """'perf' or 'builtin' for --recorder auto|perf|builtin."""
+def choose_recorder(requested, say, system_wide=False):
+    """'perf' or 'builtin' for --recorder auto|perf|builtin (perf sampling
+    every CPU with `system_wide`)."""
     if requested == "builtin":
         return "builtin", None
     perf = _perf.find_perf()
@@ -272,7 +307,7 @@ def choose_recorder(requested, say):
         say("etwtrace: perf not found; recording with the built-in recorder")
         return "builtin", None
     try:
-        _perf.check_permitted(perf)
+        _perf.check_permitted(perf, system_wide)
     except PerfError as ex:
         if requested == "perf":
             raise CaptureError(str(ex)) from None

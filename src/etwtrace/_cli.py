@@ -287,6 +287,9 @@ def main(args=None):
     if args[0] == "report":
         from . import _report
         return _report.main(args[1:])
+    if args[0] == "record":
+        from . import _session
+        return _session.main(args[1:], _say)
     try:
         opts, actions = _parse(args)
         for action in actions:

@@ -14,6 +14,8 @@ CALLGRAPH = "ETWTRACE_CALLGRAPH"
 PERF_FILES = "ETWTRACE_PERF_FILES"
 PROFILE = "ETWTRACE_PROFILE"
 CLOCK = "ETWTRACE_CLOCK"
+SESSION = "ETWTRACE_SESSION"
+SESSION_DIR = "ETWTRACE_SESSION_DIR"
 
 _TRUE = ("1", "yes", "true", "on")
 _FALSE = ("0", "no", "false", "off")
@@ -25,6 +27,7 @@ CHOICES = {
     CALLGRAPH: ("fp", "dwarf"),
     PERF_FILES: ("keep", "remove"),
     CLOCK: ("tsc", "monotonic"),
+    SESSION: ("join", "ignore"),
 }
 FLAGS = (C_CALLS, CALL_TIMES)
 
@@ -68,6 +71,9 @@ def check_all(environ=os.environ):
     profile = environ.get(PROFILE)
     if profile:
         read_profile_text(profile)
+    session_dir = environ.get(SESSION_DIR)
+    if session_dir and not session_dir.startswith("/"):
+        raise EnvError(f"{SESSION_DIR}={session_dir!r} is not an absolute path")
 
 
 def read_profile_text(path):

@@ -34,12 +34,14 @@ def find_perf():
     return perf if r.returncode == 0 else None
 
 
-def check_permitted(perf):
-    """Raises PerfError unless perf may sample here (tried for real)."""
+def check_permitted(perf, system_wide=False):
+    """Raises PerfError unless perf may sample here (tried for real): a
+    program it runs, or with `system_wide` every CPU (a session's -a)."""
+    scope = ["-a"] if system_wide else []
     try:
         r = subprocess.run(
-            [perf, "record", "-q", "-k", "CLOCK_MONOTONIC", "-e", "cpu-clock", "-o", "/dev/null",
-             "--", "true"],
+            [perf, "record", "-q", *scope, "-k", "CLOCK_MONOTONIC", "-e", "cpu-clock",
+             "-o", "/dev/null", "--", "true"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired) as ex:

@@ -6,8 +6,8 @@ from collections import deque
 
 from ._perf import STACK_SAMPLE_PROBE
 
-# etwtrace's own thread (copier.c): not part of the program's picture.
-OWN_THREADS = ("etwtrace-copy",)
+# etwtrace's own threads (copier.c, session.c): not part of the program's picture.
+OWN_THREADS = ("etwtrace-copy", "etwtrace-watch")
 
 # Lines start with the thread's comm, padded (captures from before it was
 # saved have none): "COMM PID/TID SECONDS.NANOS: ...".

@@ -1,0 +1,708 @@
+"""Recording sessions, the equivalent of `wpr -start` / `wpr -stop`:
+
+    python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+    python -m etwtrace record status | snapshot [PATH] | stop
+
+`start` runs a small background process (the session's daemon) that holds
+the session: a lock, PATH, and perf when perf records.  It announces the
+session in a file every traced process looks at (src/etwtrace/_native/
+session.h): root's session in /run/etwtrace (ETWTRACE_SESSION_DIR), which
+processes of every user join, or a user's own in /tmp/etwtrace-UID, which
+only that user's processes join.  While the session runs the processes
+record into PATH/.session/ctf/pid-PID (each its own directory, 0700: in
+root's session the ctf directory is sticky and writable by all, readable
+by none but root).  `stop` withdraws the announcement (the processes stop
+recording within ETW_SESSION_POLL_MS and run on), stops the daemon and
+perf, and turns what was recorded into a capture at PATH: the traces of
+processes that ended are finished in place, those of processes still
+running are copied as they are, and the staging directory goes, so a
+process that writes late cannot change the capture.  `snapshot` makes the
+same copy into another directory while the session goes on (in memory
+mode, what the rings hold now)."""
+
+import fcntl
+import json
+import os
+import secrets
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+from . import _capture, _ctf, _env, _manifest, _perf
+from ._capture import CaptureError
+
+ANNOUNCE = "session"      # the file the traced processes read (session.c)
+STATE = "state.json"      # the session as its daemon describes it
+LOCK = "lock"             # held by the daemon for the session's life
+STAGING = ".session"      # inside PATH while the session runs
+POLL_SECONDS = 0.2        # session.c's ETW_SESSION_POLL_MS
+PACKET_BYTES = 64 * 1024  # a ring holds whole packets (trace_format.h)
+MIN_RING = 2 * PACKET_BYTES
+MAX_RING = 4 << 30
+DAEMON_TIMEOUT = 60       # seconds `start` waits for the daemon to be ready
+PERF_STOP_TIMEOUT = 300   # seconds `stop` waits for perf to write out
+
+
+class SessionError(Exception):
+    """A session command cannot do what was asked (one line)."""
+
+
+# ---- where a session lives ----
+
+class Place:
+    """The session directory of whoever runs the command: root's (the
+    machine's session) or the user's own."""
+
+    def __init__(self):
+        self.system = os.geteuid() == 0
+        if self.system:
+            self.dir = os.environ.get(_env.SESSION_DIR) or "/run/etwtrace"
+        else:
+            self.dir = f"/tmp/etwtrace-{os.geteuid()}"
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def prepare(self):
+        """Creates the directory, or checks the one there is ours and
+        writable by no one else."""
+        mode = 0o755 if self.system else 0o700
+        try:
+            os.makedirs(self.dir, mode=mode, exist_ok=True)
+            st = os.lstat(self.dir)
+        except OSError as ex:
+            raise SessionError(f"cannot create {self.dir}: {ex.strerror}") from None
+        forbidden = 0o022 if self.system else 0o077
+        if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
+                or st.st_mode & forbidden):
+            raise SessionError(f"{self.dir} is not a private directory of this user; "
+                               "refusing to announce a session through it")
+
+    def state(self):
+        try:
+            with open(self.path(STATE), encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def daemon_alive(self):
+        """Whether a session's daemon holds the lock."""
+        try:
+            fd = os.open(self.path(LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def remove(self, name):
+        try:
+            os.unlink(self.path(name))
+        except FileNotFoundError:
+            pass
+
+
+def parse_size(text):
+    """Bytes of a --ring SIZE: a number with an optional K, M or G (powers
+    of 1024, an optional trailing B or iB)."""
+    value = text.strip().upper()
+    for suffix in ("IB", "B"):
+        if value.endswith(suffix) and value[:-len(suffix)][-1:] in "KMG" and value[:-len(suffix)]:
+            value = value[:-len(suffix)]
+            break
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(value[-1:], 1)
+    digits = value[:-1] if scale > 1 else value
+    if not digits.isdigit():
+        raise SessionError(f"--ring needs a size such as 64M or 1G, not {text!r}")
+    size = int(digits) * scale
+    if not MIN_RING <= size <= MAX_RING:
+        raise SessionError(f"--ring {text}: the size must be between 128K and 4G per thread")
+    return size
+
+
+def _when(ts):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _duration(seconds):
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds // 60 % 60} min"
+
+
+def _size_text(n):
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return f"{n} bytes"
+
+
+def _describe(state):
+    ring = state.get("ring") or 0
+    mode = f", memory mode ({_size_text(ring)} per thread)" if ring else ""
+    return (f"recorder {state.get('recorder')}, preset {state.get('preset')}{mode}, "
+            f"capture {state.get('path')}")
+
+
+def _joined(state):
+    """The processes that have recorded into the session so far (None when
+    this user may not look)."""
+    ctf_root = os.path.join(state.get("path", ""), STAGING, "ctf")
+    try:
+        return len(_ctf.trace_dirs(ctf_root))
+    except OSError:
+        return None
+
+
+def _unreachable_by_others(path):
+    """The first directory on the way to `path` that other users cannot
+    pass (their processes could not join), or None."""
+    parent = os.path.dirname(path)
+    while True:
+        try:
+            if not os.stat(parent).st_mode & 0o001:
+                return parent
+        except OSError:
+            return parent
+        if parent == "/":
+            return None
+        parent = os.path.dirname(parent)
+
+
+# ---- commands ----
+
+def start(path, preset_name, requested_recorder, ring, say):
+    place = Place()
+    place.prepare()
+    if place.daemon_alive():
+        state = place.state() or {}
+        raise SessionError(f"a recording session is already running (since "
+                           f"{_when(state.get('started', 0))}, into {state.get('path')}); "
+                           "stop it first with: python -m etwtrace record stop")
+    _recover_stale(place, say)
+    path = os.path.abspath(path)
+    _capture.CaptureDir(path).check()
+    preset = _capture.load_preset(preset_name)
+    if ring and requested_recorder == "perf":
+        raise SessionError("memory mode (--ring) records with the built-in recorder; "
+                           "leave out --recorder perf")
+    if ring:
+        recorder = "builtin"
+    else:
+        recorder, _ = _capture.choose_recorder(requested_recorder, say, system_wide=True)
+    if place.system:
+        blocked = _unreachable_by_others(path)
+        if blocked is not None:
+            say(f"etwtrace: warning: other users cannot pass {blocked}, so only root's "
+                "processes can record into this session")
+    request = {"path": path, "preset": preset.name, "recorder": recorder, "ring": ring,
+               "dir": place.dir}
+    try:
+        log = os.open(place.path("daemon.log"),
+                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "etwtrace", "record", "_daemon", json.dumps(request)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                start_new_session=True, close_fds=True)
+        finally:
+            os.close(log)
+    except OSError as ex:
+        raise SessionError(f"cannot start the session's background process: {ex.strerror}") from None
+    answer = _read_line(daemon.stdout, DAEMON_TIMEOUT)
+    daemon.stdout.close()
+    if answer != "ready":
+        if daemon.poll() is None and not answer:
+            daemon.kill()
+        raise SessionError(answer[len("error: "):] if answer.startswith("error: ")
+                           else "the session's background process did not start")
+    state = place.state() or {}
+    say(f"etwtrace: recording session started ({_describe(state)}); "
+        "stop it with: python -m etwtrace record stop")
+    return 0
+
+
+def _read_line(pipe, timeout):
+    import select
+    ready, _, _ = select.select([pipe], [], [], timeout)
+    if not ready:
+        return ""
+    return pipe.readline().decode(errors="replace").strip()
+
+
+def status(say):
+    place = Place()
+    state = place.state()
+    if place.daemon_alive() and state:
+        joined = _joined(state)
+        count = "an unknown number of" if joined is None else f"{joined}"
+        say(f"etwtrace: a recording session is running since {_when(state['started'])} "
+            f"(for {_duration(time.time() - state['started'])}): {_describe(state)}; "
+            f"{count} process{'es' if joined != 1 else ''} joined")
+        if state.get("perf_failed"):
+            say(f"etwtrace: warning: perf stopped early: {state['perf_failed']}")
+        return 0
+    if _recover_stale(place, say):
+        return 1
+    say("etwtrace: no recording session is running")
+    return 1
+
+
+def stop(say):
+    place = Place()
+    state = place.state()
+    alive = place.daemon_alive()
+    if not alive:
+        if _recover_stale(place, say):
+            return 0
+        raise SessionError("no recording session is running")
+    # Processes stop recording at their next look (ETW_SESSION_POLL_MS).
+    place.remove(ANNOUNCE)
+    pid = state.get("daemon") if state else None
+    if pid:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    began = time.monotonic()
+    told = False
+    while place.daemon_alive():
+        waited = time.monotonic() - began
+        if waited > PERF_STOP_TIMEOUT:
+            raise SessionError(f"the session's background process (pid {pid}) did not stop "
+                               f"within {PERF_STOP_TIMEOUT} s; its recording is left in "
+                               f"{state.get('path')}")
+        if not told and waited > 2:
+            say("etwtrace: waiting for perf to write out its recording ...")
+            told = True
+        time.sleep(0.05)
+    state = place.state() or state
+    _finish(place, state, say)
+    return 0
+
+
+def snapshot(target, say):
+    place = Place()
+    state = place.state()
+    if not (place.daemon_alive() and state):
+        if _recover_stale(place, say):
+            return 1
+        raise SessionError("no recording session is running")
+    if target is None:
+        target = f"{state['path']}-snapshot-{time.strftime('%Y%m%d-%H%M%S')}"
+    target = os.path.abspath(target)
+    if target == state["path"] or target.startswith(state["path"] + os.sep):
+        raise SessionError(f"the snapshot cannot go into the session's capture {state['path']}")
+    directory = _capture.CaptureDir(target).open()
+    try:
+        staging = os.path.join(state["path"], STAGING, "ctf")
+        final = os.path.join(target, "ctf")
+        os.mkdir(final, 0o700)
+        owners = {}
+        for pid, trace_dir in _ctf.trace_dirs(staging):
+            owners[pid] = os.lstat(trace_dir).st_uid
+            try:
+                _ctf.copy_trace(trace_dir, os.path.join(final, os.path.basename(trace_dir)))
+            except (OSError, _ctf.TraceError) as ex:
+                say(f"etwtrace: warning: process {pid}'s trace not copied: {ex}")
+        _capture.collect_perf_files(target, set(owners), owners)
+        losses = _ctf.recorded_losses(target)
+        info = dict(tool="etwtrace", format=1, recorder="builtin", preset=state.get("preset"),
+                    session=state.get("id"), snapshot=True, ring=state.get("ring", 0),
+                    started=state.get("started"), finished=time.time(),
+                    processes=len(owners), python=sys.version.split()[0])
+        if losses:
+            info["events_lost"] = {str(p): n for p, n in losses.items()}
+        _capture.write_manifest(target, **info)
+    finally:
+        directory.close()
+    extra = ("; perf's samples go into the capture at record stop"
+             if state.get("recorder") == "perf" else "")
+    say(f"etwtrace: snapshot of {len(owners)} process{'es' if len(owners) != 1 else ''} "
+        f"saved to {target}{extra}")
+    return 0
+
+
+def _recover_stale(place, say):
+    """Finishes a session whose daemon died (killed, machine trouble):
+    withdraws its announcement and turns its recording into a capture.
+    Returns whether there was one."""
+    state = place.state()
+    if state is None or place.daemon_alive():
+        return False
+    place.remove(ANNOUNCE)
+    if not state.get("path"):
+        place.remove(STATE)
+        return False
+    say(f"etwtrace: the recording session's background process (pid {state.get('daemon')}) "
+        f"had died; finishing what it recorded into {state['path']}")
+    time.sleep(2 * POLL_SECONDS)
+    _finish(place, state, say)
+    return True
+
+
+def _finish(place, state, say):
+    """Turns the staging directory into the capture at the session's PATH
+    (see the module's docstring) and ends the session."""
+    path = state["path"]
+    time.sleep(2 * POLL_SECONDS)    # the processes' last look
+    directory = _capture.CaptureDir(path)
+    try:
+        directory.hold()
+    except CaptureError as ex:
+        raise SessionError(str(ex)) from None
+    try:
+        processes, owners = _collect_traces(path, say)
+        _capture.collect_perf_files(path, set(owners), owners)
+        if os.path.isfile(os.path.join(path, "perf.data")):
+            _finish_perf(path, state, set(owners), say)
+        losses = _ctf.recorded_losses(path)
+        info = {"finished": time.time(), "processes": processes,
+                "process_users": {str(p): u for p, u in sorted(owners.items())}}
+        if losses:
+            info["events_lost"] = {str(p): n for p, n in losses.items()}
+        if state.get("perf_failed"):
+            info["perf_failed"] = state["perf_failed"]
+        try:
+            _capture.write_manifest(path, **info)
+        except CaptureError as ex:
+            say(f"etwtrace: {ex}")
+        os.chmod(path, 0o700)
+    finally:
+        directory.close()
+        place.remove(STATE)
+    if losses:
+        say(f"etwtrace: {sum(losses.values()):,} events were lost in this session "
+            f"({_ctf.describe_losses(losses)}); the trace holds every event before")
+    say(f"etwtrace: session saved to {path} ({processes} process{'es' if processes != 1 else ''})")
+
+
+def _collect_traces(path, say):
+    """Moves (ended processes) or copies (running ones) each process's
+    trace from the staging directory into PATH/ctf, then removes the
+    staging directory.  Returns (how many, {pid: owner uid})."""
+    import shutil
+    staging = os.path.join(path, STAGING)
+    staging_ctf = os.path.join(staging, "ctf")
+    final = os.path.join(path, "ctf")
+    os.makedirs(final, mode=0o700, exist_ok=True)
+    owners = {}
+    count = 0
+    if os.path.isdir(staging_ctf):
+        for pid, trace_dir in _ctf.trace_dirs(staging_ctf):
+            name = os.path.basename(trace_dir)
+            target = os.path.join(final, name)
+            owners[pid] = os.lstat(trace_dir).st_uid
+            try:
+                if _ctf._alive(pid):
+                    _ctf.copy_trace(trace_dir, target)
+                else:
+                    _ctf.finalize_trace(trace_dir)
+                    os.rename(trace_dir, target)
+                count += 1
+            except (OSError, _ctf.TraceError) as ex:
+                say(f"etwtrace: warning: process {pid}'s trace could not be kept: {ex}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return count, owners
+
+
+def _finish_perf(path, state, pids, say):
+    perf = _perf.find_perf()
+    if perf is None:
+        say("etwtrace: perf is gone; perf.data is kept but not scripted")
+        return
+    data = os.path.join(path, "perf.data")
+    script_input = data
+    try:
+        if state.get("callgraph") == "dwarf" and any(
+                os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
+            injected = os.path.join(path, "perf.jit.data")
+            _perf.inject_jit(perf, data, injected)
+            script_input = injected
+        _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT))
+    except _perf.PerfError as ex:
+        say(f"etwtrace: {ex}; the built-in trace is complete")
+
+
+# ---- the daemon ----
+
+def daemon_main(request_text):
+    """The session's background process: prints "ready" or "error: ..."
+    on stdout (read by `start`), then holds the session until SIGTERM."""
+    try:
+        request = json.loads(request_text)
+        place = Place()
+        if place.dir != request["dir"]:
+            raise SessionError("the session directory changed under the daemon")
+    except (ValueError, KeyError, TypeError, SessionError) as ex:
+        print(f"error: bad daemon request: {ex}", flush=True)
+        return 2
+    signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        lock_fd = _take_lock(place)
+        session = _Session(place, request)
+        session.begin()
+    except (SessionError, CaptureError, _perf.PerfError) as ex:
+        print(f"error: {ex}", flush=True)
+        return 1
+    print("ready", flush=True)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 1)     # `start` has its answer (its stderr is daemon.log)
+    while True:
+        received = signal.sigtimedwait(signals, 1.0)
+        if received is not None:
+            break
+        session.check_perf()
+    session.end()
+    os.close(lock_fd)
+    return 0
+
+
+def _take_lock(place):
+    try:
+        fd = os.open(place.path(LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SessionError("a recording session is already running") from None
+    except OSError as ex:
+        raise SessionError(f"cannot lock {place.path(LOCK)}: {ex.strerror}") from None
+    return fd
+
+
+class _Session:
+    def __init__(self, place, request):
+        self.place = place
+        self.request = request
+        self.path = request["path"]
+        self.perf_proc = None
+        self.probe = None
+        self.perf = None
+        self.state = None
+
+    def begin(self):
+        place, request, path = self.place, self.request, self.path
+        self.directory = _capture.CaptureDir(path).open()
+        staging = os.path.join(path, STAGING)
+        ctf = os.path.join(staging, "ctf")
+        try:
+            if place.system:
+                # Every user's processes pass through PATH and .session
+                # (not list them) and each makes its own pid-PID in ctf.
+                os.chmod(path, 0o711)
+                os.mkdir(staging, 0o711)
+                os.mkdir(ctf)
+                os.chmod(ctf, 0o1733)
+            else:
+                os.mkdir(staging, 0o700)
+                os.mkdir(ctf, 0o700)
+        except OSError as ex:
+            raise SessionError(f"cannot prepare {staging}: {ex.strerror}") from None
+        preset = _capture.load_preset(request["preset"])
+        session_id = secrets.token_hex(8)
+        self.state = {
+            "id": session_id, "path": path, "preset": preset.name,
+            "recorder": request["recorder"], "ring": request["ring"], "started": time.time(),
+            "daemon": os.getpid(), "system": place.system,
+        }
+        _capture.write_manifest(path, format=1, tool="etwtrace", session=session_id,
+                                recorder=request["recorder"], preset=preset.name,
+                                ring=request["ring"], started=self.state["started"],
+                                python=sys.version.split()[0])
+        if request["recorder"] == "perf":
+            self._start_perf(preset)
+        self._write(place.path(STATE), json.dumps(self.state, indent=2), 0o644)
+        announce = (f"etwtrace-session=1\nid={session_id}\ncapture={staging}\n"
+                    f"ring={request['ring']}\n")
+        self._write(place.path(ANNOUNCE), announce, 0o644)
+
+    @staticmethod
+    def _write(target, text, mode):
+        """Replaces `target` at once (a reader sees the old or the new)."""
+        tmp = f"{target}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, mode)
+            os.rename(tmp, target)
+        except OSError as ex:
+            raise SessionError(f"cannot write {target}: {ex.strerror}") from None
+
+    def _start_perf(self, preset):
+        from . import _etwtrace
+        perf = _perf.find_perf()
+        if perf is None:
+            raise SessionError("perf is not installed (Debian: apt-get install linux-perf)")
+        self.perf = perf
+        callgraph = _perf.choose_callgraph(preset)
+        if preset.stack_sample_probe:
+            self.probe, _reason = _perf.add_stack_sample_probe(perf, _etwtrace.__file__)
+        data = os.path.join(self.path, "perf.data")
+        cmd = _perf.record_command(perf, data, preset, callgraph, self.probe) + ["-a"]
+        # perf's messages go to a file: a pipe nobody reads would stop it.
+        log_path = os.path.join(self.place.dir, "perf.log")
+        try:
+            log = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600)
+            try:
+                self.perf_proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    preexec_fn=_perf_dies_with_daemon)
+            finally:
+                os.close(log)
+        except OSError as ex:
+            raise SessionError(f"cannot run perf: {ex.strerror}") from None
+        # perf writes its header once its events are set up.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.perf_proc.poll() is not None:
+                with open(log_path, "rb") as f:
+                    error = f.read(1 << 16).decode(errors="replace").strip()
+                lines = [l.strip() for l in error.splitlines() if l.strip()]
+                raise SessionError("perf could not record: " + (
+                    lines[0] if lines else f"exit code {self.perf_proc.returncode}"))
+            if os.path.isfile(data) and os.path.getsize(data) > 0:
+                break
+            time.sleep(0.05)
+        self.state.update(callgraph=callgraph, perf_command=cmd)
+        _capture.write_manifest(self.path, callgraph=callgraph, perf_command=cmd)
+
+    def check_perf(self):
+        if self.perf_proc is not None and self.perf_proc.poll() is not None \
+                and not self.state.get("perf_failed"):
+            self.state["perf_failed"] = f"perf exited with status {self.perf_proc.returncode}"
+            try:
+                self._write(self.place.path(STATE), json.dumps(self.state, indent=2), 0o644)
+            except SessionError:
+                pass
+
+    def end(self):
+        self.place.remove(ANNOUNCE)
+        if self.perf_proc is not None and self.perf_proc.poll() is None:
+            self.perf_proc.send_signal(signal.SIGINT)
+            try:
+                self.perf_proc.wait(PERF_STOP_TIMEOUT - 10)
+            except subprocess.TimeoutExpired:
+                self.perf_proc.kill()
+                self.perf_proc.wait()
+        if self.probe:
+            _perf.remove_stack_sample_probe(self.perf)
+        self.directory.close()
+
+
+def _perf_dies_with_daemon():
+    """perf, in its child: SIGINT (it writes out and exits) if the daemon
+    dies, so a killed session still leaves a readable perf.data; and the
+    signals the daemon waits for unblocked again (a mask is inherited)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT, 0, 0, 0)
+    except Exception:
+        pass
+
+
+# ---- the command line ----
+
+RECORD_HELP = """\
+Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+       python -m etwtrace record status
+       python -m etwtrace record snapshot [PATH]
+       python -m etwtrace record stop
+
+    A recording session, like wpr -start / wpr -stop: every traced Python
+    process (python -m etwtrace -- ..., the etwtrace.pth, attach) that
+    records into no capture of its own records into the session while it
+    runs, whether it started before the session or during it.
+
+    start PATH        Starts a session in the background; PATH becomes the
+                      capture at stop (replaced if it holds an earlier one)
+      --preset NAME   Recording profile preset: Default, CPU or Minimal
+      --recorder W    auto (perf where permitted, else builtin), perf
+                      (CPU samples of the whole machine), or builtin
+      --ring SIZE     Memory mode: each thread keeps only its newest SIZE
+                      of events (e.g. 16M); written by snapshot and stop
+    status            Whether a session runs, since when, into where, and
+                      how many processes joined (exit status 1: none)
+    snapshot [PATH]   Writes what the session holds now into PATH (default:
+                      the session's PATH with -snapshot-TIME) and goes on
+    stop              Ends the session and saves the capture
+
+    As root the session is the machine's: processes of every user join it
+    and cannot read each other's traces.  As another user it is that
+    user's own, with the built-in recorder, joined by that user's processes.
+"""
+
+
+def main(args, say):
+    if not args or args[0] in ("-h", "--help", "-?"):
+        print(RECORD_HELP)
+        return 0 if args else 2
+    command, rest = args[0], list(args[1:])
+    try:
+        _env.check_all()
+        if command == "start":
+            return _start_from_args(rest, say)
+        if command == "_daemon" and len(rest) == 1:
+            return daemon_main(rest[0])
+        if command in ("status", "stop"):
+            if rest:
+                raise SessionError(f"record {command} takes no arguments, not {rest[0]!r}")
+            return status(say) if command == "status" else stop(say)
+        if command == "snapshot":
+            if len(rest) > 1 or (rest and rest[0].startswith("-")):
+                raise SessionError("usage: python -m etwtrace record snapshot [PATH]")
+            return snapshot(rest[0] if rest else None, say)
+        raise SessionError(f"unknown record command {command!r} (use start, status, snapshot "
+                           "or stop)")
+    except (SessionError, CaptureError, _env.EnvError, _perf.PerfError) as ex:
+        say(f"etwtrace: error: {ex}")
+        return 2 if isinstance(ex, _env.EnvError) else 1
+
+
+def _start_from_args(args, say):
+    path = None
+    preset = "Default"
+    recorder = "auto"
+    ring = 0
+
+    def value(option):
+        if not args or args[0].startswith("-"):
+            raise SessionError(f"{option} needs a value")
+        return args.pop(0)
+
+    while args:
+        arg = args.pop(0)
+        name, eq, inline = arg.partition("=")
+        if name == "--preset":
+            preset = inline if eq else value(name)
+        elif name == "--recorder":
+            recorder = (inline if eq else value(name)).lower()
+            if recorder not in ("auto", "perf", "builtin"):
+                raise SessionError(f"--recorder must be auto, perf or builtin, not {recorder!r}")
+        elif name == "--ring":
+            ring = parse_size(inline if eq else value(name))
+        elif arg.startswith("-"):
+            raise SessionError(f"unknown option {arg!r} for record start")
+        elif path is None:
+            path = arg
+        else:
+            raise SessionError(f"record start takes one PATH, not also {arg!r}")
+    if path is None:
+        raise SessionError("record start needs a PATH for the capture")
+    return start(path, preset, recorder, ring, say)
