@@ -109,7 +109,7 @@ next_packet(Cursor *c)
     }
     size_t left = c->size - c->packet;
     if (left < c->head_size) {
-        if (rd32(c->data + c->packet) == 0 && left >= 4) {
+        if (left >= 4 && rd32(c->data + c->packet) == 0) {
             c->unfinished = 1;
         }
         else {
