@@ -36,6 +36,9 @@ class TimelineRecords:
     def __bool__(self):
         return self.count > 0
 
+    def close(self):
+        self.file.close()
+
     def __iter__(self):
         self.file.seek(0)
         size = TIMELINE_RECORD.size

@@ -144,6 +144,11 @@ def run(opts):
         scan = Scan(opts.path, tags, timeline=timeline, progress=progress)
     finally:
         progress.close()
+    with scan:
+        _report(opts, scan, timeline)
+
+
+def _report(opts, scan, timeline):
     name = os.path.basename(os.path.abspath(opts.path))
     losses = _losses_line(opts.path)
     if losses and opts.format != "text":

@@ -107,11 +107,24 @@ class Scan:
         self.last = None
         self._ranges = {}
         self._raw = {"SampledProfile": Counter(), "PythonStackSample": Counter(), "CSwitch": Counter()}
+        self._timeline_files = []     # closed by close()
         self._raw_points = []
         self._open_ranges = {}
         self._call_streams = {}     # (pid, tid) -> stream with pushes
         self._read(path, progress)
         self._name_all()
+
+    def close(self):
+        """Lets go of the timelines' temporary files."""
+        for f in self._timeline_files:
+            f.close()
+        self._timeline_files = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     # ---- reading ----
 
@@ -128,6 +141,8 @@ class Scan:
             # A thread's timeline goes to a file of its own, read back as it
             # is written out: memory does not grow with the trace.
             records = tempfile.TemporaryFile() if self.timeline else None
+            if records is not None:
+                self._timeline_files.append(records)
             folded, events = fold_stream(stream, pid, Event, version, timeline=records)
             if records is not None:
                 folded["timeline"] = TimelineRecords(records, folded["timeline"])
