@@ -4,8 +4,6 @@ import platform
 import sys
 import sysconfig
 
-from setuptools import Extension, setup
-
 # The interpreters and machines the native core is written for (compat.h
 # holds what differs between them): anything else stops here, in one line.
 SUPPORTED = ((3, 9), (3, 15))
@@ -15,6 +13,8 @@ if not (SUPPORTED[0] <= sys.version_info[:2] <= SUPPORTED[1]) or \
     raise SystemExit(f"etwtrace supports CPython 3.9 to 3.15 on Linux x86-64; this is "
                      f"{sys.implementation.name} {platform.python_version()} on "
                      f"{sys.platform} {platform.machine()}")
+
+from setuptools import Extension, setup  # noqa: E402 - after the check, which needs none
 
 NATIVE = "src/etwtrace/_native"
 

@@ -205,7 +205,7 @@ def test_an_unsupported_interpreter_is_refused_in_one_line(version):
     if not setup_py.exists():
         pytest.skip("needs the source tree")
     code = (f"import sys; sys.version_info = {version}; "
-            f"exec(compile(open({str(setup_py)!r}).read(), 'setup.py', 'exec'))")
+            f"exec(compile({setup_py.read_text()!r}, 'setup.py', 'exec'))")
     proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, encoding="utf-8", cwd=setup_py.parent)
     assert proc.returncode == 1

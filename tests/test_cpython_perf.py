@@ -61,8 +61,11 @@ def _etwtrace_functions(tmp_path):
 def test_same_python_functions_as_x_perf(tmp_path):
     need_perf()
     theirs = _script_functions(_record(tmp_path, "xperf", ["-X", "perf"], jit=False))
-    assert theirs == SCRIPT_FUNCTIONS
-    assert _etwtrace_functions(tmp_path) == theirs
+    # -X perf is unwound by frame pointers alone: where libpython has none
+    # (Debian's 3.14), perf may miss the outer Python frames; etwtrace's
+    # capture unwinds by DWARF there and must name them all.
+    assert "inner" in theirs
+    assert _etwtrace_functions(tmp_path) == SCRIPT_FUNCTIONS
 
 
 @pytest.mark.skipif(sys.version_info < (3, 13), reason="CPython's jitdump (-X perf_jit) needs 3.13+")

@@ -14,8 +14,13 @@ import gc, sys, etwtrace
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
-tracer = etwtrace.StackSamplingTracer() if sys.argv[1] == "stack" else etwtrace.InstrumentedTracer()
-tracer.enable()
+tracer = None
+if sys.argv[1] == "stack":
+    tracer = etwtrace.StackSamplingTracer()
+elif sys.argv[1] == "instrumented":
+    tracer = etwtrace.InstrumentedTracer()
+if tracer:
+    tracer.enable()
 def batch(n):
     for i in range(n):
         ns = {}
@@ -26,7 +31,8 @@ before = rss()
 batch(200_000)
 gc.collect()
 print((rss() - before) / 200_000)
-tracer.disable()
+if tracer:
+    tracer.disable()
 """
 
 
@@ -39,11 +45,16 @@ tracer.disable()
     ("stack", 256),
 ])
 def test_200000_dynamically_compiled_functions_keep_memory_bounded(tmp_path, mode, most):
-    proc = subprocess.run([sys.executable, "-c", DYNAMIC, mode], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, encoding="utf-8", timeout=600,
-                          env=dict(os.environ, ETWTRACE_CAPTURE=str(tmp_path / "cap")))
-    assert proc.returncode == 0, proc.stderr
-    per_function = float(proc.stdout)
+    def growth(how):
+        proc = subprocess.run([sys.executable, "-c", DYNAMIC, how], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, encoding="utf-8", timeout=600,
+                              env=dict(os.environ, ETWTRACE_CAPTURE=str(tmp_path / how)))
+        assert proc.returncode == 0, proc.stderr
+        return float(proc.stdout)
+
+    # CPython itself may keep something of each function (3.14 keeps its
+    # interned name, about 77 bytes): only what tracing adds counts.
+    per_function = growth(mode) - growth("none")
     assert per_function < most, per_function
 
 
@@ -71,7 +82,7 @@ def test_valgrind_finds_no_memory_error_in_etwtrace(tmp_path):
     """))
     env = dict(os.environ, PYTHONMALLOC="malloc", ETWTRACE_CAPTURE=str(tmp_path / "cap"))
     proc = subprocess.run(["valgrind", "--leak-check=no", "--num-callers=30",
-                           os.path.realpath(sys.executable), str(prog)],
+                           sys.executable, str(prog)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
                           errors="replace", env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
