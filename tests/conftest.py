@@ -128,3 +128,14 @@ def marked_stacks(events, source_name):
 
 
 RECORDERS = ["builtin", "perf"]
+
+
+@pytest.fixture
+def box():
+    """A recording session of the test's own (tests/sessions.py)."""
+    from sessions import Box
+    b = Box()
+    try:
+        yield b
+    finally:
+        b.cleanup()

@@ -234,13 +234,14 @@ def child_environment(path, mode):
 
 def _own_tmp_file(path, owner):
     """An open descriptor of `path` if it is a plain file of user `owner`
-    (never through a symlink), else None."""
+    or of ours (`perf inject` made it), never through a symlink; else
+    None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (owner, os.geteuid()):
         os.close(fd)
         return None
     return fd

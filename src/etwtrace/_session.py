@@ -365,9 +365,9 @@ def _finish(place, state, say):
         raise SessionError(str(ex)) from None
     try:
         processes, owners = _collect_traces(path, say)
-        _capture.collect_perf_files(path, set(owners), owners)
         if os.path.isfile(os.path.join(path, "perf.data")):
-            _finish_perf(path, state, set(owners), say)
+            _finish_perf(path, state, set(owners), say)     # (makes the jitted images)
+        _capture.collect_perf_files(path, set(owners), owners)
         losses = _ctf.recorded_losses(path)
         info = {"finished": time.time(), "processes": processes,
                 "process_users": {str(p): u for p, u in sorted(owners.items())}}
