@@ -90,6 +90,7 @@ class _TracingMixin:
     _mode = "stack"
     _c_calls = False
     _call_times = True
+    _join_sessions = None    # None: as ETWTRACE_SESSION says (join by default)
 
     def __init__(self):
         self._native = _native()
@@ -111,7 +112,9 @@ class _TracingMixin:
         self.ignore(threading.__file__, threading.Thread.run.__code__.co_filename)
         from . import _env
         capture = os.environ.get(CAPTURE_ENV) or None
-        sessions = _env.choice(_env.SESSION) != "ignore"
+        sessions = self._join_sessions
+        if sessions is None:
+            sessions = _env.choice(_env.SESSION) != "ignore"
         self._native.enable(self._mode, capture, self._c_calls, self._call_times, sessions)
         _tracer = self
         if not _atexit_registered:
@@ -269,6 +272,27 @@ def enable_if(enable_var, type_var):
         tracer.enable()
     except Exception as ex:  # never break interpreter start-up
         print(f"etwtrace: tracing not enabled: {ex}", file=sys.stderr)
+
+
+def _remote(action, mode, c_calls):
+    """Run inside a process by ``python -m etwtrace attach/detach`` (through
+    sys.remote_exec); returns what happened, raises what went wrong."""
+    if action == "detach":
+        if _tracer is None:
+            raise RuntimeError("it is not traced by etwtrace")
+        _tracer.disable()
+        return "detached"
+    if _tracer is not None or _native().is_active():
+        raise RuntimeError("it is traced already (detach it first)")
+    tracer = InstrumentedTracer(c_calls=c_calls) if mode == "instrumented" else StackSamplingTracer()
+    tracer._join_sessions = True
+    tracer.enable()
+    session = tracer._session_id()
+    if session is None:
+        tracer.disable()
+        raise RuntimeError("it could not join the recording session (the session's directory "
+                           "is not reachable by its user); it is not traced")
+    return f"records into session {session}"
 
 
 def get_profile_path():

@@ -44,6 +44,18 @@ Usage: python -m etwtrace report PATH [--format text|folded|speedscope|chrome|sv
 
     Summarises a capture (see python -m etwtrace report --help).
 
+Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+       python -m etwtrace record status | snapshot [PATH] | stop
+
+    A recording session like wpr -start / -stop: every traced Python process
+    records into it (see python -m etwtrace record --help).
+
+Usage: python -m etwtrace attach PID [--instrumented [--c-calls]]
+       python -m etwtrace detach PID
+
+    Starts or stops tracing in a running CPython 3.14+, which joins the
+    recording session (see python -m etwtrace attach --help).
+
 Other options:
     -h, -?, --help        Show this help
     --info                Show technical information for bug reports
@@ -58,6 +70,11 @@ Environment:
     ETWTRACE_C_CALL_HOOK=profile
                           C calls through the profile function, not
                           sys.monitoring (3.12+ uses sys.monitoring)
+    ETWTRACE_SESSION=ignore
+                          Traced processes do not join recording sessions
+    ETWTRACE_SESSION_DIR=DIR
+                          Where root's recording session is announced
+                          (default /run/etwtrace)
     ETWTRACE_PERF_FILES=keep|remove
                           Whether a process traced through etwtrace.pth keeps
                           /tmp/perf-PID.map and /tmp/jit-PID.dump after it
@@ -290,6 +307,9 @@ def main(args=None):
     if args[0] == "record":
         from . import _session
         return _session.main(args[1:], _say)
+    if args[0] in ("attach", "detach"):
+        from . import _attach
+        return _attach.main(args[0], args[1:], _say)
     try:
         opts, actions = _parse(args)
         for action in actions:
