@@ -20,9 +20,9 @@ static const uint8_t trampoline_code[ETW_TRAMPOLINE_SIZE] = {
     0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, /* int3 padding */
 };
 
-/* Arena size: 4096 trampolines per 64 KiB mapping. */
+/* Arena size: 512 trampolines per 64 KiB mapping. */
 #define ARENA_BYTES (64 * 1024)
-#define ARENA_SLOTS (ARENA_BYTES / ETW_TRAMPOLINE_SIZE)
+#define ARENA_SLOTS (ARENA_BYTES / ETW_TRAMPOLINE_STRIDE)
 
 /* DWARF call-frame constants used below. */
 enum {
@@ -192,8 +192,9 @@ arena_new(void)
         return NULL;
     }
     arena->code = mem;
+    memset(arena->code, 0xcc, ARENA_BYTES);   /* int3 between trampolines */
     for (size_t i = 0; i < ARENA_SLOTS; i++) {
-        memcpy(arena->code + i * ETW_TRAMPOLINE_SIZE, trampoline_code, ETW_TRAMPOLINE_SIZE);
+        memcpy(arena->code + i * ETW_TRAMPOLINE_STRIDE, trampoline_code, ETW_TRAMPOLINE_SIZE);
     }
     if (mprotect(mem, ARENA_BYTES, PROT_READ | PROT_EXEC) != 0) {
         munmap(mem, ARENA_BYTES);
@@ -206,7 +207,7 @@ arena_new(void)
     ByteWriter w = {0};
     size_t cie_at = write_cie(&w, DW_EH_PE_absptr);
     for (size_t i = 0; i < ARENA_SLOTS; i++) {
-        write_fde_absolute(&w, cie_at, (uint64_t)(uintptr_t)(arena->code + i * ETW_TRAMPOLINE_SIZE));
+        write_fde_absolute(&w, cie_at, (uint64_t)(uintptr_t)(arena->code + i * ETW_TRAMPOLINE_STRIDE));
     }
     bw_u32(&w, 0); /* terminator */
     RegisterFrameFunc reg = find_register_frame();
@@ -232,7 +233,7 @@ etw_trampoline_new(void)
             return NULL;
         }
     }
-    return arena->code + ETW_TRAMPOLINE_SIZE * arena->used++;
+    return arena->code + ETW_TRAMPOLINE_STRIDE * arena->used++;
 }
 
 int
@@ -279,7 +280,8 @@ build_jit_unwind(void)
     bw_u32(&w, 1);                                  /* fde_count */
     bw_i32(&w, -(ETW_TRAMPOLINE_SIZE + eh_frame_size)); /* initial location */
     bw_i32(&w, (int32_t)fde_at - eh_frame_size);    /* FDE address */
-    if (w.failed) {
+    if (w.failed || ETW_TRAMPOLINE_SIZE + ((w.size + 7) & ~(size_t)7) > ETW_TRAMPOLINE_STRIDE) {
+        /* (perf's map of one image would cover the next trampoline) */
         free(w.data);
         return;
     }

@@ -1,7 +1,7 @@
 /* Trampolines: one tiny copy of machine code per Python function, so that a
  * native stack shows one distinct native frame per Python frame.
  *
- * Every trampoline is the same 16 bytes of x86-64 code:
+ * Every trampoline is the same 16 bytes of x86-64 code, at a 128-byte stride:
  *     push rbp; mov rbp, rsp; call rcx; pop rbp; ret
  * i.e. it calls its fourth argument with its first three, keeping a frame
  * pointer so that frame-pointer unwinders walk through it too.
@@ -18,6 +18,14 @@
 #include <stdint.h>
 
 #define ETW_TRAMPOLINE_SIZE 16
+
+/* Distance between two trampolines.  `perf inject --jit` maps each jitted
+ * image over [code, code + ALIGN_8(code size) + unwind info size): with
+ * trampolines closer than that, a later one's map cuts into an earlier
+ * one's, and perf can no longer unwind through the earlier trampoline
+ * (samples stop there).  128 bytes leave room for the unwind info
+ * (build_jit_unwind checks it). */
+#define ETW_TRAMPOLINE_STRIDE 128
 
 /* A new trampoline, or NULL when executable memory cannot be had. */
 void *etw_trampoline_new(void);
