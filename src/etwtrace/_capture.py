@@ -397,6 +397,9 @@ class _Tee(threading.Thread):
 def run_with_perf(path, perf, mode, preset, target, say):
     from . import _etwtrace
     callgraph = _perf.choose_callgraph(preset)
+    note = _perf.callgraph_note(preset, callgraph)
+    if note:
+        say(f"etwtrace: {note}")
     probe = None
     if preset.stack_sample_probe:
         probe, reason = _perf.add_stack_sample_probe(perf, _etwtrace.__file__)
