@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,32 @@ def _perf_unavailable_reason():
 
 
 _PERF_REASON = _perf_unavailable_reason()
+NOBODY_UID = 65534
+
+
+def pytest_sessionstart(session):
+    session.config._etwtrace_started = time.time()
+
+
+def pytest_sessionfinish(session):
+    """Removes the /tmp perf maps, jitdumps and jitted images that the
+    suite's ended processes left (perf captures keep them for perf report,
+    README), its own and those of the programs it ran as nobody:
+    thousands per run would otherwise pile up, and a later process of
+    another user under a reused pid would meet them."""
+    started = getattr(session.config, "_etwtrace_started", None)
+    if started is None:
+        return
+    for pattern in ("perf-*.map", "jit-*.dump", "jitted-*.so"):
+        for path in Path("/tmp").glob(pattern):
+            pid = path.name.split("-")[1].split(".")[0]
+            try:
+                st = path.lstat()
+                if (st.st_mtime >= started and st.st_uid in (os.geteuid(), NOBODY_UID)
+                        and pid.isdigit() and not os.path.exists(f"/proc/{pid}")):
+                    path.unlink()
+            except OSError:
+                pass
 
 
 def need_perf():
