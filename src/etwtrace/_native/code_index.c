@@ -1,6 +1,7 @@
 /* The code objects' records.  See code_index.h. */
 #include "code_index.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 
 #ifdef ETW_FREE_THREADED
@@ -93,12 +94,26 @@ etw_code_index_set(PyCodeObject *co, void *record)
     PyMutex_Lock(&lock);
     EtwCodeTable *t = table_with_room();
     if (t != NULL) {
+        /* A removed entry on co's probe run is taken again: where code
+         * objects come and go (exec, lambdas), the table would otherwise
+         * fill with removed entries and be copied again and again, each
+         * old copy kept for lock-free readers.  Lookups pass removed and
+         * reused entries alike, and stop only at an empty one. */
         size_t i = etw_code_slot_of(co, t->capacity);
+        size_t reuse = SIZE_MAX;
         while (t->slots[i].key != NULL && t->slots[i].key != co) {
+            if (t->slots[i].key == ETW_CODE_GONE && reuse == SIZE_MAX) {
+                reuse = i;
+            }
             i = (i + 1) & (t->capacity - 1);
         }
         if (t->slots[i].key == NULL) {
-            t->used++;
+            if (reuse != SIZE_MAX) {
+                i = reuse;
+            }
+            else {
+                t->used++;
+            }
         }
         __atomic_store_n(&t->slots[i].record, record, __ATOMIC_RELAXED);
         __atomic_store_n(&t->slots[i].key, co, __ATOMIC_RELEASE);

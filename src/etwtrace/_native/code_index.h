@@ -5,8 +5,9 @@
  * slot with plain stores, so a thread reading it while another sets it is
  * a data race.  They keep an open-addressing table keyed by the code
  * object's address instead: lookups take no lock (a key is published
- * after its record, and a full table is replaced by a larger copy, never
- * changed in place; old copies are kept, each half the size of the next),
+ * after its record, and a full table is replaced by a copy, never changed
+ * in place; old copies are kept for readers still in them, and removed
+ * entries are taken again so that copies are rare),
  * insertions take `etw_code_index`'s lock, and a code watcher drops an
  * entry (and frees its record) when its code object is destroyed. */
 #ifndef ETWTRACE_CODE_INDEX_H
