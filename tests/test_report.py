@@ -9,6 +9,7 @@ import sys
 import sysconfig
 import xml.dom.minidom
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -272,7 +273,7 @@ def test_off_cpu_blocked_time_by_python_stack(capture, mode):
         # With CPython's JIT on, call graphs are by frame pointers (see
         # _perf.choose_callgraph): a blocked stack stops at the first libc
         # frame, so the time is counted but under no Python function.
-        manifest = json.load(open(os.path.join(cap.path, "etwtrace-capture.json")))
+        manifest = json.loads(Path(os.path.join(cap.path, "etwtrace-capture.json")).read_text())
         assert manifest["callgraph"] == "fp"
         first = _report(cap.path, "--off-cpu").splitlines()[0]
         assert float(first.split()[0]) >= 650, first
@@ -355,6 +356,7 @@ def test_closed_pipe_ends_the_report_quietly(calls_capture):
     report.stdout.readline()
     report.stdout.close()
     err = report.stderr.read().decode()
+    report.stderr.close()
     assert report.wait(timeout=120) == 0, err
     assert "Traceback" not in err
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_processes_started_before_and_during_the_session_join(box):
     assert [e.fields["ThreadId"] for e in starts] == [before.pid]
     pushes = [e for e in events if e.pid == during.pid and e.name == "PythonFunctionPush"]
     assert len(pushes) > 100
-    manifest = json.load(open(os.path.join(capture, "etwtrace-capture.json")))
+    manifest = json.loads(Path(os.path.join(capture, "etwtrace-capture.json")).read_text())
     assert manifest["processes"] == 2 and manifest["session"]
     assert not os.path.exists(os.path.join(capture, ".session"))
     assert box.record("status").returncode == 1
@@ -89,7 +90,7 @@ def test_processes_of_user_nobody_join_and_cannot_read_each_other(box):
     events = list(etwtrace.open_trace(capture))
     assert_inner_above_outer(events, before.pid)
     assert_inner_above_outer(events, during.pid)
-    manifest = json.load(open(os.path.join(capture, "etwtrace-capture.json")))
+    manifest = json.loads(Path(os.path.join(capture, "etwtrace-capture.json")).read_text())
     assert manifest["process_users"] == {str(before.pid): NOBODY, str(during.pid): NOBODY}
     assert stat.S_IMODE(os.stat(capture).st_mode) == 0o700
 
@@ -173,7 +174,7 @@ def test_perf_session_samples_unwind_python_frames(box):
     assert len(above_outer) >= 0.9 * len(named), (len(above_outer), len(named), named[:3])
     assert os.path.isfile(os.path.join(capture, "perf.script"))
     assert os.path.isfile(os.path.join(capture, "maps", f"perf-{proc.pid}.map"))
-    manifest = json.load(open(os.path.join(capture, "etwtrace-capture.json")))
+    manifest = json.loads(Path(os.path.join(capture, "etwtrace-capture.json")).read_text())
     if manifest["callgraph"] == "dwarf":
         assert [n for n in os.listdir(os.path.join(capture, "jit"))
                 if n.startswith(f"jitted-{proc.pid}-")], "perf inject's images are kept"
@@ -257,7 +258,7 @@ def test_a_session_whose_daemon_died_is_finished_and_cleaned_up(box):
     box.start(capture, "--recorder", "builtin")
     proc, stop = box.worker()
     wait_joined(box, capture, [proc.pid])
-    state = json.load(open(os.path.join(box.control, "state.json")))
+    state = json.loads(Path(os.path.join(box.control, "state.json")).read_text())
     os.kill(state["daemon"], signal.SIGKILL)
     time.sleep(0.3)
     r = box.record("status")
