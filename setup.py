@@ -29,9 +29,10 @@ def have_sdt_header():
 
 
 macros = [("ETWTRACE_HAVE_SDT", "1")] if have_sdt_header() else []
+# Debug info, so `perf probe` can name the emitters' arguments (README).
 # Frame pointers in our own code too: perf's frame-pointer call graphs
 # (and its USDT probes' stacks) walk through the hooks and the writer.
-extra_compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-fno-strict-aliasing",
+extra_compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-g", "-fno-strict-aliasing",
                       "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"]
 extra_compile_args += os.environ.get("ETWTRACE_CFLAGS", "").split()
 extra_link_args = os.environ.get("ETWTRACE_LDFLAGS", "").split()
