@@ -93,7 +93,9 @@ def test_folded_from_builtin_stack_marks(capture):
     for line in proc.stdout.splitlines():
         stack, count = line.rsplit(" ", 1)
         stacks[tuple(f.split(" (")[0] for f in stack.split(";"))] = int(count)
-    assert stacks == {("<module>", "a"): 1, ("<module>", "a", "b"): 1, ("<module>", "a", "b", "c"): 1}
+    # Each stack mark's text is the frame atop the stack it took.
+    assert stacks == {("<module>", "a", "mark: a"): 1, ("<module>", "a", "b", "mark: b"): 1,
+                      ("<module>", "a", "b", "c", "mark: c"): 1}
     assert all("by_arg.py:" in line for line in proc.stdout.splitlines())
 
 
@@ -247,13 +249,17 @@ def test_stack_marks_in_speedscope_and_chrome(capture):
     doc = json.loads(_report(cap.path, "--format", "speedscope"))
     check_speedscope(doc)
     (profile,) = doc["profiles"]
+    assert profile["name"].endswith("MainThread")
     frames = doc["shared"]["frames"]
-    stacks = sorted([frames[i]["name"] for i in s] for s in profile["samples"])
-    assert stacks == [["<module>", "a"], ["<module>", "a", "b"]]
+    # In time order, each ending with its mark's text.
+    stacks = [[frames[i]["name"] for i in s] for s in profile["samples"]]
+    assert stacks == [["<module>", "a", "mark: a"], ["<module>", "a", "b", "mark: b"]]
     chrome = json.loads(_report(cap.path, "--format", "chrome"))
     assert any(e["ph"] == "M" and e["name"] == "thread_name" for e in chrome["traceEvents"])
-    marks = [e["args"]["stack"] for e in chrome["traceEvents"] if e.get("cat") == "stack-mark"]
-    assert sorted(";".join(map(_name, m.split(";"))) for m in marks) == ["<module>;a", "<module>;a;b"]
+    marks = [e for e in chrome["traceEvents"] if e.get("cat") == "stack-mark"]
+    assert [e["name"] for e in marks] == ["mark: a", "mark: b"]
+    assert [";".join(map(_name, e["args"]["stack"].split(";"))) for e in marks] == [
+        "<module>;a;mark: a", "<module>;a;b;mark: b"]
 
 
 # ---- perf: off-CPU and C extension frames ----

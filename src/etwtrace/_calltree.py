@@ -83,7 +83,7 @@ class _Node:
 
 class CallTree:
     def __init__(self, timeline=False):
-        self.roots = {}             # (pid, FunctionID) -> _Node
+        self.roots = {}             # (pid, tid, FunctionID) -> _Node (a tree per thread)
         self.labels = {}            # (pid, FunctionID) -> label
         self.timelines = [] if timeline else None   # (pid, tid, node keys, records)
         self.unmatched_pops = 0
@@ -107,11 +107,14 @@ class CallTree:
             self.untimed_pids.add(pid)
         mine = []
         for parent, fid, calls, inclusive, exclusive in folded["nodes"]:
-            siblings = mine[parent].children if parent >= 0 else self.roots
             key = (pid, fid)
-            node = siblings.get(key)
+            if parent >= 0:
+                siblings, slot = mine[parent].children, key
+            else:
+                siblings, slot = self.roots, (pid, tid, fid)
+            node = siblings.get(slot)
             if node is None:
-                node = siblings[key] = _Node(mine[parent] if parent >= 0 else None, key)
+                node = siblings[slot] = _Node(mine[parent] if parent >= 0 else None, key)
             node.calls += calls
             if timed:
                 node.inclusive += inclusive
@@ -139,22 +142,35 @@ class CallTree:
     # ---- views ----
 
     def _walk(self):
-        """(node, path of labels) of every node, parents first."""
-        todo = [(n, (self.label(n.key),)) for n in self.roots.values()]
+        """((pid, tid), node, path of labels) of every node, parents first."""
+        todo = [((pid, tid), n, (self.label(n.key),))
+                for (pid, tid, _), n in self.roots.items()]
         while todo:
-            node, path = todo.pop()
-            yield node, path
-            todo.extend((c, path + (self.label(c.key),)) for c in node.children.values())
+            thread, node, path = todo.pop()
+            yield thread, node, path
+            todo.extend((thread, c, path + (self.label(c.key),))
+                        for c in node.children.values())
 
-    def folded(self):
-        """Counter: root-first path of labels -> exclusive nanoseconds, or
-        -> calls of that path when no call has a duration."""
+    def folded(self, by_thread=False):
+        """Counter: root-first path of labels (with by_thread, ((pid, tid),
+        path)) -> exclusive nanoseconds, or -> calls of that path when no
+        call has a duration."""
         out = Counter()
         by_calls = not self.has_times
-        for node, path in self._walk():
+        for thread, node, path in self._walk():
             value = node.calls if by_calls else node.exclusive
             if value:
-                out[path] += value
+                out[(thread, path) if by_thread else path] += value
+        return out
+
+    def paths(self):
+        """{((pid, tid), root-first labels): (calls, exclusive ns)} of every
+        call path that was called."""
+        out = {}
+        for thread, node, path in self._walk():
+            if node.calls or node.exclusive:
+                calls, exclusive = out.get((thread, path), (0, 0))
+                out[(thread, path)] = (calls + node.calls, exclusive + node.exclusive)
         return out
 
     def functions(self):

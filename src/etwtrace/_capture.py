@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from . import _ctf, _env, _manifest, _perf
+from . import _ctf, _env, _guide, _manifest, _perf
 from ._perf import PerfError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
@@ -32,7 +32,7 @@ MODE_ENV = _env.CAPTURE_MODE
 # all it removes when it replaces a capture.
 OWN_ENTRIES = frozenset({
     _manifest.MANIFEST, _manifest.MANIFEST + ".tmp", "ctf", "jit", "maps", "perf.data",
-    "perf.data.old", "perf.jit.data", _manifest.PERF_SCRIPT, "README.txt",
+    "perf.data.old", "perf.jit.data", _manifest.PERF_SCRIPT, "README.txt", _guide.BUILDID_DIR,
     ".session",     # a recording session's staging directory (_session.py)
 })
 
@@ -291,6 +291,12 @@ def collect_perf_files(path, pids, owners=None):
         _copy_own_file(f"/tmp/jit-{pid}.dump", os.path.join(jit, f"jit-{pid}.dump"), owner)
         for image in glob.glob(f"/tmp/jitted-{pid}-*.so"):
             _copy_own_file(image, os.path.join(jit, os.path.basename(image)), owner)
+    images = sorted(glob.glob(os.path.join(jit, "jitted-*.so")))
+    if images and os.path.isfile(os.path.join(path, "perf.jit.data")):
+        perf = _perf.find_perf()
+        if perf is not None:
+            _perf.add_to_buildid_cache(perf, os.path.join(path, _guide.BUILDID_DIR), images)
+    _guide.write(path)
 
 
 # ---- recorders ----

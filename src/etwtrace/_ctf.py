@@ -74,16 +74,19 @@ def event_tid(event_id, fields, stream_tid):
     return stream_tid
 
 
-def fold_stream(path, pid, make_event, version=FORMAT_VERSION, timeline=None):
+def fold_stream(path, pid, make_event, version=FORMAT_VERSION, timeline=None,
+                start=0, end=2**64 - 1):
     """Decodes a stream (with what its ring still holds) with the C
     decoder: (the fold result, the events that are not pushes or pops).
     With `timeline` (an open binary file), every open and close of a call
-    is written to it.  See etwtrace._ctfdecode."""
+    is written to it.  Only calls made in [start, end) count, and only
+    their time inside it.  See etwtrace._ctfdecode."""
     parts = StreamParts(path, version)
     try:
         folded = _ctfdecode.fold(path, timeline=timeline is not None, version=version,
                                  length=parts.length, tail=parts.tail,
-                                 timeline_fd=timeline.fileno() if timeline is not None else -1)
+                                 timeline_fd=timeline.fileno() if timeline is not None else -1,
+                                 start=start, end=end)
     except ValueError as ex:
         raise TraceError(str(ex)) from None
     except OSError as ex:
@@ -171,6 +174,19 @@ def stream_files(trace_dir):
     return sorted(
         os.path.join(trace_dir, n) for n in os.listdir(trace_dir) if n.startswith("stream-")
     )
+
+
+def stream_start(path, version=FORMAT_VERSION):
+    """The timestamp the stream's first packet begins at, or None when it
+    holds none."""
+    parts = StreamParts(path, version)
+    head = _HEAD[2 if version >= 2 else 1]
+    if parts.length >= head.size:
+        with open(path, "rb") as f:
+            return head.unpack(f.read(head.size))[2]
+    if len(parts.tail) >= head.size:
+        return head.unpack_from(parts.tail, 0)[2]
+    return None
 
 
 def stacks_at(path, version, times):

@@ -35,19 +35,41 @@ class _Frames:
         return i
 
 
-def _sampled(name, stacks, frames, unit):
-    samples = []
+def _thread_title(scan, pid, tid):
+    return f"pid {pid} {scan.threads.get((pid, tid), tid)}"
+
+
+def _sampled_profile(name, samples, frames, unit):
+    """A speedscope sampled profile: (frames, weight) in time order."""
+    stacks = []
     weights = []
-    for stack, weight in sorted(stacks.items()):
-        samples.append([frames(f) for f in stack])
+    for stack, weight in samples:
+        stacks.append([frames(f) for f in stack])
         weights.append(weight)
     return {"type": "sampled", "name": name, "unit": unit, "startValue": 0,
-            "endValue": sum(weights), "samples": samples, "weights": weights}
+            "endValue": sum(weights), "samples": stacks, "weights": weights}
 
 
-def write_speedscope(out, scan, view, stacks, unit, title):
-    """Evented profiles (one per thread) for instrumented calls, else one
-    sampled profile of the chosen stack view."""
+def timeline_samples(scan, view):
+    """{(pid, tid): [(stack, weight), ...] in time order} of a stack view:
+    one entry per CPU sample or stack mark (weight 1), or per off-CPU wait
+    (its nanoseconds)."""
+    threads = {}
+    if view == "off-cpu":
+        points = sorted((start, pid, tid, frames, end - start)
+                        for pid, tid, start, end, frames in scan.offcpu_slices)
+    else:
+        kind = "SampledProfile" if view == "samples" else "PythonStackSample"
+        points = sorted((ts, pid, tid, frames, 1)
+                        for pid, tid, ts, frames, k in scan.sample_points if k == kind)
+    for _ts, pid, tid, frames, weight in points:
+        threads.setdefault((pid, tid), []).append((frames, weight))
+    return threads
+
+
+def write_speedscope(out, scan, view, unit, title):
+    """One profile per thread (per process): evented for instrumented
+    calls, else sampled with that thread's samples in time order."""
     frames = _Frames()
     out.write('{"$schema": %s, "exporter": "etwtrace", "name": %s, "activeProfileIndex": 0, '
               '"profiles": [' % (json.dumps(SPEEDSCOPE_SCHEMA), json.dumps(title)))
@@ -57,7 +79,7 @@ def write_speedscope(out, scan, view, stacks, unit, title):
             frame_of = [frames(scan.tree.label(k)) for k in keys]
             start, end = records.first, records.last
             out.write(("" if first else ", ") + json.dumps(
-                {"type": "evented", "name": f"pid {pid} {scan.threads.get((pid, tid), tid)}",
+                {"type": "evented", "name": _thread_title(scan, pid, tid),
                  "unit": "nanoseconds", "startValue": start, "endValue": end})[:-1]
                 + ', "events": [')
             parts = []
@@ -71,18 +93,45 @@ def write_speedscope(out, scan, view, stacks, unit, title):
             out.write((sep if parts else "") + ",".join(parts) + "]}")
             first = False
     else:
-        out.write(json.dumps(_sampled(title, stacks, frames,
-                                      "nanoseconds" if unit == "ns" else "none")))
+        unit = "nanoseconds" if unit == "ns" else "none"
+        for i, ((pid, tid), samples) in enumerate(sorted(timeline_samples(scan, view).items())):
+            out.write(("" if i == 0 else ", ") + json.dumps(
+                _sampled_profile(_thread_title(scan, pid, tid), samples, frames, unit)))
     out.write('], "shared": {"frames": ')
     out.write(json.dumps(frames.records))
     out.write("}}\n")
 
 
+class _StackFrames:
+    """The Trace Event Format's stackFrames: one node per distinct
+    (parent, name), ids as strings."""
+
+    def __init__(self):
+        self.ids = {}
+        self.records = {}
+
+    def leaf(self, stack):
+        parent = None
+        for name in stack:
+            key = (parent, name)
+            node = self.ids.get(key)
+            if node is None:
+                node = self.ids[key] = str(len(self.ids) + 1)
+                record = {"name": name, "category": "python" if name.endswith(")") else "native"}
+                if parent is not None:
+                    record["parent"] = parent
+                self.records[node] = record
+            parent = node
+        return parent
+
+
 def write_chrome(out, scan, title):
     """Chrome Trace Event JSON (opens in Perfetto UI and chrome://tracing):
     process and thread names, calls as nested begin/end events, marks as
-    instant events, mark ranges and off-CPU waits as slices, CPU samples
-    and stack marks as instant events carrying their stack."""
+    instant events, mark ranges and off-CPU waits as slices, stack marks
+    as instant events named by their text and carrying their stack, and
+    CPU samples as the format's `samples` on each thread, their stacks in
+    `stackFrames`."""
     t0 = scan.first or 0
 
     def us(ns):
@@ -131,12 +180,26 @@ def write_chrome(out, scan, title):
     for pid, tid, ts, text in scan.instants:
         add({"ph": "i", "s": "t", "cat": "mark", "name": text, "pid": pid, "tid": tid,
              "ts": us(ts)})
-    for pid, tid, start, end, label in scan.offcpu_slices:
-        add({"ph": "X", "cat": "off-cpu", "name": f"blocked: {label}", "pid": pid, "tid": tid,
-             "ts": us(start), "dur": round((end - start) / 1000, 3)})
-    for pid, tid, ts, frames, kind in scan.sample_points:
-        cat = "cpu-sample" if kind == "SampledProfile" else "stack-mark"
-        add({"ph": "i", "s": "t", "cat": cat, "name": frames[-1], "pid": pid,
-             "tid": tid, "ts": us(ts), "args": {"stack": ";".join(frames)}})
+    for pid, tid, start, end, frames in scan.offcpu_slices:
+        add({"ph": "X", "cat": "off-cpu", "name": f"blocked: {frames[-1]}", "pid": pid,
+             "tid": tid, "ts": us(start), "dur": round((end - start) / 1000, 3),
+             "args": {"stack": ";".join(frames)}})
+    stack_frames = _StackFrames()
+    samples = []
+    for pid, tid, ts, frames, kind in sorted(scan.sample_points, key=lambda p: p[2]):
+        if kind == "SampledProfile":
+            samples.append('{"cpu":0,"pid":%d,"tid":%d,"ts":%s,"name":"cpu-clock","sf":"%s",'
+                           '"weight":1}' % (pid, tid, json.dumps(us(ts)),
+                                            stack_frames.leaf(frames)))
+        else:
+            # A stack mark: named by its text (the stack's last frame).
+            add({"ph": "i", "s": "t", "cat": "stack-mark", "name": frames[-1], "pid": pid,
+                 "tid": tid, "ts": us(ts), "args": {"stack": ";".join(frames)}})
     flush()
+    out.write("\n],\n")
+    out.write('"stackFrames": ')
+    json.dump(stack_frames.records, out, separators=(",", ":"))
+    out.write(',\n"samples": [\n')
+    for i in range(0, len(samples), CHUNK):
+        out.write((",\n" if i else "") + ",\n".join(samples[i:i + CHUNK]))
     out.write("\n]}\n")

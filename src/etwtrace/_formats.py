@@ -106,7 +106,10 @@ def format_text(sections):
 
 
 _SVG_SCRIPT = """
-var W = %(width)d, PAD = 10, CH = 7;
+// Frames are laid out for a width of DATA_W (data-x, data-w); this draws
+// them across the window's width, and again when it changes.
+var DATA_W = %(width)d, PAD = 10, CH = 7, shown = [PAD, DATA_W - 2 * PAD];
+var svg = document.documentElement;
 function frames() { return document.querySelectorAll("g.f"); }
 function fit(g, x, w) {
   var r = g.querySelector("rect"), t = g.querySelector("text"), n = g.getAttribute("data-n");
@@ -116,6 +119,8 @@ function fit(g, x, w) {
   t.textContent = chars < 3 ? "" : (n.length <= chars ? n : n.slice(0, chars - 2) + "..");
 }
 function zoom(fx, fw) {
+  shown = [fx, fw];
+  var W = svg.getBoundingClientRect().width || DATA_W;
   var scale = (W - 2 * PAD) / fw;
   frames().forEach(function (g) {
     var x = +g.getAttribute("data-x"), w = +g.getAttribute("data-w");
@@ -134,8 +139,10 @@ frames().forEach(function (g) {
   });
 });
 document.getElementById("background").addEventListener("click", function () {
-  zoom(PAD, W - 2 * PAD);
+  zoom(PAD, DATA_W - 2 * PAD);
 });
+window.addEventListener("resize", function () { zoom(shown[0], shown[1]); });
+zoom(PAD, DATA_W - 2 * PAD);
 """
 
 
@@ -143,11 +150,25 @@ def _stable_hue(text):
     return zlib.crc32(text.encode("utf-8", "replace")) % 30
 
 
-def format_svg(stacks, title, unit="samples", min_width=0.1):
-    """A self-contained, interactive flame graph: one frame per box, root at
-    the bottom, width proportional to the value; hover shows the full name
-    and share, click zooms into a frame, a click on the background zooms
-    out.  Frames narrower than min_width pixels are left out."""
+def thread_groups(stacks, threads):
+    """Stacks keyed ((pid, tid), frames) as frames under a frame for their
+    process and one for their thread, as the SVG groups them."""
+    out = Counter()
+    for ((pid, tid), frames), value in stacks.items():
+        name = threads.get((pid, tid), f"thread {tid}")
+        thread = name if name == f"thread {tid}" else f"{name} (tid {tid})"
+        out[(f"process {pid}", thread) + frames] += value
+    return out
+
+
+def format_svg(stacks, title, unit="samples", min_width=0.1, groups=0, color_of=None):
+    """A self-contained, interactive flame graph as wide as the window: one
+    frame per box, root at the bottom, width proportional to the value;
+    hover shows the full name and share, click zooms into a frame, a click
+    on the background zooms out.  Frames narrower than min_width pixels (of
+    1200) are left out.  The first `groups` levels (process, thread) are
+    drawn grey.  color_of(path) -> (colour, note), if given, colours each
+    frame by its root-first path (a differential graph)."""
     tree = {}
     for stack, count in stacks.items():
         node = tree
@@ -160,19 +181,20 @@ def format_svg(stacks, title, unit="samples", min_width=0.1):
     width, row = 1200, 18
     height = (depth + 2) * row + 30
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="monospace" font-size="11">',
-        f'<rect id="background" width="{width}" height="{height}" fill="#fdfdf6"/>',
-        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="14">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" height="{height}" '
+        f'font-family="monospace" font-size="11">',
+        f'<rect id="background" width="100%" height="{height}" fill="#fdfdf6"/>',
+        f'<text x="50%" y="16" text-anchor="middle" font-size="14">'
         f'{html.escape(title)}</text>',
-        f'<text x="{width - 10}" y="16" text-anchor="end" font-size="10" fill="#777">'
+        f'<text x="100%" dx="-10" y="16" text-anchor="end" font-size="10" fill="#777">'
         f'click a frame to zoom, the background to reset</text>',
     ]
     # Iterative, so stacks deeper than Python's recursion limit draw too.
-    todo = [(tree, 10.0, 0)]
+    todo = [(tree, 10.0, 0, ())]
     while todo:
-        node, x, level = todo.pop()
+        node, x, level, above = todo.pop()
         for frame, (count, children) in sorted(node.items()):
+            path = above + (frame,)
             w = count / total * (width - 20)
             if w < min_width:
                 x += w
@@ -181,18 +203,24 @@ def format_svg(stacks, title, unit="samples", min_width=0.1):
             python = is_python(frame) and not frame.startswith("0x")
             hue = 30 + _stable_hue(frame)
             color = f"hsl({hue + (150 if python else 0)},70%,{60 if python else 65}%)"
+            note = ""
+            if level < groups:
+                color = "hsl(0,0%,82%)"
+            elif color_of is not None:
+                color, note = color_of(path)
+                note = "; " + note
             label = html.escape(frame, quote=True)
             pct = 100 * count / total
             chars = int(w / 7)
             text = "" if chars < 3 else (frame if len(frame) <= chars else frame[:chars - 2] + "..")
             parts.append(
                 f'<g class="f" data-x="{x:.4f}" data-w="{w:.4f}" data-n="{label}" cursor="pointer">'
-                f'<title>{label} ({_amount(count, unit)}, {pct:.1f}%)</title>'
+                f'<title>{label} ({_amount(count, unit)}, {pct:.1f}%{html.escape(note)})</title>'
                 f'<rect x="{x:.2f}" y="{y}" width="{max(w - 0.5, 0.1):.2f}" height="{row - 1}" '
                 f'fill="{color}" rx="2"/>'
                 f'<text x="{x + 3:.2f}" y="{y + row - 5}">{html.escape(text)}</text></g>')
             if children:
-                todo.append((children, x, level + 1))
+                todo.append((children, x, level + 1, path))
             x += w
     parts.append("<script><![CDATA[" + _SVG_SCRIPT % {"width": width} + "]]></script>")
     parts.append("</svg>")

@@ -179,8 +179,21 @@ def inject_jit(perf, data, output):
                         (r.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1])
 
 
+def add_to_buildid_cache(perf, cache, images):
+    """Files `images` (ELF) in the build-id cache `cache`, which
+    `perf --buildid-dir CACHE report` reads before the paths perf.data
+    names.  Best effort: a failure leaves the images in /tmp to be used."""
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    for i in range(0, len(images), 200):
+        subprocess.run([perf, "--buildid-dir", cache, "buildid-cache", "-a",
+                        ",".join(images[i:i + 200])],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def save_script(perf, data, output):
-    with open(output, "wb") as out:
+    # Private, as the rest of the capture.
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
         r = subprocess.run(
             [perf, "script", "-i", data, "-F", SCRIPT_FIELDS, "--ns", "--no-inline",
              "--show-mmap-events", "--show-switch-events"],

@@ -15,8 +15,11 @@ import os
 import sys
 import time
 
-from . import _exports, _formats
-from ._scan import ReportError, Scan, load_stacktags
+from . import _diff, _exports, _formats, _pprof
+from ._scan import Cut, ReportError, Scan, load_stacktags
+
+# Outputs expected to be larger than this are announced before writing.
+WARN_BYTES = 100 * 2**20
 
 
 
@@ -76,6 +79,13 @@ def _choose_view(scan, off_cpu):
     return "marks", scan.marks, "samples", "stack marks"
 
 
+def _thread_stacks(scan, view):
+    """The view's stacks per thread: {((pid, tid), frames): value}."""
+    if view == "calls":
+        return scan.tree.folded(by_thread=True)
+    return scan.by_thread[{"off-cpu": "offcpu"}.get(view, view)]
+
+
 def _losses_line(path):
     """One line naming the events the recorder could not keep, or None."""
     from ._ctf import describe_losses, recorded_losses
@@ -112,11 +122,12 @@ def _text(scan, off_cpu, limit, losses=None):
     return _formats.format_text(sections)
 
 
-def _write(opts, produce):
+def _write(opts, produce, binary=False):
     """Runs produce(out) into -o or stdout; a closed pipe ends quietly."""
     if opts.output:
         try:
-            out = open(opts.output, "w", encoding="utf-8")
+            out = (open(opts.output, "wb") if binary
+                   else open(opts.output, "w", encoding="utf-8"))
         except OSError as ex:
             raise ReportError(f"cannot write {opts.output}: {ex.strerror}") from None
         with out:
@@ -126,26 +137,106 @@ def _write(opts, produce):
                 raise ReportError(f"cannot write {opts.output}: {ex.strerror}") from None
         return
     try:
-        produce(sys.stdout)
-        sys.stdout.flush()
+        out = sys.stdout.buffer if binary else sys.stdout
+        produce(out)
+        out.flush()
     except BrokenPipeError:
         # The reader (| head) has what it wanted; silence the flush at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def run(opts):
-    from ._content import stacktags_path
+def _cut(opts, path, whole=False):
+    """What of the capture at `path` to show: --pid/--tid (unless `whole`)
+    and --from/--to, in seconds from its first event."""
+    cut = Cut(pids=None if whole else opts.pid, tids=None if whole else opts.tid)
+    if opts.start is not None or opts.end is not None:
+        from ._trace import capture_start
+        origin = capture_start(path)
+        if origin is not None:
+            if opts.start is not None:
+                cut.start = origin + int(opts.start * 1e9)
+            if opts.end is not None:
+                cut.end = origin + int(opts.end * 1e9)
+    return cut
+
+
+def _scan(opts, path, tags, timeline, whole=False):
     from ._trace import open_trace
-    tags = None if opts.no_stacktags else load_stacktags(opts.stacktags or stacktags_path())
-    timeline = FORMATS[opts.format].timeline
-    progress = _Progress(open_trace(opts.path).files())
+    progress = _Progress(open_trace(path).files())
     try:
-        scan = Scan(opts.path, tags, timeline=timeline, progress=progress)
+        return Scan(path, tags, timeline=timeline, progress=progress,
+                    cut=_cut(opts, path, whole))
     finally:
         progress.close()
-    with scan:
-        _report(opts, scan, timeline)
+
+
+def run(opts):
+    from ._content import stacktags_path
+    tags = None if opts.no_stacktags else load_stacktags(opts.stacktags or stacktags_path())
+    timeline = FORMATS[opts.format].timeline
+    with _scan(opts, opts.path, tags, timeline) as scan:
+        if opts.diff:
+            with _scan(opts, opts.diff, tags, False, whole=True) as base:
+                _report_diff(opts, scan, base)
+        else:
+            _report(opts, scan, timeline)
+
+
+def _shown_part(opts):
+    """Words for what a cut report shows, or "" for the whole capture."""
+    parts = []
+    if opts.pid:
+        parts.append("pid " + ",".join(map(str, sorted(opts.pid))))
+    if opts.tid:
+        parts.append("tid " + ",".join(map(str, sorted(opts.tid))))
+    if opts.start is not None or opts.end is not None:
+        start = f"{opts.start:g}" if opts.start is not None else "0"
+        end = f"{opts.end:g}" if opts.end is not None else "end"
+        parts.append(f"{start}-{end} s")
+    return ", ".join(parts)
+
+
+def _report_diff(opts, scan, base):
+    if opts.format not in ("text", "folded", "svg"):
+        raise ReportError("--diff writes text, folded or svg")
+    view, stacks, unit, what = _choose_view(scan, opts.off_cpu)
+    base_view, base_stacks, base_unit, base_what = _choose_view(base, opts.off_cpu)
+    if not stacks or not base_stacks:
+        empty = opts.path if not stacks else opts.diff
+        raise ReportError(f"{empty}: no stacks or calls recorded to compare")
+    if (view, unit) != (base_view, base_unit):
+        raise ReportError(f"cannot compare {what} ({opts.path}) with {base_what} "
+                          f"({opts.diff}): record both the same way")
+    name = os.path.basename(os.path.abspath(opts.path))
+    base_name = os.path.basename(os.path.abspath(opts.diff))
+    heading = (f"{name} against {base_name}: {what}, as shares of each capture's total "
+               f"(change in percentage points)")
+    if opts.format == "text":
+        _write(opts, lambda out: out.write(_diff.text(stacks, base_stacks, heading,
+                                                      opts.limit or None)))
+    elif opts.format == "folded":
+        _write(opts, lambda out: out.write(_diff.folded(stacks, base_stacks)))
+    else:
+        title = f"etwtrace: {name} against {base_name} ({what}; red grew, blue shrank)"
+        _write(opts, lambda out: out.write(_formats.format_svg(
+            stacks, title, unit, color_of=_diff.colors(stacks, base_stacks))))
+
+
+def _expected_size(opts, scan, v):
+    """Bytes a timeline export will have, roughly (None for the others)."""
+    if opts.format not in ("speedscope", "chrome"):
+        return None
+    records = sum(r.count for *_, r in scan.tree.timelines or ()) if v.view == "calls" else 0
+    points = len(scan.sample_points) + len(scan.offcpu_slices)
+    if opts.format == "speedscope":
+        # {"type":"O","frame":N,"at":T}, or a stack of frame indices.
+        return records * 45 + points * 60
+    # A begin event names its frame; an end does not.
+    names = {k: len(scan.tree.label(k)) for *_, keys, _r in scan.tree.timelines or ()
+             for k in keys}
+    name = sum(names.values()) / len(names) if names else 0
+    return int(records * (85 + name / 2)) + points * 110
 
 
 def _report(opts, scan, timeline):
@@ -168,8 +259,15 @@ def _report(opts, scan, timeline):
                           "--instrumented, or call _mark_stack)")
     if fmt.check is not None:
         fmt.check(opts, scan)
+    part = _shown_part(opts)
+    if part:
+        name = f"{name} [{part}]"
     view_info = _View(name, view, stacks, unit, what, losses)
-    _write(opts, lambda out: fmt.write(out, opts, scan, view_info))
+    size = _expected_size(opts, scan, view_info)
+    if size is not None and size > WARN_BYTES:
+        print(f"etwtrace: report: this {opts.format} file will be about {size / 2**20:,.0f} MiB; "
+              "--pid, --tid and --from/--to SECONDS cut a smaller view", file=sys.stderr)
+    _write(opts, lambda out: fmt.write(out, opts, scan, view_info), binary=fmt.binary)
 
 
 class _View:
@@ -192,12 +290,32 @@ def _write_folded(out, opts, scan, v):
 def _write_svg(out, opts, scan, v):
     total = sum(v.stacks.values())
     amount = f"{total / 1e6:.3f} ms" if v.unit == "ns" else f"{total}"
-    out.write(_formats.format_svg(v.stacks, f"etwtrace: {v.name} ({amount}, {v.what})", v.unit))
+    grouped = _formats.thread_groups(_thread_stacks(scan, v.view), scan.threads)
+    out.write(_formats.format_svg(grouped, f"etwtrace: {v.name} ({amount}, {v.what})", v.unit,
+                                  groups=2))
 
 
 def _write_speedscope(out, opts, scan, v):
-    _exports.write_speedscope(out, scan, v.view, v.stacks, v.unit,
-                              f"etwtrace: {v.name} ({v.what})")
+    _exports.write_speedscope(out, scan, v.view, v.unit, f"etwtrace: {v.name} ({v.what})")
+
+
+def _check_pprof(opts, scan):
+    if not opts.output and sys.stdout.isatty():
+        raise ReportError("pprof output is binary: write it with -o FILE")
+
+
+def _write_pprof(out, opts, scan, v):
+    if v.view == "calls":
+        types = [("calls", "count")] + ([("time", "nanoseconds")] if scan.tree.has_times else [])
+        samples = {key: values[:len(types)] for key, values in scan.tree.paths().items()}
+    else:
+        kind, unit = {"samples": ("samples", "count"), "marks": ("marks", "count"),
+                      "off-cpu": ("blocked", "nanoseconds")}[v.view]
+        types = [(kind, unit)]
+        samples = {key: (value,) for key, value in _thread_stacks(scan, v.view).items()}
+    span = (scan.last - scan.first) if scan.first is not None else 0
+    out.write(_pprof.encode(samples, types, duration_ns=span,
+                            comments=[f"etwtrace: {v.name} ({v.what})"]))
 
 
 def _check_chrome(opts, scan):
@@ -211,11 +329,12 @@ def _write_chrome(out, opts, scan, v):
 
 
 class _Format:
-    def __init__(self, write, timeline=False, needs_stacks=True, check=None):
+    def __init__(self, write, timeline=False, needs_stacks=True, check=None, binary=False):
         self.write = write
         self.timeline = timeline          # needs every call's open and close
         self.needs_stacks = needs_stacks
         self.check = check                # raises ReportError before any output
+        self.binary = binary
 
 
 # Every output format: its writer, and what it needs from the scan.
@@ -225,7 +344,28 @@ FORMATS = {
     "speedscope": _Format(_write_speedscope, timeline=True),
     "chrome": _Format(_write_chrome, timeline=True, needs_stacks=False, check=_check_chrome),
     "svg": _Format(_write_svg),
+    "pprof": _Format(_write_pprof, check=_check_pprof, binary=True),
 }
+
+
+def _id_list(text):
+    try:
+        ids = {int(part) for part in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of ids: {text!r}") from None
+    if any(i <= 0 for i in ids):
+        raise argparse.ArgumentTypeError(f"ids are positive: {text!r}")
+    return ids
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (value >= 0 and value < 1e9):
+        raise argparse.ArgumentTypeError(f"not a number of seconds from the start: {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -240,7 +380,8 @@ def main(args):
     parser = _Parser(
         prog="python -m etwtrace report",
         description="Summarise a capture: functions table (text), folded stacks, "
-                    "speedscope or Chrome/Perfetto JSON, or an SVG flame graph.",
+                    "speedscope or Chrome/Perfetto JSON, an SVG flame graph, or a "
+                    "pprof profile; or compare two captures (--diff).",
         epilog="Instrumented captures show exact calls and time (folded/svg values are "
                "exclusive nanoseconds); perf captures show CPU samples; --off-cpu shows "
                "blocked time in nanoseconds.")
@@ -256,10 +397,23 @@ def main(args):
     parser.add_argument("--no-stacktags", action="store_true",
                         help="show interpreter-internal native frames too")
     parser.add_argument("--stacktags", help="stack tags file (default: the bundled one)")
+    parser.add_argument("--pid", type=_id_list, metavar="PID[,PID...]",
+                        help="only these processes")
+    parser.add_argument("--tid", type=_id_list, metavar="TID[,TID...]",
+                        help="only these threads")
+    parser.add_argument("--from", dest="start", type=_seconds, metavar="SECONDS",
+                        help="only from this many seconds after the capture's first event")
+    parser.add_argument("--to", dest="end", type=_seconds, metavar="SECONDS",
+                        help="only until this many seconds after the capture's first event")
+    parser.add_argument("--diff", metavar="BASELINE",
+                        help="compare with the capture BASELINE: which call paths took a "
+                             "larger or smaller share (text, folded or svg)")
     try:
         opts = parser.parse_args(args)
     except SystemExit as ex:
         return 0 if ex.code == 0 else 2
+    if opts.start is not None and opts.end is not None and opts.end <= opts.start:
+        parser.error(f"--to {opts.end:g} is not after --from {opts.start:g}")
     from ._ctf import TraceError
     try:
         run(opts)

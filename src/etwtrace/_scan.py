@@ -24,7 +24,7 @@ import tempfile
 import xml.dom.minidom
 from collections import Counter
 
-from ._calltree import CallTree, TimelineRecords, label_of
+from ._calltree import CallTree, TimelineRecords, label_of, shown
 
 # Native frames where CPython runs a Python frame: where the Python part of
 # an instrumented capture's stack goes.
@@ -44,6 +44,15 @@ def clean_symbol(sym):
 
 class ReportError(Exception):
     pass
+
+
+# The stack views, by the event that makes their stacks.
+_VIEWS = {"SampledProfile": "samples", "PythonStackSample": "marks", "CSwitch": "offcpu"}
+
+
+def mark_frame(text):
+    """The frame a stack mark's text becomes, atop the stack it took."""
+    return f"mark: {shown(text)}"
 
 
 def load_stacktags(path):
@@ -82,20 +91,42 @@ class _Ranges:
         return None
 
 
+class Cut:
+    """The part of a capture a report shows: processes, threads (None for
+    all) and a time window [start, end) in absolute nanoseconds."""
+
+    def __init__(self, pids=None, tids=None, start=0, end=2**64 - 1):
+        self.pids, self.tids, self.start, self.end = pids, tids, start, end
+
+    def process(self, pid):
+        return self.pids is None or pid in self.pids
+
+    def thread(self, pid, tid):
+        return self.process(pid) and (self.tids is None or tid in self.tids)
+
+    def holds(self, pid, tid, ts):
+        return self.start <= ts < self.end and self.thread(pid, tid)
+
+
+ALL = Cut()
+
+
 class Scan:
-    """Reads a capture once.  Views:
+    """Reads a capture once (the part `cut` selects).  Views:
 
     samples / marks / offcpu: Counter of root-first frame tuples (count, count,
-        blocked ns);
+        blocked ns); by_thread: the same per thread, {view name: Counter of
+        ((pid, tid), frames)}; stack marks end with a `mark: TEXT` frame;
     tree: the instrumented call tree (CallTree), empty without pushes;
     threads: {(pid, tid): name}; instants: (pid, tid, ts, text);
     ranges: (pid, tid, start, end, text); offcpu_slices: (pid, tid, start,
-        end, label); sample_points: (pid, tid, ts, frames, event name) of CPU
+        end, frames); sample_points: (pid, tid, ts, frames, event name) of CPU
         samples and stack marks (timeline only).
     """
 
-    def __init__(self, path, tags, timeline=False, progress=None):
+    def __init__(self, path, tags, timeline=False, progress=None, cut=ALL):
         self.tags = tags
+        self.cut = cut
         self.timeline = timeline
         self.tree = CallTree(timeline=timeline)
         self.threads = {}
@@ -133,19 +164,26 @@ class Scan:
         from ._ctfdecode import Merge
         from ._trace import Event, builtin_streams, perf_events
         tree = self.tree
+        cut = self.cut
         timed = {}
         sources = []
         # Each built-in stream is folded in C (pushes and pops into the call
         # tree); its other events are merged in time order with perf's.
         for pid, stream, version in builtin_streams(path):
+            if not cut.process(pid):
+                continue
             # A thread's timeline goes to a file of its own, read back as it
             # is written out: memory does not grow with the trace.
             records = tempfile.TemporaryFile() if self.timeline else None
             if records is not None:
                 self._timeline_files.append(records)
-            folded, events = fold_stream(stream, pid, Event, version, timeline=records)
+            folded, events = fold_stream(stream, pid, Event, version, timeline=records,
+                                         start=cut.start, end=cut.end)
             if records is not None:
                 folded["timeline"] = TimelineRecords(records, folded["timeline"])
+            sources.append(events)
+            if not cut.thread(pid, folded["tid"]):
+                continue    # its PythonFunction events still name others' frames
             trace_dir = os.path.dirname(stream)
             if trace_dir not in timed:
                 timed[trace_dir] = has_call_times(trace_dir)
@@ -154,7 +192,6 @@ class Scan:
                 self._call_streams[(pid, folded["tid"])] = (stream, version)
                 self.threads.setdefault((pid, folded["tid"]),
                                         self._thread_name(pid, folded["tid"]))
-            sources.append(events)
             update = progress and progress.reader(stream)
             if update:
                 update(os.path.getsize(stream))
@@ -163,10 +200,14 @@ class Scan:
             sources.append(perf)
         for e in Merge(sources):
             name = e.name
+            if name != "PythonFunction" and not cut.holds(e.pid, e.tid, e.timestamp):
+                continue
             if self.first is None:
                 self.first = e.timestamp
             self.last = e.timestamp
             if name == "PythonFunction":
+                if not cut.process(e.pid):
+                    continue
                 f = e.fields
                 tree.function(e.pid, f)
                 self._ranges.setdefault(e.pid, _Ranges()).add(
@@ -202,7 +243,8 @@ class Scan:
         python = (_AT, e.tid, e.timestamp) if (e.pid, e.tid) in self._call_streams else ()
         if not raw and not python:
             return
-        key = (e.pid, raw, python)
+        mark = e.fields.get("Mark") if e.name == "PythonStackSample" else None
+        key = (e.pid, e.tid, raw, python, mark)
         self._raw[e.name][key] += weight
         if self.timeline:
             end = e.timestamp + (weight if e.name == "CSwitch" else 0)
@@ -231,7 +273,7 @@ class Scan:
         of the calls open on that thread at that time."""
         wanted = {}
         for raw in self._raw.values():
-            for pid, _stack, python in raw:
+            for pid, _tid, _stack, python, _mark in raw:
                 if python and python[0] is _AT:
                     wanted.setdefault((pid, python[1]), set()).add(python[2])
         if not wanted:
@@ -248,9 +290,10 @@ class Scan:
         for kind, raw in self._raw.items():
             resolved = Counter()
             for key, weight in raw.items():
-                pid, stack, python = key
+                pid, tid, stack, python, mark = key
                 if python and python[0] is _AT:
-                    new = renamed[key] = (pid, stack, open_at[(pid, python[1], python[2])])
+                    new = renamed[key] = (pid, tid, stack, open_at[(pid, python[1], python[2])],
+                                          mark)
                     resolved[new] += weight
                 else:
                     resolved[key] += weight
@@ -265,15 +308,20 @@ class Scan:
                 self.ranges.append((pid, tid, start, self.last, text))
         names = {}
         views = {}
+        self.by_thread = {}
         for kind, raw in self._raw.items():
             named = Counter()
+            threads = Counter()
             for key, weight in raw.items():
                 frames = names.get(key)
                 if frames is None:
                     frames = names[key] = self._name(*key)
                 if frames:
                     named[frames] += weight
+                    threads[((key[0], key[1]), frames)] += weight
+                    self.threads.setdefault(key[:2], self._thread_name(*key[:2]))
             views[kind] = named
+            self.by_thread[_VIEWS[kind]] = threads
         self.samples = views["SampledProfile"]
         self.marks = views["PythonStackSample"]
         self.offcpu = views["CSwitch"]
@@ -283,13 +331,14 @@ class Scan:
                 continue
             self.threads.setdefault((pid, tid), self._thread_name(pid, tid))
             if kind == "CSwitch":
-                self.offcpu_slices.append((pid, tid, start, end, frames[-1]))
+                self.offcpu_slices.append((pid, tid, start, end, frames))
             else:
                 self.sample_points.append((pid, tid, start, frames, kind))
         self._raw = self._raw_points = None
 
-    def _name(self, pid, raw, python):
-        """Root-first frame labels of one raw stack."""
+    def _name(self, pid, tid, raw, python, mark):
+        """Root-first frame labels of one raw stack (a stack mark's text
+        last)."""
         ranges = self._ranges.get(pid)
         tags = self.tags
         frames = []
@@ -315,6 +364,8 @@ class Scan:
             # No evaluator frame seen (a stack mark, or a short native
             # stack): the Python calls go first.
             frames[:0] = python
+        if mark and frames:
+            frames.append(mark_frame(mark))
         return tuple(frames)
 
 

@@ -25,6 +25,17 @@ def builtin_streams(path):
     return streams
 
 
+def capture_start(path):
+    """The timestamp of the capture's first event (of any recorder), or
+    None for a capture without events: the origin of report's --from/--to."""
+    starts = [_ctf.stream_start(stream, version) for _, stream, version in builtin_streams(path)]
+    perf = perf_events(path)
+    if perf is not None:
+        starts.append(next((e.timestamp for e in perf), None))
+    starts = [s for s in starts if s is not None]
+    return min(starts) if starts else None
+
+
 def perf_events(path, progress=None):
     """The events of the capture's perf.script (None when perf did not
     record), without the stack-sample probe's copies of the built-in

@@ -7,7 +7,9 @@
  * gives every open and close of a call as packed 16-byte records
  * (ts, node, kind), properly nested whatever the pops were: written to the
  * file descriptor `timeline_fd` as they come (so memory does not grow
- * with the trace), or returned as bytes when it is -1.  Memory is bounded by
+ * with the trace), or returned as bytes when it is -1.  With start/end, only
+ * calls made in [start, end) count and only time inside it is added (the
+ * report's --from/--to).  Memory is bounded by
  * the number of distinct paths and the deepest stack, not by the number of
  * events.  The few other events (functions, threads, marks, stack samples)
  * are returned decoded, for Python to order and name.
@@ -253,6 +255,7 @@ typedef struct {
 typedef struct {
     int64_t node;
     uint64_t start, child_time;
+    int opened;             /* its open is on the timeline */
 } OpenCall;
 
 /* One open or close of a call, for timelines: 16 bytes, returned to Python
@@ -279,7 +282,15 @@ typedef struct {
     uint64_t first_ts, last_ts;
     TimelineRecord *records;
     size_t n_records, cap_records;
+    uint64_t from, to;      /* the window shown: calls made in [from, to),
+                             * time spent in it */
 } Tree;
+
+static uint64_t
+clamp(uint64_t ts, const Tree *t)
+{
+    return ts < t->from ? t->from : ts > t->to ? t->to : ts;
+}
 
 static size_t
 slot_of(int64_t parent, uint32_t fid, size_t cap)
@@ -423,14 +434,20 @@ tree_push(Tree *t, uint32_t fid, uint64_t ts)
         t->stack = stack;
         t->cap_stack = cap;
     }
-    if (tree_record(t, node, ts, 0) < 0) {
-        return -1;
+    /* Calls outside the window stay on the stack (they give the paths of
+     * calls inside it) but are not counted. */
+    int inside = ts >= t->from && ts < t->to;
+    if (inside) {
+        if (tree_record(t, node, ts, 0) < 0) {
+            return -1;
+        }
+        t->nodes[node].calls++;
+        t->calls++;
     }
-    t->nodes[node].calls++;
-    t->calls++;
     t->stack[t->depth].node = node;
     t->stack[t->depth].start = ts;
     t->stack[t->depth].child_time = 0;
+    t->stack[t->depth].opened = inside;
     t->depth++;
     return 0;
 }
@@ -439,14 +456,15 @@ static int
 tree_close(Tree *t, uint64_t ts)
 {
     OpenCall *call = &t->stack[--t->depth];
-    uint64_t duration = ts > call->start ? ts - call->start : 0;
+    uint64_t start = clamp(call->start, t), end = clamp(ts, t);
+    uint64_t duration = end > start ? end - start : 0;
     Node *n = &t->nodes[call->node];
     n->inclusive += duration;
     n->exclusive += duration > call->child_time ? duration - call->child_time : 0;
     if (t->depth) {
         t->stack[t->depth - 1].child_time += duration;
     }
-    return tree_record(t, call->node, ts, 1);
+    return call->opened ? tree_record(t, call->node, end, 1) : 0;
 }
 
 /* Where the pop of fid lands: the depth to close down to (exclusive), or
@@ -704,10 +722,13 @@ head_size_of(int version)
 
 static PyObject *
 fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, int mapped,
-          int version, const unsigned char *tail, size_t tail_size, int timeline_fd)
+          int version, const unsigned char *tail, size_t tail_size, int timeline_fd,
+          uint64_t from, uint64_t to)
 {
     Tree tree;
     memset(&tree, 0, sizeof tree);
+    tree.from = from;
+    tree.to = to;
     Cursor c;
     memset(&c, 0, sizeof c);
     c.data = data;
@@ -813,13 +834,15 @@ fold(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
     static char *keywords[] = {"path", "timeline", "version", "length", "tail", "timeline_fd",
-                               NULL};
+                               "start", "end", NULL};
     PyObject *path;
     int timeline = 0, version = ETW_FORMAT_VERSION, timeline_fd = -1;
     Py_ssize_t length = -1;
     Py_buffer tail = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pinz*i:fold", keywords, &path, &timeline,
-                                     &version, &length, &tail, &timeline_fd)) {
+    unsigned long long from = 0, to = UINT64_MAX;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pinz*iKK:fold", keywords, &path,
+                                     &timeline, &version, &length, &tail, &timeline_fd,
+                                     &from, &to)) {
         return NULL;
     }
     FileData file;
@@ -829,7 +852,8 @@ fold(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     size_t size = length >= 0 && (size_t)length < file.size ? (size_t)length : file.size;
     PyObject *result = fold_data(path, file.data, size, timeline, 1, version, tail.buf,
-                                 tail.buf != NULL ? (size_t)tail.len : 0, timeline_fd);
+                                 tail.buf != NULL ? (size_t)tail.len : 0, timeline_fd,
+                                 (uint64_t)from, (uint64_t)to);
     PyBuffer_Release(&tail);
     unmap_file(&file);
     return result;
