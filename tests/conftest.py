@@ -80,6 +80,28 @@ def need_tool(name):
         pytest.skip(f"{name} is not installed")
 
 
+REQUIRE_CLIENTS = os.environ.get("ETWTRACE_REQUIRE_CLIENTS") == "1"
+
+
+def need_client(name):
+    """Skips the calling test where `name` (bpftrace, go, chromium: a real
+    client an export is checked with) is not installed; under
+    ETWTRACE_REQUIRE_CLIENTS=1 (CI's host run) that is a failure instead."""
+    if shutil.which(name) is None:
+        if REQUIRE_CLIENTS:
+            pytest.fail(f"{name} is required here (ETWTRACE_REQUIRE_CLIENTS=1) but not installed")
+        pytest.skip(f"{name} is not installed")
+
+
+def client_env(**extra):
+    """The environment for a client program: without the sanitizer runtime
+    the ASan run preloads into the tests' processes."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "PYTHONMALLOC")}
+    env.update(extra)
+    return env
+
+
 def run_etwtrace(*args, cwd=SCRIPTS, env=None, timeout=300, check=False):
     full_env = dict(os.environ)
     full_env.update(env or {})
@@ -92,6 +114,14 @@ def run_etwtrace(*args, cwd=SCRIPTS, env=None, timeout=300, check=False):
         raise AssertionError(
             f"etwtrace {args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def report_output(path, *args):
+    """stdout of a report that must succeed without a traceback."""
+    proc = run_etwtrace("report", path, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
 
 
 class Capture:

@@ -172,6 +172,32 @@ def test_deep_pushes_and_unmatched_pops(tmp_path):
     assert [k for _, _, k in records] == [0] * depth + [1] * depth
 
 
+def test_a_time_window_counts_calls_made_in_it_and_time_spent_in_it(tmp_path):
+    """report --from/--to: fold(start, end) counts the calls that began in
+    [start, end) and adds only the time inside it; calls around the window
+    still give the paths of those inside."""
+    events = (_push(1, 10) + _push(2, 20) + _pop(2, 30)      # 2 before the window
+              + _push(3, 40) + _push(2, 50) + _pop(2, 60)    # 3 straddles its start
+              + _pop(3, 70) + _push(2, 80) + _pop(2, 120)    # 2 straddles its end
+              + _push(4, 130) + _pop(4, 140) + _pop(1, 150))
+    path = _write(tmp_path, _packet(events))
+    folded = _ctfdecode.fold(path, timeline=True, start=45, end=100)
+    paths = _paths(folded["nodes"])
+    # 1 and 3 began before 45: no calls, but their time inside the window.
+    assert paths[(1,)] == (0, 55, 55 - 25 - 20)
+    assert paths[(1, 3)] == (0, 25, 15)
+    assert paths[(1, 3, 2)] == (1, 10, 10)
+    assert paths[(1, 2)] == (1, 20, 20)                 # 80..100 of 80..120
+    assert paths.get((1, 4), (0, 0, 0)) == (0, 0, 0)    # after the window
+    assert folded["calls"] == 2
+    fid = [n[1] for n in folded["nodes"]]
+    got = [(ts, "OC"[kind], fid[node])
+           for ts, node, kind in struct.iter_unpack("<QII", folded["timeline"])]
+    # Only the calls made in the window, closed at its end at the latest.
+    assert got == [(50, "O", 2), (60, "C", 2), (80, "O", 2), (100, "C", 2)]
+    assert _paths(_ctfdecode.fold(path)["nodes"])[(1,)][0] == 1     # the whole stream
+
+
 def test_timeline_records_are_nested_whatever_the_pops(tmp_path):
     events = (_pop(5, 5) + _push(1, 10) + _push(2, 20) + _push(3, 30)
               + _pop(2, 40)     # 3's pop was lost: 3 then 2 close at 40

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 import etwtrace._etwtrace as native
-from conftest import SCRIPTS, need_perf, need_tool, run_etwtrace
+from conftest import SCRIPTS, client_env, need_client, need_perf
 
 LIBRARY = native.__file__
 
@@ -40,9 +40,9 @@ def _root():
 
 
 def test_every_probe_is_in_the_library_with_at_most_six_arguments():
-    need_tool("readelf")
+    need_client("readelf")
     notes = subprocess.run(["readelf", "-n", LIBRARY], stdout=subprocess.PIPE,
-                           encoding="utf-8", check=True).stdout
+                           encoding="utf-8", check=True, env=client_env()).stdout
     found = {}
     for name, args in re.findall(r"Provider: etwtrace\s+Name: (\w+)\s+Location: .*?"
                                  r"Arguments: ([^\n]*)", notes, re.S):
@@ -65,7 +65,7 @@ def _bpftrace(program, command):
     """Runs bpftrace on `program` while `command` runs; its output."""
     bt = subprocess.Popen(["bpftrace", "-e", program], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
-                          start_new_session=True)
+                          start_new_session=True, env=client_env())
     try:
         # bpftrace says "Attaching N probes..." before it attaches them.
         first = bt.stdout.readline()
@@ -84,7 +84,7 @@ def _bpftrace(program, command):
 
 
 def test_bpftrace_reads_every_argument_of_the_probes():
-    need_tool("bpftrace")
+    need_client("bpftrace")
     _root()
     lib = LIBRARY
     program = (
@@ -125,7 +125,7 @@ def test_bpftrace_reads_every_argument_of_the_probes():
 
 
 def test_bpftrace_reads_stack_marks_and_their_text():
-    need_tool("bpftrace")
+    need_client("bpftrace")
     _root()
     program = f'usdt:{LIBRARY}:etwtrace:stack_sample {{ printf("K %s\\n", str(arg0)); }}'
     out = _bpftrace(program, [sys.executable, "-m", "etwtrace", "--", "by_arg.py", "a", "c"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCRIPTS, need_perf, run_etwtrace
+from conftest import SCRIPTS, need_perf, report_output, run_etwtrace
 
 
 def _folded(text):
@@ -29,11 +29,7 @@ def _name(frame):
     return frame.split(" (")[0]
 
 
-def _report(path, *args):
-    proc = run_etwtrace("report", path, *args)
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return proc.stdout
+_report = report_output
 
 
 def check_speedscope(doc):

@@ -80,7 +80,8 @@ def calls_table(functions, limit=40, times=True):
     """Instrumented call statistics: exact calls, inclusive and exclusive
     time per function (by calls alone when `times` is false: recorded
     without call times), then the callers and callees of the busiest."""
-    rows = sorted(functions.values(),
+    # (A cut view keeps the paths of calls made outside it, without calls.)
+    rows = sorted((s for s in functions.values() if s.calls or s.inclusive),
                   key=lambda s: (-(s.inclusive if times else s.calls), s.label))
     total_calls = sum(s.calls for s in rows)
     time_heads = f" {'incl ms':>11} {'excl ms':>11} {'ms/call':>9}" if times else ""
@@ -94,9 +95,11 @@ def calls_table(functions, limit=40, times=True):
     for s in rows if limit is None else rows[:min(limit, 10)]:
         out.append(f"  {s.label}")
         for label, n in s.callers.most_common(5):
-            out.append(f"      <- {n:>8}  {label}")
+            if n:
+                out.append(f"      <- {n:>8}  {label}")
         for label, n in s.callees.most_common(5):
-            out.append(f"      -> {n:>8}  {label}")
+            if n:
+                out.append(f"      -> {n:>8}  {label}")
     return out
 
 
@@ -184,10 +187,10 @@ def format_svg(stacks, title, unit="samples", min_width=0.1, groups=0, color_of=
         f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" height="{height}" '
         f'font-family="monospace" font-size="11">',
         f'<rect id="background" width="100%" height="{height}" fill="#fdfdf6"/>',
-        f'<text x="50%" y="16" text-anchor="middle" font-size="14">'
+        '<text x="50%" y="16" text-anchor="middle" font-size="14">'
         f'{html.escape(title)}</text>',
-        f'<text x="100%" dx="-10" y="16" text-anchor="end" font-size="10" fill="#777">'
-        f'click a frame to zoom, the background to reset</text>',
+        '<text x="100%" dx="-10" y="16" text-anchor="end" font-size="10" fill="#777">'
+        'click a frame to zoom, the background to reset</text>',
     ]
     # Iterative, so stacks deeper than Python's recursion limit draw too.
     todo = [(tree, 10.0, 0, ())]
