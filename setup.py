@@ -37,6 +37,57 @@ extra_compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-g", "-fno-stric
 extra_compile_args += os.environ.get("ETWTRACE_CFLAGS", "").split()
 extra_link_args = os.environ.get("ETWTRACE_LDFLAGS", "").split()
 
+
+
+def sampler_extension():
+    """etwtrace._sampler (the BPF sampler of --sampled), or None where this
+    machine cannot build it: it needs clang (for the BPF program) and
+    libbpf's headers (Debian: clang libbpf-dev).  The package works without
+    it; --sampled then says what is missing."""
+    import shutil
+    import subprocess
+    sampler = f"{NATIVE}/sampler"
+    why = None
+    if os.environ.get("ETWTRACE_NO_SAMPLER") == "1":
+        why = "ETWTRACE_NO_SAMPLER=1"
+    elif shutil.which("clang") is None:
+        why = "clang is not installed"
+    elif not os.path.exists("/usr/include/bpf/libbpf.h"):
+        why = "libbpf's headers are not installed (libbpf-dev)"
+    out = os.path.join("build", "etwtrace-sampler")
+    if why is None:
+        os.makedirs(out, exist_ok=True)
+        obj = os.path.join(out, "sampler.bpf.o")
+        arch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+        r = subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86",
+                            f"-I/usr/include/{arch}", "-c", f"{sampler}/sampler.bpf.c",
+                            "-o", obj], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            why = "clang could not compile the BPF program: " + \
+                r.stdout.decode(errors="replace").strip().splitlines()[-1]
+        else:
+            with open(obj, "rb") as f:
+                data = f.read()
+            with open(os.path.join(out, "sampler_object.h"), "w") as f:
+                f.write("/* Made by setup.py from sampler.bpf.c: the BPF object. */\n")
+                f.write("static const unsigned char etw_sampler_object[] = {\n")
+                for i in range(0, len(data), 16):
+                    f.write("    " + ", ".join(str(b) for b in data[i:i + 16]) + ",\n")
+                f.write("};\n")
+    if why is not None:
+        print(f"etwtrace: not building the BPF sampler (--sampled): {why}", file=sys.stderr)
+        return None
+    return Extension(
+        "etwtrace._sampler",
+        sources=[f"{sampler}/module.c"],
+        include_dirs=[out, sampler],
+        depends=[f"{sampler}/sampler.h", f"{sampler}/sampler.bpf.c"],
+        extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args,
+        libraries=["bpf"],
+    )
+
+
 setup(
     ext_modules=[
         Extension(
@@ -68,5 +119,5 @@ setup(
             extra_compile_args=extra_compile_args,
             extra_link_args=extra_link_args,
         ),
-    ],
+    ] + [e for e in (sampler_extension(),) if e is not None],
 )

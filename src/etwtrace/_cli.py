@@ -28,6 +28,14 @@ Usage: python -m etwtrace [options] -- script.py [args...]
     --recorder WHICH      auto (perf where installed and permitted, else
                           builtin), perf, or builtin (no privileges needed)
     --preset NAME         Recording profile preset: Default, CPU or Minimal
+    --sampled             Hook-free sampling (CPython 3.13+, root): a BPF program
+                          reads Python stacks at each CPU sample; needs --capture
+    --rate HZ             With --sampled: samples per second (default 999)
+
+Usage: python -m etwtrace --sampled --pid PID [--duration SECONDS] [--rate HZ] --capture PATH
+
+    Samples a running CPython 3.13+ (launched with etwtrace or not) until it
+    ends, Ctrl-C, or the duration; the program runs on untouched.
 
 Usage: python -m etwtrace --enable [ENABLE_VAR [TYPE_VAR]]
 
@@ -230,7 +238,7 @@ def _parse(args):
     opts = {
         "mode": None, "capture": None, "recorder": "auto", "preset": "Default",
         "target": None, "info": False, "unused": [], "c_calls": False,
-        "call_times": True,
+        "call_times": True, "rate": None, "pid": None, "duration": None,
     }
     actions = []
 
@@ -264,6 +272,12 @@ def _parse(args):
             opts["c_calls"] = True
         elif arg == "--no-call-times":
             opts["call_times"] = False
+        elif arg == "--sampled":
+            opts["mode"] = "sampled"
+        elif arg in ("--rate", "--pid", "--duration") or \
+                arg.startswith(("--rate=", "--pid=", "--duration=")):
+            name = arg.partition("=")[0][2:]
+            opts[name] = orig.partition("=")[2] or value(orig)
         elif arg == "--capture" or arg.startswith("--capture="):
             opts["capture"] = orig.partition("=")[2] or value(orig)
             if not opts["capture"].strip():
@@ -334,6 +348,8 @@ def main(args=None):
             _say(f"WARNING: The following arguments were not used: {shown}")
             return 1
         target = opts["target"]
+        if opts["mode"] == "sampled" or opts["rate"] or opts["pid"] or opts["duration"]:
+            return _run_sampled(opts, target)
         if target is None:
             if opts["capture"]:
                 raise UsageError("--capture needs a program to run after --")
@@ -374,6 +390,43 @@ def main(args=None):
     except (UsageError, _env.EnvError) as ex:
         _say(f"etwtrace: error: {ex}")
         return 2
+
+
+def _positive(option, text, kind, most):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise UsageError(f"{option} takes a number, not {text!r}") from None
+    if not (0 < value <= most):
+        raise UsageError(f"{option} {text}: out of range (above 0, at most {most:g})")
+    return value
+
+
+def _run_sampled(opts, target):
+    """--sampled: hook-free sampling of a program it runs or of --pid."""
+    from . import _capture, _sampled
+    if opts["mode"] != "sampled":
+        used = [f"--{o}" for o in ("rate", "pid", "duration") if opts[o]]
+        raise UsageError(f"{', '.join(used)} needs --sampled")
+    if not opts["capture"]:
+        raise UsageError("--sampled records into a capture: add --capture PATH")
+    if (opts["pid"] is None) == (target is None):
+        raise UsageError("--sampled takes a program to run after --, or --pid PID (not both)")
+    if opts["duration"] is not None and opts["pid"] is None:
+        raise UsageError("--duration is for --pid (a program it runs is sampled to its end)")
+    rate = _sampled.DEFAULT_RATE
+    if opts["rate"] is not None:
+        rate = _positive("--rate", opts["rate"], int, _sampled.MAX_RATE)
+    pid = _positive("--pid", opts["pid"], int, 2**22) if opts["pid"] is not None else None
+    duration = (_positive("--duration", opts["duration"], float, 1e7)
+                if opts["duration"] is not None else None)
+    if target is not None:
+        check_target(target)
+    try:
+        return _sampled.run(opts["capture"], rate, _say, pid=pid, target=target,
+                            duration=duration)
+    except (_sampled.SampledError, _capture.CaptureError) as ex:
+        raise UsageError(str(ex)) from None
 
 
 def exit_as(status):

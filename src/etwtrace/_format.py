@@ -30,7 +30,8 @@ def markdown_table():
         names = [f for f, t in row["fields"] if t != "ADDRESSES"]
         text = ", ".join(names)
         if any(t == "ADDRESSES" for _, t in row["fields"]):
-            text += ", plus the native stack"
+            text += (", plus the native stack" if names
+                     else "the stack: native and Python frames (from --sampled)")
         lines.append(f"| {shown} | {text} |")
     return "\n".join(lines) + "\n"
 

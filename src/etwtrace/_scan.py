@@ -210,8 +210,14 @@ class Scan:
                     continue
                 f = e.fields
                 tree.function(e.pid, f)
+                if f.get("IsPythonCode", 1):
+                    named = label_of(f)
+                else:
+                    # A native function the BPF sampler's samples land in:
+                    # named as perf names native frames.
+                    named = (f["Name"], f["SourceFile"])
                 self._ranges.setdefault(e.pid, _Ranges()).add(
-                    f["BeginAddress"], f["EndAddress"], label_of(f))
+                    f["BeginAddress"], f["EndAddress"], named)
             elif name in self._raw:
                 self._stack_event(e)
             elif name == "PythonThread":
@@ -345,11 +351,13 @@ class Scan:
         for ip, sym, dso in reversed(raw):
             if ip == 0xFFFFFFFFFFFFFFFF:
                 continue    # perf's marker for an unwind that stopped early
-            sym = clean_symbol(sym)
             label = ranges.find(ip) if ranges else None
-            if label is not None:
+            if isinstance(label, tuple):
+                sym, dso = label        # a native function the sampler described
+            elif label is not None:
                 frames.append(label)
                 continue
+            sym = clean_symbol(sym)
             if python and sym in EVAL_SYMBOLS:
                 frames.extend(python)
                 python = ()

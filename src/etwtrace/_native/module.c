@@ -237,7 +237,28 @@ close_stream_at_exit(void)
     }
 }
 
+/* The CTF metadata of a trace of process `pid`: for writers other than the
+ * recorder (the BPF sampler's captures) to declare the same format. */
+static PyObject *
+etw_ctf_metadata(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int pid, call_times = 1;
+    if (!PyArg_ParseTuple(args, "i|p:ctf_metadata", &pid, &call_times)) {
+        return NULL;
+    }
+    char text[16384];
+    int len = etw_format_metadata(text, sizeof text, pid, call_times);
+    if (len < 0 || (size_t)len >= sizeof text) {
+        return PyErr_Format(PyExc_RuntimeError, "CTF metadata longer than %zu bytes",
+                            sizeof text);
+    }
+    return PyBytes_FromStringAndSize(text, len);
+}
+
 static PyMethodDef module_methods[] = {
+    {"ctf_metadata", etw_ctf_metadata, METH_VARARGS,
+     "ctf_metadata(pid, call_times=True): a trace's CTF metadata text (bytes)."},
     {"enable", (PyCFunction)(void (*)(void))etw_enable, METH_VARARGS | METH_KEYWORDS,
      "enable(mode='stack', capture_dir=None, c_calls=False, call_times=True, sessions=True)\n"
      "--\n\n"

@@ -87,6 +87,10 @@ typedef enum { ETW_FIELD_TYPES(ETW_TYPE_ENUM) ETW_T_COUNT } EtwFieldType;
     F(IsPythonCode, U8) F(SourceFile, STRING) F(Name, STRING)
 #define ETW_FIELDS_MARK(F) F(Mark, STRING)
 #define ETW_FIELDS_STACK_SAMPLE(F) F(Mark, STRING) F(Stack, ADDRESSES)
+/* A CPU sample taken by the BPF sampler (--sampled) on the stream's thread:
+ * native addresses and, for Python frames, addresses inside the ranges of
+ * the sampler's PythonFunction events; leaf first, as perf's. */
+#define ETW_FIELDS_SAMPLED_PROFILE(F) F(Stack, ADDRESSES)
 #define ETW_FIELDS_PUSH(F) F(FunctionID, U32) F(Caller, U32) F(CallerLine, U32)
 #define ETW_FIELDS_POP(F) F(FunctionID, U32)
 /* Compact push: its Caller is the innermost open push of the stream (the
@@ -108,7 +112,9 @@ typedef enum { ETW_FIELD_TYPES(ETW_TYPE_ENUM) ETW_T_COUNT } EtwFieldType;
     E(PUSH_COMPACT, 9, "PythonFunctionPush.compact", "PythonFunctionPush", NULL,            \
       ETW_FIELDS_PUSH_COMPACT)                                                              \
     E(POP_COMPACT, 10, "PythonFunctionPop.compact", "PythonFunctionPop", NULL,              \
-      ETW_FIELDS_POP_COMPACT)
+      ETW_FIELDS_POP_COMPACT)                                                               \
+    E(SAMPLED_PROFILE, 11, "SampledProfile", "SampledProfile", NULL,                        \
+      ETW_FIELDS_SAMPLED_PROFILE)
 
 #define ETW_EVENT_ENUM(sym, id, ctf, name, opcode, fields) ETW_EV_##sym = id,
 enum { ETW_EVENTS(ETW_EVENT_ENUM) };

@@ -1,0 +1,111 @@
+"""Writes per-thread CTF streams of etwtrace's format from Python: the BPF
+sampler's captures (the recorder writes its own in C).  Every event gets
+an extended header (its full id and timestamp); packets are at most 64 KiB,
+as the recorder's, so every reader of captures reads these unchanged."""
+
+import os
+import struct
+
+from ._ctfdecode import EVENTS
+
+MAGIC = 0xC1FC1FC1
+HEAD = struct.Struct("<IIQQQQQQI")     # format version 2 (trace_format.h)
+PACKET_BYTES = 64 * 1024
+EXTENDED_ID = 31
+_EXTENDED = struct.Struct("<BIQ")
+
+EVENT_ID = {ctf_name: event_id for event_id, ctf_name, *_ in EVENTS}
+
+
+class TraceWriter:
+    """ctf/pid-PID/ of one process: its metadata and a stream per thread."""
+
+    def __init__(self, ctf_root, pid):
+        from ._etwtrace import ctf_metadata
+        self.dir = os.path.join(ctf_root, f"pid-{pid}")
+        os.makedirs(self.dir, mode=0o700)
+        _write_new(os.path.join(self.dir, "metadata"), ctf_metadata(pid))
+        self.streams = {}
+
+    def stream(self, tid):
+        s = self.streams.get(tid)
+        if s is None:
+            s = self.streams[tid] = StreamWriter(
+                os.path.join(self.dir, f"stream-{len(self.streams)}-tid-{tid}"),
+                len(self.streams), tid)
+        return s
+
+    def close(self):
+        for s in self.streams.values():
+            s.close()
+
+
+class StreamWriter:
+    def __init__(self, path, stream_id, tid):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self.stream_id = stream_id
+        self.tid = tid
+        self.seq = 0
+        self.events = []
+        self.used = HEAD.size
+        self.first = self.last = None
+
+    def function(self, ts, function_id, begin, end, line, is_python, file, name):
+        self._event("PythonFunction", ts, struct.pack("<IQQIB", function_id, begin, end, line,
+                                                      1 if is_python else 0)
+                    + _text(file) + _text(name))
+
+    def sample(self, ts, payload):
+        """A SampledProfile event; payload: sample_payload(stack)."""
+        self._event("SampledProfile", ts, payload)
+
+    def _event(self, ctf_name, ts, payload):
+        data = _EXTENDED.pack(EXTENDED_ID, EVENT_ID[ctf_name], ts) + payload
+        if self.used + len(data) + 4 > PACKET_BYTES and self.events:
+            self.flush()
+        if self.first is None:
+            self.first = ts
+        self.last = ts
+        self.events.append(data)
+        self.used += len(data)
+
+    def flush(self):
+        if not self.events:
+            return
+        body = b"".join(self.events)
+        content = HEAD.size + len(body)
+        padded = (content + 7) & ~7
+        head = HEAD.pack(MAGIC, self.stream_id, self.first, self.last, content * 8,
+                         padded * 8, self.seq, 0, self.tid)
+        data = head + body + b"\0" * (padded - content)
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.seq += 1
+        self.events = []
+        self.used = HEAD.size
+        self.first = self.last = None
+
+    def close(self):
+        if self.fd >= 0:
+            try:
+                self.flush()
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+
+
+def sample_payload(stack):
+    """A SampledProfile event's payload: its stack, leaf first."""
+    return struct.pack(f"<I{len(stack)}Q", len(stack), *stack)
+
+
+def _text(value):
+    return value.encode("utf-8", "surrogateescape").replace(b"\0", b"?") + b"\0"
+
+
+def _write_new(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)

@@ -1,0 +1,171 @@
+"""Symbols of ELF files: the sampler's lookups of `_PyRuntime` in a running
+CPython and of the native functions its samples land in.
+
+Reads .symtab (or .dynsym when stripped) of 64-bit little-endian ELF
+files: the symbols of functions and objects, by address.
+"""
+
+import bisect
+import struct
+
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_SYM = struct.Struct("<IBBHQQ")
+_PHDR = struct.Struct("<IIQQQQQQ")
+SHT_SYMTAB, SHT_DYNSYM = 2, 11
+STT_OBJECT, STT_FUNC = 1, 2
+PT_LOAD = 1
+
+
+class ElfError(Exception):
+    pass
+
+
+class Symbols:
+    """A file's function and object symbols: find(name) -> address (as
+    linked), lookup(address) -> name of the function containing it."""
+
+    def __init__(self, path):
+        self.path = path
+        self.by_name = {}
+        starts = []
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as ex:
+            raise ElfError(f"{path}: {ex.strerror}") from None
+        if len(data) < _EHDR.size or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+            raise ElfError(f"{path}: not a 64-bit little-endian ELF file")
+        (_ident, _type, _machine, _version, _entry, phoff, shoff, _flags, _ehsize,
+         phentsize, phnum, shentsize, shnum, _shstrndx) = _EHDR.unpack_from(data)
+        # The first loadable segment's address, less its file offset: what
+        # a mapping's start less its offset gives back (the load bias).
+        self.first_load = None
+        for i in range(phnum):
+            p = _PHDR.unpack_from(data, phoff + i * phentsize)
+            if p[0] == PT_LOAD:
+                self.first_load = (p[3], p[2])      # vaddr, offset
+                break
+        sections = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
+        tables = [s for s in sections if s[1] == SHT_SYMTAB] or \
+            [s for s in sections if s[1] == SHT_DYNSYM]
+        for sh in tables:
+            strtab = sections[sh[6]]
+            str_off = strtab[4]
+            offset, size, entsize = sh[4], sh[5], sh[9] or _SYM.size
+            for pos in range(offset, offset + size, entsize):
+                name_off, info, _other, shndx, value, sym_size = _SYM.unpack_from(data, pos)
+                kind = info & 0xF
+                if shndx == 0 or value == 0 or kind not in (STT_FUNC, STT_OBJECT):
+                    continue
+                end = data.index(b"\0", str_off + name_off)
+                name = data[str_off + name_off:end].decode("utf-8", "replace")
+                self.by_name.setdefault(name, value)
+                if kind == STT_FUNC:
+                    starts.append((value, max(sym_size, 1), name))
+        starts.sort()
+        self._starts = [s[0] for s in starts]
+        self._funcs = starts
+
+    def find(self, name):
+        return self.by_name.get(name)
+
+    def lookup(self, address):
+        """(name, start, size) of the function at `address` (as linked),
+        or None."""
+        i = bisect.bisect_right(self._starts, address) - 1
+        while i >= 0:
+            start, size, name = self._funcs[i]
+            if start <= address < start + size:
+                return name, start, size
+            if address - start > 1 << 20:
+                return None
+            i -= 1
+        return None
+
+
+class ProcessMaps:
+    """The file mappings of a process (/proc/PID/maps), read once: which
+    file an address falls in and its address in that file as linked."""
+
+    def __init__(self, pid, root="/"):
+        self.pid = pid
+        self.root = root
+        self.regions = []      # (start, end, offset, path)
+        self._symbols = {}
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                lines = f.read().splitlines()
+        except OSError as ex:
+            raise ElfError(f"process {pid}: {ex.strerror}") from None
+        for line in lines:
+            parts = line.split(None, 5)
+            if len(parts) < 6 or not parts[5].startswith("/"):
+                continue
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            self.regions.append((start, end, int(parts[2], 16), parts[5]))
+        self.regions.sort()
+        self._starts = [r[0] for r in self.regions]
+
+    def symbols(self, path):
+        sym = self._symbols.get(path)
+        if sym is None and path not in self._symbols:
+            try:
+                sym = Symbols(f"/proc/{self.pid}/root{path}")
+            except ElfError:
+                try:
+                    sym = Symbols(path)
+                except ElfError:
+                    sym = None
+            self._symbols[path] = sym
+        return sym
+
+    def bias(self, path):
+        """Load bias of `path` in the process (address = linked + bias)."""
+        sym = self.symbols(path)
+        if sym is None or sym.first_load is None:
+            return None
+        vaddr, file_offset = sym.first_load
+        for start, _end, offset, p in self.regions:
+            if p == path and offset <= file_offset:
+                # A mapping of the file at `offset` starts at `start`.
+                return start - offset - (vaddr - file_offset)
+        return None
+
+    def region(self, address):
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0 and self.regions[i][0] <= address < self.regions[i][1]:
+            return self.regions[i]
+        return None
+
+    def find_symbol(self, name):
+        """(address, path) of the first mapped file that defines `name`."""
+        seen = set()
+        for _start, _end, _offset, path in self.regions:
+            if path in seen:
+                continue
+            seen.add(path)
+            sym = self.symbols(path)
+            if sym is not None:
+                value = sym.find(name)
+                if value is not None:
+                    bias = self.bias(path)
+                    if bias is not None:
+                        return value + bias, path
+        return None
+
+    def function_at(self, address):
+        """(name, begin, end, path) of the native function at `address`
+        (begin and end as mapped), (None, None, None, path) in a file
+        without a symbol for it, or None outside every file."""
+        region = self.region(address)
+        if region is None:
+            return None
+        path = region[3]
+        sym = self.symbols(path)
+        bias = self.bias(path)
+        found = sym.lookup(address - bias) if sym is not None and bias is not None else None
+        if found is None:
+            return None, None, None, path
+        name, start, size = found
+        return name, start + bias, start + bias + size, path

@@ -1,0 +1,142 @@
+/* The sampler's BPF program: at each perf sample (a cpu-clock event on
+ * every CPU) of a process user space asked for, it reads the thread's
+ * Python frames out of the interpreter (the offsets come from the
+ * process's _Py_DebugOffsets, see _pyremote.py) and its native stack, and
+ * sends both through a ring buffer.  Nothing runs in the sampled process:
+ * it pays only the kernel's cost of taking the sample. */
+#include <linux/bpf.h>
+#include <linux/bpf_perf_event.h>
+#include <bpf/bpf_helpers.h>
+
+#include "sampler.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);
+    __type(value, struct etw_target);
+} targets SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 16 << 20);
+} samples SEC(".maps");
+
+/* Samples the ring buffer had no room for. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} dropped SEC(".maps");
+
+static __always_inline __u64
+read_word(__u64 address)
+{
+    __u64 value = 0;
+    bpf_probe_read_user(&value, sizeof value, (const void *)address);
+    return value;
+}
+
+/* The thread state of native thread `tid`, or 0. */
+static __always_inline __u64
+find_thread(const struct etw_target *t, __u32 tid)
+{
+    __u64 interp = read_word(t->interpreters_head);
+    if (interp == 0) {
+        return 0;
+    }
+    __u64 ts = read_word(interp + t->interp_threads_head);
+    for (int i = 0; i < ETW_SAMPLER_MAX_THREADS && ts != 0; i++) {
+        if (read_word(ts + t->thread_native_id) == tid) {
+            return ts;
+        }
+        ts = read_word(ts + t->thread_next);
+    }
+    return 0;
+}
+
+SEC("perf_event")
+int
+etw_sample(struct bpf_perf_event_data *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 pid = id >> 32, tid = (__u32)id;
+    const struct etw_target *t = bpf_map_lookup_elem(&targets, &pid);
+    if (t == NULL) {
+        return 0;
+    }
+    struct etw_sample *s = bpf_ringbuf_reserve(&samples, sizeof *s, 0);
+    if (s == NULL) {
+        __u32 zero = 0;
+        __u64 *n = bpf_map_lookup_elem(&dropped, &zero);
+        if (n != NULL) {
+            __sync_fetch_and_add(n, 1);
+        }
+        return 0;
+    }
+    s->pid = pid;
+    s->tid = tid;
+    s->time = bpf_ktime_get_ns();
+    s->flags = 0;
+    s->reserved = 0;
+    long bytes = bpf_get_stack(ctx, s->native, sizeof s->native, BPF_F_USER_STACK);
+    s->native_count = bytes > 0 ? (__u32)(bytes / sizeof(__u64)) : 0;
+    s->python_count = 0;
+    /* CPython records the thread id its pid namespace gives. */
+    struct bpf_pidns_info ns;
+    __u32 native_tid = tid;
+    if (bpf_get_ns_current_pid_tgid(t->pidns_dev, t->pidns_ino, &ns, sizeof ns) == 0) {
+        native_tid = ns.pid;
+    }
+    __u64 ts = find_thread(t, native_tid);
+    if (ts == 0) {
+        s->flags |= ETW_SAMPLE_NO_THREAD_STATE;
+        /* Submitted without waking user space: it polls (no wake-up cost
+         * per sample). */
+        bpf_ringbuf_submit(s, BPF_RB_NO_WAKEUP);
+        return 0;
+    }
+    __u64 frame = read_word(ts + t->thread_current_frame);
+    __u32 n = 0;
+    for (int i = 0; i < ETW_SAMPLER_MAX_PYTHON; i++) {
+        if (frame == 0) {
+            break;
+        }
+        struct etw_python_frame *f = &s->python[i];
+        __u64 code = read_word(frame + t->frame_executable) & ~(__u64)7;
+        __u8 owner = 0;
+        bpf_probe_read_user(&owner, 1, (const void *)(frame + t->frame_owner));
+        __u64 ip = read_word(frame + t->frame_instr_ptr);
+        f->code = code;
+        f->owner = owner;
+        f->reserved = 0;
+        f->unit = 0;
+        f->firstlineno = 0;
+        __builtin_memset(f->name, 0, sizeof f->name);
+        if (owner != t->owner_cstack && code != 0
+            && read_word(code + t->object_type) != t->code_type) {
+            code = 0;       /* not a code object: not a Python function's frame */
+            f->code = 0;
+        }
+        if (owner != t->owner_cstack && code != 0) {
+            __u64 units = code + t->code_adaptive;
+            f->unit = ip >= units ? (__u32)((ip - units) / 2) : 0;
+            bpf_probe_read_user(&f->firstlineno, sizeof f->firstlineno,
+                                (const void *)(code + t->code_firstlineno));
+            __u64 qualname = read_word(code + t->code_qualname);
+            bpf_probe_read_user(f->name, sizeof f->name,
+                                (const void *)(qualname + t->unicode_data));
+        }
+        n = i + 1;
+        frame = read_word(frame + t->frame_previous);
+    }
+    if (frame != 0) {
+        s->flags |= ETW_SAMPLE_PYTHON_TRUNCATED;
+    }
+    s->python_count = n;
+    bpf_ringbuf_submit(s, BPF_RB_NO_WAKEUP);
+    return 0;
+}

@@ -1,0 +1,63 @@
+/* What the sampler's BPF program (sampler.bpf.c) and its loader
+ * (module.c) share: the per-process configuration user space writes and
+ * the sample records the program sends through its ring buffer. */
+#ifndef ETWTRACE_SAMPLER_H
+#define ETWTRACE_SAMPLER_H
+
+#define ETW_SAMPLER_MAX_NATIVE 127   /* bpf_get_stack's user frames */
+#define ETW_SAMPLER_MAX_PYTHON 96    /* Python frames per sample */
+#define ETW_SAMPLER_MAX_THREADS 256  /* thread states searched per sample */
+#define ETW_SAMPLER_NAME_BYTES 16    /* of a code object's qualname, kept to tell
+                                      * a reused code object address apart */
+
+/* One sampled process (keyed by its pid as the kernel's root namespace
+ * sees it): where its interpreter list is, and the offsets of the fields
+ * the program reads (from its _Py_DebugOffsets). */
+struct etw_target {
+    __u64 interpreters_head;     /* address of _PyRuntime.interpreters.head */
+    __u32 interp_threads_head;
+    __u32 thread_next;
+    __u32 thread_native_id;
+    __u32 thread_current_frame;
+    __u32 frame_previous;
+    __u32 frame_executable;
+    __u32 frame_instr_ptr;
+    __u32 frame_owner;
+    __u32 code_firstlineno;
+    __u32 code_qualname;
+    __u32 code_adaptive;         /* offset of the code units in a code object */
+    __u32 unicode_data;          /* offset of an ASCII str's characters */
+    __u32 owner_cstack;          /* the owner of an evaluator's entry frame */
+    __u32 reserved;
+    __u64 pidns_dev;             /* its pid namespace (stat of /proc/PID/ns/pid): */
+    __u64 pidns_ino;             /* thread ids as CPython recorded them */
+    __u64 code_type;             /* address of PyCode_Type */
+    __u32 object_type;           /* offset of ob_type */
+    __u32 reserved2;
+};
+
+struct etw_python_frame {
+    __u64 code;                  /* the code object, tag bits cleared */
+    __u32 unit;                  /* code unit being run */
+    __s32 firstlineno;
+    __u32 owner;
+    __u32 reserved;
+    char name[ETW_SAMPLER_NAME_BYTES];
+};
+
+struct etw_sample {
+    __u32 pid;
+    __u32 tid;
+    __u64 time;                  /* CLOCK_MONOTONIC ns (bpf_ktime_get_ns) */
+    __u32 native_count;
+    __u32 python_count;
+    __u32 flags;                 /* ETW_SAMPLE_* */
+    __u32 reserved;
+    __u64 native[ETW_SAMPLER_MAX_NATIVE + 1];
+    struct etw_python_frame python[ETW_SAMPLER_MAX_PYTHON];
+};
+
+#define ETW_SAMPLE_NO_THREAD_STATE 1u   /* no thread state for this thread */
+#define ETW_SAMPLE_PYTHON_TRUNCATED 2u  /* more Python frames than kept */
+
+#endif

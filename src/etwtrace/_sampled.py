@@ -1,0 +1,418 @@
+"""--sampled: Python stacks read by a BPF program at each CPU sample, with no
+hook in the program (see _native/sampler/).
+
+The program's frames are read out of its interpreter at the sample; this
+side turns each sample into the events every consumer of a capture reads:
+a SampledProfile event (on the sampled thread's stream) whose stack holds
+native addresses and, for each Python frame, an address inside the range
+of a PythonFunction event written for that function and line (synthetic
+ranges, above any address a process can map).  Native functions that
+samples land in get PythonFunction events too (IsPythonCode 0, their real
+range, the file as SourceFile), so the report names them without the
+process.  The Python frames of each evaluator call go where that call's
+_PyEval_EvalFrameDefault frame is in the native stack.
+"""
+
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+from . import _capture, _ctfwrite, _pyremote
+from ._pyremote import RemoteError
+
+# Synthetic addresses of Python frames: non-canonical on x86-64, so no
+# native code can be there.
+SYNTHETIC_BASE = 0x0100_0000_0000_0000
+SYNTHETIC_SLOT = 0x100
+EVAL_SYMBOLS = ("_PyEval_EvalFrameDefault",)
+# Functions that call into the evaluator (run a Python function's frame):
+# where, with the evaluator's own frames nameless, its frames are found.
+EVALUATOR_CALLERS = (
+    "PyEval_EvalCode", "PyEval_EvalCodeEx", "PyEval_EvalFrame", "PyEval_EvalFrameEx",
+    "_PyEval_EvalFrameDefault", "_PyEval_Vector", "_PyFunction_Vectorcall",
+    "PyObject_Call", "PyObject_CallOneArg", "PyObject_CallNoArgs", "PyObject_CallObject",
+    "PyObject_Vectorcall", "PyObject_VectorcallDict", "PyObject_VectorcallMethod",
+    "PyObject_CallFunctionObjArgs", "PyObject_CallMethodObjArgs", "_PyObject_Call",
+    "_PyObject_MakeTpCall", "PyObject_CallFunction", "PyObject_CallMethod")
+# Functions at the root end of a complete native stack of a Python thread
+# (libc's own, when it has its local symbols; CPython's main and thread
+# start functions, when it has not).
+THREAD_ROOTS = ("_start", "__libc_start_main", "__libc_start_call_main", "start_thread",
+                "clone3", "__clone3", "clone", "__clone", "main", "Py_BytesMain", "Py_Main",
+                "Py_RunMain", "thread_run", "pythread_wrapper")
+DEFAULT_RATE = 999
+DRAIN_MS = 100          # how often the ring buffer is read
+MAX_RATE = 20000
+
+_SAMPLE_HEAD = struct.Struct("<IIQIIII")
+_PY_FRAME = struct.Struct("<QIiII16s")
+_TARGET = struct.Struct("<Q14IQQQII")
+
+
+class SampledError(Exception):
+    pass
+
+
+def load_sampler():
+    """The _sampler module, or SampledError saying why --sampled cannot run."""
+    try:
+        from . import _sampler
+    except ImportError:
+        raise SampledError("--sampled needs the BPF sampler, which this install of etwtrace "
+                           "was built without (it needs clang and libbpf-dev at build time)"
+                           ) from None
+    return _sampler
+
+
+def start_sampler(rate):
+    sampler_module = load_sampler()
+    try:
+        return sampler_module, sampler_module.Sampler(rate)
+    except OSError as ex:
+        text = str(ex)
+        if "Operation not permitted" in text or "Permission denied" in text:
+            raise SampledError("--sampled needs root, or CAP_BPF, CAP_PERFMON and "
+                               "CAP_SYS_PTRACE (" + text + ")") from None
+        raise SampledError(f"--sampled cannot start its BPF program: {text} (it needs a "
+                           "kernel with BPF ring buffers and perf_event programs, 5.8+)"
+                           ) from None
+
+
+class _Target:
+    """One sampled process: its interpreter, and the functions named so far."""
+
+    def __init__(self, pid, writer):
+        self.pid = pid
+        self.remote = _pyremote.Process(pid)
+        self.writer = writer
+        self.codes = {}          # (code, firstlineno, name16) -> (qualname, file, first, table)
+        self.lines = {}          # (code key, line) -> synthetic address
+        self.natives = {}        # native address -> (label, begin) or None
+        self.described = set()   # native function begins written as PythonFunction
+        self.stacks = {}         # raw frames -> encoded stack (SampledRecorder.handle)
+        self.next_id = 1
+        self.maps_read = time.monotonic()
+
+    def config(self):
+        o = self.remote.offsets
+        return _TARGET.pack(
+            self.remote.runtime + o[("runtime_state", "interpreters_head")],
+            o[("interpreter_state", "threads_head")], o[("thread_state", "next")],
+            o[("thread_state", "native_thread_id")], o[("thread_state", "current_frame")],
+            o[("interpreter_frame", "previous")], o[("interpreter_frame", "executable")],
+            o[("interpreter_frame", "instr_ptr")], o[("interpreter_frame", "owner")],
+            o[("code_object", "firstlineno")], o[("code_object", "qualname")],
+            o[("code_object", "co_code_adaptive")], o[("unicode_object", "asciiobject_size")],
+            _pyremote.CSTACK_OWNER[self.remote.version], 0,
+            *self.pid_namespace(), self.remote.code_type, o[("pyobject", "ob_type")], 0)
+
+    def pid_namespace(self):
+        """(device, inode) of the process's pid namespace: the program finds
+        the thread by the id its own namespace gives it (what CPython
+        records as native_thread_id)."""
+        try:
+            st = os.stat(f"/proc/{self.pid}/ns/pid")
+        except OSError as ex:
+            raise RemoteError(f"process {self.pid}: {ex.strerror}") from None
+        return st.st_dev, st.st_ino
+
+    def unnamed_evaluator_frames(self, native, names):
+        """Where the evaluator is in a native stack whose evaluator frames
+        have no symbol (a tail-calling interpreter without local symbols,
+        as Debian's 3.15: _PyEval_EvalFrameDefault only enters the
+        instructions' functions, which are nameless): the nameless frames of
+        the interpreter's file right above a call into Python."""
+        found = []
+        for i in range(len(native) - 1):
+            if names[i] is None and names[i + 1] in EVALUATOR_CALLERS:
+                region = self.remote.maps.region(native[i])
+                if region is not None and region[3] == self.remote.binary:
+                    found.append(i)
+        return found
+
+    def _function_id(self):
+        fid = self.next_id
+        self.next_id += 1
+        return fid
+
+    def python_address(self, stream, ts, code, unit, first, name16):
+        key = (code, first, name16)
+        info = self.codes.get(key)
+        if info is None:
+            try:
+                info = self.remote.code(code)
+            except RemoteError:
+                # Gone already: the name the sample itself read.
+                short = name16.split(b"\0")[0].decode("ascii", "replace") or "?"
+                info = (short, "?", first, b"")
+            self.codes[key] = info
+        qualname, file, firstlineno, table = info
+        line = _pyremote.line_of(table, firstlineno, unit) if table else firstlineno
+        address = self.lines.get((key, line))
+        if address is None:
+            address = SYNTHETIC_BASE + len(self.lines) * SYNTHETIC_SLOT
+            self.lines[(key, line)] = address
+            stream.function(ts, self._function_id(), address, address + SYNTHETIC_SLOT, line,
+                            True, file, qualname)
+        return address
+
+    def native(self, stream, ts, address):
+        """The native function's name at `address`, or None; describes it
+        (a PythonFunction with IsPythonCode 0) the first time."""
+        found = self.natives.get(address)
+        if found is None and address not in self.natives:
+            where = self.remote.maps.function_at(address)
+            if where is None and time.monotonic() - self.maps_read > 1.0:
+                # A library mapped after the maps were read: read them again.
+                try:
+                    self.remote.maps = _pyremote.ProcessMaps(self.pid)
+                except Exception:
+                    pass
+                self.maps_read = time.monotonic()
+                where = self.remote.maps.function_at(address)
+            if where is not None and where[0] is not None:
+                name, begin, end, path = where
+                if begin not in self.described:
+                    self.described.add(begin)
+                    stream.function(ts, self._function_id(), begin, end, 0, False, path, name)
+                found = name
+            self.natives[address] = found
+        return found
+
+
+class SampledRecorder:
+    """Turns the BPF program's records into a capture's events."""
+
+    def __init__(self, path):
+        self.path = path
+        self.ctf_root = os.path.join(path, "ctf")
+        os.makedirs(self.ctf_root, mode=0o700, exist_ok=True)
+        self.targets = {}
+        self.writers = {}
+        self.samples = 0
+        self.without_thread = 0
+
+    def add(self, pid):
+        target = _Target(pid, None)     # RemoteError: not (yet) a CPython we read
+        target.writer = self.writers[pid] = _ctfwrite.TraceWriter(self.ctf_root, pid)
+        self.targets[pid] = target
+        return target
+
+    def handle(self, record):
+        pid, tid, ts, n_native, n_python, flags, _ = _SAMPLE_HEAD.unpack_from(record)
+        target = self.targets.get(pid)
+        if target is None:
+            return
+        if flags & 1:
+            self.without_thread += 1
+        stream = target.writer.stream(tid)
+        # The same frames (native addresses, Python code and units) give the
+        # same stack: most samples of a hot loop are computed once.
+        key = record[_SAMPLE_HEAD.size:]
+        payload = target.stacks.get(key)
+        if payload is None:
+            stack = self._stack(target, stream, ts, record, n_native, n_python)
+            payload = _ctfwrite.sample_payload(stack) if stack else b""
+            if len(target.stacks) >= STACK_CACHE:
+                target.stacks.clear()
+            target.stacks[key] = payload
+        if payload:
+            stream.sample(ts, payload)
+            self.samples += 1
+
+    def _stack(self, target, stream, ts, record, n_native, n_python):
+        """The sample's stack, leaf first: native addresses with the Python
+        frames spliced in (see the module's docstring)."""
+        native = struct.unpack_from(f"<{n_native}Q", record, _SAMPLE_HEAD.size)
+        base = _SAMPLE_HEAD.size + 8 * n_native
+        runs = [[]]
+        cstack = _pyremote.CSTACK_OWNER[target.remote.version]
+        for i in range(n_python):
+            code, unit, first, owner, _r, name16 = _PY_FRAME.unpack_from(
+                record, base + i * _PY_FRAME.size)
+            if owner == cstack:
+                runs.append([])     # an evaluator entry: the next call's frames follow
+                continue
+            if code:
+                runs[-1].append(target.python_address(stream, ts, code, unit, first, name16))
+        runs = [r for r in runs if r]
+        names = [target.native(stream, ts, address) for address in native]
+        evals = [i for i, name in enumerate(names) if name in EVAL_SYMBOLS]
+        if not evals and runs:
+            evals = target.unnamed_evaluator_frames(native, names)
+        # Each evaluator call's Python frames go at its native frame, leaf
+        # first.  With fewer evaluator frames than calls, frames are missing
+        # from the native stack: at its leaf when the stack still reaches a
+        # thread's start (a leaf function that had not set up its frame
+        # hides its caller), so the outermost calls pair with the outermost
+        # frames and the rest go on top; else at its root end (a walk cut
+        # short), so the pairing starts at the leaf and the rest go below.
+        place = {}
+        on_top = []
+        if len(evals) < len(runs) and any(n in THREAD_ROOTS for n in names):
+            extra = len(runs) - len(evals)
+            on_top = [a for run in runs[:extra] for a in run]
+            runs = runs[extra:]
+        for i, at in enumerate(evals[:len(runs)]):
+            place[at] = runs[i]
+        below = [a for run in runs[len(evals):] for a in run]
+        stack = []
+        for i, address in enumerate(native):
+            if i == 1 and on_top:
+                stack.extend(on_top)
+                on_top = []
+            stack.extend(place.get(i, ()))
+            stack.append(address)
+        stack.extend(on_top)
+        stack.extend(below)
+        return tuple(stack)
+
+    def close(self):
+        for w in self.writers.values():
+            w.close()
+
+
+STACK_CACHE = 65536    # distinct raw stacks remembered per process
+
+
+def parse_rate(text):
+    try:
+        rate = int(text)
+    except (TypeError, ValueError):
+        raise SampledError(f"--rate takes samples per second, not {text!r}") from None
+    if not 1 <= rate <= MAX_RATE:
+        raise SampledError(f"--rate {rate}: choose 1 to {MAX_RATE} samples per second")
+    return rate
+
+
+# Capabilities --sampled needs without root (linux/capability.h).
+CAP_SYS_PTRACE, CAP_PERFMON, CAP_BPF = 19, 38, 39
+
+
+def check_privileges():
+    """SampledError unless this process may load BPF programs, open perf
+    events on every CPU and read other processes' memory."""
+    if os.geteuid() == 0:
+        return
+    effective = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    effective = int(line.split()[1], 16)
+    except OSError:
+        pass
+    if not all(effective >> cap & 1 for cap in (CAP_SYS_PTRACE, CAP_PERFMON, CAP_BPF)):
+        raise SampledError("--sampled needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")
+
+
+def run(path, rate, say, pid=None, target=None, duration=None):
+    """Samples process `pid` (attach) or runs `target` (script args) and
+    samples it, into the capture `path`; returns the exit status."""
+    load_sampler()
+    check_privileges()
+    if pid is not None:
+        _check_pid(pid)
+    elif sys.version_info < (3, 13):
+        raise SampledError(f"--sampled reads CPython 3.13 or later; this is "
+                           f"{sys.version.split()[0]} (use --stack, which works on 3.9+)")
+    _, sampler = start_sampler(rate)
+    directory = _capture.CaptureDir(path).open()
+    path = directory.path
+    recorder = SampledRecorder(path)
+    status = 0
+    child = None
+    stop = []
+    previous = signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    try:
+        _capture.write_manifest(path, format=1, mode="sampled", recorder="bpf", rate=rate,
+                                command=target, attached_pid=pid,
+                                python=sys.version.split()[0], started=time.time())
+        if pid is None:
+            child = subprocess.Popen([sys.executable, *target])
+            pid = child.pid
+            _wait_for_runtime(pid, recorder, sampler)
+        else:
+            try:
+                sampler.add(pid, recorder.add(pid).config())
+            except RemoteError as ex:
+                raise SampledError(str(ex)) from None
+        say(f"etwtrace: sampling process {pid} at {rate} Hz (BPF; the program runs "
+            f"without hooks)")
+        if not recorder.targets[pid].remote.keeps_frame_pointers():
+            native_frames = "cut short: the interpreter has no frame pointers"
+            say(f"etwtrace: warning: process {pid}'s Python was built without frame "
+                "pointers: its samples have every Python frame, but their native frames "
+                "stop early (those of C code called between Python frames are missing)")
+        else:
+            native_frames = "complete (frame pointers)"
+        _capture.write_manifest(path, native_frames=native_frames)
+        until = None if duration is None else time.monotonic() + duration
+        # The process's pidfd becomes readable when it ends (zombie or not):
+        # the loop sleeps on it between drains of the ring buffer.
+        ended = select.poll()
+        pidfd = os.pidfd_open(pid)
+        ended.register(pidfd, select.POLLIN)
+        try:
+            while not stop:
+                gone = ended.poll(DRAIN_MS)
+                for record in sampler.drain():
+                    recorder.handle(record)
+                if gone:
+                    if child is not None:
+                        status = child.wait()
+                    else:
+                        say(f"etwtrace: process {pid} ended")
+                    break
+                if until is not None and time.monotonic() >= until:
+                    break
+        finally:
+            os.close(pidfd)
+        sampler.remove(pid)
+        for record in sampler.drain():
+            recorder.handle(record)
+        dropped = sampler.dropped()
+        if child is not None and child.poll() is None:
+            status = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sampler.close()
+        recorder.close()
+        info = {"finished": time.time(), "samples": recorder.samples}
+        if child is not None:
+            info["exit_status"] = status
+        try:
+            _capture.write_manifest(path, **info)
+        finally:
+            directory.close()
+    if dropped:
+        say(f"etwtrace: {dropped:,} samples were lost (the ring buffer was full)")
+    say(f"etwtrace: {recorder.samples:,} samples; capture saved to {path}")
+    return status
+
+
+def _check_pid(pid):
+    if not os.path.exists(f"/proc/{pid}"):
+        raise SampledError(f"--pid {pid}: no such process")
+    try:
+        process = _pyremote.Process(pid)
+    except RemoteError as ex:
+        raise SampledError(f"--pid {pid}: {ex}") from None
+    process.close()
+
+
+def _wait_for_runtime(pid, recorder, sampler):
+    """Adds the child once its interpreter is mapped (right after exec)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            sampler.add(pid, recorder.add(pid).config())
+            return
+        except RemoteError as ex:
+            if time.monotonic() > deadline or not os.path.exists(f"/proc/{pid}"):
+                raise SampledError(f"cannot sample process {pid}: {ex}") from None
+            time.sleep(0.005)

@@ -1,0 +1,283 @@
+"""--sampled (#11): Python stacks read by a BPF program at each CPU sample,
+the program untouched.  Targets are CPython 3.13+ processes: this
+interpreter when it is one, else a 3.13 the CI has built (the version runs
+test every interpreter)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from conftest import SCRIPTS, client_env, report_output, run_etwtrace
+
+REQUIRE = os.environ.get("ETWTRACE_REQUIRE_PERF") == "1"
+
+
+def _fails(*args, **kw):
+    proc = run_etwtrace(*args, **kw)
+    assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def need_sampler():
+    try:
+        import etwtrace._sampler as sampler
+    except ImportError:
+        if REQUIRE:
+            pytest.fail("the BPF sampler was not built (clang and libbpf-dev are required in CI)")
+        pytest.skip("etwtrace was built without the BPF sampler")
+    assert sampler.SAMPLE_SIZE > sampler.TARGET_SIZE > 0
+    if os.geteuid() != 0:
+        if REQUIRE:
+            pytest.fail("the sampler tests must run as root in CI")
+        pytest.skip("--sampled needs root")
+
+
+def target_python():
+    """A CPython 3.13+ to run sampled programs with."""
+    if sys.version_info >= (3, 13):
+        return sys.executable
+    cache = os.environ.get("ETWTRACE_PYTHONS", "/var/cache/etwtrace-pythons")
+    candidate = os.path.join(cache, "3.13", "bin", "python3.13")
+    if os.path.isfile(candidate):
+        return candidate
+    pytest.skip("no CPython 3.13+ here to sample (the version runs sample their own)")
+
+
+class Running:
+    """A program running under `python` (not traced), until it prints ready."""
+
+    def __init__(self, *args, python=None, prefix=()):
+        # Not under the ASan run's preloaded runtime: a program as users run it.
+        self.proc = subprocess.Popen([*prefix, python or target_python(), *map(str, args)],
+                                     cwd=SCRIPTS, stdout=subprocess.PIPE, text=True,
+                                     env=client_env())
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def finish(self):
+        out, _ = self.proc.communicate(timeout=120)
+        return self.proc.returncode, out
+
+
+def _sample(tmp_path, pid, seconds=2.0, *extra):
+    cap = tmp_path / "cap"
+    proc = run_etwtrace("--sampled", "--pid", pid, "--duration", seconds, "--capture", cap,
+                        *extra)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return cap, proc
+
+
+def _folded(cap, *args):
+    stacks = Counter()
+    for line in report_output(cap, "--format", "folded", *args).splitlines():
+        stack, value = line.rsplit(" ", 1)
+        stacks[tuple(stack.split(";"))] += int(value)
+    return stacks
+
+
+def _name(label):
+    return label.split(" (")[0]
+
+
+# ---- what is refused ----
+
+def test_bad_input_is_refused_in_one_line(tmp_path):
+    cap = tmp_path / "cap"
+    assert "needs --sampled" in _fails("--rate", "99", "--capture", cap, "--", "x.py")
+    assert "add --capture PATH" in _fails("--sampled", "--pid", "1")
+    assert "not both" in _fails("--sampled", "--capture", cap)
+    for bad in ("0", "abc", "1000000"):
+        assert "--rate" in _fails("--sampled", "--rate", bad, "--pid", "1", "--capture", cap)
+    for bad in ("soon", "-1", "0"):
+        assert "--duration" in _fails("--sampled", "--pid", "1", "--duration", bad,
+                                      "--capture", cap)
+    assert "--pid" in _fails("--sampled", "--pid", "x", "--capture", cap)
+    assert not cap.exists()
+
+
+def test_processes_it_cannot_read_are_refused(tmp_path):
+    cap = tmp_path / "cap"
+    assert "no such process" in _fails("--sampled", "--pid", "4194000", "--capture", cap)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        assert "not a CPython" in _fails("--sampled", "--pid", sleeper.pid, "--capture", cap)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    if sys.version_info < (3, 13):
+        # This interpreter has no _Py_DebugOffsets: named, with what works.
+        old = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            line = _fails("--sampled", "--pid", old.pid, "--capture", cap)
+            assert "3.13 or later" in line
+        finally:
+            old.kill()
+            old.wait()
+        line = _fails("--sampled", "--capture", cap, "--", SCRIPTS / "hot.py")
+        assert "3.13 or later" in line and "--stack" in line
+    assert not cap.exists()
+
+
+def test_non_root_is_refused_with_what_it_needs(tmp_path):
+    need_sampler()
+    target = Running("sampled_target.py", 5)
+    try:
+        env = dict(os.environ)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", "etwtrace", "--sampled", "--pid", str(target.proc.pid),
+             "--capture", "/tmp/etwtrace-nobody-sampled"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
+    finally:
+        target.proc.kill()
+        target.finish()
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE" in proc.stderr
+
+
+# ---- what it records ----
+
+def test_inner_above_outer_with_lines_and_the_program_unharmed(tmp_path):
+    need_sampler()
+    target = Running("sampled_target.py", 4)
+    cap, proc = _sample(tmp_path, target.proc.pid, 2)
+    status, out = target.finish()
+    assert status == 0 and out.strip() == "done"      # it ran on, to its end
+    stacks = _folded(cap)
+    python = Counter()
+    for stack, n in stacks.items():
+        names = [_name(f) for f in stack if f.endswith(")")]
+        python[tuple(names)] += n
+    inner = sum(n for s, n in python.items() if s and s[-1] == "inner")
+    right = sum(n for s, n in python.items() if s[-3:] == ("<module>", "outer", "inner"))
+    assert inner >= 500, python.most_common(5)
+    assert right >= 0.99 * inner, python.most_common(10)
+    # Lines: each Python frame names the line it was running.
+    lines = {int(m) for s in stacks for f in s for m in re.findall(r"^inner \(.*:(\d+)\)$", f)}
+    assert lines and lines <= {10, 11, 12, 13}, lines     # inner's body
+    manifest = json.loads((cap / "etwtrace-capture.json").read_text())
+    assert manifest["mode"] == "sampled" and manifest["samples"] >= inner
+
+
+def test_native_frames_sit_between_python_frames_in_a_callback(tmp_path):
+    need_sampler()
+    target = Running("sampled_target.py", 4, "callback")
+    cap, proc = _sample(tmp_path, target.proc.pid, 2)
+    target.finish()
+    # Every native frame (an interpreter without local symbols, as Debian's
+    # 3.15, has nameless ones the stack tags would fold).
+    stacks = _folded(cap, "--no-stacktags")
+    with_key = {s: n for s, n in stacks.items() if any(_name(f) == "key" for f in s)}
+    total = sum(with_key.values())
+    assert total >= 300, stacks.most_common(5)
+    manifest = json.loads((cap / "etwtrace-capture.json").read_text())
+    # Every Python frame: key called (through C) by callback.
+    under = sum(n for s, n in with_key.items()
+                if "callback" in [_name(f) for f in s[:[_name(f) for f in s].index("key")]])
+    assert under >= 0.99 * total, (under, total)
+    if manifest["native_frames"].startswith("cut short"):
+        return      # an interpreter without frame pointers (Debian's 3.14): said so
+    # callback > (native sort code) > key: the C frames between them.
+    between = 0
+    for stack, n in with_key.items():
+        names = [_name(f) for f in stack]
+        k = names.index("key")
+        below = [i for i, f in enumerate(names[:k]) if f == "callback"]
+        if below and any(not f.endswith(")") for f in stack[below[-1] + 1:k]):
+            between += n
+    assert between >= 0.99 * total, (between, total)
+
+
+def test_threads_have_their_own_stacks(tmp_path):
+    need_sampler()
+    script = tmp_path / "threads.py"
+    script.write_text((SCRIPTS / "spinners.py").read_text().replace(
+        "until = time.monotonic() + 1.5", "print('ready', flush=True)\n"
+        "until = time.monotonic() + 3"))
+    target = Running(script)
+    cap, _ = _sample(tmp_path, target.proc.pid, 2)
+    target.finish()
+    by_thread = {}
+    doc = json.loads(report_output(cap, "--format", "speedscope"))
+    frames = doc["shared"]["frames"]
+    for profile in doc["profiles"]:
+        names = {_name(frames[i]["name"]) for s in profile["samples"] for i in s}
+        by_thread[profile["name"]] = names & {"spin_one", "spin_two"}
+    spinning = [names for names in by_thread.values() if names]
+    assert sorted(len(n) for n in spinning) == [1, 1] and spinning[0] != spinning[1]
+
+
+def test_a_process_that_ends_while_sampled(tmp_path):
+    need_sampler()
+    target = Running("sampled_target.py", 1)
+    cap, proc = _sample(tmp_path, target.proc.pid, 30)
+    target.finish()
+    assert f"process {target.proc.pid} ended" in proc.stderr
+    assert any(_name(f) == "inner" for s in _folded(cap) for f in s)
+
+
+def test_a_process_in_its_own_pid_namespace(tmp_path):
+    need_sampler()
+    target = Running("sampled_target.py", 4, prefix=("unshare", "--pid", "--fork"))
+    # The Python process is unshare's child: its pid as this namespace sees it.
+    children = subprocess.run(["pgrep", "-P", str(target.proc.pid)], stdout=subprocess.PIPE,
+                              text=True).stdout.split()
+    assert len(children) == 1
+    cap, _ = _sample(tmp_path, int(children[0]), 1.5)
+    target.finish()
+    stacks = _folded(cap)
+    assert sum(n for s, n in stacks.items() if any(_name(f) == "inner" for f in s)) >= 300
+
+
+def test_no_sample_is_named_after_a_dead_function(tmp_path):
+    need_sampler()
+    windows_file = tmp_path / "windows.txt"
+    script = tmp_path / "reuse.py"
+    script.write_text("print('ready', flush=True)\n" + (SCRIPTS / "reuse.py").read_text())
+    target = Running(script, 3, windows_file)
+    cap, _ = _sample(tmp_path, target.proc.pid, 2.5)
+    target.finish()
+    windows = {}
+    for line in windows_file.read_text().split("\n"):
+        if line:
+            name, start, end = line.split()
+            windows[name] = (int(start), int(end))
+    import etwtrace
+    named = {}
+    checked = 0
+    with etwtrace.open_trace(cap) as trace:
+        for e in trace:
+            if e.name == "PythonFunction" and e.fields["IsPythonCode"]:
+                named[(e.pid, e.fields["BeginAddress"])] = e.fields["Name"]
+            elif e.name == "SampledProfile":
+                for ip in e.stack:
+                    name = named.get((e.pid, ip))
+                    if name in windows:
+                        start, end = windows[name]
+                        # Sampled while that function ran (1 ms of slack for
+                        # the two clocks' readings).
+                        assert start - 10**6 <= e.timestamp <= end + 10**6, (name, e.timestamp)
+                        checked += 1
+    assert checked >= 200, checked
+
+
+def test_launched_program_is_sampled_to_its_end(tmp_path):
+    need_sampler()
+    if sys.version_info < (3, 13):
+        pytest.skip("--sampled -- script runs the script with this interpreter (3.13+)")
+    cap = tmp_path / "cap"
+    proc = run_etwtrace("--sampled", "--rate", "499", "--capture", cap, "--",
+                        SCRIPTS / "sampled_target.py", "1.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "done" in proc.stdout
+    stacks = _folded(cap)
+    assert sum(n for s, n in stacks.items() if any(_name(f) == "inner" for f in s)) >= 300
