@@ -46,6 +46,7 @@ THREAD_ROOTS = ("_start", "__libc_start_main", "__libc_start_call_main", "start_
                 "Py_RunMain", "thread_run", "pythread_wrapper")
 DEFAULT_RATE = 999
 DRAIN_MS = 100          # how often the ring buffer is read
+FRAME_BYTES, CODE_BYTES = 128, 256     # read at once per frame (sampler.bpf.c)
 MAX_RATE = 20000
 
 _SAMPLE_HEAD = struct.Struct("<IIQIIII")
@@ -99,6 +100,15 @@ class _Target:
 
     def config(self):
         o = self.remote.offsets
+        # The program reads a frame's first FRAME_BYTES and a code object's
+        # first CODE_BYTES at once (sampler.bpf.c): the fields must be there.
+        frame = max(o[("interpreter_frame", f)] + 8
+                    for f in ("previous", "executable", "instr_ptr", "owner"))
+        code = max(o[k] + 8 for k in (("code_object", "firstlineno"),
+                                      ("code_object", "qualname"), ("pyobject", "ob_type")))
+        if frame > FRAME_BYTES or code > CODE_BYTES:
+            raise RemoteError(f"process {self.pid}: its frames or code objects are laid out "
+                              "beyond what the sampler reads")
         return _TARGET.pack(
             self.remote.runtime + o[("runtime_state", "interpreters_head")],
             o[("interpreter_state", "threads_head")], o[("thread_state", "next")],

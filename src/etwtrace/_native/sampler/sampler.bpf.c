@@ -32,6 +32,36 @@ struct {
     __type(value, __u64);
 } dropped SEC(".maps");
 
+/* Per-CPU scratch space: a frame's and a code object's first bytes, read
+ * at once (one read each instead of one per field). */
+#define FRAME_BYTES 128
+#define CODE_BYTES 256
+struct scratch {
+    __u8 frame[FRAME_BYTES + 8];
+    __u8 code[CODE_BYTES + 8];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct scratch);
+} scratch SEC(".maps");
+
+/* Field readers into the scratch copies; offsets are checked against the
+ * sizes by user space, and masked here for the verifier. */
+static __always_inline __u64
+frame_u64(const struct scratch *b, __u32 off)
+{
+    return *(const __u64 *)&b->frame[off & (FRAME_BYTES - 1)];
+}
+
+static __always_inline __u64
+code_u64(const struct scratch *b, __u32 off)
+{
+    return *(const __u64 *)&b->code[off & (CODE_BYTES - 1)];
+}
+
 static __always_inline __u64
 read_word(__u64 address)
 {
@@ -68,9 +98,13 @@ etw_sample(struct bpf_perf_event_data *ctx)
     if (t == NULL) {
         return 0;
     }
+    __u32 zero = 0;
+    struct scratch *b = bpf_map_lookup_elem(&scratch, &zero);
+    if (b == NULL) {
+        return 0;
+    }
     struct etw_sample *s = bpf_ringbuf_reserve(&samples, sizeof *s, 0);
     if (s == NULL) {
-        __u32 zero = 0;
         __u64 *n = bpf_map_lookup_elem(&dropped, &zero);
         if (n != NULL) {
             __sync_fetch_and_add(n, 1);
@@ -106,32 +140,33 @@ etw_sample(struct bpf_perf_event_data *ctx)
             break;
         }
         struct etw_python_frame *f = &s->python[i];
-        __u64 code = read_word(frame + t->frame_executable) & ~(__u64)7;
-        __u8 owner = 0;
-        bpf_probe_read_user(&owner, 1, (const void *)(frame + t->frame_owner));
-        __u64 ip = read_word(frame + t->frame_instr_ptr);
-        f->code = code;
+        if (bpf_probe_read_user(b->frame, FRAME_BYTES, (const void *)frame) != 0) {
+            break;
+        }
+        __u64 code = frame_u64(b, t->frame_executable) & ~(__u64)7;
+        __u8 owner = b->frame[t->frame_owner & (FRAME_BYTES - 1)];
+        __u64 ip = frame_u64(b, t->frame_instr_ptr);
+        frame = frame_u64(b, t->frame_previous);
+        f->code = 0;
         f->owner = owner;
         f->reserved = 0;
         f->unit = 0;
         f->firstlineno = 0;
         __builtin_memset(f->name, 0, sizeof f->name);
-        if (owner != t->owner_cstack && code != 0
-            && read_word(code + t->object_type) != t->code_type) {
-            code = 0;       /* not a code object: not a Python function's frame */
-            f->code = 0;
-        }
-        if (owner != t->owner_cstack && code != 0) {
-            __u64 units = code + t->code_adaptive;
-            f->unit = ip >= units ? (__u32)((ip - units) / 2) : 0;
-            bpf_probe_read_user(&f->firstlineno, sizeof f->firstlineno,
-                                (const void *)(code + t->code_firstlineno));
-            __u64 qualname = read_word(code + t->code_qualname);
-            bpf_probe_read_user(f->name, sizeof f->name,
-                                (const void *)(qualname + t->unicode_data));
-        }
         n = i + 1;
-        frame = read_word(frame + t->frame_previous);
+        if (owner == t->owner_cstack || code == 0) {
+            continue;
+        }
+        if (bpf_probe_read_user(b->code, CODE_BYTES, (const void *)code) != 0
+            || code_u64(b, t->object_type) != t->code_type) {
+            continue;       /* not a code object: not a Python function's frame */
+        }
+        f->code = code;
+        __u64 units = code + t->code_adaptive;
+        f->unit = ip >= units ? (__u32)((ip - units) / 2) : 0;
+        f->firstlineno = (__s32)code_u64(b, t->code_firstlineno);
+        bpf_probe_read_user(f->name, sizeof f->name,
+                            (const void *)(code_u64(b, t->code_qualname) + t->unicode_data));
     }
     if (frame != 0) {
         s->flags |= ETW_SAMPLE_PYTHON_TRUNCATED;
