@@ -106,7 +106,7 @@ def test_bad_input_is_refused_in_one_line(tmp_path):
 def test_processes_it_cannot_read_are_refused(tmp_path):
     cap = tmp_path / "cap"
     assert "no such process" in _fails("--sampled", "--pid", "4194000", "--capture", cap)
-    sleeper = subprocess.Popen(["sleep", "30"])
+    sleeper = subprocess.Popen(["sleep", "30"], env=client_env())
     try:
         assert "not a CPython" in _fails("--sampled", "--pid", sleeper.pid, "--capture", cap)
     finally:
@@ -230,7 +230,7 @@ def test_a_process_in_its_own_pid_namespace(tmp_path):
     target = Running("sampled_target.py", 4, prefix=("unshare", "--pid", "--fork"))
     # The Python process is unshare's child: its pid as this namespace sees it.
     children = subprocess.run(["pgrep", "-P", str(target.proc.pid)], stdout=subprocess.PIPE,
-                              text=True).stdout.split()
+                              text=True, env=client_env(), timeout=60).stdout.split()
     assert len(children) == 1
     cap, _ = _sample(tmp_path, int(children[0]), 1.5)
     target.finish()
