@@ -18,6 +18,23 @@ COOKIE = b"xdebugpy"
 # (3.14, 3.15).
 _COMMON_HEAD = [("cookie",), ("version",), ("free_threaded",),
                 ("runtime_state", "size", "finalizing", "interpreters_head")]
+# Sections 3.14 and 3.15 share.
+_INTERP_314 = ("interpreter_state", "size", "id", "next", "threads_head", "threads_main", "gc",
+               "imports_modules", "sysdict", "builtins", "ceval_gil", "gil_runtime_state",
+               "gil_runtime_state_enabled", "gil_runtime_state_locked",
+               "gil_runtime_state_holder", "code_object_generation", "tlbc_generation")
+_FRAME_314 = ("interpreter_frame", "size", "previous", "executable", "instr_ptr", "localsplus",
+              "owner", "stackpointer", "tlbc_index")
+_CODE_314 = ("code_object", "size", "filename", "name", "qualname", "linetable", "firstlineno",
+             "argcount", "localsplusnames", "localspluskinds", "co_code_adaptive", "co_tlbc")
+_OBJECTS_314 = [
+    ("set_object", "size", "used", "table", "mask"),
+    ("dict_object", "size", "ma_keys", "ma_values"),
+    ("float_object", "size", "ob_fval"),
+    ("long_object", "size", "lv_tag", "ob_digit"),
+    ("bytes_object", "size", "ob_size", "ob_sval"),
+    ("unicode_object", "size", "state", "length", "asciiobject_size"),
+]
 _LAYOUTS = {
     (3, 13): _COMMON_HEAD + [
         ("interpreter_state", "size", "id", "next", "threads_head", "gc", "imports_modules",
@@ -40,53 +57,31 @@ _LAYOUTS = {
         ("unicode_object", "size", "state", "length", "asciiobject_size"),
     ],
     (3, 14): _COMMON_HEAD + [
-        ("interpreter_state", "size", "id", "next", "threads_head", "threads_main", "gc",
-         "imports_modules", "sysdict", "builtins", "ceval_gil", "gil_runtime_state",
-         "gil_runtime_state_enabled", "gil_runtime_state_locked", "gil_runtime_state_holder",
-         "code_object_generation", "tlbc_generation"),
+        _INTERP_314,
         ("thread_state", "size", "prev", "next", "interp", "current_frame", "thread_id",
          "native_thread_id", "datastack_chunk", "status"),
-        ("interpreter_frame", "size", "previous", "executable", "instr_ptr", "localsplus",
-         "owner", "stackpointer", "tlbc_index"),
-        ("code_object", "size", "filename", "name", "qualname", "linetable", "firstlineno",
-         "argcount", "localsplusnames", "localspluskinds", "co_code_adaptive", "co_tlbc"),
+        _FRAME_314, _CODE_314,
         ("pyobject", "size", "ob_type"),
         ("type_object", "size", "tp_name", "tp_repr", "tp_flags"),
         ("tuple_object", "size", "ob_item", "ob_size"),
         ("list_object", "size", "ob_item", "ob_size"),
-        ("set_object", "size", "used", "table", "mask"),
-        ("dict_object", "size", "ma_keys", "ma_values"),
-        ("float_object", "size", "ob_fval"),
-        ("long_object", "size", "lv_tag", "ob_digit"),
-        ("bytes_object", "size", "ob_size", "ob_sval"),
-        ("unicode_object", "size", "state", "length", "asciiobject_size"),
+        *_OBJECTS_314,
     ],
     (3, 15): _COMMON_HEAD + [
-        ("interpreter_state", "size", "id", "next", "threads_head", "threads_main", "gc",
-         "imports_modules", "sysdict", "builtins", "ceval_gil", "gil_runtime_state",
-         "gil_runtime_state_enabled", "gil_runtime_state_locked", "gil_runtime_state_holder",
-         "code_object_generation", "tlbc_generation"),
+        _INTERP_314,
         ("thread_state", "size", "prev", "next", "interp", "current_frame", "base_frame",
          "last_profiled_frame", "last_profiled_frame_seq", "thread_id", "native_thread_id",
          "datastack_chunk", "status", "holds_gil", "gil_requested", "current_exception",
          "exc_state"),
         ("err_stackitem", "exc_value"),
-        ("interpreter_frame", "size", "previous", "executable", "instr_ptr", "localsplus",
-         "owner", "stackpointer", "tlbc_index"),
-        ("code_object", "size", "filename", "name", "qualname", "linetable", "firstlineno",
-         "argcount", "localsplusnames", "localspluskinds", "co_code_adaptive", "co_tlbc"),
+        _FRAME_314, _CODE_314,
         ("pyobject", "size", "ob_type"),
         ("type_object", "size", "tp_name", "tp_repr", "tp_flags", "tp_basicsize",
          "tp_dictoffset"),
         ("heap_type_object", "size", "ht_cached_keys"),
         ("tuple_object", "size", "ob_item", "ob_size"),
         ("list_object", "size", "ob_item", "ob_size"),
-        ("set_object", "size", "used", "table", "mask"),
-        ("dict_object", "size", "ma_keys", "ma_values"),
-        ("float_object", "size", "ob_fval"),
-        ("long_object", "size", "lv_tag", "ob_digit"),
-        ("bytes_object", "size", "ob_size", "ob_sval"),
-        ("unicode_object", "size", "state", "length", "asciiobject_size"),
+        *_OBJECTS_314,
     ],
 }
 # The owner of the frame the evaluator pushes when C code enters it, one per
