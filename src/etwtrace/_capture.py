@@ -295,7 +295,8 @@ def collect_perf_files(path, pids, owners=None):
     if images and os.path.isfile(os.path.join(path, "perf.jit.data")):
         perf = _perf.find_perf()
         if perf is not None:
-            _perf.add_to_buildid_cache(perf, os.path.join(path, _guide.BUILDID_DIR), images)
+            _perf.add_to_buildid_cache(perf, os.path.join(path, _guide.BUILDID_DIR), images,
+                                       os.path.join(path, "perf.jit.data"))
     _guide.write(path)
 
 

@@ -31,12 +31,22 @@ def text(path):
             "",
             "  babeltrace2 " + q + "/ctf/pid-PID          the built-in recorder's events (CTF 1.8)",
         ]
-    if has("perf.jit.data"):
+    if has("perf.jit.data") and has(BUILDID_DIR):
         lines += [
             "",
             f"  perf --buildid-dir {q}/{BUILDID_DIR} report -i {q}/perf.jit.data",
             "      mixed Python/native stacks, unwound through Python frames; the images",
             "      of the Python trampolines come from this capture's build-id cache",
+        ]
+    elif has("perf.jit.data"):
+        lines += [
+            "",
+            f"  perf report -i {q}/perf.jit.data",
+            "      mixed Python/native stacks, unwound through Python frames (this perf",
+            "      reads the trampolines' images from /tmp/jitted-PID-N.so only)",
+        ]
+    if has("perf.jit.data"):
+        lines += [
             f"  hotspot {q}/perf.jit.data",
             "      the same in a GUI; it reads the images from /tmp/jitted-PID-N.so",
         ]

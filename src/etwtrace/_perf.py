@@ -179,10 +179,23 @@ def inject_jit(perf, data, output):
                         (r.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1])
 
 
-def add_to_buildid_cache(perf, cache, images):
+def add_to_buildid_cache(perf, cache, images, data):
     """Files `images` (ELF) in the build-id cache `cache`, which
-    `perf --buildid-dir CACHE report` reads before the paths perf.data
-    names.  Best effort: a failure leaves the images in /tmp to be used."""
+    `perf --buildid-dir CACHE report` reads before the paths `data` names,
+    when `data` records the images' build-ids and perf reads them.  Best
+    effort: without it the images in /tmp (or copied back there) are used.
+    perf 7.2 (Debian sid) lists the images' build-ids but still names them
+    from their paths alone (seen here), so the cache is made for perf 6 only."""
+    try:
+        version = subprocess.run([perf, "version"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, timeout=60).stdout.split()
+        major = int(version[2].split(b".")[0]) if len(version) > 2 else 0
+        listed = subprocess.run([perf, "buildid-list", "-i", data], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, timeout=120).stdout
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return
+    if major != 6 or b"jitted-" not in listed:
+        return
     os.makedirs(cache, mode=0o700, exist_ok=True)
     for i in range(0, len(images), 200):
         subprocess.run([perf, "--buildid-dir", cache, "buildid-cache", "-a",
