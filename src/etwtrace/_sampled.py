@@ -204,7 +204,6 @@ class SampledRecorder:
         self.targets = {}
         self.writers = {}
         self.samples = 0
-        self.without_thread = 0
 
     def add(self, pid):
         target = _Target(pid, None)     # RemoteError: not (yet) a CPython we read
@@ -217,8 +216,6 @@ class SampledRecorder:
         target = self.targets.get(pid)
         if target is None:
             return
-        if flags & 1:
-            self.without_thread += 1
         stream = target.writer.stream(tid)
         # The same frames (native addresses, Python code and units) give the
         # same stack: most samples of a hot loop are computed once.
@@ -287,16 +284,6 @@ class SampledRecorder:
 
 
 STACK_CACHE = 65536    # distinct raw stacks remembered per process
-
-
-def parse_rate(text):
-    try:
-        rate = int(text)
-    except (TypeError, ValueError):
-        raise SampledError(f"--rate takes samples per second, not {text!r}") from None
-    if not 1 <= rate <= MAX_RATE:
-        raise SampledError(f"--rate {rate}: choose 1 to {MAX_RATE} samples per second")
-    return rate
 
 
 # Capabilities --sampled needs without root (linux/capability.h).
