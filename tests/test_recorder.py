@@ -111,7 +111,7 @@ def test_a_killed_program_keeps_every_event(tmp_path, sig, speed, mode):
                             stderr=subprocess.PIPE, encoding="utf-8")
     _wait_for_count(tmp_path, 20_000 if speed == "fast" else 2_000, proc)
     proc.send_signal(sig)
-    proc.wait(timeout=60)
+    proc.communicate(timeout=60)      # closes the stderr pipe too
     assert proc.returncode == -sig
     emitted = _counted(tmp_path)
     calls, marks = _leaf_calls(tmp_path / "cap")

@@ -270,6 +270,30 @@ def test_no_sample_is_named_after_a_dead_function(tmp_path):
     assert checked >= 200, checked
 
 
+def test_a_code_object_freed_before_it_is_read_keeps_the_samples_name(tmp_path):
+    """The sampler reads a code object's names after the sample: by then it
+    may be freed (pointers into anything) or reused by another function."""
+    from etwtrace import _pyremote, _sampled
+    script = tmp_path / "reuse.py"
+    script.write_text("print('ready', flush=True)\n" + (SCRIPTS / "reuse.py").read_text())
+    target = Running(script, 0.5, os.devnull)
+    try:
+        remote = _pyremote.Process(target.proc.pid)
+        for address in (0, 1 << 63, (1 << 64) - 8, 0x10):
+            with pytest.raises(_pyremote.RemoteError):
+                remote.code(address)
+        remote.close()
+    finally:
+        target.finish()
+    same = _sampled._same_code
+    assert same(("inner", "a.py", 7, b""), 7, b"inner")
+    assert not same(("inner", "a.py", 8, b""), 7, b"inner")      # other first line
+    assert not same(("inner_x", "a.py", 7, b""), 7, b"inner")    # whole name differs
+    long_name = "Class.a_long_method_name"
+    assert same((long_name, "a.py", 7, b""), 7, long_name.encode()[:16])
+    assert not same(("Other." + long_name, "a.py", 7, b""), 7, long_name.encode()[:16])
+
+
 def test_launched_program_is_sampled_to_its_end(tmp_path):
     need_sampler()
     if sys.version_info < (3, 13):

@@ -88,6 +88,9 @@ _LAYOUTS = {
 # native evaluator call: FRAME_OWNED_BY_CSTACK in 3.13, renamed
 # FRAME_OWNED_BY_INTERPRETER in 3.14 (with the same value; seen in their
 # processes: such frames hold None).
+# x86-64 user space ends below 2**47 (4-level page tables; 5-level ones
+# give 2**56, which this also allows).
+USER_SPACE_END = 1 << 56
 CSTACK_OWNER = {(3, 13): 3, (3, 14): 3, (3, 15): 3}
 SUPPORTED = sorted(_LAYOUTS)
 
@@ -178,6 +181,10 @@ class Process:
             self.mem = None
 
     def read(self, address, size):
+        # A pointer read from freed memory can be anything: only user-space
+        # addresses can be read (pread takes a signed offset).
+        if not 0 < address < USER_SPACE_END or not 0 <= size <= USER_SPACE_END - address:
+            raise RemoteError(f"process {self.pid}: 0x{address:x} is no user-space address")
         try:
             data = os.pread(self.mem.fileno(), size, address)
         except OSError as ex:

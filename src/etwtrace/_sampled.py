@@ -50,7 +50,8 @@ FRAME_BYTES, CODE_BYTES = 128, 256     # read at once per frame (sampler.bpf.c)
 MAX_RATE = 20000
 
 _SAMPLE_HEAD = struct.Struct("<IIQIIII")
-_PY_FRAME = struct.Struct("<QIiII16s")
+NAME_BYTES = 16         # of a qualname, read by the BPF program (sampler.h)
+_PY_FRAME = struct.Struct(f"<QIiII{NAME_BYTES}s")
 _TARGET = struct.Struct("<Q14IQQQII")
 
 
@@ -153,12 +154,15 @@ class _Target:
         key = (code, first, name16)
         info = self.codes.get(key)
         if info is None:
+            short = name16.split(b"\0")[0]
             try:
                 info = self.remote.code(code)
             except RemoteError:
-                # Gone already: the name the sample itself read.
-                short = name16.split(b"\0")[0].decode("ascii", "replace") or "?"
-                info = (short, "?", first, b"")
+                info = None
+            if info is None or not _same_code(info, first, short):
+                # Freed (or freed and reused) since the sample: the name
+                # the sample itself read.
+                info = (short.decode("ascii", "replace") or "?", "?", first, b"")
             self.codes[key] = info
         qualname, file, firstlineno, table = info
         line = _pyremote.line_of(table, firstlineno, unit) if table else firstlineno
@@ -192,6 +196,18 @@ class _Target:
                 found = name
             self.natives[address] = found
         return found
+
+
+def _same_code(info, first, short):
+    """Whether a code object read now is the one a sample saw: the same
+    first line and, for an ASCII name, the same first bytes of it."""
+    qualname, _, firstlineno, _ = info
+    if firstlineno != first:
+        return False
+    if not qualname.isascii():
+        return True
+    name = qualname.encode()
+    return name[:NAME_BYTES] == short if len(short) == NAME_BYTES else name == short
 
 
 class SampledRecorder:
@@ -281,6 +297,8 @@ class SampledRecorder:
     def close(self):
         for w in self.writers.values():
             w.close()
+        for t in self.targets.values():
+            t.remote.close()
 
 
 STACK_CACHE = 65536    # distinct raw stacks remembered per process
