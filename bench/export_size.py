@@ -44,6 +44,10 @@ def estimate(cap, fmt):
                                                                  what, None))
 
 
+def _size(n):
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2_000_000)
@@ -60,13 +64,13 @@ def main():
         run = time.perf_counter() - started
         trace = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(cap) for f in fs)
         print(f"{opts.calls:,} calls traced in {run:.2f} s; capture {trace / 2**20:.1f} MiB")
-        print(f"{'format':<12} {'view':<12} {'size MiB':>9} {'estimate':>9} {'seconds':>8}")
+        print(f"{'format':<12} {'view':<12} {'size':>10} {'estimate':>10} {'seconds':>8}")
         for fmt in ("text", "folded", "svg", "pprof", "speedscope", "chrome"):
-            for label, args in (("whole", ()), ("--to 0.5", ("--to", "0.5"))):
+            for label, args in (("whole", ()), ("--to 0.1", ("--to", "0.1"))):
                 secs, size = report(cap, os.path.join(tmp, "out"), "--format", fmt, *args)
                 guess = estimate(cap, fmt) if fmt in ("speedscope", "chrome") and not args else None
-                shown = f"{guess / 2**20:9.1f}" if guess is not None else f"{'':>9}"
-                print(f"{fmt:<12} {label:<12} {size / 2**20:9.2f} {shown} {secs:8.2f}")
+                shown = _size(guess) if guess is not None else ""
+                print(f"{fmt:<12} {label:<12} {_size(size):>10} {shown:>10} {secs:8.2f}")
 
 
 if __name__ == "__main__":
