@@ -8,7 +8,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -276,7 +278,7 @@ def test_a_code_object_freed_before_it_is_read_keeps_the_samples_name(tmp_path):
     from etwtrace import _pyremote, _sampled
     script = tmp_path / "reuse.py"
     script.write_text("print('ready', flush=True)\n" + (SCRIPTS / "reuse.py").read_text())
-    target = Running(script, 0.5, os.devnull)
+    target = Running(script, 60, os.devnull)
     try:
         remote = _pyremote.Process(target.proc.pid)
         for address in (0, 1 << 63, (1 << 64) - 8, 0x10):
@@ -284,6 +286,7 @@ def test_a_code_object_freed_before_it_is_read_keeps_the_samples_name(tmp_path):
                 remote.code(address)
         remote.close()
     finally:
+        target.proc.kill()
         target.finish()
     same = _sampled._same_code
     assert same(("inner", "a.py", 7, b""), 7, b"inner")
@@ -305,3 +308,108 @@ def test_launched_program_is_sampled_to_its_end(tmp_path):
     assert "done" in proc.stdout
     stacks = _folded(cap)
     assert sum(n for s, n in stacks.items() if any(_name(f) == "inner" for f in s)) >= 300
+
+
+# ---- a sampled recording session ----
+
+def _python_stacks(cap, *args):
+    python = Counter()
+    for stack, n in _folded(cap, *args).items():
+        python[tuple(_name(f) for f in stack if f.endswith(")"))] += n
+    return python
+
+
+def test_a_sampled_session_samples_every_python_process(box):
+    """record start --sampled: CPython processes that ran before the session
+    and that start during it are sampled without hooks; other processes
+    (not Python, or a Python it cannot read) are not; status, snapshot and
+    stop work as for any session."""
+    need_sampler()
+    capture = box.path("capture")
+    before = Running("sampled_target.py", 6)
+    others = [subprocess.Popen(["sleep", "30"])]
+    if sys.version_info < (3, 13):
+        # This interpreter has no _Py_DebugOffsets: not sampled, and said.
+        others.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]))
+    try:
+        started = box.start(capture, "--sampled", "--rate", "499")
+        assert "hook-free sampling" in started.stderr
+        during = Running("sampled_target.py", 4)
+        staging = os.path.join(capture, ".session", "ctf")
+        deadline = time.monotonic() + 10
+        while not {f"pid-{before.proc.pid}", f"pid-{during.proc.pid}"} <= set(os.listdir(staging)):
+            assert time.monotonic() < deadline, os.listdir(staging)
+            time.sleep(0.1)
+        assert not any(f"pid-{p.pid}" in os.listdir(staging) for p in others)
+        status = box.record("status")
+        assert status.returncode == 0 and "processes sampled" in status.stderr, status.stderr
+        time.sleep(1.5)
+        snap = box.path("snap")
+        assert box.record("snapshot", snap).returncode == 0
+        assert sum(n for s, n in _python_stacks(snap, "--pid", before.proc.pid).items()
+                   if s[-2:] == ("outer", "inner")) > 100
+        for target in (during, before):
+            status, out = target.finish()
+            assert status == 0 and out.strip() == "done"
+        r = box.stop()
+        assert "session saved to" in r.stderr
+    finally:
+        for p in others:
+            p.kill()
+            p.wait()
+    for target in (before, during):
+        python = _python_stacks(capture, "--pid", target.proc.pid)
+        inner = sum(n for s, n in python.items() if s and s[-1] == "inner")
+        right = sum(n for s, n in python.items() if s[-3:] == ("<module>", "outer", "inner"))
+        assert inner >= 300 and right >= 0.99 * inner, python.most_common(5)
+    manifest = json.loads(Path(capture, "etwtrace-capture.json").read_text())
+    assert manifest["mode"] == "sampled" and manifest["recorder"] == "bpf"
+    assert manifest["rate"] == 499 and manifest["samples"] > 0
+    assert str(before.proc.pid) in manifest["native_frames"]
+    if sys.version_info < (3, 13):
+        assert "3.13" in manifest["processes_not_sampled"][str(others[1].pid)]
+
+
+def test_a_sampled_session_refuses_what_it_cannot_do(box):
+    from sessions import one_line_error
+    capture = box.path("capture")
+    one_line_error(box.record("start", capture, "--sampled", "--ring", "1M"), "leave out --ring")
+    one_line_error(box.record("start", capture, "--sampled", "--recorder", "perf"),
+                   "leave out --recorder")
+    one_line_error(box.record("start", capture, "--rate", "99"), "--rate is for --sampled")
+    one_line_error(box.record("start", capture, "--sampled", "--rate", "0"), "--rate 0")
+    need_sampler()
+    nobody = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-m", "etwtrace", "record", "start", box.path("nobody"), "--sampled"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+        env=dict(box.env, HOME="/"))
+    one_line_error(nobody, "needs root")
+    assert not os.path.exists(capture)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_launched_program_is_followed_into_its_workers(tmp_path, method):
+    need_sampler()
+    if sys.version_info < (3, 13):
+        pytest.skip("--sampled -- script runs the script with this interpreter (3.13+)")
+    cap = tmp_path / "cap"
+    proc = run_etwtrace("--sampled", "--capture", cap, "--",
+                        SCRIPTS / "sampled_children.py", "3", method)
+    assert proc.returncode == 0, proc.stderr
+    assert "done" in proc.stdout, proc.stderr
+    # The workers, and with spawn also multiprocessing's resource tracker.
+    assert re.search(r" samples of [34] processes", proc.stderr), proc.stderr
+    import etwtrace
+    inner_by_pid = Counter()
+    with etwtrace.open_trace(cap) as trace:
+        names = {}
+        for e in trace:
+            if e.name == "PythonFunction":
+                names[(e.pid, e.fields["BeginAddress"])] = e.fields["Name"]
+            elif e.name == "SampledProfile":
+                if any(names.get((e.pid, ip)) == "inner" for ip in e.stack):
+                    inner_by_pid[e.pid] += 1
+    # Both workers were found (within a second of starting) and sampled.
+    print(inner_by_pid)
+    assert len(inner_by_pid) == 2 and min(inner_by_pid.values()) >= 500, inner_by_pid

@@ -53,10 +53,12 @@ Usage: python -m etwtrace report PATH [--format text|folded|speedscope|chrome|sv
     Summarises a capture (see python -m etwtrace report --help).
 
 Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+       python -m etwtrace record start PATH --sampled [--rate HZ]
        python -m etwtrace record status | snapshot [PATH] | stop
 
     A recording session like wpr -start / -stop: every traced Python process
-    records into it (see python -m etwtrace record --help).
+    records into it, or with --sampled every CPython 3.13+ process is
+    sampled without hooks (see python -m etwtrace record --help).
 
 Usage: python -m etwtrace attach PID [--instrumented [--c-calls]]
        python -m etwtrace detach PID

@@ -22,8 +22,16 @@ class TraceWriter:
 
     def __init__(self, ctf_root, pid):
         from ._etwtrace import ctf_metadata
-        self.dir = os.path.join(ctf_root, f"pid-{pid}")
-        os.makedirs(self.dir, mode=0o700)
+        # pid-PID, or pid-PID.N when the process already has a trace there
+        # (it exec'd into another Python, or its pid was used again).
+        image = 1
+        while True:
+            self.dir = os.path.join(ctf_root, f"pid-{pid}" + (f".{image}" if image > 1 else ""))
+            try:
+                os.mkdir(self.dir, 0o700)
+                break
+            except FileExistsError:
+                image += 1
         _write_new(os.path.join(self.dir, "metadata"), ctf_metadata(pid))
         self.streams = {}
 
@@ -34,6 +42,10 @@ class TraceWriter:
                 os.path.join(self.dir, f"stream-{len(self.streams)}-tid-{tid}"),
                 len(self.streams), tid)
         return s
+
+    def flush(self):
+        for s in self.streams.values():
+            s.flush()
 
     def close(self):
         for s in self.streams.values():

@@ -6,7 +6,9 @@ files: the symbols of functions and objects, by address.
 """
 
 import bisect
+import os
 import struct
+from collections import OrderedDict
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -15,6 +17,27 @@ _PHDR = struct.Struct("<IIQQQQQQ")
 SHT_SYMTAB, SHT_DYNSYM = 2, 11
 STT_OBJECT, STT_FUNC = 1, 2
 PT_LOAD = 1
+CACHED_FILES = 64       # files whose symbols are kept between processes
+_cache = OrderedDict()  # (device, inode, size, mtime) -> Symbols
+
+
+def load_symbols(path):
+    """The Symbols of `path`, read once per version of the file: the
+    processes of one Python (a pool's workers, a session's processes) and
+    a process's maps read again share them."""
+    try:
+        st = os.stat(path)
+    except OSError as ex:
+        raise ElfError(f"{path}: {ex.strerror}") from None
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    sym = _cache.get(key)
+    if sym is None:
+        sym = _cache[key] = Symbols(path)
+        if len(_cache) > CACHED_FILES:
+            _cache.popitem(last=False)
+    else:
+        _cache.move_to_end(key)
+    return sym
 
 
 class ElfError(Exception):
@@ -111,10 +134,10 @@ class ProcessMaps:
         sym = self._symbols.get(path)
         if sym is None and path not in self._symbols:
             try:
-                sym = Symbols(f"/proc/{self.pid}/root{path}")
+                sym = load_symbols(f"/proc/{self.pid}/root{path}")
             except ElfError:
                 try:
-                    sym = Symbols(path)
+                    sym = load_symbols(path)
                 except ElfError:
                     sym = None
             self._symbols[path] = sym

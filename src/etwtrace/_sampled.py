@@ -46,8 +46,11 @@ THREAD_ROOTS = ("_start", "__libc_start_main", "__libc_start_call_main", "start_
                 "Py_RunMain", "thread_run", "pythread_wrapper")
 DEFAULT_RATE = 999
 DRAIN_MS = 100          # how often the ring buffer is read
+SCAN_SECONDS = 1.0      # how often new processes are looked for (children, sessions)
 FRAME_BYTES, CODE_BYTES = 128, 256     # read at once per frame (sampler.bpf.c)
 MAX_RATE = 20000
+STACK_CACHE = 65536     # distinct raw stacks remembered per process
+FRAME_CACHE = 262144    # distinct Python frames (code object, instruction) per process
 
 _SAMPLE_HEAD = struct.Struct("<IIQIIII")
 NAME_BYTES = 16         # of a qualname, read by the BPF program (sampler.h)
@@ -96,6 +99,7 @@ class _Target:
         self.natives = {}        # native address -> (label, begin) or None
         self.described = set()   # native function begins written as PythonFunction
         self.stacks = {}         # raw frames -> encoded stack (SampledRecorder.handle)
+        self.frames = {}         # (code, unit, first, name16) -> synthetic address
         self.next_id = 1
         self.maps_read = time.monotonic()
 
@@ -151,6 +155,16 @@ class _Target:
         return fid
 
     def python_address(self, stream, ts, code, unit, first, name16):
+        frame = (code, unit, first, name16)
+        address = self.frames.get(frame)
+        if address is None:
+            if len(self.frames) >= FRAME_CACHE:
+                self.frames.clear()
+            address = self.frames[frame] = self._line_address(stream, ts, code, unit, first,
+                                                              name16)
+        return address
+
+    def _line_address(self, stream, ts, code, unit, first, name16):
         key = (code, first, name16)
         info = self.codes.get(key)
         if info is None:
@@ -220,11 +234,13 @@ class SampledRecorder:
         self.targets = {}
         self.writers = {}
         self.samples = 0
+        self.processes = 0
 
     def add(self, pid):
         target = _Target(pid, None)     # RemoteError: not (yet) a CPython we read
         target.writer = self.writers[pid] = _ctfwrite.TraceWriter(self.ctf_root, pid)
         self.targets[pid] = target
+        self.processes += 1
         return target
 
     def handle(self, record):
@@ -294,14 +310,75 @@ class SampledRecorder:
         stack.extend(below)
         return tuple(stack)
 
-    def close(self):
+    def forget(self, pid):
+        """Ends process pid's trace (it ended, or is sampled no more)."""
+        target = self.targets.pop(pid, None)
+        writer = self.writers.pop(pid, None)
+        if target is not None:
+            target.remote.close()
+        if writer is not None:
+            writer.close()
+
+    def flush(self):
         for w in self.writers.values():
-            w.close()
-        for t in self.targets.values():
-            t.remote.close()
+            w.flush()
+
+    def close(self):
+        for pid in list(self.targets):
+            self.forget(pid)
 
 
-STACK_CACHE = 65536    # distinct raw stacks remembered per process
+class Sampling:
+    """The BPF sampler and a capture's recorder together: processes come
+    and go while it runs; drain() turns the samples taken into events."""
+
+    def __init__(self, rate):
+        _, self.sampler = start_sampler(rate)    # SampledError: cannot
+        self.recorder = None
+
+    def record_into(self, path):
+        """Starts the capture's trace in the capture directory `path`."""
+        self.recorder = SampledRecorder(path)
+
+    @property
+    def processes(self):
+        """How many processes were sampled."""
+        return self.recorder.processes if self.recorder is not None else 0
+
+    @property
+    def samples(self):
+        return self.recorder.samples if self.recorder is not None else 0
+
+    def add(self, pid):
+        """Samples process pid from now on; RemoteError when it is no
+        CPython this reads (or not yet: its interpreter is not mapped)."""
+        target = self.recorder.add(pid)
+        try:
+            self.sampler.add(pid, target.config())
+        except (OSError, ValueError, RemoteError) as ex:
+            self.recorder.forget(pid)
+            raise RemoteError(f"process {pid}: {ex}") from None
+        return target
+
+    def remove(self, pid):
+        self.sampler.remove(pid)
+        self.drain()
+        self.recorder.forget(pid)
+
+    def drain(self):
+        for record in self.sampler.drain():
+            self.recorder.handle(record)
+
+    def close(self):
+        """Stops sampling, writes out what was taken; returns how many
+        samples the ring buffer lost."""
+        try:
+            self.drain()
+            return self.sampler.dropped()
+        finally:
+            self.sampler.close()
+            if self.recorder is not None:
+                self.recorder.close()
 
 
 # Capabilities --sampled needs without root (linux/capability.h).
@@ -335,38 +412,44 @@ def run(path, rate, say, pid=None, target=None, duration=None):
     elif sys.version_info < (3, 13):
         raise SampledError(f"--sampled reads CPython 3.13 or later; this is "
                            f"{sys.version.split()[0]} (use --stack, which works on 3.9+)")
-    _, sampler = start_sampler(rate)
-    directory = _capture.CaptureDir(path).open()
+    sampling = Sampling(rate)
+    try:
+        directory = _capture.CaptureDir(path).open()
+    except BaseException:
+        sampling.close()
+        raise
     path = directory.path
-    recorder = SampledRecorder(path)
     status = 0
     child = None
     stop = []
+    dropped = 0
     previous = signal.signal(signal.SIGINT, lambda *a: stop.append(1))
     try:
+        sampling.record_into(path)
         _capture.write_manifest(path, format=1, mode="sampled", recorder="bpf", rate=rate,
                                 command=target, attached_pid=pid,
                                 python=sys.version.split()[0], started=time.time())
         if pid is None:
             child = subprocess.Popen([sys.executable, *target])
             pid = child.pid
-            _wait_for_runtime(pid, recorder, sampler)
+            _wait_for_runtime(pid, sampling)
         else:
             try:
-                sampler.add(pid, recorder.add(pid).config())
+                sampling.add(pid)
             except RemoteError as ex:
                 raise SampledError(str(ex)) from None
         say(f"etwtrace: sampling process {pid} at {rate} Hz (BPF; the program runs "
             f"without hooks)")
-        if not recorder.targets[pid].remote.keeps_frame_pointers():
-            native_frames = "cut short: the interpreter has no frame pointers"
-            say(f"etwtrace: warning: process {pid}'s Python was built without frame "
-                "pointers: its samples have every Python frame, but their native frames "
-                "stop early (those of C code called between Python frames are missing)")
-        else:
-            native_frames = "complete (frame pointers)"
+        native_frames = describe_native_frames(sampling.recorder.targets[pid], say)
         _capture.write_manifest(path, native_frames=native_frames)
         until = None if duration is None else time.monotonic() + duration
+        # A program it runs is followed into the Python processes it starts
+        # (multiprocessing's workers, subprocesses), as --stack follows them.
+        finder = None
+        if child is not None:
+            from ._pyfinder import PythonFinder
+            finder = PythonFinder(root=pid)
+            next_scan = time.monotonic() + SCAN_SECONDS
         # The process's pidfd becomes readable when it ends (zombie or not):
         # the loop sleeps on it between drains of the ring buffer.
         ended = select.poll()
@@ -375,8 +458,10 @@ def run(path, rate, say, pid=None, target=None, duration=None):
         try:
             while not stop:
                 gone = ended.poll(DRAIN_MS)
-                for record in sampler.drain():
-                    recorder.handle(record)
+                sampling.drain()
+                if finder is not None and time.monotonic() >= next_scan:
+                    finder.scan(sampling.add, sampling.remove)
+                    next_scan = time.monotonic() + SCAN_SECONDS
                 if gone:
                     if child is not None:
                         status = child.wait()
@@ -387,17 +472,15 @@ def run(path, rate, say, pid=None, target=None, duration=None):
                     break
         finally:
             os.close(pidfd)
-        sampler.remove(pid)
-        for record in sampler.drain():
-            recorder.handle(record)
-        dropped = sampler.dropped()
         if child is not None and child.poll() is None:
             status = child.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
-        sampler.close()
-        recorder.close()
-        info = {"finished": time.time(), "samples": recorder.samples}
+        dropped = sampling.close()
+        info = {"finished": time.time(), "samples": sampling.samples,
+                "processes": sampling.processes}
+        if dropped:
+            info["samples_lost"] = dropped
         if child is not None:
             info["exit_status"] = status
         try:
@@ -406,8 +489,20 @@ def run(path, rate, say, pid=None, target=None, duration=None):
             directory.close()
     if dropped:
         say(f"etwtrace: {dropped:,} samples were lost (the ring buffer was full)")
-    say(f"etwtrace: {recorder.samples:,} samples; capture saved to {path}")
+    of = f" of {sampling.processes} processes" if sampling.processes > 1 else ""
+    say(f"etwtrace: {sampling.samples:,} samples{of}; capture saved to {path}")
     return status
+
+
+def describe_native_frames(target, say):
+    """What the manifest says of a process's native frames; warns when its
+    interpreter cannot give them all."""
+    if target.remote.keeps_frame_pointers():
+        return "complete (frame pointers)"
+    say(f"etwtrace: warning: process {target.pid}'s Python was built without frame "
+        "pointers: its samples have every Python frame, but their native frames "
+        "stop early (those of C code called between Python frames are missing)")
+    return "cut short: the interpreter has no frame pointers"
 
 
 def _check_pid(pid):
@@ -420,12 +515,12 @@ def _check_pid(pid):
     process.close()
 
 
-def _wait_for_runtime(pid, recorder, sampler):
+def _wait_for_runtime(pid, sampling):
     """Adds the child once its interpreter is mapped (right after exec)."""
     deadline = time.monotonic() + 10
     while True:
         try:
-            sampler.add(pid, recorder.add(pid).config())
+            sampling.add(pid)
             return
         except RemoteError as ex:
             if time.monotonic() > deadline or not os.path.exists(f"/proc/{pid}"):

@@ -1,6 +1,7 @@
 """Recording sessions, the equivalent of `wpr -start` / `wpr -stop`:
 
     python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+    python -m etwtrace record start PATH --sampled [--rate HZ]
     python -m etwtrace record status | snapshot [PATH] | stop
 
 `start` runs a small background process (the session's daemon) that holds
@@ -18,7 +19,12 @@ processes that ended are finished in place, those of processes still
 running are copied as they are, and the staging directory goes, so a
 process that writes late cannot change the capture.  `snapshot` makes the
 same copy into another directory while the session goes on (in memory
-mode, what the rings hold now)."""
+mode, what the rings hold now).
+
+A sampled session (--sampled) announces nothing: its daemon runs the BPF
+sampler (_sampled.Sampling), finds the machine's CPython processes itself
+(_pyfinder) and writes each one's samples into the same staging directory,
+so status, snapshot and stop treat its traces as any other."""
 
 import fcntl
 import json
@@ -150,6 +156,9 @@ def _size_text(n):
 
 
 def _describe(state):
+    if state.get("sampled"):
+        return (f"hook-free sampling of every CPython 3.13+ process at {state['sampled']} Hz "
+                f"(BPF), capture {state.get('path')}")
     ring = state.get("ring") or 0
     mode = f", memory mode ({_size_text(ring)} per thread)" if ring else ""
     return (f"recorder {state.get('recorder')}, preset {state.get('preset')}{mode}, "
@@ -183,7 +192,7 @@ def _unreachable_by_others(path):
 
 # ---- commands ----
 
-def start(path, preset_name, requested_recorder, ring, say):
+def start(path, preset_name, requested_recorder, ring, say, sampled=0):
     place = Place()
     place.prepare()
     if place.daemon_alive():
@@ -192,23 +201,38 @@ def start(path, preset_name, requested_recorder, ring, say):
                            f"{_when(state.get('started', 0))}, into {state.get('path')}); "
                            "stop it first with: python -m etwtrace record stop")
     _recover_stale(place, say)
+    if sampled:
+        if ring or requested_recorder != "auto":
+            raise SessionError("--sampled records with its BPF program: leave out "
+                               f"{'--ring' if ring else '--recorder'}")
+        if not place.system:
+            raise SessionError("--sampled samples every Python process on the machine, "
+                               "which needs root")
+        from . import _sampled
+        try:
+            _sampled.load_sampler()
+            _sampled.check_privileges()
+        except _sampled.SampledError as ex:
+            raise SessionError(str(ex)) from None
     path = os.path.abspath(path)
     _capture.CaptureDir(path).check()
     preset = _capture.load_preset(preset_name)
     if ring and requested_recorder == "perf":
         raise SessionError("memory mode (--ring) records with the built-in recorder; "
                            "leave out --recorder perf")
-    if ring:
+    if sampled:
+        recorder = "bpf"
+    elif ring:
         recorder = "builtin"
     else:
         recorder, _ = _capture.choose_recorder(requested_recorder, say, system_wide=True)
-    if place.system:
+    if place.system and not sampled:     # (a sampled session's daemon writes alone)
         blocked = _unreachable_by_others(path)
         if blocked is not None:
             say(f"etwtrace: warning: other users cannot pass {blocked}, so only root's "
                 "processes can record into this session")
     request = {"path": path, "preset": preset.name, "recorder": recorder, "ring": ring,
-               "dir": place.dir}
+               "sampled": sampled, "dir": place.dir}
     try:
         log = os.open(place.path("daemon.log"),
                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -248,9 +272,10 @@ def status(say):
     if place.daemon_alive() and state:
         joined = _joined(state)
         count = "an unknown number of" if joined is None else f"{joined}"
+        verb = "sampled" if state.get("sampled") else "joined"
         say(f"etwtrace: a recording session is running since {_when(state['started'])} "
             f"(for {_duration(time.time() - state['started'])}): {_describe(state)}; "
-            f"{count} process{'es' if joined != 1 else ''} joined")
+            f"{count} process{'es' if joined != 1 else ''} {verb}")
         if state.get("perf_failed"):
             say(f"etwtrace: warning: perf stopped early: {state['perf_failed']}")
         return 0
@@ -319,7 +344,9 @@ def snapshot(target, say):
                 say(f"etwtrace: warning: process {pid}'s trace not copied: {ex}")
         _capture.collect_perf_files(target, set(owners), owners)
         losses = _ctf.recorded_losses(target)
-        info = dict(tool="etwtrace", format=1, recorder="builtin", preset=state.get("preset"),
+        kind = (dict(mode="sampled", recorder="bpf", rate=state["sampled"])
+                if state.get("sampled") else dict(recorder="builtin"))
+        info = dict(tool="etwtrace", format=1, **kind, preset=state.get("preset"),
                     session=state.get("id"), snapshot=True, ring=state.get("ring", 0),
                     started=state.get("started"), finished=time.time(),
                     processes=len(owners), python=sys.version.split()[0])
@@ -458,15 +485,20 @@ def daemon_main(request_text):
     except (SessionError, CaptureError, _perf.PerfError) as ex:
         print(f"error: {ex}", flush=True)
         return 1
+    except Exception as ex:     # the sampler's errors, among others: said, not lost
+        print(f"error: {type(ex).__name__}: {ex}", flush=True)
+        return 1
     print("ready", flush=True)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)     # `start` has its answer (its stderr is daemon.log)
-    while True:
-        received = signal.sigtimedwait(signals, 1.0)
-        if received is not None:
-            break
-        session.check_perf()
-    session.end()
+    try:
+        while True:
+            received = signal.sigtimedwait(signals, session.tick_seconds)
+            if received is not None:
+                break
+            session.tick()
+    finally:
+        session.end()
     os.close(lock_fd)
     return 0
 
@@ -492,6 +524,8 @@ class _Session:
         self.probe = None
         self.perf = None
         self.state = None
+        self.sampling = None
+        self.tick_seconds = 1.0
 
     def begin(self):
         place, request, path = self.place, self.request, self.path
@@ -524,6 +558,13 @@ class _Session:
                                 python=sys.version.split()[0])
         if request["recorder"] == "perf":
             self._start_perf(preset)
+        if request.get("sampled"):
+            # Sampled processes run without hooks: no announcement for
+            # traced processes to join (their events would mix with the
+            # samples); the daemon finds the Python processes itself.
+            self._start_sampling(request["sampled"], staging)
+            self._write(place.path(STATE), json.dumps(self.state, indent=2), 0o644)
+            return
         self._write(place.path(STATE), json.dumps(self.state, indent=2), 0o644)
         announce = (f"etwtrace-session=1\nid={session_id}\ncapture={staging}\n"
                     f"ring={request['ring']}\n")
@@ -582,6 +623,43 @@ class _Session:
         self.state.update(callgraph=callgraph, perf_command=cmd)
         _capture.write_manifest(self.path, callgraph=callgraph, perf_command=cmd)
 
+    def _start_sampling(self, rate, staging):
+        from . import _pyfinder, _sampled
+        try:
+            self.sampling = _sampled.Sampling(rate)
+        except _sampled.SampledError as ex:
+            raise SessionError(str(ex)) from None
+        self.sampling.record_into(staging)
+        self.finder = _pyfinder.PythonFinder(exclude={os.getpid()})
+        self.native_frames = {}
+        self.tick_seconds = _sampled.DRAIN_MS / 1000
+        self.next_scan = 0.0
+        self.state.update(sampled=rate, recorder="bpf")
+        _capture.write_manifest(self.path, mode="sampled", recorder="bpf", rate=rate)
+        self._scan()
+
+    def _scan(self):
+        from . import _sampled
+        quiet = []
+
+        def add(pid):
+            target = self.sampling.add(pid)
+            self.native_frames[str(pid)] = _sampled.describe_native_frames(target, quiet.append)
+
+        self.finder.scan(add, self.sampling.remove)
+        self.next_scan = time.monotonic() + _sampled.SCAN_SECONDS
+
+    def tick(self):
+        """Every tick_seconds: the sampler's samples into the trace, and
+        now and then a look for new and ended Python processes."""
+        self.check_perf()
+        if self.sampling is None:
+            return
+        self.sampling.drain()
+        if time.monotonic() >= self.next_scan:
+            self.sampling.recorder.flush()      # what a snapshot copies
+            self._scan()
+
     def check_perf(self):
         if self.perf_proc is not None and self.perf_proc.poll() is not None \
                 and not self.state.get("perf_failed"):
@@ -593,6 +671,8 @@ class _Session:
 
     def end(self):
         self.place.remove(ANNOUNCE)
+        if self.sampling is not None:
+            self._end_sampling()
         if self.perf_proc is not None and self.perf_proc.poll() is None:
             self.perf_proc.send_signal(signal.SIGINT)
             try:
@@ -603,6 +683,20 @@ class _Session:
         if self.probe:
             _perf.remove_stack_sample_probe(self.perf)
         self.directory.close()
+
+
+    def _end_sampling(self):
+        dropped = self.sampling.close()
+        info = {"samples": self.sampling.samples, "native_frames": self.native_frames}
+        if dropped:
+            info["samples_lost"] = dropped
+        if self.finder.skipped:
+            info["processes_not_sampled"] = {str(p): why for p, why
+                                             in sorted(self.finder.skipped.items())}
+        try:
+            _capture.write_manifest(self.path, **info)
+        except CaptureError as ex:
+            print(f"etwtrace: {ex}", file=sys.stderr)
 
 
 def _perf_dies_with_daemon():
@@ -621,6 +715,7 @@ def _perf_dies_with_daemon():
 
 RECORD_HELP = """\
 Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+       python -m etwtrace record start PATH --sampled [--rate HZ]
        python -m etwtrace record status
        python -m etwtrace record snapshot [PATH]
        python -m etwtrace record stop
@@ -637,6 +732,10 @@ Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|per
                       (CPU samples of the whole machine), or builtin
       --ring SIZE     Memory mode: each thread keeps only its newest SIZE
                       of events (e.g. 16M); written by snapshot and stop
+      --sampled       Hook-free sampling (root): a BPF program samples every
+                      CPython 3.13+ process on the machine, traced or not,
+                      as it starts (see --sampled in python -m etwtrace -h)
+      --rate HZ       With --sampled: samples per second (default 999)
     status            Whether a session runs, since when, into where, and
                       how many processes joined (exit status 1: none)
     snapshot [PATH]   Writes what the session holds now into PATH (default:
@@ -676,10 +775,12 @@ def main(args, say):
 
 
 def _start_from_args(args, say):
+    original = list(args)
     path = None
     preset = "Default"
     recorder = "auto"
     ring = 0
+    sampled = 0
 
     def value(option):
         if not args or args[0].startswith("-"):
@@ -697,6 +798,10 @@ def _start_from_args(args, say):
                 raise SessionError(f"--recorder must be auto, perf or builtin, not {recorder!r}")
         elif name == "--ring":
             ring = parse_size(inline if eq else value(name))
+        elif arg == "--sampled":
+            sampled = sampled or _sampled_default_rate()
+        elif name == "--rate":
+            sampled = _parse_rate(inline if eq else value(name))
         elif arg.startswith("-"):
             raise SessionError(f"unknown option {arg!r} for record start")
         elif path is None:
@@ -705,4 +810,22 @@ def _start_from_args(args, say):
             raise SessionError(f"record start takes one PATH, not also {arg!r}")
     if path is None:
         raise SessionError("record start needs a PATH for the capture")
-    return start(path, preset, recorder, ring, say)
+    if sampled and "--sampled" not in original:
+        raise SessionError("--rate is for --sampled")
+    return start(path, preset, recorder, ring, say, sampled)
+
+
+def _sampled_default_rate():
+    from . import _sampled
+    return _sampled.DEFAULT_RATE
+
+
+def _parse_rate(text):
+    from . import _sampled
+    try:
+        rate = int(text)
+    except ValueError:
+        raise SessionError(f"--rate takes a number, not {text!r}") from None
+    if not 0 < rate <= _sampled.MAX_RATE:
+        raise SessionError(f"--rate {text}: out of range (above 0, at most {_sampled.MAX_RATE})")
+    return rate
