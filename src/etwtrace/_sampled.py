@@ -45,7 +45,8 @@ THREAD_ROOTS = ("_start", "__libc_start_main", "__libc_start_call_main", "start_
                 "clone3", "__clone3", "clone", "__clone", "main", "Py_BytesMain", "Py_Main",
                 "Py_RunMain", "thread_run", "pythread_wrapper")
 DEFAULT_RATE = 999
-DRAIN_MS = 100          # how often the ring buffer is read
+WAIT_MS = 1000          # the longest wait between reads of the ring buffer (it
+                        # wakes the sampler sooner when a quarter full)
 SCAN_SECONDS = 1.0      # how often new processes are looked for (children, sessions)
 FRAME_BYTES, CODE_BYTES = 128, 256     # read at once per frame (sampler.bpf.c)
 MAX_RATE = 20000
@@ -365,6 +366,10 @@ class Sampling:
         self.drain()
         self.recorder.forget(pid)
 
+    def fileno(self):
+        """Readable when the ring buffer needs reading."""
+        return self.sampler.fileno()
+
     def drain(self):
         for record in self.sampler.drain():
             self.recorder.handle(record)
@@ -423,7 +428,11 @@ def run(path, rate, say, pid=None, target=None, duration=None):
     child = None
     stop = []
     dropped = 0
+    # Ctrl-C ends the wait at once: the signal's wake-up byte makes the
+    # pipe the loop polls readable.
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     previous = signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    previous_wakeup = signal.set_wakeup_fd(wake_write)
     try:
         sampling.record_into(path)
         _capture.write_manifest(path, format=1, mode="sampled", recorder="bpf", rate=rate,
@@ -452,12 +461,20 @@ def run(path, rate, say, pid=None, target=None, duration=None):
             next_scan = time.monotonic() + SCAN_SECONDS
         # The process's pidfd becomes readable when it ends (zombie or not):
         # the loop sleeps on it between drains of the ring buffer.
-        ended = select.poll()
+        waiting = select.poll()
         pidfd = os.pidfd_open(pid)
-        ended.register(pidfd, select.POLLIN)
+        waiting.register(pidfd, select.POLLIN)
+        waiting.register(sampling.fileno(), select.POLLIN)
+        waiting.register(wake_read, select.POLLIN)
         try:
             while not stop:
-                gone = ended.poll(DRAIN_MS)
+                wait = WAIT_MS
+                if finder is not None:
+                    wait = min(wait, (next_scan - time.monotonic()) * 1000)
+                if until is not None:
+                    wait = min(wait, (until - time.monotonic()) * 1000)
+                ready = waiting.poll(max(wait, 0))
+                gone = any(fd == pidfd for fd, _ in ready)
                 sampling.drain()
                 if finder is not None and time.monotonic() >= next_scan:
                     finder.scan(sampling.add, sampling.remove)
@@ -475,7 +492,10 @@ def run(path, rate, say, pid=None, target=None, duration=None):
         if child is not None and child.poll() is None:
             status = child.wait()
     finally:
+        signal.set_wakeup_fd(previous_wakeup)
         signal.signal(signal.SIGINT, previous)
+        os.close(wake_read)
+        os.close(wake_write)
         dropped = sampling.close()
         info = {"finished": time.time(), "samples": sampling.samples,
                 "processes": sampling.processes}

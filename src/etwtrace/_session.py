@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import secrets
+import select
 import signal
 import stat
 import subprocess
@@ -493,7 +494,13 @@ def daemon_main(request_text):
     os.dup2(devnull, 1)     # `start` has its answer (its stderr is daemon.log)
     try:
         while True:
-            received = signal.sigtimedwait(signals, session.tick_seconds)
+            if session.sampling is not None:
+                # The signals stay pending while it waits for samples
+                # (at most WAIT_MS).
+                session.wait_for_samples()
+                received = signal.sigtimedwait(signals, 0)
+            else:
+                received = signal.sigtimedwait(signals, 1.0)
             if received is not None:
                 break
             session.tick()
@@ -525,7 +532,6 @@ class _Session:
         self.perf = None
         self.state = None
         self.sampling = None
-        self.tick_seconds = 1.0
 
     def begin(self):
         place, request, path = self.place, self.request, self.path
@@ -632,7 +638,8 @@ class _Session:
         self.sampling.record_into(staging)
         self.finder = _pyfinder.PythonFinder(exclude={os.getpid()})
         self.native_frames = {}
-        self.tick_seconds = _sampled.DRAIN_MS / 1000
+        self.waiting = select.poll()
+        self.waiting.register(self.sampling.fileno(), select.POLLIN)
         self.next_scan = 0.0
         self.state.update(sampled=rate, recorder="bpf")
         _capture.write_manifest(self.path, mode="sampled", recorder="bpf", rate=rate)
@@ -649,9 +656,14 @@ class _Session:
         self.finder.scan(add, self.sampling.remove)
         self.next_scan = time.monotonic() + _sampled.SCAN_SECONDS
 
+    def wait_for_samples(self):
+        from . import _sampled
+        wait = min(_sampled.WAIT_MS, (self.next_scan - time.monotonic()) * 1000)
+        self.waiting.poll(max(wait, 0))
+
     def tick(self):
-        """Every tick_seconds: the sampler's samples into the trace, and
-        now and then a look for new and ended Python processes."""
+        """After each wait: the sampler's samples into the trace, and each
+        second a look for new and ended Python processes."""
         self.check_perf()
         if self.sampling is None:
             return

@@ -11,6 +11,7 @@
  *                             native_count addresses, then its python_count
  *                             frames
  *   s.dropped()               samples lost to a full ring buffer
+ *   s.fileno()                readable when the ring buffer fills (poll it)
  *   s.close()
  */
 #define PY_SSIZE_T_CLEAN
@@ -51,8 +52,10 @@ on_record(void *ctx, void *data, size_t size)
 {
     Sampler *self = ctx;
     const struct etw_sample *s = data;
-    if (size < sizeof *s || s->native_count > ETW_SAMPLER_MAX_NATIVE + 1
-        || s->python_count > ETW_SAMPLER_MAX_PYTHON) {
+    /* The program sends only the Python frames it took (sampler.bpf.c). */
+    if (size < offsetof(struct etw_sample, python) || s->native_count > ETW_SAMPLER_MAX_NATIVE + 1
+        || s->python_count > ETW_SAMPLER_MAX_PYTHON
+        || size < offsetof(struct etw_sample, python) + s->python_count * sizeof s->python[0]) {
         return 0;
     }
     size_t head = offsetof(struct etw_sample, native);
@@ -71,6 +74,18 @@ on_record(void *ctx, void *data, size_t size)
     }
     Py_DECREF(record);
     return 0;
+}
+
+/* The ring buffer's size for `cpus` CPUs: 2 MiB a CPU, a power of two
+ * from 16 MiB to 256 MiB. */
+static __u32
+ring_bytes(int cpus)
+{
+    __u32 bytes = 16u << 20;
+    while (bytes < (256u << 20) && (__u64)bytes < (__u64)cpus * (2u << 20)) {
+        bytes <<= 1;
+    }
+    return bytes;
 }
 
 static void
@@ -133,6 +148,17 @@ sampler_init(Sampler *self, PyObject *args, PyObject *kwargs)
         fail(self, errno, "cannot open the sampler's BPF object");
         return -1;
     }
+    int cpus = libbpf_num_possible_cpus();
+    if (cpus <= 0) {
+        fail(self, cpus, "cannot count the CPUs");
+        return -1;
+    }
+    /* Room for about a second of samples of every CPU at 999 Hz (a sample
+     * takes 1 to 5 KiB): user space is woken when it is a quarter full. */
+    struct bpf_map *ring_map = bpf_object__find_map_by_name(self->obj, "samples");
+    if (ring_map != NULL) {
+        bpf_map__set_max_entries(ring_map, ring_bytes(cpus));
+    }
     int err = bpf_object__load(self->obj);
     if (err) {
         fail(self, err, "cannot load the sampler's BPF program");
@@ -144,11 +170,6 @@ sampler_init(Sampler *self, PyObject *args, PyObject *kwargs)
     int ring_fd = bpf_object__find_map_fd_by_name(self->obj, "samples");
     if (prog == NULL || self->targets_fd < 0 || self->dropped_fd < 0 || ring_fd < 0) {
         fail(self, ENOENT, "the sampler's BPF object is incomplete");
-        return -1;
-    }
-    int cpus = libbpf_num_possible_cpus();
-    if (cpus <= 0) {
-        fail(self, cpus, "cannot count the CPUs");
         return -1;
     }
     self->links = PyMem_Calloc((size_t)cpus, sizeof *self->links);
@@ -247,6 +268,15 @@ sampler_drain(Sampler *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+sampler_fileno(Sampler *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->ring == NULL) {
+        return PyErr_Format(PyExc_ValueError, "the sampler is closed");
+    }
+    return PyLong_FromLong(ring_buffer__epoll_fd(self->ring));
+}
+
+static PyObject *
 sampler_dropped(Sampler *self, PyObject *Py_UNUSED(ignored))
 {
     __u32 zero = 0;
@@ -277,6 +307,8 @@ static PyMethodDef sampler_methods[] = {
     {"remove", (PyCFunction)sampler_remove, METH_VARARGS, "remove(pid)"},
     {"drain", (PyCFunction)sampler_drain, METH_NOARGS, "records received, as bytes"},
     {"dropped", (PyCFunction)sampler_dropped, METH_NOARGS, "samples the ring lost"},
+    {"fileno", (PyCFunction)sampler_fileno, METH_NOARGS,
+     "a descriptor readable when the ring buffer is a quarter full"},
     {"close", (PyCFunction)sampler_close, METH_NOARGS, "detach and unload"},
     {NULL, NULL, 0, NULL},
 };

@@ -19,6 +19,7 @@ struct {
     __type(value, struct etw_target);
 } targets SEC(".maps");
 
+/* Its size is set by user space before loading (module.c: by CPU count). */
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 16 << 20);
@@ -33,12 +34,14 @@ struct {
 } dropped SEC(".maps");
 
 /* Per-CPU scratch space: a frame's and a code object's first bytes, read
- * at once (one read each instead of one per field). */
+ * at once (one read each instead of one per field), and the sample, built
+ * here and sent with only the Python frames it has. */
 #define FRAME_BYTES 128
 #define CODE_BYTES 256
 struct scratch {
     __u8 frame[FRAME_BYTES + 8];
     __u8 code[CODE_BYTES + 8];
+    struct etw_sample sample;
 };
 
 struct {
@@ -88,6 +91,31 @@ find_thread(const struct etw_target *t, __u32 tid)
     return 0;
 }
 
+/* Sends the sample without its unused Python frame slots.  User space is
+ * woken only when the ring buffer is a quarter full: otherwise it reads
+ * the ring at its own pace (a wake-up per sample would cost more than
+ * the sample). */
+static __always_inline int
+send(const struct etw_sample *s)
+{
+    __u32 n = s->python_count;
+    if (n > ETW_SAMPLER_MAX_PYTHON) {
+        n = ETW_SAMPLER_MAX_PYTHON;
+    }
+    __u64 size = __builtin_offsetof(struct etw_sample, python) + n * sizeof(struct etw_python_frame);
+    __u64 wake = bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA)
+                 > bpf_ringbuf_query(&samples, BPF_RB_RING_SIZE) / 4
+                 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+    if (bpf_ringbuf_output(&samples, (void *)s, size, wake) != 0) {
+        __u32 zero = 0;
+        __u64 *lost = bpf_map_lookup_elem(&dropped, &zero);
+        if (lost != NULL) {
+            __sync_fetch_and_add(lost, 1);
+        }
+    }
+    return 0;
+}
+
 SEC("perf_event")
 int
 etw_sample(struct bpf_perf_event_data *ctx)
@@ -103,14 +131,7 @@ etw_sample(struct bpf_perf_event_data *ctx)
     if (b == NULL) {
         return 0;
     }
-    struct etw_sample *s = bpf_ringbuf_reserve(&samples, sizeof *s, 0);
-    if (s == NULL) {
-        __u64 *n = bpf_map_lookup_elem(&dropped, &zero);
-        if (n != NULL) {
-            __sync_fetch_and_add(n, 1);
-        }
-        return 0;
-    }
+    struct etw_sample *s = &b->sample;
     s->pid = pid;
     s->tid = tid;
     s->time = bpf_ktime_get_ns();
@@ -128,10 +149,7 @@ etw_sample(struct bpf_perf_event_data *ctx)
     __u64 ts = find_thread(t, native_tid);
     if (ts == 0) {
         s->flags |= ETW_SAMPLE_NO_THREAD_STATE;
-        /* Submitted without waking user space: it polls (no wake-up cost
-         * per sample). */
-        bpf_ringbuf_submit(s, BPF_RB_NO_WAKEUP);
-        return 0;
+        return send(s);
     }
     __u64 frame = read_word(ts + t->thread_current_frame);
     __u32 n = 0;
@@ -172,6 +190,5 @@ etw_sample(struct bpf_perf_event_data *ctx)
         s->flags |= ETW_SAMPLE_PYTHON_TRUNCATED;
     }
     s->python_count = n;
-    bpf_ringbuf_submit(s, BPF_RB_NO_WAKEUP);
-    return 0;
+    return send(s);
 }
