@@ -79,9 +79,9 @@ def sampler_extension():
         return None
     return Extension(
         "etwtrace._sampler",
-        sources=[f"{sampler}/module.c"],
+        sources=[f"{sampler}/module.c", f"{sampler}/chunks.c"],
         include_dirs=[out, sampler],
-        depends=[f"{sampler}/sampler.h", f"{sampler}/sampler.bpf.c"],
+        depends=[f"{sampler}/sampler.h", f"{sampler}/sampler.bpf.c", f"{sampler}/chunks.h"],
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,
         libraries=["bpf"],

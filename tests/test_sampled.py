@@ -413,3 +413,59 @@ def test_a_launched_program_is_followed_into_its_workers(tmp_path, method):
     # Both workers were found (within a second of starting) and sampled.
     print(inner_by_pid)
     assert len(inner_by_pid) == 2 and min(inner_by_pid.values()) >= 500, inner_by_pid
+
+
+def test_stacks_sent_once_then_by_hash_are_all_written_in_time_order(tmp_path, monkeypatch):
+    """The BPF program sends a stack whole once and then only its hash; the
+    sampler writes the samples of known stacks itself, in chunks.  With the
+    stack memory made tiny, stacks are forgotten and hashed anew many times
+    (generations): every sample must still be written, with its own stack,
+    in time order, readable by babeltrace2."""
+    need_sampler()
+    from conftest import need_tool
+    need_tool("babeltrace2")
+    import select
+    import time as clock
+    import etwtrace
+    from etwtrace import _capture, _sampled
+    monkeypatch.setattr(_sampled, "STACK_CACHE", 8)
+    target = Running("sampled_target.py", 4)
+    cap = tmp_path / "cap"
+    sampling = _sampled.Sampling(999)
+    try:
+        cap.mkdir()
+        _capture.write_manifest(str(cap), mode="sampled", recorder="bpf")
+        sampling.record_into(str(cap))
+        sampling.add(target.proc.pid)
+        waiting = select.poll()
+        waiting.register(sampling.fileno(), select.POLLIN)
+        until = clock.monotonic() + 2.5
+        while clock.monotonic() < until:
+            waiting.poll(100)
+            sampling.drain()
+        generations = sampling.recorder.generations
+    finally:
+        lost = sampling.close()
+        target.finish()
+    assert lost == 0 and sampling.recorder.forgotten == 0
+    assert generations >= 6, generations     # forgotten and hashed anew, again and again
+    samples = sampling.samples
+    assert samples > 1500
+    names, times, inner, right = {}, [], 0, 0
+    with etwtrace.open_trace(cap) as trace:
+        for e in trace:
+            if e.name == "PythonFunction":
+                names[e.fields["BeginAddress"]] = e.fields["Name"]
+            elif e.name == "SampledProfile":
+                times.append(e.timestamp)
+                stack = [names.get(ip) for ip in e.stack]
+                python = [n for n in stack if n in ("inner", "outer", "<module>")]
+                if python[:1] == ["inner"]:
+                    inner += 1
+                    right += python[:3] == ["inner", "outer", "<module>"]
+    assert len(times) == samples and times == sorted(times)
+    assert inner > 1000 and right >= 0.99 * inner, (inner, right)
+    out = subprocess.run(["babeltrace2", str(cap / "ctf")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=client_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("SampledProfile:") == samples

@@ -71,6 +71,17 @@ class StreamWriter:
         """A SampledProfile event; payload: sample_payload(stack)."""
         self._event("SampledProfile", ts, payload)
 
+    def extend(self, events, first, last):
+        """Events encoded elsewhere (the sampler's chunks, each smaller
+        than a packet), from time `first` to `last`."""
+        if self.used + len(events) + 4 > PACKET_BYTES and self.events:
+            self.flush()
+        if self.first is None:
+            self.first = first
+        self.last = last
+        self.events.append(events)
+        self.used += len(events)
+
     def _event(self, ctf_name, ts, payload):
         data = _EXTENDED.pack(EXTENDED_ID, EVENT_ID[ctf_name], ts) + payload
         if self.used + len(data) + 4 > PACKET_BYTES and self.events:

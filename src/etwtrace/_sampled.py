@@ -50,10 +50,12 @@ WAIT_MS = 1000          # the longest wait between reads of the ring buffer (it
 SCAN_SECONDS = 1.0      # how often new processes are looked for (children, sessions)
 FRAME_BYTES, CODE_BYTES = 128, 256     # read at once per frame (sampler.bpf.c)
 MAX_RATE = 20000
-STACK_CACHE = 65536     # distinct raw stacks remembered per process
+STACK_CACHE = 262144    # stacks remembered per process (then it starts again)
 FRAME_CACHE = 262144    # distinct Python frames (code object, instruction) per process
 
-_SAMPLE_HEAD = struct.Struct("<IIQIIII")
+_SAMPLE_HEAD = struct.Struct("<IIQIIIIQ")
+KNOWN_STACK = 4         # sampler.h: a sample sent as its head and its stack's hash
+SAMPLE_EVENT_ID = _ctfwrite.EVENT_ID["SampledProfile"]
 NAME_BYTES = 16         # of a qualname, read by the BPF program (sampler.h)
 _PY_FRAME = struct.Struct(f"<QIiII{NAME_BYTES}s")
 _TARGET = struct.Struct("<Q14IQQQII")
@@ -99,7 +101,7 @@ class _Target:
         self.lines = {}          # (code key, line) -> synthetic address
         self.natives = {}        # native address -> (label, begin) or None
         self.described = set()   # native function begins written as PythonFunction
-        self.stacks = {}         # raw frames -> encoded stack (SampledRecorder.handle)
+        self.generation = 0      # hashed into its stacks by the BPF program
         self.frames = {}         # (code, unit, first, name16) -> synthetic address
         self.next_id = 1
         self.maps_read = time.monotonic()
@@ -124,7 +126,8 @@ class _Target:
             o[("code_object", "firstlineno")], o[("code_object", "qualname")],
             o[("code_object", "co_code_adaptive")], o[("unicode_object", "asciiobject_size")],
             _pyremote.CSTACK_OWNER[self.remote.version], 0,
-            *self.pid_namespace(), self.remote.code_type, o[("pyobject", "ob_type")], 0)
+            *self.pid_namespace(), self.remote.code_type, o[("pyobject", "ob_type")],
+            self.generation & 0xFFFFFFFF)
 
     def pid_namespace(self):
         """(device, inode) of the process's pid namespace: the program finds
@@ -236,33 +239,67 @@ class SampledRecorder:
         self.writers = {}
         self.samples = 0
         self.processes = 0
+        self.forgotten = 0          # samples of a stack hash no longer known here
+        self.stacks = {}            # stack hash -> encoded stack (SampledProfile payload)
+        self.old_stacks = {}        # those of the generation before
+        self.generations = 0
+        self.regenerated = set()    # processes whose new generation the program must learn
+        self.drains = 0             # complete reads of the ring buffer
+        self.regenerated_at = -1    # the drain that ends before the program knows them
 
     def add(self, pid):
         target = _Target(pid, None)     # RemoteError: not (yet) a CPython we read
+        target.generation = self._generation()
         target.writer = self.writers[pid] = _ctfwrite.TraceWriter(self.ctf_root, pid)
         self.targets[pid] = target
         self.processes += 1
         return target
 
     def handle(self, record):
-        pid, tid, ts, n_native, n_python, flags, _ = _SAMPLE_HEAD.unpack_from(record)
+        """A record the sampler could not turn into an event itself: a
+        stack seen the first time, or one it does not know."""
+        pid, tid, ts, n_native, n_python, flags, _, stack_hash = \
+            _SAMPLE_HEAD.unpack_from(record)
         target = self.targets.get(pid)
         if target is None:
             return
         stream = target.writer.stream(tid)
-        # The same frames (native addresses, Python code and units) give the
-        # same stack: most samples of a hot loop are computed once.
-        key = record[_SAMPLE_HEAD.size:]
-        payload = target.stacks.get(key)
+        # The program sends a stack whole once, then its hash alone.
+        payload = self.stacks.get(stack_hash)
         if payload is None:
+            payload = self.old_stacks.get(stack_hash)
+        if payload is None:
+            if flags & KNOWN_STACK:
+                self.forgotten += 1     # cannot happen while both sides keep count
+                return
             stack = self._stack(target, stream, ts, record, n_native, n_python)
             payload = _ctfwrite.sample_payload(stack) if stack else b""
-            if len(target.stacks) >= STACK_CACHE:
-                target.stacks.clear()
-            target.stacks[key] = payload
+            if len(self.stacks) >= STACK_CACHE and self.drains > self.regenerated_at:
+                # Starts again: the program hashes every process's stacks
+                # anew once told (at the end of this drain), and sends them
+                # whole.  The stacks before stay known through the next
+                # drain, which reads what the program sent before it knew.
+                self.old_stacks = self.stacks
+                self.stacks = {}
+                for t in self.targets.values():
+                    t.generation = self._generation()
+                self.regenerated.update(self.targets)
+                self.regenerated_at = self.drains + 1
+            self.stacks[stack_hash] = payload
         if payload:
             stream.sample(ts, payload)
             self.samples += 1
+
+    def handle_chunk(self, pid, tid, first, last, count, events):
+        """Samples of known stacks, as the sampler encoded them."""
+        target = self.targets.get(pid)
+        if target is not None:
+            target.writer.stream(tid).extend(events, first, last)
+            self.samples += count
+
+    def _generation(self):
+        self.generations += 1
+        return self.generations
 
     def _stack(self, target, stream, ts, record, n_native, n_python):
         """The sample's stack, leaf first: native addresses with the Python
@@ -371,15 +408,25 @@ class Sampling:
         return self.sampler.fileno()
 
     def drain(self):
-        for record in self.sampler.drain():
-            self.recorder.handle(record)
+        recorder = self.recorder
+        for item in self.sampler.drain(recorder.stacks, SAMPLE_EVENT_ID):
+            if type(item) is tuple:
+                recorder.handle_chunk(*item)
+            else:
+                recorder.handle(item)
+        while recorder.regenerated:
+            pid = recorder.regenerated.pop()
+            target = recorder.targets.get(pid)
+            if target is not None:
+                self.sampler.add(pid, target.config())
+        recorder.drains += 1
 
     def close(self):
         """Stops sampling, writes out what was taken; returns how many
         samples the ring buffer lost."""
         try:
             self.drain()
-            return self.sampler.dropped()
+            return self.sampler.dropped() + self.recorder.forgotten
         finally:
             self.sampler.close()
             if self.recorder is not None:

@@ -6,10 +6,11 @@
  *   s = Sampler(rate_hz)      load and attach; OSError when not permitted
  *   s.add(pid, config)        sample process pid (config: struct etw_target)
  *   s.remove(pid)
- *   s.drain()                 the records received since, as a list of bytes:
+ *   s.drain([stacks, id])     the records received since, as a list of bytes:
  *                             each the header of struct etw_sample, its
  *                             native_count addresses, then its python_count
- *                             frames
+ *                             frames; with stacks, samples of a stack in it
+ *                             come as chunks of events instead (chunks.h)
  *   s.dropped()               samples lost to a full ring buffer
  *   s.fileno()                readable when the ring buffer fills (poll it)
  *   s.close()
@@ -31,6 +32,7 @@
 
 #include <linux/types.h>
 
+#include "chunks.h"
 #include "sampler.h"
 #include "sampler_object.h"     /* etw_sampler_object[], made by setup.py */
 
@@ -43,28 +45,81 @@ typedef struct {
     int dropped_fd;
     struct ring_buffer *ring;
     PyObject *pending;          /* list the ring buffer callback appends to */
+    /* During drain(stacks, event_id): the encoded stacks by hash, and the
+     * chunk being filled with the events of samples of those stacks. */
+    PyObject *stacks;
+    uint32_t event_id;
+    etw_chunk *chunk;
 } Sampler;
 
+/* A sample of a stack user space has encoded (its hash is in `stacks`)
+ * goes into a chunk of events; returns 1 if it did, 0 if Python must see
+ * it, -1 on failure. */
+static int
+add_known(Sampler *self, const struct etw_sample *s)
+{
+    if (self->stacks == NULL || !(s->flags & ETW_SAMPLE_KNOWN_STACK)) {
+        return 0;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong(s->stack_hash);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *payload = PyDict_GetItemWithError(self->stacks, key);     /* borrowed */
+    Py_DECREF(key);
+    if (payload == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!PyBytes_Check(payload)) {
+        return 0;
+    }
+    if (PyBytes_GET_SIZE(payload) == 0) {
+        return 1;       /* a stack with nothing to show: not written */
+    }
+    return etw_chunk_add(self->chunk, self->pending, self->event_id, s->pid, s->tid, s->time,
+                         PyBytes_AS_STRING(payload), (size_t)PyBytes_GET_SIZE(payload)) < 0
+           ? -1 : 1;
+}
+
 /* Hands a record to Python without its unused frame slots: the header, the
- * native addresses taken, then the Python frames read. */
+ * native addresses taken, then the Python frames read; a sample whose
+ * stack was sent before is its header alone (with zero counts). */
 static int
 on_record(void *ctx, void *data, size_t size)
 {
     Sampler *self = ctx;
     const struct etw_sample *s = data;
-    /* The program sends only the Python frames it took (sampler.bpf.c). */
-    if (size < offsetof(struct etw_sample, python) || s->native_count > ETW_SAMPLER_MAX_NATIVE + 1
-        || s->python_count > ETW_SAMPLER_MAX_PYTHON
-        || size < offsetof(struct etw_sample, python) + s->python_count * sizeof s->python[0]) {
+    size_t head = offsetof(struct etw_sample, native);
+    size_t natives = 0, pythons = 0;
+    if (size < head) {
         return 0;
     }
-    size_t head = offsetof(struct etw_sample, native);
-    size_t natives = s->native_count * sizeof s->native[0];
-    size_t pythons = s->python_count * sizeof s->python[0];
+    int known = add_known(self, s);
+    if (known != 0) {
+        return known < 0 ? -1 : 0;
+    }
+    /* In the order received: the chunk so far goes before this record. */
+    if (self->chunk != NULL && etw_chunk_flush(self->chunk, self->pending) < 0) {
+        return -1;
+    }
+    if (!(s->flags & ETW_SAMPLE_KNOWN_STACK)) {
+        /* The program sends only the Python frames it took (sampler.bpf.c). */
+        if (s->native_count > ETW_SAMPLER_MAX_NATIVE + 1
+            || s->python_count > ETW_SAMPLER_MAX_PYTHON
+            || size < offsetof(struct etw_sample, python) + s->python_count * sizeof s->python[0]) {
+            return 0;
+        }
+        natives = s->native_count * sizeof s->native[0];
+        pythons = s->python_count * sizeof s->python[0];
+    }
     PyObject *record = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(head + natives + pythons));
     if (record != NULL) {
         char *out = PyBytes_AS_STRING(record);
         memcpy(out, s, head);
+        if (s->flags & ETW_SAMPLE_KNOWN_STACK) {
+            const __u32 none[2] = {0, 0};
+            memcpy(out + offsetof(struct etw_sample, native_count), none, sizeof none);
+        }
         memcpy(out + head, s->native, natives);
         memcpy(out + head + natives, s->python, pythons);
     }
@@ -249,12 +304,29 @@ sampler_remove(Sampler *self, PyObject *args)
 }
 
 static PyObject *
-sampler_drain(Sampler *self, PyObject *Py_UNUSED(ignored))
+sampler_drain(Sampler *self, PyObject *args)
 {
+    PyObject *stacks = NULL;
+    unsigned int event_id = 0;
+    if (!PyArg_ParseTuple(args, "|O!I:drain", &PyDict_Type, &stacks, &event_id)) {
+        return NULL;
+    }
     if (self->ring == NULL) {
         return PyList_New(0);
     }
+    if (stacks != NULL && self->chunk == NULL) {
+        self->chunk = PyMem_Calloc(1, sizeof *self->chunk);
+        if (self->chunk == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    self->stacks = stacks;
+    self->event_id = event_id;
     int n = ring_buffer__consume(self->ring);
+    self->stacks = NULL;
+    if (self->chunk != NULL && etw_chunk_flush(self->chunk, self->pending) < 0) {
+        n = -1;
+    }
     if (n < 0 && PyErr_Occurred()) {
         return NULL;
     }
@@ -299,13 +371,17 @@ sampler_dealloc(Sampler *self)
 {
     sampler_release(self);
     Py_XDECREF(self->pending);
+    PyMem_Free(self->chunk);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef sampler_methods[] = {
     {"add", (PyCFunction)sampler_add, METH_VARARGS, "add(pid, config): sample pid"},
     {"remove", (PyCFunction)sampler_remove, METH_VARARGS, "remove(pid)"},
-    {"drain", (PyCFunction)sampler_drain, METH_NOARGS, "records received, as bytes"},
+    {"drain", (PyCFunction)sampler_drain, METH_VARARGS,
+     "drain([stacks, event_id]): what was received: records as bytes, and with\n"
+     "stacks (encoded stacks by hash) the samples of those stacks as chunks\n"
+     "of events (pid, tid, first time, last time, count, bytes), in order"},
     {"dropped", (PyCFunction)sampler_dropped, METH_NOARGS, "samples the ring lost"},
     {"fileno", (PyCFunction)sampler_fileno, METH_NOARGS,
      "a descriptor readable when the ring buffer is a quarter full"},
@@ -345,7 +421,10 @@ PyInit__sampler(void)
         || PyModule_AddIntConstant(m, "SAMPLE_SIZE", sizeof(struct etw_sample)) < 0
         || PyModule_AddIntConstant(m, "TARGET_SIZE", sizeof(struct etw_target)) < 0
         || PyModule_AddIntConstant(m, "MAX_PYTHON", ETW_SAMPLER_MAX_PYTHON) < 0
-        || PyModule_AddIntConstant(m, "MAX_NATIVE", ETW_SAMPLER_MAX_NATIVE) < 0) {
+        || PyModule_AddIntConstant(m, "MAX_NATIVE", ETW_SAMPLER_MAX_NATIVE) < 0
+        || PyModule_AddIntConstant(m, "KNOWN_STACK", ETW_SAMPLE_KNOWN_STACK) < 0
+        || PyModule_AddIntConstant(m, "KNOWN_STACKS", ETW_SAMPLER_KNOWN_STACKS) < 0
+        || PyModule_AddIntConstant(m, "CHUNK_BYTES", ETW_CHUNK_BYTES) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -25,6 +25,15 @@ struct {
     __uint(max_entries, 16 << 20);
 } samples SEC(".maps");
 
+/* The hashes of the stacks sent whole (each with its own hash): a sample
+ * whose stack is here goes as its head alone. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, ETW_SAMPLER_KNOWN_STACKS);
+    __type(key, __u64);
+    __type(value, __u8);
+} known_stacks SEC(".maps");
+
 /* Samples the ring buffer had no room for. */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -73,6 +82,25 @@ read_word(__u64 address)
     return value;
 }
 
+/* A 64-bit hash of words, for telling stacks apart (FNV-1a over words,
+ * finished by a multiply-xorshift so every bit depends on every word). */
+#define HASH_START 0xcbf29ce484222325ULL
+
+static __always_inline __u64
+hash_word(__u64 h, __u64 word)
+{
+    return (h ^ word) * 0x100000001b3ULL;
+}
+
+static __always_inline __u64
+hash_finish(__u64 h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return h;
+}
+
 /* The thread state of native thread `tid`, or 0. */
 static __always_inline __u64
 find_thread(const struct etw_target *t, __u32 tid)
@@ -96,13 +124,18 @@ find_thread(const struct etw_target *t, __u32 tid)
  * the ring at its own pace (a wake-up per sample would cost more than
  * the sample). */
 static __always_inline int
-send(const struct etw_sample *s)
+send(struct etw_sample *s)
 {
     __u32 n = s->python_count;
     if (n > ETW_SAMPLER_MAX_PYTHON) {
         n = ETW_SAMPLER_MAX_PYTHON;
     }
     __u64 size = __builtin_offsetof(struct etw_sample, python) + n * sizeof(struct etw_python_frame);
+    int known = bpf_map_lookup_elem(&known_stacks, &s->stack_hash) != NULL;
+    if (known) {
+        s->flags |= ETW_SAMPLE_KNOWN_STACK;
+        size = __builtin_offsetof(struct etw_sample, native);
+    }
     __u64 wake = bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA)
                  > bpf_ringbuf_query(&samples, BPF_RB_RING_SIZE) / 4
                  ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
@@ -112,6 +145,12 @@ send(const struct etw_sample *s)
         if (lost != NULL) {
             __sync_fetch_and_add(lost, 1);
         }
+    }
+    else if (!known) {
+        /* Known from now on: user space has it (a stack that did not fit
+         * in the ring is sent whole again). */
+        __u8 one = 1;
+        bpf_map_update_elem(&known_stacks, &s->stack_hash, &one, BPF_ANY);
     }
     return 0;
 }
@@ -140,6 +179,14 @@ etw_sample(struct bpf_perf_event_data *ctx)
     long bytes = bpf_get_stack(ctx, s->native, sizeof s->native, BPF_F_USER_STACK);
     s->native_count = bytes > 0 ? (__u32)(bytes / sizeof(__u64)) : 0;
     s->python_count = 0;
+    __u64 h = hash_word(hash_word(HASH_START, ((__u64)pid << 32) | t->generation),
+                        s->native_count);
+    for (int i = 0; i < ETW_SAMPLER_MAX_NATIVE + 1; i++) {
+        if (i >= s->native_count) {
+            break;
+        }
+        h = hash_word(h, s->native[i]);
+    }
     /* CPython records the thread id its pid namespace gives. */
     struct bpf_pidns_info ns;
     __u32 native_tid = tid;
@@ -149,6 +196,7 @@ etw_sample(struct bpf_perf_event_data *ctx)
     __u64 ts = find_thread(t, native_tid);
     if (ts == 0) {
         s->flags |= ETW_SAMPLE_NO_THREAD_STATE;
+        s->stack_hash = hash_finish(hash_word(h, ETW_SAMPLE_NO_THREAD_STATE));
         return send(s);
     }
     __u64 frame = read_word(ts + t->thread_current_frame);
@@ -173,10 +221,12 @@ etw_sample(struct bpf_perf_event_data *ctx)
         __builtin_memset(f->name, 0, sizeof f->name);
         n = i + 1;
         if (owner == t->owner_cstack || code == 0) {
+            h = hash_word(h, owner);
             continue;
         }
         if (bpf_probe_read_user(b->code, CODE_BYTES, (const void *)code) != 0
             || code_u64(b, t->object_type) != t->code_type) {
+            h = hash_word(h, owner);
             continue;       /* not a code object: not a Python function's frame */
         }
         f->code = code;
@@ -185,10 +235,16 @@ etw_sample(struct bpf_perf_event_data *ctx)
         f->firstlineno = (__s32)code_u64(b, t->code_firstlineno);
         bpf_probe_read_user(f->name, sizeof f->name,
                             (const void *)(code_u64(b, t->code_qualname) + t->unicode_data));
+        /* The name is part of a frame's identity (a freed code object's
+         * address is used again): it is hashed too. */
+        const __u64 *name = (const __u64 *)f->name;
+        h = hash_word(hash_word(hash_word(hash_word(h, code), ((__u64)f->unit << 32)
+                                          | (__u32)f->firstlineno), name[0]), name[1]);
     }
     if (frame != 0) {
         s->flags |= ETW_SAMPLE_PYTHON_TRUNCATED;
     }
     s->python_count = n;
+    s->stack_hash = hash_finish(hash_word(h, ((__u64)n << 32) | s->flags));
     return send(s);
 }

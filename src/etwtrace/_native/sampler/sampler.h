@@ -33,7 +33,8 @@ struct etw_target {
     __u64 pidns_ino;             /* thread ids as CPython recorded them */
     __u64 code_type;             /* address of PyCode_Type */
     __u32 object_type;           /* offset of ob_type */
-    __u32 reserved2;
+    __u32 generation;            /* mixed into its stacks' hashes: user space
+                                  * changes it to forget the stacks sent */
 };
 
 struct etw_python_frame {
@@ -45,6 +46,8 @@ struct etw_python_frame {
     char name[ETW_SAMPLER_NAME_BYTES];
 };
 
+/* A sample whose stack was sent before (ETW_SAMPLE_KNOWN_STACK) is sent
+ * as its head alone: user space finds the stack by its hash. */
 struct etw_sample {
     __u32 pid;
     __u32 tid;
@@ -53,11 +56,14 @@ struct etw_sample {
     __u32 python_count;
     __u32 flags;                 /* ETW_SAMPLE_* */
     __u32 reserved;
+    __u64 stack_hash;            /* of pid, generation, native and Python frames */
     __u64 native[ETW_SAMPLER_MAX_NATIVE + 1];
     struct etw_python_frame python[ETW_SAMPLER_MAX_PYTHON];
 };
 
 #define ETW_SAMPLE_NO_THREAD_STATE 1u   /* no thread state for this thread */
 #define ETW_SAMPLE_PYTHON_TRUNCATED 2u  /* more Python frames than kept */
+#define ETW_SAMPLE_KNOWN_STACK 4u       /* the stack of an earlier sample: head only */
+#define ETW_SAMPLER_KNOWN_STACKS 65536  /* stack hashes the program remembers */
 
 #endif
