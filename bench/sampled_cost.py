@@ -10,10 +10,11 @@ process over `--seconds` (after the sampler attached).  Configurations:
   py-spy      py-spy record --rate 999 --pid PID (its default, blocking mode)
 
 Also the sampler's own CPU time (user + system, from /proc) while the
-program ran, as a share of one core.
+program ran, as a share of one core: from attach, and in steady state
+(--steady seconds per workload, after 3 s).
 
     python bench/sampled_cost.py --python /path/to/python3.13 [--rounds 3]
-        [--workloads fib(27),richards,deltablue,raytrace,nbody,float,go]
+        [--workloads fib(27),richards,deltablue,raytrace,nbody,float,go] [--steady 20]
 
 The Python given needs etwtrace installed for stack+perf, pyperformance for
 its scripts, and py-spy on PATH for py-spy (each configuration is skipped
@@ -69,6 +70,35 @@ def run_sampled(python, workload, seconds, tmp, keep=None):
     if keep is None:
         shutil.rmtree(cap, ignore_errors=True)
     return best, cpu / wall
+
+
+def sampler_steady_cpu(python, workload, seconds, warmup=3.0):
+    """The sampler's own CPU time in steady state, as a share of one core:
+    from `warmup` seconds after it attached (start-up reads the program's
+    symbol tables and first code objects) over `seconds` more.  Read from
+    /proc/PID/schedstat (nanoseconds on CPU), not the tick-counted stat."""
+    proc = _start(python, workload, warmup + seconds + 5)
+    with tempfile.TemporaryDirectory() as tmp:
+        sampler = subprocess.Popen([sys.executable, "-m", "etwtrace", "--sampled", "--pid",
+                                    str(proc.pid), "--duration", "600", "--capture",
+                                    os.path.join(tmp, "cap")], stderr=subprocess.PIPE, text=True)
+        sampler.stderr.readline()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        time.sleep(warmup)
+        started, before = time.monotonic(), _on_cpu(sampler.pid)
+        time.sleep(seconds)
+        share = (_on_cpu(sampler.pid) - before) / (time.monotonic() - started)
+        sampler.send_signal(signal.SIGINT)
+        sampler.communicate(timeout=600)
+    proc.kill()
+    proc.wait()
+    return share
+
+
+def _on_cpu(pid):
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
 
 
 def _cpu_seconds(pid):
@@ -144,6 +174,9 @@ def main():
                         help="workload whose top functions are compared")
     parser.add_argument("--workloads", default="fib(27),richards,deltablue,raytrace,nbody,"
                                                 "float,go")
+    parser.add_argument("--steady", type=float, default=20.0,
+                        help="seconds of the sampler's steady-state CPU measurement per "
+                             "workload (0: none)")
     opts = parser.parse_args()
     configs = [c for c in CONFIGS if usable(c, opts.python)]
     for c in CONFIGS:
@@ -179,8 +212,13 @@ def main():
             for (a, x), (b, y) in zip(top_python(sampled), top_python(stack)):
                 print(f"  {a:<28} {100 * x:5.1f}%  {b:<28} {100 * y:5.1f}%")
     if cpu:
-        print(f"sampler CPU at {RATE} Hz: {100 * sum(cpu) / len(cpu):.2f}% of one core "
-              f"(mean over {len(cpu)} runs; max {100 * max(cpu):.2f}%)")
+        print(f"sampler CPU at {RATE} Hz from attach: {100 * sum(cpu) / len(cpu):.2f}% of one "
+              f"core (mean over {len(cpu)} runs; max {100 * max(cpu):.2f}%)")
+    if opts.steady:
+        print(f"sampler CPU at {RATE} Hz in steady state ({opts.steady:g} s after 3 s):")
+        for workload in opts.workloads.split(","):
+            share = sampler_steady_cpu(opts.python, workload, opts.steady)
+            print(f"  {workload:<14} {100 * share:.2f}% of one core")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class StreamWriter:
         self._event("SampledProfile", ts, payload)
 
     def extend(self, events, first, last):
-        """Events encoded elsewhere (the sampler's chunks, each smaller
+        """Encoded events (one, or a chunk of the sampler's, each smaller
         than a packet), from time `first` to `last`."""
         if self.used + len(events) + 4 > PACKET_BYTES and self.events:
             self.flush()
@@ -83,14 +83,7 @@ class StreamWriter:
         self.used += len(events)
 
     def _event(self, ctf_name, ts, payload):
-        data = _EXTENDED.pack(EXTENDED_ID, EVENT_ID[ctf_name], ts) + payload
-        if self.used + len(data) + 4 > PACKET_BYTES and self.events:
-            self.flush()
-        if self.first is None:
-            self.first = ts
-        self.last = ts
-        self.events.append(data)
-        self.used += len(data)
+        self.extend(_EXTENDED.pack(EXTENDED_ID, EVENT_ID[ctf_name], ts) + payload, ts, ts)
 
     def flush(self):
         if not self.events:

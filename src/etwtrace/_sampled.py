@@ -50,7 +50,7 @@ WAIT_MS = 1000          # the longest wait between reads of the ring buffer (it
 SCAN_SECONDS = 1.0      # how often new processes are looked for (children, sessions)
 FRAME_BYTES, CODE_BYTES = 128, 256     # read at once per frame (sampler.bpf.c)
 MAX_RATE = 20000
-STACK_CACHE = 262144    # stacks remembered per process (then it starts again)
+STACK_CACHE = 65536     # stacks remembered (about 30 MB; then it starts again)
 FRAME_CACHE = 262144    # distinct Python frames (code object, instruction) per process
 
 _SAMPLE_HEAD = struct.Struct("<IIQIIIIQ")
@@ -270,7 +270,8 @@ class SampledRecorder:
             payload = self.old_stacks.get(stack_hash)
         if payload is None:
             if flags & KNOWN_STACK:
-                self.forgotten += 1     # cannot happen while both sides keep count
+                # Lost: rare (a sample taken as its generation changed).
+                self.forgotten += 1
                 return
             stack = self._stack(target, stream, ts, record, n_native, n_python)
             payload = _ctfwrite.sample_payload(stack) if stack else b""

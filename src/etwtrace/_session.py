@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 
-from . import _capture, _ctf, _env, _manifest, _perf
+from . import _capture, _ctf, _env, _manifest, _perf, _pyfinder, _sampled
 from ._capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
@@ -209,7 +209,6 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0):
         if not place.system:
             raise SessionError("--sampled samples every Python process on the machine, "
                                "which needs root")
-        from . import _sampled
         try:
             _sampled.load_sampler()
             _sampled.check_privileges()
@@ -630,7 +629,6 @@ class _Session:
         _capture.write_manifest(self.path, callgraph=callgraph, perf_command=cmd)
 
     def _start_sampling(self, rate, staging):
-        from . import _pyfinder, _sampled
         try:
             self.sampling = _sampled.Sampling(rate)
         except _sampled.SampledError as ex:
@@ -646,7 +644,6 @@ class _Session:
         self._scan()
 
     def _scan(self):
-        from . import _sampled
         quiet = []
 
         def add(pid):
@@ -657,7 +654,6 @@ class _Session:
         self.next_scan = time.monotonic() + _sampled.SCAN_SECONDS
 
     def wait_for_samples(self):
-        from . import _sampled
         wait = min(_sampled.WAIT_MS, (self.next_scan - time.monotonic()) * 1000)
         self.waiting.poll(max(wait, 0))
 
@@ -695,7 +691,6 @@ class _Session:
         if self.probe:
             _perf.remove_stack_sample_probe(self.perf)
         self.directory.close()
-
 
     def _end_sampling(self):
         dropped = self.sampling.close()
@@ -811,7 +806,7 @@ def _start_from_args(args, say):
         elif name == "--ring":
             ring = parse_size(inline if eq else value(name))
         elif arg == "--sampled":
-            sampled = sampled or _sampled_default_rate()
+            sampled = sampled or _sampled.DEFAULT_RATE
         elif name == "--rate":
             sampled = _parse_rate(inline if eq else value(name))
         elif arg.startswith("-"):
@@ -827,13 +822,7 @@ def _start_from_args(args, say):
     return start(path, preset, recorder, ring, say, sampled)
 
 
-def _sampled_default_rate():
-    from . import _sampled
-    return _sampled.DEFAULT_RATE
-
-
 def _parse_rate(text):
-    from . import _sampled
     try:
         rate = int(text)
     except ValueError:
