@@ -1,0 +1,121 @@
+"""How a sampled session and --sampled -- script.py find the Python
+processes to sample (_pyfinder): new ones, ones that exec into Python,
+ones whose interpreter is not readable yet, and ones that end.  No BPF
+here: add and remove are recorded, not sampled."""
+
+import os
+import subprocess
+import sys
+import time
+
+from etwtrace import _pyfinder
+from etwtrace._pyremote import RemoteError
+
+
+class Calls:
+    def __init__(self, refuse_first=()):
+        self.added, self.removed = [], []
+        self.refuse = set(refuse_first)
+
+    def add(self, pid):
+        if pid in self.refuse:
+            self.refuse.discard(pid)
+            raise RemoteError(f"process {pid}: not readable yet")
+        self.added.append(pid)
+
+    def remove(self, pid):
+        self.removed.append(pid)
+
+
+def _exe(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def _wait_exe(pid, suffix):
+    deadline = time.monotonic() + 10
+    while not os.readlink(f"/proc/{pid}/exe").endswith(suffix):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_children_found_retried_followed_into_exec_and_forgotten():
+    python = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                              stdin=subprocess.PIPE)
+    other = subprocess.Popen(["sleep", "30"])
+    # A shell that becomes Python when told (a line on its stdin).
+    shell = subprocess.Popen(["sh", "-c", f'read x; exec "{sys.executable}" -c "import sys; '
+                              'sys.stdin.read()"'], stdin=subprocess.PIPE)
+    try:
+        _wait_exe(python.pid, os.path.basename(os.path.realpath(sys.executable)))
+        finder = _pyfinder.PythonFinder(root=os.getpid())
+        calls = Calls(refuse_first={python.pid})
+        finder.scan(calls.add, calls.remove)
+        # Not readable the first time: tried again at the next scan.
+        assert calls.added == [] and python.pid not in finder.skipped
+        finder.scan(calls.add, calls.remove)
+        assert calls.added == [python.pid]
+        finder.scan(calls.add, calls.remove)
+        assert calls.added == [python.pid]      # once
+        # The shell execs into Python: found as a new process.
+        shell.stdin.write(b"go\n")
+        shell.stdin.flush()
+        _wait_exe(shell.pid, os.path.basename(os.path.realpath(sys.executable)))
+        finder.scan(calls.add, calls.remove)
+        assert calls.added == [python.pid, shell.pid]
+        assert other.pid not in calls.added
+        # Ended: removed, once.
+        python.stdin.close()
+        python.wait()
+        finder.scan(calls.add, calls.remove)
+        finder.scan(calls.add, calls.remove)
+        assert calls.removed == [python.pid]
+    finally:
+        for p in (python, other, shell):
+            p.kill()
+            p.wait()
+
+
+def test_a_python_it_cannot_read_is_listed_with_why():
+    python = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                              stdin=subprocess.PIPE)
+    try:
+        _wait_exe(python.pid, os.path.basename(os.path.realpath(sys.executable)))
+        finder = _pyfinder.PythonFinder(root=os.getpid())
+        refused = []
+
+        def add(pid):
+            refused.append(pid)
+            raise RemoteError(f"process {pid} runs Python 3.11")
+
+        _pyfinder.SETTLE_SECONDS, settle = 0.0, _pyfinder.SETTLE_SECONDS
+        try:
+            finder.scan(add, lambda pid: None)
+        finally:
+            _pyfinder.SETTLE_SECONDS = settle
+        assert finder.skipped == {python.pid: f"process {python.pid} runs Python 3.11"}
+        finder.scan(add, lambda pid: None)
+        assert refused == [python.pid]          # decided: not tried again
+    finally:
+        python.kill()
+        python.wait()
+
+
+def test_descendants_include_grandchildren():
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while True:     # until the shell's child has exec'd sleep
+            found = _pyfinder.descendants(os.getpid())
+            sleeper = [p for p in found if p != shell.pid and _exe(p).endswith("sleep")]
+            if sleeper:
+                break
+            assert time.monotonic() < deadline, found
+            time.sleep(0.02)
+        assert shell.pid in found
+    finally:
+        subprocess.run(["pkill", "-P", str(shell.pid)])
+        shell.kill()
+        shell.wait()
