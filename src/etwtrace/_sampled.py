@@ -50,6 +50,9 @@ WAIT_MS = 1000          # the longest wait between reads of the ring buffer (it
 SCAN_SECONDS = 1.0      # how often new processes are looked for (children, sessions)
 FRAME_BYTES, CODE_BYTES = 128, 256     # read at once per frame (sampler.bpf.c)
 MAX_RATE = 20000
+ENTRY_FRAME = "entry"   # frame_kind of an evaluator's entry frame
+NO_FUNCTION = "none"    # and of a frame that runs no code object
+NOT_YET = object()      # a native address not looked up yet
 STACK_CACHE = 65536     # stacks remembered (about 30 MB; then it starts again)
 FRAME_CACHE = 262144    # distinct Python frames (code object, instruction) per process
 
@@ -102,7 +105,8 @@ class _Target:
         self.natives = {}        # native address -> (label, begin) or None
         self.described = set()   # native function begins written as PythonFunction
         self.generation = 0      # hashed into its stacks by the BPF program
-        self.frames = {}         # (code, unit, first, name16) -> synthetic address
+        self.frame_kinds = {}    # a Python frame's record bytes -> frame_kind()
+        self.cstack_owner = _pyremote.CSTACK_OWNER[self.remote.version]
         self.next_id = 1
         self.maps_read = time.monotonic()
 
@@ -158,17 +162,18 @@ class _Target:
         self.next_id += 1
         return fid
 
-    def python_address(self, stream, ts, code, unit, first, name16):
-        frame = (code, unit, first, name16)
-        address = self.frames.get(frame)
-        if address is None:
-            if len(self.frames) >= FRAME_CACHE:
-                self.frames.clear()
-            address = self.frames[frame] = self._line_address(stream, ts, code, unit, first,
-                                                              name16)
-        return address
+    def frame_kind(self, stream, ts, raw):
+        """What a Python frame of a sample is (its record bytes): the
+        synthetic address of its function and line, ENTRY_FRAME, or
+        NO_FUNCTION (a frame of no code object)."""
+        code, unit, first, owner, _r, name16 = _PY_FRAME.unpack(raw)
+        if owner == self.cstack_owner:
+            return ENTRY_FRAME
+        if not code:
+            return NO_FUNCTION
+        return self.python_address(stream, ts, code, unit, first, name16)
 
-    def _line_address(self, stream, ts, code, unit, first, name16):
+    def python_address(self, stream, ts, code, unit, first, name16):
         key = (code, first, name16)
         info = self.codes.get(key)
         if info is None:
@@ -308,17 +313,28 @@ class SampledRecorder:
         native = struct.unpack_from(f"<{n_native}Q", record, _SAMPLE_HEAD.size)
         base = _SAMPLE_HEAD.size + 8 * n_native
         runs = [[]]
-        cstack = _pyremote.CSTACK_OWNER[target.remote.version]
-        for i in range(n_python):
-            code, unit, first, owner, _r, name16 = _PY_FRAME.unpack_from(
-                record, base + i * _PY_FRAME.size)
-            if owner == cstack:
+        # Each frame's record bytes name its address (or an evaluator entry,
+        # or no function) once: most frames of a new stack are old frames.
+        frames = target.frame_kinds
+        size = _PY_FRAME.size
+        for at in range(base, base + n_python * size, size):
+            raw = record[at:at + size]
+            kind = frames.get(raw)
+            if kind is None:
+                kind = target.frame_kind(stream, ts, raw)
+                if len(frames) >= FRAME_CACHE:
+                    frames.clear()
+                frames[raw] = kind
+            if kind is ENTRY_FRAME:
                 runs.append([])     # an evaluator entry: the next call's frames follow
-                continue
-            if code:
-                runs[-1].append(target.python_address(stream, ts, code, unit, first, name16))
+            elif kind is not NO_FUNCTION:
+                runs[-1].append(kind)
         runs = [r for r in runs if r]
-        names = [target.native(stream, ts, address) for address in native]
+        known = target.natives.get
+        names = [known(address, NOT_YET) for address in native]
+        if NOT_YET in names:
+            names = [target.native(stream, ts, native[i]) if name is NOT_YET else name
+                     for i, name in enumerate(names)]
         evals = [i for i, name in enumerate(names) if name in EVAL_SYMBOLS]
         if not evals and runs:
             evals = target.unnamed_evaluator_frames(native, names)
