@@ -35,9 +35,19 @@ def _exe(pid):
         return ""
 
 
+def _maps(pid):
+    with open(f"/proc/{pid}/maps", "rb") as f:
+        return f.read()
+
+
 def _wait_exe(pid, suffix):
+    """Until the process has exec'd into `suffix` and its files are mapped
+    (/proc/PID/exe names the new image before exec maps it)."""
     deadline = time.monotonic() + 10
-    while not os.readlink(f"/proc/{pid}/exe").endswith(suffix):
+    while True:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        if exe.endswith(suffix) and os.fsencode(exe) in _maps(pid):
+            return
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
@@ -103,3 +113,24 @@ def test_a_python_it_cannot_read_is_listed_with_why():
         python.kill()
         python.wait()
 
+
+def test_a_process_caught_inside_exec_is_looked_at_again(monkeypatch):
+    python = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                              stdin=subprocess.PIPE, env=client_env())
+    try:
+        _wait_exe(python.pid, os.path.basename(os.path.realpath(sys.executable)))
+        real_looks_like_python = _pyfinder._looks_like_python
+        assert real_looks_like_python(python.pid, os.readlink(f"/proc/{python.pid}/exe"))
+        # A path the process has not mapped: what exec looks like before it maps the image.
+        assert real_looks_like_python(python.pid, "/no/such/python") is None
+        looks = iter([None, True])      # inside exec at the first scan, Python at the second
+        monkeypatch.setattr(_pyfinder, "_looks_like_python", lambda pid, exe: next(looks))
+        finder = _pyfinder.PythonFinder(root=os.getpid())
+        calls = Calls()
+        finder.scan(calls.add, calls.remove)
+        assert calls.added == [] and not finder.skipped
+        finder.scan(calls.add, calls.remove)
+        assert calls.added == [python.pid]
+    finally:
+        python.kill()
+        python.wait()

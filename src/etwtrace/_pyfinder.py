@@ -56,7 +56,13 @@ class PythonFinder:
                     self.sampled.discard(pid)
                     remove(pid)
                 self.skipped.pop(pid, None)
-            if not _looks_like_python(pid) or _is_record_command(pid):
+            looks = _looks_like_python(pid, exe)
+            if looks is None and now < retry_until:
+                # Caught inside exec: /proc/PID/exe names the new image
+                # before its files are mapped.  Looked at again next scan.
+                self.examined[pid] = (exe, retry_until)
+                continue
+            if not looks or _is_record_command(pid):
                 self.examined[pid] = (exe, None)
                 continue
             try:
@@ -72,14 +78,17 @@ class PythonFinder:
             self.sampled.add(pid)
 
 
-def _looks_like_python(pid):
+def _looks_like_python(pid, exe):
     """Whether one of the process's mapped files names Python (its
-    executable, or a libpython it loaded)."""
+    executable, or a libpython it loaded); None while its executable is
+    not mapped yet (the process is inside exec)."""
     try:
         with open(f"/proc/{pid}/maps", "rb") as f:
             maps = f.read()
     except OSError:
         return False
+    if os.fsencode(exe.removesuffix(" (deleted)")) not in maps:
+        return None
     return b"python" in maps.lower()
 
 
