@@ -79,9 +79,10 @@ def sampler_extension():
         return None
     return Extension(
         "etwtrace._sampler",
-        sources=[f"{sampler}/module.c", f"{sampler}/chunks.c"],
+        sources=[f"{sampler}/module.c", f"{sampler}/chunks.c", f"{sampler}/splice.c"],
         include_dirs=[out, sampler],
-        depends=[f"{sampler}/sampler.h", f"{sampler}/sampler.bpf.c", f"{sampler}/chunks.h"],
+        depends=[f"{sampler}/sampler.h", f"{sampler}/sampler.bpf.c", f"{sampler}/chunks.h",
+                 f"{sampler}/splice.h"],
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,
         libraries=["bpf"],

@@ -11,7 +11,9 @@ process over `--seconds` (after the sampler attached).  Configurations:
 
 Also the sampler's own CPU time (user + system, from /proc) while the
 program ran, as a share of one core: from attach, and in steady state
-(--steady seconds per workload, after 3 s).
+(--steady seconds per workload, after 3 s), with the BPF program's own
+time per run in that window (kernel.bpf_stats_enabled, switched on for
+it; the program's fdinfo).
 
     python bench/sampled_cost.py --python /path/to/python3.13 [--rounds 3]
         [--workloads fib(27),richards,deltablue,raytrace,nbody,float,go] [--steady 20]
@@ -76,7 +78,11 @@ def sampler_steady_cpu(python, workload, seconds, warmup=3.0):
     """The sampler's own CPU time in steady state, as a share of one core:
     from `warmup` seconds after it attached (start-up reads the program's
     symbol tables and first code objects) over `seconds` more.  Read from
-    /proc/PID/schedstat (nanoseconds on CPU), not the tick-counted stat."""
+    /proc/PID/schedstat (nanoseconds on CPU), not the tick-counted stat.
+    Also the BPF program's time over the same window, per sample of the
+    program (its one busy thread takes RATE samples a second; runs on
+    other CPUs that return at once are counted in): None where the
+    kernel's BPF statistics cannot be switched on."""
     proc = _start(python, workload, warmup + seconds + 5)
     with tempfile.TemporaryDirectory() as tmp:
         sampler = subprocess.Popen([sys.executable, "-m", "etwtrace", "--sampled", "--pid",
@@ -86,14 +92,60 @@ def sampler_steady_cpu(python, workload, seconds, warmup=3.0):
         proc.stdin.write("go\n")
         proc.stdin.flush()
         time.sleep(warmup)
-        started, before = time.monotonic(), _on_cpu(sampler.pid)
-        time.sleep(seconds)
-        share = (_on_cpu(sampler.pid) - before) / (time.monotonic() - started)
+        with _bpf_stats():
+            started, before = time.monotonic(), _on_cpu(sampler.pid)
+            runs_before = _bpf_runs(sampler.pid)
+            time.sleep(seconds)
+            wall = time.monotonic() - started
+            share = (_on_cpu(sampler.pid) - before) / wall
+            runs_after = _bpf_runs(sampler.pid)
         sampler.send_signal(signal.SIGINT)
         sampler.communicate(timeout=600)
     proc.kill()
     proc.wait()
-    return share
+    per_sample = None
+    if runs_before and runs_after and runs_after[1] > runs_before[1]:
+        per_sample = (runs_after[0] - runs_before[0]) / 1e3 / (RATE * wall)
+    return share, per_sample
+
+
+class _bpf_stats:
+    """kernel.bpf_stats_enabled on for the block (it times every BPF
+    program run), then as it was."""
+    PATH = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __enter__(self):
+        try:
+            with open(self.PATH) as f:
+                self.was = f.read().strip()
+            with open(self.PATH, "w") as f:
+                f.write("1")
+        except OSError:
+            self.was = None
+
+    def __exit__(self, *exc):
+        if self.was is not None:
+            with open(self.PATH, "w") as f:
+                f.write(self.was)
+
+
+def _bpf_runs(pid):
+    """(run_time_ns, run_cnt) of the BPF program process pid holds, from
+    its descriptor's fdinfo, or None."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+            return int(info["run_time_ns"]), int(info["run_cnt"])
+        except (OSError, KeyError, ValueError):
+            continue
+    return None
 
 
 def _on_cpu(pid):
@@ -215,10 +267,12 @@ def main():
         print(f"sampler CPU at {RATE} Hz from attach: {100 * sum(cpu) / len(cpu):.2f}% of one "
               f"core (mean over {len(cpu)} runs; max {100 * max(cpu):.2f}%)")
     if opts.steady:
-        print(f"sampler CPU at {RATE} Hz in steady state ({opts.steady:g} s after 3 s):")
+        print(f"sampler CPU at {RATE} Hz in steady state ({opts.steady:g} s after 3 s), "
+              "and the BPF program's time per sample:")
         for workload in opts.workloads.split(","):
-            share = sampler_steady_cpu(opts.python, workload, opts.steady)
-            print(f"  {workload:<14} {100 * share:.2f}% of one core")
+            share, per_sample = sampler_steady_cpu(opts.python, workload, opts.steady)
+            bpf = f"{per_sample:.1f} us" if per_sample is not None else "n/a"
+            print(f"  {workload:<14} {100 * share:.2f}% of one core   BPF {bpf}")
 
 
 if __name__ == "__main__":

@@ -50,9 +50,6 @@ WAIT_MS = 1000          # the longest wait between reads of the ring buffer (it
 SCAN_SECONDS = 1.0      # how often new processes are looked for (children, sessions)
 FRAME_BYTES, CODE_BYTES = 128, 256     # read at once per frame (sampler.bpf.c)
 MAX_RATE = 20000
-ENTRY_FRAME = "entry"   # frame_kind of an evaluator's entry frame
-NO_FUNCTION = "none"    # and of a frame that runs no code object
-NOT_YET = object()      # a native address not looked up yet
 STACK_CACHE = 65536     # stacks remembered (about 30 MB; then it starts again)
 FRAME_CACHE = 262144    # distinct Python frames (code object, instruction) per process
 
@@ -102,10 +99,11 @@ class _Target:
         self.writer = writer
         self.codes = {}          # (code, firstlineno, name16) -> (qualname, file, first, table)
         self.lines = {}          # (code key, line) -> synthetic address
-        self.natives = {}        # native address -> (label, begin) or None
+        # What the sampler's splice (splice.h) needs to know of each frame:
+        self.native_kinds = {}   # native address -> NATIVE_* bits
+        self.frame_kinds = {}    # a Python frame's record bytes -> frame_kind()
         self.described = set()   # native function begins written as PythonFunction
         self.generation = 0      # hashed into its stacks by the BPF program
-        self.frame_kinds = {}    # a Python frame's record bytes -> frame_kind()
         self.cstack_owner = _pyremote.CSTACK_OWNER[self.remote.version]
         self.next_id = 1
         self.maps_read = time.monotonic()
@@ -143,34 +141,20 @@ class _Target:
             raise RemoteError(f"process {self.pid}: {ex.strerror}") from None
         return st.st_dev, st.st_ino
 
-    def unnamed_evaluator_frames(self, native, names):
-        """Where the evaluator is in a native stack whose evaluator frames
-        have no symbol (a tail-calling interpreter without local symbols,
-        as Debian's 3.15: _PyEval_EvalFrameDefault only enters the
-        instructions' functions, which are nameless): the nameless frames of
-        the interpreter's file right above a call into Python."""
-        found = []
-        for i in range(len(native) - 1):
-            if names[i] is None and names[i + 1] in EVALUATOR_CALLERS:
-                region = self.remote.maps.region(native[i])
-                if region is not None and region[3] == self.remote.binary:
-                    found.append(i)
-        return found
-
     def _function_id(self):
         fid = self.next_id
         self.next_id += 1
         return fid
 
-    def frame_kind(self, stream, ts, raw):
+    def frame_kind(self, stream, ts, raw, sampler):
         """What a Python frame of a sample is (its record bytes): the
-        synthetic address of its function and line, ENTRY_FRAME, or
-        NO_FUNCTION (a frame of no code object)."""
+        synthetic address of its function and line, FRAME_ENTRY (an
+        evaluator call's first frame), or FRAME_NO_FUNCTION."""
         code, unit, first, owner, _r, name16 = _PY_FRAME.unpack(raw)
         if owner == self.cstack_owner:
-            return ENTRY_FRAME
+            return sampler.FRAME_ENTRY
         if not code:
-            return NO_FUNCTION
+            return sampler.FRAME_NO_FUNCTION
         return self.python_address(stream, ts, code, unit, first, name16)
 
     def python_address(self, stream, ts, code, unit, first, name16):
@@ -197,28 +181,42 @@ class _Target:
                             True, file, qualname)
         return address
 
-    def native(self, stream, ts, address):
-        """The native function's name at `address`, or None; describes it
-        (a PythonFunction with IsPythonCode 0) the first time."""
-        found = self.natives.get(address)
-        if found is None and address not in self.natives:
+    def native_kind(self, stream, ts, address, sampler):
+        """What the splice needs to know of the native function at
+        `address` (NATIVE_* bits); describes it (a PythonFunction with
+        IsPythonCode 0) the first time."""
+        where = self.remote.maps.function_at(address)
+        if where is None and time.monotonic() - self.maps_read > 1.0:
+            # A library mapped after the maps were read: read them again.
+            try:
+                self.remote.maps = _pyremote.ProcessMaps(self.pid)
+            except Exception:
+                pass
+            self.maps_read = time.monotonic()
             where = self.remote.maps.function_at(address)
-            if where is None and time.monotonic() - self.maps_read > 1.0:
-                # A library mapped after the maps were read: read them again.
-                try:
-                    self.remote.maps = _pyremote.ProcessMaps(self.pid)
-                except Exception:
-                    pass
-                self.maps_read = time.monotonic()
-                where = self.remote.maps.function_at(address)
-            if where is not None and where[0] is not None:
-                name, begin, end, path = where
-                if begin not in self.described:
-                    self.described.add(begin)
-                    stream.function(ts, self._function_id(), begin, end, 0, False, path, name)
-                found = name
-            self.natives[address] = found
-        return found
+        name = None
+        if where is not None and where[0] is not None:
+            name, begin, end, path = where
+            if begin not in self.described:
+                self.described.add(begin)
+                stream.function(ts, self._function_id(), begin, end, 0, False, path, name)
+        kind = 0
+        if name in EVAL_SYMBOLS:
+            kind |= sampler.NATIVE_EVAL
+        if name in THREAD_ROOTS:
+            kind |= sampler.NATIVE_THREAD_ROOT
+        if name in EVALUATOR_CALLERS:
+            kind |= sampler.NATIVE_EVAL_CALLER
+        if name is None:
+            # Where the evaluator's frames have no symbol (a tail-calling
+            # interpreter without local symbols, as Debian's 3.15:
+            # _PyEval_EvalFrameDefault only enters the instructions'
+            # nameless functions), the evaluator is a nameless frame of
+            # the interpreter's file right above a call into Python.
+            region = self.remote.maps.region(address)
+            if region is not None and region[3] == self.remote.binary:
+                kind |= sampler.NATIVE_NAMELESS
+        return kind
 
 
 def _same_code(info, first, short):
@@ -236,11 +234,13 @@ def _same_code(info, first, short):
 class SampledRecorder:
     """Turns the BPF program's records into a capture's events."""
 
-    def __init__(self, path):
+    def __init__(self, path, sampler):
         self.path = path
+        self.sampler = sampler      # the _sampler module: its splice()
         self.ctf_root = os.path.join(path, "ctf")
         os.makedirs(self.ctf_root, mode=0o700, exist_ok=True)
         self.targets = {}
+        self.kinds = {}             # pid -> (frame_kinds, native_kinds), for the splice
         self.writers = {}
         self.samples = 0
         self.processes = 0
@@ -257,6 +257,7 @@ class SampledRecorder:
         target.generation = self._generation()
         target.writer = self.writers[pid] = _ctfwrite.TraceWriter(self.ctf_root, pid)
         self.targets[pid] = target
+        self.kinds[pid] = (target.frame_kinds, target.native_kinds)
         self.processes += 1
         return target
 
@@ -278,8 +279,10 @@ class SampledRecorder:
                 # Lost: rare (a sample taken as its generation changed).
                 self.forgotten += 1
                 return
-            stack = self._stack(target, stream, ts, record, n_native, n_python)
-            payload = _ctfwrite.sample_payload(stack) if stack else b""
+            payload = self.sampler.splice(record, target.frame_kinds, target.native_kinds)
+            if payload is None:
+                self._learn(target, stream, ts, record, n_native, n_python)
+                payload = self.sampler.splice(record, target.frame_kinds, target.native_kinds)
             if len(self.stacks) >= STACK_CACHE and self.drains > self.regenerated_at:
                 # Starts again: the program hashes every process's stacks
                 # anew once told (at the end of this drain), and sends them
@@ -307,67 +310,28 @@ class SampledRecorder:
         self.generations += 1
         return self.generations
 
-    def _stack(self, target, stream, ts, record, n_native, n_python):
-        """The sample's stack, leaf first: native addresses with the Python
-        frames spliced in (see the module's docstring)."""
-        native = struct.unpack_from(f"<{n_native}Q", record, _SAMPLE_HEAD.size)
-        base = _SAMPLE_HEAD.size + 8 * n_native
-        runs = [[]]
-        # Each frame's record bytes name its address (or an evaluator entry,
-        # or no function) once: most frames of a new stack are old frames.
+    def _learn(self, target, stream, ts, record, n_native, n_python):
+        """Looks up the frames of a sample the splice does not know yet
+        (splice.h): each new frame once, by its record bytes."""
+        sampler = self.sampler
+        kinds = target.native_kinds
+        for address in struct.unpack_from(f"<{n_native}Q", record, _SAMPLE_HEAD.size):
+            if address not in kinds:
+                kinds[address] = target.native_kind(stream, ts, address, sampler)
         frames = target.frame_kinds
+        if len(frames) + n_python > FRAME_CACHE:
+            frames.clear()
         size = _PY_FRAME.size
+        base = _SAMPLE_HEAD.size + 8 * n_native
         for at in range(base, base + n_python * size, size):
             raw = record[at:at + size]
-            kind = frames.get(raw)
-            if kind is None:
-                kind = target.frame_kind(stream, ts, raw)
-                if len(frames) >= FRAME_CACHE:
-                    frames.clear()
-                frames[raw] = kind
-            if kind is ENTRY_FRAME:
-                runs.append([])     # an evaluator entry: the next call's frames follow
-            elif kind is not NO_FUNCTION:
-                runs[-1].append(kind)
-        runs = [r for r in runs if r]
-        known = target.natives.get
-        names = [known(address, NOT_YET) for address in native]
-        if NOT_YET in names:
-            names = [target.native(stream, ts, native[i]) if name is NOT_YET else name
-                     for i, name in enumerate(names)]
-        evals = [i for i, name in enumerate(names) if name in EVAL_SYMBOLS]
-        if not evals and runs:
-            evals = target.unnamed_evaluator_frames(native, names)
-        # Each evaluator call's Python frames go at its native frame, leaf
-        # first.  With fewer evaluator frames than calls, frames are missing
-        # from the native stack: at its leaf when the stack still reaches a
-        # thread's start (a leaf function that had not set up its frame
-        # hides its caller), so the outermost calls pair with the outermost
-        # frames and the rest go on top; else at its root end (a walk cut
-        # short), so the pairing starts at the leaf and the rest go below.
-        place = {}
-        on_top = []
-        if len(evals) < len(runs) and any(n in THREAD_ROOTS for n in names):
-            extra = len(runs) - len(evals)
-            on_top = [a for run in runs[:extra] for a in run]
-            runs = runs[extra:]
-        for i, at in enumerate(evals[:len(runs)]):
-            place[at] = runs[i]
-        below = [a for run in runs[len(evals):] for a in run]
-        stack = []
-        for i, address in enumerate(native):
-            if i == 1 and on_top:
-                stack.extend(on_top)
-                on_top = []
-            stack.extend(place.get(i, ()))
-            stack.append(address)
-        stack.extend(on_top)
-        stack.extend(below)
-        return tuple(stack)
+            if raw not in frames:
+                frames[raw] = target.frame_kind(stream, ts, raw, sampler)
 
     def forget(self, pid):
         """Ends process pid's trace (it ended, or is sampled no more)."""
         target = self.targets.pop(pid, None)
+        self.kinds.pop(pid, None)
         writer = self.writers.pop(pid, None)
         if target is not None:
             target.remote.close()
@@ -388,12 +352,12 @@ class Sampling:
     and go while it runs; drain() turns the samples taken into events."""
 
     def __init__(self, rate):
-        _, self.sampler = start_sampler(rate)    # SampledError: cannot
+        self.sampler_module, self.sampler = start_sampler(rate)    # SampledError: cannot
         self.recorder = None
 
     def record_into(self, path):
         """Starts the capture's trace in the capture directory `path`."""
-        self.recorder = SampledRecorder(path)
+        self.recorder = SampledRecorder(path, self.sampler_module)
 
     @property
     def processes(self):
@@ -426,7 +390,8 @@ class Sampling:
 
     def drain(self):
         recorder = self.recorder
-        for item in self.sampler.drain(recorder.stacks, SAMPLE_EVENT_ID):
+        for item in self.sampler.drain(recorder.stacks, SAMPLE_EVENT_ID, recorder.kinds,
+                                       STACK_CACHE):
             if type(item) is tuple:
                 recorder.handle_chunk(*item)
             else:

@@ -6,11 +6,20 @@
  *   s = Sampler(rate_hz)      load and attach; OSError when not permitted
  *   s.add(pid, config)        sample process pid (config: struct etw_target)
  *   s.remove(pid)
- *   s.drain([stacks, id])     the records received since, as a list of bytes:
+ *   s.drain([stacks, id, processes, room])
+ *                             the records received since, as a list of bytes:
  *                             each the header of struct etw_sample, its
  *                             native_count addresses, then its python_count
- *                             frames; with stacks, samples of a stack in it
- *                             come as chunks of events instead (chunks.h)
+ *                             frames; with stacks (hash -> encoded stack),
+ *                             samples of a stack in it come as chunks of
+ *                             events instead (chunks.h), and so do new
+ *                             stacks of a process in processes (pid ->
+ *                             (frame_kinds, native_kinds)) whose frames are
+ *                             all known: spliced (splice.h) and added to
+ *                             stacks while it holds fewer than room
+ *   splice(record, frame_kinds, native_kinds)
+ *                             a record's stack, encoded, or None when one of
+ *                             its frames is not in the dicts (splice.h)
  *   s.dropped()               samples lost to a full ring buffer
  *   s.fileno()                readable when the ring buffer fills (poll it)
  *   s.close()
@@ -34,6 +43,7 @@
 
 #include "chunks.h"
 #include "sampler.h"
+#include "splice.h"
 #include "sampler_object.h"     /* etw_sampler_object[], made by setup.py */
 
 typedef struct {
@@ -45,20 +55,37 @@ typedef struct {
     int dropped_fd;
     struct ring_buffer *ring;
     PyObject *pending;          /* list the ring buffer callback appends to */
-    /* During drain(stacks, event_id): the encoded stacks by hash, and the
-     * chunk being filled with the events of samples of those stacks. */
+    /* During drain(stacks, event_id, processes, room): the encoded stacks
+     * by hash, how many it may hold, each process's frame kinds
+     * (splice.h), and the chunk being filled with the events of samples
+     * of those stacks. */
     PyObject *stacks;
+    PyObject *processes;
+    Py_ssize_t stack_room;
     uint32_t event_id;
     etw_chunk *chunk;
 } Sampler;
 
-/* A sample of a stack user space has encoded (its hash is in `stacks`)
- * goes into a chunk of events; returns 1 if it did, 0 if Python must see
- * it, -1 on failure. */
+/* Writes a sample with the stack `payload` into the chunk of events. */
 static int
-add_known(Sampler *self, const struct etw_sample *s)
+write_sample(Sampler *self, const struct etw_sample *s, PyObject *payload)
 {
-    if (self->stacks == NULL || !(s->flags & ETW_SAMPLE_KNOWN_STACK)) {
+    if (!PyBytes_Check(payload) || PyBytes_GET_SIZE(payload) == 0) {
+        return 0;       /* a stack with nothing to show: not written */
+    }
+    return etw_chunk_add(self->chunk, self->pending, self->event_id, s->pid, s->tid, s->time,
+                         PyBytes_AS_STRING(payload), (size_t)PyBytes_GET_SIZE(payload));
+}
+
+/* A sample user space need not see goes into a chunk of events: one of a
+ * stack it has encoded (its hash is in `stacks`), or a new stack whose
+ * frames it has all looked up (spliced here, then added to `stacks` while
+ * there is room).  Returns 1 if it did, 0 if Python must see the sample,
+ * -1 on failure. */
+static int
+add_encoded(Sampler *self, const struct etw_sample *s, size_t size)
+{
+    if (self->stacks == NULL) {
         return 0;
     }
     PyObject *key = PyLong_FromUnsignedLongLong(s->stack_hash);
@@ -66,19 +93,41 @@ add_known(Sampler *self, const struct etw_sample *s)
         return -1;
     }
     PyObject *payload = PyDict_GetItemWithError(self->stacks, key);     /* borrowed */
+    if (payload != NULL) {
+        Py_DECREF(key);
+        return write_sample(self, s, payload) < 0 ? -1 : 1;
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return -1;
+    }
+    int done = 0;
+    PyObject *kinds = NULL;
+    if (!(s->flags & ETW_SAMPLE_KNOWN_STACK) && self->processes != NULL
+        && PyDict_GET_SIZE(self->stacks) < self->stack_room
+        && s->native_count <= ETW_SAMPLER_MAX_NATIVE + 1
+        && s->python_count <= ETW_SAMPLER_MAX_PYTHON
+        && size >= offsetof(struct etw_sample, python) + s->python_count * sizeof s->python[0]) {
+        PyObject *pid = PyLong_FromUnsignedLong(s->pid);
+        kinds = pid == NULL ? NULL : PyDict_GetItemWithError(self->processes, pid);
+        Py_XDECREF(pid);
+        if (kinds == NULL && PyErr_Occurred()) {
+            done = -1;
+        }
+    }
+    if (kinds != NULL && PyTuple_Check(kinds) && PyTuple_GET_SIZE(kinds) == 2) {
+        PyObject *spliced = NULL;
+        done = etw_splice((const unsigned char *)s->native, s->native_count,
+                          (const unsigned char *)s->python, s->python_count, sizeof s->python[0],
+                          PyTuple_GET_ITEM(kinds, 0), PyTuple_GET_ITEM(kinds, 1), &spliced);
+        if (done > 0 && (PyDict_SetItem(self->stacks, key, spliced) < 0
+                         || write_sample(self, s, spliced) < 0)) {
+            done = -1;
+        }
+        Py_XDECREF(spliced);
+    }
     Py_DECREF(key);
-    if (payload == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    if (!PyBytes_Check(payload)) {
-        return 0;
-    }
-    if (PyBytes_GET_SIZE(payload) == 0) {
-        return 1;       /* a stack with nothing to show: not written */
-    }
-    return etw_chunk_add(self->chunk, self->pending, self->event_id, s->pid, s->tid, s->time,
-                         PyBytes_AS_STRING(payload), (size_t)PyBytes_GET_SIZE(payload)) < 0
-           ? -1 : 1;
+    return done;
 }
 
 /* Hands a record to Python without its unused frame slots: the header, the
@@ -94,7 +143,7 @@ on_record(void *ctx, void *data, size_t size)
     if (size < head) {
         return 0;
     }
-    int known = add_known(self, s);
+    int known = add_encoded(self, s, size);
     if (known != 0) {
         return known < 0 ? -1 : 0;
     }
@@ -306,9 +355,11 @@ sampler_remove(Sampler *self, PyObject *args)
 static PyObject *
 sampler_drain(Sampler *self, PyObject *args)
 {
-    PyObject *stacks = NULL;
+    PyObject *stacks = NULL, *processes = NULL;
     unsigned int event_id = 0;
-    if (!PyArg_ParseTuple(args, "|O!I:drain", &PyDict_Type, &stacks, &event_id)) {
+    Py_ssize_t room = 0;
+    if (!PyArg_ParseTuple(args, "|O!IO!n:drain", &PyDict_Type, &stacks, &event_id,
+                          &PyDict_Type, &processes, &room)) {
         return NULL;
     }
     if (self->ring == NULL) {
@@ -321,9 +372,12 @@ sampler_drain(Sampler *self, PyObject *args)
         }
     }
     self->stacks = stacks;
+    self->processes = processes;
+    self->stack_room = room;
     self->event_id = event_id;
     int n = ring_buffer__consume(self->ring);
     self->stacks = NULL;
+    self->processes = NULL;
     if (self->chunk != NULL && etw_chunk_flush(self->chunk, self->pending) < 0) {
         n = -1;
     }
@@ -379,9 +433,11 @@ static PyMethodDef sampler_methods[] = {
     {"add", (PyCFunction)sampler_add, METH_VARARGS, "add(pid, config): sample pid"},
     {"remove", (PyCFunction)sampler_remove, METH_VARARGS, "remove(pid)"},
     {"drain", (PyCFunction)sampler_drain, METH_VARARGS,
-     "drain([stacks, event_id]): what was received: records as bytes, and with\n"
-     "stacks (encoded stacks by hash) the samples of those stacks as chunks\n"
-     "of events (pid, tid, first time, last time, count, bytes), in order"},
+     "drain([stacks, event_id, processes, room]): what was received: records as\n"
+     "bytes, and with stacks (encoded stacks by hash) the samples of those stacks\n"
+     "as chunks of events (pid, tid, first time, last time, count, bytes), in\n"
+     "order; with processes (pid -> (frame_kinds, native_kinds)), new stacks\n"
+     "whose frames are all known too, spliced and added to stacks up to room"},
     {"dropped", (PyCFunction)sampler_dropped, METH_NOARGS, "samples the ring lost"},
     {"fileno", (PyCFunction)sampler_fileno, METH_NOARGS,
      "a descriptor readable when the ring buffer is a quarter full"},
@@ -401,9 +457,59 @@ static PyTypeObject SamplerType = {
     .tp_doc = "The BPF sampler: Sampler(rate_hz)",
 };
 
+/* splice(record, frame_kinds, native_kinds): a record as drain() hands it
+ * to Python, its stack encoded; None when a frame is not in the dicts. */
+static PyObject *
+module_splice(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer record;
+    PyObject *frame_kinds, *native_kinds;
+    if (!PyArg_ParseTuple(args, "y*O!O!:splice", &record, &PyDict_Type, &frame_kinds,
+                          &PyDict_Type, &native_kinds)) {
+        return NULL;
+    }
+    const unsigned char *data = record.buf;
+    size_t head = offsetof(struct etw_sample, native);
+    struct etw_sample s;
+    PyObject *payload = NULL;
+    int done = -1;
+    if ((size_t)record.len < head) {
+        PyErr_SetString(PyExc_ValueError, "a sample record shorter than its header");
+        goto out;
+    }
+    memcpy(&s, data, head);
+    size_t natives = (size_t)s.native_count * sizeof s.native[0];
+    size_t pythons = (size_t)s.python_count * sizeof s.python[0];
+    if (s.native_count > ETW_SAMPLER_MAX_NATIVE + 1 || s.python_count > ETW_SAMPLER_MAX_PYTHON
+        || (size_t)record.len != head + natives + pythons) {
+        PyErr_SetString(PyExc_ValueError, "a sample record whose frame counts do not match "
+                        "its size");
+        goto out;
+    }
+    done = etw_splice(data + head, s.native_count, data + head + natives, s.python_count,
+                      sizeof s.python[0], frame_kinds, native_kinds, &payload);
+out:
+    PyBuffer_Release(&record);
+    if (done < 0) {
+        return NULL;
+    }
+    if (done == 0) {
+        Py_RETURN_NONE;
+    }
+    return payload;
+}
+
+static PyMethodDef module_methods[] = {
+    {"splice", module_splice, METH_VARARGS,
+     "splice(record, frame_kinds, native_kinds): the record's stack as a\n"
+     "SampledProfile payload, or None when a frame is not in the dicts"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef sampler_module = {
     PyModuleDef_HEAD_INIT, "etwtrace._sampler",
-    "Hook-free sampling of Python stacks with a BPF program.", -1, NULL,
+    "Hook-free sampling of Python stacks with a BPF program.", -1, module_methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
@@ -423,8 +529,12 @@ PyInit__sampler(void)
         || PyModule_AddIntConstant(m, "MAX_PYTHON", ETW_SAMPLER_MAX_PYTHON) < 0
         || PyModule_AddIntConstant(m, "MAX_NATIVE", ETW_SAMPLER_MAX_NATIVE) < 0
         || PyModule_AddIntConstant(m, "KNOWN_STACK", ETW_SAMPLE_KNOWN_STACK) < 0
-        || PyModule_AddIntConstant(m, "KNOWN_STACKS", ETW_SAMPLER_KNOWN_STACKS) < 0
-        || PyModule_AddIntConstant(m, "CHUNK_BYTES", ETW_CHUNK_BYTES) < 0) {
+        || PyModule_AddIntConstant(m, "FRAME_ENTRY", ETW_FRAME_ENTRY) < 0
+        || PyModule_AddIntConstant(m, "FRAME_NO_FUNCTION", ETW_FRAME_NO_FUNCTION) < 0
+        || PyModule_AddIntConstant(m, "NATIVE_EVAL", ETW_NATIVE_EVAL) < 0
+        || PyModule_AddIntConstant(m, "NATIVE_THREAD_ROOT", ETW_NATIVE_THREAD_ROOT) < 0
+        || PyModule_AddIntConstant(m, "NATIVE_EVAL_CALLER", ETW_NATIVE_EVAL_CALLER) < 0
+        || PyModule_AddIntConstant(m, "NATIVE_NAMELESS", ETW_NATIVE_NAMELESS) < 0) {
         Py_DECREF(m);
         return NULL;
     }
