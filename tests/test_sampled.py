@@ -1,5 +1,5 @@
 """--sampled (#11): Python stacks read by a BPF program at each CPU sample,
-the program untouched.  Targets are CPython 3.13+ processes: this
+the program untouched.  Targets are CPython 3.11 and 3.13+ processes: this
 interpreter when it is one, else a 3.13 the CI has built (the version runs
 test every interpreter)."""
 
@@ -42,15 +42,26 @@ def need_sampler():
         pytest.skip("--sampled needs root")
 
 
+SAMPLED_HERE = sys.version_info[:2] == (3, 11) or sys.version_info >= (3, 13)
+CACHE = os.environ.get("ETWTRACE_PYTHONS", "/var/cache/etwtrace-pythons")
+
+
 def target_python():
-    """A CPython 3.13+ to run sampled programs with."""
-    if sys.version_info >= (3, 13):
+    """A CPython the sampler reads, to run sampled programs with."""
+    if SAMPLED_HERE:
         return sys.executable
-    cache = os.environ.get("ETWTRACE_PYTHONS", "/var/cache/etwtrace-pythons")
-    candidate = os.path.join(cache, "3.13", "bin", "python3.13")
+    candidate = os.path.join(CACHE, "3.13", "bin", "python3.13")
     if os.path.isfile(candidate):
         return candidate
-    pytest.skip("no CPython 3.13+ here to sample (the version runs sample their own)")
+    pytest.skip("no CPython 3.11 or 3.13+ here to sample (the version runs sample their own)")
+
+
+def unsampled_python():
+    """A CPython the sampler does not read (3.9), or None."""
+    if not SAMPLED_HERE:
+        return sys.executable
+    candidate = os.path.join(CACHE, "3.9", "bin", "python3.9")
+    return candidate if os.path.isfile(candidate) else None
 
 
 class Running:
@@ -114,17 +125,19 @@ def test_processes_it_cannot_read_are_refused(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
-    if sys.version_info < (3, 13):
-        # This interpreter has no _Py_DebugOffsets: named, with what works.
-        old = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    python = unsampled_python()
+    if python is not None:
+        # A Python it does not read: named, with what does.
+        old = subprocess.Popen([python, "-c", "import time; time.sleep(30)"])
         try:
             line = _fails("--sampled", "--pid", old.pid, "--capture", cap)
-            assert "3.13 or later" in line
+            assert "reads 3.11, 3.13, 3.14, 3.15" in line and "--stack" in line
         finally:
             old.kill()
             old.wait()
+    if not SAMPLED_HERE:
         line = _fails("--sampled", "--capture", cap, "--", SCRIPTS / "hot.py")
-        assert "3.13 or later" in line and "--stack" in line
+        assert "reads CPython 3.11, 3.13, 3.14, 3.15" in line and "--stack" in line
     assert not cap.exists()
 
 
@@ -299,8 +312,8 @@ def test_a_code_object_freed_before_it_is_read_keeps_the_samples_name(tmp_path):
 
 def test_launched_program_is_sampled_to_its_end(tmp_path):
     need_sampler()
-    if sys.version_info < (3, 13):
-        pytest.skip("--sampled -- script runs the script with this interpreter (3.13+)")
+    if not SAMPLED_HERE:
+        pytest.skip("--sampled -- script runs the script with this interpreter (3.11, 3.13+)")
     cap = tmp_path / "cap"
     proc = run_etwtrace("--sampled", "--rate", "499", "--capture", cap, "--",
                         SCRIPTS / "sampled_target.py", "1.5")
@@ -328,9 +341,10 @@ def test_a_sampled_session_samples_every_python_process(box):
     capture = box.path("capture")
     before = Running("sampled_target.py", 6)
     others = [subprocess.Popen(["sleep", "30"])]
-    if sys.version_info < (3, 13):
-        # This interpreter has no _Py_DebugOffsets: not sampled, and said.
-        others.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]))
+    unsampled = unsampled_python()
+    if unsampled is not None:
+        # A Python it does not read: not sampled, and said.
+        others.append(subprocess.Popen([unsampled, "-c", "import time; time.sleep(30)"]))
     try:
         started = box.start(capture, "--sampled", "--rate", "499")
         assert "hook-free sampling" in started.stderr
@@ -366,8 +380,8 @@ def test_a_sampled_session_samples_every_python_process(box):
     assert manifest["mode"] == "sampled" and manifest["recorder"] == "bpf"
     assert manifest["rate"] == 499 and manifest["samples"] > 0
     assert str(before.proc.pid) in manifest["native_frames"]
-    if sys.version_info < (3, 13):
-        assert "3.13" in manifest["processes_not_sampled"][str(others[1].pid)]
+    if unsampled is not None:
+        assert "older than 3.11" in manifest["processes_not_sampled"][str(others[1].pid)]
 
 
 def test_a_sampled_session_refuses_what_it_cannot_do(box):
@@ -391,8 +405,8 @@ def test_a_sampled_session_refuses_what_it_cannot_do(box):
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_a_launched_program_is_followed_into_its_workers(tmp_path, method):
     need_sampler()
-    if sys.version_info < (3, 13):
-        pytest.skip("--sampled -- script runs the script with this interpreter (3.13+)")
+    if not SAMPLED_HERE:
+        pytest.skip("--sampled -- script runs the script with this interpreter (3.11, 3.13+)")
     cap = tmp_path / "cap"
     proc = run_etwtrace("--sampled", "--capture", cap, "--",
                         SCRIPTS / "sampled_children.py", "3", method)

@@ -1,5 +1,6 @@
 """How --sampled splices a sample's Python frames into its native stack
-(_native/sampler/splice.c), on records made here: no BPF, no root.  Each
+(_native/sampler/splice.c), on records made here: no BPF, no root; and how
+it tells an interpreter whose native stacks it can walk.  Each
 case is a rule of the splice: where an evaluator call's frames go, what a
 leaf that hid its caller or a walk cut short does to the pairing, how an
 interpreter without symbols is read, and that a frame it does not know
@@ -77,6 +78,15 @@ def test_each_evaluator_call_goes_at_its_evaluator_frame(sampler):
     assert s.splice() == [0x1000, P1, 0x2000, 0x3000, P2, P3, 0x2001, 0x4000]
 
 
+def test_311s_marked_first_frames_end_their_calls_as_entry_frames_do(sampler):
+    n = natives(sampler)
+    # 3.11 pushes no entry frame: the first frame of each call is marked.
+    ends = sampler.FRAME_ENDS_RUN
+    s = Sample(sampler, [n["leaf"], n["eval1"], n["call"], n["eval2"], n["main"]],
+               [P1 | ends, P2, P3 | ends])
+    assert s.splice() == [0x1000, P1, 0x2000, 0x3000, P2, P3, 0x2001, 0x4000]
+
+
 def test_frames_of_no_function_are_left_out_and_empty_runs_pair_with_nothing(sampler):
     n = natives(sampler)
     s = Sample(sampler, [n["eval1"], n["main"]], [ENTRY, NONE, P1, ENTRY, ENTRY])
@@ -140,3 +150,14 @@ def test_a_malformed_record_is_refused(sampler):
     head = _sampled._SAMPLE_HEAD.pack(10, 11, 12, 1000, 0, 0, 0, 99)
     with pytest.raises(ValueError):
         sampler.splice(head, {}, {})
+
+
+@pytest.mark.parametrize("prologue, frame_pointer", [
+    ("5548c7c0f8ffffff4889e541", True),             # .ci's 3.13 (-fno-omit-frame-pointer)
+    ("f30f1efa554889e54883ec10488b4708", True),     # Debian's 3.15
+    ("f30f1efa4883ec18488b470848896c24", False),    # Debian's 3.14
+    ("55534889fb4883ec08488b2d", False),            # Debian's 3.11: %rbp saved, not a frame
+])
+def test_a_frame_pointer_build_is_told_by_a_function_prologue(prologue, frame_pointer):
+    from etwtrace._pyremote import sets_up_frame_pointer
+    assert sets_up_frame_pointer(bytes.fromhex(prologue)) is frame_pointer

@@ -1,8 +1,9 @@
-"""A running CPython (3.13+) seen from outside: where its runtime is, the
-offsets of its structures (_Py_DebugOffsets, the "xdebugpy" block at the
-start of _PyRuntime), and its code objects' names and line tables, read
-from /proc/PID/mem.  The sampler's BPF program walks frames with these
-offsets; names and lines are read here, once per code object.
+"""A running CPython (3.11, 3.13+) seen from outside: where its runtime is,
+the offsets of its structures (3.13+: _Py_DebugOffsets, the "xdebugpy"
+block at the start of _PyRuntime; 3.11: a table, FIXED_OFFSETS), and its
+code objects' names and line tables, read from /proc/PID/mem.  The
+sampler's BPF program walks frames with these offsets; names and lines
+are read here, once per code object.
 """
 
 import os
@@ -91,8 +92,47 @@ _LAYOUTS = {
 # x86-64 user space ends below 2**47 (4-level page tables; 5-level ones
 # give 2**56, which this also allows).
 USER_SPACE_END = 1 << 56
-CSTACK_OWNER = {(3, 13): 3, (3, 14): 3, (3, 15): 3}
-SUPPORTED = sorted(_LAYOUTS)
+# 3.11 has no such frame: the first frame of each evaluator call is marked
+# is_entry instead.
+CSTACK_OWNER = {(3, 11): None, (3, 13): 3, (3, 14): 3, (3, 15): 3}
+
+# Versions without _Py_DebugOffsets: their offsets, the same in every
+# release build of the version on x86-64 (internal structures do not
+# change within a minor version).  Made by tools/remote_offsets.c against
+# the version's own headers, and checked against them by the tests.
+FIXED_OFFSETS = {
+    (3, 11): {
+        ("runtime_state", "interpreters_head"): 40,
+        ("interpreter_state", "threads_head"): 16,
+        ("thread_state", "next"): 8,
+        ("thread_state", "native_thread_id"): 160,
+        ("thread_state", "cframe"): 56,
+        ("cframe", "current_frame"): 8,
+        ("interpreter_frame", "previous"): 48,
+        ("interpreter_frame", "executable"): 32,
+        ("interpreter_frame", "instr_ptr"): 56,
+        ("interpreter_frame", "is_entry"): 68,
+        ("interpreter_frame", "owner"): 69,
+        ("code_object", "filename"): 112,
+        ("code_object", "name"): 120,
+        ("code_object", "qualname"): 128,
+        ("code_object", "linetable"): 136,
+        ("code_object", "firstlineno"): 72,
+        ("code_object", "co_code_adaptive"): 184,
+        ("pyobject", "ob_type"): 8,
+        ("unicode_object", "state"): 32,
+        ("unicode_object", "length"): 16,
+        ("unicode_object", "asciiobject_size"): 48,
+        ("unicode_object", "compact_size"): 72,
+        ("bytes_object", "ob_size"): 16,
+        ("bytes_object", "ob_sval"): 32,
+    },
+}
+SUPPORTED = sorted(list(_LAYOUTS) + list(FIXED_OFFSETS))
+
+
+def supported_text():
+    return ", ".join("%d.%d" % v for v in SUPPORTED)
 
 
 class RemoteError(Exception):
@@ -134,17 +174,19 @@ class Process:
         except OSError as ex:
             raise RemoteError(f"cannot read process {pid}'s memory: {ex.strerror}") from None
         head = self.read(self.runtime, 24)
-        if head[:8] != COOKIE:
-            self.close()
-            raise RemoteError(f"process {pid}'s Python has no _Py_DebugOffsets "
-                              "(CPython 3.13 or later has them)")
-        version_hex, free_threaded = struct.unpack_from("<QQ", head, 8)
+        if head[:8] == COOKIE:
+            version_hex, free_threaded = struct.unpack_from("<QQ", head, 8)
+        else:
+            version_hex, free_threaded = self._version_without_debug_offsets(), 0
         version = (version_hex >> 24, (version_hex >> 16) & 0xFF)
+        if version in FIXED_OFFSETS and not free_threaded:
+            self._set_offsets(version_hex, dict(FIXED_OFFSETS[version]))
+            return
         layout = _LAYOUTS.get(version)
         if layout is None:
             self.close()
             raise RemoteError(f"process {pid} runs Python {version[0]}.{version[1]}; the "
-                              f"sampler reads {', '.join('%d.%d' % v for v in SUPPORTED)}")
+                              f"sampler reads {supported_text()} (--stack works on 3.9+)")
         raw = struct.unpack(f"<{_words(layout)}Q", self.read(self.runtime, 8 * _words(layout)))
         values = {}
         i = 0
@@ -155,8 +197,24 @@ class Process:
             for field in section[1:]:
                 values[(section[0], field)] = raw[i]
                 i += 1
+        ascii_size = values[("unicode_object", "asciiobject_size")]
+        # PyCompactUnicodeObject: the ASCII object, then utf8_length, utf8.
+        values[("unicode_object", "compact_size")] = ascii_size + 16
+        self._set_offsets(version_hex, values, free_threaded)
+
+    def _version_without_debug_offsets(self):
+        """PY_VERSION_HEX of an interpreter older than 3.13, from its
+        Py_Version (3.11+)."""
+        found = self.maps.find_symbol("Py_Version")
+        if found is None:
+            self.close()
+            raise RemoteError(f"process {self.pid} runs a Python older than 3.11; the "
+                              f"sampler reads {supported_text()} (--stack works on 3.9+)")
+        return self.word(found[0]) & 0xFFFFFFFF
+
+    def _set_offsets(self, version_hex, values, free_threaded=0):
         self.offsets = DebugOffsets(version_hex, free_threaded, values)
-        self.version = version
+        self.version = self.offsets.version
         found = self.maps.find_symbol("PyCode_Type")
         if found is None:
             self.close()
@@ -165,15 +223,12 @@ class Process:
 
     def keeps_frame_pointers(self):
         """Whether its interpreter was built with frame pointers, as seen in
-        a small function's prologue (push %rbp, after an endbr64): without
-        them a sample's native stack is cut short."""
+        a small function's prologue (after an endbr64): without them a
+        sample's native stack is cut short."""
         found = self.maps.find_symbol("PyObject_Vectorcall")
         if found is None:
             return False
-        code = self.read(found[0], 8)
-        if code[:4] == b"\xf3\x0f\x1e\xfa":
-            code = code[4:]
-        return code[:1] == b"\x55"
+        return sets_up_frame_pointer(self.read(found[0], 24))
 
     def close(self):
         if getattr(self, "mem", None) is not None:
@@ -211,9 +266,8 @@ class Process:
             return "?"
         if is_ascii:
             return self.read(obj + ascii_size, length).decode("ascii", "replace")
-        # Compact non-ASCII: the data follows a PyCompactUnicodeObject,
-        # which is the ASCII object plus utf8_length and utf8 (16 bytes).
-        data = self.read(obj + ascii_size + 16, length * kind)
+        # Compact non-ASCII: the data follows a PyCompactUnicodeObject.
+        data = self.read(obj + o[("unicode_object", "compact_size")], length * kind)
         codec = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}.get(kind, "latin-1")
         return data.decode(codec, "replace")
 
@@ -233,6 +287,16 @@ class Process:
         first = struct.unpack("<i", self.read(address + c("firstlineno"), 4))[0]
         table = self.bytes_of(self.word(address + c("linetable")))
         return qualname, filename, first, table
+
+
+def sets_up_frame_pointer(code):
+    """Whether a function's first bytes set up a frame pointer: push %rbp
+    (after an endbr64), then mov %rsp,%rbp soon after (the compiler may
+    put other instructions between).  A push %rbp alone only saves the
+    register for other use (3.11's builds)."""
+    if code[:4] == b"\xf3\x0f\x1e\xfa":
+        code = code[4:]
+    return code[:1] == b"\x55" and b"\x48\x89\xe5" in code[1:16]
 
 
 def _varint(data, pos):

@@ -58,7 +58,9 @@ KNOWN_STACK = 4         # sampler.h: a sample sent as its head and its stack's h
 SAMPLE_EVENT_ID = _ctfwrite.EVENT_ID["SampledProfile"]
 NAME_BYTES = 16         # of a qualname, read by the BPF program (sampler.h)
 _PY_FRAME = struct.Struct(f"<QIiII{NAME_BYTES}s")
-_TARGET = struct.Struct("<Q14IQQQII")
+_TARGET = struct.Struct("<Q14IQQQIIII")
+NO_OWNER = 0xFFFFFFFF   # sampler.h: no entry frames (3.11)
+FRAME_IS_ENTRY = 0x100  # sampler.h: a frame's owner bit, 3.11's is_entry
 
 
 class SampledError(Exception):
@@ -110,26 +112,32 @@ class _Target:
 
     def config(self):
         o = self.remote.offsets
+        fields = o.fields
         # The program reads a frame's first FRAME_BYTES and a code object's
         # first CODE_BYTES at once (sampler.bpf.c): the fields must be there.
-        frame = max(o[("interpreter_frame", f)] + 8
-                    for f in ("previous", "executable", "instr_ptr", "owner"))
+        frame = max(fields.get(("interpreter_frame", f), 0) + 8
+                    for f in ("previous", "executable", "instr_ptr", "owner", "is_entry"))
         code = max(o[k] + 8 for k in (("code_object", "firstlineno"),
                                       ("code_object", "qualname"), ("pyobject", "ob_type")))
         if frame > FRAME_BYTES or code > CODE_BYTES:
             raise RemoteError(f"process {self.pid}: its frames or code objects are laid out "
                               "beyond what the sampler reads")
+        # 3.11 reaches the thread's frame through its cframe.
+        cframe = fields.get(("thread_state", "cframe"), 0)
+        owner_cstack = self.cstack_owner
         return _TARGET.pack(
             self.remote.runtime + o[("runtime_state", "interpreters_head")],
             o[("interpreter_state", "threads_head")], o[("thread_state", "next")],
-            o[("thread_state", "native_thread_id")], o[("thread_state", "current_frame")],
+            o[("thread_state", "native_thread_id")],
+            fields.get(("thread_state", "current_frame"), 0),
             o[("interpreter_frame", "previous")], o[("interpreter_frame", "executable")],
             o[("interpreter_frame", "instr_ptr")], o[("interpreter_frame", "owner")],
             o[("code_object", "firstlineno")], o[("code_object", "qualname")],
             o[("code_object", "co_code_adaptive")], o[("unicode_object", "asciiobject_size")],
-            _pyremote.CSTACK_OWNER[self.remote.version], 0,
+            NO_OWNER if owner_cstack is None else owner_cstack,
+            fields.get(("interpreter_frame", "is_entry"), 0),
             *self.pid_namespace(), self.remote.code_type, o[("pyobject", "ob_type")],
-            self.generation & 0xFFFFFFFF)
+            self.generation & 0xFFFFFFFF, cframe, fields.get(("cframe", "current_frame"), 0))
 
     def pid_namespace(self):
         """(device, inode) of the process's pid namespace: the program finds
@@ -155,7 +163,8 @@ class _Target:
             return sampler.FRAME_ENTRY
         if not code:
             return sampler.FRAME_NO_FUNCTION
-        return self.python_address(stream, ts, code, unit, first, name16)
+        address = self.python_address(stream, ts, code, unit, first, name16)
+        return address | sampler.FRAME_ENDS_RUN if owner & FRAME_IS_ENTRY else address
 
     def python_address(self, stream, ts, code, unit, first, name16):
         key = (code, first, name16)
@@ -443,8 +452,8 @@ def run(path, rate, say, pid=None, target=None, duration=None):
     check_privileges()
     if pid is not None:
         _check_pid(pid)
-    elif sys.version_info < (3, 13):
-        raise SampledError(f"--sampled reads CPython 3.13 or later; this is "
+    elif sys.version_info[:2] not in _pyremote.SUPPORTED:
+        raise SampledError(f"--sampled reads CPython {_pyremote.supported_text()}; this is "
                            f"{sys.version.split()[0]} (use --stack, which works on 3.9+)")
     sampling = Sampling(rate)
     try:

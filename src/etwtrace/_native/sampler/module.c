@@ -531,6 +531,7 @@ PyInit__sampler(void)
         || PyModule_AddIntConstant(m, "KNOWN_STACK", ETW_SAMPLE_KNOWN_STACK) < 0
         || PyModule_AddIntConstant(m, "FRAME_ENTRY", ETW_FRAME_ENTRY) < 0
         || PyModule_AddIntConstant(m, "FRAME_NO_FUNCTION", ETW_FRAME_NO_FUNCTION) < 0
+        || PyModule_AddIntConstant(m, "FRAME_ENDS_RUN", ETW_FRAME_ENDS_RUN) < 0
         || PyModule_AddIntConstant(m, "NATIVE_EVAL", ETW_NATIVE_EVAL) < 0
         || PyModule_AddIntConstant(m, "NATIVE_THREAD_ROOT", ETW_NATIVE_THREAD_ROOT) < 0
         || PyModule_AddIntConstant(m, "NATIVE_EVAL_CALLER", ETW_NATIVE_EVAL_CALLER) < 0

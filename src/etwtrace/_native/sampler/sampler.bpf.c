@@ -199,7 +199,9 @@ etw_sample(struct bpf_perf_event_data *ctx)
         s->stack_hash = hash_finish(hash_word(h, ETW_SAMPLE_NO_THREAD_STATE));
         return send(s);
     }
-    __u64 frame = read_word(ts + t->thread_current_frame);
+    __u64 frame = t->thread_cframe
+                  ? read_word(read_word(ts + t->thread_cframe) + t->cframe_current_frame)
+                  : read_word(ts + t->thread_current_frame);
     __u32 n = 0;
     for (int i = 0; i < ETW_SAMPLER_MAX_PYTHON; i++) {
         if (frame == 0) {
@@ -215,6 +217,9 @@ etw_sample(struct bpf_perf_event_data *ctx)
         frame = frame_u64(b, t->frame_previous);
         f->code = 0;
         f->owner = owner;
+        if (t->frame_is_entry && b->frame[t->frame_is_entry & (FRAME_BYTES - 1)]) {
+            f->owner |= ETW_FRAME_IS_ENTRY;
+        }
         f->reserved = 0;
         f->unit = 0;
         f->firstlineno = 0;
@@ -238,8 +243,9 @@ etw_sample(struct bpf_perf_event_data *ctx)
         /* The name is part of a frame's identity (a freed code object's
          * address is used again): it is hashed too. */
         const __u64 *name = (const __u64 *)f->name;
-        h = hash_word(hash_word(hash_word(hash_word(h, code), ((__u64)f->unit << 32)
-                                          | (__u32)f->firstlineno), name[0]), name[1]);
+        h = hash_word(hash_word(hash_word(hash_word(hash_word(h, code), ((__u64)f->unit << 32)
+                                                    | (__u32)f->firstlineno), name[0]),
+                                name[1]), f->owner);
     }
     if (frame != 0) {
         s->flags |= ETW_SAMPLE_PYTHON_TRUNCATED;

@@ -27,24 +27,35 @@ struct etw_target {
     __u32 code_qualname;
     __u32 code_adaptive;         /* offset of the code units in a code object */
     __u32 unicode_data;          /* offset of an ASCII str's characters */
-    __u32 owner_cstack;          /* the owner of an evaluator's entry frame */
-    __u32 reserved;
+    __u32 owner_cstack;          /* the owner of an evaluator's entry frame
+                                  * (ETW_NO_OWNER: no such frame, 3.11) */
+    __u32 frame_is_entry;        /* 3.11: offset of the frame's is_entry flag
+                                  * (the first frame of an evaluator call);
+                                  * 0: none */
     __u64 pidns_dev;             /* its pid namespace (stat of /proc/PID/ns/pid): */
     __u64 pidns_ino;             /* thread ids as CPython recorded them */
     __u64 code_type;             /* address of PyCode_Type */
     __u32 object_type;           /* offset of ob_type */
     __u32 generation;            /* mixed into its stacks' hashes: user space
                                   * changes it to forget the stacks sent */
+    __u32 thread_cframe;         /* 3.11: the thread state's cframe, whose
+                                  * current_frame is the thread's frame; 0:
+                                  * thread_current_frame is in the thread state */
+    __u32 cframe_current_frame;
 };
+
+#define ETW_NO_OWNER 0xFFFFFFFFu
 
 struct etw_python_frame {
     __u64 code;                  /* the code object, tag bits cleared */
     __u32 unit;                  /* code unit being run */
     __s32 firstlineno;
-    __u32 owner;
+    __u32 owner;                 /* the frame's owner, with ETW_FRAME_IS_ENTRY */
     __u32 reserved;
     char name[ETW_SAMPLER_NAME_BYTES];
 };
+
+#define ETW_FRAME_IS_ENTRY 0x100u       /* 3.11: the first frame of an evaluator call */
 
 /* A sample whose stack was sent before (ETW_SAMPLE_KNOWN_STACK) is sent
  * as its head alone: user space finds the stack by its hash. */

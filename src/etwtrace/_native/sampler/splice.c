@@ -1,7 +1,8 @@
 /* Splices a sample's Python frames into its native stack (splice.h).
  *
  * The Python frames come innermost first, in runs: each run is one
- * evaluator call's frames, ended by that call's entry frame.  Each run
+ * evaluator call's frames, ended by that call's entry frame (3.13+), or
+ * by its own first frame, marked (3.11).  Each run
  * goes right above its evaluator frame (_PyEval_EvalFrameDefault, or where
  * that has no symbol, a nameless frame of the interpreter called by a
  * named caller) in the native stack.  With fewer evaluator frames than
@@ -67,14 +68,17 @@ etw_splice(const unsigned char *native, uint32_t n_native,
                 return found;
             }
         }
-        if (kind == ETW_FRAME_ENTRY) {
+        int ends_run = kind == ETW_FRAME_ENTRY;
+        if (kind > ETW_FRAME_NO_FUNCTION) {
+            frames[n_frames++] = kind & ~(unsigned long long)ETW_FRAME_ENDS_RUN;
+            ends_run = (kind & ETW_FRAME_ENDS_RUN) != 0;
+        }
+        if (ends_run) {
             if (n_frames > open_at) {
                 run_start[n_runs] = open_at;
                 run_end[n_runs++] = n_frames;
             }
             open_at = n_frames;
-        } else if (kind != ETW_FRAME_NO_FUNCTION) {
-            frames[n_frames++] = kind;
         }
     }
     unsigned char kinds[ETW_SAMPLER_MAX_NATIVE + 1];

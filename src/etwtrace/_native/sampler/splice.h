@@ -5,8 +5,9 @@
  *
  * What each frame is comes from two dicts user space fills (_sampled.py):
  *   frame_kinds:  a Python frame's record bytes (struct etw_python_frame)
- *                 -> its synthetic address, or ETW_FRAME_ENTRY, or
- *                 ETW_FRAME_NO_FUNCTION
+ *                 -> its synthetic address (with ETW_FRAME_ENDS_RUN when
+ *                 its evaluator call has no frames above it), or
+ *                 ETW_FRAME_ENTRY, or ETW_FRAME_NO_FUNCTION
  *   native_kinds: a native address -> ETW_NATIVE_* bits
  * A frame missing from them is user space's to look up first. */
 #ifndef ETWTRACE_SAMPLER_SPLICE_H
@@ -19,6 +20,8 @@
 
 #define ETW_FRAME_ENTRY 0           /* an evaluator's entry frame: a call starts */
 #define ETW_FRAME_NO_FUNCTION 1     /* a frame that runs no code object */
+#define ETW_FRAME_ENDS_RUN 2        /* added to an address: the first frame of
+                                     * an evaluator call (3.11's is_entry) */
 
 #define ETW_NATIVE_EVAL 1           /* _PyEval_EvalFrameDefault */
 #define ETW_NATIVE_THREAD_ROOT 2    /* where a complete stack of a thread starts */
