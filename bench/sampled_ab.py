@@ -9,18 +9,22 @@ differ by on this machine (docs/BENCHMARKS.md), which hides a 1-2% cost.
         [--window 3] [--workloads fib(27),richards,...]
 
 The program runs on a CPU of its own (the last); the bench and the
-sampler on the others.  Three kinds of window take turns: none (no sampler), floor (the sampler
-attached to another, idle Python: the program takes the 999 Hz timer
-interrupts and a BPF program that returns at once, the cost of sampling
-by any perf-event sampler) and sampled (the sampler attached to the
-program).  Each ratio is the median run time inside one kind of window
-over the median inside the `none` ones (the first and last half second of
+sampler on the others.  Kinds of window take turns: none (no sampler),
+floor (the sampler attached to another, idle Python: the program takes
+the 999 Hz timer interrupts and a BPF run that returns at once, what any
+perf-event sampler costs), sampled (the sampler attached to the program)
+and, where perf is installed, perf (perf record -e cpu-clock -F 999 -p
+PID, no call stacks: perf's own cheapest sampling, for reference).  Each
+ratio is the median run time inside one kind of window over the median
+inside the `none` ones (the first and last half second of
 each window left out: attach, detach, and the sampler's start-up).  The
 spread is the same ratio taken between `none` windows alone (odd against
 even): what this machine gives with no sampler at all.
 """
 import argparse
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,10 +49,23 @@ def _attached(pid, window, capture):
     return start, start + window
 
 
+def _perf_window(pid, window, output):
+    """perf's own sampling of process pid at RATE Hz (cpu-clock, no call
+    stacks: its cheapest) for `window` seconds; returns (begin, end)."""
+    perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(RATE), "-p",
+                             str(pid), "-o", output], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    start = time.monotonic()
+    time.sleep(window)
+    perf.send_signal(signal.SIGINT)
+    perf.wait(timeout=120)
+    return start, start + window
+
+
 def measure(python, workload, cycles, window):
     """Ratios of the floor and sampled windows to the none windows, the
     spread between none windows, and the runs counted in each kind."""
-    seconds = cycles * 3 * window + 2 * window
+    seconds = cycles * 4 * window + 2 * window
     idle = subprocess.Popen([python, "-c", "import sys; sys.stdin.read()"],
                             stdin=subprocess.PIPE)
     # The program has a CPU of its own; the bench, the sampler and the
@@ -65,17 +82,22 @@ def measure(python, workload, cycles, window):
     proc.stdin.write("go\n")
     proc.stdin.flush()
     windows = {"none": [], "floor": [], "sampled": []}
+    if shutil.which("perf"):
+        windows["perf"] = []
     with tempfile.TemporaryDirectory() as tmp:
         time.sleep(window)      # warm-up
         kinds = list(windows)
         for cycle in range(cycles):
             # Each cycle starts with the next kind: a drift of the machine
             # over the run weighs on every kind alike.
-            for kind in kinds[cycle % 3:] + kinds[:cycle % 3]:
+            for kind in kinds[cycle % len(kinds):] + kinds[:cycle % len(kinds)]:
                 if kind == "none":
                     start = time.monotonic()
                     time.sleep(window)
                     windows[kind].append((start, time.monotonic()))
+                elif kind == "perf":
+                    windows[kind].append(_perf_window(proc.pid, window,
+                                                      os.path.join(tmp, f"perf{cycle}.data")))
                 else:
                     windows[kind].append(_attached(proc.pid if kind == "sampled" else idle.pid,
                                                    window, os.path.join(tmp, f"{kind}{cycle}")))
@@ -90,9 +112,8 @@ def measure(python, workload, cycles, window):
     base = statistics.median(inside(windows["none"]))
     spread = (statistics.median(inside(windows["none"][0::2]))
               / statistics.median(inside(windows["none"][1::2])))
-    return (statistics.median(inside(windows["floor"])) / base,
-            statistics.median(inside(windows["sampled"])) / base, spread,
-            [len(inside(windows[k])) for k in ("none", "floor", "sampled")])
+    ratios = {k: statistics.median(inside(w)) / base for k, w in windows.items() if k != "none"}
+    return ratios, spread, {k: len(inside(w)) for k, w in windows.items()}
 
 
 def main():
@@ -104,14 +125,16 @@ def main():
                                                 "float,go")
     opts = parser.parse_args()
     version = subprocess.run([opts.python, "-VV"], capture_output=True, text=True).stdout
-    print(f"{version.strip()}; {opts.cycles} cycles of {opts.window:g} s windows (none, "
-          f"floor, sampled) at {RATE} Hz, one process per workload")
-    print(f"{'workload':<14} {'floor':>8} {'sampled':>8} {'spread':>8}   runs none/floor/sampled")
+    print(f"{version.strip()}; {opts.cycles} cycles of {opts.window:g} s windows of each "
+          f"kind at {RATE} Hz, one process per workload")
+    kinds = ["floor", "sampled"] + (["perf"] if shutil.which("perf") else [])
+    print(f"{'workload':<14} " + " ".join(f"{k:>8}" for k in kinds)
+          + f" {'spread':>8}   runs none/" + "/".join(kinds))
     for workload in opts.workloads.split(","):
-        floor, sampled, spread, counts = measure(opts.python, workload, opts.cycles,
-                                                 opts.window)
-        print(f"{workload:<14} {floor:>7.3f}x {sampled:>7.3f}x {spread:>7.3f}x   "
-              + "/".join(map(str, counts)), flush=True)
+        ratios, spread, counts = measure(opts.python, workload, opts.cycles, opts.window)
+        print(f"{workload:<14} " + " ".join(f"{ratios[k]:>7.3f}x" for k in kinds)
+              + f" {spread:>7.3f}x   " + "/".join(str(counts[k]) for k in ["none"] + kinds),
+              flush=True)
 
 
 if __name__ == "__main__":
