@@ -124,7 +124,6 @@ class _Target:
                               "beyond what the sampler reads")
         # 3.11 reaches the thread's frame through its cframe.
         cframe = fields.get(("thread_state", "cframe"), 0)
-        owner_cstack = self.cstack_owner
         return _TARGET.pack(
             self.remote.runtime + o[("runtime_state", "interpreters_head")],
             o[("interpreter_state", "threads_head")], o[("thread_state", "next")],
@@ -134,7 +133,7 @@ class _Target:
             o[("interpreter_frame", "instr_ptr")], o[("interpreter_frame", "owner")],
             o[("code_object", "firstlineno")], o[("code_object", "qualname")],
             o[("code_object", "co_code_adaptive")], o[("unicode_object", "asciiobject_size")],
-            NO_OWNER if owner_cstack is None else owner_cstack,
+            NO_OWNER if self.cstack_owner is None else self.cstack_owner,
             fields.get(("interpreter_frame", "is_entry"), 0),
             *self.pid_namespace(), self.remote.code_type, o[("pyobject", "ob_type")],
             self.generation & 0xFFFFFFFF, cframe, fields.get(("cframe", "current_frame"), 0))
@@ -156,8 +155,10 @@ class _Target:
 
     def frame_kind(self, stream, ts, raw, sampler):
         """What a Python frame of a sample is (its record bytes): the
-        synthetic address of its function and line, FRAME_ENTRY (an
-        evaluator call's first frame), or FRAME_NO_FUNCTION."""
+        synthetic address of its function and line (plus FRAME_ENDS_RUN
+        for the first frame of an evaluator call, 3.11), FRAME_ENTRY (the
+        frame C code pushes to enter the evaluator, 3.13+), or
+        FRAME_NO_FUNCTION."""
         code, unit, first, owner, _r, name16 = _PY_FRAME.unpack(raw)
         if owner == self.cstack_owner:
             return sampler.FRAME_ENTRY
