@@ -243,6 +243,39 @@ def test_multiprocessing_children_keep_every_event(tmp_path, method, pool):
     assert sum(calls.get(pid, 0) for pid in set(pids)) == 4000, (calls, pids)
 
 
+def test_a_process_killed_before_its_trace_began_is_no_trace(tmp_path):
+    """A pool's worker terminated as it starts can leave its trace directory
+    with no metadata or (before metadata was written whole) an empty one,
+    and no stream: it recorded nothing, and the capture reads as if it
+    never started, in report and open_trace alike."""
+    cap = tmp_path / "cap"
+    proc = run_etwtrace("--instrumented", "--capture", cap, "--recorder", "builtin", "--",
+                        SCRIPTS / "hot.py")
+    assert proc.returncode == 0, proc.stderr
+    ctf = cap / "ctf"
+    real = sorted(p.name for p in ctf.iterdir())
+    assert len(real) == 1 and not (ctf / real[0] / "metadata.new").exists()
+    (ctf / "pid-4194001").mkdir()                                   # killed after mkdir
+    (ctf / "pid-4194002").mkdir()
+    (ctf / "pid-4194002" / "metadata").write_text("")               # an older writer's
+    (ctf / "pid-4194003").mkdir()
+    (ctf / "pid-4194003" / "metadata.new").write_text("/* CTF")     # killed mid-write
+    assert [os.path.basename(d) for _, d in _ctf.trace_dirs(str(ctf))] == real
+    report = run_etwtrace("report", cap)
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr
+    assert "inner" in report.stdout
+    import etwtrace
+    with etwtrace.open_trace(cap) as trace:
+        pids = {e.pid for e in trace}
+    assert pids == {int(real[0].split("-")[1])}
+    # A trace that began and lost its metadata is still an error, not skipped.
+    (ctf / "pid-4194004").mkdir()
+    (ctf / "pid-4194004" / "stream-1").write_bytes(b"\0" * 64)
+    broken = run_etwtrace("report", cap)
+    assert broken.returncode != 0 and "pid-4194004" in broken.stderr
+    assert "Traceback" not in broken.stderr
+
+
 def test_sixteen_threads_keep_exact_counts(tmp_path):
     calls = scaled(1_000_000)
     prog = tmp_path / "threads.py"

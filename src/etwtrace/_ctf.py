@@ -120,15 +120,32 @@ _TRACE_DIR = re.compile(r"^pid-(\d+)(?:\.(\d+))?$")
 
 def trace_dirs(ctf_root):
     """(pid, directory) of every per-process trace under ctf_root (pid-PID,
-    and pid-PID.N for the images a process exec'd into)."""
+    and pid-PID.N for the images a process exec'd into) that began."""
     found = []
     for name in sorted(os.listdir(ctf_root)):
         m = _TRACE_DIR.match(name)
         path = os.path.join(ctf_root, name)
-        if m and os.path.isdir(path) and not os.path.islink(path):
+        if m and os.path.isdir(path) and not os.path.islink(path) and _began(path):
             found.append((int(m.group(1)), int(m.group(2) or 1), path))
     found.sort()
     return [(pid, path) for pid, _image, path in found]
+
+
+def _began(trace_dir):
+    """Whether a process's trace began: a process killed as it started (a
+    pool's worker terminated before it ran) leaves its directory with no
+    metadata (or, written before 2026-12, an empty one) and no streams.
+    It recorded nothing, so nothing of it is lost."""
+    try:
+        names = set(os.listdir(trace_dir))
+    except OSError:
+        return True         # the reader says what is wrong with it
+    if names - {"metadata", "metadata.new"}:
+        return True
+    try:
+        return os.path.getsize(os.path.join(trace_dir, "metadata")) > 0
+    except OSError:
+        return False
 
 
 _VERSION = re.compile(r"format_version = (\d+);")

@@ -237,21 +237,27 @@ etw_format_metadata(char *buf, size_t size, int pid, int with_call_times)
     return len < size ? (int)len : -1;
 }
 
+/* Writes DIR/metadata whole or not at all: into metadata.new, then renamed
+ * over it.  A process killed as it starts (a pool's worker terminated
+ * before it ran) leaves no metadata, never a partial one. */
 static int
-write_metadata(const char *dir, int flags, char *error, size_t error_size)
+write_metadata(const char *dir, char *error, size_t error_size)
 {
-    char path[PATH_MAX + 128];
+    char path[PATH_MAX + 128], fresh[PATH_MAX + 128];
     snprintf(path, sizeof(path), "%s/metadata", dir);
-    int fd = open(path, flags | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+    snprintf(fresh, sizeof(fresh), "%s/metadata.new", dir);
+    int fd = open(fresh, O_CREAT | O_TRUNC | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
     char text[8192];
     int len = etw_format_metadata(text, sizeof(text), (int)getpid(), options.call_times);
-    int rc = fd < 0 || len < 0 || pwrite_all(fd, text, (size_t)len, 0) != 0 ||
-             ftruncate(fd, len) != 0 ? -1 : 0;
-    if (rc != 0) {
-        snprintf(error, error_size, "cannot write %s: %s", path, strerror(errno));
-    }
+    int rc = fd < 0 || len < 0 || pwrite_all(fd, text, (size_t)len, 0) != 0 ? -1 : 0;
     if (fd >= 0) {
         close(fd);
+    }
+    if (rc == 0 && rename(fresh, path) != 0) {
+        rc = -1;
+    }
+    if (rc != 0) {
+        snprintf(error, error_size, "cannot write %s: %s", path, strerror(errno));
     }
     return rc;
 }
@@ -279,7 +285,7 @@ open_trace_dir(char *error, size_t error_size)
         if (mkdir(trace_dir, 0700) == 0) {
             trace_pid = pid;
             stream_counter = 0;
-            return write_metadata(trace_dir, O_CREAT | O_EXCL, error, error_size);
+            return write_metadata(trace_dir, error, error_size);
         }
         if (errno != EEXIST) {
             break;
@@ -682,7 +688,7 @@ etw_recorder_start(const char *dir, const EtwRecorderOptions *with, char *error,
         /* Another session of this process in the same capture: its threads
          * continue their streams. */
         if (times_changed) {
-            rc = write_metadata(trace_dir, O_TRUNC, error, error_size);
+            rc = write_metadata(trace_dir, error, error_size);
         }
     }
     else {
