@@ -86,7 +86,7 @@ def test_children_found_retried_followed_into_exec_and_forgotten():
     finally:
         for p in (python, other, shell):
             p.kill()
-            p.wait()
+            p.communicate()     # closes its stdin pipe too
 
 
 def test_a_python_it_cannot_read_is_listed_with_why():
@@ -111,7 +111,7 @@ def test_a_python_it_cannot_read_is_listed_with_why():
         assert refused == [python.pid]          # decided: not tried again
     finally:
         python.kill()
-        python.wait()
+        python.communicate()
 
 
 def test_a_process_caught_inside_exec_is_looked_at_again(monkeypatch):
@@ -133,4 +133,4 @@ def test_a_process_caught_inside_exec_is_looked_at_again(monkeypatch):
         assert calls.added == [python.pid]
     finally:
         python.kill()
-        python.wait()
+        python.communicate()
