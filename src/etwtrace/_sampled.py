@@ -59,8 +59,6 @@ SAMPLE_EVENT_ID = _ctfwrite.EVENT_ID["SampledProfile"]
 NAME_BYTES = 16         # of a qualname, read by the BPF program (sampler.h)
 _PY_FRAME = struct.Struct(f"<QIiII{NAME_BYTES}s")
 _TARGET = struct.Struct("<Q14IQQQIIII")
-NO_OWNER = 0xFFFFFFFF   # sampler.h: no entry frames (3.11)
-FRAME_IS_ENTRY = 0x100  # sampler.h: a frame's owner bit, 3.11's is_entry
 
 
 class SampledError(Exception):
@@ -95,8 +93,9 @@ def start_sampler(rate):
 class _Target:
     """One sampled process: its interpreter, and the functions named so far."""
 
-    def __init__(self, pid, writer):
+    def __init__(self, pid, writer, sampler):
         self.pid = pid
+        self.sampler = sampler   # the _sampler module: the constants it shares with C
         self.remote = _pyremote.Process(pid)
         self.writer = writer
         self.codes = {}          # (code, firstlineno, name16) -> (qualname, file, first, table)
@@ -133,7 +132,7 @@ class _Target:
             o[("interpreter_frame", "instr_ptr")], o[("interpreter_frame", "owner")],
             o[("code_object", "firstlineno")], o[("code_object", "qualname")],
             o[("code_object", "co_code_adaptive")], o[("unicode_object", "asciiobject_size")],
-            NO_OWNER if self.cstack_owner is None else self.cstack_owner,
+            self.sampler.NO_OWNER if self.cstack_owner is None else self.cstack_owner,
             fields.get(("interpreter_frame", "is_entry"), 0),
             *self.pid_namespace(), self.remote.code_type, o[("pyobject", "ob_type")],
             self.generation & 0xFFFFFFFF, cframe, fields.get(("cframe", "current_frame"), 0))
@@ -153,19 +152,20 @@ class _Target:
         self.next_id += 1
         return fid
 
-    def frame_kind(self, stream, ts, raw, sampler):
+    def frame_kind(self, stream, ts, raw):
         """What a Python frame of a sample is (its record bytes): the
         synthetic address of its function and line (plus FRAME_ENDS_RUN
         for the first frame of an evaluator call, 3.11), FRAME_ENTRY (the
         frame C code pushes to enter the evaluator, 3.13+), or
         FRAME_NO_FUNCTION."""
+        sampler = self.sampler
         code, unit, first, owner, _r, name16 = _PY_FRAME.unpack(raw)
         if owner == self.cstack_owner:
             return sampler.FRAME_ENTRY
         if not code:
             return sampler.FRAME_NO_FUNCTION
         address = self.python_address(stream, ts, code, unit, first, name16)
-        return address | sampler.FRAME_ENDS_RUN if owner & FRAME_IS_ENTRY else address
+        return address | sampler.FRAME_ENDS_RUN if owner & sampler.FRAME_IS_ENTRY else address
 
     def python_address(self, stream, ts, code, unit, first, name16):
         key = (code, first, name16)
@@ -191,7 +191,7 @@ class _Target:
                             True, file, qualname)
         return address
 
-    def native_kind(self, stream, ts, address, sampler):
+    def native_kind(self, stream, ts, address):
         """What the splice needs to know of the native function at
         `address` (NATIVE_* bits); describes it (a PythonFunction with
         IsPythonCode 0) the first time."""
@@ -210,6 +210,7 @@ class _Target:
             if begin not in self.described:
                 self.described.add(begin)
                 stream.function(ts, self._function_id(), begin, end, 0, False, path, name)
+        sampler = self.sampler
         kind = 0
         if name in EVAL_SYMBOLS:
             kind |= sampler.NATIVE_EVAL
@@ -263,7 +264,7 @@ class SampledRecorder:
         self.regenerated_at = -1    # the drain that ends before the program knows them
 
     def add(self, pid):
-        target = _Target(pid, None)     # RemoteError: not (yet) a CPython we read
+        target = _Target(pid, None, self.sampler)     # RemoteError: not (yet) a CPython we read
         target.generation = self._generation()
         target.writer = self.writers[pid] = _ctfwrite.TraceWriter(self.ctf_root, pid)
         self.targets[pid] = target
@@ -323,11 +324,10 @@ class SampledRecorder:
     def _learn(self, target, stream, ts, record, n_native, n_python):
         """Looks up the frames of a sample the splice does not know yet
         (splice.h): each new frame once, by its record bytes."""
-        sampler = self.sampler
         kinds = target.native_kinds
         for address in struct.unpack_from(f"<{n_native}Q", record, _SAMPLE_HEAD.size):
             if address not in kinds:
-                kinds[address] = target.native_kind(stream, ts, address, sampler)
+                kinds[address] = target.native_kind(stream, ts, address)
         frames = target.frame_kinds
         if len(frames) + n_python > FRAME_CACHE:
             frames.clear()
@@ -336,7 +336,7 @@ class SampledRecorder:
         for at in range(base, base + n_python * size, size):
             raw = record[at:at + size]
             if raw not in frames:
-                frames[raw] = target.frame_kind(stream, ts, raw, sampler)
+                frames[raw] = target.frame_kind(stream, ts, raw)
 
     def forget(self, pid):
         """Ends process pid's trace (it ended, or is sampled no more)."""

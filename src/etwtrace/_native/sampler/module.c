@@ -77,13 +77,25 @@ write_sample(Sampler *self, const struct etw_sample *s, PyObject *payload)
                          PyBytes_AS_STRING(payload), (size_t)PyBytes_GET_SIZE(payload));
 }
 
+/* Whether a whole record (not a known stack's head) holds the frames its
+ * header counts: the program sends only the Python frames it took
+ * (sampler.bpf.c). */
+static int
+frames_fit(const struct etw_sample *s, size_t size)
+{
+    return s->native_count <= ETW_SAMPLER_MAX_NATIVE + 1
+           && s->python_count <= ETW_SAMPLER_MAX_PYTHON
+           && size >= offsetof(struct etw_sample, python)
+                      + s->python_count * sizeof s->python[0];
+}
+
 /* A sample user space need not see goes into a chunk of events: one of a
  * stack it has encoded (its hash is in `stacks`), or a new stack whose
  * frames it has all looked up (spliced here, then added to `stacks` while
  * there is room).  Returns 1 if it did, 0 if Python must see the sample,
  * -1 on failure. */
 static int
-add_encoded(Sampler *self, const struct etw_sample *s, size_t size)
+add_encoded(Sampler *self, const struct etw_sample *s)
 {
     if (self->stacks == NULL) {
         return 0;
@@ -104,10 +116,7 @@ add_encoded(Sampler *self, const struct etw_sample *s, size_t size)
     int done = 0;
     PyObject *kinds = NULL;
     if (!(s->flags & ETW_SAMPLE_KNOWN_STACK) && self->processes != NULL
-        && PyDict_GET_SIZE(self->stacks) < self->stack_room
-        && s->native_count <= ETW_SAMPLER_MAX_NATIVE + 1
-        && s->python_count <= ETW_SAMPLER_MAX_PYTHON
-        && size >= offsetof(struct etw_sample, python) + s->python_count * sizeof s->python[0]) {
+        && PyDict_GET_SIZE(self->stacks) < self->stack_room) {
         PyObject *pid = PyLong_FromUnsignedLong(s->pid);
         kinds = pid == NULL ? NULL : PyDict_GetItemWithError(self->processes, pid);
         Py_XDECREF(pid);
@@ -140,10 +149,10 @@ on_record(void *ctx, void *data, size_t size)
     const struct etw_sample *s = data;
     size_t head = offsetof(struct etw_sample, native);
     size_t natives = 0, pythons = 0;
-    if (size < head) {
+    if (size < head || (!(s->flags & ETW_SAMPLE_KNOWN_STACK) && !frames_fit(s, size))) {
         return 0;
     }
-    int known = add_encoded(self, s, size);
+    int known = add_encoded(self, s);
     if (known != 0) {
         return known < 0 ? -1 : 0;
     }
@@ -152,12 +161,6 @@ on_record(void *ctx, void *data, size_t size)
         return -1;
     }
     if (!(s->flags & ETW_SAMPLE_KNOWN_STACK)) {
-        /* The program sends only the Python frames it took (sampler.bpf.c). */
-        if (s->native_count > ETW_SAMPLER_MAX_NATIVE + 1
-            || s->python_count > ETW_SAMPLER_MAX_PYTHON
-            || size < offsetof(struct etw_sample, python) + s->python_count * sizeof s->python[0]) {
-            return 0;
-        }
         natives = s->native_count * sizeof s->native[0];
         pythons = s->python_count * sizeof s->python[0];
     }
@@ -532,6 +535,8 @@ PyInit__sampler(void)
         || PyModule_AddIntConstant(m, "FRAME_ENTRY", ETW_FRAME_ENTRY) < 0
         || PyModule_AddIntConstant(m, "FRAME_NO_FUNCTION", ETW_FRAME_NO_FUNCTION) < 0
         || PyModule_AddIntConstant(m, "FRAME_ENDS_RUN", ETW_FRAME_ENDS_RUN) < 0
+        || PyModule_AddIntConstant(m, "FRAME_IS_ENTRY", ETW_FRAME_IS_ENTRY) < 0
+        || PyModule_AddIntConstant(m, "NO_OWNER", (long)ETW_NO_OWNER) < 0
         || PyModule_AddIntConstant(m, "NATIVE_EVAL", ETW_NATIVE_EVAL) < 0
         || PyModule_AddIntConstant(m, "NATIVE_THREAD_ROOT", ETW_NATIVE_THREAD_ROOT) < 0
         || PyModule_AddIntConstant(m, "NATIVE_EVAL_CALLER", ETW_NATIVE_EVAL_CALLER) < 0
