@@ -54,7 +54,6 @@ STACK_CACHE = 65536     # stacks remembered (about 30 MB; then it starts again)
 FRAME_CACHE = 262144    # distinct Python frames (code object, instruction) per process
 
 _SAMPLE_HEAD = struct.Struct("<IIQIIIIQ")
-KNOWN_STACK = 4         # sampler.h: a sample sent as its head and its stack's hash
 SAMPLE_EVENT_ID = _ctfwrite.EVENT_ID["SampledProfile"]
 NAME_BYTES = 16         # of a qualname, read by the BPF program (sampler.h)
 _PY_FRAME = struct.Struct(f"<QIiII{NAME_BYTES}s")
@@ -286,7 +285,7 @@ class SampledRecorder:
         if payload is None:
             payload = self.old_stacks.get(stack_hash)
         if payload is None:
-            if flags & KNOWN_STACK:
+            if flags & self.sampler.KNOWN_STACK:
                 # Lost: rare (a sample taken as its generation changed).
                 self.forgotten += 1
                 return
