@@ -28,14 +28,15 @@ Usage: python -m etwtrace [options] -- script.py [args...]
     --recorder WHICH      auto (perf where installed and permitted, else
                           builtin), perf, or builtin (no privileges needed)
     --preset NAME         Recording profile preset: Default, CPU or Minimal
-    --sampled             Hook-free sampling (CPython 3.11, 3.13+; root): a BPF program
-                          reads Python stacks at each CPU sample; needs --capture
+    --sampled             Hook-free sampling (CPython 3.11, 3.13+; root): a BPF
+                          program reads Python stacks at each CPU sample; needs
+                          --capture
     --rate HZ             With --sampled: samples per second (default 999)
 
 Usage: python -m etwtrace --sampled --pid PID [--duration SECONDS] [--rate HZ] --capture PATH
 
-    Samples a running CPython 3.11 or 3.13+ (launched with etwtrace or not) until it
-    ends, Ctrl-C, or the duration; the program runs on untouched.
+    Samples a running CPython 3.11 or 3.13+ (launched with etwtrace or not)
+    until it ends, Ctrl-C, or the duration; the program runs on untouched.
 
 Usage: python -m etwtrace --enable [ENABLE_VAR [TYPE_VAR]]
 
@@ -57,8 +58,8 @@ Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|per
        python -m etwtrace record status | snapshot [PATH] | stop
 
     A recording session like wpr -start / -stop: every traced Python process
-    records into it, or with --sampled every CPython 3.11 and 3.13+ process is
-    sampled without hooks (see python -m etwtrace record --help).
+    records into it, or with --sampled every CPython 3.11 and 3.13+ process
+    is sampled without hooks (see python -m etwtrace record --help).
 
 Usage: python -m etwtrace attach PID [--instrumented [--c-calls]]
        python -m etwtrace detach PID

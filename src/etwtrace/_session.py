@@ -158,8 +158,8 @@ def _size_text(n):
 
 def _describe(state):
     if state.get("sampled"):
-        return (f"hook-free sampling of every CPython 3.11 and 3.13+ process at {state['sampled']} Hz "
-                f"(BPF), capture {state.get('path')}")
+        return (f"hook-free sampling of every CPython 3.11 and 3.13+ process at "
+                f"{state['sampled']} Hz (BPF), capture {state.get('path')}")
     ring = state.get("ring") or 0
     mode = f", memory mode ({_size_text(ring)} per thread)" if ring else ""
     return (f"recorder {state.get('recorder')}, preset {state.get('preset')}{mode}, "
@@ -740,8 +740,8 @@ Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|per
       --ring SIZE     Memory mode: each thread keeps only its newest SIZE
                       of events (e.g. 16M); written by snapshot and stop
       --sampled       Hook-free sampling (root): a BPF program samples every
-                      CPython 3.11 and 3.13+ process on the machine, traced or not,
-                      as it starts (see --sampled in python -m etwtrace -h)
+                      CPython 3.11 and 3.13+ process on the machine, traced or
+                      not, as it starts (see --sampled in python -m etwtrace -h)
       --rate HZ       With --sampled: samples per second (default 999)
     status            Whether a session runs, since when, into where, and
                       how many processes joined (exit status 1: none)
