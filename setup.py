@@ -79,10 +79,11 @@ def sampler_extension():
         return None
     return Extension(
         "etwtrace._sampler",
-        sources=[f"{sampler}/module.c", f"{sampler}/chunks.c", f"{sampler}/splice.c"],
+        sources=[f"{sampler}/module.c", f"{sampler}/chunks.c", f"{sampler}/splice.c",
+                 f"{sampler}/unwind.c", f"{sampler}/unwinder_type.c"],
         include_dirs=[out, sampler],
         depends=[f"{sampler}/sampler.h", f"{sampler}/sampler.bpf.c", f"{sampler}/chunks.h",
-                 f"{sampler}/splice.h"],
+                 f"{sampler}/splice.h", f"{sampler}/unwind.h", f"{sampler}/unwinder_type.h"],
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,
         libraries=["bpf"],

@@ -194,14 +194,12 @@ def test_native_frames_sit_between_python_frames_in_a_callback(tmp_path):
     with_key = {s: n for s, n in stacks.items() if any(_name(f) == "key" for f in s)}
     total = sum(with_key.values())
     assert total >= 300, stacks.most_common(5)
-    manifest = json.loads((cap / "etwtrace-capture.json").read_text())
     # Every Python frame: key called (through C) by callback.
     under = sum(n for s, n in with_key.items()
                 if "callback" in [_name(f) for f in s[:[_name(f) for f in s].index("key")]])
     assert under >= 0.99 * total, (under, total)
-    if manifest["native_frames"].startswith("cut short"):
-        return      # an interpreter without frame pointers (Debian's 3.14): said so
-    # callback > (native sort code) > key: the C frames between them.
+    # callback > (native sort code) > key: the C frames between them, by
+    # frame pointers or (Debian's 3.11 and 3.14) unwound from stack copies.
     between = 0
     for stack, n in with_key.items():
         names = [_name(f) for f in stack]
@@ -210,6 +208,56 @@ def test_native_frames_sit_between_python_frames_in_a_callback(tmp_path):
         if below and any(not f.endswith(")") for f in stack[below[-1] + 1:k]):
             between += n
     assert between >= 0.99 * total, (between, total)
+
+
+def _python_and_native_path(stack):
+    """A folded stack down to its last Python frame: what both ways of
+    finding native frames must agree on (leaf C frames vary by sample)."""
+    last = max((i for i, f in enumerate(stack) if f.endswith(")")), default=-1)
+    return tuple(_name(f).split(" [")[0] for f in stack[:last + 1])
+
+
+def test_unwinding_stack_copies_gives_what_frame_pointers_give(tmp_path):
+    """On an interpreter with frame pointers, the same program sampled both
+    ways: native frames from the kernel's frame-pointer walk, and unwound
+    from stack copies by the CFI (what builds without frame pointers get)
+    give the same stacks."""
+    need_sampler()
+    target = Running("sampled_target.py", 8, "callback")
+    try:
+        from etwtrace import _pyremote
+        remote = _pyremote.Process(target.proc.pid)
+        keeps = remote.keeps_frame_pointers()
+        remote.close()
+        if not keeps:
+            pytest.skip("this interpreter has no frame pointers to compare with (the runs of "
+                        ".ci's 3.13 and Debian's 3.15 compare)")
+        paths = []
+        for unwind in (False, True):
+            cap = tmp_path / f"cap-{unwind}"
+            code = ("import runpy, sys; from etwtrace import _sampled; "
+                    f"_sampled.UNWIND_ALWAYS = {unwind}; sys.argv[0] = 'etwtrace'; "
+                    "runpy.run_module('etwtrace', run_name='__main__')")
+            proc = subprocess.run([sys.executable, "-c", code, "--sampled", "--pid",
+                                   str(target.proc.pid), "--duration", "2", "--capture", str(cap)],
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+            manifest = json.loads((cap / "etwtrace-capture.json").read_text())
+            assert ("no frame pointers" in manifest["native_frames"]) == unwind
+            if unwind:
+                ends = manifest["native_unwinding"]
+                assert ends["complete"] >= 0.99 * sum(ends.values()), ends
+            counts = Counter()
+            for stack, n in _folded(cap, "--no-stacktags").items():
+                counts[_python_and_native_path(stack)] += n
+            paths.append(counts)
+    finally:
+        target.finish()
+    by_frame_pointers, unwound = paths
+    main = by_frame_pointers.most_common(1)[0][0]
+    assert "key" in main and main[0] in ("_start", "__libc_start_main"), main
+    for counts in paths:
+        assert counts[main] >= 0.9 * sum(counts.values()), counts.most_common(3)
 
 
 def test_threads_have_their_own_stacks(tmp_path):

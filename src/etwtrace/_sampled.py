@@ -57,7 +57,10 @@ _SAMPLE_HEAD = struct.Struct("<IIQIIIIQ")
 SAMPLE_EVENT_ID = _ctfwrite.EVENT_ID["SampledProfile"]
 NAME_BYTES = 16         # of a qualname, read by the BPF program (sampler.h)
 _PY_FRAME = struct.Struct(f"<QIiII{NAME_BYTES}s")
-_TARGET = struct.Struct("<Q14IQQQIIII")
+_TARGET = struct.Struct("<Q14IQQQIIIIII")
+# Tests set it to unwind from stack copies where frame pointers would do,
+# and compare the two.
+UNWIND_ALWAYS = False
 
 
 class SampledError(Exception):
@@ -107,6 +110,50 @@ class _Target:
         self.cstack_owner = _pyremote.CSTACK_OWNER[self.remote.version]
         self.next_id = 1
         self.maps_read = time.monotonic()
+        # Without frame pointers, each sample carries a copy of the top of
+        # its stack, which the sampler unwinds by the files' CFI.
+        self.unwinder = None
+        self.unwinder_misses = 0
+        if UNWIND_ALWAYS or not self.remote.keeps_frame_pointers():
+            self.unwinder = sampler.Unwinder()
+            self._add_files()
+
+    def _add_files(self):
+        """Gives the unwinder every ELF file the process maps."""
+        maps = self.remote.maps
+        spans = {}
+        for start, end, _offset, path in maps.regions:
+            low, high = spans.get(path, (start, end))
+            spans[path] = (min(low, start), max(high, end))
+        self.unwinder.clear()
+        for path, (start, end) in spans.items():
+            bias = maps.bias(path)
+            if bias is None:
+                continue        # no ELF file (a data file it maps)
+            for name in (f"/proc/{self.pid}/root{path}", path):
+                try:
+                    self.unwinder.add(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, name)
+                    break
+                except OSError:
+                    pass
+
+    def refresh_unwinder(self):
+        """Reads the maps again when samples came from code in no file the
+        unwinder has (a library loaded since), at most once a second."""
+        if self.unwinder is None:
+            return
+        misses = self.unwinder.ends()["no_file"]
+        if misses != self.unwinder_misses and time.monotonic() - self.maps_read > 1.0:
+            self.unwinder_misses = misses
+            self._read_maps()
+            self._add_files()
+
+    def _read_maps(self):
+        try:
+            self.remote.maps = _pyremote.ProcessMaps(self.pid)
+        except Exception:
+            pass
+        self.maps_read = time.monotonic()
 
     def config(self):
         o = self.remote.offsets
@@ -134,7 +181,8 @@ class _Target:
             self.sampler.NO_OWNER if self.cstack_owner is None else self.cstack_owner,
             fields.get(("interpreter_frame", "is_entry"), 0),
             *self.pid_namespace(), self.remote.code_type, o[("pyobject", "ob_type")],
-            self.generation & 0xFFFFFFFF, cframe, fields.get(("cframe", "current_frame"), 0))
+            self.generation & 0xFFFFFFFF, cframe, fields.get(("cframe", "current_frame"), 0),
+            0 if self.unwinder is None else self.sampler.STACK_BYTES, 0)
 
     def pid_namespace(self):
         """(device, inode) of the process's pid namespace: the program finds
@@ -197,11 +245,7 @@ class _Target:
         where = self.remote.maps.function_at(address)
         if where is None and time.monotonic() - self.maps_read > 1.0:
             # A library mapped after the maps were read: read them again.
-            try:
-                self.remote.maps = _pyremote.ProcessMaps(self.pid)
-            except Exception:
-                pass
-            self.maps_read = time.monotonic()
+            self._read_maps()
             where = self.remote.maps.function_at(address)
         name = None
         if where is not None and where[0] is not None:
@@ -255,6 +299,7 @@ class SampledRecorder:
         self.samples = 0
         self.processes = 0
         self.forgotten = 0          # samples of a stack hash no longer known here
+        self.unwound = {}           # how unwindings from stack copies ended: reason -> samples
         self.stacks = {}            # stack hash -> encoded stack (SampledProfile payload)
         self.old_stacks = {}        # those of the generation before
         self.generations = 0
@@ -267,7 +312,7 @@ class SampledRecorder:
         target.generation = self._generation()
         target.writer = self.writers[pid] = _ctfwrite.TraceWriter(self.ctf_root, pid)
         self.targets[pid] = target
-        self.kinds[pid] = (target.frame_kinds, target.native_kinds)
+        self.kinds[pid] = (target.frame_kinds, target.native_kinds, target.unwinder)
         self.processes += 1
         return target
 
@@ -343,6 +388,9 @@ class SampledRecorder:
         self.kinds.pop(pid, None)
         writer = self.writers.pop(pid, None)
         if target is not None:
+            if target.unwinder is not None:
+                for reason, n in target.unwinder.ends().items():
+                    self.unwound[reason] = self.unwound.get(reason, 0) + n
             target.remote.close()
         if writer is not None:
             writer.close()
@@ -405,6 +453,8 @@ class Sampling:
                 recorder.handle_chunk(*item)
             else:
                 recorder.handle(item)
+        for target in recorder.targets.values():
+            target.refresh_unwinder()
         while recorder.regenerated:
             pid = recorder.regenerated.pop()
             target = recorder.targets.get(pid)
@@ -539,6 +589,9 @@ def run(path, rate, say, pid=None, target=None, duration=None):
                 "processes": sampling.processes}
         if dropped:
             info["samples_lost"] = dropped
+        unwound = sampling.recorder.unwound if sampling.recorder is not None else {}
+        if unwound:
+            info["native_unwinding"] = unwound
         if child is not None:
             info["exit_status"] = status
         try:
@@ -547,20 +600,44 @@ def run(path, rate, say, pid=None, target=None, duration=None):
             directory.close()
     if dropped:
         say(f"etwtrace: {dropped:,} samples were lost (the ring buffer was full)")
+    short = unwinding_cut_short(unwound)
+    if short:
+        say(f"etwtrace: {short}")
     of = f" of {sampling.processes} processes" if sampling.processes > 1 else ""
     say(f"etwtrace: {sampling.samples:,} samples{of}; capture saved to {path}")
     return status
 
 
 def describe_native_frames(target, say):
-    """What the manifest says of a process's native frames; warns when its
-    interpreter cannot give them all."""
-    if target.remote.keeps_frame_pointers():
+    """What the manifest says of where a process's native frames come
+    from (nothing to warn of: both ways give whole stacks)."""
+    if target.unwinder is None:
         return "complete (frame pointers)"
-    say(f"etwtrace: warning: process {target.pid}'s Python was built without frame "
-        "pointers: its samples have every Python frame, but their native frames "
-        "stop early (those of C code called between Python frames are missing)")
-    return "cut short: the interpreter has no frame pointers"
+    return (f"unwound from a {target.sampler.STACK_BYTES // 1024} KiB copy of the stack by the files' call "
+            "frame information (the interpreter has no frame pointers)")
+
+
+UNWIND_REASONS = {
+    "no_file": "code in no file (JIT code, or a library loaded and unloaded since)",
+    "no_cfi": "code without call frame information",
+    "outside_copy": "a stack deeper than its copy",
+    "unsupported": "call frame information it does not follow",
+    "full": "more native frames than a sample keeps",
+}
+
+
+def unwinding_cut_short(unwound):
+    """A sentence for the native stacks unwound from stack copies that
+    stop before the thread's first frame, when there are more than 1 in
+    100; else None."""
+    total = sum(unwound.values())
+    short = {r: n for r, n in unwound.items() if r != "complete" and n}
+    if not total or sum(short.values()) * 100 <= total:
+        return None
+    why = "; ".join(f"{n:,} at {UNWIND_REASONS.get(r, r)}"
+                    for r, n in sorted(short.items(), key=lambda kv: -kv[1]))
+    return (f"{sum(short.values()):,} of {total:,} samples have native frames cut short "
+            f"({why}); their Python frames are all there")
 
 
 def _check_pid(pid):

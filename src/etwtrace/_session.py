@@ -697,6 +697,8 @@ class _Session:
         info = {"samples": self.sampling.samples, "native_frames": self.native_frames}
         if dropped:
             info["samples_lost"] = dropped
+        if self.sampling.recorder.unwound:
+            info["native_unwinding"] = self.sampling.recorder.unwound
         if self.finder.skipped:
             info["processes_not_sampled"] = {str(p): why for p, why
                                              in sorted(self.finder.skipped.items())}

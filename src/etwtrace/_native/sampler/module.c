@@ -16,7 +16,11 @@
  *                             stacks of a process in processes (pid ->
  *                             (frame_kinds, native_kinds)) whose frames are
  *                             all known: spliced (splice.h) and added to
- *                             stacks while it holds fewer than room
+ *                             stacks while it holds fewer than room; a
+ *                             sample with a copy of its stack is unwound
+ *                             first, by the process's Unwinder (the third
+ *                             item of its entry in processes) or to its
+ *                             leaf alone without one
  *   splice(record, frame_kinds, native_kinds)
  *                             a record's stack, encoded, or None when one of
  *                             its frames is not in the dicts (splice.h)
@@ -44,6 +48,7 @@
 #include "chunks.h"
 #include "sampler.h"
 #include "splice.h"
+#include "unwinder_type.h"
 #include "sampler_object.h"     /* etw_sampler_object[], made by setup.py */
 
 typedef struct {
@@ -64,6 +69,7 @@ typedef struct {
     Py_ssize_t stack_room;
     uint32_t event_id;
     etw_chunk *chunk;
+    struct etw_sample unwound;  /* a sample whose native frames were unwound here */
 } Sampler;
 
 /* Writes a sample with the stack `payload` into the chunk of events. */
@@ -124,7 +130,7 @@ add_encoded(Sampler *self, const struct etw_sample *s)
             done = -1;
         }
     }
-    if (kinds != NULL && PyTuple_Check(kinds) && PyTuple_GET_SIZE(kinds) == 2) {
+    if (kinds != NULL && PyTuple_Check(kinds) && PyTuple_GET_SIZE(kinds) >= 2) {
         PyObject *spliced = NULL;
         done = etw_splice((const unsigned char *)s->native, s->native_count,
                           (const unsigned char *)s->python, s->python_count, sizeof s->python[0],
@@ -139,6 +145,53 @@ add_encoded(Sampler *self, const struct etw_sample *s)
     return done;
 }
 
+/* The unwinder of process `pid`: the third item of its entry in the
+ * drain's processes, or NULL (borrowed). */
+static PyObject *
+unwinder_of(Sampler *self, uint32_t pid)
+{
+    if (self->processes == NULL) {
+        return NULL;
+    }
+    PyObject *key = PyLong_FromUnsignedLong(pid);
+    PyObject *entry = key == NULL ? NULL : PyDict_GetItemWithError(self->processes, key);
+    Py_XDECREF(key);
+    if (entry == NULL || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 3) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return PyTuple_GET_ITEM(entry, 2);
+}
+
+/* A sample that carries a copy of its stack (ETW_SAMPLE_STACK_COPY) as
+ * an ordinary whole record: its native frames unwound from the copy, its
+ * hash made of the program's (which covers its Python frames) and of
+ * them.  NULL for a malformed record. */
+static const struct etw_sample *
+unwind_sample(Sampler *self, const struct etw_sample *s, size_t size)
+{
+    size_t at = sizeof(struct etw_sample), head = offsetof(struct etw_stack_copy, bytes);
+    if (size < at + head || s->python_count > ETW_SAMPLER_MAX_PYTHON) {
+        return NULL;
+    }
+    const struct etw_stack_copy *copy = (const void *)((const char *)s + at);
+    if (copy->size > size - at - head) {
+        return NULL;
+    }
+    struct etw_sample *u = &self->unwound;
+    memcpy(u, s, offsetof(struct etw_sample, native));
+    memcpy(u->python, s->python, s->python_count * sizeof s->python[0]);
+    u->native_count = etw_unwinder_run(unwinder_of(self, s->pid), copy, u->native,
+                                       ETW_SAMPLER_MAX_NATIVE + 1);
+    u->flags &= ~ETW_SAMPLE_STACK_COPY;
+    __u64 h = etw_hash_word(s->stack_hash, u->native_count);
+    for (uint32_t i = 0; i < u->native_count; i++) {
+        h = etw_hash_word(h, u->native[i]);
+    }
+    u->stack_hash = etw_hash_finish(h);
+    return u;
+}
+
 /* Hands a record to Python without its unused frame slots: the header, the
  * native addresses taken, then the Python frames read; a sample whose
  * stack was sent before is its header alone (with zero counts). */
@@ -149,6 +202,13 @@ on_record(void *ctx, void *data, size_t size)
     const struct etw_sample *s = data;
     size_t head = offsetof(struct etw_sample, native);
     size_t natives = 0, pythons = 0;
+    if (size >= head && (s->flags & ETW_SAMPLE_STACK_COPY)) {
+        s = unwind_sample(self, s, size);
+        if (s == NULL) {
+            return 0;
+        }
+        size = sizeof *s;
+    }
     if (size < head || (!(s->flags & ETW_SAMPLE_KNOWN_STACK) && !frames_fit(s, size))) {
         return 0;
     }
@@ -518,7 +578,7 @@ static struct PyModuleDef sampler_module = {
 PyMODINIT_FUNC
 PyInit__sampler(void)
 {
-    if (PyType_Ready(&SamplerType) < 0) {
+    if (PyType_Ready(&SamplerType) < 0 || PyType_Ready(&etw_UnwinderType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&sampler_module);
@@ -526,7 +586,10 @@ PyInit__sampler(void)
         return NULL;
     }
     Py_INCREF(&SamplerType);
+    Py_INCREF(&etw_UnwinderType);
     if (PyModule_AddObject(m, "Sampler", (PyObject *)&SamplerType) < 0
+        || PyModule_AddObject(m, "Unwinder", (PyObject *)&etw_UnwinderType) < 0
+        || PyModule_AddIntConstant(m, "STACK_BYTES", ETW_SAMPLER_STACK_BYTES) < 0
         || PyModule_AddIntConstant(m, "SAMPLE_SIZE", sizeof(struct etw_sample)) < 0
         || PyModule_AddIntConstant(m, "TARGET_SIZE", sizeof(struct etw_target)) < 0
         || PyModule_AddIntConstant(m, "MAX_PYTHON", ETW_SAMPLER_MAX_PYTHON) < 0

@@ -51,6 +51,7 @@ struct scratch {
     __u8 frame[FRAME_BYTES + 8];
     __u8 code[CODE_BYTES + 8];
     struct etw_sample sample;
+    struct etw_stack_copy copy;     /* right after the sample: sent with it */
 };
 
 struct {
@@ -82,25 +83,6 @@ read_word(__u64 address)
     return value;
 }
 
-/* A 64-bit hash of words, for telling stacks apart (FNV-1a over words,
- * finished by a multiply-xorshift so every bit depends on every word). */
-#define HASH_START 0xcbf29ce484222325ULL
-
-static __always_inline __u64
-hash_word(__u64 h, __u64 word)
-{
-    return (h ^ word) * 0x100000001b3ULL;
-}
-
-static __always_inline __u64
-hash_finish(__u64 h)
-{
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    return h;
-}
-
 /* The thread state of native thread `tid`, or 0. */
 static __always_inline __u64
 find_thread(const struct etw_target *t, __u32 tid)
@@ -124,14 +106,27 @@ find_thread(const struct etw_target *t, __u32 tid)
  * the ring at its own pace (a wake-up per sample would cost more than
  * the sample). */
 static __always_inline int
-send(struct etw_sample *s)
+send(struct etw_sample *s, const struct etw_stack_copy *copy)
 {
     __u32 n = s->python_count;
     if (n > ETW_SAMPLER_MAX_PYTHON) {
         n = ETW_SAMPLER_MAX_PYTHON;
     }
     __u64 size = __builtin_offsetof(struct etw_sample, python) + n * sizeof(struct etw_python_frame);
-    int known = bpf_map_lookup_elem(&known_stacks, &s->stack_hash) != NULL;
+    int known = 0;
+    if (s->flags & ETW_SAMPLE_STACK_COPY) {
+        /* Its native frames are user space's to unwind from the copy:
+         * always sent whole, the copy after every Python frame slot. */
+        __u32 copied = copy->size;
+        if (copied > ETW_SAMPLER_STACK_BYTES) {
+            copied = ETW_SAMPLER_STACK_BYTES;
+        }
+        size = sizeof(struct etw_sample) + __builtin_offsetof(struct etw_stack_copy, bytes)
+               + copied;
+    }
+    else {
+        known = bpf_map_lookup_elem(&known_stacks, &s->stack_hash) != NULL;
+    }
     if (known) {
         s->flags |= ETW_SAMPLE_KNOWN_STACK;
         size = __builtin_offsetof(struct etw_sample, native);
@@ -146,13 +141,49 @@ send(struct etw_sample *s)
             __sync_fetch_and_add(lost, 1);
         }
     }
-    else if (!known) {
+    else if (!known && !(s->flags & ETW_SAMPLE_STACK_COPY)) {
         /* Known from now on: user space has it (a stack that did not fit
          * in the ring is sent whole again). */
         __u8 one = 1;
         bpf_map_update_elem(&known_stacks, &s->stack_hash, &one, BPF_ANY);
     }
     return 0;
+}
+
+/* Copies the top of the thread's user stack (up to `limit` bytes, a
+ * multiple of 4 KiB, from its stack pointer, a page at a time, so that a
+ * stack ending sooner is copied to its end) with the user-mode registers. */
+static __always_inline void
+copy_stack(struct etw_stack_copy *copy, __u32 limit)
+{
+    struct pt_regs regs;
+    copy->size = 0;
+    copy->reserved = 0;
+    struct pt_regs *user = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    if (bpf_probe_read_kernel(&regs, sizeof regs, user) != 0) {
+        copy->ip = copy->sp = copy->bp = 0;
+        return;
+    }
+    copy->ip = regs.rip;
+    copy->sp = regs.rsp;
+    copy->bp = regs.rbp;
+    /* The page sp is in, to its end, then whole pages: at most
+     * ETW_SAMPLER_STACK_BYTES in all. */
+    __u32 pages = limit / 4096;
+    __u32 size = 0;
+    __u32 chunk = 4096 - (__u32)(regs.rsp & 4095);
+    for (__u32 i = 0; i < ETW_SAMPLER_STACK_BYTES / 4096; i++) {
+        if (i >= pages || size > ETW_SAMPLER_STACK_BYTES - 4096 || chunk == 0 || chunk > 4096) {
+            break;
+        }
+        if (bpf_probe_read_user(&copy->bytes[size], chunk,
+                                (const void *)(regs.rsp + size)) != 0) {
+            break;      /* past the end of the stack */
+        }
+        size += chunk;
+        chunk = 4096;
+    }
+    copy->size = size;
 }
 
 SEC("perf_event")
@@ -176,16 +207,23 @@ etw_sample(struct bpf_perf_event_data *ctx)
     s->time = bpf_ktime_get_ns();
     s->flags = 0;
     s->reserved = 0;
-    long bytes = bpf_get_stack(ctx, s->native, sizeof s->native, BPF_F_USER_STACK);
-    s->native_count = bytes > 0 ? (__u32)(bytes / sizeof(__u64)) : 0;
+    s->native_count = 0;
+    if (t->stack_bytes) {
+        copy_stack(&b->copy, t->stack_bytes);
+        s->flags |= ETW_SAMPLE_STACK_COPY;
+    }
+    else {
+        long bytes = bpf_get_stack(ctx, s->native, sizeof s->native, BPF_F_USER_STACK);
+        s->native_count = bytes > 0 ? (__u32)(bytes / sizeof(__u64)) : 0;
+    }
     s->python_count = 0;
-    __u64 h = hash_word(hash_word(HASH_START, ((__u64)pid << 32) | t->generation),
+    __u64 h = etw_hash_word(etw_hash_word(ETW_HASH_START, ((__u64)pid << 32) | t->generation),
                         s->native_count);
     for (int i = 0; i < ETW_SAMPLER_MAX_NATIVE + 1; i++) {
         if (i >= s->native_count) {
             break;
         }
-        h = hash_word(h, s->native[i]);
+        h = etw_hash_word(h, s->native[i]);
     }
     /* CPython records the thread id its pid namespace gives. */
     struct bpf_pidns_info ns;
@@ -196,8 +234,8 @@ etw_sample(struct bpf_perf_event_data *ctx)
     __u64 ts = find_thread(t, native_tid);
     if (ts == 0) {
         s->flags |= ETW_SAMPLE_NO_THREAD_STATE;
-        s->stack_hash = hash_finish(hash_word(h, ETW_SAMPLE_NO_THREAD_STATE));
-        return send(s);
+        s->stack_hash = etw_hash_finish(etw_hash_word(h, ETW_SAMPLE_NO_THREAD_STATE));
+        return send(s, &b->copy);
     }
     __u64 frame = t->thread_cframe
                   ? read_word(read_word(ts + t->thread_cframe) + t->cframe_current_frame)
@@ -226,12 +264,12 @@ etw_sample(struct bpf_perf_event_data *ctx)
         __builtin_memset(f->name, 0, sizeof f->name);
         n = i + 1;
         if (owner == t->owner_cstack || code == 0) {
-            h = hash_word(h, owner);
+            h = etw_hash_word(h, owner);
             continue;
         }
         if (bpf_probe_read_user(b->code, CODE_BYTES, (const void *)code) != 0
             || code_u64(b, t->object_type) != t->code_type) {
-            h = hash_word(h, owner);
+            h = etw_hash_word(h, owner);
             continue;       /* not a code object: not a Python function's frame */
         }
         f->code = code;
@@ -243,14 +281,15 @@ etw_sample(struct bpf_perf_event_data *ctx)
         /* The name is part of a frame's identity (a freed code object's
          * address is used again): it is hashed too. */
         const __u64 *name = (const __u64 *)f->name;
-        h = hash_word(hash_word(hash_word(hash_word(hash_word(h, code), ((__u64)f->unit << 32)
-                                                    | (__u32)f->firstlineno), name[0]),
-                                name[1]), f->owner);
+        h = etw_hash_word(h, code);
+        h = etw_hash_word(h, ((__u64)f->unit << 32) | (__u32)f->firstlineno);
+        h = etw_hash_word(etw_hash_word(h, name[0]), name[1]);
+        h = etw_hash_word(h, f->owner);
     }
     if (frame != 0) {
         s->flags |= ETW_SAMPLE_PYTHON_TRUNCATED;
     }
     s->python_count = n;
-    s->stack_hash = hash_finish(hash_word(h, ((__u64)n << 32) | s->flags));
-    return send(s);
+    s->stack_hash = etw_hash_finish(etw_hash_word(h, ((__u64)n << 32) | s->flags));
+    return send(s, &b->copy);
 }

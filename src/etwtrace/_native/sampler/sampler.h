@@ -42,6 +42,10 @@ struct etw_target {
                                   * current_frame is the thread's frame; 0:
                                   * thread_current_frame is in the thread state */
     __u32 cframe_current_frame;
+    __u32 stack_bytes;           /* of its user stack to copy with each sample,
+                                  * for user space to unwind (an interpreter
+                                  * without frame pointers); 0: none */
+    __u32 reserved;
 };
 
 #define ETW_NO_OWNER 0xFFFFFFFFu
@@ -75,6 +79,42 @@ struct etw_sample {
 #define ETW_SAMPLE_NO_THREAD_STATE 1u   /* no thread state for this thread */
 #define ETW_SAMPLE_PYTHON_TRUNCATED 2u  /* more Python frames than kept */
 #define ETW_SAMPLE_KNOWN_STACK 4u       /* the stack of an earlier sample: head only */
+#define ETW_SAMPLE_STACK_COPY 8u        /* no native frames: the whole struct
+                                         * etw_sample is followed by a struct
+                                         * etw_stack_copy of `size` bytes */
 #define ETW_SAMPLER_KNOWN_STACKS 65536  /* stack hashes the program remembers */
+
+/* The top of a thread's user stack at a sample, and the registers the
+ * unwinding starts from (those of user mode, also when the sample was
+ * taken in the kernel). */
+#define ETW_SAMPLER_STACK_BYTES 16384
+struct etw_stack_copy {
+    __u64 ip;
+    __u64 sp;                    /* the address of bytes[0] */
+    __u64 bp;
+    __u32 size;                  /* bytes copied */
+    __u32 reserved;
+    __u8 bytes[ETW_SAMPLER_STACK_BYTES];
+};
+
+/* The stack hash (FNV-1a over words, finished by a multiply-xorshift so
+ * every bit depends on every word): the program's, and user space's for
+ * the native frames it unwinds itself. */
+#define ETW_HASH_START 0xcbf29ce484222325ULL
+
+static inline __u64
+etw_hash_word(__u64 h, __u64 word)
+{
+    return (h ^ word) * 0x100000001b3ULL;
+}
+
+static inline __u64
+etw_hash_finish(__u64 h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return h;
+}
 
 #endif

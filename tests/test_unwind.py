@@ -1,0 +1,206 @@
+"""The sampler's unwinder of stacks without frame pointers
+(_native/sampler/unwind.c), with no BPF and no root: a child blocked in a
+system call gives its user registers (/proc/PID/syscall) and its stack
+(/proc/PID/mem), the same copy the BPF program takes at a sample, and the
+unwinder must walk it by the files' call frame information from the
+system call to the thread's first frame, through the interpreter.  Bad
+copies (random bytes, nonsense registers) must end cleanly."""
+
+import os
+import random
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import SCRIPTS
+from etwtrace import _elfsym, _sampled
+
+REQUIRE = os.environ.get("ETWTRACE_REQUIRE_PERF") == "1"
+COPY_HEAD = struct.Struct("<QQQII")      # struct etw_stack_copy before its bytes
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    try:
+        import etwtrace._sampler as sampler
+    except ImportError:
+        if REQUIRE:
+            pytest.fail("the BPF sampler was not built (clang and libbpf-dev are required in CI)")
+        pytest.skip("etwtrace was built without the BPF sampler")
+    return sampler
+
+
+def unwinder_of(sampler, pid):
+    """An Unwinder holding process pid's files, as _sampled._Target fills it."""
+    maps = _elfsym.ProcessMaps(pid)
+    unwinder = sampler.Unwinder()
+    spans = {}
+    for start, end, _offset, path in maps.regions:
+        low, high = spans.get(path, (start, end))
+        spans[path] = (min(low, start), max(high, end))
+    for path, (start, end) in spans.items():
+        bias = maps.bias(path)
+        if bias is not None:
+            unwinder.add(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, path)
+    return unwinder, maps
+
+
+def blocked_child(code):
+    """A Python child that runs `code` and then blocks reading stdin."""
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, cwd=SCRIPTS)
+    assert child.stdout.readline() == b"ready\n"
+    # Until it sits in read(): /proc/PID/syscall names the call (0) then.
+    for _ in range(500):
+        with open(f"/proc/{child.pid}/syscall") as f:
+            fields = f.read().split()
+        if fields and fields[0] == "0":
+            return child, int(fields[-2], 16), int(fields[-1], 16)
+        time.sleep(0.01)
+    child.kill()
+    pytest.fail(f"the child never blocked in read(): {fields}")
+
+
+def stack_copy(pid, ip, sp, size):
+    """What the BPF program sends: registers, then the stack from sp."""
+    data = b""
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        # A page at a time, to the stack's end, as the program copies it.
+        chunk = 4096 - sp % 4096
+        while len(data) < size:
+            try:
+                data += os.pread(mem.fileno(), min(chunk, size - len(data)), sp + len(data))
+            except OSError:
+                break
+            chunk = 4096
+    return COPY_HEAD.pack(ip, sp, 0, len(data), 0) + data
+
+
+def names(maps, addresses):
+    out = []
+    for address in addresses:
+        where = maps.function_at(address)
+        out.append(where[0] if where is not None and where[0] else hex(address))
+    return out
+
+
+CALLBACK = """
+import sys
+def key(x):
+    sys.stdout.write("ready\\n"); sys.stdout.flush()
+    sys.stdin.read(1)
+    return x
+sorted([1], key=key)
+"""
+
+
+def test_a_blocked_thread_unwinds_to_its_first_frame(sampler):
+    """From read() back to _start, through the evaluator and the C code of
+    sorted() between two Python frames."""
+    child, sp, ip = blocked_child(CALLBACK)
+    try:
+        unwinder, maps = unwinder_of(sampler, child.pid)
+        frames = unwinder.unwind(stack_copy(child.pid, ip, sp, sampler.STACK_BYTES))
+        named = names(maps, frames)
+        assert unwinder.ends()["complete"] == 1, (unwinder.ends(), named)
+        assert named[-1] == "_start" and "__libc_start_main" in named, named
+        assert "Py_BytesMain" in named or "Py_Main" in named or "main" in named, named
+        evals = [i for i, n in enumerate(named) if n == "_PyEval_EvalFrameDefault"]
+        sort = [i for i, n in enumerate(named) if n and "sort" in n.lower()]
+        # Two evaluator calls (the module, then key from sorted) with
+        # sorted's C frames between them, where the interpreter names them.
+        assert len(evals) >= 2, named
+        if any(n.startswith("list_sort") or n == "builtin_sorted" for n in named):
+            assert evals[0] < min(sort) < evals[-1], named
+    finally:
+        child.communicate(b"x")
+
+
+def test_a_copy_cut_short_stops_where_it_ends(sampler):
+    child, sp, ip = blocked_child(CALLBACK)
+    try:
+        unwinder, maps = unwinder_of(sampler, child.pid)
+        whole = unwinder.unwind(stack_copy(child.pid, ip, sp, sampler.STACK_BYTES))
+        short = unwinder.unwind(stack_copy(child.pid, ip, sp, 256))
+        assert unwinder.ends()["outside_copy"] == 1, unwinder.ends()
+        # What it gave is the whole stack's beginning, no frame made up.
+        assert 1 <= len(short) < len(whole) and short == whole[:len(short)]
+    finally:
+        child.communicate(b"x")
+
+
+def test_code_in_no_file_is_said(sampler):
+    """An address no file holds (JIT code, a library loaded since) ends
+    the walk and is counted, unless frame pointers lead on."""
+    unwinder = sampler.Unwinder()
+    assert unwinder.unwind(COPY_HEAD.pack(0x1234, 0x7000_0000, 0, 0, 0)) == [0x1234]
+    assert unwinder.ends()["no_file"] == 1
+    # Frame pointers in the copy: rbp -> (saved rbp 0, return address).
+    sp = 0x7000_0000
+    data = struct.pack("<QQQ", 0, 0, 0x5555) + bytes(40)
+    assert unwinder.unwind(COPY_HEAD.pack(0x1234, sp, sp + 8, len(data), 0) + data) \
+        == [0x1234, 0x5555]
+
+
+def test_bad_copies_end_cleanly(sampler):
+    """Random stacks and registers over this process's real files: every
+    walk ends, inside its room, without a crash (the ASan run checks the
+    reads)."""
+    unwinder, maps = unwinder_of(sampler, os.getpid())
+    texts = [(start, end) for start, end, _o, path in maps.regions]
+    rng = random.Random(11)
+    with pytest.raises(ValueError):
+        unwinder.unwind(b"short")
+    assert unwinder.unwind(COPY_HEAD.pack(0, 0, 0, 0, 0)) == []
+    for i in range(3000):
+        start, end = rng.choice(texts)
+        ip = rng.randrange(start, end)
+        sp = rng.randrange(1 << 47) & ~7
+        size = rng.choice((0, 8, 100, 4096, sampler.STACK_BYTES))
+        if i % 2:
+            # Words that point back into the copy and at code: walks go on.
+            words = [rng.choice((sp + rng.randrange(size + 64), rng.randrange(start, end),
+                                 rng.getrandbits(64))) for _ in range(size // 8)]
+            data = struct.pack(f"<{len(words)}Q", *words)
+        else:
+            data = rng.randbytes(size)
+        # A size field larger than the bytes that follow is cut to them.
+        claimed = size + rng.choice((0, 0, 8, 1 << 20))
+        frames = unwinder.unwind(COPY_HEAD.pack(ip, sp, rng.getrandbits(64), claimed, 0) + data)
+        assert 1 <= len(frames) <= sampler.MAX_NATIVE + 1 and frames[0] == ip
+    assert sum(unwinder.ends().values()) == 3000 + 1
+
+
+def test_a_file_that_is_no_elf_is_refused(sampler, tmp_path):
+    unwinder = sampler.Unwinder()
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not an ELF file" * 10)
+    with pytest.raises(OSError):
+        unwinder.add(0x1000, 0x2000, 0, str(junk))
+    with pytest.raises(OSError):
+        unwinder.add(0x1000, 0x2000, 0, str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with pytest.raises(OSError):
+        unwinder.add(0x1000, 0x2000, 0, str(empty))
+
+
+def test_a_process_without_frame_pointers_gets_an_unwinder(sampler):
+    """The target of a process is given an unwinder and its files exactly
+    when its interpreter keeps no frame pointers (or tests ask for it)."""
+    child, _sp, _ip = blocked_child(CALLBACK)
+    try:
+        try:
+            target = _sampled._Target(child.pid, None, sampler)
+        except _sampled.RemoteError as ex:
+            pytest.skip(f"the sampler does not read this Python: {ex}")
+        keeps = target.remote.keeps_frame_pointers()
+        assert (target.unwinder is None) == keeps
+        config = _sampled._TARGET.unpack(target.config())
+        assert config[-2] == (0 if keeps else sampler.STACK_BYTES)
+        target.remote.close()
+    finally:
+        child.communicate(b"x")
