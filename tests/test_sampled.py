@@ -211,10 +211,15 @@ def test_native_frames_sit_between_python_frames_in_a_callback(tmp_path):
 
 
 def _python_and_native_path(stack):
-    """A folded stack down to its last Python frame: what both ways of
-    finding native frames must agree on (leaf C frames vary by sample)."""
+    """A folded stack from Py_BytesMain down to its last Python frame: what
+    both ways of finding native frames must agree on (leaf C frames vary
+    by sample; the frame-pointer walk stops in libc, which keeps none)."""
     last = max((i for i, f in enumerate(stack) if f.endswith(")")), default=-1)
-    return tuple(_name(f).split(" [")[0] for f in stack[:last + 1])
+    # Named frames only: a tail-calling interpreter's nameless instruction
+    # functions (Debian's 3.15) differ from sample to sample.
+    names = [_name(f).split(" [")[0] for f in stack[:last + 1] if not f.startswith("0x")]
+    first = names.index("Py_BytesMain") if "Py_BytesMain" in names else 0
+    return tuple(names[first:])
 
 
 def test_unwinding_stack_copies_gives_what_frame_pointers_give(tmp_path):
@@ -255,7 +260,7 @@ def test_unwinding_stack_copies_gives_what_frame_pointers_give(tmp_path):
         target.finish()
     by_frame_pointers, unwound = paths
     main = by_frame_pointers.most_common(1)[0][0]
-    assert "key" in main and main[0] in ("_start", "__libc_start_main"), main
+    assert "key" in main and main[0] == "Py_BytesMain", main
     for counts in paths:
         assert counts[main] >= 0.9 * sum(counts.values()), counts.most_common(3)
 

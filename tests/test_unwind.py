@@ -1,6 +1,6 @@
 """The sampler's unwinder of stacks without frame pointers
 (_native/sampler/unwind.c), with no BPF and no root: a child blocked in a
-system call gives its user registers (/proc/PID/syscall) and its stack
+system call gives its user registers (ptrace) and its stack
 (/proc/PID/mem), the same copy the BPF program takes at a sample, and the
 unwinder must walk it by the files' call frame information from the
 system call to the thread's first frame, through the interpreter.  Bad
@@ -48,8 +48,28 @@ def unwinder_of(sampler, pid):
     return unwinder, maps
 
 
+def registers(pid):
+    """(ip, sp, bp) of a stopped-for-a-moment child: ptrace attaches (a
+    parent may trace its child), reads them and lets it go."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    PTRACE_GETREGS, PTRACE_ATTACH, PTRACE_DETACH = 12, 16, 17
+    regs = (ctypes.c_ulonglong * 27)()      # struct user_regs_struct
+    if libc.ptrace(PTRACE_ATTACH, pid, None, None) != 0:
+        pytest.skip(f"cannot ptrace a child here: {os.strerror(ctypes.get_errno())}")
+    try:
+        os.waitpid(pid, 0)
+        assert libc.ptrace(PTRACE_GETREGS, pid, None, ctypes.byref(regs)) == 0
+    finally:
+        libc.ptrace(PTRACE_DETACH, pid, None, None)
+    rbp, rip, rsp = regs[4], regs[16], regs[19]
+    return rip, rsp, rbp
+
+
 def blocked_child(code):
-    """A Python child that runs `code` and then blocks reading stdin."""
+    """A Python child that runs `code` and then blocks reading stdin (the
+    test writes a byte to end it)."""
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, cwd=SCRIPTS)
     assert child.stdout.readline() == b"ready\n"
@@ -58,14 +78,15 @@ def blocked_child(code):
         with open(f"/proc/{child.pid}/syscall") as f:
             fields = f.read().split()
         if fields and fields[0] == "0":
-            return child, int(fields[-2], 16), int(fields[-1], 16)
+            return child
         time.sleep(0.01)
     child.kill()
     pytest.fail(f"the child never blocked in read(): {fields}")
 
 
-def stack_copy(pid, ip, sp, size):
+def stack_copy(pid, size, regs=None):
     """What the BPF program sends: registers, then the stack from sp."""
+    ip, sp, bp = regs or registers(pid)
     data = b""
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         # A page at a time, to the stack's end, as the program copies it.
@@ -76,7 +97,7 @@ def stack_copy(pid, ip, sp, size):
             except OSError:
                 break
             chunk = 4096
-    return COPY_HEAD.pack(ip, sp, 0, len(data), 0) + data
+    return COPY_HEAD.pack(ip, sp, bp, len(data), 0) + data
 
 
 def names(maps, addresses):
@@ -100,31 +121,34 @@ sorted([1], key=key)
 def test_a_blocked_thread_unwinds_to_its_first_frame(sampler):
     """From read() back to _start, through the evaluator and the C code of
     sorted() between two Python frames."""
-    child, sp, ip = blocked_child(CALLBACK)
+    child = blocked_child(CALLBACK)
     try:
         unwinder, maps = unwinder_of(sampler, child.pid)
-        frames = unwinder.unwind(stack_copy(child.pid, ip, sp, sampler.STACK_BYTES))
+        frames = unwinder.unwind(stack_copy(child.pid, sampler.STACK_BYTES))
         named = names(maps, frames)
         assert unwinder.ends()["complete"] == 1, (unwinder.ends(), named)
         assert named[-1] == "_start" and "__libc_start_main" in named, named
         assert "Py_BytesMain" in named or "Py_Main" in named or "main" in named, named
-        evals = [i for i, n in enumerate(named) if n == "_PyEval_EvalFrameDefault"]
-        sort = [i for i, n in enumerate(named) if n and "sort" in n.lower()]
+        assert len(named) >= 12, named
+        if "_PyEval_EvalFrameDefault" not in named and sys.version_info >= (3, 14):
+            return      # nameless evaluator frames: Debian's 3.14 and 3.15 keep no
+                        # local symbols (3.11 and 3.13 here do)
         # Two evaluator calls (the module, then key from sorted) with
-        # sorted's C frames between them, where the interpreter names them.
-        assert len(evals) >= 2, named
-        if any(n.startswith("list_sort") or n == "builtin_sorted" for n in named):
-            assert evals[0] < min(sort) < evals[-1], named
+        # sorted's C frames between them.
+        evals = [i for i, n in enumerate(named) if n == "_PyEval_EvalFrameDefault"]
+        sort = [i for i, n in enumerate(named) if n in ("list_sort", "builtin_sorted")]
+        assert len(evals) >= 2 and sort and evals[0] < min(sort) < evals[-1], named
     finally:
         child.communicate(b"x")
 
 
 def test_a_copy_cut_short_stops_where_it_ends(sampler):
-    child, sp, ip = blocked_child(CALLBACK)
+    child = blocked_child(CALLBACK)
     try:
         unwinder, maps = unwinder_of(sampler, child.pid)
-        whole = unwinder.unwind(stack_copy(child.pid, ip, sp, sampler.STACK_BYTES))
-        short = unwinder.unwind(stack_copy(child.pid, ip, sp, 256))
+        regs = registers(child.pid)
+        whole = unwinder.unwind(stack_copy(child.pid, sampler.STACK_BYTES, regs))
+        short = unwinder.unwind(stack_copy(child.pid, 256, regs))
         assert unwinder.ends()["outside_copy"] == 1, unwinder.ends()
         # What it gave is the whole stack's beginning, no frame made up.
         assert 1 <= len(short) < len(whole) and short == whole[:len(short)]
@@ -191,7 +215,7 @@ def test_a_file_that_is_no_elf_is_refused(sampler, tmp_path):
 def test_a_process_without_frame_pointers_gets_an_unwinder(sampler):
     """The target of a process is given an unwinder and its files exactly
     when its interpreter keeps no frame pointers (or tests ask for it)."""
-    child, _sp, _ip = blocked_child(CALLBACK)
+    child = blocked_child(CALLBACK)
     try:
         try:
             target = _sampled._Target(child.pid, None, sampler)
