@@ -88,13 +88,43 @@ struct row {
 struct etw_unwinder {
     struct file *files;             /* sorted by start */
     int n_files, room;
-    struct row cache[CACHE_SLOTS];
+    /* Allocated untouched (the kernel gives pages as slots are used: a
+     * process whose samples land on few addresses costs little) and
+     * replaced, not wiped, when the files change. */
+    struct row *cache;
+    int cache_used;
 };
 
 etw_unwinder *
 etw_unwinder_new(void)
 {
-    return calloc(1, sizeof(etw_unwinder));
+    etw_unwinder *u = calloc(1, sizeof(etw_unwinder));
+    if (u != NULL) {
+        u->cache = calloc(CACHE_SLOTS, sizeof(struct row));
+        if (u->cache == NULL) {
+            free(u);
+            return NULL;
+        }
+    }
+    return u;
+}
+
+/* Forgets the rows cached: what no file held may be in one now. */
+static void
+forget_rows(etw_unwinder *u)
+{
+    if (!u->cache_used) {
+        return;
+    }
+    struct row *fresh = calloc(CACHE_SLOTS, sizeof(struct row));
+    if (fresh != NULL) {
+        free(u->cache);
+        u->cache = fresh;
+    }
+    else {
+        memset(u->cache, 0, CACHE_SLOTS * sizeof(struct row));
+    }
+    u->cache_used = 0;
 }
 
 void
@@ -104,7 +134,7 @@ etw_unwinder_clear(etw_unwinder *u)
         munmap((void *)u->files[i].data, u->files[i].size);
     }
     u->n_files = 0;
-    memset(u->cache, 0, sizeof u->cache);
+    forget_rows(u);
 }
 
 void
@@ -113,6 +143,7 @@ etw_unwinder_free(etw_unwinder *u)
     if (u != NULL) {
         etw_unwinder_clear(u);
         free(u->files);
+        free(u->cache);
         free(u);
     }
 }
@@ -350,7 +381,7 @@ etw_unwinder_add(etw_unwinder *u, uint64_t start, uint64_t end, uint64_t bias,
         i--;
     }
     u->files[i] = f;
-    memset(u->cache, 0, sizeof u->cache);
+    forget_rows(u);
     return 0;
 }
 
@@ -706,6 +737,7 @@ row_at(etw_unwinder *u, uint64_t address)
     }
     memset(row, 0, sizeof *row);
     row->address = address + 1;
+    u->cache_used = 1;
     const struct file *f = file_of(u, address);
     if (f == NULL) {
         row->status = ROW_NO_FILE;
