@@ -83,6 +83,24 @@ def need_tool(name):
 REQUIRE_CLIENTS = os.environ.get("ETWTRACE_REQUIRE_CLIENTS") == "1"
 
 
+def need_sampler_module():
+    """etwtrace._sampler (the BPF sampler's C module), or a skip where this
+    install was built without it (a failure in CI, which builds it)."""
+    try:
+        import etwtrace._sampler as sampler
+    except ImportError:
+        if REQUIRE_PERF:
+            pytest.fail("the BPF sampler was not built (clang and libbpf-dev are required in CI)")
+        pytest.skip("etwtrace was built without the BPF sampler")
+    return sampler
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    """The _sampler module, for tests of its C parts that need no BPF."""
+    return need_sampler_module()
+
+
 def need_client(name):
     """Skips the calling test where `name` (bpftrace, go, chromium: a real
     client an export is checked with) is not installed; under

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCRIPTS, client_env, report_output, run_etwtrace
+from conftest import SCRIPTS, client_env, need_sampler_module, report_output, run_etwtrace
 
 REQUIRE = os.environ.get("ETWTRACE_REQUIRE_PERF") == "1"
 
@@ -29,12 +29,7 @@ def _fails(*args, **kw):
 
 
 def need_sampler():
-    try:
-        import etwtrace._sampler as sampler
-    except ImportError:
-        if REQUIRE:
-            pytest.fail("the BPF sampler was not built (clang and libbpf-dev are required in CI)")
-        pytest.skip("etwtrace was built without the BPF sampler")
+    sampler = need_sampler_module()
     assert sampler.SAMPLE_SIZE > sampler.TARGET_SIZE > 0
     if os.geteuid() != 0:
         if REQUIRE:

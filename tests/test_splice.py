@@ -6,25 +6,11 @@ leaf that hid its caller or a walk cut short does to the pairing, how an
 interpreter without symbols is read, and that a frame it does not know
 is left to user space."""
 
-import os
 import struct
 
 import pytest
 
 from etwtrace import _ctfwrite, _sampled
-
-REQUIRE = os.environ.get("ETWTRACE_REQUIRE_PERF") == "1"
-
-
-@pytest.fixture(scope="module")
-def sampler():
-    try:
-        import etwtrace._sampler as sampler
-    except ImportError:
-        if REQUIRE:
-            pytest.fail("the BPF sampler was not built (clang and libbpf-dev are required in CI)")
-        pytest.skip("etwtrace was built without the BPF sampler")
-    return sampler
 
 
 ENTRY, NONE = "entry", "none"

@@ -18,33 +18,14 @@ import pytest
 from conftest import SCRIPTS
 from etwtrace import _elfsym, _sampled
 
-REQUIRE = os.environ.get("ETWTRACE_REQUIRE_PERF") == "1"
 COPY_HEAD = struct.Struct("<QQQII")      # struct etw_stack_copy before its bytes
 
 
-@pytest.fixture(scope="module")
-def sampler():
-    try:
-        import etwtrace._sampler as sampler
-    except ImportError:
-        if REQUIRE:
-            pytest.fail("the BPF sampler was not built (clang and libbpf-dev are required in CI)")
-        pytest.skip("etwtrace was built without the BPF sampler")
-    return sampler
-
-
 def unwinder_of(sampler, pid):
-    """An Unwinder holding process pid's files, as _sampled._Target fills it."""
+    """An Unwinder holding process pid's files, as the sampler fills it."""
     maps = _elfsym.ProcessMaps(pid)
     unwinder = sampler.Unwinder()
-    spans = {}
-    for start, end, _offset, path in maps.regions:
-        low, high = spans.get(path, (start, end))
-        spans[path] = (min(low, start), max(high, end))
-    for path, (start, end) in spans.items():
-        bias = maps.bias(path)
-        if bias is not None:
-            unwinder.add(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, path)
+    _sampled.add_files(unwinder, maps, pid)
     return unwinder, maps
 
 

@@ -119,23 +119,7 @@ class _Target:
             self._add_files()
 
     def _add_files(self):
-        """Gives the unwinder every ELF file the process maps."""
-        maps = self.remote.maps
-        spans = {}
-        for start, end, _offset, path in maps.regions:
-            low, high = spans.get(path, (start, end))
-            spans[path] = (min(low, start), max(high, end))
-        self.unwinder.clear()
-        for path, (start, end) in spans.items():
-            bias = maps.bias(path)
-            if bias is None:
-                continue        # no ELF file (a data file it maps)
-            for name in (f"/proc/{self.pid}/root{path}", path):
-                try:
-                    self.unwinder.add(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, name)
-                    break
-                except OSError:
-                    pass
+        add_files(self.unwinder, self.remote.maps, self.pid)
 
     def refresh_unwinder(self):
         """Reads the maps again when samples came from code in no file the
@@ -271,6 +255,27 @@ class _Target:
             if region is not None and region[3] == self.remote.binary:
                 kind |= sampler.NATIVE_NAMELESS
         return kind
+
+
+def add_files(unwinder, maps, pid):
+    """Gives an Unwinder every ELF file process pid maps (ProcessMaps),
+    each once, over the span of its mappings."""
+    spans = {}
+    for start, end, _offset, path in maps.regions:
+        low, high = spans.get(path, (start, end))
+        spans[path] = (min(low, start), max(high, end))
+    unwinder.clear()
+    for path, (start, end) in spans.items():
+        bias = maps.bias(path)
+        if bias is None:
+            continue        # no ELF file (a data file it maps)
+        # The process's own view of its files (a container's), else ours.
+        for name in (f"/proc/{pid}/root{path}", path):
+            try:
+                unwinder.add(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, name)
+                break
+            except OSError:
+                pass
 
 
 def _same_code(info, first, short):
