@@ -514,6 +514,14 @@ parse_cie(const struct file *f, uint64_t vaddr, struct cie *cie)
     return 0;
 }
 
+/* A factored offset times the CIE's data alignment, wrapping as the
+ * machine does (a corrupt file must not make it undefined behaviour). */
+static int64_t
+scaled(uint64_t factored, int64_t align)
+{
+    return (int64_t)(factored * (uint64_t)align);
+}
+
 /* Runs call frame instructions from `c` on `st` while the location stays
  * at or before `pc`; `initial` is the CIE's row (for DW_CFA_restore).
  * Returns 1 when `pc` was passed, 0 at the instructions' end, -1 for
@@ -535,7 +543,7 @@ run_cfa(struct cursor *c, const struct cie *cie, struct state *st, const struct 
         }
         else if (high == 0x80) {                        /* offset */
             reg = low;
-            offset = (int64_t)read_uleb(c) * cie->data_align;
+            offset = scaled(read_uleb(c), cie->data_align);
             rule = reg == REG_RBP ? &st->rbp : reg == REG_RA ? &st->ra : NULL;
             if (rule != NULL) {
                 rule->kind = RULE_OFFSET;
@@ -566,8 +574,8 @@ run_cfa(struct cursor *c, const struct cie *cie, struct state *st, const struct 
             case 0x04: advance = read_bytes(c, 4); break;
             case 0x05: case 0x11: case 0x14: case 0x15: /* offset_extended(_sf), val_offset(_sf) */
                 reg = read_uleb(c);
-                offset = op == 0x05 || op == 0x14 ? (int64_t)read_uleb(c) : read_sleb(c);
-                offset *= cie->data_align;
+                offset = scaled(op == 0x05 || op == 0x14 ? read_uleb(c) : (uint64_t)read_sleb(c),
+                                cie->data_align);
                 rule = reg == REG_RBP ? &st->rbp : reg == REG_RA ? &st->ra : NULL;
                 if (rule != NULL) {
                     rule->kind = op == 0x05 || op == 0x11 ? RULE_OFFSET : RULE_OTHER;
@@ -617,7 +625,7 @@ run_cfa(struct cursor *c, const struct cie *cie, struct state *st, const struct 
                 continue;
             case 0x12:                                  /* def_cfa_sf */
                 st->cfa_reg = (uint8_t)read_uleb(c);
-                st->cfa_offset = read_sleb(c) * cie->data_align;
+                st->cfa_offset = scaled((uint64_t)read_sleb(c), cie->data_align);
                 st->cfa_expression = NULL;
                 continue;
             case 0x0d:                                  /* def_cfa_register */
@@ -628,7 +636,7 @@ run_cfa(struct cursor *c, const struct cie *cie, struct state *st, const struct 
                 st->cfa_offset = (int64_t)read_uleb(c);
                 continue;
             case 0x13:                                  /* def_cfa_offset_sf */
-                st->cfa_offset = read_sleb(c) * cie->data_align;
+                st->cfa_offset = scaled((uint64_t)read_sleb(c), cie->data_align);
                 continue;
             case 0x0f:                                  /* def_cfa_expression */
                 advance = read_uleb(c);
@@ -650,7 +658,7 @@ run_cfa(struct cursor *c, const struct cie *cie, struct state *st, const struct 
                 continue;
             case 0x2f:                                  /* GNU_negative_offset_extended */
                 reg = read_uleb(c);
-                offset = -(int64_t)read_uleb(c) * cie->data_align;
+                offset = scaled(0 - read_uleb(c), cie->data_align);
                 rule = reg == REG_RBP ? &st->rbp : reg == REG_RA ? &st->ra : NULL;
                 if (rule != NULL) {
                     rule->kind = RULE_OFFSET;
