@@ -450,8 +450,10 @@ def test_a_sampled_session_refuses_what_it_cannot_do(box):
     assert not os.path.exists(capture)
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_a_launched_program_is_followed_into_its_workers(tmp_path, method):
+    """Its workers, children of the program (fork, spawn) or of the
+    forkserver it starts (the program's grandchildren)."""
     need_sampler()
     if not SAMPLED_HERE:
         pytest.skip("--sampled -- script runs the script with this interpreter (3.11, 3.13+)")
@@ -460,8 +462,10 @@ def test_a_launched_program_is_followed_into_its_workers(tmp_path, method):
                         SCRIPTS / "sampled_children.py", "3", method)
     assert proc.returncode == 0, proc.stderr
     assert "done" in proc.stdout, proc.stderr
-    # The workers, and with spawn also multiprocessing's resource tracker.
-    assert re.search(r" samples of [34] processes", proc.stderr), proc.stderr
+    # The program and its workers; with spawn also multiprocessing's
+    # resource tracker, with forkserver the tracker and the server.
+    counts = {"fork": "[34]", "spawn": "[34]", "forkserver": "[45]"}[method]
+    assert re.search(rf" samples of {counts} processes", proc.stderr), proc.stderr
     import etwtrace
     inner_by_pid = Counter()
     with etwtrace.open_trace(cap) as trace:

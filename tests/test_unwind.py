@@ -137,6 +137,34 @@ def test_a_copy_cut_short_stops_where_it_ends(sampler):
         child.communicate(b"x")
 
 
+def test_a_sample_inside_the_vdso_unwinds(sampler):
+    """clock_gettime runs in the kernel's vDSO, which no file holds: its
+    image is read from the process, so a stop inside it unwinds whole."""
+    child = subprocess.Popen([sys.executable, "-c", "import time\nprint('ready', flush=True)\n"
+                              "while True: time.monotonic()"],
+                             stdout=subprocess.PIPE, cwd=SCRIPTS)
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        with open(f"/proc/{child.pid}/maps") as f:
+            span = next((line.split()[0] for line in f if line.rstrip().endswith("[vdso]")), None)
+        if span is None:
+            pytest.skip("this kernel maps no vDSO")
+        low, high = (int(x, 16) for x in span.split("-"))
+        unwinder, maps = unwinder_of(sampler, child.pid)
+        for _ in range(2000):
+            regs = registers(child.pid)
+            if low <= regs[0] < high:
+                break
+        else:
+            pytest.skip("no stop landed inside the vDSO")
+        named = names(maps, unwinder.unwind(stack_copy(child.pid, sampler.STACK_BYTES, regs)))
+        assert unwinder.ends()["complete"] == 1, (unwinder.ends(), named)
+        assert named[-1] == "_start" and "clock_gettime" in " ".join(named[:4]), named
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_code_in_no_file_is_said(sampler):
     """An address no file holds (JIT code, a library loaded since) ends
     the walk and is counted, unless frame pointers lead on."""

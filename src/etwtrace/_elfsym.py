@@ -44,6 +44,22 @@ class ElfError(Exception):
     pass
 
 
+def first_load(data):
+    """(address, file offset) of an ELF image's first loadable segment:
+    what a mapping's start less its offset gives back (the load bias);
+    None without one."""
+    try:
+        (_ident, _type, _machine, _version, _entry, phoff, _shoff, _flags, _ehsize,
+         phentsize, phnum, _shentsize, _shnum, _shstrndx) = _EHDR.unpack_from(data)
+        for i in range(phnum):
+            p = _PHDR.unpack_from(data, phoff + i * phentsize)
+            if p[0] == PT_LOAD:
+                return p[3], p[2]       # vaddr, offset
+    except struct.error:
+        pass
+    return None
+
+
 class Symbols:
     """A file's function and object symbols: find(name) -> address (as
     linked), lookup(address) -> name of the function containing it."""
@@ -59,16 +75,9 @@ class Symbols:
             raise ElfError(f"{path}: {ex.strerror}") from None
         if len(data) < _EHDR.size or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
             raise ElfError(f"{path}: not a 64-bit little-endian ELF file")
-        (_ident, _type, _machine, _version, _entry, phoff, shoff, _flags, _ehsize,
-         phentsize, phnum, shentsize, shnum, _shstrndx) = _EHDR.unpack_from(data)
-        # The first loadable segment's address, less its file offset: what
-        # a mapping's start less its offset gives back (the load bias).
-        self.first_load = None
-        for i in range(phnum):
-            p = _PHDR.unpack_from(data, phoff + i * phentsize)
-            if p[0] == PT_LOAD:
-                self.first_load = (p[3], p[2])      # vaddr, offset
-                break
+        (_ident, _type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize,
+         _phentsize, _phnum, shentsize, shnum, _shstrndx) = _EHDR.unpack_from(data)
+        self.first_load = first_load(data)
         sections = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
         tables = [s for s in sections if s[1] == SHT_SYMTAB] or \
             [s for s in sections if s[1] == SHT_DYNSYM]

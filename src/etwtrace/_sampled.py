@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from . import _capture, _ctfwrite, _pyremote
+from . import _capture, _ctfwrite, _elfsym, _pyremote
 from ._pyremote import RemoteError
 
 # Synthetic addresses of Python frames: non-canonical on x86-64, so no
@@ -276,6 +276,33 @@ def add_files(unwinder, maps, pid):
                 break
             except OSError:
                 pass
+    _add_vdso(unwinder, pid)
+
+
+def _add_vdso(unwinder, pid):
+    """The kernel's vDSO (clock_gettime and the like, in no file): its
+    image, read from the process, goes to the unwinder through a memfd,
+    so samples taken inside it unwind too."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            span = next(line.split()[0] for line in f if line.rstrip().endswith("[vdso]"))
+        start, end = (int(x, 16) for x in span.split("-"))
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            image = os.pread(mem.fileno(), end - start, start)
+    except (OSError, StopIteration, ValueError):
+        return
+    load = _elfsym.first_load(image)
+    if load is None:
+        return
+    fd = os.memfd_create("etwtrace-vdso", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, image)
+        unwinder.add(start, end, (start - load[0] + load[1]) & 0xFFFF_FFFF_FFFF_FFFF,
+                     f"/proc/self/fd/{fd}")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _same_code(info, first, short):
