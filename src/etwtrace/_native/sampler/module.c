@@ -170,8 +170,12 @@ unwinder_of(Sampler *self, uint32_t pid)
 static const struct etw_sample *
 unwind_sample(Sampler *self, const struct etw_sample *s, size_t size)
 {
-    size_t at = sizeof(struct etw_sample), head = offsetof(struct etw_stack_copy, bytes);
-    if (size < at + head || s->python_count > ETW_SAMPLER_MAX_PYTHON) {
+    if (size < offsetof(struct etw_sample, python) || s->python_count > ETW_SAMPLER_MAX_PYTHON) {
+        return NULL;
+    }
+    size_t at = offsetof(struct etw_sample, python) + s->python_count * sizeof s->python[0];
+    size_t head = offsetof(struct etw_stack_copy, bytes);
+    if (size < at + head) {
         return NULL;
     }
     const struct etw_stack_copy *copy = (const void *)((const char *)s + at);

@@ -51,7 +51,9 @@ struct scratch {
     __u8 frame[FRAME_BYTES + 8];
     __u8 code[CODE_BYTES + 8];
     struct etw_sample sample;
-    struct etw_stack_copy copy;     /* right after the sample: sent with it */
+    struct etw_stack_copy copy_room;    /* a stack copy goes right after the
+                                         * Python frames taken: room for it
+                                         * after all of them */
 };
 
 struct {
@@ -101,55 +103,6 @@ find_thread(const struct etw_target *t, __u32 tid)
     return 0;
 }
 
-/* Sends the sample without its unused Python frame slots.  User space is
- * woken only when the ring buffer is a quarter full: otherwise it reads
- * the ring at its own pace (a wake-up per sample would cost more than
- * the sample). */
-static __always_inline int
-send(struct etw_sample *s, const struct etw_stack_copy *copy)
-{
-    __u32 n = s->python_count;
-    if (n > ETW_SAMPLER_MAX_PYTHON) {
-        n = ETW_SAMPLER_MAX_PYTHON;
-    }
-    __u64 size = __builtin_offsetof(struct etw_sample, python) + n * sizeof(struct etw_python_frame);
-    int known = 0;
-    if (s->flags & ETW_SAMPLE_STACK_COPY) {
-        /* Its native frames are user space's to unwind from the copy:
-         * always sent whole, the copy after every Python frame slot. */
-        __u32 copied = copy->size;
-        if (copied > ETW_SAMPLER_STACK_BYTES) {
-            copied = ETW_SAMPLER_STACK_BYTES;
-        }
-        size = sizeof(struct etw_sample) + __builtin_offsetof(struct etw_stack_copy, bytes)
-               + copied;
-    }
-    else {
-        known = bpf_map_lookup_elem(&known_stacks, &s->stack_hash) != NULL;
-    }
-    if (known) {
-        s->flags |= ETW_SAMPLE_KNOWN_STACK;
-        size = __builtin_offsetof(struct etw_sample, native);
-    }
-    __u64 wake = bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA)
-                 > bpf_ringbuf_query(&samples, BPF_RB_RING_SIZE) / 4
-                 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-    if (bpf_ringbuf_output(&samples, (void *)s, size, wake) != 0) {
-        __u32 zero = 0;
-        __u64 *lost = bpf_map_lookup_elem(&dropped, &zero);
-        if (lost != NULL) {
-            __sync_fetch_and_add(lost, 1);
-        }
-    }
-    else if (!known && !(s->flags & ETW_SAMPLE_STACK_COPY)) {
-        /* Known from now on: user space has it (a stack that did not fit
-         * in the ring is sent whole again). */
-        __u8 one = 1;
-        bpf_map_update_elem(&known_stacks, &s->stack_hash, &one, BPF_ANY);
-    }
-    return 0;
-}
-
 /* Copies the top of the thread's user stack (up to `limit` bytes, a
  * multiple of 4 KiB, from its stack pointer, a page at a time, so that a
  * stack ending sooner is copied to its end) with the user-mode registers. */
@@ -186,6 +139,62 @@ copy_stack(struct etw_stack_copy *copy, __u32 limit)
     copy->size = size;
 }
 
+/* Sends the sample without its unused Python frame slots.  User space is
+ * woken only when the ring buffer is a quarter full: otherwise it reads
+ * the ring at its own pace (a wake-up per sample would cost more than
+ * the sample). */
+static __always_inline int
+send(struct etw_sample *s, __u32 stack_bytes)
+{
+    __u32 n = s->python_count;
+    if (n > ETW_SAMPLER_MAX_PYTHON) {
+        n = ETW_SAMPLER_MAX_PYTHON;
+    }
+    __u64 size = __builtin_offsetof(struct etw_sample, python) + n * sizeof(struct etw_python_frame);
+    int known = 0;
+    if (s->flags & ETW_SAMPLE_STACK_COPY) {
+        /* Its native frames are user space's to unwind from the copy,
+         * which goes right after the Python frames: always sent whole. */
+        struct etw_stack_copy *copy = (struct etw_stack_copy *)((__u8 *)s + size);
+        copy_stack(copy, stack_bytes);
+        __u32 copied = copy->size;
+        if (copied > ETW_SAMPLER_STACK_BYTES) {
+            copied = ETW_SAMPLER_STACK_BYTES;
+        }
+        size += __builtin_offsetof(struct etw_stack_copy, bytes) + copied;
+    }
+    else {
+        known = bpf_map_lookup_elem(&known_stacks, &s->stack_hash) != NULL;
+    }
+    if (known) {
+        s->flags |= ETW_SAMPLE_KNOWN_STACK;
+        size = __builtin_offsetof(struct etw_sample, native);
+    }
+    __u64 wake = bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA)
+                 > bpf_ringbuf_query(&samples, BPF_RB_RING_SIZE) / 4
+                 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+    /* The bound again, kept from the compiler (which knows it holds) for
+     * the verifier (which loses it on the way). */
+    asm volatile("" : "+r"(size));
+    if (size > sizeof(struct etw_sample) + sizeof(struct etw_stack_copy)) {
+        return 0;
+    }
+    if (bpf_ringbuf_output(&samples, (void *)s, size, wake) != 0) {
+        __u32 zero = 0;
+        __u64 *lost = bpf_map_lookup_elem(&dropped, &zero);
+        if (lost != NULL) {
+            __sync_fetch_and_add(lost, 1);
+        }
+    }
+    else if (!known && !(s->flags & ETW_SAMPLE_STACK_COPY)) {
+        /* Known from now on: user space has it (a stack that did not fit
+         * in the ring is sent whole again). */
+        __u8 one = 1;
+        bpf_map_update_elem(&known_stacks, &s->stack_hash, &one, BPF_ANY);
+    }
+    return 0;
+}
+
 SEC("perf_event")
 int
 etw_sample(struct bpf_perf_event_data *ctx)
@@ -209,8 +218,7 @@ etw_sample(struct bpf_perf_event_data *ctx)
     s->reserved = 0;
     s->native_count = 0;
     if (t->stack_bytes) {
-        copy_stack(&b->copy, t->stack_bytes);
-        s->flags |= ETW_SAMPLE_STACK_COPY;
+        s->flags |= ETW_SAMPLE_STACK_COPY;      /* copied as it is sent */
     }
     else {
         long bytes = bpf_get_stack(ctx, s->native, sizeof s->native, BPF_F_USER_STACK);
@@ -235,7 +243,7 @@ etw_sample(struct bpf_perf_event_data *ctx)
     if (ts == 0) {
         s->flags |= ETW_SAMPLE_NO_THREAD_STATE;
         s->stack_hash = etw_hash_finish(etw_hash_word(h, ETW_SAMPLE_NO_THREAD_STATE));
-        return send(s, &b->copy);
+        return send(s, t->stack_bytes);
     }
     __u64 frame = t->thread_cframe
                   ? read_word(read_word(ts + t->thread_cframe) + t->cframe_current_frame)
@@ -291,5 +299,5 @@ etw_sample(struct bpf_perf_event_data *ctx)
     }
     s->python_count = n;
     s->stack_hash = etw_hash_finish(etw_hash_word(h, ((__u64)n << 32) | s->flags));
-    return send(s, &b->copy);
+    return send(s, t->stack_bytes);
 }

@@ -79,8 +79,8 @@ struct etw_sample {
 #define ETW_SAMPLE_NO_THREAD_STATE 1u   /* no thread state for this thread */
 #define ETW_SAMPLE_PYTHON_TRUNCATED 2u  /* more Python frames than kept */
 #define ETW_SAMPLE_KNOWN_STACK 4u       /* the stack of an earlier sample: head only */
-#define ETW_SAMPLE_STACK_COPY 8u        /* no native frames: the whole struct
-                                         * etw_sample is followed by a struct
+#define ETW_SAMPLE_STACK_COPY 8u        /* no native frames: its python_count
+                                         * frames are followed by a struct
                                          * etw_stack_copy of `size` bytes */
 #define ETW_SAMPLER_KNOWN_STACKS 65536  /* stack hashes the program remembers */
 
