@@ -129,8 +129,10 @@ class _Target:
         misses = self.unwinder.ends()["no_file"]
         if misses != self.unwinder_misses and time.monotonic() - self.maps_read > 1.0:
             self.unwinder_misses = misses
+            regions = self.remote.maps.regions
             self._read_maps()
-            self._add_files()
+            if self.remote.maps.regions != regions:
+                self._add_files()
 
     def _read_maps(self):
         try:
