@@ -114,12 +114,14 @@ class _Target:
         # its stack, which the sampler unwinds by the files' CFI.
         self.unwinder = None
         self.unwinder_misses = 0
+        self.unwinder_regions = None    # the maps it was given files from
         if UNWIND_ALWAYS or not self.remote.keeps_frame_pointers():
             self.unwinder = sampler.Unwinder()
             self._add_files()
 
     def _add_files(self):
         add_files(self.unwinder, self.remote.maps, self.pid)
+        self.unwinder_regions = self.remote.maps.regions
 
     def refresh_unwinder(self):
         """Reads the maps again when samples came from code in no file the
@@ -129,9 +131,8 @@ class _Target:
         misses = self.unwinder.ends()["no_file"]
         if misses != self.unwinder_misses and time.monotonic() - self.maps_read > 1.0:
             self.unwinder_misses = misses
-            regions = self.remote.maps.regions
             self._read_maps()
-            if self.remote.maps.regions != regions:
+            if self.remote.maps.regions != self.unwinder_regions:
                 self._add_files()
 
     def _read_maps(self):
