@@ -205,6 +205,30 @@ def test_native_frames_sit_between_python_frames_in_a_callback(tmp_path):
     assert between >= 0.99 * total, (between, total)
 
 
+def test_a_library_loaded_while_sampled_has_whole_stacks(tmp_path):
+    """A C extension the program loads after the sampler attached: its
+    functions are named, and the stacks through them reach the Python
+    frames (by frame pointers, or unwound once the sampler has read the
+    maps again)."""
+    need_sampler()
+    target = Running("sampled_target.py", 5, "late_library")
+    cap, proc = _sample(tmp_path, target.proc.pid, 4)
+    target.finish()
+    stacks = _folded(cap, "--no-stacktags")
+    in_library = {s: n for s, n in stacks.items() if "_decimal" in s[-1]}
+    total = sum(in_library.values())
+    assert total >= 300, stacks.most_common(5)
+    whole = sum(n for s, n in in_library.items()
+                if "late_library" in [_name(f) for f in s])
+    # The samples of the first second after the load may stop at it (the
+    # maps are read again at most once a second).
+    assert whole >= 0.8 * total, (whole, total, Counter(in_library).most_common(3))
+    manifest = json.loads((cap / "etwtrace-capture.json").read_text())
+    if "native_unwinding" in manifest:
+        ends = manifest["native_unwinding"]
+        assert ends["complete"] >= 0.8 * sum(ends.values()), ends
+
+
 def _python_and_native_path(stack):
     """A folded stack from Py_BytesMain down to its last Python frame: what
     both ways of finding native frames must agree on (leaf C frames vary

@@ -124,14 +124,17 @@ class _Target:
         self.unwinder_regions = self.remote.maps.regions
 
     def refresh_unwinder(self):
-        """Reads the maps again when samples came from code in no file the
-        unwinder has (a library loaded since), at most once a second."""
+        """Gives the unwinder the files mapped since, when samples came from
+        code in no file it has (a library loaded since); the maps are read
+        again at most once a second."""
         if self.unwinder is None:
             return
         misses = self.unwinder.ends()["no_file"]
-        if misses != self.unwinder_misses and time.monotonic() - self.maps_read > 1.0:
+        if misses != self.unwinder_misses:
             self.unwinder_misses = misses
-            self._read_maps()
+            # The symbol lookups may have read them already (a new leaf).
+            if time.monotonic() - self.maps_read > 1.0:
+                self._read_maps()
             if self.remote.maps.regions != self.unwinder_regions:
                 self._add_files()
 

@@ -1,7 +1,8 @@
 """A target for the BPF sampler (argv: seconds [mode]): inner() called by
 outer() in a loop until the time is up, and in mode "callback" a Python
-key function called from C (sorted) doing the same work; prints "done"
-at the end, so a test sees the program ran on unharmed."""
+key function called from C (sorted) doing the same work, in mode
+"late_library" work inside a C extension it loads a second in; prints
+"done" at the end, so a test sees the program ran on unharmed."""
 import sys
 import time
 
@@ -27,8 +28,20 @@ def callback(until):
         sorted(range(20), key=key)
 
 
+def late_library(until):
+    """A second in, loads a C extension (_decimal) and works inside it."""
+    time.sleep(1)
+    import _decimal
+    one, up = _decimal.Decimal(1), _decimal.Decimal("1.0001")
+    while time.monotonic() < until:
+        x = one
+        for _ in range(200):
+            x = x * up / up
+
+
 seconds = float(sys.argv[1])
 mode = sys.argv[2] if len(sys.argv) > 2 else "plain"
 print("ready", flush=True)
-(callback if mode == "callback" else outer)(time.monotonic() + seconds)
+run = {"callback": callback, "late_library": late_library}.get(mode, outer)
+run(time.monotonic() + seconds)
 print("done", flush=True)
