@@ -29,9 +29,10 @@ def unwinder_of(sampler, pid):
     return unwinder, maps
 
 
-def registers(pid):
-    """(ip, sp, bp) of a stopped-for-a-moment child: ptrace attaches (a
-    parent may trace its child), reads them and lets it go."""
+def snapshot(pid, size):
+    """(ip, sp, bp) of a child and the top `size` bytes of its stack, as
+    the BPF program copies them at a sample: taken while ptrace holds it
+    stopped for a moment (a parent may trace its child)."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
@@ -42,10 +43,24 @@ def registers(pid):
     try:
         os.waitpid(pid, 0)
         assert libc.ptrace(PTRACE_GETREGS, pid, None, ctypes.byref(regs)) == 0
+        rbp, rip, rsp = regs[4], regs[16], regs[19]
+        return (rip, rsp, rbp), read_stack(pid, rsp, size)
     finally:
         libc.ptrace(PTRACE_DETACH, pid, None, None)
-    rbp, rip, rsp = regs[4], regs[16], regs[19]
-    return rip, rsp, rbp
+
+
+def read_stack(pid, sp, size):
+    """A page at a time, to the stack's end, as the program copies it."""
+    data = b""
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        chunk = 4096 - sp % 4096
+        while len(data) < size:
+            try:
+                data += os.pread(mem.fileno(), min(chunk, size - len(data)), sp + len(data))
+            except OSError:
+                break
+            chunk = 4096
+    return data
 
 
 def blocked_child(code):
@@ -65,19 +80,9 @@ def blocked_child(code):
     pytest.fail(f"the child never blocked in read(): {fields}")
 
 
-def stack_copy(pid, size, regs=None):
+def stack_copy(regs, data):
     """What the BPF program sends: registers, then the stack from sp."""
-    ip, sp, bp = regs or registers(pid)
-    data = b""
-    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        # A page at a time, to the stack's end, as the program copies it.
-        chunk = 4096 - sp % 4096
-        while len(data) < size:
-            try:
-                data += os.pread(mem.fileno(), min(chunk, size - len(data)), sp + len(data))
-            except OSError:
-                break
-            chunk = 4096
+    ip, sp, bp = regs
     return COPY_HEAD.pack(ip, sp, bp, len(data), 0) + data
 
 
@@ -105,7 +110,7 @@ def test_a_blocked_thread_unwinds_to_its_first_frame(sampler):
     child = blocked_child(CALLBACK)
     try:
         unwinder, maps = unwinder_of(sampler, child.pid)
-        frames = unwinder.unwind(stack_copy(child.pid, sampler.STACK_BYTES))
+        frames = unwinder.unwind(stack_copy(*snapshot(child.pid, sampler.STACK_BYTES)))
         named = names(maps, frames)
         assert unwinder.ends()["complete"] == 1, (unwinder.ends(), named)
         assert named[-1] == "_start" and "__libc_start_main" in named, named
@@ -127,9 +132,9 @@ def test_a_copy_cut_short_stops_where_it_ends(sampler):
     child = blocked_child(CALLBACK)
     try:
         unwinder, maps = unwinder_of(sampler, child.pid)
-        regs = registers(child.pid)
-        whole = unwinder.unwind(stack_copy(child.pid, sampler.STACK_BYTES, regs))
-        short = unwinder.unwind(stack_copy(child.pid, 256, regs))
+        regs, data = snapshot(child.pid, sampler.STACK_BYTES)
+        whole = unwinder.unwind(stack_copy(regs, data))
+        short = unwinder.unwind(stack_copy(regs, data[:256]))
         assert unwinder.ends()["outside_copy"] == 1, unwinder.ends()
         # What it gave is the whole stack's beginning, no frame made up.
         assert 1 <= len(short) < len(whole) and short == whole[:len(short)]
@@ -152,12 +157,12 @@ def test_a_sample_inside_the_vdso_unwinds(sampler):
         low, high = (int(x, 16) for x in span.split("-"))
         unwinder, maps = unwinder_of(sampler, child.pid)
         for _ in range(2000):
-            regs = registers(child.pid)
+            regs, data = snapshot(child.pid, sampler.STACK_BYTES)
             if low <= regs[0] < high:
                 break
         else:
             pytest.skip("no stop landed inside the vDSO")
-        named = names(maps, unwinder.unwind(stack_copy(child.pid, sampler.STACK_BYTES, regs)))
+        named = names(maps, unwinder.unwind(stack_copy(regs, data)))
         assert unwinder.ends()["complete"] == 1, (unwinder.ends(), named)
         assert named[-1] == "_start" and "clock_gettime" in " ".join(named[:4]), named
     finally:
