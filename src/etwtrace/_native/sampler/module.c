@@ -325,7 +325,8 @@ sampler_init(Sampler *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     /* Room for about a second of samples of every CPU at 999 Hz (a sample
-     * takes 1 to 5 KiB): user space is woken when it is a quarter full. */
+     * takes 1 to 5 KiB; up to 21 KiB with a stack copy, at least a tenth of a
+     * second then): user space is woken when it is a quarter full. */
     struct bpf_map *ring_map = bpf_object__find_map_by_name(self->obj, "samples");
     if (ring_map != NULL) {
         bpf_map__set_max_entries(ring_map, ring_bytes(cpus));
