@@ -1,8 +1,7 @@
-"""A target for the BPF sampler (argv: seconds [mode]): inner() called by
-outer() in a loop until the time is up, and in mode "callback" a Python
-key function called from C (sorted) doing the same work, in mode
-"late_library" work inside a C extension it loads a second in; prints
-"done" at the end, so a test sees the program ran on unharmed."""
+"""A target for the BPF sampler (argv: seconds [mode]): inner() (lines
+9-13, which tests check) called by outer() until the time is up; mode
+"callback": key called from C (sorted); "late_library": see below.
+Prints "done" at the end, so a test sees the program ran on unharmed."""
 import sys
 import time
 
