@@ -256,8 +256,8 @@ def _python_and_native_path(stack):
 def test_unwinding_stack_copies_gives_what_frame_pointers_give(tmp_path):
     """On an interpreter with frame pointers, the same program sampled both
     ways: native frames from the kernel's frame-pointer walk, and unwound
-    from stack copies by the CFI (what builds without frame pointers get)
-    give the same stacks."""
+    from stack copies by the CFI (what builds without frame pointers get):
+    the same stacks, the unwound ones at least as often whole."""
     need_sampler()
     target = Running("sampled_target.py", 8, "callback")
     try:
@@ -292,8 +292,14 @@ def test_unwinding_stack_copies_gives_what_frame_pointers_give(tmp_path):
     by_frame_pointers, unwound = paths
     main = by_frame_pointers.most_common(1)[0][0]
     assert "key" in main and main[0] == "Py_BytesMain", main
-    for counts in paths:
-        assert counts[main] >= 0.9 * sum(counts.values()), counts.most_common(3)
+    # The unwinder finds the same stacks, and no worse: the frame-pointer
+    # walk loses a frame where a leaf has not set up its frame yet (the
+    # evaluator under key, in about 9% of samples on 3.13), the CFI does not.
+    shares = [{path: n / sum(c.values()) for path, n in c.items()} for c in paths]
+    assert shares[1].get(main, 0.0) >= 0.98, unwound.most_common(3)
+    assert shares[1][main] >= shares[0][main] - 0.02, (shares[0][main], shares[1][main])
+    for path, share in shares[1].items():
+        assert share < 0.02 or path in by_frame_pointers, (path, share)
 
 
 def test_threads_have_their_own_stacks(tmp_path):
