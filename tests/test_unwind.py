@@ -168,6 +168,7 @@ def test_a_sample_inside_the_vdso_unwinds(sampler):
     finally:
         child.kill()
         child.wait()
+        child.stdout.close()
 
 
 def test_code_in_no_file_is_said(sampler):
