@@ -42,6 +42,26 @@ def pytest_sessionstart(session):
     session.config._etwtrace_started = time.time()
 
 
+# Two perf sessions (or perf and bpftrace) at once on one machine have
+# crashed its kernel (uprobe list corruption), and many tests record with
+# perf, some without saying so (--recorder auto).  Each test therefore
+# holds this machine-wide lock while it runs, so that suites run side by
+# side (developers' worktrees) take turns test by test; in CI nothing
+# else waits on it.  Scripts that run perf by hand take it with flock(1).
+TEST_LOCK = os.environ.get("ETWTRACE_TEST_LOCK", "/tmp/etwtrace-perf.lock")
+
+
+@pytest.fixture(autouse=True)
+def _one_test_on_the_machine_at_a_time():
+    import fcntl
+    fd = os.open(TEST_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def pytest_sessionfinish(session):
     """Removes the /tmp perf maps, jitdumps and jitted images that the
     suite's ended processes left (perf captures keep them for perf report,
