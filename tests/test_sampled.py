@@ -74,6 +74,13 @@ class Running:
         return self.proc.returncode, out
 
 
+def _cpu_seconds(pid):
+    """User and system CPU time process `pid` has used so far."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _sample(tmp_path, pid, seconds=2.0, *extra):
     cap = tmp_path / "cap"
     proc = run_etwtrace("--sampled", "--pid", pid, "--duration", seconds, "--capture", cap,
@@ -547,10 +554,12 @@ def test_stacks_sent_once_then_by_hash_are_all_written_in_time_order(tmp_path, m
         sampling.add(target.proc.pid)
         waiting = select.poll()
         waiting.register(sampling.fileno(), select.POLLIN)
+        cpu_before = _cpu_seconds(target.proc.pid)
         until = clock.monotonic() + 2.5
         while clock.monotonic() < until:
             waiting.poll(100)
             sampling.drain()
+        cpu = _cpu_seconds(target.proc.pid) - cpu_before
         generations = sampling.recorder.generations
     finally:
         lost = sampling.close()
@@ -558,7 +567,9 @@ def test_stacks_sent_once_then_by_hash_are_all_written_in_time_order(tmp_path, m
     assert lost == 0 and sampling.recorder.forgotten == 0
     assert generations >= 6, generations     # forgotten and hashed anew, again and again
     samples = sampling.samples
-    assert samples > 1500
+    # The target gets the CPU the machine leaves it (a loaded CI runner
+    # gives it less): the samples follow its CPU time, not the clock's.
+    assert samples > 0.8 * 999 * cpu and cpu > 0.5, (samples, cpu)
     names, times, inner, right = {}, [], 0, 0
     with etwtrace.open_trace(cap) as trace:
         for e in trace:
@@ -572,7 +583,7 @@ def test_stacks_sent_once_then_by_hash_are_all_written_in_time_order(tmp_path, m
                     inner += 1
                     right += python[:3] == ["inner", "outer", "<module>"]
     assert len(times) == samples and times == sorted(times)
-    assert inner > 1000 and right >= 0.99 * inner, (inner, right)
+    assert inner > 0.5 * samples and right >= 0.99 * inner, (inner, right, samples)
     out = subprocess.run(["babeltrace2", str(cap / "ctf")], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=client_env())
     assert out.returncode == 0, out.stderr[-2000:]
