@@ -6,7 +6,7 @@ import etwtrace
 
 
 def leaf(i):
-    return i * 2
+    return sum(range(300)) + i * 2     # some work: a share a flame graph draws
 
 
 def middle(n):
