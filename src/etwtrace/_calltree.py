@@ -83,9 +83,10 @@ class _Node:
 
 class CallTree:
     def __init__(self, timeline=False):
-        self.roots = {}             # (pid, tid, FunctionID) -> _Node (a tree per thread)
-        self.labels = {}            # (pid, FunctionID) -> label
-        self.timelines = [] if timeline else None   # (pid, tid, node keys, records)
+        # A process is (pid, image) (_scan.process_name); FunctionIDs are its own.
+        self.roots = {}             # (process, tid, FunctionID) -> _Node (a tree per thread)
+        self.labels = {}            # (process, FunctionID) -> label
+        self.timelines = [] if timeline else None   # (process, tid, node keys, records)
         self.unmatched_pops = 0
         self.mismatched_pops = 0
         self.calls = 0
