@@ -120,10 +120,17 @@ def _text(scan, off_cpu, limit, losses=None):
             sections.append([f"note: process {pids} recorded calls without call times "
                              "(--no-call-times): counts and callers are exact, durations "
                              "were not measured"])
-        if scan.tree.unmatched_pops or scan.tree.mismatched_pops:
-            sections.append([f"note: {scan.tree.unmatched_pops} returns from calls entered "
-                             f"before tracing, {scan.tree.mismatched_pops} returns that closed "
-                             "calls with lost events"])
+        notes = []
+        if scan.tree.unmatched_pops:
+            notes.append(f"{scan.tree.unmatched_pops} returns from calls entered before tracing")
+        if scan.tree.mismatched_pops:
+            notes.append(f"{scan.tree.mismatched_pops} returns that closed calls with lost "
+                         "events")
+        if scan.tree.unnested_pops:
+            notes.append(f"{scan.tree.unnested_pops} returns from calls that were not the "
+                         "innermost open one (the program switched stacks, as greenlets do)")
+        if notes:
+            sections.append(["note: " + ", ".join(notes)])
     if scan.marks and not [s for s in sections if s != head]:
         sections.append(_formats.stack_table(
             scan.marks, f"{sum(scan.marks.values())} stack marks", limit=limit))
