@@ -195,6 +195,13 @@ def test_a_linked_trace_directory_and_metadata_are_not_followed(cap, tmp_path):
     assert "metadata" in proc.stderr and "not followed" in proc.stderr
 
 
+def test_a_linked_ctf_directory_is_an_error(cap, tmp_path):
+    moved = tmp_path / "ctf-elsewhere"
+    shutil.move(cap / "ctf", moved)
+    os.symlink(moved, cap / "ctf")
+    _fails(cap, says="not followed")
+
+
 def test_a_linked_ring_is_not_followed(cap, tmp_path):
     _parent, child = _dirs(cap)
     (stream,) = child.glob("stream-*")

@@ -152,7 +152,10 @@ def check_capture(path):
         raise NoCapture(f"{path}: no such capture")
     if not os.path.isdir(path):
         raise NoCapture(f"{path}: not a capture directory")
-    has_ctf = os.path.isdir(os.path.join(path, "ctf"))
+    ctf_root = os.path.join(path, "ctf")
+    if os.path.islink(ctf_root):
+        raise TraceError(f"{ctf_root}: a symbolic link; not followed")
+    has_ctf = os.path.isdir(ctf_root)
     has_perf = _capfile.exists(os.path.join(path, PERF_SCRIPT))
     if not (has_ctf or has_perf):
         raise NoCapture(f"{path}: not an etwtrace capture (no ctf/ or {PERF_SCRIPT})")
