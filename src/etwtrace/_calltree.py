@@ -83,11 +83,14 @@ class _Node:
 
 class CallTree:
     def __init__(self, timeline=False):
-        self.roots = {}             # (pid, tid, FunctionID) -> _Node (a tree per thread)
-        self.labels = {}            # (pid, FunctionID) -> label
-        self.timelines = [] if timeline else None   # (pid, tid, node keys, records)
+        # A process is (pid, image) (_scan.process_name); FunctionIDs are its own.
+        self.roots = {}             # (process, tid, FunctionID) -> _Node (a tree per thread)
+        self.labels = {}            # (process, FunctionID) -> label
+        self.timelines = [] if timeline else None   # (process, tid, node keys, records)
         self.unmatched_pops = 0
-        self.mismatched_pops = 0
+        self.mismatched_pops = 0    # returns past calls whose pops were lost
+        self.unnested_pops = 0      # the same where nothing was lost: the
+                                    # program switched stacks (greenlets)
         self.calls = 0
         self.timed_calls = 0
         self.untimed_pids = set()   # processes recorded without call times
@@ -102,7 +105,9 @@ class CallTree:
 
     def add_thread(self, pid, tid, folded, timed=True):
         """Merges one thread's folded stream (from _ctfdecode.fold); with
-        `timed` false its calls count but their durations do not."""
+        `timed` false its calls count but their durations do not.  A return
+        that closed more than the innermost open call is put down to lost
+        events only when the stream lost some (folded["discarded"])."""
         if not timed and folded["calls"]:
             self.untimed_pids.add(pid)
         mine = []
@@ -124,7 +129,10 @@ class CallTree:
         if timed:
             self.timed_calls += folded["calls"]
         self.unmatched_pops += folded["unmatched_pops"]
-        self.mismatched_pops += folded["mismatched_pops"]
+        if folded.get("discarded", 0):
+            self.mismatched_pops += folded["mismatched_pops"]
+        else:
+            self.unnested_pops += folded["mismatched_pops"]
         if self.timelines is not None and folded["timeline"] and timed:
             keys = [(pid, fid) for _parent, fid, *_ in folded["nodes"]]
             self.timelines.append((pid, tid, keys, folded["timeline"]))

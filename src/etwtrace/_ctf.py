@@ -9,21 +9,17 @@ read; anything else is refused with a clear error.
 
 import os
 import re
-import stat
 import struct
 import warnings
 
-from . import _ctfdecode
+from . import _capfile, _ctfdecode
+from ._capfile import TraceError
 
 FORMAT_MARKER = 'tracer_name = "etwtrace"'
 FORMAT_VERSION = _ctfdecode.FORMAT_VERSION
 CTF_MAGIC = 0xC1FC1FC1
 # Packet header and context of each format version (trace_format.h).
 _HEAD = {1: struct.Struct("<IIQQQQQI"), 2: struct.Struct("<IIQQQQQQI")}
-
-
-class TraceError(Exception):
-    """A capture is missing, not an etwtrace capture, or corrupt."""
 
 
 _ctfdecode.configure(TraceError)
@@ -74,45 +70,62 @@ def event_tid(event_id, fields, stream_tid):
     return stream_tid
 
 
+# A file of a per-process trace is CAPTURE/ctf/pid-N/NAME: its last three
+# components are inside the capture, and none of them is followed.
+IN_TRACE = 3
+
+
+def open_stream(path):
+    """A descriptor of a stream file (see _capfile), refused when it is
+    larger than its file system could hold."""
+    fd = _capfile.open_file(path, IN_TRACE)
+    try:
+        _capfile.check_real_size(fd, path)
+    except TraceError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def fold_stream(path, pid, make_event, version=FORMAT_VERSION, timeline=None,
-                start=0, end=2**64 - 1):
+                start=0, end=2**64 - 1, image=1):
     """Decodes a stream (with what its ring still holds) with the C
     decoder: (the fold result, the events that are not pushes or pops).
     With `timeline` (an open binary file), every open and close of a call
     is written to it.  Only calls made in [start, end) count, and only
-    their time inside it.  See etwtrace._ctfdecode."""
+    their time inside it.  Damage ends the stream, with a RuntimeWarning:
+    what came before it is kept, and folded["problem"] says what it was
+    (else None).  See etwtrace._ctfdecode."""
     parts = StreamParts(path, version)
+    fd = open_stream(path)
     try:
         folded = _ctfdecode.fold(path, timeline=timeline is not None, version=version,
                                  length=parts.length, tail=parts.tail,
                                  timeline_fd=timeline.fileno() if timeline is not None else -1,
-                                 start=start, end=end)
+                                 start=start, end=end, fd=fd, partial=True)
     except ValueError as ex:
         raise TraceError(str(ex)) from None
     except OSError as ex:
         raise TraceError(f"{path}: cannot read ({ex.strerror})") from None
-    if folded["truncated"]:
-        warnings.warn(f"{path}: trace truncated mid-packet; "
-                      "reporting the complete events before it", RuntimeWarning)
+    finally:
+        os.close(fd)
+    folded["problem"] = None
+    if folded["error"]:
+        folded["problem"] = f"{path}: {folded['error']}; the events after it are left out"
+    elif folded["truncated"]:
+        folded["problem"] = (f"{path}: trace truncated mid-packet; "
+                             "reporting the complete events before it")
+    if folded["problem"]:
+        warnings.warn(folded["problem"], RuntimeWarning)
     tid = folded["tid"]
     events = []
     for event_id, ts, values in folded["events"]:
         fields, stack = fields_of(event_id, values)
         etype = EVENTS[event_id]
         events.append(make_event(etype.name, etype.opcode, pid,
-                                 event_tid(event_id, fields, tid), ts, fields, stack))
+                                 event_tid(event_id, fields, tid), ts, fields, stack,
+                                 image=image))
     return folded, events
-
-
-def _check_regular(path):
-    """Refuses what is not a plain file (a FIFO would block a reader
-    forever, a device read without end)."""
-    try:
-        st = os.stat(path)
-    except OSError as ex:
-        raise TraceError(f"{path}: cannot read ({ex.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise TraceError(f"{path}: not a regular file; refusing to read it as a trace")
 
 
 _TRACE_DIR = re.compile(r"^pid-(\d+)(?:\.(\d+))?$")
@@ -149,16 +162,23 @@ def _began(trace_dir):
 
 
 _VERSION = re.compile(r"format_version = (\d+);")
+METADATA_LIMIT = 1 << 20        # a trace's metadata is a few KiB
 
 
 def _metadata_text(trace_dir):
     path = os.path.join(trace_dir, "metadata")
-    _check_regular(path)
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
-            return f.read(1 << 20)
-    except OSError as ex:
-        raise TraceError(f"{trace_dir}: no readable CTF metadata ({ex.strerror})") from None
+        data = _capfile.read_small(path, METADATA_LIMIT, IN_TRACE)
+    except TraceError as ex:
+        raise TraceError(f"{trace_dir}: no readable CTF metadata ({ex})") from None
+    return data.decode("utf-8", errors="replace")
+
+
+def trace_image(trace_dir):
+    """Which program of its process a trace is of: 1 (pid-PID), or N for
+    the one it exec'd into (pid-PID.N)."""
+    m = _TRACE_DIR.match(os.path.basename(trace_dir))
+    return int(m.group(2) or 1) if m else 1
 
 
 def trace_version(trace_dir):
@@ -188,9 +208,10 @@ def has_call_times(trace_dir):
 
 
 def stream_files(trace_dir):
-    return sorted(
-        os.path.join(trace_dir, n) for n in os.listdir(trace_dir) if n.startswith("stream-")
-    )
+    """The stream files of a per-process trace (its directory entered
+    without following a link)."""
+    names = _capfile.list_dir(trace_dir, IN_TRACE - 1)
+    return sorted(os.path.join(trace_dir, n) for n in names if n.startswith("stream-"))
 
 
 def stream_start(path, version=FORMAT_VERSION):
@@ -199,8 +220,11 @@ def stream_start(path, version=FORMAT_VERSION):
     parts = StreamParts(path, version)
     head = _HEAD[2 if version >= 2 else 1]
     if parts.length >= head.size:
-        with open(path, "rb") as f:
-            return head.unpack(f.read(head.size))[2]
+        fd = open_stream(path)
+        try:
+            return head.unpack(os.pread(fd, head.size, 0))[2]
+        finally:
+            os.close(fd)
     if len(parts.tail) >= head.size:
         return head.unpack_from(parts.tail, 0)[2]
     return None
@@ -209,8 +233,12 @@ def stream_start(path, version=FORMAT_VERSION):
 def stacks_at(path, version, times):
     """The FunctionIDs open on a stream's thread at each of `times`."""
     parts = StreamParts(path, version)
-    return _ctfdecode.stacks_at(path, times, version=version, length=parts.length,
-                                tail=parts.tail)
+    fd = open_stream(path)
+    try:
+        return _ctfdecode.stacks_at(path, times, version=version, length=parts.length,
+                                    tail=parts.tail, fd=fd)
+    finally:
+        os.close(fd)
 
 
 def ring_path(stream):
@@ -219,14 +247,16 @@ def ring_path(stream):
     return os.path.join(directory, ".ring-" + name[len("stream-"):])
 
 
-def _walk_packets(f, size, head):
+def _walk_packets(fd, size, head):
     """(offset after the last complete packet, its seq, its events_discarded,
     the seq of a packet cut short after it or None) of an open stream file;
     seq -1 when it holds none."""
     offset, last_seq, lost = 0, -1, 0
     while offset + head.size <= size:
-        f.seek(offset)
-        values = head.unpack(f.read(head.size))
+        data = os.pread(fd, head.size, offset)
+        if len(data) < head.size:
+            break
+        values = head.unpack(data)
         magic, packet_bits = values[0], values[5]
         if magic != CTF_MAGIC or packet_bits < head.size * 8 or packet_bits % 8:
             break
@@ -255,15 +285,16 @@ class StreamParts:
         self.path = path
         self.tail = b""
         head = _HEAD[2 if version >= 2 else 1]
-        _check_regular(path)
-        ring = ring_path(path)
-        ring_packets, ring_lost = ([], 0) if version < 2 else _read_ring(ring, head)
+        fd = open_stream(path)
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                self.length, last_seq, self.lost, cut_seq = _walk_packets(f, size, head)
+            ring = ring_path(path)
+            ring_packets, ring_lost = ([], 0) if version < 2 else _read_ring(ring, head)
+            size = os.fstat(fd).st_size
+            self.length, last_seq, self.lost, cut_seq = _walk_packets(fd, size, head)
         except OSError as ex:
             raise TraceError(f"{path}: cannot read ({ex.strerror})") from None
+        finally:
+            os.close(fd)
         self.cut_short = self.length < size
         self._size = size
         if ring_packets is None:
@@ -291,6 +322,7 @@ class StreamParts:
 
 
 _RING_CONTROL_BYTES = 4096
+_RING_MAX_SLOTS = 65536     # recorder.h, ETW_MEMORY_MAX_SLOTS
 _RING_CONTROL = struct.Struct("<8sQII")
 _SEQ_REWRITING = 2 ** 64 - 1
 _SEQ_FIELD = 40     # offset of packet_seq_num in a packet (version 2)
@@ -301,20 +333,28 @@ def _read_ring(ring, head):
     page) of a ring file; (None, 0) when there is none.  Each slot's
     packet_seq_num is read before and after the slot, and the packet kept
     only when both are the same real number (its writer may be reusing the
-    slot: recorder.c writes a new number last and spoils it first)."""
-    if not os.path.lexists(ring):
+    slot: recorder.c writes a new number last and spoils it first).  A file
+    that is not a ring (a link, a FIFO, not the size of a ring) is left out
+    with a RuntimeWarning."""
+    if not _capfile.exists(ring, IN_TRACE):
         return None, 0
     packet_bytes = _ctfdecode.PACKET_BYTES
     seq_of = struct.Struct("<Q")
     packets = []
     try:
-        _check_regular(ring)
-        fd = os.open(ring, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (OSError, TraceError):
+        fd = _capfile.open_file(ring, IN_TRACE)
+    except TraceError as ex:
+        warnings.warn(f"{ex}; its ring left out", RuntimeWarning)
         return None, 0
     try:
         size = os.fstat(fd).st_size
-        slots = max(0, size - _RING_CONTROL_BYTES) // packet_bytes
+        if size == 0:
+            return [], 0        # made, and its writer gone before it was sized
+        slots, extra = divmod(size - _RING_CONTROL_BYTES, packet_bytes)
+        if extra or not 1 <= slots <= _RING_MAX_SLOTS:
+            warnings.warn(f"{ring}: {size:,} bytes, not the size of a ring; left out",
+                          RuntimeWarning)
+            return None, 0
         for at in range(0, slots * packet_bytes, packet_bytes):
             before = seq_of.unpack(os.pread(fd, 8, at + _SEQ_FIELD))[0]
             if before == _SEQ_REWRITING:
@@ -330,7 +370,7 @@ def _read_ring(ring, head):
                 continue
             packets.append((seq, data[:packet_bits // 8], values[7]))
         control = os.pread(fd, _RING_CONTROL_BYTES, slots * packet_bytes)
-    except OSError:
+    except (OSError, struct.error):
         return None, 0
     finally:
         os.close(fd)
@@ -459,9 +499,10 @@ def recorded_losses(path):
     for pid, trace_dir in trace_dirs(ctf_root):
         try:
             version = trace_version(trace_dir)
+            streams = stream_files(trace_dir)
         except TraceError:
-            continue
-        for stream in stream_files(trace_dir):
+            continue        # the readers say what is wrong with it
+        for stream in streams:
             lost = stream_losses(stream, version)
             if lost:
                 losses[pid] = losses.get(pid, 0) + lost

@@ -6,6 +6,8 @@ needs its whole JSON text in memory at once.
 
 import json
 
+from ._scan import process_name
+
 
 CHUNK = 8192    # events per write
 
@@ -35,8 +37,19 @@ class _Frames:
         return i
 
 
-def _thread_title(scan, pid, tid):
-    return f"pid {pid} {scan.threads.get((pid, tid), tid)}"
+def _thread_title(scan, proc, tid):
+    return f"pid {process_name(proc)} {scan.threads.get((proc, tid), tid)}"
+
+
+# Chrome's pid is a number: a process's first program keeps its own, the
+# ones it exec'd into get one above every real pid (Linux's are below 2**22)
+# and are named by their process_name.
+_IMAGE_PID_STEP = 1 << 22
+
+
+def chrome_pid(proc):
+    pid, image = proc
+    return pid + (image - 1) * _IMAGE_PID_STEP
 
 
 def _sampled_profile(name, samples, frames, unit):
@@ -51,7 +64,7 @@ def _sampled_profile(name, samples, frames, unit):
 
 
 def timeline_samples(scan, view):
-    """{(pid, tid): [(stack, weight), ...] in time order} of a stack view:
+    """{(process, tid): [(stack, weight), ...] in time order} of a stack view:
     one entry per CPU sample or stack mark (weight 1), or per off-CPU wait
     (its nanoseconds)."""
     threads = {}
@@ -75,11 +88,11 @@ def write_speedscope(out, scan, view, unit, title):
               '"profiles": [' % (json.dumps(SPEEDSCOPE_SCHEMA), json.dumps(title)))
     if view == "calls":
         first = True
-        for pid, tid, keys, records in sorted(scan.tree.timelines, key=lambda t: t[:2]):
+        for proc, tid, keys, records in sorted(scan.tree.timelines, key=lambda t: t[:2]):
             frame_of = [frames(scan.tree.label(k)) for k in keys]
             start, end = records.first, records.last
             out.write(("" if first else ", ") + json.dumps(
-                {"type": "evented", "name": _thread_title(scan, pid, tid),
+                {"type": "evented", "name": _thread_title(scan, proc, tid),
                  "unit": "nanoseconds", "startValue": start, "endValue": end})[:-1]
                 + ', "events": [')
             parts = []
@@ -94,9 +107,9 @@ def write_speedscope(out, scan, view, unit, title):
             first = False
     else:
         unit = "nanoseconds" if unit == "ns" else "none"
-        for i, ((pid, tid), samples) in enumerate(sorted(timeline_samples(scan, view).items())):
+        for i, ((proc, tid), samples) in enumerate(sorted(timeline_samples(scan, view).items())):
             out.write(("" if i == 0 else ", ") + json.dumps(
-                _sampled_profile(_thread_title(scan, pid, tid), samples, frames, unit)))
+                _sampled_profile(_thread_title(scan, proc, tid), samples, frames, unit)))
     out.write('], "shared": {"frames": ')
     out.write(json.dumps(frames.records))
     out.write("}}\n")
@@ -156,16 +169,17 @@ def write_chrome(out, scan, title):
 
     out.write('{"displayTimeUnit": "ns", "otherData": {"title": %s},\n"traceEvents": [\n'
               % json.dumps(title))
-    for pid in sorted({pid for pid, _ in scan.threads}):
-        add({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
-             "args": {"name": f"python {pid}"}})
-    for (pid, tid), name in sorted(scan.threads.items()):
-        add({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
+    for proc in sorted({proc for proc, _ in scan.threads}):
+        add({"ph": "M", "name": "process_name", "pid": chrome_pid(proc), "tid": proc[0],
+             "args": {"name": f"python {process_name(proc)}"}})
+    for (proc, tid), name in sorted(scan.threads.items()):
+        add({"ph": "M", "name": "thread_name", "pid": chrome_pid(proc), "tid": tid,
              "args": {"name": name}})
-    for pid, tid, keys, records in scan.tree.timelines or ():
+    for proc, tid, keys, records in scan.tree.timelines or ():
         # Begin/end pairs straight from the decoder's records (properly
         # nested per thread).
         names = [json.dumps(scan.tree.label(k)) for k in keys]
+        pid = chrome_pid(proc)
         begin = '{"ph":"B","cat":"python","pid":%d,"tid":%d,' % (pid, tid)
         end = '{"ph":"E","cat":"python","pid":%d,"tid":%d,' % (pid, tid)
         for ts, node, kind in records:
@@ -174,27 +188,28 @@ def write_chrome(out, scan, title):
                 add_text(end + when + "}")
             else:
                 add_text(begin + when + ',"name":' + names[node] + "}")
-    for pid, tid, start, end, text in scan.ranges:
-        add({"ph": "X", "cat": "mark", "name": text, "pid": pid, "tid": tid,
+    for proc, tid, start, end, text in scan.ranges:
+        add({"ph": "X", "cat": "mark", "name": text, "pid": chrome_pid(proc), "tid": tid,
              "ts": us(start), "dur": round((end - start) / 1000, 3)})
-    for pid, tid, ts, text in scan.instants:
-        add({"ph": "i", "s": "t", "cat": "mark", "name": text, "pid": pid, "tid": tid,
-             "ts": us(ts)})
-    for pid, tid, start, end, frames in scan.offcpu_slices:
-        add({"ph": "X", "cat": "off-cpu", "name": f"blocked: {frames[-1]}", "pid": pid,
-             "tid": tid, "ts": us(start), "dur": round((end - start) / 1000, 3),
-             "args": {"stack": ";".join(frames)}})
+    for proc, tid, ts, text in scan.instants:
+        add({"ph": "i", "s": "t", "cat": "mark", "name": text, "pid": chrome_pid(proc),
+             "tid": tid, "ts": us(ts)})
+    for proc, tid, start, end, frames in scan.offcpu_slices:
+        add({"ph": "X", "cat": "off-cpu", "name": f"blocked: {frames[-1]}",
+             "pid": chrome_pid(proc), "tid": tid, "ts": us(start),
+             "dur": round((end - start) / 1000, 3), "args": {"stack": ";".join(frames)}})
     stack_frames = _StackFrames()
     samples = []
-    for pid, tid, ts, frames, kind in sorted(scan.sample_points, key=lambda p: p[2]):
+    for proc, tid, ts, frames, kind in sorted(scan.sample_points, key=lambda p: p[2]):
         if kind == "SampledProfile":
             samples.append('{"cpu":0,"pid":%d,"tid":%d,"ts":%s,"name":"cpu-clock","sf":"%s",'
-                           '"weight":1}' % (pid, tid, json.dumps(us(ts)),
+                           '"weight":1}' % (chrome_pid(proc), tid, json.dumps(us(ts)),
                                             stack_frames.leaf(frames)))
         else:
             # A stack mark: named by its text (the stack's last frame).
-            add({"ph": "i", "s": "t", "cat": "stack-mark", "name": frames[-1], "pid": pid,
-                 "tid": tid, "ts": us(ts), "args": {"stack": ";".join(frames)}})
+            add({"ph": "i", "s": "t", "cat": "stack-mark", "name": frames[-1],
+                 "pid": chrome_pid(proc), "tid": tid, "ts": us(ts),
+                 "args": {"stack": ";".join(frames)}})
     flush()
     out.write("\n],\n")
     out.write('"stackFrames": ')

@@ -154,13 +154,14 @@ def _stable_hue(text):
 
 
 def thread_groups(stacks, threads):
-    """Stacks keyed ((pid, tid), frames) as frames under a frame for their
-    process and one for their thread, as the SVG groups them."""
+    """Stacks keyed ((process, tid), frames) as frames under a frame for
+    their process and one for their thread, as the SVG groups them."""
+    from ._scan import process_name
     out = Counter()
-    for ((pid, tid), frames), value in stacks.items():
-        name = threads.get((pid, tid), f"thread {tid}")
+    for ((proc, tid), frames), value in stacks.items():
+        name = threads.get((proc, tid), f"thread {tid}")
         thread = name if name == f"thread {tid}" else f"{name} (tid {tid})"
-        out[(f"process {pid}", thread) + frames] += value
+        out[(f"process {process_name(proc)}", thread) + frames] += value
     return out
 
 

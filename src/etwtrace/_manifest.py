@@ -5,17 +5,44 @@ the readers."""
 import json
 import os
 
+from ._capfile import TraceError, read_small
+
 MANIFEST = "etwtrace-capture.json"
 PERF_SCRIPT = "perf.script"
 
+# What a manifest can be: written into 8 KiB (_capture.MANIFEST_ROOM), longer
+# only with very many processes' counts.
+MANIFEST_LIMIT = 16 * 2**20
+
+
+def load_manifest(path):
+    """The manifest of the capture at `path` ({} when it has none);
+    TraceError when it is not one (not a regular file, too large, sparse,
+    not a JSON object, or nested too deep to read)."""
+    target = os.path.join(path, MANIFEST)
+    try:
+        data = read_small(target, MANIFEST_LIMIT)
+    except TraceError:
+        if not os.path.lexists(target):
+            return {}
+        raise
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise TraceError(f"{target}: JSON nested too deep; not a manifest") from None
+    except (UnicodeDecodeError, ValueError) as ex:
+        raise TraceError(f"{target}: not JSON ({ex}); not a manifest") from None
+    if not isinstance(value, dict):
+        raise TraceError(f"{target}: not a JSON object; not a manifest")
+    return value
+
 
 def read_manifest(path):
+    """The manifest, or {} when there is none or it cannot be read."""
     try:
-        with open(os.path.join(path, MANIFEST), "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        return load_manifest(path)
+    except TraceError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def is_own_capture(path):

@@ -1,10 +1,17 @@
 """Reading the `perf script` text a capture saved (perf.script): CPU
 samples, context switches and the stack-sample probe, as events."""
 
+import io
+import os
 import re
 from collections import deque
 
+from ._capfile import TraceError, check_real_size, has_hole, open_file
 from ._perf import STACK_SAMPLE_PROBE
+
+# perf script's lines are short; a longer one is cut here (its stack frame
+# or sample line no longer parses, and is left out).
+LINE_LIMIT = 1 << 16
 
 # etwtrace's own threads (copier.c, session.c): not part of the program's picture.
 OWN_THREADS = ("etwtrace-copy", "etwtrace-watch")
@@ -95,8 +102,8 @@ def read_script(path, make_event, progress=None):
         while held and id(held[0]) not in waiting:
             yield held.popleft()
 
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f):
+    with _open_script(path) as f:
+        for n, line in enumerate(_lines(f)):
             if progress is not None and not n & 0x3FFF:
                 progress(f.buffer.tell())
             if current is _SKIPPED:
@@ -147,3 +154,35 @@ def read_script(path, make_event, progress=None):
         finish()
     switched_out.clear()     # never switched in again: OffCpuTime stays None
     yield from release()
+
+
+def _open_script(path):
+    """The saved script as text, opened as every file of a capture is
+    (_capfile): perf script writes it front to back, so one with a hole
+    is not its output."""
+    fd = open_file(path)
+    try:
+        check_real_size(fd, path)
+        if has_hole(fd):
+            raise TraceError(f"{path}: a sparse file; not perf's script")
+    except BaseException:
+        os.close(fd)
+        raise
+    return io.TextIOWrapper(io.BufferedReader(io.FileIO(fd, "rb")), encoding="utf-8",
+                            errors="replace")
+
+
+def _lines(f):
+    """The lines of `f`, each at most LINE_LIMIT characters (the rest of a
+    longer one is skipped): memory stays bounded on any file."""
+    while True:
+        line = f.readline(LINE_LIMIT)
+        if not line:
+            return
+        if len(line) == LINE_LIMIT and not line.endswith("\n"):
+            while True:
+                rest = f.readline(LINE_LIMIT)
+                if not rest or rest.endswith("\n"):
+                    break
+            line += "\n"
+        yield line

@@ -74,8 +74,11 @@ def frame_parts(label):
 
 
 def encode(samples, sample_types, duration_ns=0, comments=()):
-    """The gzipped profile of `samples`: {((pid, tid), root-first frames):
-    tuple of values, one per sample type}; sample_types: [(type, unit)]."""
+    """The gzipped profile of `samples`: {(((pid, image), tid), root-first
+    frames): tuple of values, one per sample type}; sample_types: [(type,
+    unit)].  Each sample is labelled with its pid and tid, and the programs
+    a process exec'd into also with `exec` (2, 3...), as _scan.process_name
+    names them."""
     strings = _Strings()
     locations = {}      # label -> id (the same as its function's id)
     functions = []
@@ -83,7 +86,7 @@ def encode(samples, sample_types, duration_ns=0, comments=()):
     for type_, unit in sample_types:
         body.append(_bytes(PROFILE_SAMPLE_TYPE, _int(VALUE_TYPE_TYPE, strings(type_))
                            + _int(VALUE_TYPE_UNIT, strings(unit))))
-    for ((pid, tid), frames), values in sorted(samples.items()):
+    for (((pid, image), tid), frames), values in sorted(samples.items()):
         ids = []
         for label in reversed(frames):      # pprof lists the leaf first
             i = locations.get(label)
@@ -97,6 +100,8 @@ def encode(samples, sample_types, duration_ns=0, comments=()):
             ids.append(i)
         labels = (_bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings("pid")) + _int(LABEL_NUM, pid))
                   + _bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings("tid")) + _int(LABEL_NUM, tid)))
+        if image != 1:
+            labels += _bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings("exec")) + _int(LABEL_NUM, image))
         body.append(_bytes(PROFILE_SAMPLE, _packed(SAMPLE_LOCATION_ID, ids)
                            + _packed(SAMPLE_VALUE, values) + labels))
     for label, i in locations.items():

@@ -14,9 +14,10 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 from . import _diff, _exports, _formats, _pprof
-from ._scan import Cut, ReportError, Scan, load_stacktags
+from ._scan import Cut, ReportError, Scan, load_stacktags, process_name
 
 # Outputs expected to be larger than this are announced before writing.
 WARN_BYTES = 100 * 2**20
@@ -96,8 +97,15 @@ def _losses_line(path):
             f"({describe_losses(losses)}); what follows is what was kept")
 
 
+def _problems_lines(scan):
+    """One line for each trace (or part of one) the report had to leave
+    out, or [] when there is none."""
+    return [f"WARNING: {p}" for p in scan.problems]
+
+
 def _text(scan, off_cpu, limit, losses=None):
-    sections = [[losses]] if losses else []
+    head = ([losses] if losses else []) + _problems_lines(scan)
+    sections = [head] if head else []
     if off_cpu:
         sections.append(_formats.offcpu_tables(scan.offcpu, limit))
         return _formats.format_text(sections)
@@ -108,18 +116,30 @@ def _text(scan, off_cpu, limit, losses=None):
         sections.append(_formats.calls_table(scan.tree.functions(), limit=limit,
                                              times=scan.tree.has_times))
         if scan.tree.untimed_pids:
-            pids = ", ".join(str(p) for p in sorted(scan.tree.untimed_pids))
+            pids = ", ".join(process_name(p) for p in sorted(scan.tree.untimed_pids))
             sections.append([f"note: process {pids} recorded calls without call times "
                              "(--no-call-times): counts and callers are exact, durations "
                              "were not measured"])
-        if scan.tree.unmatched_pops or scan.tree.mismatched_pops:
-            sections.append([f"note: {scan.tree.unmatched_pops} returns from calls entered "
-                             f"before tracing, {scan.tree.mismatched_pops} returns that closed "
-                             "calls with lost events"])
-    if scan.marks and not [s for s in sections if s != [losses]]:
+        notes = []
+        if scan.tree.unmatched_pops:
+            notes.append(f"{scan.tree.unmatched_pops} returns from calls entered before tracing")
+        if scan.tree.mismatched_pops:
+            notes.append(f"{scan.tree.mismatched_pops} returns that closed calls with lost "
+                         "events")
+        if scan.tree.unnested_pops:
+            notes.append(f"{scan.tree.unnested_pops} returns from calls that were not the "
+                         "innermost open one (the program switched stacks, as greenlets do)")
+        if notes:
+            sections.append(["note: " + ", ".join(notes)])
+    if scan.marks and not [s for s in sections if s != head]:
         sections.append(_formats.stack_table(
             scan.marks, f"{sum(scan.marks.values())} stack marks", limit=limit))
     return _formats.format_text(sections)
+
+
+class OutputError(Exception):
+    """The output could not be written (a full disk, a read-only
+    directory): a failure of the report, not of its input."""
 
 
 def _write(opts, produce, binary=False):
@@ -129,12 +149,16 @@ def _write(opts, produce, binary=False):
             out = (open(opts.output, "wb") if binary
                    else open(opts.output, "w", encoding="utf-8"))
         except OSError as ex:
-            raise ReportError(f"cannot write {opts.output}: {ex.strerror}") from None
-        with out:
+            raise OutputError(f"cannot write {opts.output}: {ex.strerror}") from None
+        try:
+            produce(out)
+            out.close()
+        except OSError as ex:
             try:
-                produce(out)
-            except OSError as ex:
-                raise ReportError(f"cannot write {opts.output}: {ex.strerror}") from None
+                out.close()
+            except OSError:
+                pass        # what is still buffered fails the same way
+            raise OutputError(f"cannot write {opts.output}: {ex.strerror}") from None
         return
     try:
         out = sys.stdout.buffer if binary else sys.stdout
@@ -142,8 +166,17 @@ def _write(opts, produce, binary=False):
         out.flush()
     except BrokenPipeError:
         # The reader (| head) has what it wanted; silence the flush at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _drop_stdout()
+    except OSError as ex:
+        _drop_stdout()
+        raise OutputError(f"cannot write the report to standard output: {ex.strerror}") from None
+
+
+def _drop_stdout():
+    """Points stdout at /dev/null, so the flush at exit has nothing to fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _cut(opts, path, whole=False):
@@ -244,6 +277,8 @@ def _report(opts, scan, timeline):
     losses = _losses_line(opts.path)
     if losses and opts.format != "text":
         print(f"etwtrace: {losses}", file=sys.stderr)
+    for problem in scan.problems:
+        _say_warning(problem)
     view, stacks, unit, what = _choose_view(scan, opts.off_cpu)
     if timeline and scan.tree.untimed_pids and not opts.off_cpu:
         raise ReportError(f"{opts.path}: calls were recorded without call times "
@@ -414,13 +449,34 @@ def main(args):
         return 0 if ex.code == 0 else 2
     if opts.start is not None and opts.end is not None and opts.end <= opts.start:
         parser.error(f"--to {opts.end:g} is not after --from {opts.start:g}")
-    from ._ctf import TraceError
+    from ._capfile import NoCapture, TraceError
     try:
-        run(opts)
-    except (ReportError, TraceError) as ex:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            run(opts)
+    except (ReportError, NoCapture) as ex:
         print(f"etwtrace: error: {ex}", file=sys.stderr)
         return 2
+    except (TraceError, OutputError) as ex:
+        # The capture cannot be read, or the report cannot be written.
+        print(f"etwtrace: error: {ex}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("etwtrace: report interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+_said = set()
+
+
+def _say_warning(text):
+    """One line on stderr, once."""
+    if text not in _said:
+        _said.add(text)
+        print(f"etwtrace: warning: {text}", file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A reader's warning (a truncated trace, a ring left out) as one line."""
+    _say_warning(str(message))

@@ -21,6 +21,7 @@ import fnmatch
 import os
 import re
 import tempfile
+import warnings
 import xml.dom.minidom
 from collections import Counter
 
@@ -44,6 +45,13 @@ def clean_symbol(sym):
 
 class ReportError(Exception):
     pass
+
+
+def process_name(process):
+    """How every view names a process, (pid, image): its pid, and for the
+    programs it exec'd into, which one: `123`, `123 (exec 2)`."""
+    pid, image = process
+    return f"{pid}" if image == 1 else f"{pid} (exec {image})"
 
 
 # The stack views, by the event that makes their stacks.
@@ -116,12 +124,16 @@ class Scan:
 
     samples / marks / offcpu: Counter of root-first frame tuples (count, count,
         blocked ns); by_thread: the same per thread, {view name: Counter of
-        ((pid, tid), frames)}; stack marks end with a `mark: TEXT` frame;
+        ((process, tid), frames)}; stack marks end with a `mark: TEXT` frame;
     tree: the instrumented call tree (CallTree), empty without pushes;
-    threads: {(pid, tid): name}; instants: (pid, tid, ts, text);
-    ranges: (pid, tid, start, end, text); offcpu_slices: (pid, tid, start,
-        end, frames); sample_points: (pid, tid, ts, frames, event name) of CPU
-        samples and stack marks (timeline only).
+    threads: {(process, tid): name}; instants: (process, tid, ts, text);
+    ranges: (process, tid, start, end, text); offcpu_slices: (process, tid,
+        start, end, frames); sample_points: (process, tid, ts, frames, event
+        name) of CPU samples and stack marks (timeline only);
+    problems: one line for each trace (or part) that could not be read.
+
+    A process is (pid, image): a process that exec'd is one per program
+    (see process_name), each with its own FunctionIDs.
     """
 
     def __init__(self, path, tags, timeline=False, progress=None, cut=ALL):
@@ -141,7 +153,8 @@ class Scan:
         self._timeline_files = []     # closed by close()
         self._raw_points = []
         self._open_ranges = {}
-        self._call_streams = {}     # (pid, tid) -> stream with pushes
+        self._call_streams = {}     # (process, tid) -> stream with pushes
+        self.problems = []
         self._read(path, progress)
         self._name_all()
 
@@ -160,42 +173,63 @@ class Scan:
     # ---- reading ----
 
     def _read(self, path, progress):
-        from ._ctf import fold_stream, has_call_times
+        from ._ctf import TraceError, fold_stream, has_call_times
         from ._ctfdecode import Merge
         from ._trace import Event, builtin_streams, perf_events
         tree = self.tree
         cut = self.cut
         timed = {}
         sources = []
+        streams = builtin_streams(path, problem=self._problem)
         # Each built-in stream is folded in C (pushes and pops into the call
         # tree); its other events are merged in time order with perf's.
-        for pid, stream, version in builtin_streams(path):
+        readable = 0
+        for s in streams:
+            pid, proc = s.pid, s.process
             if not cut.process(pid):
+                readable += 1
                 continue
             # A thread's timeline goes to a file of its own, read back as it
             # is written out: memory does not grow with the trace.
             records = tempfile.TemporaryFile() if self.timeline else None
             if records is not None:
                 self._timeline_files.append(records)
-            folded, events = fold_stream(stream, pid, Event, version, timeline=records,
-                                         start=cut.start, end=cut.end)
+            try:
+                # What the reader warns of (damage, a ring left out) is kept,
+                # for the report to say.
+                with warnings.catch_warnings(record=True) as said:
+                    warnings.simplefilter("always")
+                    folded, events = fold_stream(s.path, pid, Event, s.version,
+                                                 timeline=records, start=cut.start,
+                                                 end=cut.end, image=s.image)
+                    trace_dir = os.path.dirname(s.path)
+                    if trace_dir not in timed:
+                        timed[trace_dir] = has_call_times(trace_dir)
+            except TraceError as ex:
+                self._problem(f"process {process_name(proc)} thread left out: {ex}")
+                continue
+            finally:
+                for w in said:
+                    self._problem(str(w.message))
+            if not folded["error"] or folded["nodes"] or events:
+                readable += 1       # damage at its very start leaves nothing of it
             if records is not None:
                 folded["timeline"] = TimelineRecords(records, folded["timeline"])
             sources.append(events)
             if not cut.thread(pid, folded["tid"]):
                 continue    # its PythonFunction events still name others' frames
-            trace_dir = os.path.dirname(stream)
-            if trace_dir not in timed:
-                timed[trace_dir] = has_call_times(trace_dir)
-            tree.add_thread(pid, folded["tid"], folded, timed=timed[trace_dir])
+            tree.add_thread(proc, folded["tid"], folded, timed=timed[trace_dir])
             if folded["calls"]:
-                self._call_streams[(pid, folded["tid"])] = (stream, version)
-                self.threads.setdefault((pid, folded["tid"]),
-                                        self._thread_name(pid, folded["tid"]))
-            update = progress and progress.reader(stream)
+                self._call_streams[(proc, folded["tid"])] = (s.path, s.version)
+                self.threads.setdefault((proc, folded["tid"]),
+                                        self._thread_name(proc, folded["tid"]))
+            update = progress and progress.reader(s.path)
             if update:
-                update(os.path.getsize(stream))
-        perf = perf_events(path, progress and progress.reader(os.path.join(path, "perf.script")))
+                update(os.path.getsize(s.path))
+        perf = perf_events(path, progress and progress.reader(os.path.join(path, "perf.script")),
+                           streams=streams)
+        if self.problems and not readable and perf is None:
+            raise TraceError(f"{path}: no process's trace could be read: {self.problems[0]}")
         if perf is not None:
             sources.append(perf)
         for e in Merge(sources):
@@ -205,35 +239,40 @@ class Scan:
             if self.first is None:
                 self.first = e.timestamp
             self.last = e.timestamp
+            proc = (e.pid, e.image)
             if name == "PythonFunction":
                 if not cut.process(e.pid):
                     continue
                 f = e.fields
-                tree.function(e.pid, f)
+                tree.function(proc, f)
                 if f.get("IsPythonCode", 1):
                     named = label_of(f)
                 else:
                     # A native function the BPF sampler's samples land in:
                     # named as perf names native frames.
                     named = (f["Name"], f["SourceFile"])
-                self._ranges.setdefault(e.pid, _Ranges()).add(
+                self._ranges.setdefault(proc, _Ranges()).add(
                     f["BeginAddress"], f["EndAddress"], named)
             elif name in self._raw:
-                self._stack_event(e)
+                self._stack_event(e, proc)
             elif name == "PythonThread":
                 if e.opcode == "start":
-                    self.threads.setdefault((e.pid, e.tid), self._thread_name(e.pid, e.tid))
+                    self.threads.setdefault((proc, e.tid), self._thread_name(proc, e.tid))
             elif name == "PythonMark":
-                self._mark(e)
+                self._mark(e, proc)
         span = tree.timeline_span()
         if span:
             self.first = span[0] if self.first is None else min(self.first, span[0])
             self.last = span[1] if self.last is None else max(self.last, span[1])
 
-    def _thread_name(self, pid, tid):
-        return "MainThread" if pid == tid else f"thread {tid}"
+    def _problem(self, text):
+        if text not in self.problems:
+            self.problems.append(text)
 
-    def _stack_event(self, e):
+    def _thread_name(self, process, tid):
+        return "MainThread" if process[0] == tid else f"thread {tid}"
+
+    def _stack_event(self, e, proc):
         if e.name == "CSwitch":
             wait = e.fields.get("OffCpuTime")
             if not wait or e.fields.get("Preempted"):
@@ -246,22 +285,22 @@ class Scan:
                     for i, ip in enumerate(e.stack))
         # The thread's open Python calls, when it made any: looked up by
         # time once the capture is read (_resolve_open_calls).
-        python = (_AT, e.tid, e.timestamp) if (e.pid, e.tid) in self._call_streams else ()
+        python = (_AT, e.tid, e.timestamp) if (proc, e.tid) in self._call_streams else ()
         if not raw and not python:
             return
         mark = e.fields.get("Mark") if e.name == "PythonStackSample" else None
-        key = (e.pid, e.tid, raw, python, mark)
+        key = (proc, e.tid, raw, python, mark)
         self._raw[e.name][key] += weight
         if self.timeline:
             end = e.timestamp + (weight if e.name == "CSwitch" else 0)
-            self._raw_points.append((e.name, e.pid, e.tid, e.timestamp, end, key))
+            self._raw_points.append((e.name, proc, e.tid, e.timestamp, end, key))
 
-    def _mark(self, e):
+    def _mark(self, e, proc):
         text = e.fields.get("Mark", "")
-        key = (e.pid, e.tid)
-        self.threads.setdefault(key, self._thread_name(e.pid, e.tid))
+        key = (proc, e.tid)
+        self.threads.setdefault(key, self._thread_name(proc, e.tid))
         if e.opcode is None:
-            self.instants.append((e.pid, e.tid, e.timestamp, text))
+            self.instants.append((proc, e.tid, e.timestamp, text))
         elif e.opcode == "start":
             self._open_ranges.setdefault(key, []).append((text, e.timestamp))
         else:
@@ -269,7 +308,7 @@ class Scan:
             for i in range(len(opened) - 1, -1, -1):
                 if opened[i][0] == text:
                     _, start = opened.pop(i)
-                    self.ranges.append((e.pid, e.tid, start, e.timestamp, text))
+                    self.ranges.append((proc, e.tid, start, e.timestamp, text))
                     break
 
     # ---- naming ----
@@ -279,39 +318,39 @@ class Scan:
         of the calls open on that thread at that time."""
         wanted = {}
         for raw in self._raw.values():
-            for pid, _tid, _stack, python, _mark in raw:
+            for proc, _tid, _stack, python, _mark in raw:
                 if python and python[0] is _AT:
-                    wanted.setdefault((pid, python[1]), set()).add(python[2])
+                    wanted.setdefault((proc, python[1]), set()).add(python[2])
         if not wanted:
             return
         from ._ctf import stacks_at
         open_at = {}
-        for (pid, tid), times in wanted.items():
+        for (proc, tid), times in wanted.items():
             times = sorted(times)
-            stream, version = self._call_streams[(pid, tid)]
+            stream, version = self._call_streams[(proc, tid)]
             stacks = stacks_at(stream, version, times)
             for ts, fids in zip(times, stacks):
-                open_at[(pid, tid, ts)] = tuple(self.tree.label((pid, f)) for f in fids)
+                open_at[(proc, tid, ts)] = tuple(self.tree.label((proc, f)) for f in fids)
         renamed = {}
         for kind, raw in self._raw.items():
             resolved = Counter()
             for key, weight in raw.items():
-                pid, tid, stack, python, mark = key
+                proc, tid, stack, python, mark = key
                 if python and python[0] is _AT:
-                    new = renamed[key] = (pid, tid, stack, open_at[(pid, python[1], python[2])],
+                    new = renamed[key] = (proc, tid, stack, open_at[(proc, python[1], python[2])],
                                           mark)
                     resolved[new] += weight
                 else:
                     resolved[key] += weight
             self._raw[kind] = resolved
-        self._raw_points = [(kind, pid, tid, start, end, renamed.get(key, key))
-                            for kind, pid, tid, start, end, key in self._raw_points]
+        self._raw_points = [(kind, proc, tid, start, end, renamed.get(key, key))
+                            for kind, proc, tid, start, end, key in self._raw_points]
 
     def _name_all(self):
         self._resolve_open_calls()
-        for (pid, tid), opened in self._open_ranges.items():
+        for (proc, tid), opened in self._open_ranges.items():
             for text, start in opened:
-                self.ranges.append((pid, tid, start, self.last, text))
+                self.ranges.append((proc, tid, start, self.last, text))
         names = {}
         views = {}
         self.by_thread = {}
@@ -331,21 +370,21 @@ class Scan:
         self.samples = views["SampledProfile"]
         self.marks = views["PythonStackSample"]
         self.offcpu = views["CSwitch"]
-        for kind, pid, tid, start, end, key in self._raw_points:
+        for kind, proc, tid, start, end, key in self._raw_points:
             frames = names.get(key)
             if not frames:
                 continue
-            self.threads.setdefault((pid, tid), self._thread_name(pid, tid))
+            self.threads.setdefault((proc, tid), self._thread_name(proc, tid))
             if kind == "CSwitch":
-                self.offcpu_slices.append((pid, tid, start, end, frames))
+                self.offcpu_slices.append((proc, tid, start, end, frames))
             else:
-                self.sample_points.append((pid, tid, start, frames, kind))
+                self.sample_points.append((proc, tid, start, frames, kind))
         self._raw = self._raw_points = None
 
-    def _name(self, pid, tid, raw, python, mark):
+    def _name(self, proc, tid, raw, python, mark):
         """Root-first frame labels of one raw stack (a stack mark's text
         last)."""
-        ranges = self._ranges.get(pid)
+        ranges = self._ranges.get(proc)
         tags = self.tags
         frames = []
         for ip, sym, dso in reversed(raw):

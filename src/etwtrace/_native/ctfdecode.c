@@ -57,6 +57,8 @@ typedef struct {
     uint32_t tid;
     int have_tid;
     size_t head_size;       /* packet header + context: by format version */
+    int zero_ends;          /* version 2+: a zero word where an event would
+                             * start ends the packet's written part */
     int unfinished;         /* ended at never-begun (all-zero) packets */
     uint64_t discarded;     /* events_discarded of the last packet read */
     int mapped;             /* data is a file mapping: drop pages once read */
@@ -130,7 +132,11 @@ next_packet(Cursor *c)
         snprintf(c->error, sizeof c->error, "bad packet magic at byte %zu", c->packet);
         return -1;
     }
-    if (content_bits % 8 || packet_bits < content_bits || content_bits < c->head_size * 8) {
+    /* Version 1's recorder wrote packets of ETW_PACKET_BYTES; later ones
+     * end their content at a zero word (next_event), so a huge size read
+     * from a damaged or sparse file never makes events out of zeros. */
+    if (content_bits % 8 || packet_bits < content_bits || content_bits < c->head_size * 8 ||
+        (!c->zero_ends && packet_bits > (uint64_t)ETW_PACKET_BYTES * 8)) {
         snprintf(c->error, sizeof c->error, "bad packet size at byte %zu", c->packet);
         return -1;
     }
@@ -162,6 +168,7 @@ next_packet(Cursor *c)
 static int
 next_event(Cursor *c, RawEvent *ev)
 {
+again:
     for (;;) {
         if (c->in_packet && c->pos < c->end) {
             break;
@@ -181,6 +188,12 @@ next_event(Cursor *c, RawEvent *ev)
         goto short_header;
     }
     uint32_t word = rd32(p);
+    if (word == 0 && c->zero_ends) {
+        /* No event starts with a zero word (trace_format.h): the writer
+         * stopped here. */
+        c->pos = c->end;
+        goto again;
+    }
     if ((word & 0x1F) == ETW_EXTENDED_ID) {
         if (left < ETW_EXTENDED_HEAD_SIZE) {
             goto short_header;
@@ -516,20 +529,33 @@ typedef struct {
     size_t size;
 } FileData;
 
-/* Maps a stream file read-only (an empty file maps to nothing). */
+/* Maps a stream file read-only (an empty file maps to nothing): the file
+ * open at `fd` when it is not negative (the caller keeps and closes it),
+ * else `path`, never through a symbolic link, and only a regular file (a
+ * FIFO or a device is no trace, and would block or never end). */
 static int
-map_file(PyObject *path, FileData *out)
+map_file(PyObject *path, int fd, FileData *out)
 {
-    PyObject *bytes = NULL;
-    if (!PyUnicode_FSConverter(path, &bytes)) {
-        return -1;
+    int own = fd < 0;
+    if (own) {
+        PyObject *bytes = NULL;
+        if (!PyUnicode_FSConverter(path, &bytes)) {
+            return -1;
+        }
+        fd = open(PyBytes_AS_STRING(bytes), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        Py_DECREF(bytes);
     }
-    int fd = open(PyBytes_AS_STRING(bytes), O_RDONLY | O_CLOEXEC);
-    Py_DECREF(bytes);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0) {
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
-        if (fd >= 0) {
+        if (own && fd >= 0) {
+            close(fd);
+        }
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        PyErr_Format(PyExc_ValueError, "%S: not a regular file; not read", path);
+        if (own) {
             close(fd);
         }
         return -1;
@@ -540,13 +566,17 @@ map_file(PyObject *path, FileData *out)
         void *p = mmap(NULL, out->size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {
             PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
-            close(fd);
+            if (own) {
+                close(fd);
+            }
             return -1;
         }
         madvise(p, out->size, MADV_SEQUENTIAL);
         out->data = p;
     }
-    close(fd);
+    if (own) {
+        close(fd);
+    }
     return 0;
 }
 
@@ -723,7 +753,7 @@ head_size_of(int version)
 static PyObject *
 fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, int mapped,
           int version, const unsigned char *tail, size_t tail_size, int timeline_fd,
-          uint64_t from, uint64_t to)
+          uint64_t from, uint64_t to, int partial)
 {
     Tree tree;
     memset(&tree, 0, sizeof tree);
@@ -735,6 +765,7 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
     c.size = size;
     c.mapped = mapped;
     c.head_size = head_size_of(version);
+    c.zero_ends = version >= 2;
     c.tail = tail;
     c.tail_size = tail_size;
     PyObject *events = PyList_New(0), *result = NULL;
@@ -765,7 +796,7 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
         }
         last = ev.ts;
     }
-    if (r < 0) {
+    if (r < 0 && !partial) {
         corrupt(path, &c);
         goto done;
     }
@@ -812,8 +843,15 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
         Py_DECREF(nodes);
         goto done;
     }
+    PyObject *error = r < 0 ? PyUnicode_FromFormat("corrupt trace (%s)", c.error)
+                            : Py_NewRef(Py_None);
+    if (error == NULL) {
+        Py_DECREF(nodes);
+        Py_DECREF(records);
+        goto done;
+    }
     result = Py_BuildValue(
-        "{s:I,s:N,s:O,s:N,s:K,s:K,s:K,s:O,s:O,s:K,s:K}",
+        "{s:I,s:N,s:O,s:N,s:K,s:K,s:K,s:O,s:O,s:K,s:K,s:N}",
         "tid", c.tid, "nodes", nodes, "events", events,
         "timeline", records,
         "calls", (unsigned long long)tree.calls,
@@ -822,7 +860,8 @@ fold_data(PyObject *path, const unsigned char *data, size_t size, int timeline, 
         "truncated", c.truncated ? Py_True : Py_False,
         "unfinished", c.unfinished ? Py_True : Py_False,
         "discarded", (unsigned long long)c.discarded,
-        "last", (unsigned long long)last);
+        "last", (unsigned long long)last,
+        "error", error);
 done:
     Py_XDECREF(events);
     tree_free(&tree);
@@ -834,26 +873,26 @@ fold(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
     static char *keywords[] = {"path", "timeline", "version", "length", "tail", "timeline_fd",
-                               "start", "end", NULL};
+                               "start", "end", "fd", "partial", NULL};
     PyObject *path;
-    int timeline = 0, version = ETW_FORMAT_VERSION, timeline_fd = -1;
+    int timeline = 0, version = ETW_FORMAT_VERSION, timeline_fd = -1, fd = -1, partial = 0;
     Py_ssize_t length = -1;
     Py_buffer tail = {0};
     unsigned long long from = 0, to = UINT64_MAX;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pinz*iKK:fold", keywords, &path,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pinz*iKKip:fold", keywords, &path,
                                      &timeline, &version, &length, &tail, &timeline_fd,
-                                     &from, &to)) {
+                                     &from, &to, &fd, &partial)) {
         return NULL;
     }
     FileData file;
-    if (map_file(path, &file) < 0) {
+    if (map_file(path, fd, &file) < 0) {
         PyBuffer_Release(&tail);
         return NULL;
     }
     size_t size = length >= 0 && (size_t)length < file.size ? (size_t)length : file.size;
     PyObject *result = fold_data(path, file.data, size, timeline, 1, version, tail.buf,
                                  tail.buf != NULL ? (size_t)tail.len : 0, timeline_fd,
-                                 (uint64_t)from, (uint64_t)to);
+                                 (uint64_t)from, (uint64_t)to, partial);
     PyBuffer_Release(&tail);
     unmap_file(&file);
     return result;
@@ -890,6 +929,7 @@ stacks_data(const unsigned char *data, size_t size, PyObject *seq, int mapped, i
     c.size = size;
     c.mapped = mapped;
     c.head_size = head_size_of(version);
+    c.zero_ends = version >= 2;
     c.tail = tail;
     c.tail_size = tail_size;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), next = 0;
@@ -943,18 +983,18 @@ static PyObject *
 stacks_at(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
-    static char *keywords[] = {"path", "timestamps", "version", "length", "tail", NULL};
+    static char *keywords[] = {"path", "timestamps", "version", "length", "tail", "fd", NULL};
     PyObject *path, *times;
-    int version = ETW_FORMAT_VERSION;
+    int version = ETW_FORMAT_VERSION, fd = -1;
     Py_ssize_t length = -1;
     Py_buffer tail = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|inz*:stacks_at", keywords, &path, &times,
-                                     &version, &length, &tail)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|inz*i:stacks_at", keywords, &path, &times,
+                                     &version, &length, &tail, &fd)) {
         return NULL;
     }
     PyObject *seq = PySequence_Fast(times, "timestamps must be a sequence");
     FileData file;
-    if (seq == NULL || map_file(path, &file) < 0) {
+    if (seq == NULL || map_file(path, fd, &file) < 0) {
         Py_XDECREF(seq);
         PyBuffer_Release(&tail);
         return NULL;
@@ -1121,6 +1161,7 @@ typedef struct {
     long long pid;
     long long tid;
     unsigned long long timestamp;
+    int image;              /* 1, or 2... for the programs a process exec'd */
 } EventObject;
 
 static PyObject *trace_error;       /* etwtrace.TraceError, set by configure() */
@@ -1145,14 +1186,16 @@ static int
 event_init(EventObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"name", "opcode", "pid", "tid", "timestamp", "fields", "stack",
-                               NULL};
+                               "image", NULL};
     PyObject *name, *opcode, *fields, *stack;
     long long pid, tid;
     unsigned long long ts;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLLKOO:Event", keywords, &name, &opcode,
-                                     &pid, &tid, &ts, &fields, &stack)) {
+    int image = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLLKOO|i:Event", keywords, &name, &opcode,
+                                     &pid, &tid, &ts, &fields, &stack, &image)) {
         return -1;
     }
+    self->image = image;
     Py_XSETREF(self->name, Py_NewRef(name));
     Py_XSETREF(self->opcode, Py_NewRef(opcode));
     Py_XSETREF(self->fields, Py_NewRef(fields));
@@ -1187,6 +1230,9 @@ static PyMemberDef event_members[] = {
     {"pid", T_LONGLONG, offsetof(EventObject, pid), 0, NULL},
     {"tid", T_LONGLONG, offsetof(EventObject, tid), 0, NULL},
     {"timestamp", T_ULONGLONG, offsetof(EventObject, timestamp), 0, "ns, CLOCK_MONOTONIC"},
+    {"image", T_INT, offsetof(EventObject, image), 0,
+     "which program of the process: 1, then 2, 3... after each exec; a process is\n"
+     "(pid, image), and FunctionIDs are per (pid, image)"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1206,7 +1252,7 @@ static PyTypeObject EventType = {
 
 /* A new Event, taking the references to fields and stack. */
 static PyObject *
-new_event(PyObject *name, PyObject *opcode, long long pid, long long tid, uint64_t ts,
+new_event(PyObject *name, PyObject *opcode, long long pid, int image, long long tid, uint64_t ts,
           PyObject *fields, PyObject *stack)
 {
     EventObject *e = PyObject_New(EventObject, &EventType);
@@ -1221,6 +1267,7 @@ new_event(PyObject *name, PyObject *opcode, long long pid, long long tid, uint64
     e->stack = stack;
     e->frames = Py_NewRef(empty_tuple);
     e->pid = pid;
+    e->image = image;
     e->tid = tid;
     e->timestamp = ts;
     return (PyObject *)e;
@@ -1265,9 +1312,11 @@ typedef struct {
     Py_buffer tail;
     Cursor c;
     long long pid;
+    int image;
     uint32_t *open;          /* the thread's open pushes (FunctionIDs) */
     size_t depth, cap;
     int done;
+    int partial;             /* corruption ends the stream with a warning */
 } ReaderObject;
 
 static void
@@ -1285,29 +1334,33 @@ reader_dealloc(ReaderObject *self)
 static int
 reader_init(ReaderObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"path", "pid", "version", "length", "tail", NULL};
+    static char *keywords[] = {"path", "pid", "version", "length", "tail", "fd", "image",
+                               "partial", NULL};
     PyObject *path;
     long long pid;
-    int version = ETW_FORMAT_VERSION;
+    int version = ETW_FORMAT_VERSION, fd = -1, image = 1, partial = 0;
     Py_ssize_t length = -1;
     if (self->path != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a Reader is set up once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OL|inz*:Reader", keywords, &path, &pid,
-                                     &version, &length, &self->tail)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OL|inz*iip:Reader", keywords, &path, &pid,
+                                     &version, &length, &self->tail, &fd, &image, &partial)) {
         return -1;
     }
-    if (make_names() < 0 || map_file(path, &self->file) < 0) {
+    if (make_names() < 0 || map_file(path, fd, &self->file) < 0) {
         return -1;
     }
     self->path = Py_NewRef(path);
     self->pid = pid;
+    self->image = image;
+    self->partial = partial;
     memset(&self->c, 0, sizeof(self->c));
     self->c.data = self->file.data;
     self->c.size = length >= 0 && (size_t)length < self->file.size ? (size_t)length : self->file.size;
     self->c.mapped = 1;
     self->c.head_size = head_size_of(version);
+    self->c.zero_ends = version >= 2;
     self->c.tail = self->tail.buf;
     self->c.tail_size = self->tail.buf != NULL ? (size_t)self->tail.len : 0;
     return 0;
@@ -1400,6 +1453,13 @@ error:
 static PyObject *
 reader_corrupt(ReaderObject *r)
 {
+    if (r->partial) {
+        /* What came before the damage was given out; the rest is left. */
+        r->done = 1;
+        PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "%S: corrupt trace (%s); the events "
+                         "after it are left out", r->path, r->c.error);
+        return NULL;
+    }
     PyErr_Format(trace_error ? trace_error : PyExc_ValueError, "%S: corrupt trace (%s)", r->path,
                  r->c.error);
     return NULL;
@@ -1471,8 +1531,8 @@ reader_next(ReaderObject *r)
             return NULL;
         }
         r->c.pos += used;
-        return new_event(event_names[ev.id], event_opcodes[ev.id], r->pid, tid, ev.ts, fields,
-                         stack);
+        return new_event(event_names[ev.id], event_opcodes[ev.id], r->pid, r->image, tid, ev.ts,
+                         fields, stack);
     }
     return reader_end(r);
 }
@@ -1483,9 +1543,10 @@ static PyTypeObject ReaderType = {
     .tp_basicsize = sizeof(ReaderObject),
     .tp_dealloc = (destructor)reader_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Reader(path, pid, version=FORMAT_VERSION, length=-1, tail=None): the events\n"
-              "of one stream, in order, as Event objects (the first `length` bytes of the\n"
-              "file, then the packets in `tail`).",
+    .tp_doc = "Reader(path, pid, version=FORMAT_VERSION, length=-1, tail=None, fd=-1, image=1,\n"
+              "partial=False): the events of one stream, in order, as Event objects (the\n"
+              "first `length` bytes of the file open at `fd`, or of `path`, then the packets\n"
+              "in `tail`).  With partial, damage ends the stream with a RuntimeWarning.",
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = (iternextfunc)reader_next,
     .tp_init = (initproc)reader_init,
@@ -1683,18 +1744,20 @@ configure(PyObject *module, PyObject *error_class)
 static PyMethodDef methods[] = {
     {"fold", (PyCFunction)(void (*)(void))fold, METH_VARARGS | METH_KEYWORDS,
      "fold(path, timeline=False, version=FORMAT_VERSION, length=-1, tail=None,\n"
-     "     timeline_fd=-1) -> dict: a stream's call tree and its other events; the first\n"
-     "`length` bytes of the file (all when negative), then the packets in `tail` (those still\n"
-     "in its ring).  With timeline, its records go to timeline_fd (then 'timeline' is their\n"
-     "count, first and last time) or come back as bytes."},
+     "     timeline_fd=-1, start=0, end=2**64-1, fd=-1, partial=False) -> dict: a stream's\n"
+     "call tree and its other events; the first `length` bytes of the file open at `fd`\n"
+     "(else of `path`; all when negative), then the packets in `tail` (those still in its\n"
+     "ring).  With timeline, its records go to timeline_fd (then 'timeline' is their count,\n"
+     "first and last time) or come back as bytes.  Damage raises ValueError, or with\n"
+     "partial ends the stream: 'error' says what it was (else None)."},
     {"configure", configure, METH_O,
      "configure(error_class): the exception class corrupt traces raise (etwtrace.TraceError)."},
     {"scan_packet", scan_packet, METH_VARARGS,
      "scan_packet(packet, version=FORMAT_VERSION) -> (content bytes, last timestamp) of a\n"
      "packet left unfinished."},
     {"stacks_at", (PyCFunction)(void (*)(void))stacks_at, METH_VARARGS | METH_KEYWORDS,
-     "stacks_at(path, timestamps, version=FORMAT_VERSION, length=-1, tail=None) -> list of\n"
-     "FunctionID tuples open at each time."},
+     "stacks_at(path, timestamps, version=FORMAT_VERSION, length=-1, tail=None, fd=-1) ->\n"
+     "list of FunctionID tuples open at each time (of the file open at `fd`, else `path`)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -101,6 +101,8 @@ caller_of(EtwThread *t, EtwFrame *cf, uint32_t *line)
  * await or exception), so pushes and pops nest per thread by construction.
  * A pop is written only in the session its push was: frames still running
  * when tracing stops, or restarts, are not closed in a later trace. */
+static void close_unreturned_c_calls(PyThreadState *ts, EtwThread *t, uint32_t c_depth);
+
 static PyObject *
 instrumented_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
 {
@@ -111,12 +113,16 @@ instrumented_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
     }
     uint32_t epoch = t->epoch;
     uint32_t saved = t->current;
+    uint32_t c_depth = t->c_depth;
     uint32_t line;
     uint32_t caller = caller_of(t, etw_thread_caller_frame(ts), &line);
     etw_emit_push(t, f->id, caller, line);
     t->current = f->id;
     PyObject *result = previous_eval()(ts, frame, throwflag);
     if (__builtin_expect(epoch == etw_current_epoch(), 1)) {
+        if (__builtin_expect(t->c_depth > c_depth, 0)) {
+            close_unreturned_c_calls(ts, t, c_depth);
+        }
         t->current = saved;
         etw_emit_pop(t, f->id);
     }
@@ -168,6 +174,25 @@ c_call_exit(void)
     uint32_t id = t->current;
     t->current = t->c_saved[depth];
     etw_emit_pop(t, id);
+}
+
+static int c_call_profile(PyObject *unused, PyFrameObject *pyframe, int what, PyObject *arg);
+
+/* A frame returns with C calls it made still open: the program replaced
+ * the profile function (sys.setprofile) during them, so their returns
+ * were never seen.  Their pops are written now, before the frame's, so the
+ * thread's calls stay nested and no pop looks like one after lost events.
+ * (With the profile function still ours, the calls are open on another
+ * stack, a greenlet's, and are left as they are.) */
+static void
+close_unreturned_c_calls(PyThreadState *ts, EtwThread *t, uint32_t c_depth)
+{
+    if (!tracer.c_calls || tracer.c_calls_monitoring || ts->c_profilefunc == c_call_profile) {
+        return;
+    }
+    while (t->c_depth > c_depth) {
+        c_call_exit();
+    }
 }
 
 static int
