@@ -319,16 +319,16 @@ def _copy_own_file(src, dst, owner):
     if fd is None:
         return False
     try:
-        with os.fdopen(fd, "rb") as f, \
-                open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600), "wb") as out:
-            while True:
-                chunk = f.read(1 << 20)
-                if not chunk:
-                    break
-                out.write(chunk)
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            _safefs.copy_data(fd, out, os.fstat(fd).st_size)
+        finally:
+            os.close(out)
     except OSError:
         return False
+    finally:
+        os.close(fd)
     return True
 
 

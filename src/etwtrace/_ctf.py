@@ -7,14 +7,13 @@ fold() returns from the same table.  Traces of format versions 1 and 2 are
 read; anything else is refused with a clear error.
 """
 
-import errno
 import os
 import re
 import stat
 import struct
 import warnings
 
-from . import _ctfdecode
+from . import _ctfdecode, _safefs
 
 FORMAT_MARKER = 'tracer_name = "etwtrace"'
 FORMAT_VERSION = _ctfdecode.FORMAT_VERSION
@@ -441,35 +440,6 @@ def _new_file(path):
                    0o600)
 
 
-def _copy_data(src, dst, length):
-    """Copies the first `length` bytes of file `src` into the empty file
-    `dst` (descriptors) with its holes left holes, so a sparse file that
-    claims huge packets costs no disk; returns how many bytes there were
-    (fewer when `src` is shorter)."""
-    offset = 0
-    while offset < length:
-        try:
-            data = os.lseek(src, offset, os.SEEK_DATA)
-        except OSError as ex:
-            if ex.errno != errno.ENXIO:     # (no data after offset)
-                raise
-            break
-        if data >= length:
-            break
-        hole = min(os.lseek(src, data, os.SEEK_HOLE), length)
-        while data < hole:
-            chunk = os.pread(src, min(hole - data, 1 << 20), data)
-            if not chunk:
-                os.ftruncate(dst, data)
-                return data
-            os.pwrite(dst, chunk, data)
-            data += len(chunk)
-        offset = hole
-    length = min(length, os.fstat(src).st_size)
-    os.ftruncate(dst, length)
-    return length
-
-
 def copy_trace(trace_dir, target):
     """Writes into the new directory `target` a copy of a per-process
     trace as it is now (its writer may still be running): the metadata and
@@ -497,7 +467,7 @@ def copy_trace(trace_dir, target):
             try:
                 out = _new_file(os.path.join(target, os.path.basename(path)))
                 try:
-                    length = _copy_data(src, out, parts.length)
+                    length = _safefs.copy_data(src, out, parts.length)
                     os.pwrite(out, parts.tail, length)
                 finally:
                     os.close(out)

@@ -147,3 +147,33 @@ def pin(src_fd, dst_fd, owner):
         if st.st_uid != owner:
             return f"{name} belongs to uid {st.st_uid}, not to the directory's owner {owner}"
     return None
+
+
+def copy_data(src, dst, length):
+    """Copies the first `length` bytes of file `src` into the empty file
+    `dst` (descriptors) with its holes left holes, so another user's
+    sparse file (a stream that claims huge packets, a perf map) costs root
+    no disk; returns how many bytes there were (fewer when `src` is
+    shorter)."""
+    offset = 0
+    while offset < length:
+        try:
+            data = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as ex:
+            if ex.errno != errno.ENXIO:     # (no data after offset)
+                raise
+            break
+        if data >= length:
+            break
+        hole = min(os.lseek(src, data, os.SEEK_HOLE), length)
+        while data < hole:
+            chunk = os.pread(src, min(hole - data, 1 << 20), data)
+            if not chunk:
+                os.ftruncate(dst, data)
+                return data
+            os.pwrite(dst, chunk, data)
+            data += len(chunk)
+        offset = hole
+    length = min(length, os.fstat(src).st_size)
+    os.ftruncate(dst, length)
+    return length

@@ -15,7 +15,10 @@ the session's staging directory (pid-PID of a process of its that ended):
         stream-9-tid-1 -> VICTIM and a file stream-8-tid-1 through it, and
         writes what became of each try into RESULT.
     session_attacker.py deep TRACE_DIR DEPTH
-        Makes a chain of DEPTH nested directories in TRACE_DIR."""
+        Makes a chain of DEPTH nested directories in TRACE_DIR.
+    session_attacker.py sparse TRACE_DIR SIZE
+        Each stream-* becomes its first packet claiming to be SIZE bytes
+        long, in a sparse file of SIZE bytes."""
 
 import os
 import struct
@@ -113,9 +116,19 @@ def deep(trace_dir, depth):
         os.chdir("d")
 
 
+def sparse(trace_dir, size):
+    for name in streams(trace_dir):
+        path = os.path.join(trace_dir, name)
+        packet = bytearray(first_packet(path))
+        struct.pack_into("<Q", packet, PACKET_SIZE_FIELD, size * 8)
+        with open(path, "wb") as f:
+            f.write(packet)
+            f.truncate(size)
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    if command == "deep":
-        deep(args[0], int(args[1]))
+    if command in ("deep", "sparse"):
+        {"deep": deep, "sparse": sparse}[command](args[0], int(args[1]))
     else:
         {"plant": plant, "swap": swap, "hold": hold}[command](*args)
