@@ -861,7 +861,7 @@ Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|per
     status            Whether a session runs, since when, into where, and
                       how many processes joined (exit status 1: none)
     snapshot [PATH]   Writes what the session holds now into PATH (default:
-                      the session's PATH with -snapshot-TIME) and goes on
+                      the session's PATH with -snapshot-TIME-RANDOM) and goes on
     stop              Ends the session and saves the capture
 
     As root the session is the machine's: processes of every user join it
