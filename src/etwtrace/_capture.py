@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 
-from . import _ctf, _env, _guide, _manifest, _perf, _safefs
+from . import _confine, _ctf, _env, _guide, _manifest, _perf, _safefs
 from ._perf import PerfError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
@@ -35,6 +35,7 @@ OWN_ENTRIES = frozenset({
     _manifest.MANIFEST, _manifest.MANIFEST + ".tmp", "ctf", "jit", "maps", "perf.data",
     "perf.data.old", "perf.jit.data", _manifest.PERF_SCRIPT, "README.txt", _guide.BUILDID_DIR,
     ".session",     # a recording session's staging directory (_session.py)
+    ".perf-tmp",    # /tmp of perf run as root (_confine.PrivateTmp)
 })
 
 
@@ -360,6 +361,12 @@ def collect_perf_files(path, pids, owners=None):
     /tmp, where perf and hotspot look for them (perf's unwinder finds the
     images only there): the capture's README says how to put the copies
     back on another machine."""
+    copy_perf_files(path, pids, owners)
+    index_perf_files(path)
+
+
+def copy_perf_files(path, pids, owners=None):
+    """The copying half of collect_perf_files."""
     maps = os.path.join(path, "maps")
     jit = os.path.join(path, "jit")
     for directory in (maps, jit):
@@ -370,6 +377,11 @@ def collect_perf_files(path, pids, owners=None):
         _copy_own_file(f"/tmp/jit-{pid}.dump", os.path.join(jit, f"jit-{pid}.dump"), owner)
         for image in glob.glob(f"/tmp/jitted-{pid}-*.so"):
             _copy_own_file(image, os.path.join(jit, os.path.basename(image)), owner)
+
+
+def index_perf_files(path):
+    """The build-id cache of the capture's images, and its README."""
+    jit = os.path.join(path, "jit")
     images = sorted(glob.glob(os.path.join(jit, "jitted-*.so")))
     if images and os.path.isfile(os.path.join(path, "perf.jit.data")):
         perf = _perf.find_perf()
@@ -512,13 +524,25 @@ def run_with_perf(path, perf, mode, preset, target, say):
         raise CaptureError("perf recorded nothing: " + (tee.tail or ["unknown error"])[-1])
     pids = capture_pids(path)
     script_input = data
-    if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
-        injected = os.path.join(path, "perf.jit.data")
-        # perf's libdw unwinder walks the images inject writes only as
-        # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
-        _perf.inject_jit(perf, data, injected)
-        script_input = injected
-    _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT))
+    # As root, perf inject must not write through another user's link in
+    # /tmp (the names of its images are known in advance): see _confine.
+    tmp = None
+    if os.geteuid() == 0:
+        copy_perf_files(path, pids)
+        tmp = _confine.PrivateTmp(path, pids)
+    confine = tmp.confine if tmp is not None else None
+    try:
+        if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
+            injected = os.path.join(path, "perf.jit.data")
+            # perf's libdw unwinder walks the images inject writes only as
+            # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
+            _perf.inject_jit(perf, data, injected, preexec_fn=confine)
+            script_input = injected
+        _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT),
+                          preexec_fn=confine)
+    finally:
+        if tmp is not None:
+            tmp.close()
     return status, proc.received
 
 

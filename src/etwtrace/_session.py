@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 
-from . import _capture, _ctf, _env, _manifest, _perf, _pyfinder, _safefs, _sampled
+from . import _capture, _confine, _ctf, _env, _manifest, _perf, _pyfinder, _safefs, _sampled
 from ._capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
@@ -417,9 +417,10 @@ def _finish(place, state, say):
         raise SessionError(str(ex)) from None
     try:
         processes, owners = _collect_traces(directory, say)
+        _capture.copy_perf_files(path, set(owners), owners)
         if os.path.isfile(os.path.join(path, "perf.data")):
             _finish_perf(path, state, set(owners), say)     # (makes the jitted images)
-        _capture.collect_perf_files(path, set(owners), owners)
+        _capture.index_perf_files(path)
         losses = _ctf.recorded_losses(path)
         info = {"finished": time.time(), "processes": processes,
                 "process_users": {str(p): u for p, u in sorted(owners.items())}}
@@ -554,21 +555,36 @@ def _not_of_process(pid, owner):
 
 
 def _finish_perf(path, state, pids, say):
+    """perf inject --jit (where DWARF unwinding needs the images) and perf
+    script of the session's perf.data; as root, confined (_confine.py)."""
     perf = _perf.find_perf()
     if perf is None:
         say("etwtrace: perf is gone; perf.data is kept but not scripted")
         return
     data = os.path.join(path, "perf.data")
-    script_input = data
+    jit = os.path.join(path, "jit")
+    tmp = _confine.PrivateTmp(path, pids) if os.geteuid() == 0 else None
+    confine = tmp.confine if tmp is not None else None
     try:
+        script_input = data
         if state.get("callgraph") == "dwarf" and any(
-                os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
+                os.path.isfile(os.path.join(jit, f"jit-{pid}.dump")) for pid in pids):
             injected = os.path.join(path, "perf.jit.data")
-            _perf.inject_jit(perf, data, injected)
-            script_input = injected
-        _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT))
+            try:
+                _perf.inject_jit(perf, data, injected, preexec_fn=confine)
+                script_input = injected
+            except _perf.PerfError as ex:
+                say(f"etwtrace: {ex}; perf's samples are unwound without the Python "
+                    "trampolines' images")
+                if os.path.lexists(injected):
+                    os.unlink(injected)
+        _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT),
+                          preexec_fn=confine)
     except _perf.PerfError as ex:
         say(f"etwtrace: {ex}; the built-in trace is complete")
+    finally:
+        if tmp is not None:
+            tmp.close()
 
 
 # ---- the daemon ----
