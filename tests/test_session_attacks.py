@@ -5,9 +5,13 @@ capture PATH or snapshot PATH made in advance, a PATH on a way it could
 change, odd entries in the staging directory.  Each test shows that the
 root-owned victim is unchanged, that the capture is root's alone (no
 symlink, no file of another user, none of the victim's bytes), and that
-it holds the honest processes' traces.  See README, "Recording sessions"
-(Permissions)."""
+it holds the honest processes' traces.  Also `perf inject --jit`, which
+root's stop runs on a perf session's recording of the whole machine:
+it writes each JIT image next to the jitdump a process mapped, through
+whatever is there.  See README, "Recording sessions" (Permissions)."""
 
+import glob
+import json
 import os
 import re
 import shutil
@@ -16,8 +20,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import etwtrace
-from conftest import SCRIPTS
+from conftest import SCRIPTS, need_perf
 from sessions import (NOBODY, as_user, assert_inner_above_outer, need_nobody, one_line_error,
                       wait_joined)
 
@@ -85,8 +91,8 @@ def end(box, honest):
 
 def assert_root_alone(capture, *honest_pids):
     """The capture holds the honest processes' traces, and is root's
-    alone: no symlink, nothing of another user, no byte of the victim, no
-    staging directory."""
+    alone: no symlink (but perf's own in its build-id cache), nothing of
+    another user, no byte of the victim, no staging directory."""
     events = list(etwtrace.open_trace(capture))
     for pid in honest_pids:
         assert_inner_above_outer(events, pid)
@@ -96,6 +102,11 @@ def assert_root_alone(capture, *honest_pids):
             path = os.path.join(top, name)
             st = os.lstat(path)
             assert st.st_uid == 0, f"{path} belongs to uid {st.st_uid}"
+            if stat.S_ISLNK(st.st_mode):
+                # perf's build-id cache links its entries within itself.
+                cache = os.path.join(capture, "buildid") + os.sep
+                assert path.startswith(cache) and os.path.realpath(path).startswith(cache), path
+                continue
             assert stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode), path
             if stat.S_ISREG(st.st_mode):
                 assert not holds_secret(path), f"{path} holds the victim's bytes"
@@ -342,3 +353,134 @@ def test_snapshot_names_cannot_be_squatted(box):
     box.finish(proc, stop)
     box.stop()
     assert_root_alone(target)
+
+
+# ---- perf inject ----
+
+in_chroot = pytest.mark.skipif(
+    os.environ.get("ETWTRACE_IN_CHROOT") == "1",
+    reason="perf -a in a chroot (.ci/test-sid) does not find the chroot's files; the host's "
+    "run tests this")
+
+
+def start_perf(box, capture):
+    """A perf session whose stop runs perf inject (DWARF call graphs)."""
+    need_nobody()
+    need_perf()
+    box.start(capture, "--recorder", "perf", "--preset", "CPU")
+    with open(os.path.join(box.control, "state.json")) as f:
+        if json.load(f).get("callgraph") != "dwarf":
+            box.stop()
+            pytest.skip("this Python keeps frame pointers: stop runs no perf inject")
+
+
+@in_chroot
+def test_perf_inject_does_not_write_through_links_in_tmp(box):
+    target, content = victim(box)
+    capture = box.path("capture")
+    start_perf(box, capture)
+    proc, stop = box.worker(user=NOBODY)
+    wait_joined(box, capture, [proc.pid])
+    # Where perf inject writes the images of the process's trampolines.
+    links = [f"/tmp/jitted-{proc.pid}-{k}.so" for k in range(50)]
+    try:
+        as_nobody(box, "-c", f"import os\nfor link in {links!r}: os.symlink({target!r}, link)")
+        time.sleep(1)
+        r = end(box, [(proc, stop)])
+    finally:
+        for link in links:
+            if os.path.islink(link):
+                os.unlink(link)
+    with open(target, "rb") as f:
+        assert f.read() == content
+    assert_root_alone(capture, proc.pid)
+    if "perf inject --jit failed" in r.stderr:
+        pytest.skip(f"perf inject failed here (another traced process?): {r.stderr}")
+    images = glob.glob(os.path.join(capture, "jit", f"jitted-{proc.pid}-*.so"))
+    assert images
+    for image in images:
+        with open(image, "rb") as f:
+            assert f.read(4) == b"\x7fELF"
+
+
+@in_chroot
+def test_perf_inject_does_not_write_next_to_another_users_jitdump(box):
+    target, content = victim(box)
+    theirs = box.path("theirs")
+    os.mkdir(theirs)
+    os.chown(theirs, NOBODY, NOBODY)
+    capture = box.path("capture")
+    start_perf(box, capture)
+    honest = [box.worker()]
+    ready, stop = os.path.join(box.shared, "jit-ready"), os.path.join(box.shared, "jit-stop")
+    mapper = as_nobody(box, "jitdump", theirs, target, ready, stop, wait=False)
+    try:
+        wait_for(ready, mapper)
+        wait_joined(box, capture, [honest[0][0].pid])
+        time.sleep(1)
+        r = end(box, honest)
+    finally:
+        open(stop, "w").close()
+        mapper.communicate(timeout=60)
+    assert mapper.returncode == 0
+    with open(target, "rb") as f:
+        assert f.read() == content
+    assert_root_alone(capture, honest[0][0].pid)
+    assert r.stderr.strip().splitlines()[-1].startswith("etwtrace: session saved to")
+
+
+@in_chroot
+def test_perf_inject_of_roots_capture_does_not_write_through_links_in_tmp(box):
+    """The images of a --capture of root's have names known once its pid
+    is: nobody puts links there while the program runs."""
+    need_nobody()
+    need_perf()
+    target, content = victim(box)
+    ready, go = os.path.join(box.shared, "pid"), os.path.join(box.shared, "go")
+    program = box.path("program.py")
+    with open(program, "w") as f:
+        f.write(f"""if 1:
+            import os, time
+            def inner(n):
+                return sum(range(n))
+            def outer():
+                for _ in range(200):
+                    inner(20000)
+            with open({ready!r} + ".new", "w") as f:
+                f.write(str(os.getpid()))
+            os.rename({ready!r} + ".new", {ready!r})
+            while not os.path.exists({go!r}):
+                time.sleep(0.02)
+            outer()
+            """)
+    capture = box.path("capture")
+    launcher = subprocess.Popen([sys.executable, "-m", "etwtrace", "--capture", capture,
+                                 "--recorder", "perf", "--", program], cwd=box.root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
+    links = []
+    try:
+        wait_for(ready, launcher)
+        with open(ready) as f:
+            pid = int(f.read())
+        links = [f"/tmp/jitted-{pid}-{k}.so" for k in range(50)]
+        as_nobody(box, "-c", f"import os\nfor link in {links!r}: os.symlink({target!r}, link)")
+        open(go, "w").close()
+        _, err = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+        for link in links:
+            if os.path.islink(link):
+                os.unlink(link)
+    assert launcher.returncode == 0, err
+    with open(target, "rb") as f:
+        assert f.read() == content
+    with open(os.path.join(capture, "etwtrace-capture.json")) as f:
+        if json.load(f).get("callgraph") != "dwarf":
+            pytest.skip("this Python keeps frame pointers: no perf inject ran")
+    images = glob.glob(os.path.join(capture, "jit", f"jitted-{pid}-*.so"))
+    assert images
+    for image in images:
+        with open(image, "rb") as f:
+            assert f.read(4) == b"\x7fELF"

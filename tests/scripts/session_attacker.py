@@ -18,8 +18,14 @@ the session's staging directory (pid-PID of a process of its that ended):
         Makes a chain of DEPTH nested directories in TRACE_DIR.
     session_attacker.py sparse TRACE_DIR SIZE
         Each stream-* becomes its first packet claiming to be SIZE bytes
-        long, in a sparse file of SIZE bytes."""
+        long, in a sparse file of SIZE bytes.
+    session_attacker.py jitdump DIR VICTIM READY STOP
+        Maps (executable, as a JIT does for perf) a jitdump of its own,
+        DIR/jit-PID.dump, with one function, next to DIR/jitted-PID-0.so
+        -> VICTIM, where `perf inject --jit` writes that function's image;
+        makes READY, then waits for STOP."""
 
+import mmap
 import os
 import struct
 import sys
@@ -126,9 +132,31 @@ def sparse(trace_dir, size):
             f.truncate(size)
 
 
+def jitdump(directory, victim, ready, stop):
+    pid = os.getpid()
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    code = b"\xc3" * 16         # ret
+    name = b"attacker\0"
+    load = struct.pack("<IIQIIQQQQ", 0, 56 + len(name) + len(code), now, pid, pid,
+                       0x10000, 0x10000, len(code), 0) + name + code
+    header = struct.pack("<IIIIIIQQ", 0x4A695444, 1, 40, 62, 0, pid, now, 0)
+    path = os.path.join(directory, f"jit-{pid}.dump")
+    with open(path, "wb") as f:
+        f.write(header + load)
+    os.symlink(victim, os.path.join(directory, f"jitted-{pid}-0.so"))
+    fd = os.open(path, os.O_RDONLY)
+    mapped = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE,
+                       prot=mmap.PROT_READ | mmap.PROT_EXEC)
+    open(ready, "w").close()
+    deadline = time.monotonic() + 120
+    while not os.path.exists(stop) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    mapped.close()
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command in ("deep", "sparse"):
         {"deep": deep, "sparse": sparse}[command](args[0], int(args[1]))
     else:
-        {"plant": plant, "swap": swap, "hold": hold}[command](*args)
+        {"plant": plant, "swap": swap, "hold": hold, "jitdump": jitdump}[command](*args)
