@@ -429,7 +429,6 @@ def test_perf_inject_does_not_write_next_to_another_users_jitdump(box):
     assert r.stderr.strip().splitlines()[-1].startswith("etwtrace: session saved to")
 
 
-@in_chroot
 def test_perf_inject_of_roots_capture_does_not_write_through_links_in_tmp(box):
     """The images of a --capture of root's have names known once its pid
     is: nobody puts links there while the program runs."""

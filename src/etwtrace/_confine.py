@@ -158,8 +158,14 @@ def writable_only(writable, tmp):
             # under it is found by its path.)
             held = os.open(writable, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             real_tmp = os.open("/tmp", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            mount(b"none", b"/", MS_REC | MS_PRIVATE, "cannot make private")
-            for point, options in list(_mounts()):
+            mounts = list(_mounts())
+            # Private, so that nothing mounted here shows in other
+            # namespaces.  (In a chroot, / is no mount: each mount there
+            # is made private; the one holding the chroot is not seen.)
+            if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+                for point, _ in mounts:
+                    mount(b"none", point, MS_REC | MS_PRIVATE, "cannot make private")
+            for point, options in mounts:
                 if "rw" in options:
                     kept = sum(flag for name, flag in _KEPT.items() if name in options)
                     mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY | kept,
