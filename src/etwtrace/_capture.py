@@ -536,7 +536,11 @@ def run_with_perf(path, perf, mode, preset, target, say):
             injected = os.path.join(path, "perf.jit.data")
             # perf's libdw unwinder walks the images inject writes only as
             # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
-            _perf.inject_jit(perf, data, injected, preexec_fn=confine)
+            if tmp is None:
+                _perf.inject_jit(perf, data, injected)
+            else:
+                _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"), preexec_fn=confine)
+                tmp.keep("perf.jit.data")
             script_input = injected
         _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT),
                           preexec_fn=confine)

@@ -1,5 +1,5 @@
 """perf inject and perf script run by root (a session's stop, a --capture
-of root's) where no other user's file can be written through.
+of root's) where they cannot write through another user's files.
 
 `perf inject --jit` reads every jitdump that perf.data shows mapped (in a
 machine-wide session any process may map a file named jit-PID.dump, from
@@ -8,16 +8,16 @@ name known in advance), opening it with O_CREAT | O_TRUNC through
 whatever is there: a symlink another user put in /tmp (or in its own
 directory) would have root write an ELF image into any file.  So perf
 runs in a mount namespace of its own where every file system is
-read-only but the capture directory, and where /tmp is a private
-directory of the capture's holding only root's checked copies of the
-traced processes' perf maps and jitdumps (_capture.copy_perf_files): the
-images land there, and nothing another user controls is written.  The
-other perf maps and jitdumps of /tmp are reached read-only, through
-symlinks into the real /tmp mounted read-only inside the private one
-(perf inject stops at a jitdump it cannot open).  perf enters the mount
-namespace of a process that still runs to read its jitdump and write its
-images there (setns): it runs without CAP_SYS_ADMIN, so it cannot leave
-(or undo) its own.  Root only (a mount namespace needs CAP_SYS_ADMIN)."""
+read-only, and /tmp is a private directory of the capture's, the one
+place it may write: it holds root's checked copies of the traced
+processes' perf maps and jitdumps (_capture.copy_perf_files), and for
+every other entry of the real /tmp (mounted read-only inside it) a
+symlink, so perf still reads the other jitdumps and the libraries that
+live there, but no jitted-* name of another user's.  Its output goes
+there too and is moved into the capture after.  perf enters the mount
+namespace of a process that still runs (setns) to read its jitdump and
+write its images: it runs without CAP_SYS_ADMIN, so it can neither leave
+its own nor undo it.  Root only (a mount namespace needs CAP_SYS_ADMIN)."""
 
 import ctypes
 import glob
@@ -49,13 +49,13 @@ REAL_TMP = ".real"  # where the private /tmp shows the real one, read-only
 
 
 class PrivateTmp:
-    """The /tmp perf inject and perf script see as root, PATH/.perf-tmp:
-    the capture's checked copies of the perf maps and jitdumps (made by
-    _capture.copy_perf_files), and a symlink through REAL_TMP for every
-    other perf map and jitdump of /tmp.  Run them with preexec_fn=confine;
+    """The /tmp perf inject and perf script see as root: PATH/.perf-tmp
+    (see the module's docstring).  Run them with preexec_fn=confine, with
+    their output files at inside(NAME); keep(NAME) moves one into PATH;
     close() moves the images perf made of the processes `pids` into
-    PATH/jit, and leaves a copy of each in /tmp (where perf and hotspot
-    look for them), made new: never through what another user put there."""
+    PATH/jit, leaves a copy of each in /tmp (where perf and hotspot look
+    for them) made new, never through what another user put there, and
+    removes the rest."""
 
     NAME = ".perf-tmp"
 
@@ -70,12 +70,18 @@ class PrivateTmp:
         for copy in copies:
             os.link(copy, os.path.join(self.work, os.path.basename(copy)))
         os.mkdir(os.path.join(self.work, REAL_TMP), 0o700)
-        for pattern in ("perf-*.map", "jit-*.dump"):
-            for real in glob.glob(os.path.join("/tmp", pattern)):
-                name = os.path.basename(real)
-                if not os.path.lexists(os.path.join(self.work, name)):
-                    os.symlink(os.path.join(REAL_TMP, name), os.path.join(self.work, name))
-        self.confine = writable_only(path, self.work)
+        for name in os.listdir("/tmp"):
+            if not name.startswith("jitted-") and not os.path.lexists(
+                    os.path.join(self.work, name)):
+                os.symlink(os.path.join(REAL_TMP, name), os.path.join(self.work, name))
+        self.confine = private_tmp(self.work)
+
+    @staticmethod
+    def inside(name):
+        return os.path.join("/tmp", name)
+
+    def keep(self, name):
+        os.rename(os.path.join(self.work, name), os.path.join(self.path, name))
 
     def close(self):
         jit = os.path.join(self.path, "jit")
@@ -126,37 +132,32 @@ def _mounts():
             yield point, fields[5].decode().split(",")
 
 
-def writable_only(writable, tmp):
+def private_tmp(tmp):
     """A preexec_fn: the child gets its own mount namespace in which every
-    mount is read-only except the directory `writable`, and /tmp is `tmp`
-    (a directory of ours).  On failure it says why on its stderr and exits
-    with status FAILED instead of running the command."""
+    mount is read-only and /tmp is `tmp` (a directory of ours), writable,
+    with the real /tmp read-only at /tmp/REAL_TMP; and it runs without
+    CAP_SYS_ADMIN.  On failure it says why on its stderr and exits with
+    status FAILED instead of running the command."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                            ctypes.c_void_p]
     libc.unshare.argtypes = [ctypes.c_int]
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                            ctypes.c_ulong]
-    writable, tmp = os.fsencode(writable), os.fsencode(tmp)
+    tmp = os.fsencode(tmp)
+    real_target = b"/tmp/" + REAL_TMP.encode()
 
     def mount(source, target, flags, what):
         if libc.mount(source, target, None, flags, None) != 0:
             error = ctypes.get_errno()
             raise OSError(error, f"{what} {os.fsdecode(target)}: {os.strerror(error)}")
 
-    def bind(source, target):
-        mount(source, target, MS_BIND, "cannot bind")
-        # A bind mount of a read-only mount is read-only until remounted.
-        mount(None, target, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, "cannot make writable")
-
     def confine():
         try:
             if libc.unshare(CLONE_NEWNS) != 0:
                 error = ctypes.get_errno()
                 raise OSError(error, f"cannot make a mount namespace: {os.strerror(error)}")
-            # (Held: once /tmp is covered, neither it nor a `writable`
-            # under it is found by its path.)
-            held = os.open(writable, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            # (Held: once /tmp is covered it is not found by its path.)
             real_tmp = os.open("/tmp", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             mounts = list(_mounts())
             # Private, so that nothing mounted here shows in other
@@ -170,14 +171,13 @@ def writable_only(writable, tmp):
                     kept = sum(flag for name, flag in _KEPT.items() if name in options)
                     mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY | kept,
                           "cannot make read-only")
-            bind(tmp, b"/tmp")
-            target = b"/tmp/" + REAL_TMP.encode()
-            mount(f"/proc/self/fd/{real_tmp}".encode(), target, MS_BIND, "cannot bind")
-            mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV,
+            # A bind mount of a read-only mount is read-only until remounted.
+            mount(tmp, b"/tmp", MS_BIND, "cannot bind")
+            mount(None, b"/tmp", MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV,
+                  "cannot make writable")
+            mount(f"/proc/self/fd/{real_tmp}".encode(), real_target, MS_BIND, "cannot bind")
+            mount(None, real_target, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV,
                   "cannot make read-only")
-            if writable.startswith(b"/tmp/"):
-                os.makedirs(writable, exist_ok=True)   # (a mount point in tmp)
-            bind(f"/proc/self/fd/{held}".encode(), writable)
             # Not in the command it runs: root's capabilities after exec
             # are its bounding set.
             if libc.prctl(PR_CAPBSET_DROP, CAP_SYS_ADMIN, 0, 0, 0) != 0:

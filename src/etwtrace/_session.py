@@ -15,8 +15,9 @@ root's session the ctf directory is sticky and writable by all, readable
 by none but root).  `stop` withdraws the announcement (the processes stop
 recording within ETW_SESSION_POLL_MS and run on), stops the daemon and
 perf, and turns what was recorded into a capture at PATH: the traces of
-processes that ended are finished in place, those of processes still
-running are copied as they are, and the staging directory goes, so a
+this user's processes that ended are finished in place, the others are
+copied as they are (another user's only after checks, from hard links
+root made: see _gather_from), and the staging directory goes, so a
 process that writes late cannot change the capture.  `snapshot` makes the
 same copy into another directory while the session goes on (in memory
 mode, what the rings hold now).
@@ -487,7 +488,7 @@ def _gather_from(session_fd, session_path, final, say, stopping):
             ctf_fd = _safefs.open_dir("ctf", staging_fd)
         except FileNotFoundError:
             return count, owners
-        pins = None
+        pins = tempfile.mkdtemp(prefix=".pins-", dir=staging_path)
         try:
             if stopping:
                 os.fchmod(ctf_fd, 0o700)
@@ -503,20 +504,12 @@ def _gather_from(session_fd, session_path, final, say, stopping):
                 try:
                     owner = os.fstat(fd).st_uid
                     source = where
-                    problem = None if owner == me else _not_of_process(pid, owner)
-                    if problem is None and owner != me:
-                        if pins is None:
-                            pins = tempfile.mkdtemp(prefix=".pins-", dir=staging_path)
+                    if owner != me:
                         source = os.path.join(pins, name)
-                        os.mkdir(source, 0o700)
-                        pin_fd = _safefs.open_dir(source)
-                        try:
-                            problem = _safefs.pin(fd, pin_fd, owner)
-                        finally:
-                            os.close(pin_fd)
-                    if problem is not None:
-                        say(f"etwtrace: warning: skipped {where}: {problem}")
-                        continue
+                        problem = _pin(fd, pid, owner, source)
+                        if problem is not None:
+                            say(f"etwtrace: warning: skipped {where}: {problem}")
+                            continue
                     if not _ctf._began(source):
                         continue
                     target = os.path.join(final, name)
@@ -533,11 +526,24 @@ def _gather_from(session_fd, session_path, final, say, stopping):
                     os.close(fd)
         finally:
             os.close(ctf_fd)
-            if pins is not None:
-                _safefs.remove_tree(staging_fd, os.path.basename(pins))
+            _safefs.remove_tree(staging_fd, os.path.basename(pins))
     finally:
         os.close(staging_fd)
     return count, owners
+
+
+def _pin(fd, pid, owner, pinned):
+    """Pins another user's trace directory `fd` into the new directory
+    `pinned` (_safefs.pin); returns None, or why the trace is skipped."""
+    problem = _not_of_process(pid, owner)
+    if problem is not None:
+        return problem
+    os.mkdir(pinned, 0o700)
+    pinned_fd = _safefs.open_dir(pinned)
+    try:
+        return _safefs.pin(fd, pinned_fd, owner)
+    finally:
+        os.close(pinned_fd)
 
 
 def _not_of_process(pid, owner):
@@ -571,7 +577,12 @@ def _finish_perf(path, state, pids, say):
                 os.path.isfile(os.path.join(jit, f"jit-{pid}.dump")) for pid in pids):
             injected = os.path.join(path, "perf.jit.data")
             try:
-                _perf.inject_jit(perf, data, injected, preexec_fn=confine)
+                if tmp is None:
+                    _perf.inject_jit(perf, data, injected)
+                else:
+                    _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"),
+                                     preexec_fn=confine)
+                    tmp.keep("perf.jit.data")
                 script_input = injected
             except _perf.PerfError as ex:
                 say(f"etwtrace: {ex}; perf's samples are unwound without the Python "
