@@ -19,10 +19,11 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
-from . import _ctf, _env, _guide, _manifest, _perf
+from . import _confine, _ctf, _env, _guide, _manifest, _perf, _safefs
 from ._perf import PerfError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
@@ -34,6 +35,7 @@ OWN_ENTRIES = frozenset({
     _manifest.MANIFEST, _manifest.MANIFEST + ".tmp", "ctf", "jit", "maps", "perf.data",
     "perf.data.old", "perf.jit.data", _manifest.PERF_SCRIPT, "README.txt", _guide.BUILDID_DIR,
     ".session",     # a recording session's staging directory (_session.py)
+    ".perf-tmp",    # /tmp of perf run as root (_confine.PrivateTmp)
 })
 
 
@@ -84,58 +86,115 @@ def load_preset(name):
 class CaptureDir:
     """A capture directory held for one capture: locked against a second
     capture into it (flock on the directory, released when the launcher
-    exits), its earlier capture cleared, never anything else."""
+    exits), its earlier capture cleared, never anything else.
+
+    It is this user's alone: an existing directory of another user is
+    refused, and it is used through a descriptor opened without following
+    a symlink.  As root, `path` is resolved once (symlinks and all) and
+    refused when another user could replace it or a directory on its way
+    (see _safefs.replaceable_by_others), so that nothing root writes into
+    it can be sent elsewhere."""
 
     def __init__(self, path):
         self.path = os.path.abspath(path)
+        if os.geteuid() == 0:
+            self.path = os.path.realpath(self.path)
         self._fd = None
+        self.identity = None        # (st_dev, st_ino) once open
 
-    def open(self):
+    @classmethod
+    def unique(cls, prefix):
+        """A new capture directory named `prefix` and a random suffix,
+        made at once (as mkdtemp), so no one can have made it first."""
+        named = cls(prefix)
+        named._check_parents()
+        parent, base = os.path.split(named.path)
+        try:
+            made = tempfile.mkdtemp(prefix=base, dir=parent)
+        except OSError as ex:
+            raise CaptureError(f"cannot create a capture directory in {parent}: "
+                               f"{ex.strerror}") from None
+        return cls(made).open()
+
+    @property
+    def fd(self):
+        return self._fd
+
+    def _check_place(self):
+        """Refuses (CaptureError) a path root must not record into, and
+        one that is there and is not this user's directory; returns its
+        lstat (None when there is nothing)."""
         path = self.path
+        self._check_parents()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            st = None
+            return None
         except OSError as ex:
             raise CaptureError(f"cannot use {path}: {ex.strerror}") from None
-        if st is not None and not stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISDIR(st.st_mode):
             raise CaptureError(f"{path} exists and is not a directory; refusing to replace it")
-        if st is None:
+        self._check_owner(st)
+        return st
+
+    def _check_parents(self):
+        if os.geteuid() == 0:
+            replaceable = _safefs.replaceable_by_others(self.path)
+            if replaceable is not None:
+                where, why = replaceable
+                raise CaptureError(f"{self.path}: another user could replace it ({where} {why}); "
+                                   "refusing to record into it as root")
+
+    def _check_owner(self, st):
+        if st.st_uid != os.geteuid():
+            raise CaptureError(f"{self.path} exists and belongs to another user (uid "
+                               f"{st.st_uid}); refusing to use it")
+
+    def open(self):
+        path = self.path
+        if self._check_place() is None:
             try:
                 os.makedirs(path, mode=0o700)
             except OSError as ex:
                 raise CaptureError(f"cannot create capture directory {path}: {ex.strerror}") from None
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._fd = _safefs.open_dir(path)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self.close()
             raise CaptureError(f"another capture is recording into {path}; "
                                "wait for it or choose another path") from None
         except OSError as ex:
+            self.close()
             raise CaptureError(f"cannot use capture directory {path}: {ex.strerror}") from None
-        self._clear()
         try:
-            os.chmod(path, 0o700)
-            probe = os.path.join(path, ".writable")
-            with open(probe, "w"):
-                pass
-            os.unlink(probe)
+            st = os.fstat(self._fd)
+            self._check_owner(st)
+            self._check_place()     # (a directory on the way made meanwhile)
+            self.identity = (st.st_dev, st.st_ino)
+            self._clear()
+            os.fchmod(self._fd, 0o700)
+            probe = ".writable"
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=self._fd))
+            os.unlink(probe, dir_fd=self._fd)
+        except CaptureError:
+            self.close()
+            raise
         except OSError as ex:
+            self.close()
             raise CaptureError(f"cannot write into capture directory {path}: {ex.strerror}") from None
         return self
 
     def check(self):
         """Raises CaptureError now if open() would refuse the path (before
         anything is started), changing nothing."""
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return self
-        except OSError as ex:
-            raise CaptureError(f"cannot use {self.path}: {ex.strerror}") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise CaptureError(f"{self.path} exists and is not a directory; refusing to replace it")
-        self._check_replaceable(os.listdir(self.path))
+        if self._check_place() is not None:
+            try:
+                names = os.listdir(self.path)
+            except OSError as ex:
+                raise CaptureError(f"cannot use {self.path}: {ex.strerror}") from None
+            self._check_replaceable(names)
         return self
 
     def _check_replaceable(self, names):
@@ -151,23 +210,36 @@ class CaptureDir:
                                "refusing to replace it")
 
     def _clear(self):
-        """Removes an earlier capture (see _check_replaceable)."""
-        names = os.listdir(self.path)
+        """Removes an earlier capture (see _check_replaceable), never
+        following a symlink in it."""
+        names = os.listdir(self._fd)
         self._check_replaceable(names)
         for name in names:
-            _remove_entry(os.path.join(self.path, name))
+            try:
+                _safefs.remove_tree(self._fd, name)
+            except OSError as ex:
+                raise CaptureError(f"cannot remove the earlier capture's "
+                                   f"{os.path.join(self.path, name)}: {ex.strerror}") from None
 
-    def hold(self):
+    def hold(self, identity=None):
         """Locks an existing capture directory, clearing nothing (a
-        recording session finishing its capture)."""
+        recording session finishing its capture); with `identity`, only
+        the very directory the session began in."""
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                               | os.O_CLOEXEC)
+            self._fd = _safefs.open_dir(self.path)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            st = os.fstat(self._fd)
         except BlockingIOError:
+            self.close()
             raise CaptureError(f"another capture is recording into {self.path}") from None
         except OSError as ex:
+            self.close()
             raise CaptureError(f"cannot use capture directory {self.path}: {ex.strerror}") from None
+        self.identity = (st.st_dev, st.st_ino)
+        if st.st_uid != os.geteuid() or (identity and self.identity != tuple(identity)):
+            self.close()
+            raise ReplacedError(f"{self.path} is not the directory the session began in "
+                                "(it was replaced); refusing to finish the capture there")
         return self
 
     def close(self):
@@ -176,18 +248,8 @@ class CaptureDir:
             self._fd = None
 
 
-def _remove_entry(path):
-    """Removes a file or a directory tree without following symlinks."""
-    import shutil
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as ex:
-        raise CaptureError(f"cannot remove the earlier capture's {path}: {ex.strerror}") from None
+class ReplacedError(CaptureError):
+    """A session's capture directory is no longer the one it began in."""
 
 
 # The manifest is written into room reserved when the capture starts, so
@@ -205,8 +267,12 @@ def write_manifest(path, **info):
     text = json.dumps(data, indent=2).encode() + b"\n"
     target = os.path.join(path, _manifest.MANIFEST)
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, 0o600)
         try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                raise CaptureError(f"{target} is not a file of this user; refusing to write it")
             if len(text) < MANIFEST_ROOM:
                 text = text.ljust(MANIFEST_ROOM - 1) + b"\n"    # JSON ends in blanks
             os.pwrite(fd, text, 0)
@@ -254,17 +320,31 @@ def _copy_own_file(src, dst, owner):
     if fd is None:
         return False
     try:
-        with os.fdopen(fd, "rb") as f, \
-                open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600), "wb") as out:
-            while True:
-                chunk = f.read(1 << 20)
-                if not chunk:
-                    break
-                out.write(chunk)
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            _safefs.copy_data(fd, out, os.fstat(fd).st_size)
+        finally:
+            os.close(out)
     except OSError:
         return False
+    finally:
+        os.close(fd)
     return True
+
+
+def own_directory(path):
+    """Makes `path` (in a capture directory of ours), or checks that the
+    one there is a directory of this user and no symlink."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as ex:
+        raise CaptureError(f"cannot create {path}: {ex.strerror}") from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise CaptureError(f"{path} is not a directory of this user; refusing to write into it")
 
 
 def capture_pids(path):
@@ -281,16 +361,27 @@ def collect_perf_files(path, pids, owners=None):
     /tmp, where perf and hotspot look for them (perf's unwinder finds the
     images only there): the capture's README says how to put the copies
     back on another machine."""
+    copy_perf_files(path, pids, owners)
+    index_perf_files(path)
+
+
+def copy_perf_files(path, pids, owners=None):
+    """The copying half of collect_perf_files."""
     maps = os.path.join(path, "maps")
     jit = os.path.join(path, "jit")
     for directory in (maps, jit):
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        own_directory(directory)
     for pid in sorted(pids):
         owner = (owners or {}).get(pid, os.geteuid())
         _copy_own_file(f"/tmp/perf-{pid}.map", os.path.join(maps, f"perf-{pid}.map"), owner)
         _copy_own_file(f"/tmp/jit-{pid}.dump", os.path.join(jit, f"jit-{pid}.dump"), owner)
         for image in glob.glob(f"/tmp/jitted-{pid}-*.so"):
             _copy_own_file(image, os.path.join(jit, os.path.basename(image)), owner)
+
+
+def index_perf_files(path):
+    """The build-id cache of the capture's images, and its README."""
+    jit = os.path.join(path, "jit")
     images = sorted(glob.glob(os.path.join(jit, "jitted-*.so")))
     if images and os.path.isfile(os.path.join(path, "perf.jit.data")):
         perf = _perf.find_perf()
@@ -433,13 +524,29 @@ def run_with_perf(path, perf, mode, preset, target, say):
         raise CaptureError("perf recorded nothing: " + (tee.tail or ["unknown error"])[-1])
     pids = capture_pids(path)
     script_input = data
-    if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
-        injected = os.path.join(path, "perf.jit.data")
-        # perf's libdw unwinder walks the images inject writes only as
-        # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
-        _perf.inject_jit(perf, data, injected)
-        script_input = injected
-    _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT))
+    # As root, perf inject must not write through another user's link in
+    # /tmp (the names of its images are known in advance): see _confine.
+    tmp = None
+    if os.geteuid() == 0:
+        copy_perf_files(path, pids)
+        tmp = _confine.PrivateTmp(path, pids)
+    confine = tmp.confine if tmp is not None else None
+    try:
+        if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
+            injected = os.path.join(path, "perf.jit.data")
+            # perf's libdw unwinder walks the images inject writes only as
+            # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
+            if tmp is None:
+                _perf.inject_jit(perf, data, injected)
+            else:
+                _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"), preexec_fn=confine)
+                tmp.keep("perf.jit.data")
+            script_input = injected
+        _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT),
+                          preexec_fn=confine)
+    finally:
+        if tmp is not None:
+            tmp.close()
     return status, proc.received
 
 

@@ -12,7 +12,7 @@ import re
 import struct
 import warnings
 
-from . import _capfile, _ctfdecode
+from . import _capfile, _ctfdecode, _safefs
 from ._capfile import TraceError
 
 FORMAT_MARKER = 'tracer_name = "etwtrace"'
@@ -131,17 +131,32 @@ def fold_stream(path, pid, make_event, version=FORMAT_VERSION, timeline=None,
 _TRACE_DIR = re.compile(r"^pid-(\d+)(?:\.(\d+))?$")
 
 
-def trace_dirs(ctf_root):
-    """(pid, directory) of every per-process trace under ctf_root (pid-PID,
-    and pid-PID.N for the images a process exec'd into) that began."""
+def trace_names(names):
+    """(pid, name) of the per-process trace directory names among `names`
+    (pid-PID, and pid-PID.N for the images a process exec'd into), in the
+    order of pid and image."""
     found = []
-    for name in sorted(os.listdir(ctf_root)):
+    for name in names:
         m = _TRACE_DIR.match(name)
-        path = os.path.join(ctf_root, name)
-        if m and os.path.isdir(path) and not os.path.islink(path) and _began(path):
-            found.append((int(m.group(1)), int(m.group(2) or 1), path))
+        if m:
+            found.append((int(m.group(1)), int(m.group(2) or 1), name))
     found.sort()
-    return [(pid, path) for pid, _image, path in found]
+    return [(pid, name) for pid, _image, name in found]
+
+
+def trace_dirs(ctf_root):
+    """(pid, directory) of every per-process trace under ctf_root that
+    began (see trace_names; a symlink is not one)."""
+    found = []
+    for pid, name in trace_names(os.listdir(ctf_root)):
+        path = os.path.join(ctf_root, name)
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            continue
+        if is_dir and _began(path):
+            found.append((pid, path))
+    return found
 
 
 def _began(trace_dir):
@@ -422,7 +437,8 @@ def finalize(ctf_root):
 
 
 def finalize_trace(trace_dir):
-    """finalize() of one per-process trace whose writer has ended."""
+    """finalize() of one per-process trace whose writer has ended.  Only
+    this user's own stream files are written, never through a symlink."""
     try:
         version = trace_version(trace_dir)
     except TraceError:
@@ -437,7 +453,7 @@ def finalize_trace(trace_dir):
         try:
             parts = StreamParts(path, version)
             if parts.tail or parts.cut_short:
-                with open(path, "r+b") as f:
+                with os.fdopen(_open_regular(path, os.O_RDWR, own=True), "r+b") as f:
                     f.truncate(parts.length)
                     f.seek(parts.length)
                     f.write(parts.tail)
@@ -448,31 +464,55 @@ def finalize_trace(trace_dir):
     return done
 
 
+def _open_regular(path, flags, own=False):
+    """A descriptor of the regular file `path` (of this user's, with
+    `own`), opened without following a symlink or waiting on a FIFO."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (own and st.st_uid != os.geteuid()):
+        os.close(fd)
+        raise TraceError(f"{path}: not a regular file{' of this user' if own else ''}")
+    return fd
+
+
+def _new_file(path):
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   0o600)
+
+
 def copy_trace(trace_dir, target):
     """Writes into the new directory `target` a copy of a per-process
     trace as it is now (its writer may still be running): the metadata and
     each stream's packets, with what its ring holds after them, so the
-    copy needs no ring.  Streams that cannot be read are left out; returns
-    how many were copied."""
+    copy needs no ring.  Only regular files are read, never through a
+    symlink; the copies are new files of this user's.  Streams that cannot
+    be read are left out; returns how many were copied."""
     os.mkdir(target, 0o700)
-    with open(os.path.join(trace_dir, "metadata"), "rb") as src, \
-            open(os.path.join(target, "metadata"), "wb") as out:
-        out.write(src.read(1 << 20))
-    version = trace_version(trace_dir)
+    src = _open_regular(os.path.join(trace_dir, "metadata"), os.O_RDONLY)
+    try:
+        text = os.read(src, 1 << 20)
+    finally:
+        os.close(src)
+    out = _new_file(os.path.join(target, "metadata"))
+    try:
+        os.write(out, text)
+    finally:
+        os.close(out)
+    version = trace_version(target)
     copied = 0
     for path in stream_files(trace_dir):
         try:
             parts = StreamParts(path, version)
-            with open(path, "rb") as src, \
-                    open(os.path.join(target, os.path.basename(path)), "wb") as out:
-                left = parts.length
-                while left > 0:
-                    chunk = src.read(min(left, 1 << 20))
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    left -= len(chunk)
-                out.write(parts.tail)
+            src = _open_regular(path, os.O_RDONLY)
+            try:
+                out = _new_file(os.path.join(target, os.path.basename(path)))
+                try:
+                    length = _safefs.copy_data(src, out, parts.length)
+                    os.pwrite(out, parts.tail, length)
+                finally:
+                    os.close(out)
+            finally:
+                os.close(src)
             copied += 1
         except (OSError, TraceError):
             continue

@@ -171,9 +171,9 @@ def record_command(perf, output, preset, callgraph, probe_event):
     return cmd
 
 
-def inject_jit(perf, data, output):
+def inject_jit(perf, data, output, preexec_fn=None):
     r = subprocess.run([perf, "inject", "--jit", "-i", data, "-o", output],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec_fn)
     if r.returncode != 0:
         raise PerfError("perf inject --jit failed: " +
                         (r.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1])
@@ -203,14 +203,14 @@ def add_to_buildid_cache(perf, cache, images, data):
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def save_script(perf, data, output):
+def save_script(perf, data, output, preexec_fn=None):
     # Private, as the rest of the capture.
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as out:
         r = subprocess.run(
             [perf, "script", "-i", data, "-F", SCRIPT_FIELDS, "--ns", "--no-inline",
              "--show-mmap-events", "--show-switch-events"],
-            stdout=out, stderr=subprocess.PIPE,
+            stdout=out, stderr=subprocess.PIPE, preexec_fn=preexec_fn,
         )
     if r.returncode != 0:
         raise PerfError("perf script failed: " +

@@ -15,8 +15,9 @@ root's session the ctf directory is sticky and writable by all, readable
 by none but root).  `stop` withdraws the announcement (the processes stop
 recording within ETW_SESSION_POLL_MS and run on), stops the daemon and
 perf, and turns what was recorded into a capture at PATH: the traces of
-processes that ended are finished in place, those of processes still
-running are copied as they are, and the staging directory goes, so a
+this user's processes that ended are finished in place, the others are
+copied as they are (another user's only after checks, from hard links
+root made: see _gather_from), and the staging directory goes, so a
 process that writes late cannot change the capture.  `snapshot` makes the
 same copy into another directory while the session goes on (in memory
 mode, what the rings hold now).
@@ -26,6 +27,7 @@ sampler (_sampled.Sampling), finds the machine's CPython processes itself
 (_pyfinder) and writes each one's samples into the same staging directory,
 so status, snapshot and stop treat its traces as any other."""
 
+import errno
 import fcntl
 import json
 import os
@@ -35,9 +37,10 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 
-from . import _capture, _ctf, _env, _manifest, _perf, _pyfinder, _sampled
+from . import _capture, _confine, _ctf, _env, _manifest, _perf, _pyfinder, _safefs, _sampled
 from ._capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
@@ -214,8 +217,7 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0):
             _sampled.check_privileges()
         except _sampled.SampledError as ex:
             raise SessionError(str(ex)) from None
-    path = os.path.abspath(path)
-    _capture.CaptureDir(path).check()
+    path = _capture.CaptureDir(path).check().path
     preset = _capture.load_preset(preset_name)
     if ring and requested_recorder == "perf":
         raise SessionError("memory mode (--ring) records with the built-in recorder; "
@@ -325,23 +327,26 @@ def snapshot(target, say):
         if _recover_stale(place, say):
             return 1
         raise SessionError("no recording session is running")
+    session_path = state["path"]
     if target is None:
-        target = f"{state['path']}-snapshot-{time.strftime('%Y%m%d-%H%M%S')}"
-    target = os.path.abspath(target)
-    if target == state["path"] or target.startswith(state["path"] + os.sep):
-        raise SessionError(f"the snapshot cannot go into the session's capture {state['path']}")
-    directory = _capture.CaptureDir(target).open()
+        # A name no one can have made first (another user could, in /tmp,
+        # for any name that can be told in advance).
+        directory = _capture.CaptureDir.unique(
+            f"{session_path}-snapshot-{time.strftime('%Y%m%d-%H%M%S')}-")
+    else:
+        directory = _capture.CaptureDir(target)
+        if directory.path == session_path or directory.path.startswith(session_path + os.sep):
+            raise SessionError(f"the snapshot cannot go into the session's capture {session_path}")
+        directory.open()
+    target = directory.path
     try:
-        staging = os.path.join(state["path"], STAGING, "ctf")
-        final = os.path.join(target, "ctf")
-        os.mkdir(final, 0o700)
-        owners = {}
-        for pid, trace_dir in _ctf.trace_dirs(staging):
-            owners[pid] = os.lstat(trace_dir).st_uid
-            try:
-                _ctf.copy_trace(trace_dir, os.path.join(final, os.path.basename(trace_dir)))
-            except (OSError, _ctf.TraceError) as ex:
-                say(f"etwtrace: warning: process {pid}'s trace not copied: {ex}")
+        session_fd = _open_session_dir(state)
+        try:
+            final = os.path.join(target, "ctf")
+            os.mkdir(final, 0o700)
+            _, owners = _gather_from(session_fd, session_path, final, say, stopping=False)
+        finally:
+            os.close(session_fd)
         _capture.collect_perf_files(target, set(owners), owners)
         losses = _ctf.recorded_losses(target)
         kind = (dict(mode="sampled", recorder="bpf", rate=state["sampled"])
@@ -360,6 +365,24 @@ def snapshot(target, say):
     say(f"etwtrace: snapshot of {len(owners)} process{'es' if len(owners) != 1 else ''} "
         f"saved to {target}{extra}")
     return 0
+
+
+def _open_session_dir(state):
+    """A descriptor of the session's PATH: the very directory it began in
+    (no symlink, this user's), or SessionError."""
+    path = state["path"]
+    try:
+        fd = _safefs.open_dir(path)
+    except OSError as ex:
+        raise SessionError(f"cannot open the session's capture directory {path}: "
+                           f"{ex.strerror}") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or (state.get("path_id")
+                                     and [st.st_dev, st.st_ino] != list(state["path_id"])):
+        os.close(fd)
+        raise SessionError(f"{path} is not the directory the session began in (it was "
+                           "replaced); refusing to use it")
+    return fd
 
 
 def _recover_stale(place, say):
@@ -387,14 +410,18 @@ def _finish(place, state, say):
     time.sleep(2 * POLL_SECONDS)    # the processes' last look
     directory = _capture.CaptureDir(path)
     try:
-        directory.hold()
+        directory.hold(state.get("path_id"))
+    except _capture.ReplacedError as ex:
+        place.remove(STATE)     # (nothing of the session's is left to finish)
+        raise SessionError(str(ex)) from None
     except CaptureError as ex:
         raise SessionError(str(ex)) from None
     try:
-        processes, owners = _collect_traces(path, say)
+        processes, owners = _collect_traces(directory, say)
+        _capture.copy_perf_files(path, set(owners), owners)
         if os.path.isfile(os.path.join(path, "perf.data")):
             _finish_perf(path, state, set(owners), say)     # (makes the jitted images)
-        _capture.collect_perf_files(path, set(owners), owners)
+        _capture.index_perf_files(path)
         losses = _ctf.recorded_losses(path)
         info = {"finished": time.time(), "processes": processes,
                 "process_users": {str(p): u for p, u in sorted(owners.items())}}
@@ -406,7 +433,7 @@ def _finish(place, state, say):
             _capture.write_manifest(path, **info)
         except CaptureError as ex:
             say(f"etwtrace: {ex}")
-        os.chmod(path, 0o700)
+        os.fchmod(directory.fd, 0o700)
     finally:
         directory.close()
         place.remove(STATE)
@@ -416,51 +443,159 @@ def _finish(place, state, say):
     say(f"etwtrace: session saved to {path} ({processes} process{'es' if processes != 1 else ''})")
 
 
-def _collect_traces(path, say):
-    """Moves (ended processes) or copies (running ones) each process's
-    trace from the staging directory into PATH/ctf, then removes the
-    staging directory.  Returns (how many, {pid: owner uid})."""
-    import shutil
-    staging = os.path.join(path, STAGING)
-    staging_ctf = os.path.join(staging, "ctf")
+def _collect_traces(directory, say):
+    """Moves or copies each process's trace from the staging directory
+    into PATH/ctf (see _gather_from), then removes the staging directory.
+    Returns (how many, {pid: owner uid})."""
+    path = directory.path
     final = os.path.join(path, "ctf")
-    os.makedirs(final, mode=0o700, exist_ok=True)
-    owners = {}
-    count = 0
-    if os.path.isdir(staging_ctf):
-        for pid, trace_dir in _ctf.trace_dirs(staging_ctf):
-            name = os.path.basename(trace_dir)
-            target = os.path.join(final, name)
-            owners[pid] = os.lstat(trace_dir).st_uid
-            try:
-                if _ctf._alive(pid):
-                    _ctf.copy_trace(trace_dir, target)
-                else:
-                    _ctf.finalize_trace(trace_dir)
-                    os.rename(trace_dir, target)
-                count += 1
-            except (OSError, _ctf.TraceError) as ex:
-                say(f"etwtrace: warning: process {pid}'s trace could not be kept: {ex}")
-    shutil.rmtree(staging, ignore_errors=True)
+    _capture.own_directory(final)
+    count, owners = _gather_from(directory.fd, path, final, say, stopping=True)
+    try:
+        _safefs.remove_tree(directory.fd, STAGING)
+    except OSError as ex:
+        say(f"etwtrace: warning: cannot remove {os.path.join(path, STAGING)}: {ex.strerror}")
     return count, owners
 
 
+def _gather_from(session_fd, session_path, final, say, stopping):
+    """Writes the trace of each process in the session's staging directory
+    into the directory `final` (ours, new or empty): a copy, made complete
+    with what its rings hold (see _ctf.copy_trace); at stop, the trace of
+    an ended process of this user is moved instead (and made complete in
+    place).  At stop, the staging directory is first closed to processes
+    (0700): none adds a trace while it is read.
+
+    In root's session any user may make a pid-PID there.  Another user's
+    trace is read only from hard links made in a private directory of
+    ours (_safefs.pin), after checking that pid-PID is a directory of that
+    user holding only regular files of that user, and, while process PID
+    runs, that it runs as that user; anything else is skipped with a
+    one-line warning.  Root's copy is made of new files: no descriptor
+    another user holds reaches it.  Returns (traces kept, {pid: the
+    owner's uid})."""
+    me = os.geteuid()
+    staging_path = os.path.join(session_path, STAGING)
+    ctf_path = os.path.join(staging_path, "ctf")
+    owners = {}
+    count = 0
+    try:
+        staging_fd = _safefs.open_dir(STAGING, session_fd)
+    except FileNotFoundError:
+        return count, owners
+    try:
+        try:
+            ctf_fd = _safefs.open_dir("ctf", staging_fd)
+        except FileNotFoundError:
+            return count, owners
+        pins = tempfile.mkdtemp(prefix=".pins-", dir=staging_path)
+        try:
+            if stopping:
+                os.fchmod(ctf_fd, 0o700)
+            for pid, name in _ctf.trace_names(os.listdir(ctf_fd)):
+                where = os.path.join(ctf_path, name)
+                try:
+                    fd = _safefs.open_dir(name, ctf_fd)
+                except OSError as ex:
+                    why = ("it is not a directory" if ex.errno in (errno.ELOOP, errno.ENOTDIR)
+                           else ex.strerror)
+                    say(f"etwtrace: warning: skipped {where}: {why}")
+                    continue
+                try:
+                    owner = os.fstat(fd).st_uid
+                    source = where
+                    if owner != me:
+                        source = os.path.join(pins, name)
+                        problem = _pin(fd, pid, owner, source)
+                        if problem is not None:
+                            say(f"etwtrace: warning: skipped {where}: {problem}")
+                            continue
+                    if not _ctf._began(source):
+                        continue
+                    target = os.path.join(final, name)
+                    if stopping and owner == me and not _ctf._alive(pid):
+                        _ctf.finalize_trace(source)
+                        os.rename(name, target, src_dir_fd=ctf_fd)
+                    else:
+                        _ctf.copy_trace(source, target)
+                    owners.setdefault(pid, owner)
+                    count += 1
+                except (OSError, _ctf.TraceError) as ex:
+                    say(f"etwtrace: warning: process {pid}'s trace could not be kept: {ex}")
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(ctf_fd)
+            _safefs.remove_tree(staging_fd, os.path.basename(pins))
+    finally:
+        os.close(staging_fd)
+    return count, owners
+
+
+def _pin(fd, pid, owner, pinned):
+    """Pins another user's trace directory `fd` into the new directory
+    `pinned` (_safefs.pin); returns None, or why the trace is skipped."""
+    problem = _not_of_process(pid, owner)
+    if problem is not None:
+        return problem
+    os.mkdir(pinned, 0o700)
+    pinned_fd = _safefs.open_dir(pinned)
+    try:
+        return _safefs.pin(fd, pinned_fd, owner)
+    finally:
+        os.close(pinned_fd)
+
+
+def _not_of_process(pid, owner):
+    """Why a trace directory of user `owner` cannot be process pid's: the
+    process runs, as another user.  None when it may be (or has ended)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            line = next((l for l in f if l.startswith("Uid:")), "")
+        uids = [int(u) for u in line.split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if not uids or owner in uids:
+        return None
+    return f"it belongs to uid {owner}, but process {pid} runs as uid {uids[0]}"
+
+
 def _finish_perf(path, state, pids, say):
+    """perf inject --jit (where DWARF unwinding needs the images) and perf
+    script of the session's perf.data; as root, confined (_confine.py)."""
     perf = _perf.find_perf()
     if perf is None:
         say("etwtrace: perf is gone; perf.data is kept but not scripted")
         return
     data = os.path.join(path, "perf.data")
-    script_input = data
+    jit = os.path.join(path, "jit")
+    tmp = _confine.PrivateTmp(path, pids) if os.geteuid() == 0 else None
+    confine = tmp.confine if tmp is not None else None
     try:
+        script_input = data
         if state.get("callgraph") == "dwarf" and any(
-                os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
+                os.path.isfile(os.path.join(jit, f"jit-{pid}.dump")) for pid in pids):
             injected = os.path.join(path, "perf.jit.data")
-            _perf.inject_jit(perf, data, injected)
-            script_input = injected
-        _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT))
+            try:
+                if tmp is None:
+                    _perf.inject_jit(perf, data, injected)
+                else:
+                    _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"),
+                                     preexec_fn=confine)
+                    tmp.keep("perf.jit.data")
+                script_input = injected
+            except _perf.PerfError as ex:
+                say(f"etwtrace: {ex}; perf's samples are unwound without the Python "
+                    "trampolines' images")
+                if os.path.lexists(injected):
+                    os.unlink(injected)
+        _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT),
+                          preexec_fn=confine)
     except _perf.PerfError as ex:
         say(f"etwtrace: {ex}; the built-in trace is complete")
+    finally:
+        if tmp is not None:
+            tmp.close()
 
 
 # ---- the daemon ----
@@ -536,18 +671,22 @@ class _Session:
         place, request, path = self.place, self.request, self.path
         self.directory = _capture.CaptureDir(path).open()
         staging = os.path.join(path, STAGING)
-        ctf = os.path.join(staging, "ctf")
+        # Every user's processes pass through PATH and .session (not list
+        # them) and each makes its own pid-PID in ctf; a sampled session's
+        # daemon writes alone.
+        shared = place.system and not request.get("sampled")
         try:
-            if place.system:
-                # Every user's processes pass through PATH and .session
-                # (not list them) and each makes its own pid-PID in ctf.
-                os.chmod(path, 0o711)
-                os.mkdir(staging, 0o711)
-                os.mkdir(ctf)
-                os.chmod(ctf, 0o1733)
-            else:
-                os.mkdir(staging, 0o700)
-                os.mkdir(ctf, 0o700)
+            fd = self.directory.fd
+            os.mkdir(STAGING, 0o700, dir_fd=fd)
+            staging_fd = _safefs.open_dir(STAGING, fd)
+            try:
+                os.mkdir("ctf", 0o700, dir_fd=staging_fd)
+                if shared:
+                    os.chmod("ctf", 0o1733, dir_fd=staging_fd)
+                    os.fchmod(staging_fd, 0o711)
+                    os.fchmod(fd, 0o711)
+            finally:
+                os.close(staging_fd)
         except OSError as ex:
             raise SessionError(f"cannot prepare {staging}: {ex.strerror}") from None
         preset = _capture.load_preset(request["preset"])
@@ -556,6 +695,7 @@ class _Session:
             "id": session_id, "path": path, "preset": preset.name,
             "recorder": request["recorder"], "ring": request["ring"], "started": time.time(),
             "daemon": os.getpid(), "system": place.system,
+            "path_id": list(self.directory.identity),
         }
         _capture.write_manifest(path, format=1, tool="etwtrace", session=session_id,
                                 recorder=request["recorder"], preset=preset.name,
@@ -748,7 +888,7 @@ Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|per
     status            Whether a session runs, since when, into where, and
                       how many processes joined (exit status 1: none)
     snapshot [PATH]   Writes what the session holds now into PATH (default:
-                      the session's PATH with -snapshot-TIME) and goes on
+                      the session's PATH with -snapshot-TIME-RANDOM) and goes on
     stop              Ends the session and saves the capture
 
     As root the session is the machine's: processes of every user join it
