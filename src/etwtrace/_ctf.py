@@ -9,6 +9,7 @@ read; anything else is refused with a clear error.
 
 import os
 import re
+import stat
 import struct
 import warnings
 

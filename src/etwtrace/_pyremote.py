@@ -218,7 +218,7 @@ class Process:
         found = self.maps.find_symbol("PyCode_Type")
         if found is None:
             self.close()
-            raise RemoteError(f"process {pid}: no PyCode_Type in its files")
+            raise RemoteError(f"process {self.pid}: no PyCode_Type in its files")
         self.code_type = found[0]
 
     def keeps_frame_pointers(self):
