@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 
-from . import _capture, _ctf, _env, _manifest, _perf, _pyfinder, _sampled
+from . import _capture, _ctf, _env, _manifest, _perf, _pyfinder, _sampled, _sizes
 from ._capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
@@ -119,18 +119,11 @@ class Place:
 
 
 def parse_size(text):
-    """Bytes of a --ring SIZE: a number with an optional K, M or G (powers
-    of 1024, an optional trailing B or iB)."""
-    value = text.strip().upper()
-    for suffix in ("IB", "B"):
-        if value.endswith(suffix) and value[:-len(suffix)][-1:] in "KMG" and value[:-len(suffix)]:
-            value = value[:-len(suffix)]
-            break
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(value[-1:], 1)
-    digits = value[:-1] if scale > 1 else value
-    if not digits.isdigit():
-        raise SessionError(f"--ring needs a size such as 64M or 1G, not {text!r}")
-    size = int(digits) * scale
+    """Bytes of a --ring SIZE (per thread; _sizes.parse_size's forms)."""
+    try:
+        size = _sizes.parse_size(text, "--ring")
+    except _sizes.SizeError as ex:
+        raise SessionError(str(ex)) from None
     if not MIN_RING <= size <= MAX_RING:
         raise SessionError(f"--ring {text}: the size must be between 128K and 4G per thread")
     return size
@@ -149,19 +142,12 @@ def _duration(seconds):
     return f"{seconds // 3600} h {seconds // 60 % 60} min"
 
 
-def _size_text(n):
-    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return f"{n} bytes"
-
-
 def _describe(state):
     if state.get("sampled"):
         return (f"hook-free sampling of every CPython 3.11 and 3.13+ process at "
                 f"{state['sampled']} Hz (BPF), capture {state.get('path')}")
     ring = state.get("ring") or 0
-    mode = f", memory mode ({_size_text(ring)} per thread)" if ring else ""
+    mode = f", memory mode ({_sizes.size_text(ring)} per thread)" if ring else ""
     return (f"recorder {state.get('recorder')}, preset {state.get('preset')}{mode}, "
             f"capture {state.get('path')}")
 
