@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from . import _ctf, _env, _guide, _manifest, _perf
+from . import _budget, _ctf, _env, _guide, _manifest, _perf
 from ._perf import PerfError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
@@ -401,7 +401,7 @@ class _Tee(threading.Thread):
             self.tail = (self.tail + [line.decode(errors="replace").rstrip()])[-20:]
 
 
-def run_with_perf(path, perf, mode, preset, target, say):
+def run_with_perf(path, perf, mode, preset, target, say, budget=None):
     from . import _etwtrace
     callgraph = _perf.choose_callgraph(preset)
     note = _perf.callgraph_note(preset, callgraph)
@@ -415,16 +415,27 @@ def run_with_perf(path, perf, mode, preset, target, say):
     if not preset.needs_perf and probe is None:
         return run_builtin_subprocess(path, mode, target)
     data = os.path.join(path, "perf.data")
-    cmd = _perf.record_command(perf, data, preset, callgraph, probe)
+    import shutil
+    import tempfile
+    control_dir = tempfile.mkdtemp(prefix="etwtrace-perf-")   # private (0700)
+    control = _budget.perf_control(control_dir)
+    cmd = _perf.record_command(perf, data, preset, callgraph, probe, control)
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
     write_manifest(path, recorder="perf", callgraph=callgraph, perf_command=cmd)
+    guard = None
     try:
         proc = _Child(cmd + ["--"] + child, child_environment(path, mode), stderr=subprocess.PIPE)
         tee = _Tee(proc.proc.stderr)
         tee.start()
+        if budget is not None:
+            guard = _budget.Guard(budget, path, say, perf_data=data, control=control)
+            guard.start()
         returncode = proc.wait()
         tee.join(timeout=10)
     finally:
+        if guard is not None:
+            guard.finish()
+        shutil.rmtree(control_dir, ignore_errors=True)
         if probe:
             _perf.remove_stack_sample_probe(perf)
     # perf exits as its workload did (by the same signal, too).
@@ -433,13 +444,19 @@ def run_with_perf(path, perf, mode, preset, target, say):
         raise CaptureError("perf recorded nothing: " + (tee.tail or ["unknown error"])[-1])
     pids = capture_pids(path)
     script_input = data
-    if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
-        injected = os.path.join(path, "perf.jit.data")
-        # perf's libdw unwinder walks the images inject writes only as
-        # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
-        _perf.inject_jit(perf, data, injected)
-        script_input = injected
-    _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT))
+    try:
+        if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
+            injected = os.path.join(path, "perf.jit.data")
+            # perf's libdw unwinder walks the images inject writes only as
+            # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
+            _perf.inject_jit(perf, data, injected)
+            script_input = injected
+    except _perf.PerfSpaceError as ex:
+        say(f"etwtrace: {ex}")
+    try:
+        _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT))
+    except _perf.PerfSpaceError as ex:
+        say(f"etwtrace: {ex}")
     return status, proc.received
 
 
@@ -450,40 +467,49 @@ def run_builtin_subprocess(path, mode, target):
     return proc.wait(), proc.received
 
 
-def capture(path, mode, requested_recorder, preset_name, target, say):
+def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0):
     """Runs `target` (script args or ['-m', module, ...]) under the chosen
-    recorder into `path`; returns the program's exit status (negative when
-    a signal ended it)."""
+    recorder into `path`, which may hold `max_size` bytes (0: no limit);
+    returns the program's exit status (negative when a signal ended it)."""
     preset = load_preset(preset_name)
     directory = CaptureDir(path).open()
     path = directory.path
+    budget = None
     try:
         write_manifest(path, format=1, mode=mode, preset=preset.name, command=target,
-                       python=sys.version.split()[0], started=time.time())
+                       python=sys.version.split()[0], started=time.time(),
+                       **({"max_size": max_size} if max_size else {}))
+        try:
+            budget = _budget.create(os.path.join(path, "ctf"), max_size)
+        except _budget.BudgetError as ex:
+            raise CaptureError(str(ex)) from None
         recorder, perf = choose_recorder(requested_recorder, say)
         if recorder == "perf":
-            status, received = run_with_perf(path, perf, mode, preset, target, say)
+            status, received = run_with_perf(path, perf, mode, preset, target, say, budget)
         else:
             status, received = run_builtin_subprocess(path, mode, target)
         pids = capture_pids(path)
         collect_perf_files(path, pids)
         ctf_root = os.path.join(path, "ctf")
         if os.path.isdir(ctf_root):
-            _ctf.finalize(ctf_root)
+            _ctf.finalize(ctf_root, room=lambda size: _budget.fits(ctf_root, size))
         losses = _ctf.recorded_losses(path)
         info = {"finished": time.time(), "exit_status": status}
         if received is not None:
             info["stopped_by_signal"] = signal.Signals(received).name
         if losses:
             info["events_lost"] = {str(pid): n for pid, n in losses.items()}
+        info.update(budget.info())
         try:
             write_manifest(path, **info)
         except CaptureError as ex:
             say(f"etwtrace: {ex}")      # the trace is there: say so, go on
     finally:
+        if budget is not None:
+            budget.remove()     # what it says is in the manifest now
         directory.close()
-    if losses:
-        say(f"etwtrace: {sum(losses.values()):,} events were lost in this capture "
-            f"({_ctf.describe_losses(losses)}); the trace holds every event before")
+    lost = _budget.loss_text(losses, info)
+    if lost:
+        say(f"etwtrace: {lost}; the trace holds every event recorded before")
     say(f"etwtrace: capture saved to {path}")
     return status
