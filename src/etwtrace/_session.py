@@ -1,6 +1,6 @@
 """Recording sessions, the equivalent of `wpr -start` / `wpr -stop`:
 
-    python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+    python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE] [--max-size SIZE]
     python -m etwtrace record start PATH --sampled [--rate HZ]
     python -m etwtrace record status | snapshot [PATH] | stop
 
@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 
-from . import _capture, _ctf, _env, _manifest, _perf, _pyfinder, _sampled, _sizes
+from . import _budget, _capture, _ctf, _env, _manifest, _perf, _pyfinder, _sampled, _sizes
 from ._capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
@@ -129,6 +129,17 @@ def parse_size(text):
     return size
 
 
+def parse_max_size(text):
+    """Bytes of a --max-size SIZE (_sizes.parse_size's forms)."""
+    try:
+        size = _sizes.parse_size(text, "--max-size")
+    except _sizes.SizeError as ex:
+        raise SessionError(str(ex)) from None
+    if size == 0:
+        raise SessionError("--max-size must be more than 0")
+    return size
+
+
 def _when(ts):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
@@ -148,7 +159,9 @@ def _describe(state):
                 f"{state['sampled']} Hz (BPF), capture {state.get('path')}")
     ring = state.get("ring") or 0
     mode = f", memory mode ({_sizes.size_text(ring)} per thread)" if ring else ""
-    return (f"recorder {state.get('recorder')}, preset {state.get('preset')}{mode}, "
+    limit = state.get("max_size") or 0
+    limit = f", at most {_sizes.size_text(limit)}" if limit else ""
+    return (f"recorder {state.get('recorder')}, preset {state.get('preset')}{mode}{limit}, "
             f"capture {state.get('path')}")
 
 
@@ -179,7 +192,7 @@ def _unreachable_by_others(path):
 
 # ---- commands ----
 
-def start(path, preset_name, requested_recorder, ring, say, sampled=0):
+def start(path, preset_name, requested_recorder, ring, say, sampled=0, max_size=0):
     place = Place()
     place.prepare()
     if place.daemon_alive():
@@ -189,9 +202,9 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0):
                            "stop it first with: python -m etwtrace record stop")
     _recover_stale(place, say)
     if sampled:
-        if ring or requested_recorder != "auto":
-            raise SessionError("--sampled records with its BPF program: leave out "
-                               f"{'--ring' if ring else '--recorder'}")
+        if ring or requested_recorder != "auto" or max_size:
+            left_out = "--ring" if ring else "--max-size" if max_size else "--recorder"
+            raise SessionError(f"--sampled records with its BPF program: leave out {left_out}")
         if not place.system:
             raise SessionError("--sampled samples every Python process on the machine, "
                                "which needs root")
@@ -218,7 +231,7 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0):
             say(f"etwtrace: warning: other users cannot pass {blocked}, so only root's "
                 "processes can record into this session")
     request = {"path": path, "preset": preset.name, "recorder": recorder, "ring": ring,
-               "sampled": sampled, "dir": place.dir}
+               "sampled": sampled, "dir": place.dir, "max_size": max_size}
     try:
         log = os.open(place.path("daemon.log"),
                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -262,6 +275,9 @@ def status(say):
         say(f"etwtrace: a recording session is running since {_when(state['started'])} "
             f"(for {_duration(time.time() - state['started'])}): {_describe(state)}; "
             f"{count} process{'es' if joined != 1 else ''} {verb}")
+        size = _size_line(state)
+        if size:
+            say(f"etwtrace: {size}")
         if state.get("perf_failed"):
             say(f"etwtrace: warning: perf stopped early: {state['perf_failed']}")
         return 0
@@ -269,6 +285,23 @@ def status(say):
         return 1
     say("etwtrace: no recording session is running")
     return 1
+
+
+def _size_line(state):
+    """How big the session's capture is so far (the bytes its budget
+    counts: its traces' packets, perf.data), its limit, and why it stopped
+    recording if it did; None when this user cannot see it."""
+    budget = _budget.open_budget(os.path.join(state.get("path", ""), STAGING, "ctf"))
+    if budget is None:
+        return None
+    try:
+        used, limit, info = budget.used, budget.limit, budget.info()
+    finally:
+        budget.close()
+    limit = f" of its {_sizes.size_text(limit)} limit (--max-size)" if limit else ""
+    line = f"the capture holds {_sizes.size_text(used)} so far{limit}"
+    lost = _budget.loss_text({}, info)
+    return f"{line}; {lost}" if lost else line
 
 
 def stop(say):
@@ -377,6 +410,7 @@ def _finish(place, state, say):
     except CaptureError as ex:
         raise SessionError(str(ex)) from None
     try:
+        budget_info = _budget_info(path)
         processes, owners = _collect_traces(path, say)
         if os.path.isfile(os.path.join(path, "perf.data")):
             _finish_perf(path, state, set(owners), say)     # (makes the jitted images)
@@ -386,6 +420,7 @@ def _finish(place, state, say):
                 "process_users": {str(p): u for p, u in sorted(owners.items())}}
         if losses:
             info["events_lost"] = {str(p): n for p, n in losses.items()}
+        info.update(budget_info)
         if state.get("perf_failed"):
             info["perf_failed"] = state["perf_failed"]
         try:
@@ -396,10 +431,22 @@ def _finish(place, state, say):
     finally:
         directory.close()
         place.remove(STATE)
-    if losses:
-        say(f"etwtrace: {sum(losses.values()):,} events were lost in this session "
-            f"({_ctf.describe_losses(losses)}); the trace holds every event before")
+    lost = _budget.loss_text(losses, budget_info)
+    if lost:
+        say(f"etwtrace: {lost}; the trace holds every event recorded before")
     say(f"etwtrace: session saved to {path} ({processes} process{'es' if processes != 1 else ''})")
+
+
+def _budget_info(path):
+    """What the manifest says of the session's budget (its limit, why it
+    stopped recording), read from the staging directory."""
+    budget = _budget.open_budget(os.path.join(path, STAGING, "ctf"))
+    if budget is None:
+        return {}
+    try:
+        return budget.info()
+    finally:
+        budget.close()
 
 
 def _collect_traces(path, say):
@@ -422,7 +469,7 @@ def _collect_traces(path, say):
                 if _ctf._alive(pid):
                     _ctf.copy_trace(trace_dir, target)
                 else:
-                    _ctf.finalize_trace(trace_dir)
+                    _ctf.finalize_trace(trace_dir, lambda size: _budget.fits(path, size))
                     os.rename(trace_dir, target)
                 count += 1
             except (OSError, _ctf.TraceError) as ex:
@@ -517,12 +564,16 @@ class _Session:
         self.perf = None
         self.state = None
         self.sampling = None
+        self.budget = None
+        self.guard = None
+        self.control = None
 
     def begin(self):
         place, request, path = self.place, self.request, self.path
         self.directory = _capture.CaptureDir(path).open()
         staging = os.path.join(path, STAGING)
         ctf = os.path.join(staging, "ctf")
+        max_size = request.get("max_size") or 0
         try:
             if place.system:
                 # Every user's processes pass through PATH and .session
@@ -530,25 +581,37 @@ class _Session:
                 os.chmod(path, 0o711)
                 os.mkdir(staging, 0o711)
                 os.mkdir(ctf)
+                # Before others may write in ctf: read by all, written by root.
+                self.budget = _budget.create(ctf, max_size, others_read=True)
                 os.chmod(ctf, 0o1733)
             else:
                 os.mkdir(staging, 0o700)
                 os.mkdir(ctf, 0o700)
+                self.budget = _budget.create(ctf, max_size)
         except OSError as ex:
             raise SessionError(f"cannot prepare {staging}: {ex.strerror}") from None
+        except _budget.BudgetError as ex:
+            raise SessionError(str(ex)) from None
         preset = _capture.load_preset(request["preset"])
         session_id = secrets.token_hex(8)
         self.state = {
             "id": session_id, "path": path, "preset": preset.name,
             "recorder": request["recorder"], "ring": request["ring"], "started": time.time(),
-            "daemon": os.getpid(), "system": place.system,
+            "daemon": os.getpid(), "system": place.system, "max_size": max_size,
         }
         _capture.write_manifest(path, format=1, tool="etwtrace", session=session_id,
                                 recorder=request["recorder"], preset=preset.name,
                                 ring=request["ring"], started=self.state["started"],
-                                python=sys.version.split()[0])
+                                python=sys.version.split()[0],
+                                **({"max_size": max_size} if max_size else {}))
         if request["recorder"] == "perf":
             self._start_perf(preset)
+        self.guard = _budget.Guard(
+            self.budget, path, lambda text: print(text, file=sys.stderr, flush=True),
+            perf_data=os.path.join(path, "perf.data") if self.perf_proc else None,
+            control=self.control, others=ctf if place.system else None,
+            memory_mode=bool(request["ring"]))
+        self.guard.start()
         if request.get("sampled"):
             # Sampled processes run without hooks: no announcement for
             # traced processes to join (their events would mix with the
@@ -585,7 +648,13 @@ class _Session:
         if preset.stack_sample_probe:
             self.probe, _reason = _perf.add_stack_sample_probe(perf, _etwtrace.__file__)
         data = os.path.join(self.path, "perf.data")
-        cmd = _perf.record_command(perf, data, preset, callgraph, self.probe) + ["-a"]
+        try:
+            self.control = _budget.perf_control(self.place.dir)
+        except OSError as ex:
+            raise SessionError(f"cannot make perf's control FIFO in {self.place.dir}: "
+                               f"{ex.strerror}") from None
+        cmd = _perf.record_command(perf, data, preset, callgraph, self.probe,
+                                   self.control) + ["-a"]
         # perf's messages go to a file: a pipe nobody reads would stop it.
         log_path = os.path.join(self.place.dir, "perf.log")
         try:
@@ -665,6 +734,8 @@ class _Session:
 
     def end(self):
         self.place.remove(ANNOUNCE)
+        if self.guard is not None:
+            self.guard.finish()
         if self.sampling is not None:
             self._end_sampling()
         if self.perf_proc is not None and self.perf_proc.poll() is None:
@@ -676,6 +747,10 @@ class _Session:
                 self.perf_proc.wait()
         if self.probe:
             _perf.remove_stack_sample_probe(self.perf)
+        if self.control:
+            self.place.remove(_budget.CONTROL)
+        if self.budget is not None:
+            self.budget.close()
         self.directory.close()
 
     def _end_sampling(self):
@@ -709,7 +784,8 @@ def _perf_dies_with_daemon():
 # ---- the command line ----
 
 RECORD_HELP = """\
-Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin]
+                                           [--ring SIZE] [--max-size SIZE]
        python -m etwtrace record start PATH --sampled [--rate HZ]
        python -m etwtrace record status
        python -m etwtrace record snapshot [PATH]
@@ -727,12 +803,20 @@ Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|per
                       (CPU samples of the whole machine), or builtin
       --ring SIZE     Memory mode: each thread keeps only its newest SIZE
                       of events (e.g. 16M); written by snapshot and stop
+      --max-size SIZE Recording stops when the capture (the traces of
+                      every process, perf.data) reaches SIZE (e.g. 2G);
+                      with --ring, the rings of all threads together stay
+                      within SIZE, each keeping its newest events.  Either
+                      way it also stops before the file system's free
+                      space falls to 5% of its size (at most 1 GiB); the
+                      programs run on
       --sampled       Hook-free sampling (root): a BPF program samples every
                       CPython 3.11 and 3.13+ process on the machine, traced or
                       not, as it starts (see --sampled in python -m etwtrace -h)
       --rate HZ       With --sampled: samples per second (default 999)
-    status            Whether a session runs, since when, into where, and
-                      how many processes joined (exit status 1: none)
+    status            Whether a session runs, since when, into where, how
+                      many processes joined, and how big its capture is so
+                      far (exit status 1: none)
     snapshot [PATH]   Writes what the session holds now into PATH (default:
                       the session's PATH with -snapshot-TIME) and goes on
     stop              Ends the session and saves the capture
@@ -776,6 +860,7 @@ def _start_from_args(args, say):
     recorder = "auto"
     ring = 0
     sampled = 0
+    max_size = None
 
     def value(option):
         if not args or args[0].startswith("-"):
@@ -793,6 +878,8 @@ def _start_from_args(args, say):
                 raise SessionError(f"--recorder must be auto, perf or builtin, not {recorder!r}")
         elif name == "--ring":
             ring = parse_size(inline if eq else value(name))
+        elif name == "--max-size":
+            max_size = parse_max_size(inline if eq else value(name))
         elif arg == "--sampled":
             sampled = sampled or _sampled.DEFAULT_RATE
         elif name == "--rate":
@@ -807,7 +894,9 @@ def _start_from_args(args, say):
         raise SessionError("record start needs a PATH for the capture")
     if sampled and "--sampled" not in original:
         raise SessionError("--rate is for --sampled")
-    return start(path, preset, recorder, ring, say, sampled)
+    if max_size is None:
+        max_size = _env.size(_env.MAX_SIZE) or 0
+    return start(path, preset, recorder, ring, say, sampled, max_size)
 
 
 def _parse_rate(text):
