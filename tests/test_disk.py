@@ -343,3 +343,31 @@ def test_memory_mode_keeps_the_newest_within_max_size(box):
         # return, from spin(), is there.
         assert len(calls) < CALLS
         assert ("PythonFunctionPop", "spin") in calls[-3:], calls[-3:]
+
+
+def test_other_users_processes_keep_the_max_size_of_roots_session(box):
+    """A process of another user may read root's budget, not write it: it
+    counts its own claims, and the session counts its trace."""
+    import shutil
+    from pathlib import Path
+    from sessions import NOBODY, as_user, need_nobody
+    need_nobody()
+    script = os.path.join(box.root, "busy_threads.py")
+    shutil.copy(SCRIPTS / "busy_threads.py", script)
+    os.chmod(script, 0o644)
+    capture = box.path("capture")
+    box.start(capture, "--recorder", "builtin", "--max-size", "1M")
+    proc = subprocess.run([sys.executable, "-m", "etwtrace", "--instrumented", "--", script,
+                           str(CALLS)], env=box.env, cwd=box.root, **as_user(NOBODY),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
+                          timeout=300)
+    assert proc.returncode == 0 and calls_of(proc.stdout) == 3 * CALLS, proc.stderr
+    status = box.record("status")
+    assert "recording stopped early: the capture reached its size limit" in status.stderr
+    box.stop()
+    cap = Path(capture)
+    traces = [p for p in (cap / "ctf").iterdir() if p.name.startswith("pid-")]
+    assert len(traces) == 1
+    assert 0 < files_size(cap / "ctf", "stream-*") <= MiB
+    recorded, lost = recorded_and_lost(cap)
+    assert recorded > 0 and lost > 0

@@ -329,30 +329,60 @@ def _file_size(path):
         return 0
 
 
+_RING_CONTROL = struct.Struct("<8sQI")   # magic, events_discarded, error (trace_format.h)
+_RING_STOPS = {(-STOP_LIMIT) & 0xFFFFFFFF: STOP_LIMIT, (-STOP_RESERVE) & 0xFFFFFFFF: STOP_RESERVE}
+
+
+def _ring_stop(path, size):
+    """STOP_* when the ring file at `path` says the capture stopped its
+    stream (its control page's error, recorder.c), else 0."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or size < BYTES:
+            return 0
+        control = os.pread(fd, _RING_CONTROL.size, size - BYTES)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    if len(control) < _RING_CONTROL.size:
+        return 0
+    magic, _lost, error = _RING_CONTROL.unpack(control)
+    return _RING_STOPS.get(error, 0) if magic == b"ETWRING2" else 0
+
+
 def others_size(ctf_dir, memory_mode=False):
-    """Bytes of the traces in `ctf_dir` of processes of other users (which
-    cannot claim them): their streams and metadata, and in memory mode
-    their rings, which are what they keep."""
-    total = 0
+    """(bytes, STOP_* or 0) of the traces in `ctf_dir` of processes of
+    other users, which may read the budget but not claim from it: their
+    streams and metadata, and in memory mode their rings, which are what
+    they keep; and whether one of them stopped for the capture's limit
+    or reserve, which only its rings can say."""
+    total, stopped = 0, 0
     me = os.geteuid()
     try:
         entries = list(os.scandir(ctf_dir))
     except OSError:
-        return 0
+        return 0, 0
     for entry in entries:
         try:
             if not entry.name.startswith("pid-") or entry.is_symlink() or not entry.is_dir() \
                     or entry.stat(follow_symlinks=False).st_uid == me:
                 continue
             for item in os.scandir(entry.path):
-                if item.name.startswith(".ring-") and not memory_mode:
-                    continue
                 st = item.stat(follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if item.name.startswith(".ring-"):
+                    stopped = stopped or _ring_stop(item.path, st.st_size)
+                    if not memory_mode:
+                        continue
+                total += st.st_size
         except OSError:
             continue
-    return total
+    return total, stopped
 
 
 class Guard(threading.Thread):
@@ -366,8 +396,8 @@ class Guard(threading.Thread):
     recorders leave it room and the capture stops that much early."""
 
     PERF_INTERVAL = 0.02
-    INTERVAL = 0.25
-    SCAN_INTERVAL = 0.5
+    INTERVAL = 0.1
+    SCAN_INTERVAL = 0.2
     PEAK_LOOKS = 50
 
     def __init__(self, budget, path, say, perf_data=None, control=None, others=None,
@@ -406,8 +436,9 @@ class Guard(threading.Thread):
             size = _file_size(self.perf_data)
             self._growth = (self._growth + [max(0, size - self._perf_size)])[-self.PEAK_LOOKS:]
             self._perf_size = size
+        others_stopped = 0
         if self.others and time.monotonic() >= self._next_scan:
-            self._others_size = others_size(self.others, self.memory_mode)
+            self._others_size, others_stopped = others_size(self.others, self.memory_mode)
             self._next_scan = time.monotonic() + self.SCAN_INTERVAL
         budget = self.budget
         margin = self._perf_margin()
@@ -415,9 +446,9 @@ class Guard(threading.Thread):
         if not budget.stopped and not self._done.is_set():
             free, reserve = room(self.path)
             limit = budget.limit
-            if free is not None and free - margin < reserve:
+            if free is not None and (free - margin < reserve or others_stopped == STOP_RESERVE):
                 self._stop_capture(STOP_RESERVE, free, reserve)
-            elif limit and budget.used >= limit:
+            elif limit and (budget.used >= limit or others_stopped == STOP_LIMIT):
                 self._stop_capture(STOP_LIMIT)
         if budget.stopped and self.control and not self.perf_disabled:
             self.perf_disabled = disable_perf(self.control)

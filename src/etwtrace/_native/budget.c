@@ -22,6 +22,10 @@ _Static_assert(sizeof(EtwBudget) == 80 && offsetof(EtwBudget, stopped) == 32 &&
 
 static EtwBudget *page;    /* atomic; the same address once made */
 static int writable;       /* atomic: the page is the capture's file, shared */
+static uint64_t own_claims; /* atomic: bytes this process claimed with the page
+                             * read only: the session counts them from outside
+                             * too, later, so they are counted twice, never
+                             * not at all */
 static int mapped_file;    /* the capture's file (dev, ino) is mapped */
 static dev_t mapped_dev;
 static ino_t mapped_ino;
@@ -97,6 +101,7 @@ etw_budget_open(const char *capture_dir)
             __atomic_store_n(&page, NULL, __ATOMIC_RELEASE);    /* out of memory */
         }
     }
+    __atomic_store_n(&own_claims, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&writable, shared, __ATOMIC_RELEASE);
 }
 
@@ -162,8 +167,9 @@ etw_budget_claim(uint64_t bytes, int *first)
     }
     uint64_t claimed = __atomic_load_n(&b->claimed, __ATOMIC_RELAXED);
     if (!__atomic_load_n(&writable, __ATOMIC_ACQUIRE)) {
-        /* Read only: the session counts this process's bytes itself. */
-        if (fits(b, claimed, bytes)) {
+        uint64_t own = __atomic_load_n(&own_claims, __ATOMIC_RELAXED);
+        if (fits(b, claimed + own, bytes)) {
+            __atomic_fetch_add(&own_claims, bytes, __ATOMIC_RELAXED);
             return 0;
         }
     }
@@ -194,6 +200,9 @@ etw_budget_claim_up_to(uint64_t want, uint64_t least, unsigned share)
     }
     int shared = __atomic_load_n(&writable, __ATOMIC_ACQUIRE);
     uint64_t claimed = __atomic_load_n(&b->claimed, __ATOMIC_RELAXED);
+    if (!shared) {
+        claimed += __atomic_load_n(&own_claims, __ATOMIC_RELAXED);
+    }
     for (;;) {
         uint64_t limit = __atomic_load_n(&b->limit, __ATOMIC_RELAXED);
         uint64_t used = claimed + __atomic_load_n(&b->counted, __ATOMIC_RELAXED);
@@ -205,8 +214,12 @@ etw_budget_claim_up_to(uint64_t want, uint64_t least, unsigned share)
         if (take < least) {
             return 0;
         }
-        if (!shared || __atomic_compare_exchange_n(&b->claimed, &claimed, claimed + take, 1,
-                                                   __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+        if (!shared) {
+            __atomic_fetch_add(&own_claims, take, __ATOMIC_RELAXED);
+            return take;
+        }
+        if (__atomic_compare_exchange_n(&b->claimed, &claimed, claimed + take, 1,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
             return take;
         }
     }

@@ -16,7 +16,8 @@
  * touches unmapped memory.  Only a file of this user, or root's, is
  * mapped: shared and writable when this process may write it, else a
  * private mapping that is only read (a process of another user in root's
- * session sees the limit and the stop; the session counts its bytes). */
+ * session sees the limit and the stop, and adds its own claims to what
+ * the page says; the session counts its bytes from outside). */
 #ifndef ETWTRACE_BUDGET_H
 #define ETWTRACE_BUDGET_H
 

@@ -541,7 +541,9 @@ etw_stream_suspend(EtwStream *s)
 
 /* Closes a stream: written out, its ring removed (kept when a copy failed,
  * or events were lost with no packet to count them in, and in memory mode:
- * readers find the packets, and the count, there). */
+ * readers find the packets, and the count, there; and when the capture
+ * stopped it: its control page says why, to a session that cannot see the
+ * budget this process wrote). */
 static void
 free_stream(EtwStream *s)
 {
@@ -557,7 +559,8 @@ free_stream(EtwStream *s)
     if (s->ring != NULL) {
         munmap(s->ring, ring_file_bytes(s->slots));
     }
-    if (own && !s->overwrite && s->copy_error == 0 && !s->lost_outside && s->ring_path != NULL) {
+    if (own && !s->overwrite && s->copy_error == 0 && !s->lost_outside && s->error >= 0 &&
+        s->ring_path != NULL) {
         unlink(s->ring_path);
     }
     free(s->path);
