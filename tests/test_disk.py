@@ -371,3 +371,18 @@ def test_other_users_processes_keep_the_max_size_of_roots_session(box):
     assert 0 < files_size(cap / "ctf", "stream-*") <= MiB
     recorded, lost = recorded_and_lost(cap)
     assert recorded > 0 and lost > 0
+
+
+def test_a_snapshot_that_would_pass_the_reserve_is_refused(box, tmp_path):
+    from pathlib import Path
+    from sessions import one_line_error
+    capture = box.path("capture")
+    box.start(capture, "--ring", "1M")
+    proc = _run_traced(box, "--instrumented", "--", SCRIPTS / "busy_threads.py", CALLS)
+    assert proc.returncode == 0, proc.stderr
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        # The rings hold more than a 1 MiB disk can take above its reserve.
+        one_line_error(box.record("snapshot", disk / "snap"), "less free space than the reserve")
+        assert not (disk / "snap").exists()
+    box.stop()
+    assert files_size(Path(capture) / "ctf", "stream-*") > 0

@@ -69,6 +69,21 @@ def fits(path, size):
     return free is None or free - size >= reserve
 
 
+def tree_size(path):
+    """Bytes of the regular files under `path` (symlinks not followed): what
+    a copy of it needs at most."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
 def _write_new(path, limit, mode, summarized=1):
     """A new budget file at `path` (never an existing file, never through
     a symlink), mapped; `summarized`: its maker says at the end what the

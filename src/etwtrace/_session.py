@@ -349,6 +349,11 @@ def snapshot(target, say):
     target = os.path.abspath(target)
     if target == state["path"] or target.startswith(state["path"] + os.sep):
         raise SessionError(f"the snapshot cannot go into the session's capture {state['path']}")
+    staged = _budget.tree_size(os.path.join(state["path"], STAGING, "ctf"))
+    if not _budget.fits(os.path.dirname(target), staged):
+        raise SessionError(f"a snapshot of about {_sizes.size_text(staged)} would leave the file "
+                           f"system of {target} less free space than the reserve etwtrace "
+                           "leaves free (5% of its size, at most 1 GiB)")
     directory = _capture.CaptureDir(target).open()
     try:
         staging = os.path.join(state["path"], STAGING, "ctf")
