@@ -291,7 +291,11 @@ def _size_line(state):
     """How big the session's capture is so far (the bytes its budget
     counts: its traces' packets, perf.data), its limit, and why it stopped
     recording if it did; None when this user cannot see it."""
-    budget = _budget.open_budget(os.path.join(state.get("path", ""), STAGING, "ctf"))
+    staging = os.path.join(state.get("path", ""), STAGING, "ctf")
+    if state.get("sampled"):
+        # The sampler's trace claims nothing (it takes no --max-size).
+        return f"the capture holds {_sizes.size_text(_budget.tree_size(staging))} so far"
+    budget = _budget.open_budget(staging)
     if budget is None:
         return None
     try:

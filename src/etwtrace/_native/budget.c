@@ -235,13 +235,21 @@ etw_budget_refuse(int process)
     }
 }
 
-void
+int
+etw_budget_writable(void)
+{
+    return current() != NULL && __atomic_load_n(&writable, __ATOMIC_ACQUIRE);
+}
+
+int
 etw_budget_add_unrecorded(uint64_t events)
 {
     EtwBudget *b = current();
-    if (b != NULL && events > 0 && __atomic_load_n(&writable, __ATOMIC_ACQUIRE)) {
-        __atomic_fetch_add(&b->events_unrecorded, events, __ATOMIC_RELAXED);
+    if (b == NULL || !__atomic_load_n(&writable, __ATOMIC_ACQUIRE)) {
+        return 0;
     }
+    __atomic_fetch_add(&b->events_unrecorded, events, __ATOMIC_RELAXED);
+    return 1;
 }
 
 static int

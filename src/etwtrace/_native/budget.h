@@ -53,8 +53,13 @@ int etw_budget_stop(int why, uint64_t free_bytes, uint64_t reserve);
 void etw_budget_refuse(int process);
 
 /* Counts events lost by a thread whose trace has no packet to count them
- * in (it began after the capture stopped). */
-void etw_budget_add_unrecorded(uint64_t events);
+ * in (it began after the capture stopped); 0 when it cannot (the budget
+ * is read only, or there is none). */
+int etw_budget_add_unrecorded(uint64_t events);
+
+/* Whether this process writes the capture's budget (else the session
+ * counts it from outside). */
+int etw_budget_writable(void);
 
 /* Whether the launcher or the session says at the end what the capture
  * lost (so its processes need not, each). */

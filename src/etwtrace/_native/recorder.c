@@ -542,8 +542,8 @@ etw_stream_suspend(EtwStream *s)
 /* Closes a stream: written out, its ring removed (kept when a copy failed,
  * or events were lost with no packet to count them in, and in memory mode:
  * readers find the packets, and the count, there; and when the capture
- * stopped it: its control page says why, to a session that cannot see the
- * budget this process wrote). */
+ * stopped it in a process that cannot write the budget: its control page
+ * tells the session why). */
 static void
 free_stream(EtwStream *s)
 {
@@ -551,16 +551,16 @@ free_stream(EtwStream *s)
     if (own) {
         suspend_stream(s);
     }
-    if (own && s->seq == 0 && s->discarded > 0) {
-        /* No packet holds the count: the capture's budget does. */
-        etw_budget_add_unrecorded(s->discarded);
-        s->lost_outside = 0;
-    }
+    /* No packet holds the count of a stream that never had one: the
+     * budget does, when this process may write it; else its ring does. */
+    int counted = own && s->seq == 0 && s->discarded > 0 &&
+                  etw_budget_add_unrecorded(s->discarded);
+    int keep_ring = s->copy_error != 0 || (s->lost_outside && !counted) ||
+                    (s->error < 0 && !etw_budget_writable());
     if (s->ring != NULL) {
         munmap(s->ring, ring_file_bytes(s->slots));
     }
-    if (own && !s->overwrite && s->copy_error == 0 && !s->lost_outside && s->error >= 0 &&
-        s->ring_path != NULL) {
+    if (own && !s->overwrite && !keep_ring && s->ring_path != NULL) {
         unlink(s->ring_path);
     }
     free(s->path);
