@@ -64,9 +64,17 @@ def room(path):
 
 def fits(path, size):
     """Whether `size` more bytes on the file system of `path` leave its
-    reserve free."""
-    free, reserve = room(path)
-    return free is None or free - size >= reserve
+    reserve free (space is taken in blocks: a write takes at most one more
+    than its size rounds up to, as budget.c counts)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return True
+    if st.f_blocks == 0:
+        return True
+    block = st.f_frsize or 4096
+    need = -(-size // block) * block + block
+    return st.f_bavail * st.f_frsize - need >= reserve_of(st)
 
 
 def tree_size(path):

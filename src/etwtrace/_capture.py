@@ -253,6 +253,11 @@ def _copy_own_file(src, dst, owner):
     fd = _own_tmp_file(src, owner)
     if fd is None:
         return False
+    if not _budget.fits(os.path.dirname(dst), os.fstat(fd).st_size):
+        os.close(fd)
+        print(f"etwtrace: warning: {src} not copied into the capture: it would leave the "
+              "file system less free space than its reserve", file=sys.stderr)
+        return False
     try:
         with os.fdopen(fd, "rb") as f, \
                 open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
@@ -483,6 +488,11 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
             budget = _budget.create(os.path.join(path, "ctf"), max_size)
         except _budget.BudgetError as ex:
             raise CaptureError(str(ex)) from None
+        # What the capture's end writes beside the trace takes its room
+        # now, as the manifest's does: a full disk then takes nothing more.
+        for name in ("maps", "jit"):
+            os.makedirs(os.path.join(path, name), mode=0o700, exist_ok=True)
+        _guide.write(path)
         recorder, perf = choose_recorder(requested_recorder, say)
         if recorder == "perf":
             status, received = run_with_perf(path, perf, mode, preset, target, say, budget)

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -270,7 +271,11 @@ room(const struct statvfs *v, uint64_t bytes, uint64_t *free_bytes, uint64_t *re
     if (total == 0) {
         return 0;   /* a file system that does not say (some FUSE): cannot tell */
     }
-    return have >= keep && bytes <= have - keep ? 0 : ETW_STOP_RESERVE;
+    /* Space is taken in blocks: a write at any offset takes at most one
+     * block more than its size rounds up to. */
+    uint64_t block = v->f_frsize ? v->f_frsize : 4096;
+    uint64_t need = (bytes + block - 1) / block * block + block;
+    return have >= keep && need <= have - keep ? 0 : ETW_STOP_RESERVE;
 }
 
 int
@@ -281,6 +286,32 @@ etw_budget_room(int fd, uint64_t bytes, uint64_t *free_bytes, uint64_t *reserve)
         return 0;
     }
     return room(&v, bytes, free_bytes, reserve);
+}
+
+/* Held from a room check to the end of the write it allowed. */
+static pthread_mutex_t room_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int
+etw_budget_room_begin(int fd, uint64_t bytes)
+{
+    pthread_mutex_lock(&room_lock);
+    int why = etw_budget_room(fd, bytes, NULL, NULL);
+    if (why != 0) {
+        pthread_mutex_unlock(&room_lock);
+    }
+    return why;
+}
+
+void
+etw_budget_room_end(void)
+{
+    pthread_mutex_unlock(&room_lock);
+}
+
+void
+etw_budget_after_fork_child(void)
+{
+    pthread_mutex_init(&room_lock, NULL);
 }
 
 int

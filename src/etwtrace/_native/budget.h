@@ -73,6 +73,16 @@ uint64_t etw_budget_limit(void);
  * `*reserve` (when not NULL) receive what it has and keeps. */
 int etw_budget_room(int fd, uint64_t bytes, uint64_t *free_bytes, uint64_t *reserve);
 
+/* etw_budget_room for a write this process makes now: on 0, the caller
+ * writes, then calls etw_budget_room_end; until then no other writer of
+ * this process checks (so two cannot both take the last room).  Writers
+ * of other processes may: each can pass the reserve by its one write. */
+int etw_budget_room_begin(int fd, uint64_t bytes);
+void etw_budget_room_end(void);
+
+/* In a forked child, before anything else runs there. */
+void etw_budget_after_fork_child(void);
+
 /* The same for the file system of `path`. */
 int etw_budget_room_at(const char *path, uint64_t bytes, uint64_t *free_bytes,
                        uint64_t *reserve);

@@ -68,11 +68,14 @@ copy_packet(const EtwCopy *c)
     else if (st.st_dev != c->dev || st.st_ino != c->ino) {
         err = ESTALE;   /* not the file the recorder made: never write it */
     }
-    else if (etw_budget_room(fd, c->size, NULL, NULL) != 0) {
+    else if (etw_budget_room_begin(fd, c->size) != 0) {
         err = -ETW_STOP_RESERVE;
     }
-    else if (pwrite_all(fd, c->packet, c->size, c->offset) != 0) {
-        err = errno;
+    else {
+        if (pwrite_all(fd, c->packet, c->size, c->offset) != 0) {
+            err = errno;
+        }
+        etw_budget_room_end();
     }
     close(fd);
     return err;

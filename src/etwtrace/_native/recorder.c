@@ -662,16 +662,6 @@ create_stream(uint32_t tid, int kept)
         note_failure(s, errno, "cannot create");
         goto failed;
     }
-    if (etw_budget_room(fd, ring_file_bytes(s->slots), NULL, NULL) != 0) {
-        close(fd);
-        unlink(path);
-        stop_capture(s, ETW_STOP_RESERVE, 0);
-        etw_budget_refuse(0);
-        free(s->path);
-        free(ring_path);
-        free(s);
-        return unrecorded_stream(tid);
-    }
     close(fd);
     s->dev = st.st_dev;
     s->ino = st.st_ino;
@@ -683,8 +673,15 @@ create_stream(uint32_t tid, int kept)
         rc = ENOMEM;
     }
     fd = rc ? -1 : create_own_file(s->ring_path, &st);
-    if (rc == 0) {
-        rc = fd < 0 ? errno : posix_fallocate(fd, 0, (off_t)file_bytes);
+    if (rc == 0 && fd < 0) {
+        rc = errno;
+    }
+    else if (rc == 0 && etw_budget_room_begin(fd, file_bytes) != 0) {
+        rc = -ETW_STOP_RESERVE;
+    }
+    else if (rc == 0) {
+        rc = posix_fallocate(fd, 0, (off_t)file_bytes);
+        etw_budget_room_end();
     }
     if (rc == 0) {
         void *p = mmap(NULL, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -704,11 +701,22 @@ create_stream(uint32_t tid, int kept)
     if (fd >= 0) {
         close(fd);
     }
+    if (rc != 0 && fd >= 0) {
+        unlink(s->ring_path);
+    }
+    if (rc == -ETW_STOP_RESERVE) {
+        /* No room for its ring above the reserve: not recorded. */
+        unlink(s->path);
+        stop_capture(s, ETW_STOP_RESERVE, 0);
+        etw_budget_refuse(0);
+        free(s->path);
+        free(s->ring_path);
+        free(s->busy);
+        free(s);
+        return unrecorded_stream(tid);
+    }
     if (rc != 0) {
         note_failure(s, rc, "cannot create the ring of");
-        if (fd >= 0) {
-            unlink(s->ring_path);
-        }
         goto failed;
     }
     return s;
@@ -928,6 +936,7 @@ etw_recorder_after_fork_child(void)
      * know their creator's pid) when its thread next writes. */
     pthread_mutex_init(&registry_lock, NULL);
     pthread_mutex_init(&kept_lock, NULL);
+    etw_budget_after_fork_child();
     kept_stream = NULL;     /* the parent's: let go */
     generation++;
     etw_copier_after_fork_child();
