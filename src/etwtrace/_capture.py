@@ -15,10 +15,12 @@ import fcntl
 import glob
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -420,8 +422,6 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
     if not preset.needs_perf and probe is None:
         return run_builtin_subprocess(path, mode, target)
     data = os.path.join(path, "perf.data")
-    import shutil
-    import tempfile
     control_dir = tempfile.mkdtemp(prefix="etwtrace-perf-")   # private (0700)
     control = _budget.perf_control(control_dir)
     cmd = _perf.record_command(perf, data, preset, callgraph, probe, control)
