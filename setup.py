@@ -106,6 +106,7 @@ setup(
                 f"{NATIVE}/recorder.c",
                 f"{NATIVE}/session.c",
                 f"{NATIVE}/copier.c",
+                f"{NATIVE}/budget.c",
                 f"{NATIVE}/perf_jit.c",
                 f"{NATIVE}/trampoline.c",
             ],

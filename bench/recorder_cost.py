@@ -2,12 +2,15 @@
 eval hook, the tracer's bookkeeping, the clock reads and the rest of the
 recorder, measured side by side in one run.
 
-    python3 bench/recorder_cost.py [--rounds 5] [--repeat 7]
+    python3 bench/recorder_cost.py [--rounds 5] [--repeat 7] [--against REV]
 
 It builds two copies of the extension from this tree: the real one, and one
 compiled with ETWTRACE_BENCH_NO_CLOCK, whose clock is a counter (no TSC
-read).  Each configuration runs fib(27) in its own process, interleaved
-over rounds; a configuration's time is its best run.
+read); with --against, a third from git revision REV, whose capture runs
+beside this tree's.  Each configuration runs fib(27) in its own process,
+interleaved over rounds; a configuration's time is its best run.  The
+capture with a budget (ETWTRACE_MAX_SIZE, never reached) shows what the
+per-packet claim and free-space check cost (issue 22).
 """
 import argparse
 import os
@@ -48,11 +51,17 @@ print(best)
 """
 
 
-def build_copy(target, cflags):
+def build_copy(target, cflags, rev=None):
     src = os.path.join(target, "src")
-    shutil.copytree(os.path.join(ROOT, "src"), src)
-    shutil.copy(os.path.join(ROOT, "setup.py"), target)
-    shutil.copy(os.path.join(ROOT, "pyproject.toml"), target)
+    if rev is None:
+        shutil.copytree(os.path.join(ROOT, "src"), src)
+        shutil.copy(os.path.join(ROOT, "setup.py"), target)
+        shutil.copy(os.path.join(ROOT, "pyproject.toml"), target)
+    else:
+        os.makedirs(target)
+        archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "src", "setup.py",
+                                  "pyproject.toml"], check=True, stdout=subprocess.PIPE).stdout
+        subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
     env = dict(os.environ, ETWTRACE_CFLAGS=cflags)
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", src,
                     "--build-temp", os.path.join(target, "tmp")],
@@ -65,6 +74,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--against", metavar="REV",
+                        help="also time a capture with the extension of git revision REV")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="etwtrace-recorder-cost-")
     try:
@@ -76,17 +87,25 @@ def main():
         with open(script, "w") as f:
             f.write(WORKER)
         captures = os.path.join(work, "captures")
-        # (label, worker config, extension copy, capture?)
+        # (label, worker config, extension copy, capture?: True, or its
+        # ETWTRACE_MAX_SIZE)
         configs = [("no tracing", "none", real, False),
                    ("eval hook floor", "noop_hook", real, False),
                    ("etwtrace, no capture", "etwtrace", real, False),
                    ("etwtrace + capture, clock a counter", "etwtrace", no_clock, True),
-                   ("etwtrace + capture", "etwtrace", real, True)]
+                   ("etwtrace + capture", "etwtrace", real, True),
+                   ("etwtrace + capture with a budget", "etwtrace", real, "1T")]
+        if args.against:
+            older = build_copy(os.path.join(work, "against"), "", args.against)
+            configs.append((f"etwtrace + capture at {args.against}", "etwtrace", older, True))
         best = {c[0]: float("inf") for c in configs}
         for r in range(args.rounds):
             for label, config, path, capture in configs:
                 env = dict(os.environ, BENCH_PATH=os.pathsep.join([path, hook_dir]))
                 env.pop("ETWTRACE_CAPTURE", None)
+                env.pop("ETWTRACE_MAX_SIZE", None)
+                if isinstance(capture, str):
+                    env["ETWTRACE_MAX_SIZE"] = capture
                 if capture:
                     os.makedirs(captures, exist_ok=True)
                     env["ETWTRACE_CAPTURE"] = os.path.join(captures, f"{r}-{config}-{len(path)}")
@@ -113,6 +132,11 @@ def main():
           f"{per_event('etwtrace + capture, clock a counter', 'etwtrace, no capture'):.1f} ns")
     print(f"- the tracer's bookkeeping beyond the eval hook: "
           f"{per_event('etwtrace, no capture', 'eval hook floor'):.1f} ns")
+    print(f"- a budget (claims per packet): "
+          f"{per_event('etwtrace + capture with a budget', 'etwtrace + capture'):+.1f} ns")
+    if args.against:
+        print(f"- this tree against {args.against}: "
+              f"{per_event('etwtrace + capture', f'etwtrace + capture at {args.against}'):+.1f} ns")
 
 
 if __name__ == "__main__":

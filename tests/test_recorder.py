@@ -458,7 +458,9 @@ def test_a_full_disk_stops_recording_out_loud_and_keeps_what_fit(tmp_path):
         proc = run_etwtrace("--instrumented", "--capture", cap, "--recorder", "builtin", "--", prog)
         assert proc.returncode == 3, proc.stderr              # the program's own status
         assert "Traceback" not in proc.stderr
-        assert "No space left on device" in proc.stderr
+        # The disk is never filled: recording stops at the reserve
+        # (test_disk.py tests that in detail).
+        assert "etwtrace leaves free" in proc.stderr
         lost_lines = [l for l in proc.stderr.splitlines() if "events were lost" in l]
         assert lost_lines, proc.stderr
         from etwtrace._manifest import read_manifest

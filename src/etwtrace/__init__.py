@@ -112,6 +112,10 @@ class _TracingMixin:
         self.ignore(threading.__file__, threading.Thread.run.__code__.co_filename)
         from . import _env
         capture = os.environ.get(CAPTURE_ENV) or None
+        limit = _env.size(_env.MAX_SIZE) if capture else None
+        if limit is not None:
+            from . import _budget
+            _budget.ensure(capture, limit)
         sessions = self._join_sessions
         if sessions is None:
             sessions = _env.choice(_env.SESSION) != "ignore"

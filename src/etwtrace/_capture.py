@@ -15,6 +15,7 @@ import fcntl
 import glob
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -23,7 +24,7 @@ import tempfile
 import threading
 import time
 
-from . import _confine, _ctf, _env, _guide, _manifest, _perf, _safefs
+from . import _budget, _confine, _ctf, _env, _guide, _manifest, _perf, _safefs
 from ._perf import PerfError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
@@ -319,6 +320,11 @@ def _copy_own_file(src, dst, owner):
     fd = _own_tmp_file(src, owner)
     if fd is None:
         return False
+    if not _budget.fits(os.path.dirname(dst), os.fstat(fd).st_size):
+        os.close(fd)
+        print(f"etwtrace: warning: {src} not copied into the capture: it would leave the "
+              "file system less free space than its reserve", file=sys.stderr)
+        return False
     try:
         out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
@@ -492,7 +498,7 @@ class _Tee(threading.Thread):
             self.tail = (self.tail + [line.decode(errors="replace").rstrip()])[-20:]
 
 
-def run_with_perf(path, perf, mode, preset, target, say):
+def run_with_perf(path, perf, mode, preset, target, say, budget=None):
     from . import _etwtrace
     callgraph = _perf.choose_callgraph(preset)
     note = _perf.callgraph_note(preset, callgraph)
@@ -506,16 +512,25 @@ def run_with_perf(path, perf, mode, preset, target, say):
     if not preset.needs_perf and probe is None:
         return run_builtin_subprocess(path, mode, target)
     data = os.path.join(path, "perf.data")
-    cmd = _perf.record_command(perf, data, preset, callgraph, probe)
+    control_dir = tempfile.mkdtemp(prefix="etwtrace-perf-")   # private (0700)
+    control = _budget.perf_control(control_dir)
+    cmd = _perf.record_command(perf, data, preset, callgraph, probe, control)
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
     write_manifest(path, recorder="perf", callgraph=callgraph, perf_command=cmd)
+    guard = None
     try:
         proc = _Child(cmd + ["--"] + child, child_environment(path, mode), stderr=subprocess.PIPE)
         tee = _Tee(proc.proc.stderr)
         tee.start()
+        if budget is not None:
+            guard = _budget.Guard(budget, path, say, perf_data=data, control=control)
+            guard.start()
         returncode = proc.wait()
         tee.join(timeout=10)
     finally:
+        if guard is not None:
+            guard.finish()
+        shutil.rmtree(control_dir, ignore_errors=True)
         if probe:
             _perf.remove_stack_sample_probe(perf)
     # perf exits as its workload did (by the same signal, too).
@@ -532,18 +547,24 @@ def run_with_perf(path, perf, mode, preset, target, say):
         tmp = _confine.PrivateTmp(path, pids)
     confine = tmp.confine if tmp is not None else None
     try:
-        if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
-            injected = os.path.join(path, "perf.jit.data")
-            # perf's libdw unwinder walks the images inject writes only as
-            # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
-            if tmp is None:
-                _perf.inject_jit(perf, data, injected)
-            else:
-                _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"), preexec_fn=confine)
-                tmp.keep("perf.jit.data")
-            script_input = injected
-        _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT),
-                          preexec_fn=confine)
+        try:
+            if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
+                injected = os.path.join(path, "perf.jit.data")
+                # perf's libdw unwinder walks the images inject writes only as
+                # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
+                if tmp is None:
+                    _perf.inject_jit(perf, data, injected)
+                else:
+                    _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"), preexec_fn=confine)
+                    tmp.keep("perf.jit.data")
+                script_input = injected
+        except _perf.PerfSpaceError as ex:
+            say(f"etwtrace: {ex}")
+        try:
+            _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT),
+                              preexec_fn=confine)
+        except _perf.PerfSpaceError as ex:
+            say(f"etwtrace: {ex}")
     finally:
         if tmp is not None:
             tmp.close()
@@ -557,40 +578,54 @@ def run_builtin_subprocess(path, mode, target):
     return proc.wait(), proc.received
 
 
-def capture(path, mode, requested_recorder, preset_name, target, say):
+def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0):
     """Runs `target` (script args or ['-m', module, ...]) under the chosen
-    recorder into `path`; returns the program's exit status (negative when
-    a signal ended it)."""
+    recorder into `path`, which may hold `max_size` bytes (0: no limit);
+    returns the program's exit status (negative when a signal ended it)."""
     preset = load_preset(preset_name)
     directory = CaptureDir(path).open()
     path = directory.path
+    budget = None
     try:
         write_manifest(path, format=1, mode=mode, preset=preset.name, command=target,
-                       python=sys.version.split()[0], started=time.time())
+                       python=sys.version.split()[0], started=time.time(),
+                       **({"max_size": max_size} if max_size else {}))
+        try:
+            budget = _budget.create(os.path.join(path, "ctf"), max_size)
+        except _budget.BudgetError as ex:
+            raise CaptureError(str(ex)) from None
+        # What the capture's end writes beside the trace takes its room
+        # now, as the manifest's does: a full disk then takes nothing more.
+        for name in ("maps", "jit"):
+            os.makedirs(os.path.join(path, name), mode=0o700, exist_ok=True)
+        _guide.write(path)
         recorder, perf = choose_recorder(requested_recorder, say)
         if recorder == "perf":
-            status, received = run_with_perf(path, perf, mode, preset, target, say)
+            status, received = run_with_perf(path, perf, mode, preset, target, say, budget)
         else:
             status, received = run_builtin_subprocess(path, mode, target)
         pids = capture_pids(path)
         collect_perf_files(path, pids)
         ctf_root = os.path.join(path, "ctf")
         if os.path.isdir(ctf_root):
-            _ctf.finalize(ctf_root)
+            _ctf.finalize(ctf_root, room=lambda size: _budget.fits(ctf_root, size))
         losses = _ctf.recorded_losses(path)
         info = {"finished": time.time(), "exit_status": status}
         if received is not None:
             info["stopped_by_signal"] = signal.Signals(received).name
         if losses:
             info["events_lost"] = {str(pid): n for pid, n in losses.items()}
+        info.update(budget.info())
         try:
             write_manifest(path, **info)
         except CaptureError as ex:
             say(f"etwtrace: {ex}")      # the trace is there: say so, go on
     finally:
+        if budget is not None:
+            budget.remove()     # what it says is in the manifest now
         directory.close()
-    if losses:
-        say(f"etwtrace: {sum(losses.values()):,} events were lost in this capture "
-            f"({_ctf.describe_losses(losses)}); the trace holds every event before")
+    lost = _budget.loss_text(losses, info)
+    if lost:
+        say(f"etwtrace: {lost}; the trace holds every event recorded before")
     say(f"etwtrace: capture saved to {path}")
     return status

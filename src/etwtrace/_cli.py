@@ -28,6 +28,11 @@ Usage: python -m etwtrace [options] -- script.py [args...]
     --recorder WHICH      auto (perf where installed and permitted, else
                           builtin), perf, or builtin (no privileges needed)
     --preset NAME         Recording profile preset: Default, CPU or Minimal
+    --max-size SIZE       With --capture: stop recording when the capture
+                          (trace and perf.data, all processes) reaches SIZE
+                          (e.g. 500M, 2G); the program runs on.  Recording
+                          also stops before the file system's free space
+                          falls to 5% of its size (at most 1 GiB)
     --sampled             Hook-free sampling (CPython 3.11, 3.13+; root): a BPF
                           program reads Python stacks at each CPU sample; needs
                           --capture
@@ -53,7 +58,8 @@ Usage: python -m etwtrace report PATH [--format text|folded|speedscope|chrome|sv
 
     Summarises a capture (see python -m etwtrace report --help).
 
-Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin]
+                                           [--ring SIZE] [--max-size SIZE]
        python -m etwtrace record start PATH --sampled [--rate HZ]
        python -m etwtrace record status | snapshot [PATH] | stop
 
@@ -75,6 +81,9 @@ Other options:
 
 Environment:
     ETWTRACE_CAPTURE=DIR  Any traced process records into DIR (built-in recorder)
+    ETWTRACE_MAX_SIZE=SIZE
+                          The --max-size of such a capture (and the default
+                          of --capture's)
     ETWTRACE_PROFILE=FILE Recording profile to use instead of the bundled one
     ETWTRACE_C_CALLS=1    Instrumented tracing includes C callables
     ETWTRACE_CALL_TIMES=0 Instrumented tracing records no call durations
@@ -241,7 +250,7 @@ def _parse(args):
     opts = {
         "mode": None, "capture": None, "recorder": "auto", "preset": "Default",
         "target": None, "info": False, "unused": [], "c_calls": False,
-        "call_times": True, "rate": None, "pid": None, "duration": None,
+        "call_times": True, "rate": None, "pid": None, "duration": None, "max_size": None,
     }
     actions = []
 
@@ -285,6 +294,15 @@ def _parse(args):
             opts["capture"] = orig.partition("=")[2] or value(orig)
             if not opts["capture"].strip():
                 raise UsageError("--capture needs a path")
+        elif arg == "--max-size" or arg.startswith("--max-size="):
+            from . import _sizes
+            text = orig.partition("=")[2] or value(orig)
+            try:
+                opts["max_size"] = _sizes.parse_size(text, "--max-size")
+            except _sizes.SizeError as ex:
+                raise UsageError(str(ex)) from None
+            if opts["max_size"] == 0:
+                raise UsageError("--max-size must be more than 0")
         elif arg == "--recorder" or arg.startswith("--recorder="):
             rec = (orig.partition("=")[2] or value(orig)).lower()
             if rec not in ("auto", "perf", "builtin"):
@@ -353,6 +371,8 @@ def main(args=None):
         target = opts["target"]
         if opts["mode"] == "sampled" or opts["rate"] or opts["pid"] or opts["duration"]:
             return _run_sampled(opts, target)
+        if opts["max_size"] is not None and not opts["capture"]:
+            raise UsageError("--max-size is the size of a capture: add --capture PATH")
         if target is None:
             if opts["capture"]:
                 raise UsageError("--capture needs a program to run after --")
@@ -377,8 +397,11 @@ def main(args=None):
         if opts["capture"]:
             from . import _capture
             try:
+                max_size = opts["max_size"]
+                if max_size is None:
+                    max_size = _env.size(_env.MAX_SIZE)
                 return _capture.capture(opts["capture"], mode, opts["recorder"],
-                                        opts["preset"], target, _say)
+                                        opts["preset"], target, _say, max_size=max_size or 0)
             except _capture.CaptureError as ex:
                 raise UsageError(str(ex)) from None
             except _capture.PerfError as ex:
@@ -411,6 +434,8 @@ def _run_sampled(opts, target):
     if opts["mode"] != "sampled":
         used = [f"--{o}" for o in ("rate", "pid", "duration") if opts[o]]
         raise UsageError(f"{', '.join(used)} needs --sampled")
+    if opts["max_size"] is not None:
+        raise UsageError("--max-size is for the built-in recorder and perf, not --sampled")
     if not opts["capture"]:
         raise UsageError("--sampled records into a capture: add --capture PATH")
     if (opts["pid"] is None) == (target is None):

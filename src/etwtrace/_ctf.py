@@ -425,19 +425,21 @@ def stream_losses(path, version):
         return 0
 
 
-def finalize(ctf_root):
+def finalize(ctf_root, room=None):
     """Moves the packets left in the rings of processes that have ended
     into their stream files, so that every CTF reader (babeltrace2) sees
     every event, and removes those rings.  Rings of live processes are left
-    alone.  Returns how many streams were completed."""
+    alone, and so are those whose packets `room(bytes)` says do not fit
+    (the file system's reserve: readers take them from the ring).  Returns
+    how many streams were completed."""
     done = 0
     for pid, trace_dir in trace_dirs(ctf_root):
         if not _alive(pid):
-            done += finalize_trace(trace_dir)
+            done += finalize_trace(trace_dir, room)
     return done
 
 
-def finalize_trace(trace_dir):
+def finalize_trace(trace_dir, room=None):
     """finalize() of one per-process trace whose writer has ended.  Only
     this user's own stream files are written, never through a symlink."""
     try:
@@ -453,13 +455,16 @@ def finalize_trace(trace_dir):
             continue
         try:
             parts = StreamParts(path, version)
+            if parts.tail and room is not None and not room(len(parts.tail)):
+                continue
             if parts.tail or parts.cut_short:
                 with os.fdopen(_open_regular(path, os.O_RDWR, own=True), "r+b") as f:
                     f.truncate(parts.length)
                     f.seek(parts.length)
                     f.write(parts.tail)
                 done += 1
-            os.unlink(ring)
+            if _carry_losses(path, parts.lost):
+                os.unlink(ring)
         except (OSError, TraceError):
             continue
     return done
@@ -479,6 +484,33 @@ def _open_regular(path, flags, own=False):
 def _new_file(path):
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                    0o600)
+
+
+_LOST_FIELD = 48    # offset of events_discarded in a packet (version 2)
+
+
+def _carry_losses(path, lost):
+    """Makes the last packet of a stream file (version 2) count `lost`
+    events lost, the count its ring's control page kept for events lost
+    after that packet (recorder.c).  False when the file has no packet to
+    hold it (the ring must stay)."""
+    head = _HEAD[2]
+    with os.fdopen(_open_regular(path, os.O_RDWR, own=True), "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset, last = 0, None
+        while offset + head.size <= size:
+            f.seek(offset)
+            values = head.unpack(f.read(head.size))
+            if values[0] != CTF_MAGIC or values[5] < head.size * 8 or values[5] % 8 \
+                    or offset + values[5] // 8 > size:
+                break
+            last = (offset, values[7])
+            offset += values[5] // 8
+        if last is None:
+            return lost == 0
+        if lost > last[1]:
+            os.pwrite(f.fileno(), struct.pack("<Q", lost), last[0] + _LOST_FIELD)
+    return True
 
 
 def copy_trace(trace_dir, target):

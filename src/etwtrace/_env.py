@@ -14,6 +14,7 @@ CALLGRAPH = "ETWTRACE_CALLGRAPH"
 PERF_FILES = "ETWTRACE_PERF_FILES"
 PROFILE = "ETWTRACE_PROFILE"
 CLOCK = "ETWTRACE_CLOCK"
+MAX_SIZE = "ETWTRACE_MAX_SIZE"
 SESSION = "ETWTRACE_SESSION"
 SESSION_DIR = "ETWTRACE_SESSION_DIR"
 
@@ -62,12 +63,26 @@ def choice(name, environ=os.environ):
     return value
 
 
+def size(name, environ=os.environ):
+    """A size in bytes (64M, 1G: _sizes.parse_size); None when unset or
+    empty."""
+    from . import _sizes
+    value = environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return _sizes.parse_size(value, name)
+    except _sizes.SizeError:
+        raise EnvError(f"{name}={environ[name]!r} is not a size such as 64M or 1G") from None
+
+
 def check_all(environ=os.environ):
     """Raises EnvError for the first ETWTRACE_* variable with a bad value."""
     for name in FLAGS:
         flag(name, None, environ)
     for name in CHOICES:
         choice(name, environ)
+    size(MAX_SIZE, environ)
     profile = environ.get(PROFILE)
     if profile:
         read_profile_text(profile)

@@ -23,6 +23,11 @@ class PerfError(Exception):
     """perf is missing, refused, or failed."""
 
 
+class PerfSpaceError(PerfError):
+    """A file made from perf.data was not made, or cut short, to keep the
+    file system's reserve free (_budget.py)."""
+
+
 def find_perf():
     perf = shutil.which("perf")
     if not perf:
@@ -151,9 +156,13 @@ def remove_stack_sample_probe(perf):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
 
-def record_command(perf, output, preset, callgraph, probe_event):
-    """The perf record command line for a recording-profile preset."""
+def record_command(perf, output, preset, callgraph, probe_event, control=None):
+    """The perf record command line for a recording-profile preset; with
+    `control`, a FIFO through which perf is told to stop sampling when the
+    capture stops (_budget.Guard)."""
     cmd = [perf, "record", "-q", "-k", "CLOCK_MONOTONIC", "-o", output]
+    if control:
+        cmd += ["--control", f"fifo:{control}"]
     events = []
     if preset.cpu_samples:
         events += ["-e", f"cpu-clock/freq={preset.frequency}/"]
@@ -172,6 +181,13 @@ def record_command(perf, output, preset, callgraph, probe_event):
 
 
 def inject_jit(perf, data, output, preexec_fn=None):
+    from . import _budget
+    # perf.jit.data is about perf.data's size, and the jitted images come
+    # on top (in /tmp, where perf inject writes them).
+    need = 2 * os.path.getsize(data)
+    if not (_budget.fits(os.path.dirname(output), need) and _budget.fits("/tmp", need // 2)):
+        raise PerfSpaceError("not running perf inject --jit: its output would leave the file "
+                             "system less free space than its reserve; perf.data is complete")
     r = subprocess.run([perf, "inject", "--jit", "-i", data, "-o", output],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec_fn)
     if r.returncode != 0:
@@ -204,14 +220,44 @@ def add_to_buildid_cache(perf, cache, images, data):
 
 
 def save_script(perf, data, output, preexec_fn=None):
+    """perf script's text of `data` into `output`, as long as the file
+    system keeps its reserve free: else cut after its last whole record
+    (PerfSpaceError says so)."""
+    import tempfile
+    from . import _budget
+    directory = os.path.dirname(os.path.abspath(output))
     # Private, as the rest of the capture.
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        r = subprocess.run(
+    cut = False
+    with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
             [perf, "script", "-i", data, "-F", SCRIPT_FIELDS, "--ns", "--no-inline",
              "--show-mmap-events", "--show-switch-events"],
-            stdout=out, stderr=subprocess.PIPE, preexec_fn=preexec_fn,
-        )
-    if r.returncode != 0:
-        raise PerfError("perf script failed: " +
-                        (r.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1])
+            stdout=subprocess.PIPE, stderr=errors, preexec_fn=preexec_fn)
+        whole = 0       # where the last whole record ends
+        try:
+            while True:
+                chunk = proc.stdout.read(1 << 20)
+                if not chunk:
+                    break
+                if not _budget.fits(directory, len(chunk)):
+                    cut = True
+                    proc.kill()
+                    break
+                end = chunk.rfind(b"\n\n")
+                if end >= 0:
+                    whole = out.tell() + end + 2
+                out.write(chunk)
+        finally:
+            proc.stdout.close()
+            returncode = proc.wait()
+        if cut:
+            out.truncate(whole)
+        errors.seek(0)
+        message = errors.read(1 << 16).decode(errors="replace").strip().splitlines()
+    if cut:
+        raise PerfSpaceError("perf.script was cut short to leave the file system its reserve "
+                             "of free space: the report shows the samples before the cut; "
+                             "perf.data is complete")
+    if returncode != 0:
+        raise PerfError("perf script failed: " + (message or ["?"])[-1])

@@ -88,13 +88,15 @@ def _thread_stacks(scan, view):
 
 
 def _losses_line(path):
-    """One line naming the events the recorder could not keep, or None."""
-    from ._ctf import describe_losses, recorded_losses
-    losses = recorded_losses(path)
-    if not losses:
+    """One line naming the events the recorder could not keep (and why
+    recording stopped early, if it did), or None."""
+    from ._budget import loss_text
+    from ._ctf import recorded_losses
+    from ._manifest import read_manifest
+    lost = loss_text(recorded_losses(path), read_manifest(path))
+    if not lost:
         return None
-    return (f"WARNING: {sum(losses.values()):,} events were lost while recording "
-            f"({describe_losses(losses)}); what follows is what was kept")
+    return f"WARNING: {lost}; what follows is what was kept"
 
 
 def _problems_lines(scan):

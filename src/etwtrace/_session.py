@@ -1,6 +1,6 @@
 """Recording sessions, the equivalent of `wpr -start` / `wpr -stop`:
 
-    python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+    python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE] [--max-size SIZE]
     python -m etwtrace record start PATH --sampled [--rate HZ]
     python -m etwtrace record status | snapshot [PATH] | stop
 
@@ -40,7 +40,8 @@ import sys
 import tempfile
 import time
 
-from . import _capture, _confine, _ctf, _env, _manifest, _perf, _pyfinder, _safefs, _sampled
+from . import (_budget, _capture, _confine, _ctf, _env, _manifest, _perf, _pyfinder, _safefs,
+               _sampled, _sizes)
 from ._capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
@@ -122,20 +123,24 @@ class Place:
 
 
 def parse_size(text):
-    """Bytes of a --ring SIZE: a number with an optional K, M or G (powers
-    of 1024, an optional trailing B or iB)."""
-    value = text.strip().upper()
-    for suffix in ("IB", "B"):
-        if value.endswith(suffix) and value[:-len(suffix)][-1:] in "KMG" and value[:-len(suffix)]:
-            value = value[:-len(suffix)]
-            break
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(value[-1:], 1)
-    digits = value[:-1] if scale > 1 else value
-    if not digits.isdigit():
-        raise SessionError(f"--ring needs a size such as 64M or 1G, not {text!r}")
-    size = int(digits) * scale
+    """Bytes of a --ring SIZE (per thread; _sizes.parse_size's forms)."""
+    try:
+        size = _sizes.parse_size(text, "--ring")
+    except _sizes.SizeError as ex:
+        raise SessionError(str(ex)) from None
     if not MIN_RING <= size <= MAX_RING:
         raise SessionError(f"--ring {text}: the size must be between 128K and 4G per thread")
+    return size
+
+
+def parse_max_size(text):
+    """Bytes of a --max-size SIZE (_sizes.parse_size's forms)."""
+    try:
+        size = _sizes.parse_size(text, "--max-size")
+    except _sizes.SizeError as ex:
+        raise SessionError(str(ex)) from None
+    if size == 0:
+        raise SessionError("--max-size must be more than 0")
     return size
 
 
@@ -152,20 +157,15 @@ def _duration(seconds):
     return f"{seconds // 3600} h {seconds // 60 % 60} min"
 
 
-def _size_text(n):
-    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return f"{n} bytes"
-
-
 def _describe(state):
     if state.get("sampled"):
         return (f"hook-free sampling of every CPython 3.11 and 3.13+ process at "
                 f"{state['sampled']} Hz (BPF), capture {state.get('path')}")
     ring = state.get("ring") or 0
-    mode = f", memory mode ({_size_text(ring)} per thread)" if ring else ""
-    return (f"recorder {state.get('recorder')}, preset {state.get('preset')}{mode}, "
+    mode = f", memory mode ({_sizes.size_text(ring)} per thread)" if ring else ""
+    limit = state.get("max_size") or 0
+    limit = f", at most {_sizes.size_text(limit)}" if limit else ""
+    return (f"recorder {state.get('recorder')}, preset {state.get('preset')}{mode}{limit}, "
             f"capture {state.get('path')}")
 
 
@@ -196,7 +196,7 @@ def _unreachable_by_others(path):
 
 # ---- commands ----
 
-def start(path, preset_name, requested_recorder, ring, say, sampled=0):
+def start(path, preset_name, requested_recorder, ring, say, sampled=0, max_size=0):
     place = Place()
     place.prepare()
     if place.daemon_alive():
@@ -206,9 +206,9 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0):
                            "stop it first with: python -m etwtrace record stop")
     _recover_stale(place, say)
     if sampled:
-        if ring or requested_recorder != "auto":
-            raise SessionError("--sampled records with its BPF program: leave out "
-                               f"{'--ring' if ring else '--recorder'}")
+        if ring or requested_recorder != "auto" or max_size:
+            left_out = "--ring" if ring else "--max-size" if max_size else "--recorder"
+            raise SessionError(f"--sampled records with its BPF program: leave out {left_out}")
         if not place.system:
             raise SessionError("--sampled samples every Python process on the machine, "
                                "which needs root")
@@ -234,7 +234,7 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0):
             say(f"etwtrace: warning: other users cannot pass {blocked}, so only root's "
                 "processes can record into this session")
     request = {"path": path, "preset": preset.name, "recorder": recorder, "ring": ring,
-               "sampled": sampled, "dir": place.dir}
+               "sampled": sampled, "dir": place.dir, "max_size": max_size}
     try:
         log = os.open(place.path("daemon.log"),
                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -278,6 +278,9 @@ def status(say):
         say(f"etwtrace: a recording session is running since {_when(state['started'])} "
             f"(for {_duration(time.time() - state['started'])}): {_describe(state)}; "
             f"{count} process{'es' if joined != 1 else ''} {verb}")
+        size = _size_line(state)
+        if size:
+            say(f"etwtrace: {size}")
         if state.get("perf_failed"):
             say(f"etwtrace: warning: perf stopped early: {state['perf_failed']}")
         return 0
@@ -285,6 +288,27 @@ def status(say):
         return 1
     say("etwtrace: no recording session is running")
     return 1
+
+
+def _size_line(state):
+    """How big the session's capture is so far (the bytes its budget
+    counts: its traces' packets, perf.data), its limit, and why it stopped
+    recording if it did; None when this user cannot see it."""
+    staging = os.path.join(state.get("path", ""), STAGING, "ctf")
+    if state.get("sampled"):
+        # The sampler's trace claims nothing (it takes no --max-size).
+        return f"the capture holds {_sizes.size_text(_budget.tree_size(staging))} so far"
+    budget = _budget.open_budget(staging)
+    if budget is None:
+        return None
+    try:
+        used, limit, info = budget.used, budget.limit, budget.info()
+    finally:
+        budget.close()
+    limit = f" of its {_sizes.size_text(limit)} limit (--max-size)" if limit else ""
+    line = f"the capture holds {_sizes.size_text(used)} so far{limit}"
+    lost = _budget.loss_text({}, info)
+    return f"{line}; {lost}" if lost else line
 
 
 def stop(say):
@@ -328,6 +352,15 @@ def snapshot(target, say):
             return 1
         raise SessionError("no recording session is running")
     session_path = state["path"]
+    if target is None:
+        where = os.path.dirname(session_path)
+    else:
+        where = os.path.dirname(os.path.abspath(target))
+    staged = _budget.tree_size(os.path.join(session_path, STAGING, "ctf"))
+    if not _budget.fits(where, staged):
+        raise SessionError(f"a snapshot of about {_sizes.size_text(staged)} would leave the file "
+                           f"system of {where} less free space than the reserve etwtrace "
+                           "leaves free (5% of its size, at most 1 GiB)")
     if target is None:
         # A name no one can have made first (another user could, in /tmp,
         # for any name that can be told in advance).
@@ -417,6 +450,7 @@ def _finish(place, state, say):
     except CaptureError as ex:
         raise SessionError(str(ex)) from None
     try:
+        budget_info = _budget_info(path)
         processes, owners = _collect_traces(directory, say)
         _capture.copy_perf_files(path, set(owners), owners)
         if os.path.isfile(os.path.join(path, "perf.data")):
@@ -427,6 +461,7 @@ def _finish(place, state, say):
                 "process_users": {str(p): u for p, u in sorted(owners.items())}}
         if losses:
             info["events_lost"] = {str(p): n for p, n in losses.items()}
+        info.update(budget_info)
         if state.get("perf_failed"):
             info["perf_failed"] = state["perf_failed"]
         try:
@@ -437,10 +472,22 @@ def _finish(place, state, say):
     finally:
         directory.close()
         place.remove(STATE)
-    if losses:
-        say(f"etwtrace: {sum(losses.values()):,} events were lost in this session "
-            f"({_ctf.describe_losses(losses)}); the trace holds every event before")
+    lost = _budget.loss_text(losses, budget_info)
+    if lost:
+        say(f"etwtrace: {lost}; the trace holds every event recorded before")
     say(f"etwtrace: session saved to {path} ({processes} process{'es' if processes != 1 else ''})")
+
+
+def _budget_info(path):
+    """What the manifest says of the session's budget (its limit, why it
+    stopped recording), read from the staging directory."""
+    budget = _budget.open_budget(os.path.join(path, STAGING, "ctf"))
+    if budget is None:
+        return {}
+    try:
+        return budget.info()
+    finally:
+        budget.close()
 
 
 def _collect_traces(directory, say):
@@ -514,7 +561,7 @@ def _gather_from(session_fd, session_path, final, say, stopping):
                         continue
                     target = os.path.join(final, name)
                     if stopping and owner == me and not _ctf._alive(pid):
-                        _ctf.finalize_trace(source)
+                        _ctf.finalize_trace(source, lambda size: _budget.fits(session_path, size))
                         os.rename(name, target, src_dir_fd=ctf_fd)
                     else:
                         _ctf.copy_trace(source, target)
@@ -666,11 +713,15 @@ class _Session:
         self.perf = None
         self.state = None
         self.sampling = None
+        self.budget = None
+        self.guard = None
+        self.control = None
 
     def begin(self):
         place, request, path = self.place, self.request, self.path
         self.directory = _capture.CaptureDir(path).open()
         staging = os.path.join(path, STAGING)
+        max_size = request.get("max_size") or 0
         # Every user's processes pass through PATH and .session (not list
         # them) and each makes its own pid-PID in ctf; a sampled session's
         # daemon writes alone.
@@ -681,6 +732,9 @@ class _Session:
             staging_fd = _safefs.open_dir(STAGING, fd)
             try:
                 os.mkdir("ctf", 0o700, dir_fd=staging_fd)
+                # Before others may write in ctf: read by all, written by root.
+                self.budget = _budget.create(os.path.join(staging, "ctf"), max_size,
+                                             others_read=shared)
                 if shared:
                     os.chmod("ctf", 0o1733, dir_fd=staging_fd)
                     os.fchmod(staging_fd, 0o711)
@@ -689,20 +743,29 @@ class _Session:
                 os.close(staging_fd)
         except OSError as ex:
             raise SessionError(f"cannot prepare {staging}: {ex.strerror}") from None
+        except _budget.BudgetError as ex:
+            raise SessionError(str(ex)) from None
         preset = _capture.load_preset(request["preset"])
         session_id = secrets.token_hex(8)
         self.state = {
             "id": session_id, "path": path, "preset": preset.name,
             "recorder": request["recorder"], "ring": request["ring"], "started": time.time(),
-            "daemon": os.getpid(), "system": place.system,
+            "daemon": os.getpid(), "system": place.system, "max_size": max_size,
             "path_id": list(self.directory.identity),
         }
         _capture.write_manifest(path, format=1, tool="etwtrace", session=session_id,
                                 recorder=request["recorder"], preset=preset.name,
                                 ring=request["ring"], started=self.state["started"],
-                                python=sys.version.split()[0])
+                                python=sys.version.split()[0],
+                                **({"max_size": max_size} if max_size else {}))
         if request["recorder"] == "perf":
             self._start_perf(preset)
+        self.guard = _budget.Guard(
+            self.budget, path, lambda text: print(text, file=sys.stderr, flush=True),
+            perf_data=os.path.join(path, "perf.data") if self.perf_proc else None,
+            control=self.control, others=os.path.join(staging, "ctf") if shared else None,
+            memory_mode=bool(request["ring"]))
+        self.guard.start()
         if request.get("sampled"):
             # Sampled processes run without hooks: no announcement for
             # traced processes to join (their events would mix with the
@@ -739,7 +802,13 @@ class _Session:
         if preset.stack_sample_probe:
             self.probe, _reason = _perf.add_stack_sample_probe(perf, _etwtrace.__file__)
         data = os.path.join(self.path, "perf.data")
-        cmd = _perf.record_command(perf, data, preset, callgraph, self.probe) + ["-a"]
+        try:
+            self.control = _budget.perf_control(self.place.dir)
+        except OSError as ex:
+            raise SessionError(f"cannot make perf's control FIFO in {self.place.dir}: "
+                               f"{ex.strerror}") from None
+        cmd = _perf.record_command(perf, data, preset, callgraph, self.probe,
+                                   self.control) + ["-a"]
         # perf's messages go to a file: a pipe nobody reads would stop it.
         log_path = os.path.join(self.place.dir, "perf.log")
         try:
@@ -819,6 +888,8 @@ class _Session:
 
     def end(self):
         self.place.remove(ANNOUNCE)
+        if self.guard is not None:
+            self.guard.finish()
         if self.sampling is not None:
             self._end_sampling()
         if self.perf_proc is not None and self.perf_proc.poll() is None:
@@ -830,6 +901,10 @@ class _Session:
                 self.perf_proc.wait()
         if self.probe:
             _perf.remove_stack_sample_probe(self.perf)
+        if self.control:
+            self.place.remove(_budget.CONTROL)
+        if self.budget is not None:
+            self.budget.close()
         self.directory.close()
 
     def _end_sampling(self):
@@ -863,7 +938,8 @@ def _perf_dies_with_daemon():
 # ---- the command line ----
 
 RECORD_HELP = """\
-Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE]
+Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin]
+                                           [--ring SIZE] [--max-size SIZE]
        python -m etwtrace record start PATH --sampled [--rate HZ]
        python -m etwtrace record status
        python -m etwtrace record snapshot [PATH]
@@ -881,12 +957,20 @@ Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|per
                       (CPU samples of the whole machine), or builtin
       --ring SIZE     Memory mode: each thread keeps only its newest SIZE
                       of events (e.g. 16M); written by snapshot and stop
+      --max-size SIZE Recording stops when the capture (the traces of
+                      every process, perf.data) reaches SIZE (e.g. 2G);
+                      with --ring, the rings of all threads together stay
+                      within SIZE, each keeping its newest events.  Either
+                      way it also stops before the file system's free
+                      space falls to 5% of its size (at most 1 GiB); the
+                      programs run on
       --sampled       Hook-free sampling (root): a BPF program samples every
                       CPython 3.11 and 3.13+ process on the machine, traced or
                       not, as it starts (see --sampled in python -m etwtrace -h)
       --rate HZ       With --sampled: samples per second (default 999)
-    status            Whether a session runs, since when, into where, and
-                      how many processes joined (exit status 1: none)
+    status            Whether a session runs, since when, into where, how
+                      many processes joined, and how big its capture is so
+                      far (exit status 1: none)
     snapshot [PATH]   Writes what the session holds now into PATH (default:
                       the session's PATH with -snapshot-TIME-RANDOM) and goes on
     stop              Ends the session and saves the capture
@@ -930,6 +1014,7 @@ def _start_from_args(args, say):
     recorder = "auto"
     ring = 0
     sampled = 0
+    max_size = None
 
     def value(option):
         if not args or args[0].startswith("-"):
@@ -947,6 +1032,8 @@ def _start_from_args(args, say):
                 raise SessionError(f"--recorder must be auto, perf or builtin, not {recorder!r}")
         elif name == "--ring":
             ring = parse_size(inline if eq else value(name))
+        elif name == "--max-size":
+            max_size = parse_max_size(inline if eq else value(name))
         elif arg == "--sampled":
             sampled = sampled or _sampled.DEFAULT_RATE
         elif name == "--rate":
@@ -961,7 +1048,9 @@ def _start_from_args(args, say):
         raise SessionError("record start needs a PATH for the capture")
     if sampled and "--sampled" not in original:
         raise SessionError("--rate is for --sampled")
-    return start(path, preset, recorder, ring, say, sampled)
+    if max_size is None:
+        max_size = _env.size(_env.MAX_SIZE) or 0
+    return start(path, preset, recorder, ring, say, sampled, max_size)
 
 
 def _parse_rate(text):

@@ -8,6 +8,8 @@
 #define _GNU_SOURCE
 #include "copier.h"
 
+#include "budget.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -49,7 +51,8 @@ pwrite_all(int fd, const uint8_t *p, size_t size, uint64_t offset)
     return 0;
 }
 
-/* Makes one copy; 0 or an errno. */
+/* Makes one copy; 0, an errno, or -ETW_STOP_RESERVE when the file system
+ * would be left with less than its reserve free (nothing is written). */
 static int
 copy_packet(const EtwCopy *c)
 {
@@ -65,8 +68,14 @@ copy_packet(const EtwCopy *c)
     else if (st.st_dev != c->dev || st.st_ino != c->ino) {
         err = ESTALE;   /* not the file the recorder made: never write it */
     }
-    else if (pwrite_all(fd, c->packet, c->size, c->offset) != 0) {
-        err = errno;
+    else if (etw_budget_room_begin(fd, c->size) != 0) {
+        err = -ETW_STOP_RESERVE;
+    }
+    else {
+        if (pwrite_all(fd, c->packet, c->size, c->offset) != 0) {
+            err = errno;
+        }
+        etw_budget_room_end();
     }
     close(fd);
     return err;

@@ -16,7 +16,9 @@
 
 /* One copy: `size` bytes at `packet` to the file `path` (identity dev/ino)
  * at `offset`.  `busy` is cleared once
- * done; `error` receives the errno of a failed copy. */
+ * done; `error` receives the errno of a failed copy, or -ETW_STOP_RESERVE
+ * for one not made because the file system keeps only its reserve free
+ * (budget.h). */
 typedef struct {
     const char *path;
     dev_t dev;

@@ -195,7 +195,7 @@ etw_recorder_losses(PyObject *module, PyObject *unused)
     (void)unused;
     int err = etw_recorder_first_error();
     return Py_BuildValue("(Kz)", (unsigned long long)etw_recorder_events_discarded(),
-                         err ? strerror(err) : NULL);
+                         err ? etw_recorder_failure_text(err) : NULL);
 }
 
 static PyObject *

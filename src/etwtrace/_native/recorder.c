@@ -8,6 +8,14 @@
  * packet's events_discarded, and the packets the copier could not write
  * stay in the ring for readers.
  *
+ * Recording also stops, for every process of the capture at once, before
+ * the capture passes its --max-size or its file system's free space falls
+ * to the reserve (budget.h): each packet is claimed from the capture's
+ * budget before it is opened, and the copier checks the free space before
+ * it writes one.  A stream that stops holds its last packet open, so that
+ * the packet's header counts the events lost after it; the packet is
+ * written (it was claimed) when the stream closes.
+ *
  * Concurrency: only a stream's own thread writes, submits or closes it, so
  * no thread ever touches a packet another may be writing (free-threaded
  * builds need no stop-the-world); the copier only reads submitted packets.
@@ -17,6 +25,7 @@
 #define _GNU_SOURCE
 #include "recorder.h"
 
+#include "budget.h"
 #include "copier.h"
 
 #include <errno.h>
@@ -268,6 +277,14 @@ static int
 open_trace_dir(char *error, size_t error_size)
 {
     pid_t pid = getpid();
+    if (etw_budget_stopped() != 0) {
+        /* The capture stopped recording before this process began: it is
+         * counted, and records nothing (nor makes any file). */
+        etw_budget_refuse(1);
+        trace_pid = pid;
+        trace_dir[0] = '\0';
+        return 0;
+    }
     char ctf_dir[PATH_MAX + 8];
     snprintf(ctf_dir, sizeof(ctf_dir), "%s/ctf", capture_dir);
     if (make_private_dir(capture_dir) != 0 || make_private_dir(ctf_dir) != 0) {
@@ -297,6 +314,39 @@ open_trace_dir(char *error, size_t error_size)
 
 /* ---- streams ---- */
 
+const char *
+etw_recorder_failure_text(int err)
+{
+    if (err == -ETW_STOP_LIMIT) {
+        return "the capture reached its size limit (--max-size)";
+    }
+    if (err == -ETW_STOP_RESERVE) {
+        return "the file system's free space reached the reserve etwtrace leaves free";
+    }
+    return strerror(err);
+}
+
+/* Says once, for the whole capture, why it stopped recording. */
+static void
+say_stopped(int why, uint64_t free_bytes, uint64_t reserve)
+{
+    char limit[32], have[32], keep[32];
+    if (why == ETW_STOP_LIMIT) {
+        etw_budget_size_text(limit, sizeof(limit), etw_budget_limit());
+        fprintf(stderr, "etwtrace: recording stopped: the capture reached its size limit "
+                "(--max-size %s); the program runs on, its later events are counted "
+                "as lost\n", limit);
+    }
+    else {
+        etw_budget_size_text(have, sizeof(have), free_bytes);
+        etw_budget_size_text(keep, sizeof(keep), reserve);
+        fprintf(stderr, "etwtrace: recording stopped: the file system of %s has %s free, "
+                "no more than the %s etwtrace leaves free (%d%% of its size, at most 1 GiB); the "
+                "program runs on, its later events are counted as lost\n", capture_dir,
+                have, keep, ETW_RESERVE_PERCENT);
+    }
+}
+
 static void
 note_failure(EtwStream *s, int err, const char *what)
 {
@@ -307,10 +357,45 @@ note_failure(EtwStream *s, int err, const char *what)
     int expected = 0;
     __atomic_compare_exchange_n(&first_error, &expected, err, 0, __ATOMIC_RELAXED,
                                 __ATOMIC_RELAXED);
+    if (err < 0) {
+        return;     /* the capture stopped: said by stop_capture, once */
+    }
     if (!s->quiet && !__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED)) {
         fprintf(stderr, "etwtrace: stopped recording thread %u: %s %s: %s; "
                 "its later events are counted as lost\n", s->tid, what, s->path, strerror(err));
     }
+}
+
+/* The capture stops recording for `why` (ETW_STOP_*), seen by this
+ * process: the process that stops it says so.  `stopped` says whether the
+ * budget was stopped already by this caller (a failed claim). */
+static void
+stop_capture(const EtwStream *s, int why, int stopped)
+{
+    uint64_t free_bytes = 0, reserve = 0;
+    if (why == ETW_STOP_RESERVE) {
+        etw_budget_room_at(capture_dir, 0, &free_bytes, &reserve);
+        stopped = etw_budget_stop(why, free_bytes, reserve);
+    }
+    if (stopped && !s->quiet) {
+        say_stopped(why, free_bytes, reserve);
+    }
+}
+
+/* Stops a stream (recording stopped, or a copy failed): its open packet,
+ * if any, is held open and no event is added to it, so that its header
+ * counts the events lost from now on; suspend_stream writes it. */
+static void
+stop_stream(EtwStream *s, int err, const char *what)
+{
+    if (s->data != NULL) {
+        s->held_used = s->used;
+        s->used = PACKET_BYTES;     /* full to the fast path */
+    }
+    else if (s->seq == 0 && err < 0) {
+        etw_budget_refuse(0);       /* stopped before its first event */
+    }
+    note_failure(s, err, what);
 }
 
 void
@@ -320,6 +405,9 @@ etw_stream_discard(EtwStream *s)
     s->discarded++;
     if (s->data != NULL) {
         put_head_u64(s->data, offsetof(EtwPacketHead, events_discarded), s->discarded);
+    }
+    else {
+        s->lost_outside = 1;
     }
     if (s->control != NULL) {
         s->control->events_discarded = s->discarded;
@@ -358,12 +446,30 @@ submit_packet(EtwStream *s, size_t size)
 static int
 begin_packet(EtwStream *s, uint64_t ts)
 {
+    if (!s->overwrite) {
+        /* Before the open packet is let go: a stream that stops holds it. */
+        int err = __atomic_load_n(&s->copy_error, __ATOMIC_RELAXED);
+        int stopped = 0;
+        int why = err == 0 ? etw_budget_claim(PACKET_BYTES, &stopped) : 0;
+        if (err == -ETW_STOP_RESERVE || why != 0) {
+            why = why != 0 ? why : ETW_STOP_RESERVE;
+            stop_capture(s, why, stopped);
+            err = -why;
+        }
+        if (err != 0) {
+            stop_stream(s, err, "cannot write");
+            return -1;
+        }
+    }
     if (s->data != NULL) {
         submit_packet(s, PACKET_BYTES);
     }
     if (!s->overwrite) {
         etw_copier_wait(&s->busy[s->slot]);
         int err = __atomic_load_n(&s->copy_error, __ATOMIC_RELAXED);
+        if (err == -ETW_STOP_RESERVE) {
+            stop_capture(s, ETW_STOP_RESERVE, 0);
+        }
         if (err != 0) {
             note_failure(s, err, "cannot write");
             return -1;
@@ -405,6 +511,10 @@ suspend_stream(EtwStream *s)
     if (s->pid != getpid()) {
         return;     /* a fork's parent's stream: not ours to write */
     }
+    if (s->data != NULL && s->held_used != 0) {
+        s->used = s->held_used;     /* a stopped stream's last packet (claimed) */
+        s->held_used = 0;
+    }
     if (s->data != NULL && s->used > HEAD_BYTES) {
         uint64_t padded = ((uint64_t)s->used + 7) & ~(uint64_t)7;
         put_head_u64(s->data, offsetof(EtwPacketHead, packet_size), padded * 8);
@@ -430,7 +540,10 @@ etw_stream_suspend(EtwStream *s)
 }
 
 /* Closes a stream: written out, its ring removed (kept when a copy failed,
- * and in memory mode: readers find the packets there). */
+ * or events were lost with no packet to count them in, and in memory mode:
+ * readers find the packets, and the count, there; and when the capture
+ * stopped it in a process that cannot write the budget: its control page
+ * tells the session why). */
 static void
 free_stream(EtwStream *s)
 {
@@ -438,10 +551,16 @@ free_stream(EtwStream *s)
     if (own) {
         suspend_stream(s);
     }
+    /* No packet holds the count of a stream that never had one: the
+     * budget does, when this process may write it; else its ring does. */
+    int counted = own && s->seq == 0 && s->discarded > 0 &&
+                  etw_budget_add_unrecorded(s->discarded);
+    int keep_ring = s->copy_error != 0 || (s->lost_outside && !counted) ||
+                    (s->error < 0 && !etw_budget_writable());
     if (s->ring != NULL) {
         munmap(s->ring, ring_file_bytes(s->slots));
     }
-    if (own && !s->overwrite && s->copy_error == 0 && s->ring_path != NULL) {
+    if (own && !s->overwrite && !keep_ring && s->ring_path != NULL) {
         unlink(s->ring_path);
     }
     free(s->path);
@@ -464,11 +583,41 @@ ring_slots(void)
     return n > ETW_MEMORY_MAX_SLOTS ? ETW_MEMORY_MAX_SLOTS : (unsigned)n;
 }
 
+/* A stream with no file, of a thread that began after the capture stopped
+ * recording: it counts the events lost (etw_budget_add_unrecorded when it
+ * closes), and writes nothing. */
+static EtwStream *
+unrecorded_stream(uint32_t tid)
+{
+    EtwStream *s = calloc(1, sizeof(EtwStream));
+    if (s == NULL) {
+        return NULL;
+    }
+    s->tid = tid;
+    s->used = PACKET_BYTES;
+    s->generation = generation;
+    s->pid = getpid();
+    s->quiet = options.quiet;
+    s->error = -ETW_STOP_LIMIT;     /* (memory mode: no room for its ring) */
+    int why = etw_budget_stopped();
+    if (why != 0) {
+        s->error = -why;
+    }
+    return s;
+}
+
 /* Holding registry_lock: a new stream file and ring for thread `tid`, or
  * NULL.  `kept`: never overwritten, whatever the mode. */
 static EtwStream *
 create_stream(uint32_t tid, int kept)
 {
+    if (trace_dir[0] == '\0') {
+        return unrecorded_stream(tid);  /* the process began after the stop */
+    }
+    if (etw_budget_stopped() != 0) {
+        etw_budget_refuse(0);
+        return unrecorded_stream(tid);
+    }
     EtwStream *s = calloc(1, sizeof(EtwStream));
     size_t size = strlen(trace_dir) + 48;
     char *path = malloc(size), *ring_path = malloc(size);
@@ -486,6 +635,23 @@ create_stream(uint32_t tid, int kept)
     s->overwrite = options.ring_bytes != 0 && !kept;
     s->quiet = options.quiet;
     s->slots = s->overwrite ? ring_slots() : ETW_RING_SLOTS;
+    if (s->overwrite) {
+        /* Memory mode: the ring is what the capture keeps, so it is
+         * claimed whole, as much of it as the limit leaves; the rings
+         * leave 1/ETW_MEMORY_KEPT_SHARE of it to the kept streams (the
+         * processes' functions and threads). */
+        uint64_t got = etw_budget_claim_up_to(ring_file_bytes(s->slots),
+                                              ring_file_bytes(ETW_MEMORY_MIN_SLOTS),
+                                              ETW_MEMORY_KEPT_SHARE);
+        if (got == 0) {
+            etw_budget_refuse(0);
+            free(s);
+            free(path);
+            free(ring_path);
+            return unrecorded_stream(tid);
+        }
+        s->slots = (unsigned)((got - ETW_RING_CONTROL_BYTES) / PACKET_BYTES);
+    }
     s->used = PACKET_BYTES;
     s->generation = generation;
     s->pid = getpid();
@@ -507,8 +673,15 @@ create_stream(uint32_t tid, int kept)
         rc = ENOMEM;
     }
     fd = rc ? -1 : create_own_file(s->ring_path, &st);
-    if (rc == 0) {
-        rc = fd < 0 ? errno : posix_fallocate(fd, 0, (off_t)file_bytes);
+    if (rc == 0 && fd < 0) {
+        rc = errno;
+    }
+    else if (rc == 0 && etw_budget_room_begin(fd, file_bytes) != 0) {
+        rc = -ETW_STOP_RESERVE;
+    }
+    else if (rc == 0) {
+        rc = posix_fallocate(fd, 0, (off_t)file_bytes);
+        etw_budget_room_end();
     }
     if (rc == 0) {
         void *p = mmap(NULL, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -528,11 +701,22 @@ create_stream(uint32_t tid, int kept)
     if (fd >= 0) {
         close(fd);
     }
+    if (rc != 0 && fd >= 0) {
+        unlink(s->ring_path);
+    }
+    if (rc == -ETW_STOP_RESERVE) {
+        /* No room for its ring above the reserve: not recorded. */
+        unlink(s->path);
+        stop_capture(s, ETW_STOP_RESERVE, 0);
+        etw_budget_refuse(0);
+        free(s->path);
+        free(s->ring_path);
+        free(s->busy);
+        free(s);
+        return unrecorded_stream(tid);
+    }
     if (rc != 0) {
         note_failure(s, rc, "cannot create the ring of");
-        if (fd >= 0) {
-            unlink(s->ring_path);
-        }
         goto failed;
     }
     return s;
@@ -687,7 +871,7 @@ etw_recorder_start(const char *dir, const EtwRecorderOptions *with, char *error,
     else if (trace_pid == getpid() && strcmp(dir, capture_dir) == 0 && same_kind) {
         /* Another session of this process in the same capture: its threads
          * continue their streams. */
-        if (times_changed) {
+        if (times_changed && trace_dir[0] != '\0') {
             rc = write_metadata(trace_dir, error, error_size);
         }
     }
@@ -696,6 +880,7 @@ etw_recorder_start(const char *dir, const EtwRecorderOptions *with, char *error,
          * threads at their next event. */
         generation++;
         snprintf(capture_dir, sizeof(capture_dir), "%s", dir);
+        etw_budget_open(capture_dir);
         rc = open_trace_dir(error, error_size);
     }
     __atomic_store_n(&active, rc == 0, __ATOMIC_RELEASE);
@@ -736,11 +921,11 @@ etw_recorder_stop(void)
     uint64_t lost = etw_recorder_events_discarded() - reported;
     reported += lost;
     pthread_mutex_unlock(&registry_lock);
-    if (was_active && lost > 0 && !options.quiet) {
+    if (was_active && lost > 0 && !options.quiet && !etw_budget_summarized()) {
         int err = etw_recorder_first_error();
         fprintf(stderr, "etwtrace: %llu events were lost%s%s; the trace holds every event "
                 "recorded before\n", (unsigned long long)lost, err ? ": " : "",
-                err ? strerror(err) : "");
+                err ? etw_recorder_failure_text(err) : "");
     }
 }
 
@@ -751,6 +936,7 @@ etw_recorder_after_fork_child(void)
      * know their creator's pid) when its thread next writes. */
     pthread_mutex_init(&registry_lock, NULL);
     pthread_mutex_init(&kept_lock, NULL);
+    etw_budget_after_fork_child();
     kept_stream = NULL;     /* the parent's: let go */
     generation++;
     etw_copier_after_fork_child();

@@ -42,6 +42,9 @@
  * is overwritten. */
 #define ETW_MEMORY_MIN_SLOTS 2
 #define ETW_MEMORY_MAX_SLOTS 65536
+/* With a --max-size, the rings of memory mode leave this share of it
+ * (1/8) to the kept streams. */
+#define ETW_MEMORY_KEPT_SHARE 8
 
 /* How a trace is recorded. */
 typedef struct {
@@ -80,8 +83,13 @@ typedef struct EtwStream {
     unsigned slot;            /* the ring slot of the open (or next) packet */
     uint8_t *busy;            /* per slot: being copied (the copier clears it) */
     uint64_t file_offset;     /* where the next packet copied goes */
-    int error;                /* errno that stopped this stream, or 0 */
+    int error;                /* errno that stopped this stream, -ETW_STOP_*
+                               * when the capture stopped it, or 0 */
     int copy_error;           /* errno of a failed copy (set by the copier) */
+    size_t held_used;         /* a stopped stream's last packet, held open
+                               * (its `used`) so its header counts the losses */
+    int lost_outside;         /* events lost with no packet to count them in:
+                               * the ring (its control page) is kept for readers */
     uint64_t generation;      /* the trace it belongs to (recorder.c) */
     pid_t pid;                /* its creator: after a fork, not the child */
     char *path;               /* the stream file, made by the recorder ... */
@@ -194,9 +202,13 @@ void etw_stream_discard(EtwStream *stream);
 void etw_recorder_after_fork_child(void);
 
 /* Events lost so far in this process (disk full, mapping failed, event too
- * large), and the errno of the first failure (0 if none). */
+ * large, the capture's size limit or free-space reserve reached), and the
+ * first failure (0 if none): an errno, or -ETW_STOP_*. */
 uint64_t etw_recorder_events_discarded(void);
 int etw_recorder_first_error(void);
+
+/* What a failure of etw_recorder_first_error() was, for people. */
+const char *etw_recorder_failure_text(int err);
 
 /* Writes the CTF metadata text of a trace into `buf` (NUL-terminated);
  * returns its length, or -1 if `size` is too small. */

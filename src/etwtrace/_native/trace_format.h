@@ -133,6 +133,41 @@ typedef struct {
 } EtwRingControl;
 #define ETW_RING_CONTROL_BYTES 4096
 
+/* A capture's budget: the file CAPTURE/ctf/.budget, mapped shared by
+ * every process recording into the capture (budget.h), created by the
+ * launcher or the session (etwtrace/_budget.py, which reads the same
+ * layout).  Recording stops for every process once `stopped` is set:
+ * when the capture reaches `limit` (--max-size) or a file system keeps no
+ * more than its reserve free. */
+#define ETW_BUDGET_MAGIC "ETWBUDG1"
+#define ETW_BUDGET_NAME ".budget"
+typedef struct {
+    char magic[8];
+    uint64_t limit;              /* bytes the capture may hold; 0: no limit */
+    uint64_t claimed;            /* bytes the recorders claimed (atomic) */
+    uint64_t counted;            /* bytes counted from outside: perf.data, traces
+                                  * of processes that may not claim */
+    uint32_t stopped;            /* ETW_STOP_* once recording stopped, else 0 */
+    uint32_t stopped_pid;        /* the process that stopped it */
+    uint64_t free_at_stop;       /* free bytes then (ETW_STOP_RESERVE) */
+    uint64_t reserve_at_stop;    /* the reserve then */
+    uint32_t threads_refused;    /* threads (and processes) that began after */
+    uint32_t processes_refused;
+    uint64_t events_unrecorded;  /* events lost by those threads (no trace file
+                                  * of theirs to count them in) */
+    uint32_t summarized;         /* 1: the launcher or session says at the end
+                                  * what was lost; processes do not */
+    uint32_t reserved;
+} EtwBudget;
+#define ETW_BUDGET_BYTES 4096
+#define ETW_STOP_LIMIT 1
+#define ETW_STOP_RESERVE 2
+
+/* The free space a capture leaves on its file system: this share of the
+ * file system's size, at most ETW_RESERVE_MAX. */
+#define ETW_RESERVE_PERCENT 5
+#define ETW_RESERVE_MAX (UINT64_C(1) << 30)
+
 typedef struct {
     const char *name;
     EtwFieldType type;
