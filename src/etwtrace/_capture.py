@@ -555,7 +555,8 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
                 if tmp is None:
                     _perf.inject_jit(perf, data, injected)
                 else:
-                    _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"), preexec_fn=confine)
+                    _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"), preexec_fn=confine,
+                                     lands_in=path)
                     tmp.keep("perf.jit.data")
                 script_input = injected
         except _perf.PerfSpaceError as ex:

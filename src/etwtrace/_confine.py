@@ -145,7 +145,7 @@ def private_tmp(tmp):
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                            ctypes.c_ulong]
     tmp = os.fsencode(tmp)
-    real_target = b"/tmp/" + REAL_TMP.encode()
+    real_target = tmp + b"/" + REAL_TMP.encode()
 
     def mount(source, target, flags, what):
         if libc.mount(source, target, None, flags, None) != 0:
@@ -157,8 +157,6 @@ def private_tmp(tmp):
             if libc.unshare(CLONE_NEWNS) != 0:
                 error = ctypes.get_errno()
                 raise OSError(error, f"cannot make a mount namespace: {os.strerror(error)}")
-            # (Held: once /tmp is covered it is not found by its path.)
-            real_tmp = os.open("/tmp", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             mounts = list(_mounts())
             # Private, so that nothing mounted here shows in other
             # namespaces.  (In a chroot, / is no mount: each mount there
@@ -171,13 +169,17 @@ def private_tmp(tmp):
                     kept = sum(flag for name, flag in _KEPT.items() if name in options)
                     mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY | kept,
                           "cannot make read-only")
-            # A bind mount of a read-only mount is read-only until remounted.
-            mount(tmp, b"/tmp", MS_BIND, "cannot bind")
-            mount(None, b"/tmp", MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV,
-                  "cannot make writable")
-            mount(f"/proc/self/fd/{real_tmp}".encode(), real_target, MS_BIND, "cannot bind")
+            # The real /tmp, with the file systems mounted below it (a
+            # capture may be on one), read-only inside the private one,
+            # before that covers it.  (Bound by its path before /tmp is
+            # covered: a bind of it after would bring the cover along.)
+            mount(b"/tmp", real_target, MS_BIND | MS_REC, "cannot bind")
             mount(None, real_target, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV,
                   "cannot make read-only")
+            # A bind mount of a read-only mount is read-only until remounted.
+            mount(tmp, b"/tmp", MS_BIND | MS_REC, "cannot bind")
+            mount(None, b"/tmp", MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV,
+                  "cannot make writable")
             # Not in the command it runs: root's capabilities after exec
             # are its bounding set.
             if libc.prctl(PR_CAPBSET_DROP, CAP_SYS_ADMIN, 0, 0, 0) != 0:

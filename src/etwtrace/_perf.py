@@ -180,12 +180,19 @@ def record_command(perf, output, preset, callgraph, probe_event, control=None):
     return cmd
 
 
-def inject_jit(perf, data, output, preexec_fn=None):
+def inject_jit(perf, data, output, preexec_fn=None, lands_in=None):
+    """perf inject --jit of `data` into `output`.  `lands_in`: the
+    directory where, confined (_confine), its output and its images
+    really go (they see it as /tmp)."""
     from . import _budget
     # perf.jit.data is about perf.data's size, and the jitted images come
     # on top (in /tmp, where perf inject writes them).
     need = 2 * os.path.getsize(data)
-    if not (_budget.fits(os.path.dirname(output), need) and _budget.fits("/tmp", need // 2)):
+    if lands_in is not None:
+        fits = _budget.fits(lands_in, need + need // 2)
+    else:
+        fits = _budget.fits(os.path.dirname(output), need) and _budget.fits("/tmp", need // 2)
+    if not fits:
         raise PerfSpaceError("not running perf inject --jit: its output would leave the file "
                              "system less free space than its reserve; perf.data is complete")
     r = subprocess.run([perf, "inject", "--jit", "-i", data, "-o", output],

@@ -627,7 +627,7 @@ def _finish_perf(path, state, pids, say):
                 if tmp is None:
                     _perf.inject_jit(perf, data, injected)
                 else:
-                    _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"),
+                    _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"), lands_in=path,
                                      preexec_fn=confine)
                     tmp.keep("perf.jit.data")
                 script_input = injected
