@@ -1,5 +1,6 @@
 /* etwtrace._etwtrace: the Python face of the native core. */
 #include "compat.h"
+#include "cstack.h"
 
 #include "events.h"
 #include "perf_jit.h"
@@ -256,7 +257,18 @@ etw_ctf_metadata(PyObject *module, PyObject *args)
     return PyBytes_FromStringAndSize(text, len);
 }
 
+/* For tests: whether the calling thread runs on its larger stack now. */
+static PyObject *
+etw_on_larger_stack(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyBool_FromLong(etw_cstack_on_larger());
+}
+
 static PyMethodDef module_methods[] = {
+    {"_on_larger_stack", etw_on_larger_stack, METH_NOARGS,
+     "Whether this thread runs on the larger stack deep recursion moves to (tests)."},
     {"ctf_metadata", etw_ctf_metadata, METH_VARARGS,
      "ctf_metadata(pid, call_times=True): a trace's CTF metadata text (bytes)."},
     {"enable", (PyCFunction)(void (*)(void))etw_enable, METH_VARARGS | METH_KEYWORDS,
