@@ -17,6 +17,9 @@
  * handlers.  Untraced, it would have had about all of its thread's stack;
  * half of it, or 64 MiB on the larger stack, holds what CPython allows. */
 #define ROOM_MAX ((uintptr_t)64 << 20)
+/* With greenlet loaded, calls stay on the thread's own stack down to this
+ * much room (see greenlet_loaded). */
+#define GREENLET_ROOM ((uintptr_t)256 << 10)
 /* Inaccessible pages below the larger stack: an overflow there faults
  * rather than write into another mapping. */
 #define GUARD ((size_t)64 << 10)
@@ -203,6 +206,17 @@ eval_on_larger(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwEvalFunc bo
     return c.result;
 }
 
+/* greenlet switches by saving and restoring the part of the thread's stack
+ * between a greenlet's frames and its start: a switch made on the larger
+ * stack, far from the thread's, fails (greenlet stops the process).  With
+ * greenlet loaded, calls therefore stay on the thread's stack down to its
+ * last GREENLET_ROOM, as deep as they all went before the larger stack. */
+static int
+greenlet_loaded(void)
+{
+    return PyDict_GetItemString(PyImport_GetModuleDict(), "greenlet") != NULL;
+}
+
 PyObject *
 etw_cstack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwEvalFunc body)
 {
@@ -213,6 +227,9 @@ etw_cstack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwEvalFunc b
     if (here >= etw_cstack_floor || here < stacks.base || here >= stacks.top) {
         /* Room here; or a stack this does not know (a coroutine library's
          * own), which is left to whoever made it. */
+        return body(ts, frame, throwflag);
+    }
+    if (!stacks.on_larger && here - stacks.base > GREENLET_ROOM && greenlet_loaded()) {
         return body(ts, frame, throwflag);
     }
     if (stacks.on_larger || !map_larger()) {
