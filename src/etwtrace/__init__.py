@@ -117,6 +117,8 @@ class _TracingMixin:
             sessions = _env.choice(_env.SESSION) != "ignore"
         self._native.enable(self._mode, capture, self._c_calls, self._call_times, sessions)
         _tracer = self
+        from . import _children
+        _children.watch()
         if not _atexit_registered:
             atexit.register(_disable_at_exit)
             os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -269,6 +271,8 @@ def enable_if(enable_var, type_var):
         # a recording asked to keep them (a capture collects them).
         keep = _env.choice(PERF_FILES_ENV) == "keep" or bool(os.getenv(CAPTURE_ENV))
         tracer._native.remove_perf_files_at_exit(not keep)
+        from . import _children
+        _children.ENABLE_VAR = enable_var or None   # its children need it too
         tracer.enable()
     except Exception as ex:  # never break interpreter start-up
         print(f"etwtrace: tracing not enabled: {ex}", file=sys.stderr)

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from . import _ctf, _env, _guide, _manifest, _perf
+from . import _children, _ctf, _env, _guide, _manifest, _perf
 from ._perf import PerfError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
@@ -476,6 +476,8 @@ def capture(path, mode, requested_recorder, preset_name, target, say):
             info["stopped_by_signal"] = signal.Signals(received).name
         if losses:
             info["events_lost"] = {str(pid): n for pid, n in losses.items()}
+        untraced = _children.collect(path)
+        info[_children.MANIFEST_KEY] = untraced
         try:
             write_manifest(path, **info)
         except CaptureError as ex:
@@ -485,5 +487,7 @@ def capture(path, mode, requested_recorder, preset_name, target, say):
     if losses:
         say(f"etwtrace: {sum(losses.values()):,} events were lost in this capture "
             f"({_ctf.describe_losses(losses)}); the trace holds every event before")
+    if untraced:
+        say(f"etwtrace: {_children.describe(untraced)}")
     say(f"etwtrace: capture saved to {path}")
     return status

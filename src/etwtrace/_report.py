@@ -99,6 +99,16 @@ def _losses_line(path):
             f"({describe_losses(losses)}); what follows is what was kept")
 
 
+def _say_untraced_children(path):
+    """One line on stderr naming the child processes the capture says
+    were started but not traced (_children.py); nothing when there are
+    none."""
+    from . import _children
+    line = _children.describe(_children.untraced_children(path))
+    if line:
+        print(f"etwtrace: note: {line}", file=sys.stderr)
+
+
 def _text(scan, off_cpu, limit, losses=None):
     sections = [[losses]] if losses else []
     if off_cpu:
@@ -247,6 +257,7 @@ def _report(opts, scan, timeline):
     losses = _losses_line(opts.path)
     if losses and opts.format != "text":
         print(f"etwtrace: {losses}", file=sys.stderr)
+    _say_untraced_children(opts.path)
     view, stacks, unit, what = _choose_view(scan, opts.off_cpu, opts.format != "text")
     if timeline and scan.tree.untimed_pids and not opts.off_cpu:
         raise ReportError(f"{opts.path}: calls were recorded without call times "

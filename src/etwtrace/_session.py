@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 
-from . import _capture, _ctf, _env, _manifest, _perf, _pyfinder, _sampled
+from . import _capture, _children, _ctf, _env, _manifest, _perf, _pyfinder, _sampled
 from ._capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
@@ -396,8 +396,10 @@ def _finish(place, state, say):
             _finish_perf(path, state, set(owners), say)     # (makes the jitted images)
         _capture.collect_perf_files(path, set(owners), owners)
         losses = _ctf.recorded_losses(path)
+        untraced = _children.collect(path)
         info = {"finished": time.time(), "processes": processes,
-                "process_users": {str(p): u for p, u in sorted(owners.items())}}
+                "process_users": {str(p): u for p, u in sorted(owners.items())},
+                _children.MANIFEST_KEY: untraced}
         if losses:
             info["events_lost"] = {str(p): n for p, n in losses.items()}
         if state.get("perf_failed"):
@@ -413,6 +415,8 @@ def _finish(place, state, say):
     if losses:
         say(f"etwtrace: {sum(losses.values()):,} events were lost in this session "
             f"({_ctf.describe_losses(losses)}); the trace holds every event before")
+    if untraced:
+        say(f"etwtrace: {_children.describe(untraced)}")
     say(f"etwtrace: session saved to {path} ({processes} process{'es' if processes != 1 else ''})")
 
 

@@ -1,0 +1,285 @@
+"""Child processes that go untraced, and saying so.
+
+A traced process passes tracing on to the Python processes it starts
+through its environment: ETWTRACE_CAPTURE (the capture to record into)
+and PYTHONPATH holding the autostart directory (the launcher's), or the
+variable that etwtrace.pth waits for.  A child started with an
+environment of its own that drops one of those (subprocess with env=...,
+os.execve, os.posix_spawn) is not traced, nor is a Python child started
+with -E, -I or -S (they ignore PYTHONPATH, or site and its .pth files).
+
+While it records, a traced process notes each such child as it starts it
+(an audit hook), one JSON line in UNTRACED in its own trace directory: the
+command line, and its pid once known (an exec's at once, a Popen's when
+the Popen object is done with or at exit).  The launcher's end, `record
+stop` and `report` each say in one line which children went untraced,
+and the launcher and `record stop` keep the list in the manifest.
+"""
+
+import os
+import stat
+import sys
+
+UNTRACED = "untraced-children"
+MANIFEST_KEY = "untraced_children"
+MAX_FILE_BYTES = 1 << 20        # read from each process (a note is ~100 bytes)
+MAX_SHOWN = 5                   # commands named in the one line
+ENABLE_VAR = None               # set by enable_if: the .pth's variable, if any
+AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
+
+_watching = False
+_noted = 0
+
+
+# ---- in the traced process ----
+
+def watch():
+    """Notes this process's untraced children from now on, if its tracing
+    came by its environment (the audit hook stays, and does nothing while
+    the process does not record)."""
+    global _watching
+    carriers, _flags = _carriers()
+    if carriers and not _watching:
+        _watching = True
+        sys.addaudithook(_on_audit)
+
+
+def _carriers(environ=os.environ):
+    """{name: value} of the variables this process's tracing came by, and
+    the interpreter flags that would lose it."""
+    from . import _env
+    carriers, flags = {}, set()
+    if environ.get(_env.CAPTURE):
+        carriers[_env.CAPTURE] = environ[_env.CAPTURE]
+    if AUTOSTART_DIR in environ.get("PYTHONPATH", "").split(os.pathsep):
+        carriers["PYTHONPATH"] = AUTOSTART_DIR
+        flags |= {"E", "I", "S"}
+    if ENABLE_VAR:
+        carriers[ENABLE_VAR] = environ.get(ENABLE_VAR, "")
+        flags.add("S")
+    return carriers, flags
+
+
+def why_untraced(args, env, environ=os.environ):
+    """Why a child run as `args` with environment `env` (None: this one's)
+    is not traced, or None when it is (or would be, if it runs Python)."""
+    carriers, flags = _carriers(environ)
+    if env is not None:
+        for name, value in carriers.items():
+            if name == "PYTHONPATH":
+                dropped = value not in _str(env.get("PYTHONPATH", env.get(b"PYTHONPATH", ""))
+                                            ).split(os.pathsep)
+            else:
+                dropped = _str(env.get(name, env.get(name.encode(), ""))) != value
+            if dropped:
+                return f"environment without {name}"
+    found = _interpreter_flags(args) & flags
+    if found:
+        return f"python -{''.join(sorted(found))}"
+    return None
+
+
+def _str(value):
+    return os.fsdecode(value) if isinstance(value, bytes) else str(value)
+
+
+# Options of the python command line that take a value.
+_WITH_VALUE = set("WX")
+
+
+def _interpreter_flags(args):
+    """The one-letter options of a Python command line `args` (empty when
+    the program it runs is not named python*)."""
+    args = [_str(a) for a in args] if isinstance(args, (list, tuple)) else []
+    if not args or not os.path.basename(args[0]).startswith("python"):
+        return set()
+    flags = set()
+    i = 1
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-") or arg in ("-", "--") or arg.startswith("--"):
+            break
+        for j, letter in enumerate(arg[1:]):
+            if letter in ("c", "m"):
+                return flags
+            if letter in _WITH_VALUE:
+                i += arg[j + 2:] == ""      # its value is the next argument
+                break
+            flags.add(letter)
+        i += 1
+    return flags
+
+
+def _on_audit(event, args):
+    if event not in ("subprocess.Popen", "os.posix_spawn", "os.exec"):
+        return
+    try:
+        _note(event, args)
+    except Exception:   # never fail the program's own call
+        pass
+
+
+def _note(event, args):
+    from . import _etwtrace
+    if not _etwtrace.is_active():
+        return
+    if event == "subprocess.Popen":
+        _executable, argv, _cwd, env = args
+    else:
+        _path, argv, env = args
+        if event == "os.posix_spawn" and _called_by_subprocess():
+            return      # (subprocess's own, noted as subprocess.Popen)
+    why = why_untraced(argv, env)
+    if why is None:
+        return
+    trace_dir = _etwtrace.trace_dir()
+    if trace_dir is None:
+        return
+    global _noted
+    _noted += 1
+    note = {"n": _noted, "command": [_str(a) for a in argv] if isinstance(argv, (list, tuple))
+            else [_str(argv)], "why": why, "pid": os.getpid() if event == "os.exec" else None}
+    _append(trace_dir, note)
+    if event == "subprocess.Popen":
+        _pid_when_known(trace_dir, _noted)
+
+
+def _called_by_subprocess():
+    import subprocess
+    frame = sys._getframe(3)    # _note, _on_audit, then os.posix_spawn's caller
+    return frame is not None and frame.f_code.co_filename == subprocess.__file__
+
+
+def _pid_when_known(trace_dir, n):
+    """The Popen starting the child is the `self` of the frame that
+    audited it; its pid is set after the audit, so it is written when the
+    Popen object is done with (or at exit), from its attributes."""
+    import weakref
+    frame = sys._getframe(3)    # _pid_when_known, _note, _on_audit, then _execute_child
+    popen = frame.f_locals.get("self") if frame is not None else None
+    if popen is None or not hasattr(popen, "__dict__"):
+        return
+    weakref.finalize(popen, _write_pid, trace_dir, n, popen.__dict__)
+
+
+def _write_pid(trace_dir, n, attributes):
+    pid = attributes.get("pid")
+    if isinstance(pid, int):
+        _append(trace_dir, {"n": n, "pid": pid})
+
+
+def _append(trace_dir, record):
+    import json
+    line = (json.dumps(record) + "\n").encode()
+    try:
+        fd = os.open(os.path.join(trace_dir, UNTRACED),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, line)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---- reading a capture ----
+
+def _read_notes(trace_dir):
+    """The children one process noted, from its UNTRACED file (a regular
+    file, not followed if a link, at most MAX_FILE_BYTES read)."""
+    try:
+        fd = os.open(os.path.join(trace_dir, UNTRACED),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        data = os.read(fd, MAX_FILE_BYTES)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    import json
+    notes = {}
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)
+            n = record["n"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        if not isinstance(record, dict) or not isinstance(n, int):
+            continue
+        if "command" in record:
+            notes[n] = record
+        elif n in notes and isinstance(record.get("pid"), int):
+            notes[n]["pid"] = record["pid"]
+    return list(notes.values())
+
+
+def untraced_children(path):
+    """[{"pid", "parent", "command", "why"}] of the children the capture at
+    `path` says went untraced: its manifest's list (kept by the launcher
+    and `record stop`), else its processes' notes."""
+    from . import _manifest
+    kept = _manifest.read_manifest(path).get(MANIFEST_KEY)
+    if isinstance(kept, list):
+        return [c for c in kept if isinstance(c, dict)]
+    return collect(path)
+
+
+def collect(path):
+    """The children noted by the processes of the capture at `path`, less
+    any traced after all: a child with a trace of its own in it, an exec
+    followed by a trace of the image it started."""
+    from . import _ctf
+    try:
+        dirs = _ctf.trace_dirs(os.path.join(path, "ctf"))
+    except OSError:
+        return []
+    images = {}
+    for pid, _trace_dir in dirs:
+        images[pid] = images.get(pid, 0) + 1
+    found = []
+    image = {}
+    for parent, trace_dir in dirs:
+        image[parent] = image.get(parent, 0) + 1
+        for note in _read_notes(trace_dir):
+            pid = note.get("pid")
+            pid = pid if isinstance(pid, int) and pid > 0 else None
+            if pid == parent and images[parent] > image[parent]:
+                continue    # its exec: the image after it is traced
+            if pid is not None and pid != parent and pid in images:
+                continue    # a child traced after all
+            command = note.get("command")
+            found.append({"pid": pid, "parent": parent,
+                          "command": [str(a) for a in command] if isinstance(command, list)
+                          else [], "why": str(note.get("why", ""))})
+    return found
+
+
+def _shown(command, width=60):
+    """A command line as the one line shows it: shell-quoted, its program
+    by file name, control characters escaped, cut at `width`."""
+    import shlex
+    if command:
+        command = [os.path.basename(command[0])] + command[1:]
+    text = shlex.join(command) if command else "?"
+    text = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def describe(children):
+    """One line naming the untraced children, or None when there are none."""
+    if not children:
+        return None
+    named = [f"pid {c.get('pid') or '?'} ({_shown(c.get('command'))}; {c.get('why')})"
+             for c in children[:MAX_SHOWN]]
+    if len(children) > MAX_SHOWN:
+        named.append(f"{len(children) - MAX_SHOWN} more")
+    n = len(children)
+    return (f"{n} child process{'es were' if n != 1 else ' was'} started but not traced: "
+            f"{', '.join(named)}; README, \"Children whose environment is cleared\", "
+            "says how to follow them")
