@@ -130,3 +130,26 @@ def test_why_a_child_goes_untraced():
     # A process traced through no variable passes nothing on to lose.
     assert why(["python3", "-I"], {}, {"PATH": "/bin"}) is None
 
+
+
+def test_notes_a_capture_holds_are_read_as_data(tmp_path):
+    # The notes come from the traced processes (another user's, in a
+    # session): garbage lines, deep JSON and a symlink in their place are
+    # skipped; report says what the readable notes say.
+    cap, proc, pids = _capture(tmp_path, "some-untraced")
+    manifest_path = cap / "etwtrace-capture.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["untraced_children"]       # as a capture without a launcher has it
+    manifest_path.write_text(json.dumps(manifest))
+    notes = [p for p in (cap / "ctf").glob("pid-*/untraced-children")]
+    assert len(notes) == 1
+    with open(notes[0], "a") as f:
+        f.write("not json\n" + "[" * 100000 + "\n" + '{"n": "x", "command": 5}\n')
+    for name in os.listdir(cap / "ctf"):
+        other = cap / "ctf" / name / "untraced-children"
+        if not other.exists():
+            other.symlink_to(notes[0])      # read once, through its own name only
+    report = run_etwtrace("report", cap)
+    assert report.returncode == 0, report.stderr
+    said = _said(report.stderr)
+    assert len(said) == 1 and "4 child processes" in said[0], report.stderr

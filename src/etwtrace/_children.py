@@ -208,7 +208,7 @@ def _read_notes(trace_dir):
         try:
             record = json.loads(line)
             n = record["n"]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             continue
         if not isinstance(record, dict) or not isinstance(n, int):
             continue
@@ -226,8 +226,20 @@ def untraced_children(path):
     from . import _manifest
     kept = _manifest.read_manifest(path).get(MANIFEST_KEY)
     if isinstance(kept, list):
-        return [c for c in kept if isinstance(c, dict)]
+        return [_entry(c.get("pid"), c.get("parent"), c.get("command"), c.get("why"))
+                for c in kept if isinstance(c, dict)]
     return collect(path)
+
+
+def _entry(pid, parent, command, why):
+    """One untraced child, with fields of the types the line expects
+    whatever a capture's files hold."""
+    def number(value):
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+            else None
+    return {"pid": number(pid), "parent": number(parent),
+            "command": [str(a) for a in command] if isinstance(command, list) else [],
+            "why": str(why) if why is not None else ""}
 
 
 def collect(path):
@@ -253,29 +265,30 @@ def collect(path):
                 continue    # its exec: the image after it is traced
             if pid is not None and pid != parent and pid in images:
                 continue    # a child traced after all
-            command = note.get("command")
-            found.append({"pid": pid, "parent": parent,
-                          "command": [str(a) for a in command] if isinstance(command, list)
-                          else [], "why": str(note.get("why", ""))})
+            found.append(_entry(pid, parent, note.get("command"), note.get("why")))
     return found
 
 
-def _shown(command, width=60):
-    """A command line as the one line shows it: shell-quoted, its program
-    by file name, control characters escaped, cut at `width`."""
-    import shlex
-    if command:
-        command = [os.path.basename(command[0])] + command[1:]
-    text = shlex.join(command) if command else "?"
+def _printable(text, width=60):
+    """`text` with control characters escaped, cut at `width`."""
     text = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
     return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _shown(command):
+    """A command line as the one line shows it: shell-quoted, its program
+    by file name."""
+    import shlex
+    if not command:
+        return "?"
+    return _printable(shlex.join([os.path.basename(command[0])] + command[1:]))
 
 
 def describe(children):
     """One line naming the untraced children, or None when there are none."""
     if not children:
         return None
-    named = [f"pid {c.get('pid') or '?'} ({_shown(c.get('command'))}; {c.get('why')})"
+    named = [f"pid {c['pid'] or '?'} ({_shown(c['command'])}; {_printable(c['why'])})"
              for c in children[:MAX_SHOWN]]
     if len(children) > MAX_SHOWN:
         named.append(f"{len(children) - MAX_SHOWN} more")
