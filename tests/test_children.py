@@ -110,7 +110,9 @@ def test_an_exec_into_a_cleared_environment_is_named_by_its_pid(tmp_path):
 def test_why_a_child_goes_untraced():
     from etwtrace import _children
     ours = {"ETWTRACE_CAPTURE": "/c", "PYTHONPATH": _children.AUTOSTART_DIR, "PATH": "/bin"}
-    why = _children.why_untraced
+
+    def why(args, env, environ=ours):
+        return _children.why_untraced(args, env, _children._carriers(environ))
     assert why(["python3", "x.py"], None, ours) is None
     assert why(["python3", "x.py"], dict(ours), ours) is None
     assert why(["ls"], {"PATH": "/bin"}, ours) == "environment without ETWTRACE_CAPTURE"

@@ -110,15 +110,14 @@ class _TracingMixin:
             raise RuntimeError("a tracer is already enabled in this process")
         self.ignore(*_own_files())
         self.ignore(threading.__file__, threading.Thread.run.__code__.co_filename)
-        from . import _env
+        from . import _children, _env   # (imported before tracing starts)
         capture = os.environ.get(CAPTURE_ENV) or None
         sessions = self._join_sessions
         if sessions is None:
             sessions = _env.choice(_env.SESSION) != "ignore"
+        _children.watch()
         self._native.enable(self._mode, capture, self._c_calls, self._call_times, sessions)
         _tracer = self
-        from . import _children
-        _children.watch()
         if not _atexit_registered:
             atexit.register(_disable_at_exit)
             os.register_at_fork(after_in_child=_after_fork_in_child)

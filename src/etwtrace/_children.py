@@ -19,6 +19,10 @@ and the launcher and `record stop` keep the list in the manifest.
 import os
 import stat
 import sys
+from _json import encode_basestring_ascii as _json_string
+from _weakref import ref as _weak_ref
+
+from . import _env
 
 UNTRACED = "untraced-children"
 MANIFEST_KEY = "untraced_children"
@@ -26,28 +30,35 @@ MAX_FILE_BYTES = 1 << 20        # read from each process (a note is ~100 bytes)
 MAX_SHOWN = 5                   # commands named in the one line
 ENABLE_VAR = None               # set by enable_if: the .pth's variable, if any
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
+_FS_ENCODING = sys.getfilesystemencoding()
 
-_watching = False
+_watching = None        # (carriers, flags) once watching
 _noted = 0
+_popens = {}            # weak reference -> (trace dir, note, Popen's attributes)
 
 
 # ---- in the traced process ----
+#
+# The audit hook runs inside the traced program: past watch(), this part
+# calls only functions written in C (and its own, in an ignored file), so
+# that none of its work shows up in the trace.
 
 def watch():
     """Notes this process's untraced children from now on, if its tracing
     came by its environment (the audit hook stays, and does nothing while
-    the process does not record)."""
+    the process does not record).  Called before tracing starts."""
     global _watching
-    carriers, _flags = _carriers()
-    if carriers and not _watching:
-        _watching = True
+    carriers, flags = _carriers()
+    if carriers and _watching is None:
+        _watching = (carriers, flags)
         sys.addaudithook(_on_audit)
+        import atexit
+        atexit.register(_pids_at_exit)
 
 
 def _carriers(environ=os.environ):
     """{name: value} of the variables this process's tracing came by, and
     the interpreter flags that would lose it."""
-    from . import _env
     carriers, flags = {}, set()
     if environ.get(_env.CAPTURE):
         carriers[_env.CAPTURE] = environ[_env.CAPTURE]
@@ -60,38 +71,43 @@ def _carriers(environ=os.environ):
     return carriers, flags
 
 
-def why_untraced(args, env, environ=os.environ):
+def why_untraced(args, env, carried=None):
     """Why a child run as `args` with environment `env` (None: this one's)
-    is not traced, or None when it is (or would be, if it runs Python)."""
-    carriers, flags = _carriers(environ)
+    is not traced, or None when it is (or would be, if it runs Python);
+    `carried`: _carriers() (this process's, by default)."""
+    carriers, flags = carried or _watching or _carriers()
     if env is not None:
         for name, value in carriers.items():
+            given = env.get(name)
+            if given is None:
+                given = env.get(name.encode(), "")
             if name == "PYTHONPATH":
-                dropped = value not in _str(env.get("PYTHONPATH", env.get(b"PYTHONPATH", ""))
-                                            ).split(os.pathsep)
+                dropped = value not in _str(given).split(":")
             else:
-                dropped = _str(env.get(name, env.get(name.encode(), ""))) != value
+                dropped = _str(given) != value
             if dropped:
-                return f"environment without {name}"
+                return "environment without " + name
     found = _interpreter_flags(args) & flags
     if found:
-        return f"python -{''.join(sorted(found))}"
+        return "python -" + "".join(sorted(found))
     return None
 
 
 def _str(value):
-    return os.fsdecode(value) if isinstance(value, bytes) else str(value)
+    if isinstance(value, bytes):
+        return value.decode(_FS_ENCODING, "surrogateescape")
+    return value if isinstance(value, str) else str(value)
 
 
 # Options of the python command line that take a value.
-_WITH_VALUE = set("WX")
+_WITH_VALUE = "WX"
 
 
 def _interpreter_flags(args):
     """The one-letter options of a Python command line `args` (empty when
     the program it runs is not named python*)."""
     args = [_str(a) for a in args] if isinstance(args, (list, tuple)) else []
-    if not args or not os.path.basename(args[0]).startswith("python"):
+    if not args or not args[0].rsplit("/", 1)[-1].startswith("python"):
         return set()
     flags = set()
     i = 1
@@ -100,7 +116,7 @@ def _interpreter_flags(args):
         if not arg.startswith("-") or arg in ("-", "--") or arg.startswith("--"):
             break
         for j, letter in enumerate(arg[1:]):
-            if letter in ("c", "m"):
+            if letter in "cm":
                 return flags
             if letter in _WITH_VALUE:
                 i += arg[j + 2:] == ""      # its value is the next argument
@@ -111,7 +127,7 @@ def _interpreter_flags(args):
 
 
 def _on_audit(event, args):
-    if event not in ("subprocess.Popen", "os.posix_spawn", "os.exec"):
+    if event != "subprocess.Popen" and event != "os.posix_spawn" and event != "os.exec":
         return
     try:
         _note(event, args)
@@ -120,8 +136,8 @@ def _on_audit(event, args):
 
 
 def _note(event, args):
-    from . import _etwtrace
-    if not _etwtrace.is_active():
+    native = sys.modules.get("etwtrace._etwtrace")
+    if native is None or not native.is_active():
         return
     if event == "subprocess.Popen":
         _executable, argv, _cwd, env = args
@@ -132,52 +148,65 @@ def _note(event, args):
     why = why_untraced(argv, env)
     if why is None:
         return
-    trace_dir = _etwtrace.trace_dir()
+    trace_dir = native.trace_dir()
     if trace_dir is None:
         return
     global _noted
     _noted += 1
-    note = {"n": _noted, "command": [_str(a) for a in argv] if isinstance(argv, (list, tuple))
-            else [_str(argv)], "why": why, "pid": os.getpid() if event == "os.exec" else None}
-    _append(trace_dir, note)
+    command = [_str(a) for a in argv] if isinstance(argv, (list, tuple)) else [_str(argv)]
+    pid = native_pid = None
+    if event == "os.exec":
+        native_pid = pid = os.getpid()
+    _append(trace_dir, '{"n": %d, "command": [%s], "why": %s, "pid": %s}' % (
+        _noted, ", ".join([_json_string(a) for a in command]), _json_string(why),
+        "null" if native_pid is None else native_pid))
     if event == "subprocess.Popen":
         _pid_when_known(trace_dir, _noted)
 
 
 def _called_by_subprocess():
-    import subprocess
-    frame = sys._getframe(3)    # _note, _on_audit, then os.posix_spawn's caller
-    return frame is not None and frame.f_code.co_filename == subprocess.__file__
+    subprocess = sys.modules.get("subprocess")
+    frame = sys._getframe(3)    # _called_by_subprocess, _note, _on_audit, then the caller
+    return subprocess is not None and frame is not None and \
+        frame.f_code.co_filename == subprocess.__file__
 
 
 def _pid_when_known(trace_dir, n):
     """The Popen starting the child is the `self` of the frame that
     audited it; its pid is set after the audit, so it is written when the
-    Popen object is done with (or at exit), from its attributes."""
-    import weakref
+    Popen object is freed (or at exit), from its attributes."""
     frame = sys._getframe(3)    # _pid_when_known, _note, _on_audit, then _execute_child
     popen = frame.f_locals.get("self") if frame is not None else None
-    if popen is None or not hasattr(popen, "__dict__"):
-        return
-    weakref.finalize(popen, _write_pid, trace_dir, n, popen.__dict__)
+    attributes = getattr(popen, "__dict__", None)
+    if attributes is not None:
+        _popens[_weak_ref(popen, _popen_freed)] = (trace_dir, n, attributes)
+
+
+def _popen_freed(ref):
+    trace_dir, n, attributes = _popens.pop(ref, (None, 0, {}))
+    _write_pid(trace_dir, n, attributes)
+
+
+def _pids_at_exit():
+    for trace_dir, n, attributes in list(_popens.values()):
+        _write_pid(trace_dir, n, attributes)
+    _popens.clear()
 
 
 def _write_pid(trace_dir, n, attributes):
     pid = attributes.get("pid")
-    if isinstance(pid, int):
-        _append(trace_dir, {"n": n, "pid": pid})
+    if trace_dir is not None and isinstance(pid, int):
+        _append(trace_dir, '{"n": %d, "pid": %d}' % (n, pid))
 
 
-def _append(trace_dir, record):
-    import json
-    line = (json.dumps(record) + "\n").encode()
+def _append(trace_dir, line):
     try:
-        fd = os.open(os.path.join(trace_dir, UNTRACED),
+        fd = os.open(trace_dir + "/" + UNTRACED,
                      os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
         return
     try:
-        os.write(fd, line)
+        os.write(fd, (line + "\n").encode())
     except OSError:
         pass
     finally:
