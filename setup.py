@@ -97,6 +97,7 @@ setup(
             sources=[
                 f"{NATIVE}/module.c",
                 f"{NATIVE}/tracer.c",
+                f"{NATIVE}/cstack.c",
                 f"{NATIVE}/functions.c",
                 f"{NATIVE}/code_index.c",
                 f"{NATIVE}/c_functions.c",

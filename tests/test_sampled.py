@@ -420,6 +420,73 @@ def test_launched_program_is_sampled_to_its_end(tmp_path):
     assert sum(n for s, n in stacks.items() if any(_name(f) == "inner" for f in s)) >= 300
 
 
+def _short_program(tmp_path, code):
+    script = tmp_path / "short.py"
+    script.write_text(code)
+    untraced = subprocess.run([sys.executable, script], capture_output=True, text=True)
+    return script, untraced
+
+
+def test_a_short_program_gives_its_capture_and_exits_as_it_did(tmp_path):
+    # fib(20) ends in a few tens of milliseconds, about what reading its
+    # interpreter's symbols took before it was sampled (it was refused
+    # as "not a CPython" then).
+    need_sampler()
+    if not SAMPLED_HERE:
+        pytest.skip("--sampled -- script runs the script with this interpreter (3.11, 3.13+)")
+    script, untraced = _short_program(tmp_path, (
+        "import sys\n"
+        "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+        "print(fib(20))\nsys.exit(3)\n"))
+    assert untraced.returncode == 3 and untraced.stdout == "6765\n"
+    cap = tmp_path / "cap"
+    proc = run_etwtrace("--sampled", "--capture", cap, "--", script)
+    assert (proc.returncode, proc.stdout) == (3, untraced.stdout), proc.stderr
+    assert "Traceback" not in proc.stderr and "not a CPython" not in proc.stderr
+    manifest = json.loads((cap / "etwtrace-capture.json").read_text())
+    assert manifest["exit_status"] == 3
+    said = [line for line in proc.stderr.splitlines() if "capture saved" in line]
+    assert len(said) == 1
+    if manifest["samples"]:
+        assert said[0].startswith(f"etwtrace: {manifest['samples']:,} samples")
+    else:
+        assert "ended before its first sample" in said[0]
+
+
+def test_a_program_that_ends_before_the_first_sample_says_so_in_one_line(tmp_path):
+    # At 1 Hz a program of a few milliseconds ends before its first sample.
+    need_sampler()
+    if not SAMPLED_HERE:
+        pytest.skip("--sampled -- script runs the script with this interpreter (3.11, 3.13+)")
+    script, untraced = _short_program(tmp_path, "import sys\nprint('x')\nsys.exit(5)\n")
+    cap = tmp_path / "cap"
+    proc = run_etwtrace("--sampled", "--rate", "1", "--capture", cap, "--", script)
+    assert (proc.returncode, proc.stdout) == (5, untraced.stdout), proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "sampling process" not in line]
+    assert lines == [f"etwtrace: process {lines[0].split()[2]} ended before its first sample; "
+                     f"capture saved to {cap} (no samples)"], proc.stderr
+    manifest = json.loads((cap / "etwtrace-capture.json").read_text())
+    assert (manifest["samples"], manifest["exit_status"]) == (0, 5)
+
+
+def test_a_program_gone_before_it_could_be_read_is_not_an_error(monkeypatch):
+    # The program ends while its interpreter is being looked for: what
+    # _wait_for_runtime meets then is a zombie with no files mapped.
+    from etwtrace import _sampled
+
+    class Gone:
+        pid = 12345
+
+        def poll(self):
+            return 0
+
+    class Refusing:
+        def add(self, pid):
+            raise _sampled.RemoteError(f"process {pid} is not a CPython (no _PyRuntime in its files)")
+
+    assert _sampled._wait_for_runtime(Gone(), Refusing()) is False
+
+
 # ---- a sampled recording session ----
 
 def _python_stacks(cap, *args):

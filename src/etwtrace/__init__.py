@@ -110,7 +110,7 @@ class _TracingMixin:
             raise RuntimeError("a tracer is already enabled in this process")
         self.ignore(*_own_files())
         self.ignore(threading.__file__, threading.Thread.run.__code__.co_filename)
-        from . import _env
+        from . import _children, _env   # (imported before tracing starts)
         capture = os.environ.get(CAPTURE_ENV) or None
         limit = _env.size(_env.MAX_SIZE) if capture else None
         if limit is not None:
@@ -119,6 +119,7 @@ class _TracingMixin:
         sessions = self._join_sessions
         if sessions is None:
             sessions = _env.choice(_env.SESSION) != "ignore"
+        _children.watch()
         self._native.enable(self._mode, capture, self._c_calls, self._call_times, sessions)
         _tracer = self
         if not _atexit_registered:
@@ -273,6 +274,8 @@ def enable_if(enable_var, type_var):
         # a recording asked to keep them (a capture collects them).
         keep = _env.choice(PERF_FILES_ENV) == "keep" or bool(os.getenv(CAPTURE_ENV))
         tracer._native.remove_perf_files_at_exit(not keep)
+        from . import _children
+        _children.ENABLE_VAR = enable_var or None   # its children need it too
         tracer.enable()
     except Exception as ex:  # never break interpreter start-up
         print(f"etwtrace: tracing not enabled: {ex}", file=sys.stderr)

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 
-from . import _budget, _confine, _ctf, _env, _guide, _manifest, _perf, _safefs
+from . import _budget, _children, _confine, _ctf, _env, _guide, _manifest, _perf, _safefs
 from ._perf import PerfError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
@@ -617,6 +617,8 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
         if losses:
             info["events_lost"] = {str(pid): n for pid, n in losses.items()}
         info.update(budget.info())
+        untraced = _children.collect(path)
+        info[_children.MANIFEST_KEY] = untraced
         try:
             write_manifest(path, **info)
         except CaptureError as ex:
@@ -628,5 +630,7 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
     lost = _budget.loss_text(losses, info)
     if lost:
         say(f"etwtrace: {lost}; the trace holds every event recorded before")
+    if untraced:
+        say(f"etwtrace: {_children.describe(untraced)}")
     say(f"etwtrace: capture saved to {path}")
     return status

@@ -532,6 +532,7 @@ def copy_trace(trace_dir, target):
     finally:
         os.close(out)
     version = trace_version(target)
+    _copy_notes(trace_dir, target)
     copied = 0
     for path in stream_files(trace_dir):
         try:
@@ -550,6 +551,28 @@ def copy_trace(trace_dir, target):
         except (OSError, TraceError):
             continue
     return copied
+
+
+# Notes a process keeps beside its streams (_children.UNTRACED), copied
+# with them up to this size.
+NOTES = ("untraced-children",)
+NOTES_MAX_BYTES = 1 << 20
+
+
+def _copy_notes(trace_dir, target):
+    for name in NOTES:
+        try:
+            src = _open_regular(os.path.join(trace_dir, name), os.O_RDONLY)
+        except (OSError, TraceError):
+            continue
+        try:
+            out = _new_file(os.path.join(target, name))
+            try:
+                _safefs.copy_data(src, out, NOTES_MAX_BYTES)
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
 
 
 def _alive(pid):

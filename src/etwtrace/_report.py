@@ -67,14 +67,17 @@ class _Progress:
             self.stream.flush()
 
 
-def _choose_view(scan, off_cpu):
-    """(view name, stacks, unit, description) for folded/svg/speedscope."""
+def _choose_view(scan, off_cpu, call_paths=True):
+    """(view name, stacks, unit, description) for folded/svg/speedscope.
+    Without `call_paths` (the text report's table of calls) the stacks of
+    calls are not made: a recursion N deep has N paths of up to N frames."""
     if off_cpu:
         return "off-cpu", scan.offcpu, "ns", "blocked time (off-CPU)"
     if scan.tree.calls:
+        paths = scan.tree.folded() if call_paths else None
         if not scan.tree.has_times:
-            return "calls", scan.tree.folded(), "calls", "instrumented calls, recorded without call times"
-        return "calls", scan.tree.folded(), "ns", "exclusive time of instrumented calls"
+            return "calls", paths, "calls", "instrumented calls, recorded without call times"
+        return "calls", paths, "ns", "exclusive time of instrumented calls"
     if scan.samples:
         return "samples", scan.samples, "samples", "CPU samples"
     return "marks", scan.marks, "samples", "stack marks"
@@ -103,6 +106,16 @@ def _problems_lines(scan):
     """One line for each trace (or part of one) the report had to leave
     out, or [] when there is none."""
     return [f"WARNING: {p}" for p in scan.problems]
+
+
+def _say_untraced_children(path):
+    """One line on stderr naming the child processes the capture says
+    were started but not traced (_children.py); nothing when there are
+    none."""
+    from . import _children
+    line = _children.describe(_children.untraced_children(path))
+    if line:
+        print(f"etwtrace: note: {line}", file=sys.stderr)
 
 
 def _text(scan, off_cpu, limit, losses=None):
@@ -281,7 +294,8 @@ def _report(opts, scan, timeline):
         print(f"etwtrace: {losses}", file=sys.stderr)
     for problem in scan.problems:
         _say_warning(problem)
-    view, stacks, unit, what = _choose_view(scan, opts.off_cpu)
+    _say_untraced_children(opts.path)
+    view, stacks, unit, what = _choose_view(scan, opts.off_cpu, opts.format != "text")
     if timeline and scan.tree.untimed_pids and not opts.off_cpu:
         raise ReportError(f"{opts.path}: calls were recorded without call times "
                           f"(--no-call-times), so they have no timeline; use --format text, "

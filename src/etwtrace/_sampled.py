@@ -565,57 +565,23 @@ def run(path, rate, say, pid=None, target=None, duration=None):
                                 command=target, attached_pid=pid,
                                 python=sys.version.split()[0], started=time.time())
         if pid is None:
+            _read_own_symbols()
             child = subprocess.Popen([sys.executable, *target])
             pid = child.pid
-            _wait_for_runtime(pid, sampling)
+            began = _wait_for_runtime(child, sampling)
         else:
             try:
                 sampling.add(pid)
             except RemoteError as ex:
                 raise SampledError(str(ex)) from None
-        say(f"etwtrace: sampling process {pid} at {rate} Hz (BPF; the program runs "
-            f"without hooks)")
-        native_frames = describe_native_frames(sampling.recorder.targets[pid], say)
-        _capture.write_manifest(path, native_frames=native_frames)
-        until = None if duration is None else time.monotonic() + duration
-        # A program it runs is followed into the Python processes it starts
-        # (multiprocessing's workers, subprocesses), as --stack follows them.
-        finder = None
+            began = True
+        if began:
+            say(f"etwtrace: sampling process {pid} at {rate} Hz (BPF; the program runs "
+                f"without hooks)")
+            native_frames = describe_native_frames(sampling.recorder.targets[pid], say)
+            _capture.write_manifest(path, native_frames=native_frames)
+            status = _sample_until_done(sampling, pid, child, duration, stop, wake_read, say)
         if child is not None:
-            from ._pyfinder import PythonFinder
-            finder = PythonFinder(root=pid)
-            next_scan = time.monotonic() + SCAN_SECONDS
-        # The process's pidfd becomes readable when it ends (zombie or not):
-        # the loop sleeps on it between drains of the ring buffer.
-        waiting = select.poll()
-        pidfd = os.pidfd_open(pid)
-        waiting.register(pidfd, select.POLLIN)
-        waiting.register(sampling.fileno(), select.POLLIN)
-        waiting.register(wake_read, select.POLLIN)
-        try:
-            while not stop:
-                wait = WAIT_MS
-                if finder is not None:
-                    wait = min(wait, (next_scan - time.monotonic()) * 1000)
-                if until is not None:
-                    wait = min(wait, (until - time.monotonic()) * 1000)
-                ready = waiting.poll(max(wait, 0))
-                gone = any(fd == pidfd for fd, _ in ready)
-                sampling.drain()
-                if finder is not None and time.monotonic() >= next_scan:
-                    finder.scan(sampling.add, sampling.remove)
-                    next_scan = time.monotonic() + SCAN_SECONDS
-                if gone:
-                    if child is not None:
-                        status = child.wait()
-                    else:
-                        say(f"etwtrace: process {pid} ended")
-                    break
-                if until is not None and time.monotonic() >= until:
-                    break
-        finally:
-            os.close(pidfd)
-        if child is not None and child.poll() is None:
             status = child.wait()
     finally:
         signal.set_wakeup_fd(previous_wakeup)
@@ -642,7 +608,56 @@ def run(path, rate, say, pid=None, target=None, duration=None):
     if short:
         say(f"etwtrace: {short}")
     of = f" of {sampling.processes} processes" if sampling.processes > 1 else ""
-    say(f"etwtrace: {sampling.samples:,} samples{of}; capture saved to {path}")
+    if child is not None and not sampling.samples:
+        say(f"etwtrace: process {pid} ended before its first sample; capture saved to {path} "
+            "(no samples)")
+    else:
+        say(f"etwtrace: {sampling.samples:,} samples{of}; capture saved to {path}")
+    return status
+
+
+def _sample_until_done(sampling, pid, child, duration, stop, wake_read, say):
+    """Drains samples until the process ends (the program run: its exit
+    status), the duration is up, or Ctrl-C (`stop`)."""
+    status = 0
+    until = None if duration is None else time.monotonic() + duration
+    # A program it runs is followed into the Python processes it starts
+    # (multiprocessing's workers, subprocesses), as --stack follows them.
+    finder = None
+    if child is not None:
+        from ._pyfinder import PythonFinder
+        finder = PythonFinder(root=pid)
+        next_scan = time.monotonic() + SCAN_SECONDS
+    # The process's pidfd becomes readable when it ends (zombie or not):
+    # the loop sleeps on it between drains of the ring buffer.
+    waiting = select.poll()
+    pidfd = os.pidfd_open(pid)
+    waiting.register(pidfd, select.POLLIN)
+    waiting.register(sampling.fileno(), select.POLLIN)
+    waiting.register(wake_read, select.POLLIN)
+    try:
+        while not stop:
+            wait = WAIT_MS
+            if finder is not None:
+                wait = min(wait, (next_scan - time.monotonic()) * 1000)
+            if until is not None:
+                wait = min(wait, (until - time.monotonic()) * 1000)
+            ready = waiting.poll(max(wait, 0))
+            gone = any(fd == pidfd for fd, _ in ready)
+            sampling.drain()
+            if finder is not None and time.monotonic() >= next_scan:
+                finder.scan(sampling.add, sampling.remove)
+                next_scan = time.monotonic() + SCAN_SECONDS
+            if gone:
+                if child is not None:
+                    status = child.wait()
+                else:
+                    say(f"etwtrace: process {pid} ended")
+                break
+            if until is not None and time.monotonic() >= until:
+                break
+    finally:
+        os.close(pidfd)
     return status
 
 
@@ -688,14 +703,28 @@ def _check_pid(pid):
     process.close()
 
 
-def _wait_for_runtime(pid, sampling):
-    """Adds the child once its interpreter is mapped (right after exec)."""
+def _read_own_symbols():
+    """Reads this interpreter's symbols (it is the one the program runs):
+    then the program is sampled from its first milliseconds, not after
+    the ~0.1 s its files' symbols take to read."""
+    try:
+        _elfsym.ProcessMaps(os.getpid()).find_symbol("_PyRuntime")
+    except _elfsym.ElfError:
+        pass
+
+
+def _wait_for_runtime(child, sampling):
+    """Adds the child once its interpreter is mapped (right after exec):
+    True, or False when the program ended first (a short program)."""
+    pid = child.pid
     deadline = time.monotonic() + 10
     while True:
         try:
             sampling.add(pid)
-            return
+            return True
         except RemoteError as ex:
-            if time.monotonic() > deadline or not os.path.exists(f"/proc/{pid}"):
+            if child.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
                 raise SampledError(f"cannot sample process {pid}: {ex}") from None
             time.sleep(0.005)

@@ -40,8 +40,8 @@ import sys
 import tempfile
 import time
 
-from . import (_budget, _capture, _confine, _ctf, _env, _manifest, _perf, _pyfinder, _safefs,
-               _sampled, _sizes)
+from . import (_budget, _capture, _children, _confine, _ctf, _env, _manifest, _perf, _pyfinder,
+               _safefs, _sampled, _sizes)
 from ._capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
@@ -457,8 +457,10 @@ def _finish(place, state, say):
             _finish_perf(path, state, set(owners), say)     # (makes the jitted images)
         _capture.index_perf_files(path)
         losses = _ctf.recorded_losses(path)
+        untraced = _children.collect(path)
         info = {"finished": time.time(), "processes": processes,
-                "process_users": {str(p): u for p, u in sorted(owners.items())}}
+                "process_users": {str(p): u for p, u in sorted(owners.items())},
+                _children.MANIFEST_KEY: untraced}
         if losses:
             info["events_lost"] = {str(p): n for p, n in losses.items()}
         info.update(budget_info)
@@ -475,6 +477,8 @@ def _finish(place, state, say):
     lost = _budget.loss_text(losses, budget_info)
     if lost:
         say(f"etwtrace: {lost}; the trace holds every event recorded before")
+    if untraced:
+        say(f"etwtrace: {_children.describe(untraced)}")
     say(f"etwtrace: session saved to {path} ({processes} process{'es' if processes != 1 else ''})")
 
 

@@ -16,6 +16,13 @@
  *   ETW_FREE_THREADED            a build without the GIL (3.13t+)
  *   EtwLock, etw_lock, etw_unlock  a lock for state the GIL guards elsewhere
  *   ETW_MOD_GIL_SLOT             the module slot declaring it needs no GIL
+ *   etw_eval_units_refund / etw_eval_units_charge
+ *                                the C-recursion units a hooked call gives back
+ *   etw_eval_recursion_error     a frame ending in CPython's own RecursionError
+ *   EtwStackLimits, etw_stack_limits_switch / _restore
+ *                                CPython's C-stack bounds (3.14+), moved to
+ *                                another stack while the hooks run there
+ *   ETW_CPYTHON_STACK_RESERVE    the end of a stack CPython 3.14+ keeps
  */
 #ifndef ETWTRACE_COMPAT_H
 #define ETWTRACE_COMPAT_H
@@ -39,6 +46,9 @@
 #  if PY_VERSION_HEX >= 0x030E0000
 /* 3.14 moved the frame's layout and its inline helpers here. */
 #    include "internal/pycore_interpframe.h"
+/* The thread state's C-stack bounds, and the margin they keep. */
+#    include "internal/pycore_tstate.h"
+#    include "internal/pycore_pythonrun.h"
 #  endif
 #  ifdef ETWTRACE_DEFINED_BUILD_CORE
 #    undef Py_BUILD_CORE
@@ -130,6 +140,129 @@ etw_default_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
  * pycore_ceval.h. */
 PyAPI_FUNC(int) _PyEval_SetProfile(PyThreadState *tstate, Py_tracefunc func, PyObject *arg);
 #endif
+
+/* ---- recursion: CPython's counts and its C-stack bounds ----
+ *
+ * Untraced, 3.11+ evaluates a Python function called from Python inside
+ * its caller's evaluator call; through a PEP 523 hook each such call is a
+ * call of the evaluator of its own, on the C stack (cstack.h guards that
+ * stack).  What CPython counts per evaluator call differs:
+ *   3.9, 3.10  recursion_depth per frame, traced or not: nothing to do.
+ *   3.11       recursion_remaining per frame, traced or not: nothing to do.
+ *   3.12, 3.13 also c_recursion_remaining, PY_EVAL_C_STACK_UNITS (2, in
+ *              their ceval.c) per evaluator call: 1500 and 10000 units
+ *              ended a traced recursion at depth 750 and 5000 that runs
+ *              untraced.  The hooks give those units back around the
+ *              evaluator.
+ *   3.14+      the stack pointer against the thread state's bounds, which
+ *              the hooks move to the stack they run on. */
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000
+#  define ETW_EVAL_C_UNITS 2
+static inline void
+etw_eval_units_refund(PyThreadState *ts)
+{
+    ts->c_recursion_remaining += ETW_EVAL_C_UNITS;
+}
+
+static inline void
+etw_eval_units_charge(PyThreadState *ts)
+{
+    ts->c_recursion_remaining -= ETW_EVAL_C_UNITS;
+}
+#else
+static inline void etw_eval_units_refund(PyThreadState *ts) { (void)ts; }
+static inline void etw_eval_units_charge(PyThreadState *ts) { (void)ts; }
+#endif
+
+/* Evaluates `frame` to a RecursionError (returns NULL with it set), as
+ * CPython's own check at the entry of its evaluator ends a frame: on
+ * 3.11+ by making that very check fail (the evaluator then unwinds and
+ * frees the frame as it does for its own RecursionError); on 3.9 and 3.10,
+ * where the frame is its caller's to free, by raising it here. */
+static inline PyObject *
+etw_eval_recursion_error(PyThreadState *ts, EtwFrame *frame, int throwflag)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    /* Bounds that put the evaluator's stack pointer just below the soft
+     * limit (a RecursionError) and above the hard one (not a fatal
+     * error). */
+    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)ts;
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+    uintptr_t soft = impl->c_stack_soft_limit, hard = impl->c_stack_hard_limit;
+    impl->c_stack_soft_limit = here;
+    impl->c_stack_hard_limit = here - 2 * _PyOS_STACK_MARGIN_BYTES;
+    PyObject *result = etw_default_eval(ts, frame, throwflag);
+    impl->c_stack_soft_limit = soft;
+    impl->c_stack_hard_limit = hard;
+    return result;
+#elif PY_VERSION_HEX >= 0x030C0000
+    int saved = ts->c_recursion_remaining;
+    ts->c_recursion_remaining = 0;
+    PyObject *result = etw_default_eval(ts, frame, throwflag);
+    ts->c_recursion_remaining = saved;
+    return result;
+#elif PY_VERSION_HEX >= 0x030B0000
+    int saved = ts->recursion_remaining;
+    ts->recursion_remaining = 0;
+    PyObject *result = etw_default_eval(ts, frame, throwflag);
+    ts->recursion_remaining = saved;
+    return result;
+#else
+    (void)ts;
+    (void)frame;
+    (void)throwflag;
+    PyErr_SetString(PyExc_RecursionError, "maximum recursion depth exceeded");
+    return NULL;
+#endif
+}
+
+/* Bytes at the low end of a stack in which CPython 3.14+ raises
+ * RecursionError by itself (below its soft limit); 0 before 3.14. */
+#if PY_VERSION_HEX >= 0x030E0000
+#  define ETW_CPYTHON_STACK_RESERVE (2 * _PyOS_STACK_MARGIN_BYTES)
+#else
+#  define ETW_CPYTHON_STACK_RESERVE 0
+#endif
+
+/* CPython's bounds of the stack a thread runs on (3.14+; nothing before). */
+typedef struct {
+    uintptr_t top, soft, hard;
+} EtwStackLimits;
+
+/* Tells CPython that the thread now runs on [base, top), keeping in
+ * `saved` what it had (restored by etw_stack_limits_restore). */
+static inline void
+etw_stack_limits_switch(PyThreadState *ts, uintptr_t base, uintptr_t top, EtwStackLimits *saved)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)ts;
+    *saved = (EtwStackLimits){impl->c_stack_top, impl->c_stack_soft_limit,
+                              impl->c_stack_hard_limit};
+    /* As CPython sets them for a thread's stack (tstate_set_stack). */
+    impl->c_stack_top = top;
+    impl->c_stack_hard_limit = base + _PyOS_STACK_MARGIN_BYTES;
+    impl->c_stack_soft_limit = base + 2 * _PyOS_STACK_MARGIN_BYTES;
+#else
+    (void)ts;
+    (void)base;
+    (void)top;
+    *saved = (EtwStackLimits){0, 0, 0};
+#endif
+}
+
+static inline void
+etw_stack_limits_restore(PyThreadState *ts, const EtwStackLimits *saved)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)ts;
+    impl->c_stack_top = saved->top;
+    impl->c_stack_soft_limit = saved->soft;
+    impl->c_stack_hard_limit = saved->hard;
+#else
+    (void)ts;
+    (void)saved;
+#endif
+}
 
 /* Removes profile function `func` from every thread of `interp` that has it;
  * other tools keep theirs (PyEval_SetProfileAllThreads(NULL) would clear

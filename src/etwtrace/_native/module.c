@@ -1,6 +1,7 @@
 /* etwtrace._etwtrace: the Python face of the native core. */
 #include "compat.h"
 
+#include "cstack.h"
 #include "events.h"
 #include "perf_jit.h"
 #include "recorder.h"
@@ -9,6 +10,7 @@
 #include "tracer.h"
 
 #include <execinfo.h>
+#include <limits.h>
 #include <string.h>
 
 #define MAX_STACK_FRAMES 512
@@ -256,7 +258,34 @@ etw_ctf_metadata(PyObject *module, PyObject *args)
     return PyBytes_FromStringAndSize(text, len);
 }
 
+/* This process's own trace directory, or None when it records into none. */
+static PyObject *
+etw_trace_dir(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    etw_events_touch();    /* a forked child makes its own at its first event */
+    char dir[PATH_MAX + 64];
+    if (etw_recorder_trace_dir(dir, sizeof dir) != 0) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_DecodeFSDefault(dir);
+}
+
+/* For tests: whether the calling thread runs on its larger stack now. */
+static PyObject *
+etw_on_larger_stack(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyBool_FromLong(etw_cstack_on_larger());
+}
+
 static PyMethodDef module_methods[] = {
+    {"trace_dir", etw_trace_dir, METH_NOARGS,
+     "This process's own trace directory in the capture, or None."},
+    {"_on_larger_stack", etw_on_larger_stack, METH_NOARGS,
+     "Whether this thread runs on the larger stack deep recursion moves to (tests)."},
     {"ctf_metadata", etw_ctf_metadata, METH_VARARGS,
      "ctf_metadata(pid, call_times=True): a trace's CTF metadata text (bytes)."},
     {"enable", (PyCFunction)(void (*)(void))etw_enable, METH_VARARGS | METH_KEYWORDS,

@@ -900,6 +900,18 @@ etw_recorder_dir(void)
     return etw_recorder_active() ? capture_dir : NULL;
 }
 
+int
+etw_recorder_trace_dir(char *buf, size_t size)
+{
+    pthread_mutex_lock(&registry_lock);
+    int rc = etw_recorder_active() && trace_pid == getpid() && strlen(trace_dir) < size ? 0 : -1;
+    if (rc == 0) {
+        memcpy(buf, trace_dir, strlen(trace_dir) + 1);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return rc;
+}
+
 uint64_t
 etw_recorder_events_discarded(void)
 {

@@ -117,6 +117,10 @@ int etw_recorder_active(void);
 /* The capture directory while recording, else NULL. */
 const char *etw_recorder_dir(void);
 
+/* This process's own trace directory (CAPTURE/ctf/pid-PID[.N]) into `buf`:
+ * 0, or -1 when it records into none (or has not made its own yet). */
+int etw_recorder_trace_dir(char *buf, size_t size);
+
 /* The calling thread's stream for this session.  `*own` is the thread's
  * stream object (NULL at first): it is kept while it belongs to the trace
  * being recorded, so a thread writes one file in every session of a

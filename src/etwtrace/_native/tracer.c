@@ -8,6 +8,7 @@
 #include "tracer.h"
 
 #include "c_functions.h"
+#include "cstack.h"
 #include "monitoring.h"
 #include "perf_jit.h"
 #include "recorder.h"
@@ -56,17 +57,41 @@ previous_eval(void)
     return __atomic_load_n(&tracer.previous, __ATOMIC_RELAXED);
 }
 
-static PyObject *
-stack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
+/* The hooks' bodies run where their C stack has room (cstack.h), and give
+ * back the C-recursion units the evaluator takes for a call that untraced
+ * would not have been one (compat.h). */
+static inline __attribute__((always_inline)) PyObject *
+stack_eval_body(PyThreadState *ts, EtwFrame *frame, int throwflag)
 {
     /* A thread seen for the first time in this session announces itself
      * (PythonThread start); afterwards this is one TLS load and compare. */
     EtwThread *t = etw_thread();
     EtwFunction *f = function_of(etw_frame_code(frame), t, 1);
+    PyObject *result;
+    etw_eval_units_refund(ts);
     if (f != NULL && f->trampoline != NULL) {
-        return ((TrampolineFunc)f->trampoline)(ts, frame, throwflag, previous_eval());
+        result = ((TrampolineFunc)f->trampoline)(ts, frame, throwflag, previous_eval());
     }
-    return previous_eval()(ts, frame, throwflag);
+    else {
+        result = previous_eval()(ts, frame, throwflag);
+    }
+    etw_eval_units_charge(ts);
+    return result;
+}
+
+static PyObject *
+stack_eval_deep(PyThreadState *ts, EtwFrame *frame, int throwflag)
+{
+    return stack_eval_body(ts, frame, throwflag);
+}
+
+static PyObject *
+stack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
+{
+    if (__builtin_expect(etw_cstack_low(), 0)) {
+        return etw_cstack_eval(ts, frame, throwflag, stack_eval_deep);
+    }
+    return stack_eval_body(ts, frame, throwflag);
 }
 
 /* Caller and CallerLine of a call made now on thread `t` from Python frame
@@ -103,13 +128,17 @@ caller_of(EtwThread *t, EtwFrame *cf, uint32_t *line)
  * when tracing stops, or restarts, are not closed in a later trace. */
 static void close_unreturned_c_calls(PyThreadState *ts, EtwThread *t, uint32_t c_depth);
 
-static PyObject *
-instrumented_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
+static inline __attribute__((always_inline)) PyObject *
+instrumented_eval_body(PyThreadState *ts, EtwFrame *frame, int throwflag)
 {
     EtwThread *t = etw_thread();
     EtwFunction *f = function_of(etw_frame_code(frame), t, 0);
+    PyObject *result;
+    etw_eval_units_refund(ts);
     if (__builtin_expect(f == NULL || !f->traced, 0)) {
-        return previous_eval()(ts, frame, throwflag);
+        result = previous_eval()(ts, frame, throwflag);
+        etw_eval_units_charge(ts);
+        return result;
     }
     uint32_t epoch = t->epoch;
     uint32_t saved = t->current;
@@ -118,7 +147,8 @@ instrumented_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
     uint32_t caller = caller_of(t, etw_thread_caller_frame(ts), &line);
     etw_emit_push(t, f->id, caller, line);
     t->current = f->id;
-    PyObject *result = previous_eval()(ts, frame, throwflag);
+    result = previous_eval()(ts, frame, throwflag);
+    etw_eval_units_charge(ts);
     if (__builtin_expect(epoch == etw_current_epoch(), 1)) {
         if (__builtin_expect(t->c_depth > c_depth, 0)) {
             close_unreturned_c_calls(ts, t, c_depth);
@@ -127,6 +157,21 @@ instrumented_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
         etw_emit_pop(t, f->id);
     }
     return result;
+}
+
+static PyObject *
+instrumented_eval_deep(PyThreadState *ts, EtwFrame *frame, int throwflag)
+{
+    return instrumented_eval_body(ts, frame, throwflag);
+}
+
+static PyObject *
+instrumented_eval(PyThreadState *ts, EtwFrame *frame, int throwflag)
+{
+    if (__builtin_expect(etw_cstack_low(), 0)) {
+        return etw_cstack_eval(ts, frame, throwflag, instrumented_eval_deep);
+    }
+    return instrumented_eval_body(ts, frame, throwflag);
 }
 
 /* Instrumented mode with C calls: an observer that sees only C calls
