@@ -9,6 +9,9 @@ import sys
 
 from conftest import run_etwtrace
 
+# How the report names the interpreter the children run (its file name).
+PYTHON_NAME = os.path.basename(sys.executable)
+
 CHILDREN = """\
 import json, os, subprocess, sys
 child = [sys.executable, "-c", "def child(): pass\\nchild()"]
@@ -56,8 +59,8 @@ def test_children_started_untraced_are_named_once_each(tmp_path):
     assert len(said) == 1, proc.stderr
     line = said[0]
     assert line.startswith("etwtrace: 4 child processes were started but not traced: ")
-    assert f"pid {pids['cleared']} (python -c " in line
-    assert f"pid {pids['isolated']} (python -I -c pass; python -I)" in line
+    assert f"pid {pids['cleared']} ({PYTHON_NAME} -c " in line
+    assert f"pid {pids['isolated']} ({PYTHON_NAME} -I -c pass; python -I)" in line
     assert "environment without ETWTRACE_CAPTURE" in line
     assert line.count("pid ? (") == 1       # os.posix_spawn's pid is its caller's to know
 
@@ -104,7 +107,7 @@ def test_an_exec_into_a_cleared_environment_is_named_by_its_pid(tmp_path):
     pid, after = proc.stdout.split()
     assert after == "after"
     said = _said(proc.stderr)
-    assert len(said) == 1 and f": pid {pid} (python -c " in said[0], proc.stderr
+    assert len(said) == 1 and f": pid {pid} ({PYTHON_NAME} -c " in said[0], proc.stderr
 
 
 def test_why_a_child_goes_untraced():
