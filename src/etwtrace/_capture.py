@@ -418,13 +418,17 @@ def run_with_perf(path, perf, mode, preset, target, say):
     cmd = _perf.record_command(perf, data, preset, callgraph, probe)
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
     write_manifest(path, recorder="perf", callgraph=callgraph, perf_command=cmd)
+    restore_max_stack = False
     try:
+        restore_max_stack = _perf.raise_max_stack(callgraph, say)
         proc = _Child(cmd + ["--"] + child, child_environment(path, mode), stderr=subprocess.PIPE)
         tee = _Tee(proc.proc.stderr)
         tee.start()
         returncode = proc.wait()
         tee.join(timeout=10)
     finally:
+        if restore_max_stack:
+            _perf.restore_max_stack(say)
         if probe:
             _perf.remove_stack_sample_probe(perf)
     # perf exits as its workload did (by the same signal, too).
@@ -433,7 +437,8 @@ def run_with_perf(path, perf, mode, preset, target, say):
         raise CaptureError("perf recorded nothing: " + (tee.tail or ["unknown error"])[-1])
     pids = capture_pids(path)
     script_input = data
-    if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
+    if _perf.needs_jit_inject(callgraph) and any(
+            os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
         injected = os.path.join(path, "perf.jit.data")
         # perf's libdw unwinder walks the images inject writes only as
         # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
