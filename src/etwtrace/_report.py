@@ -16,7 +16,7 @@ import sys
 import time
 
 from . import _diff, _exports, _formats, _pprof
-from ._scan import Cut, ReportError, Scan, load_stacktags
+from ._scan import TRUNCATED_FRAME, Cut, ReportError, Scan, load_stacktags
 
 # Outputs expected to be larger than this are announced before writing.
 WARN_BYTES = 100 * 2**20
@@ -96,8 +96,27 @@ def _losses_line(path):
             f"({describe_losses(losses)}); what follows is what was kept")
 
 
+def _truncated_note(scan, view):
+    """A line saying how much of a stack view perf's unwind cut short (those
+    stacks have the root [truncated]), or None."""
+    key = {"off-cpu": "offcpu"}.get(view, view)
+    cut = getattr(scan, "truncated", {}).get(key)
+    if not cut:
+        return None
+    total = sum({"samples": scan.samples, "marks": scan.marks, "offcpu": scan.offcpu}[key].values())
+    share = f"{100 * cut / total:.1f}%" if total else "?"
+    amount = (f"{cut / 1e9:.3f} s of {total / 1e9:.3f} s blocked" if key == "offcpu"
+              else f"{cut:,} of {total:,} {'CPU samples' if key == 'samples' else 'stack marks'}")
+    return (f"{amount} ({share}) have stacks cut short by perf (deeper than its frame "
+            f"limit or stack copy): shown with the root {TRUNCATED_FRAME}")
+
+
 def _text(scan, off_cpu, limit, losses=None):
     sections = [[losses]] if losses else []
+    notes = [f"note: {n}" for n in (_truncated_note(scan, "off-cpu" if off_cpu else "samples"),)
+             if n]
+    if notes:
+        sections.append(notes)
     if off_cpu:
         sections.append(_formats.offcpu_tables(scan.offcpu, limit))
         return _formats.format_text(sections)
@@ -116,7 +135,7 @@ def _text(scan, off_cpu, limit, losses=None):
             sections.append([f"note: {scan.tree.unmatched_pops} returns from calls entered "
                              f"before tracing, {scan.tree.mismatched_pops} returns that closed "
                              "calls with lost events"])
-    if scan.marks and not [s for s in sections if s != [losses]]:
+    if scan.marks and not [s for s in sections if s not in ([losses], notes)]:
         sections.append(_formats.stack_table(
             scan.marks, f"{sum(scan.marks.values())} stack marks", limit=limit))
     return _formats.format_text(sections)
@@ -262,6 +281,10 @@ def _report(opts, scan, timeline):
     part = _shown_part(opts)
     if part:
         name = f"{name} [{part}]"
+    cut = _truncated_note(scan, view)
+    if cut and opts.format != "text":
+        print(f"etwtrace: note: {cut}", file=sys.stderr)
+        what = f"{what}; {cut}"     # in the title each format has
     view_info = _View(name, view, stacks, unit, what, losses)
     size = _expected_size(opts, scan, view_info)
     if size is not None and size > WARN_BYTES:
@@ -325,7 +348,8 @@ def _check_chrome(opts, scan):
 
 
 def _write_chrome(out, opts, scan, v):
-    _exports.write_chrome(out, scan, f"etwtrace: {v.name}")
+    notes = [n for n in (_truncated_note(scan, "samples"), _truncated_note(scan, "off-cpu")) if n]
+    _exports.write_chrome(out, scan, f"etwtrace: {v.name}" + "".join(f"; {n}" for n in notes))
 
 
 class _Format:
