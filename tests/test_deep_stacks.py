@@ -1,0 +1,263 @@
+"""Deep stacks in stack mode with the perf recorder (issue 28, item 4):
+whole at 100 Python frames deep, and a stack perf still cut short is
+marked [truncated] in every view of report, never shown as a shorter
+stack."""
+import errno
+import sys
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import xml.dom.minidom
+
+import pytest
+
+from conftest import SCRIPTS, name_stack, need_perf, python_functions, run_etwtrace
+from sessions import Box, wait_joined
+
+import etwtrace
+from etwtrace import _perf, _perfscript
+
+
+def _leaf_stacks(events, pid):
+    """Python names (innermost first) of the CPU samples of `pid` that
+    hit deep.py's leaf()."""
+    funcs = [f for f in python_functions(events, "deep.py") if f.pid == pid]
+    stacks = [name_stack(e.stack, funcs) for e in events
+              if e.name == "SampledProfile" and e.pid == pid]
+    return [s for s in stacks if s[:1] == ["leaf"]]
+
+
+def _check_whole(stacks, depth):
+    expected = ["leaf"] + ["down"] * depth + ["main", "<module>"]
+    whole = [s for s in stacks if s == expected]
+    assert len(stacks) >= 200, f"only {len(stacks)} samples in leaf()"
+    cut = [s for s in stacks if s != expected]
+    assert len(whole) >= 0.99 * len(stacks), \
+        f"{len(whole)} of {len(stacks)} whole; cut: {[(len(s), s[-3:]) for s in cut[:5]]}"
+
+
+@pytest.mark.parametrize("depth", [30, 100])
+def test_deep_recursion_keeps_its_root_in_stack_mode(capture, depth):
+    need_perf()
+    before = _perf.read_max_stack()
+    cap = capture("deep.py", str(depth), "1.5", recorder="perf")
+    assert _perf.read_max_stack() == before, "kernel.perf_event_max_stack is set back"
+    events = cap.events()
+    pid = python_functions(events, "deep.py")[0].pid
+    _check_whole(_leaf_stacks(events, pid), depth)
+    # The report's view of them: main() under (nearly) every sample.
+    folded = run_etwtrace("report", cap.path, "--format", "folded", check=True).stdout
+    total = in_main = 0
+    for line in folded.splitlines():
+        stack, count = line.rsplit(" ", 1)
+        if "leaf (" in stack:
+            total += int(count)
+            in_main += int(count) * ("<module> (" in stack and "main (" in stack)
+    assert in_main >= 0.99 * total, (in_main, total)
+
+
+@pytest.mark.skipif(os.environ.get("ETWTRACE_IN_CHROOT") == "1",
+                    reason="perf -a in a chroot records the host's paths of the chroot's "
+                    "files (see test_session.py); the host's run tests this")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the machine's recording session is root's")
+def test_deep_recursion_keeps_its_root_in_a_recording_session():
+    need_perf()
+    before = _perf.read_max_stack()
+    box = Box()
+    try:
+        capture = box.path("capture")
+        box.start(capture, "--recorder", "perf", "--preset", "CPU")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "etwtrace", "--stack", "--", SCRIPTS / "deep.py", "100", "2"],
+            env=box.env, cwd=box.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_joined(box, capture, [proc.pid])
+        proc.communicate(timeout=120)
+        box.stop()
+        assert _perf.read_max_stack() == before
+        events = list(etwtrace.open_trace(capture))
+        _check_whole(_leaf_stacks(events, proc.pid), 100)
+    finally:
+        box.cleanup()
+
+
+# ---- the marking, on a capture perf cut short ----
+
+CUT_SCRIPT = """\
+python 100/100   10.000000000: PERF_RECORD_MMAP2 100/100: [0x400000(0x1000) @ 0 fe:00 1 0]: r-xp /usr/bin/python3
+python 100/100   10.001000000: cpu-clock/freq=999/: 
+\t            1100 work (/usr/bin/python3)
+\t            1200 caller (/usr/bin/python3)
+\t            1300 __libc_start_call_main (/usr/lib/x86_64-linux-gnu/libc.so.6)
+\t            1400 _start (/usr/bin/python3)
+\t    7ffc1f87ae1a [unknown] ([stack])
+
+python 100/100   10.002000000: cpu-clock/freq=999/: 
+\t            1100 work (/usr/bin/python3)
+\t            1500 middle (/usr/bin/python3)
+
+python 100/100   10.003000000: cpu-clock/freq=999/: 
+\t            1100 work (/usr/bin/python3)
+\t            1500 middle (/usr/bin/python3)
+
+python 100/100   10.004000000: cpu-clock/freq=999/: 
+\t            1100 work (/usr/bin/python3)
+\t            1600 other (/usr/bin/python3)
+\tffffffffffffffff [unknown] ([unknown])
+
+"""
+
+
+@pytest.fixture
+def cut_capture(tmp_path):
+    """A capture of four CPU samples: one whole, three cut short."""
+    path = tmp_path / "cut"
+    path.mkdir()
+    (path / "perf.script").write_text(CUT_SCRIPT)
+    (path / "etwtrace-capture.json").write_text(json.dumps(
+        {"format": 1, "mode": "stack", "recorder": "perf", "callgraph": "dwarf"}))
+    return path
+
+
+NOTE = "3 of 4 CPU samples (75.0%) have stacks cut short"
+
+
+def _report(path, *args):
+    proc = run_etwtrace("report", path, "--no-stacktags", *args)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_a_cut_stack_is_marked_in_text(cut_capture):
+    lines = _report(cut_capture).stdout.splitlines()
+    assert lines[0].startswith(f"note: {NOTE}") and "[truncated]" in lines[0]
+    rows = {line.split()[-1]: line.split() for line in lines if line.strip().endswith("]")}
+    assert rows["[truncated]"][0] == "3"      # total: the three cut samples
+
+
+def test_a_cut_stack_is_marked_in_folded(cut_capture):
+    proc = _report(cut_capture, "--format", "folded")
+    stacks = dict(line.rsplit(" ", 1) for line in proc.stdout.splitlines())
+    assert stacks == {
+        "_start [python3];__libc_start_call_main [libc.so.6];caller [python3];work [python3]": "1",
+        "[truncated];middle [python3];work [python3]": "2",
+        "[truncated];other [python3];work [python3]": "1",
+    }
+    assert NOTE in proc.stderr
+
+
+def test_a_cut_stack_is_marked_in_svg(cut_capture, tmp_path):
+    _report(cut_capture, "--format", "svg", "-o", tmp_path / "f.svg")
+    doc = xml.dom.minidom.parse(str(tmp_path / "f.svg"))
+    texts = [t.firstChild.data for t in doc.getElementsByTagName("text") if t.firstChild]
+    assert any(NOTE in t for t in texts), texts[:3]
+    titles = [t.firstChild.data for t in doc.getElementsByTagName("title") if t.firstChild]
+    assert any(t.startswith("[truncated]") and "3 samples" in t for t in titles), titles
+
+
+def test_a_cut_stack_is_marked_in_speedscope(cut_capture, tmp_path):
+    _report(cut_capture, "--format", "speedscope", "-o", tmp_path / "s.json")
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert NOTE in doc["name"]
+    frames = [f["name"] for f in doc["shared"]["frames"]]
+    cut = frames.index("[truncated]")
+    samples = [s for p in doc["profiles"] for s in p["samples"]]
+    assert sum(1 for s in samples if s[0] == cut) == 3
+
+
+def test_a_cut_stack_is_marked_in_chrome(cut_capture, tmp_path):
+    _report(cut_capture, "--format", "chrome", "-o", tmp_path / "c.json")
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert NOTE in doc["otherData"]["title"]
+    assert "[truncated]" in (tmp_path / "c.json").read_text()
+
+
+def test_a_cut_stack_is_marked_in_pprof(cut_capture, tmp_path):
+    _report(cut_capture, "--format", "pprof", "-o", tmp_path / "p.pb.gz")
+    data = gzip.decompress((tmp_path / "p.pb.gz").read_bytes())
+    assert b"[truncated]" in data and NOTE.encode() in data
+    if shutil.which("go"):
+        proc = subprocess.run(["go", "tool", "pprof", "-top", str(tmp_path / "p.pb.gz")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
+                              env=dict(os.environ, HOME=str(tmp_path)), timeout=300)
+        assert "[truncated]" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_open_trace_says_which_stacks_were_cut(cut_capture):
+    with etwtrace.open_trace(cut_capture) as trace:
+        samples = [e for e in trace if e.name == "SampledProfile"]
+    assert [e.fields["Truncated"] for e in samples] == [False, True, True, True]
+    # The frame read past the whole stack's root is dropped.
+    assert len(samples[0].stack) == 4 and samples[0].frames[-1] == ("_start", "/usr/bin/python3")
+
+
+@pytest.mark.parametrize("frames, whole", [
+    ([("f", "/x/python3"), ("_start", "/x/python3")], True),
+    ([("f", "/x/libpython3.11.so.1.0"), ("start_thread", "/lib/libc.so.6"),
+      ("__GI___clone3", "/lib/libc.so.6")], True),
+    ([("f", "/x/python3"), ("__libc_start_main@@GLIBC_2.34", "/lib/libc.so.6")], True),
+    ([("f", "/x/python3"), ("_PyEval_Vector", "/x/python3")], False),
+    # A function of another library named like libc's: not a root.
+    ([("f", "/x/python3"), ("start_thread", "/x/libgame.so")], False),
+    ([("schedule", "[kernel.kallsyms]")], True),       # no user frames: not judged
+])
+def test_whole_stack_knows_thread_roots(frames, whole):
+    stack = list(range(len(frames)))
+    _stack, _frames, truncated = _perfscript.whole_stack(stack, frames)
+    assert truncated == (not whole)
+
+
+# ---- kernel.perf_event_max_stack, raised and set back ----
+
+@pytest.fixture
+def sysctl(tmp_path, monkeypatch):
+    """A stand-in for the sysctl file and the saved value's place."""
+    if os.geteuid() != 0:
+        pytest.skip("raising the limit is root's")
+    knob = tmp_path / "perf_event_max_stack"
+    knob.write_text("127\n")
+    saved = tmp_path / "run" / "perf_event_max_stack"
+    monkeypatch.setattr(_perf, "MAX_STACK_SYSCTL", str(knob))
+    monkeypatch.setattr(_perf, "SAVED_MAX_STACK", str(saved))
+    return knob
+
+
+def test_max_stack_is_raised_for_frame_pointers_and_set_back(sysctl):
+    said = []
+    assert not _perf.raise_max_stack("dwarf", said.append)
+    assert sysctl.read_text() == "127\n" and not said
+    assert _perf.raise_max_stack("mixed", said.append)
+    assert sysctl.read_text().strip() == str(_perf.FP_MAX_STACK)
+    assert "from 127 to 1024" in said[0]
+    _perf.restore_max_stack(said.append)
+    assert sysctl.read_text().strip() == "127"
+
+
+def test_max_stack_is_set_back_by_the_last_recording_side_by_side(sysctl, monkeypatch):
+    said = []
+    assert _perf.raise_max_stack("fp", said.append)        # first recording
+    assert _perf.raise_max_stack("fp", said.append)        # second, while the first runs
+    write = _perf._write_max_stack
+
+    def busy(frames):
+        raise OSError(errno.EBUSY, "Device or resource busy")
+    monkeypatch.setattr(_perf, "_write_max_stack", busy)
+    _perf.restore_max_stack(said.append)                    # first ends: the second records
+    assert sysctl.read_text().strip() == "1024"
+    assert "stays at 1024" in said[-1] and "was 127" in said[-1]
+    monkeypatch.setattr(_perf, "_write_max_stack", write)
+    _perf.restore_max_stack(said.append)                    # second ends
+    assert sysctl.read_text().strip() == "127"
+
+
+def test_max_stack_busy_is_said_and_left_alone(sysctl, monkeypatch):
+    def busy(frames):
+        raise OSError(errno.EBUSY, "Device or resource busy")
+    monkeypatch.setattr(_perf, "_write_max_stack", busy)
+    said = []
+    assert not _perf.raise_max_stack("fp", said.append)
+    assert "another profiler is recording call graphs" in said[0]
+    assert "[truncated]" in said[0]
+    assert sysctl.read_text() == "127\n"
+    assert not os.path.exists(_perf.SAVED_MAX_STACK)
