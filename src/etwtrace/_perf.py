@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 
 STACK_SAMPLE_PROBE = "sdt_etwtrace:stack_sample"
 SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
@@ -242,6 +243,20 @@ def _write_max_stack(frames):
         f.write(f"{frames}\n")
 
 
+def _write_max_stack_when_free(frames):
+    """perf's events are freed a moment after it exits: until then the
+    kernel still refuses a change (EBUSY)."""
+    for delay in (0.05, 0.1, 0.2, 0.4, 0.8):
+        try:
+            _write_max_stack(frames)
+            return
+        except OSError as ex:
+            if ex.errno != errno.EBUSY:
+                raise
+        time.sleep(delay)
+    _write_max_stack(frames)
+
+
 @contextlib.contextmanager
 def _saved_max_stack():
     """Holds the lock of the saved value; yields (read, write) for it."""
@@ -333,7 +348,7 @@ def restore_max_stack(say):
             if saved is None:
                 return
             try:
-                _write_max_stack(saved)
+                _write_max_stack_when_free(saved)
             except OSError as ex:
                 if ex.errno != errno.EBUSY:
                     raise
