@@ -49,7 +49,7 @@ class Preset:
             self.context_switches = section.getboolean("context_switches", False)
             self.stack_sample_probe = section.getboolean("stack_sample_probe", True)
             self.frequency = section.getint("frequency", 999)
-            self.dwarf_stack_size = section.getint("dwarf_stack_size", 16384)
+            self.dwarf_stack_size = section.getint("dwarf_stack_size", 65528)
         except ValueError as ex:
             raise CaptureError(f"recording profile preset {name!r}: {ex}") from None
         if not (0 < self.frequency <= 100_000) or not (512 <= self.dwarf_stack_size <= 65528):
