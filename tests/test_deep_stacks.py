@@ -103,9 +103,10 @@ def test_deep_recursion_keeps_its_root_in_a_recording_session():
         capture = box.path("capture")
         # Started first and joining the session (as session tests do: a
         # process starting while perf -a starts may get its maps twice,
-        # and perf then unwinds none of its stacks).
+        # and perf then unwinds none of its stacks); its leaf runs on while
+        # the session starts (seconds, on a busy machine).
         proc = subprocess.Popen(
-            [sys.executable, "-m", "etwtrace", "--stack", "--", SCRIPTS / "deep.py", "100", "3"],
+            [sys.executable, "-m", "etwtrace", "--stack", "--", SCRIPTS / "deep.py", "100", "6"],
             env=box.env, cwd=box.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(0.5)
         box.start(capture, "--recorder", "perf", "--preset", "CPU")
