@@ -8,13 +8,13 @@ the jitdump into ELF images with unwind info for the trampolines.  At the end
 `perf script` text is saved in the capture, so reading a capture needs
 neither perf nor the machine that recorded it.
 
-Deep stacks: stack mode puts 3 to 6 native frames and 370 to 510 bytes of
+Deep stacks: stack mode puts 3 or 4 native frames and 370 to 930 bytes of
 C stack under every Python frame (docs/BENCHMARKS.md), so a stack 100
-Python frames deep is about 600 frames or 50 KiB.  Frame-pointer stacks
-are walked by the kernel up to kernel.perf_event_max_stack frames (127
-unless raised: raise_max_stack raises it while perf records); DWARF stacks
-reach as deep as the stack copy (the preset's dwarf_stack_size); and
-`perf script` prints at most its --max-stack frames of either.
+Python frames deep is about 400 frames or 37 to 93 KiB.  Frame-pointer
+stacks are walked by the kernel up to kernel.perf_event_max_stack frames
+(127 unless raised: raise_max_stack raises it while perf records); DWARF
+stacks reach as deep as the stack copy (the preset's dwarf_stack_size);
+and `perf script` prints at most its --max-stack frames of either.
 """
 
 import contextlib
@@ -31,8 +31,8 @@ STACK_SAMPLE_PROBE = "sdt_etwtrace:stack_sample"
 SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
 
 # Frames the kernel walks in a frame-pointer stack while perf records: 100
-# Python frames take ~600 on an interpreter with 6 native frames per
-# Python frame (Debian's 3.15), so 1024 keeps ~165 (3.13: ~330).
+# Python frames take ~400 on an interpreter with 4 native frames per
+# Python frame (Debian's 3.15), so 1024 keeps ~250 (3.13: ~330).
 FP_MAX_STACK = 1024
 # Frames `perf script` prints of a stack (its default is the kernel's
 # setting when it runs, 127 once a raised one is set back).  A 64 KiB
