@@ -92,6 +92,30 @@ def test_deep_recursion_keeps_its_root_in_stack_mode(capture, depth):
     assert in_main >= 0.99 * total, (in_main, total)
 
 
+def test_instrumented_samples_cut_natively_keep_their_whole_python_stack(capture, tmp_path,
+                                                                       monkeypatch):
+    # 4 KiB stack copies cut every native stack of a 100-deep recursion;
+    # in instrumented mode the Python calls come from the call stream, whole
+    # from <module>, so those samples are not marked.
+    need_perf()
+    profile = tmp_path / "small.etwprofile"
+    profile.write_text("[Small]\ncpu_samples = yes\nstack_sample_probe = no\n"
+                       "dwarf_stack_size = 4096\n")
+    monkeypatch.setenv("ETWTRACE_PROFILE", str(profile))
+    monkeypatch.setenv("ETWTRACE_CALLGRAPH", "dwarf")
+    cap = capture("deep.py", "100", "1", recorder="perf", mode="instrumented", preset="Small")
+    with etwtrace.open_trace(cap.path) as trace:
+        cut = sum(1 for e in trace if e.name == "SampledProfile" and e.fields["Truncated"])
+    assert cut >= 200, "the native stacks are cut"
+    folded = run_etwtrace("report", cap.path, "--format", "folded", check=True).stdout
+    leaf = {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in folded.splitlines()
+            if "leaf (" in line}
+    whole = sum(n for stack, n in leaf.items()
+                if stack.count("down (") == 100 and "<module> (" in stack
+                and not stack.startswith("[truncated]"))
+    assert whole >= 0.99 * sum(leaf.values()), list(leaf)[:3]
+
+
 @pytest.mark.skipif(os.environ.get("ETWTRACE_IN_CHROOT") == "1",
                     reason="perf -a in a chroot records the host's paths of the chroot's "
                     "files (see test_session.py); the host's run tests this")
