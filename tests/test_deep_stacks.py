@@ -264,11 +264,25 @@ def test_open_trace_says_which_stacks_were_cut(cut_capture):
     # A function of another library named like libc's: not a root.
     ([("f", "/x/python3"), ("start_thread", "/x/libgame.so")], False),
     ([("schedule", "[kernel.kallsyms]")], True),       # no user frames: not judged
+    # In clone3 while starting a thread: its callers follow, then the root.
+    ([("schedule", "[kernel.kallsyms]"), ("clone3", "/lib/libc.so.6"),
+      ("pthread_create", "/lib/libc.so.6"), ("f", "/x/python3"), ("_start", "/x/python3")], True),
+    # ... and cut short before the root: clone3 is no root there.
+    ([("clone3", "/lib/libc.so.6"), ("pthread_create", "/lib/libc.so.6"), ("f", "/x/python3")],
+     False),
+    # Past the root, frame pointers read garbage: nameless frames.
+    ([("f", "/x/python3"), ("__libc_start_call_main", "/lib/libc.so.6"),
+      ("[unknown]", "[stack]"), ("[unknown]", "[unknown]")], True),
+    ([("f", "/x/python3"), ("[unknown]", "/x/python3"), ("[unknown]", "[unknown]")], False),
 ])
 def test_whole_stack_knows_thread_roots(frames, whole):
     stack = list(range(len(frames)))
-    _stack, _frames, truncated = _perfscript.whole_stack(stack, frames)
+    kept, named, truncated = _perfscript.whole_stack(stack, frames)
     assert truncated == (not whole)
+    if whole and frames[-1][0] == "[unknown]":
+        assert named[-1] == frames[1] and kept == stack[:2]     # the garbage is dropped
+    else:
+        assert named == frames and kept == stack
 
 
 # ---- kernel.perf_event_max_stack, raised and set back ----

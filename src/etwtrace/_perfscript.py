@@ -57,16 +57,20 @@ class _Maps:
 
 # The outermost frames of a whole user stack: the program's entry and
 # libc's start-up (the main thread), or a new thread's start.  A perf stack
-# that reaches none stopped early: its DWARF stack copy ended, the kernel's
-# frame-pointer walk hit kernel.perf_event_max_stack, or the unwind met
-# code it could not walk.  Beyond the root a frame-pointer walk may go on
-# into whatever the start-up code left in its frame register: dropped.
+# whose outermost named frame is none of these stopped early: its DWARF
+# stack copy ended, the kernel's frame-pointer walk hit
+# kernel.perf_event_max_stack, or the unwind met code it could not walk.
+# Beyond the root a frame-pointer walk may go on into whatever the start-up
+# code left in its frame register (nameless frames): dropped.
 _ENTRY_SYMBOL = "_start"
 _LIBC_ROOT = re.compile(
     r"^(?:__GI_)?_*(?:libc_start_main(?:_impl|_alias_2)?|libc_start_call_main|clone3?"
     r"|start_thread)(?:@.*)?$")
 _LIBC = re.compile(r"^(?:libc|libpthread)[.-]")
 _KERNEL_DSO = "[kernel.kallsyms]"
+_NAMELESS = "[unknown]"
+# perf's address for an unwind that gave up.
+_GAVE_UP = 0xFFFFFFFFFFFFFFFF
 
 
 def _is_root(sym, dso):
@@ -74,24 +78,19 @@ def _is_root(sym, dso):
         return dso != _KERNEL_DSO
     return bool(_LIBC_ROOT.match(sym)) and bool(_LIBC.match(os.path.basename(dso)))
 
-# perf's address for an unwind that gave up.
-_GAVE_UP = 0xFFFFFFFFFFFFFFFF
-
 
 def whole_stack(stack, frames):
     """(stack, frames, truncated) for a sample: up to its thread's root,
     and whether it fell short of it.  A stack without user frames (a
     sample in the kernel alone) is not judged."""
-    root = None
-    for i, (sym, dso) in enumerate(frames):
-        if stack[i] != _GAVE_UP and _is_root(sym, dso):
-            root = i
-        elif root is not None:
-            break
-    if root is not None:
-        return stack[:root + 1], frames[:root + 1], False
-    user = any(dso != _KERNEL_DSO for _sym, dso in frames)
-    return stack, frames, user
+    if all(dso == _KERNEL_DSO for _sym, dso in frames):
+        return stack, frames, False
+    end = len(frames)
+    while end and (frames[end - 1][0] == _NAMELESS or stack[end - 1] == _GAVE_UP):
+        end -= 1
+    if end and _is_root(*frames[end - 1]):
+        return stack[:end], frames[:end], False
+    return stack, frames, True
 
 
 _SWITCH = re.compile(_HEAD + r"(\d+)/(\d+)\s+(\d+)\.(\d+):\s+PERF_RECORD_SWITCH(?:_CPU_WIDE)?\s+(IN|OUT)\s*(.*)$")
