@@ -51,7 +51,8 @@ def watch():
     carriers, flags = _carriers()
     if carriers and _watching is None:
         _watching = (carriers, flags)
-        sys.addaudithook(_on_audit)
+        from . import _etwtrace
+        _etwtrace.watch_children(_on_audit)     # (it filters the events, in C)
         import atexit
         atexit.register(_pids_at_exit)
 

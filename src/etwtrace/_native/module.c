@@ -281,7 +281,51 @@ etw_on_larger_stack(PyObject *module, PyObject *unused)
     return PyBool_FromLong(etw_cstack_on_larger());
 }
 
+/* Untraced children (_children.py): a C audit hook that passes on only the
+ * events that start a process, so that the program's other audit events
+ * (exec, compile, open, sys._getframe...) cost a few compares, not a Python
+ * call each.  C hooks are the runtime's, not one interpreter's: only the
+ * main interpreter's events reach the callback, which lives for good. */
+static int
+child_audit_hook(const char *event, PyObject *args, void *callback)
+{
+    if (strcmp(event, "subprocess.Popen") != 0 && strcmp(event, "os.posix_spawn") != 0 &&
+            strcmp(event, "os.exec") != 0) {
+        return 0;
+    }
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        return 0;       /* the callback belongs to the main interpreter */
+    }
+    PyObject *name = PyUnicode_FromString(event);
+    PyObject *result = name != NULL
+        ? PyObject_CallFunctionObjArgs((PyObject *)callback, name, args, NULL) : NULL;
+    Py_XDECREF(name);
+    if (result == NULL) {
+        PyErr_Clear();      /* never fail the program's own call */
+    }
+    Py_XDECREF(result);
+    return 0;
+}
+
+static PyObject *
+etw_watch_children(PyObject *module, PyObject *callback)
+{
+    (void)module;
+    if (!PyCallable_Check(callback)) {
+        return PyErr_Format(PyExc_TypeError, "watch_children needs a callable");
+    }
+    Py_INCREF(callback);
+    if (PySys_AddAuditHook(child_audit_hook, callback) < 0) {
+        Py_DECREF(callback);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"watch_children", etw_watch_children, METH_O,
+     "watch_children(callback): callback(event, args) at each subprocess.Popen, "
+     "os.posix_spawn and os.exec audit event, for good."},
     {"trace_dir", etw_trace_dir, METH_NOARGS,
      "This process's own trace directory in the capture, or None."},
     {"_on_larger_stack", etw_on_larger_stack, METH_NOARGS,
