@@ -41,7 +41,7 @@ import tempfile
 import time
 
 from . import (_budget, _capture, _children, _confine, _ctf, _env, _manifest, _perf, _pyfinder,
-               _safefs, _sampled, _sizes)
+               _safefs, _sampled, _sizes, _stdout)
 from ._capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
@@ -987,7 +987,7 @@ Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|per
 
 def main(args, say):
     if not args or args[0] in ("-h", "--help", "-?"):
-        print(RECORD_HELP)
+        _stdout.out(RECORD_HELP)
         return 0 if args else 2
     command, rest = args[0], list(args[1:])
     try:
