@@ -32,13 +32,15 @@ Usage: python -m etwtrace [options] -- script.py [args...]
                           (trace and perf.data, all processes) reaches SIZE
                           (e.g. 500M, 2G); the program runs on.  Recording
                           also stops before the file system's free space
-                          falls to 5% of its size (at most 1 GiB)
+                          falls to 5% of its size (at most 1 GiB); so does
+                          --sampled, which counts the samples it then drops
     --sampled             Hook-free sampling (CPython 3.11, 3.13+; root): a BPF
                           program reads Python stacks at each CPU sample; needs
                           --capture
     --rate HZ             With --sampled: samples per second (default 999)
 
 Usage: python -m etwtrace --sampled --pid PID [--duration SECONDS] [--rate HZ] --capture PATH
+                          [--max-size SIZE]
 
     Samples a running CPython 3.11 or 3.13+ (launched with etwtrace or not)
     until it ends, Ctrl-C, or the duration; the program runs on untouched.
@@ -60,7 +62,7 @@ Usage: python -m etwtrace report PATH [--format text|folded|speedscope|chrome|sv
 
 Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin]
                                            [--ring SIZE] [--max-size SIZE]
-       python -m etwtrace record start PATH --sampled [--rate HZ]
+       python -m etwtrace record start PATH --sampled [--rate HZ] [--max-size SIZE]
        python -m etwtrace record status | snapshot [PATH] | stop
 
     A recording session like wpr -start / -stop: every traced Python process
@@ -444,8 +446,6 @@ def _run_sampled(opts, target):
     if opts["mode"] != "sampled":
         used = [f"--{o}" for o in ("rate", "pid", "duration") if opts[o]]
         raise UsageError(f"{', '.join(used)} needs --sampled")
-    if opts["max_size"] is not None:
-        raise UsageError("--max-size is for the built-in recorder and perf, not --sampled")
     if not opts["capture"]:
         raise UsageError("--sampled records into a capture: add --capture PATH")
     if (opts["pid"] is None) == (target is None):
@@ -460,9 +460,12 @@ def _run_sampled(opts, target):
                 if opts["duration"] is not None else None)
     if target is not None:
         check_target(target)
+    max_size = opts["max_size"]
+    if max_size is None:
+        max_size = _env.size(_env.MAX_SIZE)
     try:
         return _sampled.run(opts["capture"], rate, _say, pid=pid, target=target,
-                            duration=duration)
+                            duration=duration, max_size=max_size or 0)
     except (_sampled.SampledError, _capture.CaptureError) as ex:
         raise UsageError(str(ex)) from None
 
