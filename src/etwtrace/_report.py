@@ -420,6 +420,15 @@ class _Parser(argparse.ArgumentParser):
         print(f"etwtrace: error: report: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 
+    def print_help(self, file=None):
+        """--help, quietly into a closed pipe (3.9's argparse lets the
+        BrokenPipeError out; later ones drop it)."""
+        try:
+            super().print_help(file)
+            (file or sys.stdout).flush()
+        except BrokenPipeError:
+            drop_stdout()
+
 
 def main(args):
     parser = _Parser(
