@@ -419,6 +419,67 @@ def assert_samples_kept_or_counted(cap, manifest, rate, cpu):
     return not_kept
 
 
+def _chunks_into(ctf, budget, chunks, pid=4242, tid=4243):
+    """Writes `chunks` chunks of 16 samples (4000 bytes) as the sampler's
+    writer does; (samples given, the stream file's size)."""
+    from etwtrace import _ctfwrite
+    trace = _ctfwrite.TraceWriter(str(ctf), pid, budget)
+    for i in range(chunks):
+        if trace.recording:
+            trace.stream(tid).extend(b"x" * 4000, i, i, 16)
+    trace.close()
+    stream = ctf / f"pid-{pid}" / f"stream-0-tid-{tid}"
+    return 16 * chunks, stream.stat().st_size if stream.exists() else 0
+
+
+def test_the_sampler_writer_claims_each_packet_within_max_size(tmp_path):
+    """(No BPF needed: the writer alone.)"""
+    ctf = tmp_path / "cap" / "ctf"
+    file = _budget.create(str(ctf), 300 * 1024)
+    said = []
+    budget = _budget.WriterBudget(str(tmp_path / "cap"), file, said.append)
+    given, size = _chunks_into(ctf, budget, 200)
+    # Four packets and the metadata fit in 300 KiB; the fifth is not claimed.
+    assert 3 * PACKET < size <= 4 * PACKET
+    assert size + (ctf / "pid-4242" / "metadata").stat().st_size <= 300 * 1024
+    assert budget.kept + budget.samples_not_kept == given and budget.samples_not_kept > 0
+    assert file.used == budget.written == files_size(ctf, "[ms]*")     # what status shows
+    assert said == ["etwtrace: recording stopped early: the capture reached its size limit "
+                    "(--max-size 300 KiB); the program runs on, its later samples are "
+                    "counted, not kept"]
+    # A process found after the stop gets no trace, and is counted.
+    assert _chunks_into(ctf, budget, 10, pid=4244) == (160, 0)
+    assert not (ctf / "pid-4244").exists()
+    info = budget.info()
+    assert info["recording_stopped"]["reason"] == "max-size"
+    assert info["not_recorded"] == {"processes": 1, "samples": budget.samples_not_kept}
+    assert _budget.loss_text({}, info) == (
+        "recording stopped early: the capture reached its size limit (--max-size 300 KiB); "
+        "1 process that began after it was not recorded; "
+        f"{budget.samples_not_kept:,} samples were taken but not kept")
+
+
+def test_the_sampler_writer_drops_a_packet_the_reserve_no_longer_has_room_for(
+        tmp_path, monkeypatch):
+    """Another program takes the free space between a packet's claim and
+    its write: the packet is not written, its samples are counted."""
+    ctf = tmp_path / "ctf"
+    budget = _budget.WriterBudget(str(tmp_path))
+    room = {"left": True}
+    monkeypatch.setattr(_budget, "fits", lambda path, size: room["left"])
+    from etwtrace import _ctfwrite
+    ctf.mkdir()
+    trace = _ctfwrite.TraceWriter(str(ctf), 4242, budget)
+    stream = trace.stream(4243)
+    for i in range(20):                     # a packet written, a second begun
+        stream.extend(b"x" * 4000, i, i, 16)
+    room["left"] = False
+    trace.close()
+    assert budget.kept == 16 * 16 and budget.samples_not_kept == 4 * 16
+    assert 0 < (ctf / "pid-4242" / "stream-0-tid-4243").stat().st_size <= PACKET
+    assert budget.info()["recording_stopped"]["reason"] == "reserve"
+
+
 def test_sampled_max_size_bounds_the_capture_and_counts_the_samples_not_kept(tmp_path):
     _need_sampled_here()
     cap = tmp_path / "cap"

@@ -382,8 +382,7 @@ class WriterBudget:
 
     def full(self):
         """The file system refused a write (full): the capture stops."""
-        if not self.stopped:
-            self._stopping(STOP_RESERVE)
+        self._stopping(STOP_RESERVE)
 
     def wrote(self, claimed, size, samples):
         self.open -= claimed
@@ -402,6 +401,8 @@ class WriterBudget:
             self.budget.set_claimed(self.written + self.open)
 
     def _stopping(self, why):
+        if self._stop is not None:
+            return False        # (the first reason stays)
         free = reserve = 0
         if why == STOP_RESERVE:
             free, reserve = room(self.path)
