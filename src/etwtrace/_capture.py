@@ -52,7 +52,7 @@ class Preset:
             self.context_switches = section.getboolean("context_switches", False)
             self.stack_sample_probe = section.getboolean("stack_sample_probe", True)
             self.frequency = section.getint("frequency", 999)
-            self.dwarf_stack_size = section.getint("dwarf_stack_size", 16384)
+            self.dwarf_stack_size = section.getint("dwarf_stack_size", 65528)
         except ValueError as ex:
             raise CaptureError(f"recording profile preset {name!r}: {ex}") from None
         if not (0 < self.frequency <= 100_000) or not (512 <= self.dwarf_stack_size <= 65528):
@@ -518,7 +518,9 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
     write_manifest(path, recorder="perf", callgraph=callgraph, perf_command=cmd)
     guard = None
+    restore_max_stack = False
     try:
+        restore_max_stack = _perf.raise_max_stack(callgraph, say)
         proc = _Child(cmd + ["--"] + child, child_environment(path, mode), stderr=subprocess.PIPE)
         tee = _Tee(proc.proc.stderr)
         tee.start()
@@ -531,6 +533,8 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
         if guard is not None:
             guard.finish()
         shutil.rmtree(control_dir, ignore_errors=True)
+        if restore_max_stack:
+            _perf.restore_max_stack(say)
         if probe:
             _perf.remove_stack_sample_probe(perf)
     # perf exits as its workload did (by the same signal, too).
@@ -548,7 +552,8 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
     confine = tmp.confine if tmp is not None else None
     try:
         try:
-            if callgraph == "dwarf" and any(os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
+            if _perf.needs_jit_inject(callgraph) and any(
+                    os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
                 injected = os.path.join(path, "perf.jit.data")
                 # perf's libdw unwinder walks the images inject writes only as
                 # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.

@@ -7,16 +7,42 @@ frame pointers, call graphs are DWARF-unwound and `perf inject --jit` turns
 the jitdump into ELF images with unwind info for the trampolines.  At the end
 `perf script` text is saved in the capture, so reading a capture needs
 neither perf nor the machine that recorded it.
+
+Deep stacks: stack mode puts 3 or 4 native frames and 370 to 930 bytes of
+C stack under every Python frame (docs/BENCHMARKS.md), so a stack 100
+Python frames deep is about 400 frames or 37 to 93 KiB.  Frame-pointer
+stacks are walked by the kernel up to kernel.perf_event_max_stack frames
+(127 unless raised: raise_max_stack raises it while perf records); DWARF
+stacks reach as deep as the stack copy (the preset's dwarf_stack_size);
+and `perf script` prints at most its --max-stack frames of either.
 """
 
+import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 
 STACK_SAMPLE_PROBE = "sdt_etwtrace:stack_sample"
 SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
+
+# Frames the kernel walks in a frame-pointer stack while perf records: 100
+# Python frames take ~400 on an interpreter with 4 native frames per
+# Python frame (Debian's 3.15), so 1024 keeps ~250 (3.13: ~330).
+FP_MAX_STACK = 1024
+# Frames `perf script` prints of a stack (its default is the kernel's
+# setting when it runs, 127 once a raised one is set back).  A 64 KiB
+# DWARF stack copy holds at most a few thousand frames.
+SCRIPT_MAX_STACK = 4096
+MAX_STACK_SYSCTL = "/proc/sys/kernel/perf_event_max_stack"
+# The value kernel.perf_event_max_stack had before an etwtrace recording
+# raised it, kept until one sets it back (root's own directory: another
+# user cannot plant or change it).
+SAVED_MAX_STACK = "/run/etwtrace/perf_event_max_stack"
 
 
 class PerfError(Exception):
@@ -60,21 +86,36 @@ def check_permitted(perf, system_wide=False):
 
 
 def choose_callgraph(preset):
-    """"fp" or "dwarf" for a capture.  Frame pointers where libpython keeps
-    them, except with context switches: a blocked stack runs through libc's
-    wait functions, which keep none, and perf cannot mix call-graph kinds
-    (measured with perf 6.1: a per-event call-graph=dwarf beside a global
-    fp gives stacks that stop at the first libc frame).  With CPython's JIT
-    on, frame pointers even so: the JIT's machine code has no unwind tables
-    perf can read, so a DWARF unwind stops in it, while it keeps frame
-    pointers (3.15.2, hot.py: 2 of 1044 samples named inner() with dwarf,
-    998 of 1040 with fp).  ETWTRACE_CALLGRAPH=fp|dwarf overrides."""
+    """"fp", "dwarf" or "mixed" for a capture.  Frame pointers where
+    libpython keeps them: the kernel walks them as deep as
+    raise_max_stack allows, at 8 bytes a frame, where a DWARF stack copy
+    costs its whole size in every sample.  With context switches, "mixed":
+    CPU samples by frame pointers and context switches by DWARF, since a
+    blocked stack runs through libc's wait functions, which keep no frame
+    pointers (perf 6.1 unwinds a mix only when the DWARF event comes first
+    on its command line: record_command).  With CPython's JIT on, frame
+    pointers for all: the JIT's machine code has no unwind tables perf can
+    read, so a DWARF unwind stops in it, while it keeps frame pointers
+    (3.15.2, hot.py: 2 of 1044 samples named inner() with dwarf, 998 of
+    1040 with fp).  ETWTRACE_CALLGRAPH=fp|dwarf overrides."""
     override = os.environ.get("ETWTRACE_CALLGRAPH", "").lower()
     if override in ("fp", "dwarf"):
         return override
-    if python_keeps_frame_pointers() and (not preset.context_switches or jit_enabled()):
-        return "fp"
-    return "dwarf"
+    if not python_keeps_frame_pointers():
+        return "dwarf"
+    if preset.context_switches and not jit_enabled():
+        return "mixed"
+    return "fp"
+
+
+def needs_jit_inject(callgraph):
+    """Whether perf's DWARF unwinding of this capture needs the
+    trampolines' images (`perf inject --jit`)."""
+    return callgraph in ("dwarf", "mixed")
+
+
+def uses_frame_pointers(callgraph):
+    return callgraph in ("fp", "mixed")
 
 
 def jit_enabled():
@@ -163,6 +204,25 @@ def record_command(perf, output, preset, callgraph, probe_event, control=None):
     cmd = [perf, "record", "-q", "-k", "CLOCK_MONOTONIC", "-o", output]
     if control:
         cmd += ["--control", f"fifo:{control}"]
+    if callgraph != "fp" and os.geteuid() == 0:
+        # Room in each CPU's ring for 64 stack copies: with the default
+        # (516 KiB) 64 KiB copies at 999 Hz lose samples ("lost chunks").
+        # Only root may lock more than the default.
+        pages = 128
+        while pages * 4096 < 64 * preset.dwarf_stack_size:
+            pages *= 2      # perf takes a power of two
+        cmd += ["-m", str(pages)]
+    dwarf = f"dwarf,{preset.dwarf_stack_size}"
+    if callgraph == "mixed":
+        # Each event its own call graph; the DWARF one first, or perf 6.1
+        # leaves its stack copies unwound (the stacks end in libc).
+        terms = f"call-graph=dwarf,stack-size={preset.dwarf_stack_size}"
+        cmd += ["-e", f"context-switches/period=1,{terms}/", "--switch-events"]
+        if preset.cpu_samples:
+            cmd += ["-e", f"cpu-clock/freq={preset.frequency},call-graph=fp/"]
+        if probe_event:
+            cmd += ["-e", f"{probe_event}/call-graph=fp/"]
+        return cmd
     events = []
     if preset.cpu_samples:
         events += ["-e", f"cpu-clock/freq={preset.frequency}/"]
@@ -173,11 +233,142 @@ def record_command(perf, output, preset, callgraph, probe_event, control=None):
     if probe_event:
         events += ["-e", probe_event]
     cmd += events
-    if callgraph == "fp":
-        cmd += ["--call-graph", "fp"]
-    else:
-        cmd += ["--call-graph", f"dwarf,{preset.dwarf_stack_size}"]
+    cmd += ["--call-graph", "fp" if callgraph == "fp" else dwarf]
     return cmd
+
+
+# ---- kernel.perf_event_max_stack ----
+
+def read_max_stack():
+    try:
+        with open(MAX_STACK_SYSCTL) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_max_stack(frames):
+    with open(MAX_STACK_SYSCTL, "w") as f:
+        f.write(f"{frames}\n")
+
+
+def _write_max_stack_when_free(frames):
+    """perf's events are freed a moment after it exits: until then the
+    kernel still refuses a change (EBUSY)."""
+    for delay in (0.05, 0.1, 0.2, 0.4, 0.8):
+        try:
+            _write_max_stack(frames)
+            return
+        except OSError as ex:
+            if ex.errno != errno.EBUSY:
+                raise
+        time.sleep(delay)
+    _write_max_stack(frames)
+
+
+@contextlib.contextmanager
+def _saved_max_stack():
+    """Holds the lock of the saved value; yields (read, write) for it."""
+    folder = os.path.dirname(SAVED_MAX_STACK)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(folder)
+    if not os.path.isdir(folder) or os.path.islink(folder) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"{folder} is not root's own directory")
+    fd = os.open(SAVED_MAX_STACK + ".lock",
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+        def read():
+            try:
+                with open(SAVED_MAX_STACK, "rb") as f:
+                    return int(f.read(32).strip())
+            except (OSError, ValueError):
+                return None
+
+        def write(value):
+            if value is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(SAVED_MAX_STACK)
+                return
+            out = os.open(SAVED_MAX_STACK, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600)
+            with os.fdopen(out, "w") as f:
+                f.write(f"{value}\n")
+        yield read, write
+    finally:
+        os.close(fd)
+
+
+def raise_max_stack(callgraph, say, frames=FP_MAX_STACK):
+    """Raises kernel.perf_event_max_stack to `frames` for a recording with
+    frame-pointer call graphs, saying so; returns whether the recording
+    must call restore_max_stack when its perf has stopped.  The kernel
+    refuses a change while anything records call graphs (EBUSY): then
+    the limit stays and deeper stacks are cut (and marked so by report).
+    The value before is kept in SAVED_MAX_STACK until set back, so that
+    recordings side by side, or one that died, still leave it restored."""
+    if not uses_frame_pointers(callgraph):
+        return False
+    current = read_max_stack()
+    if current is None:
+        return False
+    cut = f"stacks deeper than {current} frames are cut (report marks them [truncated])"
+    if os.geteuid() != 0:
+        if current < frames:
+            say(f"etwtrace: kernel.perf_event_max_stack is {current} and only root can "
+                f"raise it: {cut}")
+        return False
+    try:
+        with _saved_max_stack() as (read_saved, write_saved):
+            saved = read_saved()
+            if current >= frames:
+                # Raised by another etwtrace recording (or left so by one
+                # that could not set it back): this one sets it back too.
+                return saved is not None
+            if saved is None:
+                write_saved(current)
+            try:
+                _write_max_stack(frames)
+            except OSError:
+                if saved is None:
+                    write_saved(None)
+                raise
+    except OSError as ex:
+        why = ("another profiler is recording call graphs now" if ex.errno == errno.EBUSY
+               else ex.strerror or str(ex))
+        say(f"etwtrace: cannot raise kernel.perf_event_max_stack from {current} ({why}): {cut}")
+        return False
+    say(f"etwtrace: kernel.perf_event_max_stack raised from {saved or current} to {frames} "
+        "while perf records (deep Python stacks need more frames); it is set back after")
+    return True
+
+
+def restore_max_stack(say):
+    """Sets kernel.perf_event_max_stack back to its value before the
+    etwtrace recordings that raised it, once nothing records call graphs
+    (else a later recording's end does it)."""
+    try:
+        with _saved_max_stack() as (read_saved, write_saved):
+            saved = read_saved()
+            if saved is None:
+                return
+            try:
+                _write_max_stack_when_free(saved)
+            except OSError as ex:
+                if ex.errno != errno.EBUSY:
+                    raise
+                say(f"etwtrace: kernel.perf_event_max_stack stays at {read_max_stack()} for "
+                    f"now (was {saved}): a profiler is still recording call graphs; the next "
+                    "etwtrace recording to end sets it back")
+                return
+            write_saved(None)
+    except OSError as ex:
+        say(f"etwtrace: cannot set kernel.perf_event_max_stack back: "
+            f"{ex.strerror or ex}")
 
 
 def inject_jit(perf, data, output, preexec_fn=None, lands_in=None):
@@ -239,7 +430,7 @@ def save_script(perf, data, output, preexec_fn=None):
     with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
             [perf, "script", "-i", data, "-F", SCRIPT_FIELDS, "--ns", "--no-inline",
-             "--show-mmap-events", "--show-switch-events"],
+             "--max-stack", str(SCRIPT_MAX_STACK), "--show-mmap-events", "--show-switch-events"],
             stdout=subprocess.PIPE, stderr=errors, preexec_fn=preexec_fn)
         whole = 0       # where the last whole record ends
         try:

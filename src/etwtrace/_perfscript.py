@@ -61,6 +61,44 @@ class _Maps:
         return rel if best is None else best
 
 
+# The outermost frames of a whole user stack: the program's entry and
+# libc's start-up (the main thread), or a new thread's start.  A perf stack
+# whose outermost named frame is none of these stopped early: its DWARF
+# stack copy ended, the kernel's frame-pointer walk hit
+# kernel.perf_event_max_stack, or the unwind met code it could not walk.
+# Beyond the root a frame-pointer walk may go on into whatever the start-up
+# code left in its frame register (nameless frames): dropped.
+_ENTRY_SYMBOL = "_start"
+_LIBC_ROOT = re.compile(
+    r"^(?:__GI_)?_*(?:libc_start_main(?:_impl|_alias_2)?|libc_start_call_main|clone3?"
+    r"|start_thread)(?:@.*)?$")
+_LIBC = re.compile(r"^(?:libc|libpthread)[.-]")
+_KERNEL_DSO = "[kernel.kallsyms]"
+_NAMELESS = "[unknown]"
+# perf's address for an unwind that gave up.
+_GAVE_UP = 0xFFFFFFFFFFFFFFFF
+
+
+def _is_root(sym, dso):
+    if sym == _ENTRY_SYMBOL:
+        return dso != _KERNEL_DSO
+    return bool(_LIBC_ROOT.match(sym)) and bool(_LIBC.match(os.path.basename(dso)))
+
+
+def whole_stack(stack, frames):
+    """(stack, frames, truncated) for a sample: up to its thread's root,
+    and whether it fell short of it.  A stack without user frames (a
+    sample in the kernel alone) is not judged."""
+    if all(dso == _KERNEL_DSO for _sym, dso in frames):
+        return stack, frames, False
+    end = len(frames)
+    while end and (frames[end - 1][0] == _NAMELESS or stack[end - 1] == _GAVE_UP):
+        end -= 1
+    if end and _is_root(*frames[end - 1]):
+        return stack[:end], frames[:end], False
+    return stack, frames, True
+
+
 _SWITCH = re.compile(_HEAD + r"(\d+)/(\d+)\s+(\d+)\.(\d+):\s+PERF_RECORD_SWITCH(?:_CPU_WIDE)?\s+(IN|OUT)\s*(.*)$")
 
 
@@ -69,7 +107,9 @@ _SKIPPED = object()     # a sample of etwtrace's own thread, left out
 
 def read_script(path, make_event, progress=None):
     """Yields events from a saved `perf script` text in order.  Each event
-    also carries `.frames`: (symbol, dso) per stack address.
+    also carries `.frames`: (symbol, dso) per stack address, and the field
+    Truncated: whether its stack stopped short of its thread's root
+    (whole_stack).
 
     A CSwitch (the thread leaving the CPU, with its stack) gets the fields
     OffCpuTime (ns until the thread ran again, None if it never did) and
@@ -84,12 +124,13 @@ def read_script(path, make_event, progress=None):
 
     def finish():
         pid, tid, ts, name, raw = current
-        fields = {"Event": raw}
+        whole, named, truncated = whole_stack(stack, frames)
+        fields = {"Event": raw, "Truncated": truncated}
         if name == "CSwitch":
             fields["OffCpuTime"] = None
             fields["Preempted"] = False
-        ev = make_event(name, None, pid, tid, ts, fields, tuple(stack))
-        ev.frames = tuple(frames)
+        ev = make_event(name, None, pid, tid, ts, fields, tuple(whole))
+        ev.frames = tuple(named)
         if name == "CSwitch":
             # A thread switched out again without a switch-in read between:
             # its earlier wait stays unknown (None).

@@ -17,7 +17,7 @@ import time
 import warnings
 
 from . import _diff, _exports, _formats, _pprof
-from ._scan import Cut, ReportError, Scan, load_stacktags, process_name
+from ._scan import TRUNCATED_FRAME, Cut, ReportError, Scan, load_stacktags, process_name
 from ._stdout import drop_stdout
 
 # Outputs expected to be larger than this are announced before writing.
@@ -119,9 +119,28 @@ def _say_untraced_children(path):
         print(f"etwtrace: note: {line}", file=sys.stderr)
 
 
+def _truncated_note(scan, view):
+    """A line saying how much of a stack view perf's unwind cut short (those
+    stacks have the root [truncated]), or None."""
+    key = {"off-cpu": "offcpu"}.get(view, view)
+    cut = getattr(scan, "truncated", {}).get(key)
+    if not cut:
+        return None
+    total = sum({"samples": scan.samples, "marks": scan.marks, "offcpu": scan.offcpu}[key].values())
+    share = f"{100 * cut / total:.1f}%" if total else "?"
+    amount = (f"{cut / 1e9:.3f} s of {total / 1e9:.3f} s blocked" if key == "offcpu"
+              else f"{cut:,} of {total:,} {'CPU samples' if key == 'samples' else 'stack marks'}")
+    return (f"{amount} ({share}) have stacks cut short by perf (deeper than its frame "
+            f"limit or stack copy): shown with the root {TRUNCATED_FRAME}")
+
+
 def _text(scan, off_cpu, limit, losses=None):
     head = ([losses] if losses else []) + _problems_lines(scan)
     sections = [head] if head else []
+    notes = [f"note: {n}" for n in (_truncated_note(scan, "off-cpu" if off_cpu else "samples"),)
+             if n]
+    if notes:
+        sections.append(notes)
     if off_cpu:
         sections.append(_formats.offcpu_tables(scan.offcpu, limit))
         return _formats.format_text(sections)
@@ -136,18 +155,19 @@ def _text(scan, off_cpu, limit, losses=None):
             sections.append([f"note: process {pids} recorded calls without call times "
                              "(--no-call-times): counts and callers are exact, durations "
                              "were not measured"])
-        notes = []
+        pop_notes = []
         if scan.tree.unmatched_pops:
-            notes.append(f"{scan.tree.unmatched_pops} returns from calls entered before tracing")
+            pop_notes.append(f"{scan.tree.unmatched_pops} returns from calls entered before "
+                             "tracing")
         if scan.tree.mismatched_pops:
-            notes.append(f"{scan.tree.mismatched_pops} returns that closed calls with lost "
-                         "events")
+            pop_notes.append(f"{scan.tree.mismatched_pops} returns that closed calls with lost "
+                             "events")
         if scan.tree.unnested_pops:
-            notes.append(f"{scan.tree.unnested_pops} returns from calls that were not the "
-                         "innermost open one (the program switched stacks, as greenlets do)")
-        if notes:
-            sections.append(["note: " + ", ".join(notes)])
-    if scan.marks and not [s for s in sections if s != head]:
+            pop_notes.append(f"{scan.tree.unnested_pops} returns from calls that were not the "
+                             "innermost open one (the program switched stacks, as greenlets do)")
+        if pop_notes:
+            sections.append(["note: " + ", ".join(pop_notes)])
+    if scan.marks and not [s for s in sections if s is not head and s is not notes]:
         sections.append(_formats.stack_table(
             scan.marks, f"{sum(scan.marks.values())} stack marks", limit=limit))
     return _formats.format_text(sections)
@@ -307,6 +327,10 @@ def _report(opts, scan, timeline):
     part = _shown_part(opts)
     if part:
         name = f"{name} [{part}]"
+    cut = _truncated_note(scan, view)
+    if cut and opts.format != "text":
+        print(f"etwtrace: note: {cut}", file=sys.stderr)
+        what = f"{what}; {cut}"     # in the title each format has
     view_info = _View(name, view, stacks, unit, what, losses)
     size = _expected_size(opts, scan, view_info)
     if size is not None and size > WARN_BYTES:
@@ -370,7 +394,8 @@ def _check_chrome(opts, scan):
 
 
 def _write_chrome(out, opts, scan, v):
-    _exports.write_chrome(out, scan, f"etwtrace: {v.name}")
+    notes = [n for n in (_truncated_note(scan, "samples"), _truncated_note(scan, "off-cpu")) if n]
+    _exports.write_chrome(out, scan, f"etwtrace: {v.name}" + "".join(f"; {n}" for n in notes))
 
 
 class _Format:

@@ -34,6 +34,11 @@ EVAL_SYMBOLS = ("_PyEval_EvalFrameDefault", "_PyEval_EvalFrame", "PyEval_EvalCod
 
 _AT = object()     # marks a stack whose Python calls are looked up by time
 
+# The root of a stack that perf's unwind cut short (_perfscript.whole_stack):
+# shown above what was recorded, never as a shorter stack.
+TRUNCATED_FRAME = "[truncated]"
+_TRUNCATED = (-1, "", "")       # its raw frame, outermost
+
 # Suffixes GCC gives the copies it makes of a function (LTO-local, ISRA,
 # constant-propagated, split cold parts): one function to a reader.
 _CLONE_SUFFIX = re.compile(r"(\.(lto_priv|isra|constprop|part|cold|llvm)(\.\d+)?)+$")
@@ -283,6 +288,8 @@ class Scan:
         frames = getattr(e, "frames", ())
         raw = tuple((ip, *(frames[i] if i < len(frames) else ("", "")))
                     for i, ip in enumerate(e.stack))
+        if e.fields.get("Truncated"):
+            raw += (_TRUNCATED,)
         # The thread's open Python calls, when it made any: looked up by
         # time once the capture is read (_resolve_open_calls).
         python = (_AT, e.tid, e.timestamp) if (proc, e.tid) in self._call_streams else ()
@@ -370,6 +377,10 @@ class Scan:
         self.samples = views["SampledProfile"]
         self.marks = views["PythonStackSample"]
         self.offcpu = views["CSwitch"]
+        # What of each view is under TRUNCATED_FRAME (count, or ns off-CPU).
+        self.truncated = {_VIEWS[kind]: sum(w for frames, w in named.items()
+                                            if frames[0] == TRUNCATED_FRAME)
+                          for kind, named in views.items()}
         for kind, proc, tid, start, end, key in self._raw_points:
             frames = names.get(key)
             if not frames:
@@ -390,6 +401,9 @@ class Scan:
         for ip, sym, dso in reversed(raw):
             if ip == 0xFFFFFFFFFFFFFFFF:
                 continue    # perf's marker for an unwind that stopped early
+            if ip == _TRUNCATED[0]:
+                frames.append(TRUNCATED_FRAME)
+                continue
             label = ranges.find(ip) if ranges else None
             if isinstance(label, tuple):
                 sym, dso = label        # a native function the sampler described
@@ -398,6 +412,8 @@ class Scan:
                 continue
             sym = clean_symbol(sym)
             if python and sym in EVAL_SYMBOLS:
+                if frames[:1] == [TRUNCATED_FRAME]:
+                    del frames[0]   # the Python calls, from the root, are whole
                 frames.extend(python)
                 python = ()
                 continue
@@ -410,6 +426,8 @@ class Scan:
         if python:
             # No evaluator frame seen (a stack mark, or a short native
             # stack): the Python calls go first.
+            if frames[:1] == [TRUNCATED_FRAME]:
+                del frames[0]
             frames[:0] = python
         if mark and frames:
             frames.append(mark_frame(mark))

@@ -256,6 +256,8 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0, max_size=
         raise SessionError(answer[len("error: "):] if answer.startswith("error: ")
                            else "the session's background process did not start")
     state = place.state() or {}
+    for note in state.get("notes", ()):
+        say(note)
     say(f"etwtrace: recording session started ({_describe(state)}); "
         "stop it with: python -m etwtrace record stop")
     return 0
@@ -624,7 +626,7 @@ def _finish_perf(path, state, pids, say):
     confine = tmp.confine if tmp is not None else None
     try:
         script_input = data
-        if state.get("callgraph") == "dwarf" and any(
+        if _perf.needs_jit_inject(state.get("callgraph")) and any(
                 os.path.isfile(os.path.join(jit, f"jit-{pid}.dump")) for pid in pids):
             injected = os.path.join(path, "perf.jit.data")
             try:
@@ -713,6 +715,7 @@ class _Session:
         self.request = request
         self.path = request["path"]
         self.perf_proc = None
+        self.restore_max_stack = False
         self.probe = None
         self.perf = None
         self.state = None
@@ -813,6 +816,19 @@ class _Session:
                                f"{ex.strerror}") from None
         cmd = _perf.record_command(perf, data, preset, callgraph, self.probe,
                                    self.control) + ["-a"]
+        notes = []      # said by `start` (from the state), and in daemon.log
+        self.restore_max_stack = _perf.raise_max_stack(callgraph, notes.append)
+        for note in notes:
+            _say_in_log(note)
+        try:
+            self._run_perf(cmd, data)
+        except BaseException:
+            self._stop_perf()
+            raise
+        self.state.update(callgraph=callgraph, perf_command=cmd, notes=notes)
+        _capture.write_manifest(self.path, callgraph=callgraph, perf_command=cmd)
+
+    def _run_perf(self, cmd, data):
         # perf's messages go to a file: a pipe nobody reads would stop it.
         log_path = os.path.join(self.place.dir, "perf.log")
         try:
@@ -838,8 +854,6 @@ class _Session:
             if os.path.isfile(data) and os.path.getsize(data) > 0:
                 break
             time.sleep(0.05)
-        self.state.update(callgraph=callgraph, perf_command=cmd)
-        _capture.write_manifest(self.path, callgraph=callgraph, perf_command=cmd)
 
     def _start_sampling(self, rate, staging):
         try:
@@ -897,6 +911,14 @@ class _Session:
             self.guard.finish()
         if self.sampling is not None:
             self._end_sampling()
+        self._stop_perf()
+        if self.control:
+            self.place.remove(_budget.CONTROL)
+        if self.budget is not None:
+            self.budget.close()
+        self.directory.close()
+
+    def _stop_perf(self):
         if self.perf_proc is not None and self.perf_proc.poll() is None:
             self.perf_proc.send_signal(signal.SIGINT)
             try:
@@ -904,13 +926,12 @@ class _Session:
             except subprocess.TimeoutExpired:
                 self.perf_proc.kill()
                 self.perf_proc.wait()
+        if self.restore_max_stack:
+            _perf.restore_max_stack(_say_in_log)
+            self.restore_max_stack = False
         if self.probe:
             _perf.remove_stack_sample_probe(self.perf)
-        if self.control:
-            self.place.remove(_budget.CONTROL)
-        if self.budget is not None:
-            self.budget.close()
-        self.directory.close()
+            self.probe = None
 
     def _end_sampling(self):
         dropped = self.sampling.close()
@@ -927,6 +948,11 @@ class _Session:
             _capture.write_manifest(self.path, **info)
         except CaptureError as ex:
             print(f"etwtrace: {ex}", file=sys.stderr)
+
+
+def _say_in_log(text):
+    """The daemon's messages: its stderr is the session's daemon.log."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def _perf_dies_with_daemon():

@@ -141,7 +141,7 @@ def _dedupe_stack_samples(events, builtin_pids):
         if e.name == "PythonStackSample":
             if e.pid in builtin_pids:
                 continue
-            e.fields = {"Mark": ""}
+            e.fields = {"Mark": "", "Truncated": e.fields.get("Truncated", False)}
         yield e
 
 
