@@ -158,3 +158,92 @@ def test_notes_a_capture_holds_are_read_as_data(tmp_path):
     assert report.returncode == 0, report.stderr
     said = _said(report.stderr)
     assert len(said) == 1 and "4 child processes" in said[0], report.stderr
+
+
+# ---- through a recording session ----
+
+# Traced through etwtrace.pth (--enable ENABLE_VAR), as the README says
+# children are followed into a session: tracing passes on by ENABLE_VAR,
+# which a cleared environment drops.
+ENABLE_VAR = "ETWTRACE_CHILDREN_TEST"
+SESSION_WORKER = """\
+import json, os, subprocess, sys
+child = [sys.executable, "-c", "def child(): pass\\nchild()"]
+cleared = subprocess.Popen(child, env={"PATH": os.environ["PATH"]})
+cleared.wait()
+inherited = subprocess.Popen(child)
+inherited.wait()
+print(json.dumps({"worker": os.getpid(), "cleared": cleared.pid,
+                  "inherited": inherited.pid}))
+"""
+
+
+def _enabled_python(root):
+    """A venv in `root` (which user nobody may read) that sees the
+    etwtrace under test and traces every start with ENABLE_VAR set."""
+    import subprocess
+    import venv
+    import etwtrace
+    env_dir = os.path.join(root, "venv")
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = os.path.join(env_dir, "bin", "python")
+    site = subprocess.check_output([python, "-c", "import sysconfig; "
+                                    "print(sysconfig.get_paths()['purelib'])"],
+                                   encoding="utf-8").strip()
+    with open(os.path.join(site, "_etwtrace_under_test.pth"), "w") as f:
+        f.write(os.path.dirname(os.path.dirname(os.path.abspath(etwtrace.__file__))) + "\n")
+    enable = subprocess.run([python, "-m", "etwtrace", "--enable", ENABLE_VAR],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
+    assert enable.returncode == 0, enable.stderr
+    return python
+
+
+def test_a_sessions_untraced_children_are_named_once_each(box):
+    """Root's worker and user nobody's each start a child with a cleared
+    environment (untraced) and one with theirs (traced, it joins): `record
+    stop` names the two untraced ones in one line, the manifest lists them
+    once each, with their parents, and `report` says the same."""
+    import subprocess
+    from pathlib import Path
+    from sessions import NOBODY, as_user, need_nobody
+    need_nobody()
+    python = _enabled_python(box.root)
+    script = os.path.join(box.root, "children_worker.py")
+    with open(script, "w") as f:
+        f.write(SESSION_WORKER)
+    os.chmod(script, 0o644)
+    capture = box.path("capture")
+    box.start(capture, "--recorder", "builtin")
+    workers = []
+    for user in (None, NOBODY):
+        env = dict(box.env, **{ENABLE_VAR: "1", f"{ENABLE_VAR}_TYPE": "instrumented"})
+        run = subprocess.run([python, script], env=env,
+                             cwd=box.root, **as_user(user), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, encoding="utf-8", timeout=120)
+        assert run.returncode == 0 and "etwtrace" not in run.stderr, run.stderr
+        workers.append(json.loads(run.stdout))
+    stop = box.stop()
+    said = _said(stop.stderr)
+    assert len(said) == 1, stop.stderr
+    line = said[0]
+    assert line.startswith("etwtrace: 2 child processes were started but not traced: "), line
+    for w in workers:
+        assert line.count(f"pid {w['cleared']} (") == 1, line
+        assert f"pid {w['inherited']} (" not in line
+    assert line.count(f"environment without {ENABLE_VAR}") == 2, line
+
+    manifest = json.loads(Path(capture, "etwtrace-capture.json").read_text())
+    users = manifest["process_users"]
+    for w, user in zip(workers, (0, NOBODY)):
+        # The worker and the child that kept its environment joined the
+        # session; the cleared one did not.
+        assert users.get(str(w["worker"])) == users.get(str(w["inherited"])) == user, users
+        assert str(w["cleared"]) not in users
+    kept = sorted((c["pid"], c["parent"]) for c in manifest["untraced_children"])
+    assert kept == sorted((w["cleared"], w["worker"]) for w in workers), kept
+    assert all(c["command"][0] == python and c["why"] == f"environment without {ENABLE_VAR}"
+               for c in manifest["untraced_children"])
+
+    report = run_etwtrace("report", capture)
+    assert report.returncode == 0, report.stderr
+    assert _said(report.stderr) == ["etwtrace: note: " + line[len("etwtrace: "):]]

@@ -53,6 +53,35 @@ def test_stacktags_is_xml_with_linux_patterns():
     assert any("_etwtrace" in m for m in modules)
 
 
+def run_into_closed_pipe(*args, python=sys.executable):
+    """Runs etwtrace with its stdout a pipe whose reader has gone, as
+    `| head -1` leaves it once head has its line."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([python, "-m", "etwtrace", *map(str, args)], stdout=write,
+                              stderr=subprocess.PIPE, encoding="utf-8", cwd=SCRIPTS,
+                              timeout=300)
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("args, status", [
+    ([], 0), (["--help"], 0), (["-?"], 0), (["--info"], 0), (["--profile"], 0),
+    (["--stacktags"], 0), (["report", "--help"], 0), (["record", "--help"], 0),
+    (["record"], 2), (["attach", "--help"], 0), (["detach"], 2)])
+def test_output_into_a_closed_pipe_ends_quietly(args, status):
+    proc = run_into_closed_pipe(*args)
+    assert (proc.returncode, proc.stderr) == (status, ""), proc.stderr
+
+
+def test_a_report_into_a_closed_pipe_ends_quietly(capture):
+    cap = capture("report_calls.py", mode="instrumented")
+    for fmt in ("text", "folded", "svg", "chrome"):
+        proc = run_into_closed_pipe("report", cap.path, "--format", fmt)
+        assert (proc.returncode, proc.stderr) == (0, ""), (fmt, proc.stderr)
+
+
 def test_module_target_and_arguments(tmp_path):
     (tmp_path / "mymod.py").write_text("import sys\nprint('args', sys.argv[1:])\n")
     proc = run_etwtrace("--", "-m", "mymod", "x", "y", cwd=tmp_path,
@@ -167,6 +196,11 @@ def test_enable_and_disable_pth(venv_python, tmp_path):
     assert out.returncode == 0, out.stderr
     pth = os.path.join(site_dir, "etwtrace.pth")
     assert os.path.isfile(pth)
+    assert "enable_if('MY_TRACE', 'MY_TYPE')" in Path(pth).read_text()
+    # What it prints, into a pipe no one reads: the .pth written all the same.
+    os.unlink(pth)
+    quiet = run_into_closed_pipe("--enable", "MY_TRACE", "MY_TYPE", python=venv_python)
+    assert (quiet.returncode, quiet.stderr) == (0, ""), quiet.stderr
     assert "enable_if('MY_TRACE', 'MY_TYPE')" in Path(pth).read_text()
 
     probe = "import etwtrace; print(etwtrace.is_active())"

@@ -196,8 +196,8 @@ def test_bad_max_sizes_get_one_line_errors(tmp_path):
             (["--capture", cap, "--max-size", "lots", "--", script, 10], "size such as 64M"),
             (["--capture", cap, "--max-size", "0", "--", script, 10], "more than 0"),
             (["--max-size", "1M", "--", script, 10], "add --capture PATH"),
-            (["--sampled", "--capture", cap, "--max-size", "1M", "--", script, 10],
-             "not --sampled"),
+            (["--sampled", "--capture", cap, "--max-size", "1X", "--", script, 10],
+             "size such as 64M"),
             (["record", "start", cap, "--max-size", "x"], "size such as 64M")):
         r = run_etwtrace(*args)
         lines = r.stderr.strip().splitlines()
@@ -386,3 +386,205 @@ def test_a_snapshot_that_would_pass_the_reserve_is_refused(box, tmp_path):
         assert not (disk / "snap").exists()
     box.stop()
     assert files_size(Path(capture) / "ctf", "stream-*") > 0
+
+
+# ---- --sampled ----
+
+def _need_sampled_here():
+    from test_sampled import SAMPLED_HERE, need_sampler
+    need_sampler()
+    if not SAMPLED_HERE:
+        pytest.skip("--sampled -- script runs the script with this interpreter (3.11, 3.13+)")
+
+
+def _sampled_run(cap, rate, *options, seconds=3):
+    """--sampled of sampled_target.py for `seconds` into `cap`: (the
+    finished launcher, the manifest, the target's CPU time sampled)."""
+    from test_sampled import _launch_sampled
+    proc, pid, watch = _launch_sampled("--rate", rate, *options, "--capture", cap, "--",
+                                       SCRIPTS / "sampled_target.py", seconds)
+    assert proc.returncode == 0 and proc.stdout.split() == ["ready", "done"], proc.stderr
+    return proc, read_manifest(cap), watch.cpu(pid, 0, 1 << 63)
+
+
+def assert_samples_kept_or_counted(cap, manifest, rate, cpu):
+    """The samples written are those the manifest says it kept, and those
+    kept, counted as not kept or lost together are what the target's CPU
+    time was due (none missed, none counted twice)."""
+    kept, not_kept = manifest["samples"], manifest["not_recorded"]["samples"]
+    written = Counter(e.name for e in etwtrace.open_trace(cap))["SampledProfile"]
+    assert written == kept > 0 and not_kept > 0, (written, kept, not_kept)
+    taken = kept + not_kept + manifest.get("samples_lost", 0)
+    assert 0.8 * rate * cpu <= taken <= 1.5 * rate * cpu + 200, (kept, not_kept, cpu)
+    return not_kept
+
+
+def _chunks_into(ctf, budget, chunks, pid=4242, tid=4243):
+    """Writes `chunks` chunks of 16 samples (4000 bytes) as the sampler's
+    writer does; (samples given, the stream file's size)."""
+    from etwtrace import _ctfwrite
+    trace = _ctfwrite.TraceWriter(str(ctf), pid, budget)
+    for i in range(chunks):
+        if trace.recording:
+            trace.stream(tid).extend(b"x" * 4000, i, i, 16)
+    trace.close()
+    stream = ctf / f"pid-{pid}" / f"stream-0-tid-{tid}"
+    return 16 * chunks, stream.stat().st_size if stream.exists() else 0
+
+
+def test_the_sampler_writer_claims_each_packet_within_max_size(tmp_path):
+    """(No BPF needed: the writer alone.)"""
+    ctf = tmp_path / "cap" / "ctf"
+    file = _budget.create(str(ctf), 300 * 1024)
+    said = []
+    budget = _budget.WriterBudget(str(tmp_path / "cap"), file, said.append)
+    given, size = _chunks_into(ctf, budget, 200)
+    # Four packets and the metadata fit in 300 KiB; the fifth is not claimed.
+    assert 3 * PACKET < size <= 4 * PACKET
+    assert size + (ctf / "pid-4242" / "metadata").stat().st_size <= 300 * 1024
+    assert budget.kept + budget.samples_not_kept == given and budget.samples_not_kept > 0
+    assert file.used == budget.written == files_size(ctf, "[ms]*")     # what status shows
+    assert said == ["etwtrace: recording stopped early: the capture reached its size limit "
+                    "(--max-size 300 KiB); the program runs on, its later samples are "
+                    "counted, not kept"]
+    # A process found after the stop gets no trace, and is counted.
+    assert _chunks_into(ctf, budget, 10, pid=4244) == (160, 0)
+    assert not (ctf / "pid-4244").exists()
+    info = budget.info()
+    assert info["recording_stopped"]["reason"] == "max-size"
+    assert info["not_recorded"] == {"processes": 1, "samples": budget.samples_not_kept}
+    assert _budget.loss_text({}, info) == (
+        "recording stopped early: the capture reached its size limit (--max-size 300 KiB); "
+        "1 process that began after it was not recorded; "
+        f"{budget.samples_not_kept:,} samples were taken but not kept")
+
+
+def test_the_sampler_writer_drops_a_packet_the_reserve_no_longer_has_room_for(
+        tmp_path, monkeypatch):
+    """Another program takes the free space between a packet's claim and
+    its write: the packet is not written, its samples are counted."""
+    ctf = tmp_path / "ctf"
+    budget = _budget.WriterBudget(str(tmp_path))
+    room = {"left": True}
+    monkeypatch.setattr(_budget, "fits", lambda path, size: room["left"])
+    from etwtrace import _ctfwrite
+    ctf.mkdir()
+    trace = _ctfwrite.TraceWriter(str(ctf), 4242, budget)
+    stream = trace.stream(4243)
+    for i in range(20):                     # a packet written, a second begun
+        stream.extend(b"x" * 4000, i, i, 16)
+    room["left"] = False
+    trace.close()
+    assert budget.kept == 16 * 16 and budget.samples_not_kept == 4 * 16
+    assert 0 < (ctf / "pid-4242" / "stream-0-tid-4243").stat().st_size <= PACKET
+    assert budget.info()["recording_stopped"]["reason"] == "reserve"
+
+
+def test_sampled_max_size_bounds_the_capture_and_counts_the_samples_not_kept(tmp_path):
+    _need_sampled_here()
+    cap = tmp_path / "cap"
+    proc, manifest, cpu = _sampled_run(cap, 2000, "--max-size", "256K")
+    said = [line for line in proc.stderr.splitlines() if "recording stopped" in line]
+    assert said[0] == ("etwtrace: recording stopped early: the capture reached its size limit "
+                       "(--max-size 256 KiB); the program runs on, its later samples are "
+                       "counted, not kept"), proc.stderr
+    assert len(said) == 2 and "samples were taken but not kept" in said[1], proc.stderr
+    # Each packet (and the metadata) is claimed before it is written.
+    assert 0 < files_size(cap / "ctf") <= 256 * 1024
+    assert not list((cap / "ctf").glob(".budget*"))
+    assert manifest["max_size"] == 256 * 1024
+    assert manifest["recording_stopped"]["reason"] == "max-size"
+    not_kept = assert_samples_kept_or_counted(cap, manifest, 2000, cpu)
+    assert f"{not_kept:,} samples were taken but not kept" in said[1]
+    assert_report_says(cap, "--max-size 256 KiB", f"{not_kept:,} samples were taken but not kept")
+
+
+def test_sampled_keeps_the_reserve_of_a_small_disk(tmp_path):
+    _need_sampled_here()
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        _free, reserve = _budget.room(disk)
+        cap = disk / "cap"
+        with LeastFree(disk) as watch:
+            # Whole stacks of about 250 bytes, 5000 a second: past 2 MiB in 2 s.
+            proc, manifest, cpu = _sampled_run(cap, 5000, seconds=4)
+        assert watch.least >= reserve, (watch.least, reserve)
+        assert "etwtrace leaves free (5% of its size, at most 1 GiB)" in proc.stderr
+        assert manifest["recording_stopped"]["reason"] == "reserve"
+        assert manifest["recording_stopped"]["reserve"] == reserve
+        assert_samples_kept_or_counted(cap, manifest, 5000, cpu)
+        assert_report_says(cap, "etwtrace leaves free", "samples were taken but not kept")
+
+
+def test_a_sampled_session_stops_at_its_max_size(box):
+    """record start --sampled --max-size: status shows the size of the
+    limit, stop and report say the stop and the samples not kept (the
+    session samples every Python of the machine: the target, and whatever
+    else runs)."""
+    _need_sampled_here()
+    from pathlib import Path
+    from test_sampled import Running
+    capture = box.path("capture")
+    box.start(capture, "--sampled", "--rate", "2000", "--max-size", "256K")
+    status = box.record("status")
+    assert "at most 256 KiB" in status.stderr and "of its 256 KiB limit" in status.stderr, \
+        status.stderr
+    target = Running("sampled_target.py", 3)
+    assert target.finish() == (0, "done\n")
+    time.sleep(1.5)             # the daemon's next read of the samples
+    status = box.record("status")
+    assert "recording stopped early: the capture reached its size limit" in status.stderr, \
+        status.stderr
+    # A process that starts after the stop is sampled (counted), not recorded.
+    late = Running("sampled_target.py", 2)
+    assert late.finish() == (0, "done\n")
+    r = box.stop()
+    said = [line for line in r.stderr.splitlines() if "recording stopped early" in line]
+    assert len(said) == 1 and "(--max-size 256 KiB)" in said[0], r.stderr
+    assert "samples were taken but not kept" in said[0] and "that began after it" in said[0]
+    cap = Path(capture)
+    assert 0 < files_size(cap / "ctf") <= 256 * 1024
+    assert not (cap / "ctf" / f"pid-{late.proc.pid}").exists()
+    manifest = read_manifest(cap)
+    assert manifest["recording_stopped"]["reason"] == "max-size"
+    assert manifest["not_recorded"]["samples"] > 0
+    assert manifest["not_recorded"]["processes"] >= 1
+    written = Counter(e.name for e in etwtrace.open_trace(cap))["SampledProfile"]
+    assert written == manifest["samples"] > 0
+    assert_report_says(cap, "--max-size 256 KiB", "samples were taken but not kept")
+
+
+def test_a_sampled_session_writes_nothing_once_others_fill_its_disk(box, tmp_path):
+    _need_sampled_here()
+    from test_sampled import Running
+    with small_disk(tmp_path / "disk", "8m") as disk:
+        _free, reserve = _budget.room(disk)
+        cap = disk / "capture"
+        box.start(cap, "--sampled", "--rate", "2000")
+        target = Running("sampled_target.py", 6)
+        try:
+            deadline = time.monotonic() + 30
+            while files_size(cap / ".session" / "ctf", "stream-*") < PACKET:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            with open(disk / "filler", "wb") as f:
+                chunk = bytes(PACKET)
+                try:
+                    while free_bytes(disk) > reserve // 2:
+                        f.write(chunk)
+                        f.flush()
+                except OSError:
+                    pass
+            time.sleep(1.5)             # the daemon's next writes, refused
+            before = free_bytes(disk)
+            time.sleep(1.5)             # the target goes on, sampled
+            during = free_bytes(disk)
+        finally:
+            assert target.finish() == (0, "done\n")
+        assert during >= before, (before, during)
+        r = box.stop()
+        assert "etwtrace leaves free" in r.stderr and "samples were taken but not kept" in r.stderr, \
+            r.stderr
+        manifest = read_manifest(cap)
+        assert manifest["recording_stopped"]["reason"] == "reserve"
+        assert manifest["not_recorded"]["samples"] > 0
+        assert_report_says(cap, "etwtrace leaves free")

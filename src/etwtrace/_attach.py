@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from . import _session
+from . import _session, _stdout
 
 CONFIRM_SECONDS = 10
 
@@ -160,7 +160,7 @@ def _run_remote(pid, action, mode="stack", c_calls=False):
 
 def main(command, args, say):
     if not args or args[0] in ("-h", "--help", "-?"):
-        print(ATTACH_HELP)
+        _stdout.out(ATTACH_HELP)
         return 0 if args else 2
     try:
         pid_text, options = args[0], args[1:]

@@ -36,6 +36,7 @@ STOP_RESERVE = 2
 # summarized, reserved
 _LAYOUT = struct.Struct("<8sQQQIIQQIIQII")
 _COUNTED = struct.Struct("<Q")
+_CLAIMED_AT = 16
 _COUNTED_AT = 24
 _STOP = struct.Struct("<IIQQ")
 _STOP_AT = 32
@@ -221,6 +222,12 @@ class Budget:
         if self.writable:
             _COUNTED.pack_into(self._map, _COUNTED_AT, size)
 
+    def set_claimed(self, size):
+        """Sets the bytes claimed, for a capture whose one writer is a
+        WriterBudget (the sampler's: no recorder claims beside it)."""
+        if self.writable:
+            _COUNTED.pack_into(self._map, _CLAIMED_AT, size)
+
     def stop(self, why, free=0, reserve=0):
         """Stops the capture for `why` (STOP_*); whether this call did."""
         if self.stopped or not self.writable:
@@ -239,18 +246,23 @@ class Budget:
         if limit:
             info["max_size"] = limit
         if stopped:
-            stop = {"reason": {STOP_LIMIT: "max-size", STOP_RESERVE: "reserve"}.get(stopped, "?"),
-                    "pid": pid}
-            if stopped == STOP_LIMIT:
-                stop["max_size"] = limit
-            else:
-                stop.update(free=free, reserve=reserve)
-            info["recording_stopped"] = stop
+            info["recording_stopped"] = _stop_info(stopped, pid, limit, free, reserve)
         missed = {k: v for k, v in (("processes", processes), ("threads", threads),
                                     ("events", unrecorded)) if v}
         if missed:
             info["not_recorded"] = missed
         return info
+
+
+def _stop_info(why, pid, limit, free, reserve):
+    """A manifest's "recording_stopped": why (STOP_*), by which process,
+    and the limit or the free space and reserve then."""
+    stop = {"reason": {STOP_LIMIT: "max-size", STOP_RESERVE: "reserve"}.get(why, "?"), "pid": pid}
+    if why == STOP_LIMIT:
+        stop["max_size"] = limit
+    else:
+        stop.update(free=free, reserve=reserve)
+    return stop
 
 
 def _count(value):
@@ -305,7 +317,114 @@ def loss_text(losses, manifest):
         parts.append(f"threads not recorded: {unrecorded:,}")
     if total:
         lines.append(f"{total:,} events were lost ({'; '.join(parts)})")
+    # The sampler's (--sampled): taken but not kept (after the stop), and
+    # lost before they could be read.
+    samples = _count(missed.get("samples"))
+    if samples:
+        lines.append(f"{samples:,} sample{'s were' if samples != 1 else ' was'} taken but "
+                     "not kept")
+    dropped = _count(manifest.get("samples_lost"))
+    if dropped:
+        lines.append(f"{dropped:,} sample{'s were' if dropped != 1 else ' was'} lost "
+                     "(the ring buffer was full)")
     return "; ".join(lines) or None
+
+
+class WriterBudget:
+    """The budget as a writer in Python keeps it (the sampler's trace,
+    _ctfwrite): each packet is claimed before it is filled (the limit), and
+    the free space checked before it is written (the reserve), as the
+    recorders do (budget.h): one check a packet, none a sample.  Samples
+    taken after the stop, or in a packet the reserve refused, are counted,
+    not kept; so are the processes whose trace could not begin.
+
+    `budget`: the capture's Budget, when it has one: its limit, a stop
+    its Guard made (a session's), and the claims counted into it (what
+    `record status` shows).  Without one, no limit; the reserve is kept."""
+
+    def __init__(self, path, budget=None, say=None):
+        self.path = path            # (its file system's free space)
+        self.budget = budget
+        self.say = say
+        self.limit = budget.limit if budget is not None else 0
+        self.written = 0            # bytes written
+        self.open = 0               # bytes claimed for packets being filled
+        self.kept = 0               # samples written
+        self.samples_not_kept = 0
+        self.processes_not_recorded = 0
+        self._stop = None           # _stop_info() once stopped here
+
+    @property
+    def stopped(self):
+        """Whether the capture stopped (as this writer has seen: a stop its
+        Guard made is seen at the next claim)."""
+        return self._stop is not None
+
+    def claim(self, size):
+        """Whether `size` more bytes (a packet, a process's metadata) may be
+        written; when not, the capture stops (said once)."""
+        if self._stop is None and self.budget is not None and self.budget.stopped:
+            self._stop = self.budget.info()["recording_stopped"]    # (its Guard said it)
+        if self._stop is not None:
+            return False
+        if self.limit and self.written + self.open + size > self.limit:
+            return self._stopping(STOP_LIMIT)
+        if not fits(self.path, self.open + size):
+            return self._stopping(STOP_RESERVE)
+        self.open += size
+        self._count()
+        return True
+
+    def may_write(self, size):
+        """Whether a claimed packet of `size` bytes may be written now: the
+        reserve, which others may have taken since the claim."""
+        return fits(self.path, size) or self._stopping(STOP_RESERVE)
+
+    def full(self):
+        """The file system refused a write (full): the capture stops."""
+        self._stopping(STOP_RESERVE)
+
+    def wrote(self, claimed, size, samples):
+        self.open -= claimed
+        self.written += size
+        self.kept += samples
+        self._count()
+
+    def dropped(self, claimed, samples):
+        """A claim given back unwritten, with the samples it held."""
+        self.open -= claimed
+        self.samples_not_kept += samples
+        self._count()
+
+    def _count(self):
+        if self.budget is not None:
+            self.budget.set_claimed(self.written + self.open)
+
+    def _stopping(self, why):
+        if self._stop is not None:
+            return False        # (the first reason stays)
+        free = reserve = 0
+        if why == STOP_RESERVE:
+            free, reserve = room(self.path)
+            free, reserve = free or 0, reserve or 0
+        self._stop = _stop_info(why, os.getpid(), self.limit, free, reserve)
+        said = self.budget.stop(why, free, reserve) if self.budget is not None else True
+        if said and self.say is not None:
+            self.say(f"etwtrace: {stop_text(self._stop)}; the program runs on, its later "
+                     "samples are counted, not kept")
+        return False
+
+    def info(self):
+        """What the manifest says: Budget.info()'s, and what the writer
+        did not keep ("not_recorded": "samples", "processes")."""
+        info = self.budget.info() if self.budget is not None else {}
+        if self._stop is not None and "recording_stopped" not in info:
+            info["recording_stopped"] = self._stop
+        missed = {k: v for k, v in (("processes", self.processes_not_recorded),
+                                    ("samples", self.samples_not_kept)) if v}
+        if missed:
+            info.setdefault("not_recorded", {}).update(missed)
+        return info
 
 
 # ---- what the recorders do not claim themselves ----

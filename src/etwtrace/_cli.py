@@ -6,7 +6,7 @@ import sys
 
 import etwtrace
 
-from . import _env
+from . import _env, _stdout
 
 PTH_NAME = "etwtrace.pth"
 PTH_TEMPLATE = "import etwtrace; etwtrace.enable_if({!r}, {!r})"
@@ -32,13 +32,15 @@ Usage: python -m etwtrace [options] -- script.py [args...]
                           (trace and perf.data, all processes) reaches SIZE
                           (e.g. 500M, 2G); the program runs on.  Recording
                           also stops before the file system's free space
-                          falls to 5% of its size (at most 1 GiB)
+                          falls to 5% of its size (at most 1 GiB); so does
+                          --sampled, which counts the samples it then drops
     --sampled             Hook-free sampling (CPython 3.11, 3.13+; root): a BPF
                           program reads Python stacks at each CPU sample; needs
                           --capture
     --rate HZ             With --sampled: samples per second (default 999)
 
 Usage: python -m etwtrace --sampled --pid PID [--duration SECONDS] [--rate HZ] --capture PATH
+                          [--max-size SIZE]
 
     Samples a running CPython 3.11 or 3.13+ (launched with etwtrace or not)
     until it ends, Ctrl-C, or the duration; the program runs on untouched.
@@ -60,7 +62,7 @@ Usage: python -m etwtrace report PATH [--format text|folded|speedscope|chrome|sv
 
 Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin]
                                            [--ring SIZE] [--max-size SIZE]
-       python -m etwtrace record start PATH --sampled [--rate HZ]
+       python -m etwtrace record start PATH --sampled [--rate HZ] [--max-size SIZE]
        python -m etwtrace record status | snapshot [PATH] | stop
 
     A recording session like wpr -start / -stop: every traced Python process
@@ -108,7 +110,7 @@ class UsageError(Exception):
 
 
 def _say(text):
-    print(text, file=sys.stderr, flush=True)
+    _stdout.err(text)
 
 
 def _site_packages():
@@ -141,10 +143,10 @@ def _enable_pth(v1, v2):
             f.write(PTH_TEMPLATE.format(v1, v2) + "\n")
     except OSError as ex:
         raise UsageError(f"cannot write {target}: {ex.strerror}") from None
-    print("Created", target)
+    _stdout.out("Created", target)
     if v1:
-        print(f"Set ${v1} to activate")
-    print(f"Set ${v2} to 'instrumented' to use instrumented events rather than stacks")
+        _stdout.out(f"Set ${v1} to activate")
+    _stdout.out(f"Set ${v2} to 'instrumented' to use instrumented events rather than stacks")
 
 
 def _disable_pth():
@@ -153,14 +155,14 @@ def _disable_pth():
         path = os.path.join(directory or ".", PTH_NAME)
         try:
             os.unlink(path)
-            print("Removed", path)
+            _stdout.out("Removed", path)
             removed = True
         except FileNotFoundError:
             pass
         except OSError as ex:
             raise UsageError(f"cannot remove {path}: {ex.strerror}") from None
     if not removed:
-        print("etwtrace.pth was not present")
+        _stdout.out("etwtrace.pth was not present")
 
 
 def check_target(target):
@@ -333,6 +335,16 @@ def _parse(args):
 
 
 def main(args=None):
+    try:
+        return _main(args)
+    except BrokenPipeError:
+        # Output no one reads (| head) that _stdout did not write: the
+        # command ends there, quietly.
+        _stdout.drop_stdout()
+        return 1
+
+
+def _main(args):
     args = list(sys.argv[1:] if args is None else args)
     if not args:
         args = ["-?"]
@@ -350,12 +362,12 @@ def main(args=None):
         for action in actions:
             kind = action[0]
             if kind == "help":
-                print(f"etwtrace for Linux, version {etwtrace.__version__}")
-                print(HELP_TEXT)
+                _stdout.out(f"etwtrace for Linux, version {etwtrace.__version__}")
+                _stdout.out(HELP_TEXT)
             elif kind == "profile":
-                print(etwtrace.get_profile_path())
+                _stdout.out(etwtrace.get_profile_path())
             elif kind == "stacktags":
-                print(etwtrace.get_stacktags_path())
+                _stdout.out(etwtrace.get_stacktags_path())
             elif kind == "enable":
                 _enable_pth(action[1] or "", action[2])
             elif kind == "disable":
@@ -363,7 +375,7 @@ def main(args=None):
         if opts["info"]:
             tracer = (etwtrace.InstrumentedTracer() if opts["mode"] == "instrumented"
                       else etwtrace.StackSamplingTracer())
-            print(tracer._get_technical_info())
+            _stdout.out(tracer._get_technical_info())
         if opts["unused"]:
             shown = " ".join(f'"{a}"' if " " in a else a for a in opts["unused"])
             _say(f"WARNING: The following arguments were not used: {shown}")
@@ -434,8 +446,6 @@ def _run_sampled(opts, target):
     if opts["mode"] != "sampled":
         used = [f"--{o}" for o in ("rate", "pid", "duration") if opts[o]]
         raise UsageError(f"{', '.join(used)} needs --sampled")
-    if opts["max_size"] is not None:
-        raise UsageError("--max-size is for the built-in recorder and perf, not --sampled")
     if not opts["capture"]:
         raise UsageError("--sampled records into a capture: add --capture PATH")
     if (opts["pid"] is None) == (target is None):
@@ -450,9 +460,12 @@ def _run_sampled(opts, target):
                 if opts["duration"] is not None else None)
     if target is not None:
         check_target(target)
+    max_size = opts["max_size"]
+    if max_size is None:
+        max_size = _env.size(_env.MAX_SIZE)
     try:
         return _sampled.run(opts["capture"], rate, _say, pid=pid, target=target,
-                            duration=duration)
+                            duration=duration, max_size=max_size or 0)
     except (_sampled.SampledError, _capture.CaptureError) as ex:
         raise UsageError(str(ex)) from None
 
@@ -460,10 +473,9 @@ def _run_sampled(opts, target):
 def exit_as(status):
     """Ends this process as the traced program ended: with its exit code,
     or (status -N) by signal N, so a shell sees 128+N."""
+    _stdout.flush()
     if status is not None and status < 0:
         sig = -status
-        sys.stdout.flush()
-        sys.stderr.flush()
         try:
             import resource
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))   # the program's crash, not ours

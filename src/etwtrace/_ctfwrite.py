@@ -1,8 +1,14 @@
 """Writes per-thread CTF streams of etwtrace's format from Python: the BPF
 sampler's captures (the recorder writes its own in C).  Every event gets
 an extended header (its full id and timestamp); packets are at most 64 KiB,
-as the recorder's, so every reader of captures reads these unchanged."""
+as the recorder's, so every reader of captures reads these unchanged.
 
+With a budget (_budget.WriterBudget), a process's metadata and each packet
+are claimed before they are filled and checked against the reserve before
+they are written; what the budget refuses is counted there, not written:
+no file is made for a process or a thread after the capture stopped."""
+
+import errno
 import os
 import struct
 
@@ -18,10 +24,19 @@ EVENT_ID = {ctf_name: event_id for event_id, ctf_name, *_ in EVENTS}
 
 
 class TraceWriter:
-    """ctf/pid-PID/ of one process: its metadata and a stream per thread."""
+    """ctf/pid-PID/ of one process: its metadata and a stream per thread;
+    nothing at all (`recording` False) when the budget has no room left."""
 
-    def __init__(self, ctf_root, pid):
+    def __init__(self, ctf_root, pid, budget=None):
         from ._etwtrace import ctf_metadata
+        self.budget = budget
+        self.streams = {}
+        self.dir = None
+        metadata = ctf_metadata(pid)
+        self.recording = budget is None or budget.claim(len(metadata))
+        if not self.recording:
+            budget.processes_not_recorded += 1
+            return
         # pid-PID, or pid-PID.N when the process already has a trace there
         # (it exec'd into another Python, or its pid was used again).
         image = 1
@@ -32,15 +47,16 @@ class TraceWriter:
                 break
             except FileExistsError:
                 image += 1
-        _write_new(os.path.join(self.dir, "metadata"), ctf_metadata(pid))
-        self.streams = {}
+        _write_new(os.path.join(self.dir, "metadata"), metadata)
+        if budget is not None:
+            budget.wrote(len(metadata), len(metadata), 0)
 
     def stream(self, tid):
         s = self.streams.get(tid)
         if s is None:
             s = self.streams[tid] = StreamWriter(
                 os.path.join(self.dir, f"stream-{len(self.streams)}-tid-{tid}"),
-                len(self.streams), tid)
+                len(self.streams), tid, self.budget)
         return s
 
     def flush(self):
@@ -53,12 +69,19 @@ class TraceWriter:
 
 
 class StreamWriter:
-    def __init__(self, path, stream_id, tid):
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    """One thread's stream, made at its first packet; `budget`: a
+    _budget.WriterBudget, or None (no bound)."""
+
+    def __init__(self, path, stream_id, tid, budget=None):
+        self.path = path
+        self.fd = -1
         self.stream_id = stream_id
         self.tid = tid
+        self.budget = budget
         self.seq = 0
         self.events = []
+        self.samples = 0        # in the packet being filled
+        self.claimed = 0        # bytes the budget gave that packet
         self.used = HEAD.size
         self.first = self.last = None
 
@@ -69,21 +92,31 @@ class StreamWriter:
 
     def sample(self, ts, payload):
         """A SampledProfile event; payload: sample_payload(stack)."""
-        self._event("SampledProfile", ts, payload)
+        self._event("SampledProfile", ts, payload, 1)
 
-    def extend(self, events, first, last):
+    def extend(self, events, first, last, samples=0):
         """Encoded events (one, or a chunk of the sampler's, each smaller
-        than a packet), from time `first` to `last`."""
+        than a packet), from time `first` to `last`, holding `samples`
+        samples; whether they were taken (not when the budget has no room
+        for their packet: then they are counted there)."""
         if self.used + len(events) + 4 > PACKET_BYTES and self.events:
             self.flush()
+        if self.budget is not None and not self.claimed:
+            if not self.budget.claim(PACKET_BYTES):
+                self.budget.samples_not_kept += samples
+                return False
+            self.claimed = PACKET_BYTES
         if self.first is None:
             self.first = first
         self.last = last
         self.events.append(events)
         self.used += len(events)
+        self.samples += samples
+        return True
 
-    def _event(self, ctf_name, ts, payload):
-        self.extend(_EXTENDED.pack(EXTENDED_ID, EVENT_ID[ctf_name], ts) + payload, ts, ts)
+    def _event(self, ctf_name, ts, payload, samples=0):
+        return self.extend(_EXTENDED.pack(EXTENDED_ID, EVENT_ID[ctf_name], ts) + payload, ts, ts,
+                           samples)
 
     def flush(self):
         if not self.events:
@@ -94,20 +127,48 @@ class StreamWriter:
         head = HEAD.pack(MAGIC, self.stream_id, self.first, self.last, content * 8,
                          padded * 8, self.seq, 0, self.tid)
         data = head + body + b"\0" * (padded - content)
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.seq += 1
+        claimed, samples = self.claimed, self.samples
         self.events = []
+        self.samples = self.claimed = 0
         self.used = HEAD.size
         self.first = self.last = None
+        budget = self.budget
+        if budget is not None and not budget.may_write(len(data)):
+            budget.dropped(claimed, samples)
+            return
+        try:
+            self._write(data)
+        except OSError as ex:
+            if budget is None or ex.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            budget.dropped(claimed, samples)
+            budget.full()       # (someone else took the reserve since the check)
+            return
+        self.seq += 1
+        if budget is not None:
+            budget.wrote(claimed, len(data), samples)
+
+    def _write(self, data):
+        """Appends a whole packet, or nothing (a packet cut short would end
+        the stream for its readers)."""
+        if self.fd < 0:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                              0o600)
+        end = os.lseek(self.fd, 0, os.SEEK_END)
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError:
+            os.ftruncate(self.fd, end)
+            raise
 
     def close(self):
-        if self.fd >= 0:
-            try:
-                self.flush()
-            finally:
+        try:
+            self.flush()
+        finally:
+            if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1
 

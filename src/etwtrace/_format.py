@@ -40,7 +40,12 @@ def main(argv):
     if argv != ["--markdown"]:
         print("usage: python -m etwtrace._format --markdown", file=sys.stderr)
         return 2
-    sys.stdout.write(markdown_table())
+    from ._stdout import drop_stdout
+    try:
+        sys.stdout.write(markdown_table())
+        sys.stdout.flush()
+    except BrokenPipeError:
+        drop_stdout()
     return 0
 
 

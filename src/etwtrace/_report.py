@@ -18,6 +18,7 @@ import warnings
 
 from . import _diff, _exports, _formats, _pprof
 from ._scan import TRUNCATED_FRAME, Cut, ReportError, Scan, load_stacktags, process_name
+from ._stdout import drop_stdout
 
 # Outputs expected to be larger than this are announced before writing.
 WARN_BYTES = 100 * 2**20
@@ -201,17 +202,10 @@ def _write(opts, produce, binary=False):
         out.flush()
     except BrokenPipeError:
         # The reader (| head) has what it wanted; silence the flush at exit.
-        _drop_stdout()
+        drop_stdout()
     except OSError as ex:
-        _drop_stdout()
+        drop_stdout()
         raise OutputError(f"cannot write the report to standard output: {ex.strerror}") from None
-
-
-def _drop_stdout():
-    """Points stdout at /dev/null, so the flush at exit has nothing to fail."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 def _cut(opts, path, whole=False):
@@ -450,6 +444,15 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         print(f"etwtrace: error: report: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
+
+    def print_help(self, file=None):
+        """--help, quietly into a closed pipe (3.9's argparse lets the
+        BrokenPipeError out; later ones drop it)."""
+        try:
+            super().print_help(file)
+            (file or sys.stdout).flush()
+        except BrokenPipeError:
+            drop_stdout()
 
 
 def main(args):

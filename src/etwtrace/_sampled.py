@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from . import _capture, _ctfwrite, _elfsym, _pyremote
+from . import _budget, _capture, _ctfwrite, _elfsym, _pyremote
 from ._pyremote import RemoteError
 
 # Synthetic addresses of Python frames: non-canonical on x86-64, so no
@@ -324,17 +324,19 @@ def _same_code(info, first, short):
 
 
 class SampledRecorder:
-    """Turns the BPF program's records into a capture's events."""
+    """Turns the BPF program's records into a capture's events, within the
+    capture's budget (`budget`: its _budget.Budget, if it has one; `say`:
+    where the stop is said)."""
 
-    def __init__(self, path, sampler):
+    def __init__(self, path, sampler, budget=None, say=None):
         self.path = path
         self.sampler = sampler      # the _sampler module: its splice()
         self.ctf_root = os.path.join(path, "ctf")
         os.makedirs(self.ctf_root, mode=0o700, exist_ok=True)
+        self.budget = _budget.WriterBudget(path, budget, say)
         self.targets = {}
         self.kinds = {}             # pid -> (frame_kinds, native_kinds), for the splice
         self.writers = {}
-        self.samples = 0
         self.processes = 0
         self.forgotten = 0          # samples of a stack hash no longer known here
         self.unwound = {}           # how unwindings from stack copies ended: reason -> samples
@@ -348,11 +350,22 @@ class SampledRecorder:
     def add(self, pid):
         target = _Target(pid, None, self.sampler)     # RemoteError: not (yet) a CPython we read
         target.generation = self._generation()
-        target.writer = self.writers[pid] = _ctfwrite.TraceWriter(self.ctf_root, pid)
+        target.writer = self.writers[pid] = _ctfwrite.TraceWriter(self.ctf_root, pid,
+                                                                  self.budget)
         self.targets[pid] = target
         self.kinds[pid] = (target.frame_kinds, target.native_kinds, target.unwinder)
         self.processes += 1
         return target
+
+    @property
+    def samples(self):
+        """Samples written."""
+        return self.budget.kept
+
+    def _keeps(self, target):
+        """Whether samples of `target` are still written (after the stop,
+        they are only counted: no work is spent on them)."""
+        return target.writer.recording and not self.budget.stopped
 
     def handle(self, record):
         """A record the sampler could not turn into an event itself: a
@@ -361,6 +374,9 @@ class SampledRecorder:
             _SAMPLE_HEAD.unpack_from(record)
         target = self.targets.get(pid)
         if target is None:
+            return
+        if not self._keeps(target):
+            self.budget.samples_not_kept += 1
             return
         stream = target.writer.stream(tid)
         # The program sends a stack whole once, then its hash alone.
@@ -390,14 +406,16 @@ class SampledRecorder:
             self.stacks[stack_hash] = payload
         if payload:
             stream.sample(ts, payload)
-            self.samples += 1
 
     def handle_chunk(self, pid, tid, first, last, count, events):
         """Samples of known stacks, as the sampler encoded them."""
         target = self.targets.get(pid)
-        if target is not None:
-            target.writer.stream(tid).extend(events, first, last)
-            self.samples += count
+        if target is None:
+            return
+        if self._keeps(target):
+            target.writer.stream(tid).extend(events, first, last, count)
+        else:
+            self.budget.samples_not_kept += count
 
     def _generation(self):
         self.generations += 1
@@ -450,9 +468,10 @@ class Sampling:
         self.sampler_module, self.sampler = start_sampler(rate)    # SampledError: cannot
         self.recorder = None
 
-    def record_into(self, path):
-        """Starts the capture's trace in the capture directory `path`."""
-        self.recorder = SampledRecorder(path, self.sampler_module)
+    def record_into(self, path, budget=None, say=None):
+        """Starts the capture's trace in the capture directory `path`, within
+        its `budget` (a _budget.Budget; without one, the reserve alone)."""
+        self.recorder = SampledRecorder(path, self.sampler_module, budget, say)
 
     @property
     def processes(self):
@@ -533,9 +552,10 @@ def check_privileges():
         raise SampledError("--sampled needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")
 
 
-def run(path, rate, say, pid=None, target=None, duration=None):
+def run(path, rate, say, pid=None, target=None, duration=None, max_size=0):
     """Samples process `pid` (attach) or runs `target` (script args) and
-    samples it, into the capture `path`; returns the exit status."""
+    samples it, into the capture `path`, which may hold `max_size` bytes
+    (0: no limit); returns the exit status."""
     load_sampler()
     check_privileges()
     if pid is not None:
@@ -550,6 +570,12 @@ def run(path, rate, say, pid=None, target=None, duration=None):
         sampling.close()
         raise
     path = directory.path
+    try:
+        budget = _budget.create(os.path.join(path, "ctf"), max_size)
+    except _budget.BudgetError as ex:
+        sampling.close()
+        directory.close()
+        raise SampledError(str(ex)) from None
     status = 0
     child = None
     stop = []
@@ -560,10 +586,11 @@ def run(path, rate, say, pid=None, target=None, duration=None):
     previous = signal.signal(signal.SIGINT, lambda *a: stop.append(1))
     previous_wakeup = signal.set_wakeup_fd(wake_write)
     try:
-        sampling.record_into(path)
+        sampling.record_into(path, budget, say)
         _capture.write_manifest(path, format=1, mode="sampled", recorder="bpf", rate=rate,
                                 command=target, attached_pid=pid,
-                                python=sys.version.split()[0], started=time.time())
+                                python=sys.version.split()[0], started=time.time(),
+                                **({"max_size": max_size} if max_size else {}))
         if pid is None:
             _read_own_symbols()
             child = subprocess.Popen([sys.executable, *target])
@@ -598,17 +625,23 @@ def run(path, rate, say, pid=None, target=None, duration=None):
             info["native_unwinding"] = unwound
         if child is not None:
             info["exit_status"] = status
+        info.update(sampling.recorder.budget.info() if sampling.recorder is not None
+                    else budget.info())
         try:
             _capture.write_manifest(path, **info)
         finally:
+            budget.remove()     # what it says is in the manifest now
             directory.close()
-    if dropped:
-        say(f"etwtrace: {dropped:,} samples were lost (the ring buffer was full)")
+    lost = _budget.loss_text({}, info)
+    if lost:
+        say(f"etwtrace: {lost}")
     short = unwinding_cut_short(unwound)
     if short:
         say(f"etwtrace: {short}")
     of = f" of {sampling.processes} processes" if sampling.processes > 1 else ""
-    if child is not None and not sampling.samples:
+    taken = sampling.samples + (sampling.recorder.budget.samples_not_kept
+                                if sampling.recorder is not None else 0)
+    if child is not None and not taken:
         say(f"etwtrace: process {pid} ended before its first sample; capture saved to {path} "
             "(no samples)")
     else:

@@ -1,7 +1,7 @@
 """Recording sessions, the equivalent of `wpr -start` / `wpr -stop`:
 
     python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE] [--max-size SIZE]
-    python -m etwtrace record start PATH --sampled [--rate HZ]
+    python -m etwtrace record start PATH --sampled [--rate HZ] [--max-size SIZE]
     python -m etwtrace record status | snapshot [PATH] | stop
 
 `start` runs a small background process (the session's daemon) that holds
@@ -25,7 +25,8 @@ mode, what the rings hold now).
 A sampled session (--sampled) announces nothing: its daemon runs the BPF
 sampler (_sampled.Sampling), finds the machine's CPython processes itself
 (_pyfinder) and writes each one's samples into the same staging directory,
-so status, snapshot and stop treat its traces as any other."""
+within the session's budget (_budget.WriterBudget), so status, snapshot and
+stop treat its traces as any other."""
 
 import errno
 import fcntl
@@ -41,7 +42,7 @@ import tempfile
 import time
 
 from . import (_budget, _capture, _children, _confine, _ctf, _env, _manifest, _perf, _pyfinder,
-               _safefs, _sampled, _sizes)
+               _safefs, _sampled, _sizes, _stdout)
 from ._capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
@@ -158,13 +159,13 @@ def _duration(seconds):
 
 
 def _describe(state):
-    if state.get("sampled"):
-        return (f"hook-free sampling of every CPython 3.11 and 3.13+ process at "
-                f"{state['sampled']} Hz (BPF), capture {state.get('path')}")
-    ring = state.get("ring") or 0
-    mode = f", memory mode ({_sizes.size_text(ring)} per thread)" if ring else ""
     limit = state.get("max_size") or 0
     limit = f", at most {_sizes.size_text(limit)}" if limit else ""
+    if state.get("sampled"):
+        return (f"hook-free sampling of every CPython 3.11 and 3.13+ process at "
+                f"{state['sampled']} Hz (BPF){limit}, capture {state.get('path')}")
+    ring = state.get("ring") or 0
+    mode = f", memory mode ({_sizes.size_text(ring)} per thread)" if ring else ""
     return (f"recorder {state.get('recorder')}, preset {state.get('preset')}{mode}{limit}, "
             f"capture {state.get('path')}")
 
@@ -206,8 +207,8 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0, max_size=
                            "stop it first with: python -m etwtrace record stop")
     _recover_stale(place, say)
     if sampled:
-        if ring or requested_recorder != "auto" or max_size:
-            left_out = "--ring" if ring else "--max-size" if max_size else "--recorder"
+        if ring or requested_recorder != "auto":
+            left_out = "--ring" if ring else "--recorder"
             raise SessionError(f"--sampled records with its BPF program: leave out {left_out}")
         if not place.system:
             raise SessionError("--sampled samples every Python process on the machine, "
@@ -297,9 +298,6 @@ def _size_line(state):
     counts: its traces' packets, perf.data), its limit, and why it stopped
     recording if it did; None when this user cannot see it."""
     staging = os.path.join(state.get("path", ""), STAGING, "ctf")
-    if state.get("sampled"):
-        # The sampler's trace claims nothing (it takes no --max-size).
-        return f"the capture holds {_sizes.size_text(_budget.tree_size(staging))} so far"
     budget = _budget.open_budget(staging)
     if budget is None:
         return None
@@ -460,6 +458,8 @@ def _finish(place, state, say):
         _capture.index_perf_files(path)
         losses = _ctf.recorded_losses(path)
         untraced = _children.collect(path)
+        # (What the daemon wrote: a sampled session's counts.)
+        manifest = _manifest.read_manifest(path)
         info = {"finished": time.time(), "processes": processes,
                 "process_users": {str(p): u for p, u in sorted(owners.items())},
                 _children.MANIFEST_KEY: untraced}
@@ -476,7 +476,7 @@ def _finish(place, state, say):
     finally:
         directory.close()
         place.remove(STATE)
-    lost = _budget.loss_text(losses, budget_info)
+    lost = _budget.loss_text(losses, dict(manifest, **info))
     if lost:
         say(f"etwtrace: {lost}; the trace holds every event recorded before")
     if untraced:
@@ -860,7 +860,8 @@ class _Session:
             self.sampling = _sampled.Sampling(rate)
         except _sampled.SampledError as ex:
             raise SessionError(str(ex)) from None
-        self.sampling.record_into(staging)
+        self.sampling.record_into(staging, self.budget,
+                                  lambda text: print(text, file=sys.stderr, flush=True))
         self.finder = _pyfinder.PythonFinder(exclude={os.getpid()})
         self.native_frames = {}
         self.waiting = select.poll()
@@ -939,6 +940,7 @@ class _Session:
             info["samples_lost"] = dropped
         if self.sampling.recorder.unwound:
             info["native_unwinding"] = self.sampling.recorder.unwound
+        info.update(self.sampling.recorder.budget.info())
         if self.finder.skipped:
             info["processes_not_sampled"] = {str(p): why for p, why
                                              in sorted(self.finder.skipped.items())}
@@ -970,7 +972,7 @@ def _perf_dies_with_daemon():
 RECORD_HELP = """\
 Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin]
                                            [--ring SIZE] [--max-size SIZE]
-       python -m etwtrace record start PATH --sampled [--rate HZ]
+       python -m etwtrace record start PATH --sampled [--rate HZ] [--max-size SIZE]
        python -m etwtrace record status
        python -m etwtrace record snapshot [PATH]
        python -m etwtrace record stop
@@ -997,7 +999,9 @@ Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|per
       --sampled       Hook-free sampling (root): a BPF program samples every
                       CPython 3.11 and 3.13+ process on the machine, traced or
                       not, as it starts (see --sampled in python -m etwtrace -h)
-      --rate HZ       With --sampled: samples per second (default 999)
+      --rate HZ       With --sampled: samples per second (default 999);
+                      --max-size and the reserve bound it too (the samples
+                      taken after the stop are counted, not kept)
     status            Whether a session runs, since when, into where, how
                       many processes joined, and how big its capture is so
                       far (exit status 1: none)
@@ -1013,7 +1017,7 @@ Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|per
 
 def main(args, say):
     if not args or args[0] in ("-h", "--help", "-?"):
-        print(RECORD_HELP)
+        _stdout.out(RECORD_HELP)
         return 0 if args else 2
     command, rest = args[0], list(args[1:])
     try:
