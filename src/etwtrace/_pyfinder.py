@@ -21,7 +21,7 @@ class PythonFinder:
         self.root = root        # only this process's descendants, when given
         self.examined = {}      # pid -> (its executable, until when it is tried again or None)
         self.sampled = set()    # pids given to the sampler
-        self.skipped = {}       # pid -> why a Python process is not sampled
+        self.skipped = {}       # pid -> why a Python process is not sampled (yet)
 
     def scan(self, add, remove):
         """Calls add(pid) for each process started (or exec'd) since the
@@ -68,13 +68,13 @@ class PythonFinder:
             try:
                 add(pid)
             except RemoteError as ex:
-                if now < retry_until:
-                    self.examined[pid] = (exe, retry_until)
-                else:
-                    self.examined[pid] = (exe, None)
-                    self.skipped[pid] = str(ex)
+                # Said even while it is tried again: a session that ends
+                # first did not sample it either.
+                self.skipped[pid] = str(ex)
+                self.examined[pid] = (exe, retry_until if now < retry_until else None)
                 continue
             self.examined[pid] = (exe, None)
+            self.skipped.pop(pid, None)
             self.sampled.add(pid)
 
 
