@@ -457,6 +457,18 @@ def test_threads_have_their_own_stacks(tmp_path):
         by_thread[profile["name"]] = names & {"spin_one", "spin_two"}
     spinning = [names for names in by_thread.values() if names]
     assert sorted(len(n) for n in spinning) == [1, 1] and spinning[0] != spinning[1]
+    # babeltrace2, the independent reader, reads every thread's stream
+    # (it once refused any but the first: each named its own stream class).
+    from conftest import need_tool
+    need_tool("babeltrace2")
+    import etwtrace
+    with etwtrace.open_trace(cap) as trace:
+        threads = Counter(e.tid for e in trace if e.name == "SampledProfile")
+    assert len(threads) >= 2, threads     # the two spinners (the main thread waits)
+    out = subprocess.run(["babeltrace2", str(cap / "ctf")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=client_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("SampledProfile:") == sum(threads.values())
 
 
 def test_a_process_that_ends_while_sampled(tmp_path):

@@ -56,7 +56,7 @@ class TraceWriter:
         if s is None:
             s = self.streams[tid] = StreamWriter(
                 os.path.join(self.dir, f"stream-{len(self.streams)}-tid-{tid}"),
-                len(self.streams), tid, self.budget)
+                tid, self.budget)
         return s
 
     def flush(self):
@@ -72,10 +72,9 @@ class StreamWriter:
     """One thread's stream, made at its first packet; `budget`: a
     _budget.WriterBudget, or None (no bound)."""
 
-    def __init__(self, path, stream_id, tid, budget=None):
+    def __init__(self, path, tid, budget=None):
         self.path = path
         self.fd = -1
-        self.stream_id = stream_id
         self.tid = tid
         self.budget = budget
         self.seq = 0
@@ -124,7 +123,9 @@ class StreamWriter:
         body = b"".join(self.events)
         content = HEAD.size + len(body)
         padded = (content + 7) & ~7
-        head = HEAD.pack(MAGIC, self.stream_id, self.first, self.last, content * 8,
+        # The header's stream_id names the stream class, and the metadata
+        # declares one (0): the stream's own index is only in its file name.
+        head = HEAD.pack(MAGIC, 0, self.first, self.last, content * 8,
                          padded * 8, self.seq, 0, self.tid)
         data = head + body + b"\0" * (padded - content)
         claimed, samples = self.claimed, self.samples
