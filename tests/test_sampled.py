@@ -558,14 +558,21 @@ def test_launched_program_is_sampled_to_its_end(tmp_path):
     if not SAMPLED_HERE:
         pytest.skip("--sampled -- script runs the script with this interpreter (3.11, 3.13+)")
     cap = tmp_path / "cap"
+    # Started by a relative path, as from a shell in its directory.
     proc, pid, watch = _launch_sampled("--rate", "499", "--capture", cap, "--",
-                                       SCRIPTS / "sampled_target.py", "1.5")
+                                       "sampled_target.py", "1.5")
     assert proc.returncode == 0, proc.stderr
     assert "done" in proc.stdout
     stacks = _folded(cap)
     inner = sum(n for s, n in stacks.items() if any(_name(f) == "inner" for f in s))
     # It ran 1.5 s, sampled from its first moments to its end.
     assert_sampled_as_it_ran(inner, samples_due(cap, watch, pid, 499, 1.2), 0.8)
+    # Its frames name their file and the lines they ran, not the def's.
+    where = {m for s in stacks for f in s for m in re.findall(r"^inner \((.*):(\d+)\)$", f)}
+    assert {os.path.basename(file) for file, _ in where} == {"sampled_target.py"}, where
+    source = (SCRIPTS / "sampled_target.py").read_text().splitlines()
+    def_line = next(i for i, text in enumerate(source, 1) if text.startswith("def inner"))
+    assert {int(line) for _, line in where} - {def_line}, where
 
 
 def _launch_sampled(*args, descendants=False):
