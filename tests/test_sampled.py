@@ -637,6 +637,43 @@ def test_a_short_program_gives_its_capture_and_exits_as_it_did(tmp_path):
         assert "ended before its first sample" in said[0]
 
 
+def test_a_program_of_under_a_second_has_its_files_and_lines(tmp_path):
+    # Code objects are read from the process's memory when the ring buffer
+    # is read; read once a second, a program that ended sooner left every
+    # function as "?" at its def line (seen on 3.15, whose frame-pointer
+    # samples are small and do not fill the ring).
+    need_sampler()
+    if not SAMPLED_HERE:
+        pytest.skip("--sampled -- script runs the script with this interpreter (3.11, 3.13+)")
+    script, untraced = _short_program(tmp_path, (
+        "import time\n"
+        "def spin():\n"
+        "    total = 0\n"
+        "    for i in range(1000):\n"
+        "        total += i\n"
+        "    return total\n"
+        "def main():\n"
+        "    until = time.monotonic() + 0.4\n"
+        "    while time.monotonic() < until:\n"
+        "        spin()\n"
+        "main()\n"))
+    assert untraced.returncode == 0
+    cap = tmp_path / "cap"
+    proc = run_etwtrace("--sampled", "--capture", cap, "--", script)
+    assert proc.returncode == 0, proc.stderr
+    frames = Counter()
+    for stack, n in _folded(cap).items():
+        for f in stack:
+            found = re.match(r"^(spin|main) \((.*):(\d+)\)$", f)
+            if found:
+                frames[found.groups()] += n
+    assert sum(frames.values()) > 50, frames
+    frames = Counter({k: n for k, n in frames.items() if not k[1].startswith("<frozen")})
+    assert {os.path.basename(file) for _, file, _ in frames} == {"short.py"}, frames
+    # spin's running lines (4, 5, 6), not its def's (2) alone.
+    assert {int(line) for name, _, line in frames if name == "spin"} & {4, 5, 6}, frames
+
+
 def test_a_program_that_ends_before_the_first_sample_says_so_in_one_line(tmp_path):
     # At 1 Hz a program of a few milliseconds ends before its first sample.
     need_sampler()

@@ -45,8 +45,12 @@ THREAD_ROOTS = ("_start", "__libc_start_main", "__libc_start_call_main", "start_
                 "clone3", "__clone3", "clone", "__clone", "main", "Py_BytesMain", "Py_Main",
                 "Py_RunMain", "thread_run", "pythread_wrapper")
 DEFAULT_RATE = 999
-WAIT_MS = 1000          # the longest wait between reads of the ring buffer (it
-                        # wakes the sampler sooner when a quarter full)
+WAIT_MS = 100           # the longest wait between reads of the ring buffer (it
+                        # wakes the sampler sooner when a quarter full).  Each
+                        # read names the code objects its samples ran, from
+                        # the process's memory, while the process still has
+                        # it: a program that ends before a read leaves its
+                        # functions with no file and no lines.
 SCAN_SECONDS = 1.0      # how often new processes are looked for (children, sessions)
 FRAME_BYTES, CODE_BYTES = 128, 256     # read at once per frame (sampler.bpf.c)
 MAX_RATE = 20000
