@@ -93,9 +93,14 @@ def encode(samples, sample_types, duration_ns=0, comments=()):
             if i is None:
                 i = locations[label] = len(locations) + 1
                 name, file, line = frame_parts(label)
+                # pprof "demangles" a name equal to its system name, and
+                # cuts <...> out of it as C++ template arguments: <module>,
+                # <lambda>, <listcomp> became "<unknown>".  A Python
+                # function has no system name; a native one keeps its own.
+                system = "" if _PYTHON.match(label) else name
                 functions.append(
                     _int(FUNCTION_ID, i) + _int(FUNCTION_NAME, strings(name))
-                    + _int(FUNCTION_SYSTEM_NAME, strings(name))
+                    + _int(FUNCTION_SYSTEM_NAME, strings(system))
                     + _int(FUNCTION_FILENAME, strings(file)) + _int(FUNCTION_START_LINE, line))
             ids.append(i)
         labels = (_bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings("pid")) + _int(LABEL_NUM, pid))
