@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import subprocess
@@ -51,15 +52,45 @@ def pytest_sessionstart(session):
 TEST_LOCK = os.environ.get("ETWTRACE_TEST_LOCK", "/tmp/etwtrace-perf.lock")
 
 
-@pytest.fixture(autouse=True)
-def _one_test_on_the_machine_at_a_time():
-    import fcntl
-    fd = os.open(TEST_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+_lock = {"fd": -1, "depth": 0}
+
+
+@contextlib.contextmanager
+def machine_lock():
+    """Holds TEST_LOCK; re-entrant within this process (flock would wait
+    on this process's own other descriptor)."""
+    if _lock["depth"] == 0:
+        import fcntl
+        fd = os.open(TEST_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        _lock["fd"] = fd
+    _lock["depth"] += 1
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        _lock["depth"] -= 1
+        if _lock["depth"] == 0:
+            os.close(_lock["fd"])
+            _lock["fd"] = -1
+
+
+@pytest.fixture(autouse=True)
+def _one_test_on_the_machine_at_a_time():
+    with machine_lock():
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """Fixtures of a module's or the session's scope are made before any
+    test's autouse lock (test_exports' spinners records with perf): every
+    fixture is made holding the lock."""
+    with machine_lock():
+        yield
 
 
 def pytest_sessionfinish(session):
