@@ -224,6 +224,8 @@ class _Target:
             self.codes[key] = info
         qualname, file, firstlineno, table = info
         line = _pyremote.line_of(table, firstlineno, unit) if table else firstlineno
+        if not 0 <= line < 1 << 31:
+            line = 0    # no line: a frame read mid-change, or a code object's -1
         address = self.lines.get((key, line))
         if address is None:
             address = SYNTHETIC_BASE + len(self.lines) * SYNTHETIC_SLOT
