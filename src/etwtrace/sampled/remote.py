@@ -9,7 +9,7 @@ are read here, once per code object.
 import os
 import struct
 
-from ._elfsym import ElfError, ProcessMaps
+from .elf import ElfError, ProcessMaps
 
 COOKIE = b"xdebugpy"
 

@@ -24,10 +24,14 @@ import tempfile
 import threading
 import time
 
-from . import _budget, _children, _confine, _ctf, _env, _guide, _manifest, _perf, _safefs
-from ._perf import PerfError
+from ..trace import (budget as _budget, children as _children, ctf as _ctf, manifest as _manifest,
+                     safefs as _safefs)
+from . import confine as _confine, guide as _guide, perf as _perf
+from .. import env as _env
+from .perf import PerfError
 
-AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
+AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "_autostart")
 MODE_ENV = _env.CAPTURE_MODE
 
 # Every entry a capture directory may hold: all the launcher makes, and
@@ -65,7 +69,7 @@ class Preset:
 
 
 def load_preset(name):
-    from ._content import profile_path
+    from ..profiles import profile_path
     path = os.environ.get(_env.PROFILE) or profile_path()
     parser = configparser.ConfigParser()
     try:
@@ -499,7 +503,7 @@ class _Tee(threading.Thread):
 
 
 def run_with_perf(path, perf, mode, preset, target, say, budget=None):
-    from . import _etwtrace
+    from .. import _etwtrace
     callgraph = _perf.choose_callgraph(preset)
     note = _perf.callgraph_note(preset, callgraph)
     if note:

@@ -22,14 +22,15 @@ import sys
 from _json import encode_basestring_ascii as _json_string
 from _weakref import ref as _weak_ref
 
-from . import _env
+from .. import env as _env
 
 UNTRACED = "untraced-children"     # (_ctf.NOTES: copied with the trace)
 MANIFEST_KEY = "untraced_children"
 MAX_FILE_BYTES = 1 << 20        # read from each process (a note is ~100 bytes)
 MAX_SHOWN = 5                   # commands named in the one line
 ENABLE_VAR = None               # set by enable_if: the .pth's variable, if any
-AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
+AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "_autostart")
 _FS_ENCODING = sys.getfilesystemencoding()
 
 _watching = None        # (carriers, flags) once watching
@@ -51,7 +52,7 @@ def watch():
     carriers, flags = _carriers()
     if carriers and _watching is None:
         _watching = (carriers, flags)
-        from . import _etwtrace
+        from .. import _etwtrace
         _etwtrace.watch_children(_on_audit)     # (it filters the events, in C)
         import atexit
         atexit.register(_pids_at_exit)
@@ -253,7 +254,7 @@ def untraced_children(path):
     """[{"pid", "parent", "command", "why"}] of the children the capture at
     `path` says went untraced: its manifest's list (kept by the launcher
     and `record stop`), else its processes' notes."""
-    from . import _manifest
+    from . import manifest as _manifest
     kept = _manifest.read_manifest(path).get(MANIFEST_KEY)
     if isinstance(kept, list):
         return [_entry(c.get("pid"), c.get("parent"), c.get("command"), c.get("why"))
@@ -276,7 +277,7 @@ def collect(path):
     """The children noted by the processes of the capture at `path`, less
     any traced after all: a child with a trace of its own in it, an exec
     followed by a trace of the image it started."""
-    from . import _ctf
+    from . import ctf as _ctf
     try:
         dirs = _ctf.trace_dirs(os.path.join(path, "ctf"))
     except OSError:

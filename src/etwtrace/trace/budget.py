@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 
-from . import _sizes
+from .. import sizes as _sizes
 
 NAME = ".budget"
 MAGIC = b"ETWBUDG1"
@@ -293,7 +293,7 @@ def loss_text(losses, manifest):
     stopped early, what was not recorded at all, and how many events were
     lost (`losses`: {pid: n} from the traces; `manifest`: the capture's
     manifest, or what Budget.info() says)."""
-    from ._ctf import describe_losses
+    from .ctf import describe_losses
     manifest = manifest if isinstance(manifest, dict) else {}
     stopped = stop_text(manifest.get("recording_stopped"))
     missed = manifest.get("not_recorded")

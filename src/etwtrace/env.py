@@ -66,7 +66,7 @@ def choice(name, environ=os.environ):
 def size(name, environ=os.environ):
     """A size in bytes (64M, 1G: _sizes.parse_size); None when unset or
     empty."""
-    from . import _sizes
+    from . import sizes as _sizes
     value = environ.get(name, "").strip()
     if not value:
         return None

@@ -6,8 +6,8 @@ import os
 import re
 from collections import deque
 
-from ._capfile import TraceError, check_real_size, has_hole, open_file
-from ._perf import STACK_SAMPLE_PROBE
+from .files import TraceError, check_real_size, has_hole, open_file
+from ..capture.perf import STACK_SAMPLE_PROBE
 
 # perf script's lines are short; a longer one is cut here (its stack frame
 # or sample line no longer parses, and is left out).

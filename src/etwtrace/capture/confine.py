@@ -25,7 +25,7 @@ import os
 import re
 import stat
 
-from . import _safefs
+from ..trace import safefs as _safefs
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY = 0x1

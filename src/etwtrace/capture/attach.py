@@ -17,7 +17,8 @@ import sys
 import tempfile
 import time
 
-from . import _session, _stdout
+from . import session as _session
+from .. import stdout as _stdout
 
 CONFIRM_SECONDS = 10
 
@@ -114,7 +115,7 @@ del _etwtrace_remote
 
 def _run_remote(pid, action, mode="stack", c_calls=False):
     owner = _check_target(pid)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     work = tempfile.mkdtemp(prefix="etwtrace-attach-")
     try:
         result = os.path.join(work, "result")

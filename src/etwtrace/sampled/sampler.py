@@ -21,8 +21,10 @@ import subprocess
 import sys
 import time
 
-from . import _budget, _capture, _ctfwrite, _elfsym, _pyremote
-from ._pyremote import RemoteError
+from ..trace import budget as _budget, ctfwrite as _ctfwrite
+from ..capture import launcher as _capture
+from . import elf as _elfsym, remote as _pyremote
+from .remote import RemoteError
 
 # Synthetic addresses of Python frames: non-canonical on x86-64, so no
 # native code can be there.
@@ -70,7 +72,7 @@ class SampledError(Exception):
 def load_sampler():
     """The _sampler module, or SampledError saying why --sampled cannot run."""
     try:
-        from . import _sampler
+        from .. import _sampler
     except ImportError:
         raise SampledError("--sampled needs the BPF sampler, which this install of etwtrace "
                            "was built without (it needs clang and libbpf-dev at build time)"
@@ -658,7 +660,7 @@ def _sample_until_done(sampling, pid, child, duration, stop, wake_read, say):
     # (multiprocessing's workers, subprocesses), as --stack follows them.
     finder = None
     if child is not None:
-        from ._pyfinder import PythonFinder
+        from .finder import PythonFinder
         finder = PythonFinder(root=pid)
         next_scan = time.monotonic() + SCAN_SECONDS
     # The process's pidfd becomes readable when it ends (zombie or not):

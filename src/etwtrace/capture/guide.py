@@ -10,7 +10,7 @@ import os
 import shlex
 import sys
 
-from . import _manifest
+from ..trace import manifest as _manifest
 
 # The capture's build-id cache of the `perf inject --jit` images.
 BUILDID_DIR = "buildid"

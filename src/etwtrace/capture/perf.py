@@ -375,7 +375,7 @@ def inject_jit(perf, data, output, preexec_fn=None, lands_in=None):
     """perf inject --jit of `data` into `output`.  `lands_in`: the
     directory where, confined (_confine), its output and its images
     really go (they see it as /tmp)."""
-    from . import _budget
+    from ..trace import budget as _budget
     # perf.jit.data is about perf.data's size, and the jitted images come
     # on top (in /tmp, where perf inject writes them).
     need = 2 * os.path.getsize(data)
@@ -422,7 +422,7 @@ def save_script(perf, data, output, preexec_fn=None):
     system keeps its reserve free: else cut after its last whole record
     (PerfSpaceError says so)."""
     import tempfile
-    from . import _budget
+    from ..trace import budget as _budget
     directory = os.path.dirname(os.path.abspath(output))
     # Private, as the rest of the capture.
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

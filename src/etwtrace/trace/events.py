@@ -6,7 +6,7 @@ etwtrace._ctfdecode as EVENTS).
 """
 import sys
 
-from . import _ctfdecode
+from .. import _ctfdecode
 
 
 def events():
@@ -40,7 +40,7 @@ def main(argv):
     if argv != ["--markdown"]:
         print("usage: python -m etwtrace._format --markdown", file=sys.stderr)
         return 2
-    from ._stdout import drop_stdout
+    from ..stdout import drop_stdout
     try:
         sys.stdout.write(markdown_table())
         sys.stdout.flush()

@@ -13,8 +13,9 @@ import stat
 import struct
 import warnings
 
-from . import _capfile, _ctfdecode, _safefs
-from ._capfile import TraceError
+from . import files as _capfile, safefs as _safefs
+from .. import _ctfdecode
+from .files import TraceError
 
 FORMAT_MARKER = 'tracer_name = "etwtrace"'
 FORMAT_VERSION = _ctfdecode.FORMAT_VERSION

@@ -5,7 +5,7 @@ it can read, as it starts, and told when it ends."""
 import os
 import time
 
-from ._pyremote import RemoteError
+from .remote import RemoteError
 
 # A process whose files look like Python's but whose interpreter cannot be
 # read yet (a shared libpython not mapped yet, right after exec) is tried

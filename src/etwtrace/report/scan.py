@@ -25,7 +25,7 @@ import warnings
 import xml.dom.minidom
 from collections import Counter
 
-from ._calltree import CallTree, TimelineRecords, label_of, shown
+from .calltree import CallTree, TimelineRecords, label_of, shown
 
 # Native frames where CPython runs a Python frame: where the Python part of
 # an instrumented capture's stack goes.
@@ -178,9 +178,9 @@ class Scan:
     # ---- reading ----
 
     def _read(self, path, progress):
-        from ._ctf import TraceError, fold_stream, has_call_times
-        from ._ctfdecode import Merge
-        from ._trace import Event, builtin_streams, perf_events
+        from ..trace.ctf import TraceError, fold_stream, has_call_times
+        from .._ctfdecode import Merge
+        from ..trace.reader import Event, builtin_streams, perf_events
         tree = self.tree
         cut = self.cut
         timed = {}
@@ -330,7 +330,7 @@ class Scan:
                     wanted.setdefault((proc, python[1]), set()).add(python[2])
         if not wanted:
             return
-        from ._ctf import stacks_at
+        from ..trace.ctf import stacks_at
         open_at = {}
         for (proc, tid), times in wanted.items():
             times = sorted(times)

@@ -16,9 +16,9 @@ import sys
 import time
 import warnings
 
-from . import _diff, _exports, _formats, _pprof
-from ._scan import TRUNCATED_FRAME, Cut, ReportError, Scan, load_stacktags, process_name
-from ._stdout import drop_stdout
+from .formats import diff as _diff, timeline as _exports, text as _formats, pprof as _pprof
+from .scan import TRUNCATED_FRAME, Cut, ReportError, Scan, load_stacktags, process_name
+from ..stdout import drop_stdout
 
 # Outputs expected to be larger than this are announced before writing.
 WARN_BYTES = 100 * 2**20
@@ -94,9 +94,9 @@ def _thread_stacks(scan, view):
 def _losses_line(path):
     """One line naming the events the recorder could not keep (and why
     recording stopped early, if it did), or None."""
-    from ._budget import loss_text
-    from ._ctf import recorded_losses
-    from ._manifest import read_manifest
+    from ..trace.budget import loss_text
+    from ..trace.ctf import recorded_losses
+    from ..trace.manifest import read_manifest
     lost = loss_text(recorded_losses(path), read_manifest(path))
     if not lost:
         return None
@@ -113,7 +113,7 @@ def _say_untraced_children(path):
     """One line on stderr naming the child processes the capture says
     were started but not traced (_children.py); nothing when there are
     none."""
-    from . import _children
+    from ..trace import children as _children
     line = _children.describe(_children.untraced_children(path))
     if line:
         print(f"etwtrace: note: {line}", file=sys.stderr)
@@ -213,7 +213,7 @@ def _cut(opts, path, whole=False):
     and --from/--to, in seconds from its first event."""
     cut = Cut(pids=None if whole else opts.pid, tids=None if whole else opts.tid)
     if opts.start is not None or opts.end is not None:
-        from ._trace import capture_start
+        from ..trace.reader import capture_start
         origin = capture_start(path)
         if origin is not None:
             if opts.start is not None:
@@ -224,7 +224,7 @@ def _cut(opts, path, whole=False):
 
 
 def _scan(opts, path, tags, timeline, whole=False):
-    from ._trace import open_trace
+    from ..trace.reader import open_trace
     progress = _Progress(open_trace(path).files())
     try:
         return Scan(path, tags, timeline=timeline, progress=progress,
@@ -234,7 +234,7 @@ def _scan(opts, path, tags, timeline, whole=False):
 
 
 def run(opts):
-    from ._content import stacktags_path
+    from ..profiles import stacktags_path
     tags = None if opts.no_stacktags else load_stacktags(opts.stacktags or stacktags_path())
     timeline = FORMATS[opts.format].timeline
     with _scan(opts, opts.path, tags, timeline) as scan:
@@ -493,7 +493,7 @@ def main(args):
         return 0 if ex.code == 0 else 2
     if opts.start is not None and opts.end is not None and opts.end <= opts.start:
         parser.error(f"--to {opts.end:g} is not after --from {opts.start:g}")
-    from ._capfile import NoCapture, TraceError
+    from ..trace.files import NoCapture, TraceError
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

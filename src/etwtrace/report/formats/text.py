@@ -156,7 +156,7 @@ def _stable_hue(text):
 def thread_groups(stacks, threads):
     """Stacks keyed ((process, tid), frames) as frames under a frame for
     their process and one for their thread, as the SVG groups them."""
-    from ._scan import process_name
+    from ..scan import process_name
     out = Counter()
     for ((proc, tid), frames), value in stacks.items():
         name = threads.get((proc, tid), f"thread {tid}")

@@ -6,7 +6,7 @@ needs its whole JSON text in memory at once.
 
 import json
 
-from ._scan import process_name
+from ..scan import process_name
 
 
 CHUNK = 8192    # events per write

@@ -9,7 +9,7 @@ in percentage points.
 
 from collections import Counter
 
-from . import _formats
+from . import text as _formats
 
 
 def inclusive_shares(stacks):

@@ -14,11 +14,11 @@ import bisect
 import os
 import warnings
 
-from . import _capfile, _ctf, _perfscript
-from ._capfile import NoCapture
-from ._ctf import TraceError
-from ._ctfdecode import Event, Merge, Reader
-from ._manifest import PERF_SCRIPT, load_manifest
+from . import files as _capfile, ctf as _ctf, perfscript as _perfscript
+from .files import NoCapture
+from .ctf import TraceError
+from .._ctfdecode import Event, Merge, Reader
+from .manifest import PERF_SCRIPT, load_manifest
 
 
 def _warn(message):

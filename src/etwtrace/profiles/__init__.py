@@ -3,7 +3,7 @@ stack-tags file."""
 
 import os
 
-_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles")
+_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _path(name):

@@ -6,7 +6,7 @@ import sys
 
 import etwtrace
 
-from . import _env, _stdout
+from .. import env as _env, stdout as _stdout
 
 PTH_NAME = "etwtrace.pth"
 PTH_TEMPLATE = "import etwtrace; etwtrace.enable_if({!r}, {!r})"
@@ -297,7 +297,7 @@ def _parse(args):
             if not opts["capture"].strip():
                 raise UsageError("--capture needs a path")
         elif arg == "--max-size" or arg.startswith("--max-size="):
-            from . import _sizes
+            from .. import sizes as _sizes
             text = orig.partition("=")[2] or value(orig)
             try:
                 opts["max_size"] = _sizes.parse_size(text, "--max-size")
@@ -349,13 +349,13 @@ def _main(args):
     if not args:
         args = ["-?"]
     if args[0] == "report":
-        from . import _report
+        from ..report import command as _report
         return _report.main(args[1:])
     if args[0] == "record":
-        from . import _session
+        from ..capture import session as _session
         return _session.main(args[1:], _say)
     if args[0] in ("attach", "detach"):
-        from . import _attach
+        from ..capture import attach as _attach
         return _attach.main(args[0], args[1:], _say)
     try:
         opts, actions = _parse(args)
@@ -407,7 +407,7 @@ def _main(args):
             opts["recorder"] = "builtin"
             os.environ[etwtrace.CALL_TIMES_ENV] = "0"
         if opts["capture"]:
-            from . import _capture
+            from ..capture import launcher as _capture
             try:
                 max_size = opts["max_size"]
                 if max_size is None:
@@ -442,7 +442,8 @@ def _positive(option, text, kind, most):
 
 def _run_sampled(opts, target):
     """--sampled: hook-free sampling of a program it runs or of --pid."""
-    from . import _capture, _sampled
+    from ..capture import launcher as _capture
+    from ..sampled import sampler as _sampled
     if opts["mode"] != "sampled":
         used = [f"--{o}" for o in ("rate", "pid", "duration") if opts[o]]
         raise UsageError(f"{', '.join(used)} needs --sampled")

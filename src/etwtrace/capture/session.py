@@ -41,9 +41,12 @@ import sys
 import tempfile
 import time
 
-from . import (_budget, _capture, _children, _confine, _ctf, _env, _manifest, _perf, _pyfinder,
-               _safefs, _sampled, _sizes, _stdout)
-from ._capture import CaptureError
+from ..trace import (budget as _budget, children as _children, ctf as _ctf, manifest as _manifest,
+                     safefs as _safefs)
+from . import launcher as _capture, confine as _confine, perf as _perf
+from .. import env as _env, sizes as _sizes, stdout as _stdout
+from ..sampled import finder as _pyfinder, sampler as _sampled
+from .launcher import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
 STATE = "state.json"      # the session as its daemon describes it
@@ -800,7 +803,7 @@ class _Session:
             raise SessionError(f"cannot write {target}: {ex.strerror}") from None
 
     def _start_perf(self, preset):
-        from . import _etwtrace
+        from .. import _etwtrace
         perf = _perf.find_perf()
         if perf is None:
             raise SessionError("perf is not installed (Debian: apt-get install linux-perf)")

@@ -12,7 +12,7 @@ import errno
 import os
 import struct
 
-from ._ctfdecode import EVENTS
+from .._ctfdecode import EVENTS
 
 MAGIC = 0xC1FC1FC1
 HEAD = struct.Struct("<IIQQQQQQI")     # format version 2 (trace_format.h)
@@ -28,7 +28,7 @@ class TraceWriter:
     nothing at all (`recording` False) when the budget has no room left."""
 
     def __init__(self, ctf_root, pid, budget=None):
-        from ._etwtrace import ctf_metadata
+        from .._etwtrace import ctf_metadata
         self.budget = budget
         self.streams = {}
         self.dir = None

@@ -5,7 +5,7 @@ the readers."""
 import json
 import os
 
-from ._capfile import TraceError, read_small
+from .files import TraceError, read_small
 
 MANIFEST = "etwtrace-capture.json"
 PERF_SCRIPT = "perf.script"
