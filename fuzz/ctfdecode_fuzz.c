@@ -1,8 +1,8 @@
-/* libFuzzer target for the report's CTF decoder (src/etwtrace/_native/
+/* libFuzzer target for the report's CTF decoder (src/etwtrace/_native/decoder/
  * ctfdecode.c, included whole): every input must fold into a call tree,
  * end as truncated, or raise ValueError -- never crash, never another error.
  * Built and run by fuzz/run. */
-#include "../src/etwtrace/_native/ctfdecode.c"
+#include "../src/etwtrace/_native/decoder/ctfdecode.c"
 
 #include <stdio.h>
 
