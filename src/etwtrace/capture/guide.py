@@ -11,9 +11,9 @@ import shlex
 import sys
 
 from ..trace import manifest as _manifest
+from ..trace.manifest import BUILDID_DIR
 
 # The capture's build-id cache of the `perf inject --jit` images.
-BUILDID_DIR = "buildid"
 
 
 def text(path):

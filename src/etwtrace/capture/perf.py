@@ -27,7 +27,8 @@ import sys
 import sysconfig
 import time
 
-STACK_SAMPLE_PROBE = "sdt_etwtrace:stack_sample"
+from ..trace.perfscript import STACK_SAMPLE_PROBE
+
 SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
 
 # Frames the kernel walks in a frame-pointer stack while perf records: 100

@@ -46,7 +46,8 @@ from ..trace import (budget as _budget, children as _children, ctf as _ctf, mani
 from . import launcher as _capture, confine as _confine, perf as _perf
 from .. import env as _env, sizes as _sizes, stdout as _stdout
 from ..sampled import finder as _pyfinder, sampler as _sampled
-from .launcher import CaptureError
+from ..trace import capture as _capdir
+from ..trace.capture import CaptureError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
 STATE = "state.json"      # the session as its daemon describes it
@@ -221,7 +222,7 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0, max_size=
             _sampled.check_privileges()
         except _sampled.SampledError as ex:
             raise SessionError(str(ex)) from None
-    path = _capture.CaptureDir(path).check().path
+    path = _capdir.CaptureDir(path).check().path
     preset = _capture.load_preset(preset_name)
     if ring and requested_recorder == "perf":
         raise SessionError("memory mode (--ring) records with the built-in recorder; "
@@ -367,10 +368,10 @@ def snapshot(target, say):
     if target is None:
         # A name no one can have made first (another user could, in /tmp,
         # for any name that can be told in advance).
-        directory = _capture.CaptureDir.unique(
+        directory = _capdir.CaptureDir.unique(
             f"{session_path}-snapshot-{time.strftime('%Y%m%d-%H%M%S')}-")
     else:
-        directory = _capture.CaptureDir(target)
+        directory = _capdir.CaptureDir(target)
         if directory.path == session_path or directory.path.startswith(session_path + os.sep):
             raise SessionError(f"the snapshot cannot go into the session's capture {session_path}")
         directory.open()
@@ -393,7 +394,7 @@ def snapshot(target, say):
                     processes=len(owners), python=sys.version.split()[0])
         if losses:
             info["events_lost"] = {str(p): n for p, n in losses.items()}
-        _capture.write_manifest(target, **info)
+        _capdir.write_manifest(target, **info)
     finally:
         directory.close()
     extra = ("; perf's samples go into the capture at record stop"
@@ -444,10 +445,10 @@ def _finish(place, state, say):
     (see the module's docstring) and ends the session."""
     path = state["path"]
     time.sleep(2 * POLL_SECONDS)    # the processes' last look
-    directory = _capture.CaptureDir(path)
+    directory = _capdir.CaptureDir(path)
     try:
         directory.hold(state.get("path_id"))
-    except _capture.ReplacedError as ex:
+    except _capdir.ReplacedError as ex:
         place.remove(STATE)     # (nothing of the session's is left to finish)
         raise SessionError(str(ex)) from None
     except CaptureError as ex:
@@ -472,7 +473,7 @@ def _finish(place, state, say):
         if state.get("perf_failed"):
             info["perf_failed"] = state["perf_failed"]
         try:
-            _capture.write_manifest(path, **info)
+            _capdir.write_manifest(path, **info)
         except CaptureError as ex:
             say(f"etwtrace: {ex}")
         os.fchmod(directory.fd, 0o700)
@@ -566,10 +567,10 @@ def _gather_from(session_fd, session_path, final, say, stopping):
                         if problem is not None:
                             say(f"etwtrace: warning: skipped {where}: {problem}")
                             continue
-                    if not _ctf._began(source):
+                    if not _ctf.began(source):
                         continue
                     target = os.path.join(final, name)
-                    if stopping and owner == me and not _ctf._alive(pid):
+                    if stopping and owner == me and not _ctf.alive(pid):
                         _ctf.finalize_trace(source, lambda size: _budget.fits(session_path, size))
                         os.rename(name, target, src_dir_fd=ctf_fd)
                     else:
@@ -729,7 +730,7 @@ class _Session:
 
     def begin(self):
         place, request, path = self.place, self.request, self.path
-        self.directory = _capture.CaptureDir(path).open()
+        self.directory = _capdir.CaptureDir(path).open()
         staging = os.path.join(path, STAGING)
         max_size = request.get("max_size") or 0
         # Every user's processes pass through PATH and .session (not list
@@ -763,7 +764,7 @@ class _Session:
             "daemon": os.getpid(), "system": place.system, "max_size": max_size,
             "path_id": list(self.directory.identity),
         }
-        _capture.write_manifest(path, format=1, tool="etwtrace", session=session_id,
+        _capdir.write_manifest(path, format=1, tool="etwtrace", session=session_id,
                                 recorder=request["recorder"], preset=preset.name,
                                 ring=request["ring"], started=self.state["started"],
                                 python=sys.version.split()[0],
@@ -829,7 +830,7 @@ class _Session:
             self._stop_perf()
             raise
         self.state.update(callgraph=callgraph, perf_command=cmd, notes=notes)
-        _capture.write_manifest(self.path, callgraph=callgraph, perf_command=cmd)
+        _capdir.write_manifest(self.path, callgraph=callgraph, perf_command=cmd)
 
     def _run_perf(self, cmd, data):
         # perf's messages go to a file: a pipe nobody reads would stop it.
@@ -871,7 +872,7 @@ class _Session:
         self.waiting.register(self.sampling.fileno(), select.POLLIN)
         self.next_scan = 0.0
         self.state.update(sampled=rate, recorder="bpf")
-        _capture.write_manifest(self.path, mode="sampled", recorder="bpf", rate=rate)
+        _capdir.write_manifest(self.path, mode="sampled", recorder="bpf", rate=rate)
         self._scan()
 
     def _scan(self):
@@ -948,7 +949,7 @@ class _Session:
             info["processes_not_sampled"] = {str(p): why for p, why
                                              in sorted(self.finder.skipped.items())}
         try:
-            _capture.write_manifest(self.path, **info)
+            _capdir.write_manifest(self.path, **info)
         except CaptureError as ex:
             print(f"etwtrace: {ex}", file=sys.stderr)
 

@@ -22,7 +22,7 @@ import sys
 import time
 
 from ..trace import budget as _budget, ctfwrite as _ctfwrite
-from ..capture import launcher as _capture
+from ..trace import capture as _capture
 from . import elf as _elfsym, remote as _pyremote
 from .remote import RemoteError
 

@@ -156,12 +156,12 @@ def trace_dirs(ctf_root):
             is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
         except OSError:
             continue
-        if is_dir and _began(path):
+        if is_dir and began(path):
             found.append((pid, path))
     return found
 
 
-def _began(trace_dir):
+def began(trace_dir):
     """Whether a process's trace began: a process killed as it started (a
     pool's worker terminated before it ran) leaves its directory with no
     metadata (or, written before 2026-12, an empty one) and no streams.
@@ -435,7 +435,7 @@ def finalize(ctf_root, room=None):
     how many streams were completed."""
     done = 0
     for pid, trace_dir in trace_dirs(ctf_root):
-        if not _alive(pid):
+        if not alive(pid):
             done += finalize_trace(trace_dir, room)
     return done
 
@@ -576,7 +576,7 @@ def _copy_notes(trace_dir, target):
             os.close(src)
 
 
-def _alive(pid):
+def alive(pid):
     """Whether process `pid` still runs (a zombie has ended)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

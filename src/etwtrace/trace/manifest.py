@@ -9,8 +9,9 @@ from .files import TraceError, read_small
 
 MANIFEST = "etwtrace-capture.json"
 PERF_SCRIPT = "perf.script"
+BUILDID_DIR = "buildid"     # perf's build-id cache of the capture's files
 
-# What a manifest can be: written into 8 KiB (_capture.MANIFEST_ROOM), longer
+# What a manifest can be: written into 8 KiB (capture.MANIFEST_ROOM), longer
 # only with very many processes' counts.
 MANIFEST_LIMIT = 16 * 2**20
 

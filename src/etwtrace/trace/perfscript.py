@@ -7,7 +7,6 @@ import re
 from collections import deque
 
 from .files import TraceError, check_real_size, has_hole, open_file
-from ..capture.perf import STACK_SAMPLE_PROBE
 
 # perf script's lines are short; a longer one is cut here (its stack frame
 # or sample line no longer parses, and is left out).
@@ -25,6 +24,9 @@ _MMAP = re.compile(
     r"\[0x([0-9a-f]+)\(0x([0-9a-f]+)\) @ (?:0x)?([0-9a-f]+)[^\]]*\]:\s+\S+\s+(.*)$"
 )
 _FRAME = re.compile(r"^\s+([0-9a-f]+)\s+(.*?)\s+\((.*)\)\s*$")
+
+# The recorder's USDT probe as perf names it (capture/perf.py adds it).
+STACK_SAMPLE_PROBE = "sdt_etwtrace:stack_sample"
 
 EVENT_NAMES = {
     "cpu-clock": "SampledProfile",
