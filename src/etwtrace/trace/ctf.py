@@ -459,7 +459,7 @@ def finalize_trace(trace_dir, room=None):
             if parts.tail and room is not None and not room(len(parts.tail)):
                 continue
             if parts.tail or parts.cut_short:
-                with os.fdopen(_open_regular(path, os.O_RDWR, own=True), "r+b") as f:
+                with os.fdopen(_capfile.open_regular(path, os.O_RDWR, own=True), "r+b") as f:
                     f.truncate(parts.length)
                     f.seek(parts.length)
                     f.write(parts.tail)
@@ -469,17 +469,6 @@ def finalize_trace(trace_dir, room=None):
         except (OSError, TraceError):
             continue
     return done
-
-
-def _open_regular(path, flags, own=False):
-    """A descriptor of the regular file `path` (of this user's, with
-    `own`), opened without following a symlink or waiting on a FIFO."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or (own and st.st_uid != os.geteuid()):
-        os.close(fd)
-        raise TraceError(f"{path}: not a regular file{' of this user' if own else ''}")
-    return fd
 
 
 def _new_file(path):
@@ -496,7 +485,7 @@ def _carry_losses(path, lost):
     after that packet (recorder.c).  False when the file has no packet to
     hold it (the ring must stay)."""
     head = _HEAD[2]
-    with os.fdopen(_open_regular(path, os.O_RDWR, own=True), "r+b") as f:
+    with os.fdopen(_capfile.open_regular(path, os.O_RDWR, own=True), "r+b") as f:
         size = os.fstat(f.fileno()).st_size
         offset, last = 0, None
         while offset + head.size <= size:
@@ -522,7 +511,7 @@ def copy_trace(trace_dir, target):
     symlink; the copies are new files of this user's.  Streams that cannot
     be read are left out; returns how many were copied."""
     os.mkdir(target, 0o700)
-    src = _open_regular(os.path.join(trace_dir, "metadata"), os.O_RDONLY)
+    src = _capfile.open_regular(os.path.join(trace_dir, "metadata"), os.O_RDONLY)
     try:
         text = os.read(src, 1 << 20)
     finally:
@@ -538,7 +527,7 @@ def copy_trace(trace_dir, target):
     for path in stream_files(trace_dir):
         try:
             parts = StreamParts(path, version)
-            src = _open_regular(path, os.O_RDONLY)
+            src = _capfile.open_regular(path, os.O_RDONLY)
             try:
                 out = _new_file(os.path.join(target, os.path.basename(path)))
                 try:
@@ -563,7 +552,7 @@ NOTES_MAX_BYTES = 1 << 20
 def _copy_notes(trace_dir, target):
     for name in NOTES:
         try:
-            src = _open_regular(os.path.join(trace_dir, name), os.O_RDONLY)
+            src = _capfile.open_regular(os.path.join(trace_dir, name), os.O_RDONLY)
         except (OSError, TraceError):
             continue
         try:

@@ -94,6 +94,17 @@ def open_file(path, depth=1):
     return fd
 
 
+def open_regular(path, flags, own=False):
+    """A descriptor of the regular file `path` (of this user's, with
+    `own`), opened without following a symlink or waiting on a FIFO."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (own and st.st_uid != os.geteuid()):
+        os.close(fd)
+        raise TraceError(f"{path}: not a regular file{' of this user' if own else ''}")
+    return fd
+
+
 def exists(path, depth=1):
     """Whether `path` names an entry (of any kind, a link included)."""
     try:
