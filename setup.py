@@ -122,10 +122,11 @@ setup(
         ),
         Extension(
             "etwtrace._ctfdecode",
-            sources=native("decoder", "ctfdecode.c"),
+            sources=native("decoder", "module.c", "cursor.c", "fold.c", "reader.c"),
             include_dirs=[f"{NATIVE}/include"],
-            depends=headers("include"),
-            extra_compile_args=extra_compile_args,
+            depends=headers("include", "decoder"),
+            # Its parts' shared functions stay inside the module.
+            extra_compile_args=extra_compile_args + ["-fvisibility=hidden"],
             extra_link_args=extra_link_args,
         ),
     ] + [e for e in (sampler_extension(),) if e is not None],
