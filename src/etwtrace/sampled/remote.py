@@ -224,7 +224,7 @@ class Process:
     def keeps_frame_pointers(self):
         """Whether its interpreter was built with frame pointers, as seen in
         a small function's prologue (after an endbr64): without them the
-        sampler unwinds copies of the stack instead (_sampled.py)."""
+        sampler unwinds copies of the stack instead (sampler.py)."""
         found = self.maps.find_symbol("PyObject_Vectorcall")
         if found is None:
             return False

@@ -2,7 +2,7 @@
 one declaration in src/etwtrace/_native/trace_format.h (exported by
 etwtrace._ctfdecode as EVENTS).
 
-    python -m etwtrace._format --markdown    # the README's event table
+    python -m etwtrace.trace.events --markdown    # the README's event table
 """
 import sys
 
@@ -38,7 +38,7 @@ def markdown_table():
 
 def main(argv):
     if argv != ["--markdown"]:
-        print("usage: python -m etwtrace._format --markdown", file=sys.stderr)
+        print("usage: python -m etwtrace.trace.events --markdown", file=sys.stderr)
         return 2
     from ..stdout import drop_stdout
     try:

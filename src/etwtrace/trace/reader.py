@@ -2,7 +2,7 @@
 
 The built-in recorder's streams are decoded, made into Event objects and
 merged in C (etwtrace._ctfdecode's Reader and Merge); perf's saved script
-text is read in Python (_perfscript.py) and merged with them.
+text is read in Python (perfscript.py) and merged with them.
 
 A process that exec'd another program left one trace per program
 (pid-PID, pid-PID.2, ...): each is a process of its own, told apart by

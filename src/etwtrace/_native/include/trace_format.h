@@ -5,9 +5,9 @@
  * fields in stream order with their types.  From this table come
  *   - the CTF metadata each trace carries (recorder.c, etw_format_metadata),
  *   - the generic serializer the writer uses (events.c, etw_emit_event),
- *   - both decoders: the C one (ctfdecode.c) and, through the table that
- *     etwtrace._ctfdecode exports, the Python names (etwtrace/_format.py),
- *   - the README's event table (python -m etwtrace._format --markdown).
+ *   - both decoders: the C one (decoder/) and, through the table that
+ *     etwtrace._ctfdecode exports, the Python names (etwtrace/trace/events.py),
+ *   - the README's event table (python -m etwtrace.trace.events --markdown).
  * Adding an event: one line here (and its field list), then an emit call.
  *
  * Byte layout (little-endian), version ETW_FORMAT_VERSION:
@@ -135,7 +135,7 @@ typedef struct {
 
 /* A capture's budget: the file CAPTURE/ctf/.budget, mapped shared by
  * every process recording into the capture (budget.h), created by the
- * launcher or the session (etwtrace/_budget.py, which reads the same
+ * launcher or the session (etwtrace/trace/budget.py, which reads the same
  * layout).  Recording stops for every process once `stopped` is set:
  * when the capture reaches `limit` (--max-size) or a file system keeps no
  * more than its reserve free. */

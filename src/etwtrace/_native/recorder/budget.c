@@ -14,7 +14,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-/* etwtrace/_budget.py reads and writes the same layout. */
+/* etwtrace/trace/budget.py reads and writes the same layout. */
 _Static_assert(sizeof(EtwBudget) == 80 && offsetof(EtwBudget, stopped) == 32 &&
                offsetof(EtwBudget, free_at_stop) == 40 &&
                offsetof(EtwBudget, threads_refused) == 56 &&

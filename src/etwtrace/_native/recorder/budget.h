@@ -4,7 +4,7 @@
  *
  * The budget is a page shared by the capture's processes: the file
  * CAPTURE/ctf/.budget (EtwBudget, trace_format.h), made by the launcher or
- * the session (etwtrace/_budget.py).  A writer claims each packet (64 KiB)
+ * the session (etwtrace/trace/budget.py).  A writer claims each packet (64 KiB)
  * before it opens it, with one atomic operation on that page; nothing is
  * done per event.  The free space is read (fstatvfs) by the copier before
  * it writes each packet, and when a ring is made.

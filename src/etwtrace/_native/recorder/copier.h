@@ -4,7 +4,7 @@
  *
  * A packet stays in its ring slot, and the slot stays busy, until the copy
  * is done: a process that dies first leaves it in the ring file, where
- * readers and etwtrace._ctf.finalize() find it.  The copier never keeps a
+ * readers and etwtrace.trace.ctf.finalize() find it.  The copier never keeps a
  * descriptor: each copy opens the stream file by name and checks it is the
  * file the recorder created. */
 #ifndef ETWTRACE_COPIER_H

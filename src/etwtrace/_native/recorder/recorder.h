@@ -12,7 +12,7 @@
  * exec, a crash) every event written so far is in the page cache, in the
  * ring or in the stream.  Full packets are copied from the ring into the
  * stream file by a background thread (copier.c); readers take the packets
- * still in a ring after the stream's (etwtrace/_ctf.py), and finalize()
+ * still in a ring after the stream's (etwtrace/trace/ctf.py), and finalize()
  * moves them into the stream for other CTF readers.  The ring's pages are
  * reused, so a traced thread pays neither for write(2) nor for fresh pages.
  *

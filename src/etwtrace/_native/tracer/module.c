@@ -281,7 +281,7 @@ etw_on_larger_stack(PyObject *module, PyObject *unused)
     return PyBool_FromLong(etw_cstack_on_larger());
 }
 
-/* Untraced children (_children.py): a C audit hook that passes on only the
+/* Untraced children (trace/children.py): a C audit hook that passes on only the
  * events that start a process, so that the program's other audit events
  * (exec, compile, open, sys._getframe...) cost a few compares, not a Python
  * call each.  C hooks are the runtime's, not one interpreter's: only the
