@@ -1,5 +1,5 @@
-"""Captures and sessions never fill the disk (etwtrace/_budget.py,
-_native/budget.h): recording stops, out loud, when a capture reaches its
+"""Captures and sessions never fill the disk (etwtrace/trace/budget.py,
+_native/recorder/budget.h): recording stops, out loud, when a capture reaches its
 --max-size, or before its file system's free space falls to the reserve
 (5% of it, at most 1 GiB), also when someone else fills the disk; the
 program runs on to its end, and what it did not record is counted.

@@ -409,7 +409,7 @@ def test_unwinding_stack_copies_gives_what_frame_pointers_give(tmp_path):
         paths = []
         for unwind in (False, True):
             cap = tmp_path / f"cap-{unwind}"
-            code = ("import runpy, sys; from etwtrace import _sampled; "
+            code = ("import runpy, sys; from etwtrace.sampled import sampler as _sampled; "
                     f"_sampled.UNWIND_ALWAYS = {unwind}; sys.argv[0] = 'etwtrace'; "
                     "runpy.run_module('etwtrace', run_name='__main__')")
             proc = subprocess.run([sys.executable, "-c", code, "--sampled", "--pid",
