@@ -90,28 +90,31 @@ def sampler_extension():
     )
 
 
+def native(folder, *names):
+    return [f"{NATIVE}/{folder}/{name}" for name in names]
+
+
+def headers(*folders):
+    return [f"{NATIVE}/{folder}/{h}" for folder in folders
+            for h in sorted(os.listdir(f"{NATIVE}/{folder}")) if h.endswith(".h")]
+
+
+# _native/ by concern: include/ (what every part shares: compat.h, the trace
+# format), tracer/ (the hook and what it runs), recorder/ (the event writer),
+# decoder/ (the reader), sampler/ (the BPF sampler).
+TRACER_DIRS = ("include", "tracer", "recorder")
+
 setup(
     ext_modules=[
         Extension(
             "etwtrace._etwtrace",
-            sources=[
-                f"{NATIVE}/module.c",
-                f"{NATIVE}/tracer.c",
-                f"{NATIVE}/cstack.c",
-                f"{NATIVE}/functions.c",
-                f"{NATIVE}/code_index.c",
-                f"{NATIVE}/c_functions.c",
-                f"{NATIVE}/monitoring.c",
-                f"{NATIVE}/clock.c",
-                f"{NATIVE}/events.c",
-                f"{NATIVE}/recorder.c",
-                f"{NATIVE}/session.c",
-                f"{NATIVE}/copier.c",
-                f"{NATIVE}/budget.c",
-                f"{NATIVE}/perf_jit.c",
-                f"{NATIVE}/trampoline.c",
-            ],
-            depends=[f"{NATIVE}/{h}" for h in os.listdir(NATIVE) if h.endswith(".h")],
+            sources=native("tracer", "module.c", "tracer.c", "cstack.c", "functions.c",
+                           "code_index.c", "c_functions.c", "monitoring.c", "perf_jit.c",
+                           "trampoline.c")
+            + native("recorder", "clock.c", "events.c", "recorder.c", "session.c", "copier.c",
+                     "budget.c"),
+            include_dirs=[f"{NATIVE}/{folder}" for folder in TRACER_DIRS],
+            depends=headers(*TRACER_DIRS),
             define_macros=macros,
             extra_compile_args=extra_compile_args,
             extra_link_args=extra_link_args,
@@ -119,8 +122,11 @@ setup(
         ),
         Extension(
             "etwtrace._ctfdecode",
-            sources=[f"{NATIVE}/ctfdecode.c"],
-            extra_compile_args=extra_compile_args,
+            sources=native("decoder", "module.c", "cursor.c", "fold.c", "reader.c"),
+            include_dirs=[f"{NATIVE}/include"],
+            depends=headers("include", "decoder"),
+            # Its parts' shared functions stay inside the module.
+            extra_compile_args=extra_compile_args + ["-fvisibility=hidden"],
             extra_link_args=extra_link_args,
         ),
     ] + [e for e in (sampler_extension(),) if e is not None],

@@ -13,8 +13,8 @@ import sys
 import tempfile
 import time
 
-from etwtrace import _report
-from etwtrace._scan import Scan
+from etwtrace.report import command as _report
+from etwtrace.report.scan import Scan
 
 SCRIPT = """
 import sys

@@ -2,7 +2,7 @@
  * evaluator (stack mode's floor), and a C profile hook that does nothing
  * (instrumented mode's floor, as the project brief names it).  Built by the bench
  * scripts. */
-#include "../src/etwtrace/_native/compat.h"
+#include "../src/etwtrace/_native/include/compat.h"
 
 static EtwEvalFunc previous;
 

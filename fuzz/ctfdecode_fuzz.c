@@ -1,8 +1,8 @@
-/* libFuzzer target for the report's CTF decoder (src/etwtrace/_native/
- * ctfdecode.c, included whole): every input must fold into a call tree,
- * end as truncated, or raise ValueError -- never crash, never another error.
- * Built and run by fuzz/run. */
-#include "../src/etwtrace/_native/ctfdecode.c"
+/* libFuzzer target for the report's CTF decoder (src/etwtrace/_native/decoder/:
+ * cursor.c and fold.c, built with it by fuzz/run): every input must fold
+ * into a call tree, end as truncated, or raise ValueError -- never crash,
+ * never another error. */
+#include "fold.h"
 
 #include <stdio.h>
 

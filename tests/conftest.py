@@ -24,7 +24,7 @@ def scaled(n, least=1):
 
 def _perf_unavailable_reason():
     """None when perf can record here, else why not."""
-    from etwtrace import _perf
+    from etwtrace.capture import perf as _perf
     perf = _perf.find_perf()
     if perf is None:
         return "perf is not installed"

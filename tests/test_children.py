@@ -111,7 +111,7 @@ def test_an_exec_into_a_cleared_environment_is_named_by_its_pid(tmp_path):
 
 
 def test_why_a_child_goes_untraced():
-    from etwtrace import _children
+    from etwtrace.trace import children as _children
     ours = {"ETWTRACE_CAPTURE": "/c", "PYTHONPATH": _children.AUTOSTART_DIR, "PATH": "/bin"}
 
     def why(args, env, environ=ours):

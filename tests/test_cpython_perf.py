@@ -12,7 +12,7 @@ SCRIPT_FUNCTIONS = {"inner", "outer"}
 
 
 def _perf():
-    from etwtrace import _perf
+    from etwtrace.capture import perf as _perf
     return _perf.find_perf()
 
 

@@ -18,7 +18,8 @@ from conftest import SCRIPTS, name_stack, need_perf, python_functions, run_etwtr
 from sessions import Box, wait_joined
 
 import etwtrace
-from etwtrace import _perf, _perfscript
+from etwtrace.capture import perf as _perf
+from etwtrace.trace import perfscript as _perfscript
 
 
 def _leaf_samples(events, pid):

@@ -1,5 +1,5 @@
-"""Captures and sessions never fill the disk (etwtrace/_budget.py,
-_native/budget.h): recording stops, out loud, when a capture reaches its
+"""Captures and sessions never fill the disk (etwtrace/trace/budget.py,
+_native/recorder/budget.h): recording stops, out loud, when a capture reaches its
 --max-size, or before its file system's free space falls to the reserve
 (5% of it, at most 1 GiB), also when someone else fills the disk; the
 program runs on to its end, and what it did not record is counted.
@@ -19,8 +19,8 @@ import pytest
 
 import etwtrace
 from conftest import SCRIPTS, need_perf, run_etwtrace, scaled
-from etwtrace import _budget
-from etwtrace._manifest import read_manifest
+from etwtrace.trace import budget as _budget
+from etwtrace.trace.manifest import read_manifest
 
 MiB = 1 << 20
 PACKET = 64 * 1024
@@ -179,7 +179,8 @@ def test_max_size_counts_perf_data(tmp_path):
 
 
 def test_sizes_are_read_alike_everywhere(tmp_path):
-    from etwtrace import _session, _sizes
+    from etwtrace.capture import session as _session
+    from etwtrace import sizes as _sizes
     for text, size in (("64M", 64 * MiB), ("64MiB", 64 * MiB), ("64mb", 64 * MiB),
                        ("1g", 1 << 30), ("512K", 512 * 1024), ("131072", 131072)):
         assert _sizes.parse_size(text, "--max-size") == size
@@ -422,7 +423,7 @@ def assert_samples_kept_or_counted(cap, manifest, rate, cpu):
 def _chunks_into(ctf, budget, chunks, pid=4242, tid=4243):
     """Writes `chunks` chunks of 16 samples (4000 bytes) as the sampler's
     writer does; (samples given, the stream file's size)."""
-    from etwtrace import _ctfwrite
+    from etwtrace.trace import ctfwrite as _ctfwrite
     trace = _ctfwrite.TraceWriter(str(ctf), pid, budget)
     for i in range(chunks):
         if trace.recording:
@@ -467,7 +468,7 @@ def test_the_sampler_writer_drops_a_packet_the_reserve_no_longer_has_room_for(
     budget = _budget.WriterBudget(str(tmp_path))
     room = {"left": True}
     monkeypatch.setattr(_budget, "fits", lambda path, size: room["left"])
-    from etwtrace import _ctfwrite
+    from etwtrace.trace import ctfwrite as _ctfwrite
     ctf.mkdir()
     trace = _ctfwrite.TraceWriter(str(ctf), 4242, budget)
     stream = trace.stream(4243)

@@ -17,7 +17,7 @@ import pytest
 
 import etwtrace
 from conftest import SCRIPTS, client_env, need_client, report_output, run_etwtrace
-from etwtrace import _report
+from etwtrace.report import command as _report
 
 
 _report_out = report_output
@@ -369,7 +369,7 @@ def test_large_timelines_are_announced_with_their_size(tmp_path, monkeypatch):
 
 @contextlib.contextmanager
 def _report_scan(path, fmt):
-    from etwtrace._scan import Scan
+    from etwtrace.report.scan import Scan
     opts = type("Opts", (), {"format": fmt, "off_cpu": False})()
     with Scan(str(path), None, timeline=True) as scan:
         view, stacks, unit, what = _report._choose_view(scan, False)
@@ -387,7 +387,7 @@ def test_capture_says_which_tool_opens_which_file(tmp_path, capture):
     assert f"babeltrace2 {cap}/ctf/pid-PID" in guide
     assert f"perf report -i {cap}/perf.data" in guide
     manifest = json.loads((cap / "etwtrace-capture.json").read_text())
-    from etwtrace import _perf
+    from etwtrace.capture import perf as _perf
     if not _perf.needs_jit_inject(manifest["callgraph"]):
         assert "perf.jit.data" not in guide
         return

@@ -3,7 +3,7 @@ trace carries, both decoders and the README's table all follow from it."""
 import re
 from pathlib import Path
 
-from etwtrace import _ctf, _format
+from etwtrace.trace import ctf as _ctf, events as _format
 from conftest import SCRIPTS, run_etwtrace
 
 ROOT = Path(__file__).absolute().parent.parent

@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from etwtrace import _ctf
-from etwtrace._trace import Event
+from etwtrace.trace import ctf as _ctf
+from etwtrace.trace.reader import Event
 from conftest import scaled
 
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))

@@ -9,8 +9,8 @@ import sys
 import time
 
 from conftest import client_env
-from etwtrace import _pyfinder
-from etwtrace._pyremote import RemoteError
+from etwtrace.sampled import finder as _pyfinder
+from etwtrace.sampled.remote import RemoteError
 
 
 class Calls:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from etwtrace import _ctf
+from etwtrace.trace import ctf as _ctf
 from conftest import SCRIPTS, need_tool, run_etwtrace, scaled
 
 # Calls `leaf` in a loop, counting each in COUNTER (an 8-byte file) after the
@@ -61,7 +61,7 @@ def _leaf_calls(path):
     """({pid: calls of functions named leaf}, {pid: plain marks}) of a
     capture, counted by the C decoder (a fast program makes millions)."""
     calls, marks = {}, {}
-    from etwtrace._trace import Event
+    from etwtrace.trace.reader import Event
     for pid, trace_dir in _ctf.trace_dirs(str(path / "ctf")):
         version = _ctf.trace_version(trace_dir)
         folds = [_ctf.fold_stream(s, pid, Event, version) for s in _ctf.stream_files(trace_dir)]
@@ -300,7 +300,7 @@ def test_sixteen_threads_keep_exact_counts(tmp_path):
     proc = subprocess.run([sys.executable, str(prog)], env=dict(os.environ, ETWTRACE_CAPTURE=str(cap)),
                           timeout=600)
     assert proc.returncode == 0
-    from etwtrace._trace import Event
+    from etwtrace.trace.reader import Event
     trace_dir = _ctf.trace_dirs(str(cap / "ctf"))[0][1]
     folds = [_ctf.fold_stream(s, 0, Event) for s in _ctf.stream_files(trace_dir)]
     leaf = {e.fields["FunctionID"] for _, events in folds for e in events
@@ -463,7 +463,7 @@ def test_a_full_disk_stops_recording_out_loud_and_keeps_what_fit(tmp_path):
         assert "etwtrace leaves free" in proc.stderr
         lost_lines = [l for l in proc.stderr.splitlines() if "events were lost" in l]
         assert lost_lines, proc.stderr
-        from etwtrace._manifest import read_manifest
+        from etwtrace.trace.manifest import read_manifest
         manifest = read_manifest(cap)
         assert sum(manifest["events_lost"].values()) > 0
         assert not list(cap.glob("*.tmp"))

@@ -381,7 +381,7 @@ def test_closed_pipe_ends_the_report_quietly(calls_capture):
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path):
-    from etwtrace._report import _Progress
+    from etwtrace.report.command import _Progress
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -404,7 +404,7 @@ def test_cpu_preset_uses_frame_pointers_where_libpython_keeps_them(capture):
     # call-graph path; elsewhere DWARF.  Either way the stacks are mixed
     # and Python frames are named.
     need_perf()
-    from etwtrace import _perf
+    from etwtrace.capture import perf as _perf
     cap = capture("hot.py", "1", recorder="perf", preset="CPU")
     manifest = json.loads((cap.path / "etwtrace-capture.json").read_text())
     expected = "fp" if _perf.python_keeps_frame_pointers() else "dwarf"
@@ -419,7 +419,8 @@ def test_cpu_preset_uses_frame_pointers_where_libpython_keeps_them(capture):
 
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 def test_timelines_stay_valid_json_at_every_chunk_boundary(calls_capture, tmp_path, monkeypatch, chunk):
-    from etwtrace import _exports, _report
+    from etwtrace.report.formats import timeline as _exports
+    from etwtrace.report import command as _report
     monkeypatch.setattr(_exports, "CHUNK", chunk)
     for fmt in ("chrome", "speedscope"):
         out = tmp_path / f"{fmt}-{chunk}.json"
@@ -432,7 +433,7 @@ def test_timelines_stay_valid_json_at_every_chunk_boundary(calls_capture, tmp_pa
 
 
 def test_svg_is_interactive_and_draws_stacks_deeper_than_the_recursion_limit(tmp_path):
-    from etwtrace._formats import format_svg
+    from etwtrace.report.formats.text import format_svg
     deep = tuple(f"f{i} (deep.py:{i})" for i in range(3 * sys.getrecursionlimit()))
     svg = format_svg(Counter({deep: 2, ("f0 (deep.py:0)", "leaf [libc.so.6]"): 1}), "deep")
     doc = xml.dom.minidom.parseString(svg)
@@ -520,7 +521,7 @@ def test_no_lost_events_note_where_nothing_was_lost(tmp_path):
 
 
 def test_returns_past_open_calls_are_put_down_to_losses_only_after_losses():
-    from etwtrace._calltree import CallTree
+    from etwtrace.report.calltree import CallTree
     clean = {"nodes": [(-1, 1, 1, 10, 10)], "calls": 1, "unmatched_pops": 0,
              "mismatched_pops": 3, "discarded": 0, "timeline": None}
     tree = CallTree()

@@ -343,7 +343,7 @@ def test_a_library_loaded_while_sampled_has_whole_stacks(tmp_path):
     finally:
         target.finish()
     assert spans
-    from etwtrace._sampled import THREAD_ROOTS
+    from etwtrace.sampled.sampler import THREAD_ROOTS
     in_library = whole = rooted = later = later_rooted = 0
     with etwtrace.open_trace(cap) as trace:
         names, natives = {}, []
@@ -399,7 +399,7 @@ def test_unwinding_stack_copies_gives_what_frame_pointers_give(tmp_path):
     need_sampler()
     target = Running("sampled_target.py", 8, "callback")
     try:
-        from etwtrace import _pyremote
+        from etwtrace.sampled import remote as _pyremote
         remote = _pyremote.Process(target.proc.pid)
         keeps = remote.keeps_frame_pointers()
         remote.close()
@@ -409,7 +409,7 @@ def test_unwinding_stack_copies_gives_what_frame_pointers_give(tmp_path):
         paths = []
         for unwind in (False, True):
             cap = tmp_path / f"cap-{unwind}"
-            code = ("import runpy, sys; from etwtrace import _sampled; "
+            code = ("import runpy, sys; from etwtrace.sampled import sampler as _sampled; "
                     f"_sampled.UNWIND_ALWAYS = {unwind}; sys.argv[0] = 'etwtrace'; "
                     "runpy.run_module('etwtrace', run_name='__main__')")
             proc = subprocess.run([sys.executable, "-c", code, "--sampled", "--pid",
@@ -531,7 +531,7 @@ def test_no_sample_is_named_after_a_dead_function(tmp_path):
 def test_a_code_object_freed_before_it_is_read_keeps_the_samples_name(tmp_path):
     """The sampler reads a code object's names after the sample: by then it
     may be freed (pointers into anything) or reused by another function."""
-    from etwtrace import _pyremote, _sampled
+    from etwtrace.sampled import remote as _pyremote, sampler as _sampled
     script = tmp_path / "reuse.py"
     script.write_text("print('ready', flush=True)\n" + (SCRIPTS / "reuse.py").read_text())
     target = Running(script, 60, os.devnull)
@@ -693,7 +693,7 @@ def test_a_program_that_ends_before_the_first_sample_says_so_in_one_line(tmp_pat
 def test_a_program_gone_before_it_could_be_read_is_not_an_error(monkeypatch):
     # The program ends while its interpreter is being looked for: what
     # _wait_for_runtime meets then is a zombie with no files mapped.
-    from etwtrace import _sampled
+    from etwtrace.sampled import sampler as _sampled
 
     class Gone:
         pid = 12345
@@ -842,7 +842,8 @@ def test_stacks_sent_once_then_by_hash_are_all_written_in_time_order(tmp_path, m
     import select
     import time as clock
     import etwtrace
-    from etwtrace import _capture, _sampled
+    from etwtrace.capture import launcher as _capture
+    from etwtrace.sampled import sampler as _sampled
     monkeypatch.setattr(_sampled, "STACK_CACHE", 8)
     target = Running("sampled_target.py", 4)
     cap = tmp_path / "cap"

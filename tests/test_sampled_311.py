@@ -14,7 +14,7 @@ import sysconfig
 import pytest
 
 from conftest import ROOT
-from etwtrace import _pyremote
+from etwtrace.sampled import remote as _pyremote
 from test_sampled import (REQUIRE, CpuWatch, Running, _folded, _name, _sample,
                           assert_sampled_as_it_ran, need_sampler, samples_due)
 

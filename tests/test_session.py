@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import etwtrace
-from etwtrace import _perf
+from etwtrace.capture import perf as _perf
 from conftest import need_perf, need_tool, name_stack, python_functions
 from sessions import (NOBODY, as_user, assert_inner_above_outer, etwtrace_messages, need_nobody,
                       one_line_error, stacks_of, wait_joined)
@@ -221,7 +221,7 @@ def _marks_so_far(capture, pid):
     path = os.path.join(capture, ".session", "ctf", f"pid-{pid}")
     snap = tempfile.mkdtemp()
     try:
-        from etwtrace import _ctf
+        from etwtrace.trace import ctf as _ctf
         _ctf.copy_trace(path, os.path.join(snap, "pid"))
         os.mkdir(os.path.join(snap, "ctf"))
         os.rename(os.path.join(snap, "pid"), os.path.join(snap, "ctf", f"pid-{pid}"))

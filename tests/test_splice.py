@@ -10,7 +10,8 @@ import struct
 
 import pytest
 
-from etwtrace import _ctfwrite, _sampled
+from etwtrace.trace import ctfwrite as _ctfwrite
+from etwtrace.sampled import sampler as _sampled
 
 
 ENTRY, NONE = "entry", "none"
@@ -145,5 +146,5 @@ def test_a_malformed_record_is_refused(sampler):
     ("55534889fb4883ec08488b2d", False),            # Debian's 3.11: %rbp saved, not a frame
 ])
 def test_a_frame_pointer_build_is_told_by_a_function_prologue(prologue, frame_pointer):
-    from etwtrace._pyremote import sets_up_frame_pointer
+    from etwtrace.sampled.remote import sets_up_frame_pointer
     assert sets_up_frame_pointer(bytes.fromhex(prologue)) is frame_pointer

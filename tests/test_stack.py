@@ -154,7 +154,8 @@ def test_stack_sample_probe_survives_an_identical_build_elsewhere(capture, tmp_p
     # longer exists must not stop the probe from attaching to this one.
     need_perf()
     import shutil
-    from etwtrace import _etwtrace, _perf
+    from etwtrace import _etwtrace
+    from etwtrace.capture import perf as _perf
     perf = _perf.find_perf()
     ghost = tmp_path / "ghost" / os.path.basename(_etwtrace.__file__)
     ghost.parent.mkdir()

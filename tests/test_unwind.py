@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import SCRIPTS
-from etwtrace import _elfsym, _sampled
+from etwtrace.sampled import elf as _elfsym, sampler as _sampled
 
 COPY_HEAD = struct.Struct("<QQQII")      # struct etw_stack_copy before its bytes
 

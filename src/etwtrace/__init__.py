@@ -45,11 +45,12 @@ def _native():
 def _own_files():
     """This package's own source files, which the tracer never traces."""
     files = set()
-    for name in os.listdir(_PACKAGE_DIR):
-        if name.endswith(".py"):
-            path = os.path.join(_PACKAGE_DIR, name)
-            files.add(path)
-            files.add(os.path.realpath(path))
+    for folder, _, names in os.walk(_PACKAGE_DIR):
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                files.add(path)
+                files.add(os.path.realpath(path))
     return files
 
 
@@ -110,11 +111,12 @@ class _TracingMixin:
             raise RuntimeError("a tracer is already enabled in this process")
         self.ignore(*_own_files())
         self.ignore(threading.__file__, threading.Thread.run.__code__.co_filename)
-        from . import _children, _env   # (imported before tracing starts)
+        from .trace import children as _children
+        from . import env as _env   # (imported before tracing starts)
         capture = os.environ.get(CAPTURE_ENV) or None
         limit = _env.size(_env.MAX_SIZE) if capture else None
         if limit is not None:
-            from . import _budget
+            from .trace import budget as _budget
             _budget.ensure(capture, limit)
         sessions = self._join_sessions
         if sessions is None:
@@ -183,7 +185,7 @@ class InstrumentedTracer(_TracingMixin):
 
     def __init__(self, c_calls=None, call_times=None):
         super().__init__()
-        from . import _env
+        from . import env as _env
         if c_calls is None:
             c_calls = _env.flag(C_CALLS_ENV, False)
         if call_times is None:
@@ -260,7 +262,7 @@ def enable_if(enable_var, type_var):
         return
     trace_type = os.getenv(type_var, "").lower() if type_var else ""
     try:
-        from . import _env
+        from . import env as _env
         _env.check_all()
         if trace_type in ("", "stack"):
             tracer = StackSamplingTracer()
@@ -274,7 +276,7 @@ def enable_if(enable_var, type_var):
         # a recording asked to keep them (a capture collects them).
         keep = _env.choice(PERF_FILES_ENV) == "keep" or bool(os.getenv(CAPTURE_ENV))
         tracer._native.remove_perf_files_at_exit(not keep)
-        from . import _children
+        from .trace import children as _children
         _children.ENABLE_VAR = enable_var or None   # its children need it too
         tracer.enable()
     except Exception as ex:  # never break interpreter start-up
@@ -304,13 +306,13 @@ def _remote(action, mode, c_calls):
 
 def get_profile_path():
     """Path of the recording profile (presets Default, CPU and Minimal)."""
-    from ._content import profile_path
+    from .profiles import profile_path
     return profile_path()
 
 
 def get_stacktags_path():
     """Path of the stack-tags file used to fold interpreter frames."""
-    from ._content import stacktags_path
+    from .profiles import stacktags_path
     return stacktags_path()
 
 
@@ -318,6 +320,6 @@ def __getattr__(name):
     # The readers load only when used: `import etwtrace` (and every
     # interpreter start through etwtrace.pth) stays cheap.
     if name in ("open_trace", "TraceError"):
-        from . import _trace
+        from .trace import reader as _trace
         return getattr(_trace, name)
     raise AttributeError(f"module 'etwtrace' has no attribute {name!r}")

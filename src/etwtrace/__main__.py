@@ -1,3 +1,3 @@
-from etwtrace import _cli
+from etwtrace.cli import main as _cli
 
 _cli.exit_as(_cli.main())

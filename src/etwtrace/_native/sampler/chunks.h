@@ -1,7 +1,7 @@
 /* Samples whose stack user space already encoded, turned into their
  * stream's events without a Python object per sample: consecutive samples
  * of one thread become one chunk of SampledProfile events (extended header
- * and payload, as _ctfwrite.py writes them), handed to Python as
+ * and payload, as trace/ctfwrite.py writes them), handed to Python as
  * (pid, tid, first time, last time, count, bytes). */
 #ifndef ETWTRACE_SAMPLER_CHUNKS_H
 #define ETWTRACE_SAMPLER_CHUNKS_H

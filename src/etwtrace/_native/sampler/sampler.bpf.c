@@ -1,7 +1,7 @@
 /* The sampler's BPF program: at each perf sample (a cpu-clock event on
  * every CPU) of a process user space asked for, it reads the thread's
  * Python frames out of the interpreter (the offsets come from the
- * process's _Py_DebugOffsets, see _pyremote.py) and its native stack, and
+ * process's _Py_DebugOffsets, see sampled/remote.py) and its native stack, and
  * sends both through a ring buffer.  Nothing runs in the sampled process:
  * it pays only the kernel's cost of taking the sample. */
 #include <linux/bpf.h>

@@ -1,9 +1,9 @@
 /* A sample's stack as the capture writes it: the native addresses, leaf
  * first, with each evaluator call's Python frames put where that call's
  * native frame is (see splice.c), encoded as a SampledProfile payload
- * (u32 count, then count u64 addresses, as _ctfwrite.sample_payload).
+ * (u32 count, then count u64 addresses, as trace/ctfwrite.sample_payload).
  *
- * What each frame is comes from two dicts user space fills (_sampled.py):
+ * What each frame is comes from two dicts user space fills (sampled/sampler.py):
  *   frame_kinds:  a Python frame's record bytes (struct etw_python_frame)
  *                 -> its synthetic address (with ETW_FRAME_ENDS_RUN when
  *                 its evaluator call has no frames above it), or

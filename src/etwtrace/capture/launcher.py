@@ -1,0 +1,428 @@
+"""--capture: run a program under a recorder and leave a self-contained
+capture directory (CTF trace, perf.data and its script text, perf maps,
+jitdumps) that can be analysed on another machine.
+
+The launcher stays out of the program's way: Ctrl-C reaches the program
+through the terminal, SIGTERM/SIGHUP/SIGINT sent to the launcher are
+passed on to it, and the program dies with the launcher (PR_SET_PDEATHSIG)
+rather than run on orphaned.  Whatever ends the program, the capture is
+finished (perf inject and script run, streams are finalized, the manifest
+is completed) and the launcher then exits as the program did: with its exit
+code, or by the same signal."""
+
+import configparser
+import glob
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from ..trace import (budget as _budget, children as _children, ctf as _ctf, manifest as _manifest,
+                     safefs as _safefs)
+from . import confine as _confine, guide as _guide, perf as _perf
+from .. import env as _env
+from .perf import PerfError
+from ..trace.capture import CaptureDir, CaptureError, write_manifest
+
+AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "_autostart")
+MODE_ENV = _env.CAPTURE_MODE
+
+class Preset:
+    def __init__(self, name, section):
+        self.name = name
+        try:
+            self.cpu_samples = section.getboolean("cpu_samples", False)
+            self.context_switches = section.getboolean("context_switches", False)
+            self.stack_sample_probe = section.getboolean("stack_sample_probe", True)
+            self.frequency = section.getint("frequency", 999)
+            self.dwarf_stack_size = section.getint("dwarf_stack_size", 65528)
+        except ValueError as ex:
+            raise CaptureError(f"recording profile preset {name!r}: {ex}") from None
+        if not (0 < self.frequency <= 100_000) or not (512 <= self.dwarf_stack_size <= 65528):
+            raise CaptureError(f"recording profile preset {name!r}: frequency must be within "
+                               "1..100000 and dwarf_stack_size within 512..65528")
+
+    @property
+    def needs_perf(self):
+        return self.cpu_samples or self.context_switches
+
+
+def load_preset(name):
+    from ..profiles import profile_path
+    path = os.environ.get(_env.PROFILE) or profile_path()
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(_env.read_profile_text(path), source=path)
+    except _env.EnvError as ex:
+        raise CaptureError(str(ex)) from None
+    except configparser.Error as ex:
+        first = str(ex).strip().splitlines()[0]
+        raise CaptureError(f"cannot read recording profile {path}: {first}") from None
+    for section in parser.sections():
+        if section.lower() == name.lower():
+            return Preset(section, parser[section])
+    raise CaptureError(f"recording profile {path} has no preset {name!r} "
+                       f"(it has: {', '.join(parser.sections())})")
+
+
+def child_environment(path, mode):
+    """Environment that makes every Python process started from the traced
+    program (spawned, not only forked) trace into the same capture, and
+    keep its perf files for the launcher to collect."""
+    env = dict(os.environ)
+    env[_env.CAPTURE] = path
+    env[MODE_ENV] = mode
+    env[_env.PERF_FILES] = "keep"
+    parts = [AUTOSTART_DIR] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+# ---- the traced processes' /tmp files ----
+
+def _own_tmp_file(path, owner):
+    """An open descriptor of `path` if it is a plain file of user `owner`
+    or of ours (`perf inject` made it), never through a symlink; else
+    None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (owner, os.geteuid()):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _copy_own_file(src, dst, owner):
+    """Copies a /tmp file of the traced process's user into the capture
+    (mode 0600), never through a symlink; other files are left alone."""
+    fd = _own_tmp_file(src, owner)
+    if fd is None:
+        return False
+    if not _budget.fits(os.path.dirname(dst), os.fstat(fd).st_size):
+        os.close(fd)
+        print(f"etwtrace: warning: {src} not copied into the capture: it would leave the "
+              "file system less free space than its reserve", file=sys.stderr)
+        return False
+    try:
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            _safefs.copy_data(fd, out, os.fstat(fd).st_size)
+        finally:
+            os.close(out)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def own_directory(path):
+    """Makes `path` (in a capture directory of ours), or checks that the
+    one there is a directory of this user and no symlink."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as ex:
+        raise CaptureError(f"cannot create {path}: {ex.strerror}") from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise CaptureError(f"{path} is not a directory of this user; refusing to write into it")
+
+
+def capture_pids(path):
+    ctf_root = os.path.join(path, "ctf")
+    if not os.path.isdir(ctf_root):
+        return set()
+    return {pid for pid, _ in _ctf.trace_dirs(ctf_root)}
+
+
+def collect_perf_files(path, pids, owners=None):
+    """Copies the perf map, jitdump and `perf inject` images of every
+    traced process into the capture (maps/, jit/): files of the process's
+    user (`owners`: {pid: uid}; default this user).  The originals stay in
+    /tmp, where perf and hotspot look for them (perf's unwinder finds the
+    images only there): the capture's README says how to put the copies
+    back on another machine."""
+    copy_perf_files(path, pids, owners)
+    index_perf_files(path)
+
+
+def copy_perf_files(path, pids, owners=None):
+    """The copying half of collect_perf_files."""
+    maps = os.path.join(path, "maps")
+    jit = os.path.join(path, "jit")
+    for directory in (maps, jit):
+        own_directory(directory)
+    for pid in sorted(pids):
+        owner = (owners or {}).get(pid, os.geteuid())
+        _copy_own_file(f"/tmp/perf-{pid}.map", os.path.join(maps, f"perf-{pid}.map"), owner)
+        _copy_own_file(f"/tmp/jit-{pid}.dump", os.path.join(jit, f"jit-{pid}.dump"), owner)
+        for image in glob.glob(f"/tmp/jitted-{pid}-*.so"):
+            _copy_own_file(image, os.path.join(jit, os.path.basename(image)), owner)
+
+
+def index_perf_files(path):
+    """The build-id cache of the capture's images, and its README."""
+    jit = os.path.join(path, "jit")
+    images = sorted(glob.glob(os.path.join(jit, "jitted-*.so")))
+    if images and os.path.isfile(os.path.join(path, "perf.jit.data")):
+        perf = _perf.find_perf()
+        if perf is not None:
+            _perf.add_to_buildid_cache(perf, os.path.join(path, _guide.BUILDID_DIR), images,
+                                       os.path.join(path, "perf.jit.data"))
+    _guide.write(path)
+
+
+# ---- recorders ----
+
+def choose_recorder(requested, say, system_wide=False):
+    """'perf' or 'builtin' for --recorder auto|perf|builtin (perf sampling
+    every CPU with `system_wide`)."""
+    if requested == "builtin":
+        return "builtin", None
+    perf = _perf.find_perf()
+    if perf is None:
+        if requested == "perf":
+            raise CaptureError("perf is not installed (Debian: apt-get install linux-perf); "
+                               "use --recorder builtin")
+        say("etwtrace: perf not found; recording with the built-in recorder")
+        return "builtin", None
+    try:
+        _perf.check_permitted(perf, system_wide)
+    except PerfError as ex:
+        if requested == "perf":
+            raise CaptureError(str(ex)) from None
+        say(f"etwtrace: {ex}; recording with the built-in recorder")
+        return "builtin", None
+    if requested == "auto":
+        say("etwtrace: recording with perf and the built-in recorder")
+    return "perf", perf
+
+
+def _die_with_parent():
+    """In the child, before exec: SIGTERM when the launcher dies."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except Exception:
+        pass
+
+
+class _Child:
+    """The process the launcher runs (perf, or the traced program): signals
+    the launcher gets are passed on to it while it runs."""
+
+    FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+    def __init__(self, cmd, env, stderr=None):
+        self.received = None
+        self._old = {}
+        for sig in self.FORWARDED + (signal.SIGINT,):
+            self._old[sig] = signal.signal(sig, self._on_signal)
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, stderr=stderr, preexec_fn=_die_with_parent)
+        except OSError as ex:
+            self.restore()
+            raise CaptureError(f"cannot run {cmd[0]}: {ex.strerror}") from None
+
+    def _on_signal(self, sig, _frame):
+        # Ctrl-C reaches the child through the terminal by itself; other
+        # signals are passed on.  Either way the launcher carries on to
+        # finish the capture.
+        self.received = sig
+        if sig != signal.SIGINT:
+            try:
+                self.proc.send_signal(sig)
+            except (OSError, AttributeError):
+                pass
+
+    def wait(self):
+        try:
+            while True:
+                try:
+                    return self.proc.wait()
+                except InterruptedError:
+                    continue
+        finally:
+            self.restore()
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+class _Tee(threading.Thread):
+    """Copies a child's stderr to ours as it comes (so the program's own
+    messages are live), keeping the last lines for error reports."""
+
+    def __init__(self, pipe):
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.tail = []
+
+    def run(self):
+        out = sys.stderr.buffer
+        for line in iter(self.pipe.readline, b""):
+            try:
+                out.write(line)
+                out.flush()
+            except (OSError, ValueError):
+                pass
+            self.tail = (self.tail + [line.decode(errors="replace").rstrip()])[-20:]
+
+
+def run_with_perf(path, perf, mode, preset, target, say, budget=None):
+    from .. import _etwtrace
+    callgraph = _perf.choose_callgraph(preset)
+    note = _perf.callgraph_note(preset, callgraph)
+    if note:
+        say(f"etwtrace: {note}")
+    probe = None
+    if preset.stack_sample_probe:
+        probe, reason = _perf.add_stack_sample_probe(perf, _etwtrace.__file__)
+        if probe is None:
+            say(f"etwtrace: not recording the stack-sample probe with perf ({reason})")
+    if not preset.needs_perf and probe is None:
+        return run_builtin_subprocess(path, mode, target)
+    data = os.path.join(path, "perf.data")
+    control_dir = tempfile.mkdtemp(prefix="etwtrace-perf-")   # private (0700)
+    control = _budget.perf_control(control_dir)
+    cmd = _perf.record_command(perf, data, preset, callgraph, probe, control)
+    child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
+    write_manifest(path, recorder="perf", callgraph=callgraph, perf_command=cmd)
+    guard = None
+    restore_max_stack = False
+    try:
+        restore_max_stack = _perf.raise_max_stack(callgraph, say)
+        proc = _Child(cmd + ["--"] + child, child_environment(path, mode), stderr=subprocess.PIPE)
+        tee = _Tee(proc.proc.stderr)
+        tee.start()
+        if budget is not None:
+            guard = _budget.Guard(budget, path, say, perf_data=data, control=control)
+            guard.start()
+        returncode = proc.wait()
+        tee.join(timeout=10)
+    finally:
+        if guard is not None:
+            guard.finish()
+        shutil.rmtree(control_dir, ignore_errors=True)
+        if restore_max_stack:
+            _perf.restore_max_stack(say)
+        if probe:
+            _perf.remove_stack_sample_probe(perf)
+    # perf exits as its workload did (by the same signal, too).
+    status = returncode
+    if not os.path.isfile(data) or os.path.getsize(data) == 0:
+        raise CaptureError("perf recorded nothing: " + (tee.tail or ["unknown error"])[-1])
+    pids = capture_pids(path)
+    script_input = data
+    # As root, perf inject must not write through another user's link in
+    # /tmp (the names of its images are known in advance): see _confine.
+    tmp = None
+    if os.geteuid() == 0:
+        copy_perf_files(path, pids)
+        tmp = _confine.PrivateTmp(path, pids)
+    confine = tmp.confine if tmp is not None else None
+    try:
+        try:
+            if _perf.needs_jit_inject(callgraph) and any(
+                    os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
+                injected = os.path.join(path, "perf.jit.data")
+                # perf's libdw unwinder walks the images inject writes only as
+                # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
+                if tmp is None:
+                    _perf.inject_jit(perf, data, injected)
+                else:
+                    _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"), preexec_fn=confine,
+                                     lands_in=path)
+                    tmp.keep("perf.jit.data")
+                script_input = injected
+        except _perf.PerfSpaceError as ex:
+            say(f"etwtrace: {ex}")
+        try:
+            _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT),
+                              preexec_fn=confine)
+        except _perf.PerfSpaceError as ex:
+            say(f"etwtrace: {ex}")
+    finally:
+        if tmp is not None:
+            tmp.close()
+    return status, proc.received
+
+
+def run_builtin_subprocess(path, mode, target):
+    write_manifest(path, recorder="builtin")
+    child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
+    proc = _Child(child, child_environment(path, mode))
+    return proc.wait(), proc.received
+
+
+def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0):
+    """Runs `target` (script args or ['-m', module, ...]) under the chosen
+    recorder into `path`, which may hold `max_size` bytes (0: no limit);
+    returns the program's exit status (negative when a signal ended it)."""
+    preset = load_preset(preset_name)
+    directory = CaptureDir(path).open()
+    path = directory.path
+    budget = None
+    try:
+        write_manifest(path, format=1, mode=mode, preset=preset.name, command=target,
+                       python=sys.version.split()[0], started=time.time(),
+                       **({"max_size": max_size} if max_size else {}))
+        try:
+            budget = _budget.create(os.path.join(path, "ctf"), max_size)
+        except _budget.BudgetError as ex:
+            raise CaptureError(str(ex)) from None
+        # What the capture's end writes beside the trace takes its room
+        # now, as the manifest's does: a full disk then takes nothing more.
+        for name in ("maps", "jit"):
+            os.makedirs(os.path.join(path, name), mode=0o700, exist_ok=True)
+        _guide.write(path)
+        recorder, perf = choose_recorder(requested_recorder, say)
+        if recorder == "perf":
+            status, received = run_with_perf(path, perf, mode, preset, target, say, budget)
+        else:
+            status, received = run_builtin_subprocess(path, mode, target)
+        pids = capture_pids(path)
+        collect_perf_files(path, pids)
+        ctf_root = os.path.join(path, "ctf")
+        if os.path.isdir(ctf_root):
+            _ctf.finalize(ctf_root, room=lambda size: _budget.fits(ctf_root, size))
+        losses = _ctf.recorded_losses(path)
+        info = {"finished": time.time(), "exit_status": status}
+        if received is not None:
+            info["stopped_by_signal"] = signal.Signals(received).name
+        if losses:
+            info["events_lost"] = {str(pid): n for pid, n in losses.items()}
+        info.update(budget.info())
+        untraced = _children.collect(path)
+        info[_children.MANIFEST_KEY] = untraced
+        try:
+            write_manifest(path, **info)
+        except CaptureError as ex:
+            say(f"etwtrace: {ex}")      # the trace is there: say so, go on
+    finally:
+        if budget is not None:
+            budget.remove()     # what it says is in the manifest now
+        directory.close()
+    lost = _budget.loss_text(losses, info)
+    if lost:
+        say(f"etwtrace: {lost}; the trace holds every event recorded before")
+    if untraced:
+        say(f"etwtrace: {_children.describe(untraced)}")
+    say(f"etwtrace: capture saved to {path}")
+    return status

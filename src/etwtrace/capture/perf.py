@@ -1,0 +1,462 @@
+"""Running perf for a capture (reading what it recorded: _perfscript.py).
+
+perf records CPU samples (and context switches, and the USDT stack-sample
+probe) with call graphs on CLOCK_MONOTONIC, the clock of the built-in
+recorder, so both outputs merge on one time line.  Where libpython omits
+frame pointers, call graphs are DWARF-unwound and `perf inject --jit` turns
+the jitdump into ELF images with unwind info for the trampolines.  At the end
+`perf script` text is saved in the capture, so reading a capture needs
+neither perf nor the machine that recorded it.
+
+Deep stacks: stack mode puts 3 or 4 native frames and 370 to 930 bytes of
+C stack under every Python frame (docs/BENCHMARKS.md), so a stack 100
+Python frames deep is about 400 frames or 37 to 93 KiB.  Frame-pointer
+stacks are walked by the kernel up to kernel.perf_event_max_stack frames
+(127 unless raised: raise_max_stack raises it while perf records); DWARF
+stacks reach as deep as the stack copy (the preset's dwarf_stack_size);
+and `perf script` prints at most its --max-stack frames of either.
+"""
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+
+from ..trace.perfscript import STACK_SAMPLE_PROBE
+
+SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
+
+# Frames the kernel walks in a frame-pointer stack while perf records: 100
+# Python frames take ~400 on an interpreter with 4 native frames per
+# Python frame (Debian's 3.15), so 1024 keeps ~250 (3.13: ~330).
+FP_MAX_STACK = 1024
+# Frames `perf script` prints of a stack (its default is the kernel's
+# setting when it runs, 127 once a raised one is set back).  A 64 KiB
+# DWARF stack copy holds at most a few thousand frames.
+SCRIPT_MAX_STACK = 4096
+MAX_STACK_SYSCTL = "/proc/sys/kernel/perf_event_max_stack"
+# The value kernel.perf_event_max_stack had before an etwtrace recording
+# raised it, kept until one sets it back (root's own directory: another
+# user cannot plant or change it).
+SAVED_MAX_STACK = "/run/etwtrace/perf_event_max_stack"
+
+
+class PerfError(Exception):
+    """perf is missing, refused, or failed."""
+
+
+class PerfSpaceError(PerfError):
+    """A file made from perf.data was not made, or cut short, to keep the
+    file system's reserve free (_budget.py)."""
+
+
+def find_perf():
+    perf = shutil.which("perf")
+    if not perf:
+        return None
+    try:
+        r = subprocess.run([perf, "version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return perf if r.returncode == 0 else None
+
+
+def check_permitted(perf, system_wide=False):
+    """Raises PerfError unless perf may sample here (tried for real): a
+    program it runs, or with `system_wide` every CPU (a session's -a)."""
+    scope = ["-a"] if system_wide else []
+    try:
+        r = subprocess.run(
+            [perf, "record", "-q", *scope, "-k", "CLOCK_MONOTONIC", "-e", "cpu-clock",
+             "-o", "/dev/null", "--", "true"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as ex:
+        raise PerfError(f"perf could not run: {ex}") from None
+    if r.returncode != 0:
+        lines = [l for l in r.stderr.decode(errors="replace").splitlines() if l.strip()]
+        reason = lines[0].strip() if lines else f"exit code {r.returncode}"
+        raise PerfError(f"perf refused to record ({reason}); run as root or lower "
+                        "/proc/sys/kernel/perf_event_paranoid, or use --recorder builtin")
+
+
+def choose_callgraph(preset):
+    """"fp", "dwarf" or "mixed" for a capture.  Frame pointers where
+    libpython keeps them: the kernel walks them as deep as
+    raise_max_stack allows, at 8 bytes a frame, where a DWARF stack copy
+    costs its whole size in every sample.  With context switches, "mixed":
+    CPU samples by frame pointers and context switches by DWARF, since a
+    blocked stack runs through libc's wait functions, which keep no frame
+    pointers (perf 6.1 unwinds a mix only when the DWARF event comes first
+    on its command line: record_command).  With CPython's JIT on, frame
+    pointers for all: the JIT's machine code has no unwind tables perf can
+    read, so a DWARF unwind stops in it, while it keeps frame pointers
+    (3.15.2, hot.py: 2 of 1044 samples named inner() with dwarf, 998 of
+    1040 with fp).  ETWTRACE_CALLGRAPH=fp|dwarf overrides."""
+    override = os.environ.get("ETWTRACE_CALLGRAPH", "").lower()
+    if override in ("fp", "dwarf"):
+        return override
+    if not python_keeps_frame_pointers():
+        return "dwarf"
+    if preset.context_switches and not jit_enabled():
+        return "mixed"
+    return "fp"
+
+
+def needs_jit_inject(callgraph):
+    """Whether perf's DWARF unwinding of this capture needs the
+    trampolines' images (`perf inject --jit`)."""
+    return callgraph in ("dwarf", "mixed")
+
+
+def uses_frame_pointers(callgraph):
+    return callgraph in ("fp", "mixed")
+
+
+def jit_enabled():
+    """Whether CPython's JIT (3.14+, PYTHON_JIT=1) is on in this interpreter,
+    and so in the children it starts with the same environment."""
+    jit = getattr(sys, "_jit", None)
+    try:
+        return bool(jit is not None and jit.is_enabled())
+    except Exception:
+        return False
+
+
+def callgraph_note(preset, callgraph):
+    """What a user should know of the call graphs chosen, or None."""
+    if not jit_enabled():
+        return None
+    if callgraph == "dwarf":
+        return ("CPython's JIT is on and this Python keeps no frame pointers: samples in "
+                "JIT-compiled code lose their callers (PYTHON_JIT=0 keeps them)")
+    if preset.context_switches:
+        return ("CPython's JIT is on: call graphs by frame pointers, so off-CPU stacks stop "
+                "at the first libc frame")
+    return None
+
+
+def python_keeps_frame_pointers():
+    """Whether this interpreter was built with frame pointers, so perf's
+    cheap frame-pointer call graphs walk through libpython."""
+    override = os.environ.get("ETWTRACE_CALLGRAPH", "").lower()
+    if override in ("fp", "dwarf"):
+        return override == "fp"
+    flags = " ".join(
+        str(sysconfig.get_config_var(v) or "") for v in ("CFLAGS", "PY_CFLAGS", "CONFIGURE_CFLAGS")
+    )
+    keep = flags.rfind("-fno-omit-frame-pointer")
+    omit = flags.rfind("-fomit-frame-pointer")
+    return keep >= 0 and keep > omit
+
+
+def _ensure_tracefs():
+    if os.path.isdir("/sys/kernel/tracing/events") or os.path.isdir("/sys/kernel/debug/tracing/events"):
+        return True
+    try:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return os.path.isdir("/sys/kernel/tracing/events")
+
+
+def add_stack_sample_probe(perf, native_library):
+    """Attaches a uprobe to the USDT stack-sample probe; returns the event
+    name, or None (with the reason) when that is not possible here."""
+    if not _ensure_tracefs():
+        return None, "tracefs is not mounted"
+    run = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    try:
+        # perf finds SDT notes through its build-id cache.  An identical
+        # build installed elsewhere earlier (another venv, since deleted)
+        # has the same build-id, and its stale cache entry would make
+        # `perf probe` fail with ENOENT: drop it, then add this copy.
+        subprocess.run([perf, "buildid-cache", "--remove", native_library], **run)
+        subprocess.run([perf, "buildid-cache", "--add", native_library], **run)
+        subprocess.run([perf, "probe", "-q", "-d", STACK_SAMPLE_PROBE], **run)
+        r = subprocess.run([perf, "probe", "-q", "-x", native_library, "-a",
+                            STACK_SAMPLE_PROBE.replace("sdt_", "%sdt_", 1)], **run)
+        if r.returncode != 0:
+            r = subprocess.run([perf, "probe", "-q", "-a", STACK_SAMPLE_PROBE], **run)
+    except (OSError, subprocess.TimeoutExpired) as ex:
+        return None, str(ex)
+    if r.returncode != 0:
+        lines = [l for l in r.stderr.decode(errors="replace").splitlines() if l.strip()]
+        return None, lines[0] if lines else "perf probe failed"
+    return STACK_SAMPLE_PROBE, None
+
+
+def remove_stack_sample_probe(perf):
+    subprocess.run([perf, "probe", "-q", "-d", STACK_SAMPLE_PROBE],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+
+def record_command(perf, output, preset, callgraph, probe_event, control=None):
+    """The perf record command line for a recording-profile preset; with
+    `control`, a FIFO through which perf is told to stop sampling when the
+    capture stops (_budget.Guard)."""
+    cmd = [perf, "record", "-q", "-k", "CLOCK_MONOTONIC", "-o", output]
+    if control:
+        cmd += ["--control", f"fifo:{control}"]
+    if callgraph != "fp" and os.geteuid() == 0:
+        # Room in each CPU's ring for 64 stack copies: with the default
+        # (516 KiB) 64 KiB copies at 999 Hz lose samples ("lost chunks").
+        # Only root may lock more than the default.
+        pages = 128
+        while pages * 4096 < 64 * preset.dwarf_stack_size:
+            pages *= 2      # perf takes a power of two
+        cmd += ["-m", str(pages)]
+    dwarf = f"dwarf,{preset.dwarf_stack_size}"
+    if callgraph == "mixed":
+        # Each event its own call graph; the DWARF one first, or perf 6.1
+        # leaves its stack copies unwound (the stacks end in libc).
+        terms = f"call-graph=dwarf,stack-size={preset.dwarf_stack_size}"
+        cmd += ["-e", f"context-switches/period=1,{terms}/", "--switch-events"]
+        if preset.cpu_samples:
+            cmd += ["-e", f"cpu-clock/freq={preset.frequency},call-graph=fp/"]
+        if probe_event:
+            cmd += ["-e", f"{probe_event}/call-graph=fp/"]
+        return cmd
+    events = []
+    if preset.cpu_samples:
+        events += ["-e", f"cpu-clock/freq={preset.frequency}/"]
+    if preset.context_switches:
+        # Every switch-out with its stack, plus perf's switch records, whose
+        # switch-in ends each blocked time.
+        events += ["-e", "context-switches/period=1/", "--switch-events"]
+    if probe_event:
+        events += ["-e", probe_event]
+    cmd += events
+    cmd += ["--call-graph", "fp" if callgraph == "fp" else dwarf]
+    return cmd
+
+
+# ---- kernel.perf_event_max_stack ----
+
+def read_max_stack():
+    try:
+        with open(MAX_STACK_SYSCTL) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_max_stack(frames):
+    with open(MAX_STACK_SYSCTL, "w") as f:
+        f.write(f"{frames}\n")
+
+
+def _write_max_stack_when_free(frames):
+    """perf's events are freed a moment after it exits: until then the
+    kernel still refuses a change (EBUSY)."""
+    for delay in (0.05, 0.1, 0.2, 0.4, 0.8):
+        try:
+            _write_max_stack(frames)
+            return
+        except OSError as ex:
+            if ex.errno != errno.EBUSY:
+                raise
+        time.sleep(delay)
+    _write_max_stack(frames)
+
+
+@contextlib.contextmanager
+def _saved_max_stack():
+    """Holds the lock of the saved value; yields (read, write) for it."""
+    folder = os.path.dirname(SAVED_MAX_STACK)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(folder)
+    if not os.path.isdir(folder) or os.path.islink(folder) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"{folder} is not root's own directory")
+    fd = os.open(SAVED_MAX_STACK + ".lock",
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+        def read():
+            try:
+                with open(SAVED_MAX_STACK, "rb") as f:
+                    return int(f.read(32).strip())
+            except (OSError, ValueError):
+                return None
+
+        def write(value):
+            if value is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(SAVED_MAX_STACK)
+                return
+            out = os.open(SAVED_MAX_STACK, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600)
+            with os.fdopen(out, "w") as f:
+                f.write(f"{value}\n")
+        yield read, write
+    finally:
+        os.close(fd)
+
+
+def raise_max_stack(callgraph, say, frames=FP_MAX_STACK):
+    """Raises kernel.perf_event_max_stack to `frames` for a recording with
+    frame-pointer call graphs, saying so; returns whether the recording
+    must call restore_max_stack when its perf has stopped.  The kernel
+    refuses a change while anything records call graphs (EBUSY): then
+    the limit stays and deeper stacks are cut (and marked so by report).
+    The value before is kept in SAVED_MAX_STACK until set back, so that
+    recordings side by side, or one that died, still leave it restored."""
+    if not uses_frame_pointers(callgraph):
+        return False
+    current = read_max_stack()
+    if current is None:
+        return False
+    cut = f"stacks deeper than {current} frames are cut (report marks them [truncated])"
+    if os.geteuid() != 0:
+        if current < frames:
+            say(f"etwtrace: kernel.perf_event_max_stack is {current} and only root can "
+                f"raise it: {cut}")
+        return False
+    try:
+        with _saved_max_stack() as (read_saved, write_saved):
+            saved = read_saved()
+            if current >= frames:
+                # Raised by another etwtrace recording (or left so by one
+                # that could not set it back): this one sets it back too.
+                return saved is not None
+            if saved is None:
+                write_saved(current)
+            try:
+                _write_max_stack(frames)
+            except OSError:
+                if saved is None:
+                    write_saved(None)
+                raise
+    except OSError as ex:
+        why = ("another profiler is recording call graphs now" if ex.errno == errno.EBUSY
+               else ex.strerror or str(ex))
+        say(f"etwtrace: cannot raise kernel.perf_event_max_stack from {current} ({why}): {cut}")
+        return False
+    say(f"etwtrace: kernel.perf_event_max_stack raised from {saved or current} to {frames} "
+        "while perf records (deep Python stacks need more frames); it is set back after")
+    return True
+
+
+def restore_max_stack(say):
+    """Sets kernel.perf_event_max_stack back to its value before the
+    etwtrace recordings that raised it, once nothing records call graphs
+    (else a later recording's end does it)."""
+    try:
+        with _saved_max_stack() as (read_saved, write_saved):
+            saved = read_saved()
+            if saved is None:
+                return
+            try:
+                _write_max_stack_when_free(saved)
+            except OSError as ex:
+                if ex.errno != errno.EBUSY:
+                    raise
+                say(f"etwtrace: kernel.perf_event_max_stack stays at {read_max_stack()} for "
+                    f"now (was {saved}): a profiler is still recording call graphs; the next "
+                    "etwtrace recording to end sets it back")
+                return
+            write_saved(None)
+    except OSError as ex:
+        say(f"etwtrace: cannot set kernel.perf_event_max_stack back: "
+            f"{ex.strerror or ex}")
+
+
+def inject_jit(perf, data, output, preexec_fn=None, lands_in=None):
+    """perf inject --jit of `data` into `output`.  `lands_in`: the
+    directory where, confined (_confine), its output and its images
+    really go (they see it as /tmp)."""
+    from ..trace import budget as _budget
+    # perf.jit.data is about perf.data's size, and the jitted images come
+    # on top (in /tmp, where perf inject writes them).
+    need = 2 * os.path.getsize(data)
+    if lands_in is not None:
+        fits = _budget.fits(lands_in, need + need // 2)
+    else:
+        fits = _budget.fits(os.path.dirname(output), need) and _budget.fits("/tmp", need // 2)
+    if not fits:
+        raise PerfSpaceError("not running perf inject --jit: its output would leave the file "
+                             "system less free space than its reserve; perf.data is complete")
+    r = subprocess.run([perf, "inject", "--jit", "-i", data, "-o", output],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec_fn)
+    if r.returncode != 0:
+        raise PerfError("perf inject --jit failed: " +
+                        (r.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1])
+
+
+def add_to_buildid_cache(perf, cache, images, data):
+    """Files `images` (ELF) in the build-id cache `cache`, which
+    `perf --buildid-dir CACHE report` reads before the paths `data` names,
+    when `data` records the images' build-ids and perf reads them.  Best
+    effort: without it the images in /tmp (or copied back there) are used.
+    perf 7.2 (Debian sid) lists the images' build-ids but still names them
+    from their paths alone (seen here), so the cache is made for perf 6 only."""
+    try:
+        version = subprocess.run([perf, "version"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, timeout=60).stdout.split()
+        major = int(version[2].split(b".")[0]) if len(version) > 2 else 0
+        listed = subprocess.run([perf, "buildid-list", "-i", data], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, timeout=120).stdout
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return
+    if major != 6 or b"jitted-" not in listed:
+        return
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    for i in range(0, len(images), 200):
+        subprocess.run([perf, "--buildid-dir", cache, "buildid-cache", "-a",
+                        ",".join(images[i:i + 200])],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def save_script(perf, data, output, preexec_fn=None):
+    """perf script's text of `data` into `output`, as long as the file
+    system keeps its reserve free: else cut after its last whole record
+    (PerfSpaceError says so)."""
+    import tempfile
+    from ..trace import budget as _budget
+    directory = os.path.dirname(os.path.abspath(output))
+    # Private, as the rest of the capture.
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    cut = False
+    with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            [perf, "script", "-i", data, "-F", SCRIPT_FIELDS, "--ns", "--no-inline",
+             "--max-stack", str(SCRIPT_MAX_STACK), "--show-mmap-events", "--show-switch-events"],
+            stdout=subprocess.PIPE, stderr=errors, preexec_fn=preexec_fn)
+        whole = 0       # where the last whole record ends
+        try:
+            while True:
+                chunk = proc.stdout.read(1 << 20)
+                if not chunk:
+                    break
+                if not _budget.fits(directory, len(chunk)):
+                    cut = True
+                    proc.kill()
+                    break
+                end = chunk.rfind(b"\n\n")
+                if end >= 0:
+                    whole = out.tell() + end + 2
+                out.write(chunk)
+        finally:
+            proc.stdout.close()
+            returncode = proc.wait()
+        if cut:
+            out.truncate(whole)
+        errors.seek(0)
+        message = errors.read(1 << 16).decode(errors="replace").strip().splitlines()
+    if cut:
+        raise PerfSpaceError("perf.script was cut short to leave the file system its reserve "
+                             "of free space: the report shows the samples before the cut; "
+                             "perf.data is complete")
+    if returncode != 0:
+        raise PerfError("perf script failed: " + (message or ["?"])[-1])
