@@ -8,9 +8,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import client_env
 from etwtrace import _pyfinder
 from etwtrace._pyremote import RemoteError
+
+pytestmark = pytest.mark.versioned
 
 
 class Calls:

@@ -12,6 +12,8 @@ import pytest
 
 from etwtrace import _ctfwrite, _sampled
 
+pytestmark = pytest.mark.versioned
+
 
 ENTRY, NONE = "entry", "none"
 
