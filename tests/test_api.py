@@ -5,9 +5,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
 import etwtrace
 from conftest import name_stack, python_functions
+
+pytestmark = pytest.mark.versioned
 
 
 def run_python(code, tmp_path, capture=True):

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+import pytest
+
 from conftest import run_etwtrace
 
 # How the report names the interpreter the children run (its file name).
@@ -48,6 +50,7 @@ def _said(text):
     return [line for line in text.splitlines() if "started but not traced" in line]
 
 
+@pytest.mark.versioned
 def test_children_started_untraced_are_named_once_each(tmp_path):
     cap, proc, pids = _capture(tmp_path, "some-untraced")
     traced = {int(name.split("-")[1].split(".")[0]) for name in os.listdir(cap / "ctf")}
@@ -93,6 +96,7 @@ def test_nothing_is_said_when_every_child_is_traced(tmp_path):
     assert report.returncode == 0 and not _said(report.stderr + report.stdout)
 
 
+@pytest.mark.versioned
 def test_an_exec_into_a_cleared_environment_is_named_by_its_pid(tmp_path):
     script = tmp_path / "execs.py"
     script.write_text(

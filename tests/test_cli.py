@@ -95,12 +95,14 @@ def test_script_exit_status_is_kept(tmp_path):
     assert run_etwtrace("--", tmp_path / "fail.py").returncode == 7
 
 
+@pytest.mark.versioned
 def test_instrumented_runs_without_capture():
     proc = run_etwtrace("--instrumented", "--", SCRIPTS / "no_events.py")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(sum(i * i for i in range(1000)))
 
 
+@pytest.mark.versioned
 def test_instrumented_through_enable_if(tmp_path):
     # The TYPE_VAR of enable_if picks instrumented mode.
     script = tmp_path / "t.py"
@@ -189,6 +191,7 @@ def _site_packages(python):
         encoding="utf-8").strip()
 
 
+@pytest.mark.versioned
 def test_enable_and_disable_pth(venv_python, tmp_path):
     site_dir = _site_packages(venv_python)
     out = subprocess.run([venv_python, "-m", "etwtrace", "--enable", "MY_TRACE", "MY_TYPE"],

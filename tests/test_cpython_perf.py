@@ -8,6 +8,8 @@ import pytest
 
 from conftest import SCRIPTS, need_perf, run_etwtrace
 
+pytestmark = pytest.mark.versioned
+
 SCRIPT_FUNCTIONS = {"inner", "outer"}
 
 

@@ -14,6 +14,8 @@ from etwtrace import _ctfdecode
 from callstacks import CallStacks
 from conftest import SCRIPTS, run_etwtrace
 
+pytestmark = pytest.mark.versioned
+
 HEAD = struct.Struct("<IIQQQQQQI")      # format version 2
 HEAD_V1 = struct.Struct("<IIQQQQQI")    # version 1: no events_discarded
 MAGIC = 0xC1FC1FC1

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import SCRIPTS, run_etwtrace
 
+pytestmark = pytest.mark.versioned
+
 SCRIPT = SCRIPTS / "deep_recursion.py"
 MAIN_STACK = 8 << 20    # the usual RLIMIT_STACK, held for the runs below
 

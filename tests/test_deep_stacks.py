@@ -67,6 +67,7 @@ def _max_stack_set_back(stderr):
     return not os.path.exists(_perf.SAVED_MAX_STACK) or "stays at" in stderr
 
 
+@pytest.mark.versioned
 @pytest.mark.parametrize("depth", [30, 100])
 def test_deep_recursion_keeps_its_root_in_stack_mode(capture, depth):
     need_perf()
@@ -93,6 +94,7 @@ def test_deep_recursion_keeps_its_root_in_stack_mode(capture, depth):
     assert in_main >= 0.99 * total, (in_main, total)
 
 
+@pytest.mark.versioned
 def test_instrumented_samples_cut_natively_keep_their_whole_python_stack(capture, tmp_path,
                                                                        monkeypatch):
     # 4 KiB stack copies cut every native stack of a 100-deep recursion;
@@ -117,6 +119,7 @@ def test_instrumented_samples_cut_natively_keep_their_whole_python_stack(capture
     assert whole >= 0.99 * sum(leaf.values()), list(leaf)[:3]
 
 
+@pytest.mark.versioned
 @pytest.mark.skipif(os.environ.get("ETWTRACE_IN_CHROOT") == "1",
                     reason="perf -a in a chroot records the host's paths of the chroot's "
                     "files (see test_session.py); the host's run tests this")

@@ -54,6 +54,7 @@ def _calls_by_image(path):
     return pushes, names
 
 
+@pytest.mark.versioned
 def test_each_image_is_its_own_process_in_open_trace(untimed):
     pushes, names = _calls_by_image(untimed)
     (pid,) = {p for p, _image, _name in pushes}

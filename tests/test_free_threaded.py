@@ -13,6 +13,8 @@ from etwtrace.trace import ctf as _ctf
 from etwtrace.trace.reader import Event
 from conftest import scaled
 
+pytestmark = pytest.mark.versioned
+
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 

@@ -10,6 +10,8 @@ import etwtrace
 from callstacks import CallStacks
 from conftest import SCRIPTS, need_tool, run_etwtrace
 
+pytestmark = pytest.mark.versioned
+
 
 def function_names(events):
     return {e.fields["FunctionID"]: e.fields["Name"] for e in events if e.name == "PythonFunction"}

@@ -252,6 +252,7 @@ def test_a_perf_capture_stopped_early_is_complete(tmp_path, how):
     assert "finished" in manifest
 
 
+@pytest.mark.versioned
 def test_tracing_starts_at_the_programs_first_line(tmp_path):
     prog = _script(tmp_path, "def main():\n    pass\nmain()\n")
     cap = tmp_path / "cap"
@@ -262,6 +263,7 @@ def test_tracing_starts_at_the_programs_first_line(tmp_path):
     assert files == {str(prog)}, files
 
 
+@pytest.mark.versioned
 def test_disabling_a_tracer_never_enabled_leaves_the_running_one(tmp_path):
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import etwtrace
@@ -275,6 +277,7 @@ def test_disabling_a_tracer_never_enabled_leaves_the_running_one(tmp_path):
     assert proc.stdout.split() == ["True", "False"], proc.stderr
 
 
+@pytest.mark.versioned
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ sees C calls through sys.monitoring")
 def test_c_calls_refuse_to_replace_another_profilers_hook():
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""
@@ -293,6 +296,7 @@ def test_c_calls_refuse_to_replace_another_profilers_hook():
     assert proc.stdout.split()[-1] == "True"     # cProfile kept its hook
 
 
+@pytest.mark.versioned
 def test_stopping_c_calls_leaves_other_threads_profile_functions(tmp_path):
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import sys, threading, etwtrace

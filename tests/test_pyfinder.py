@@ -8,9 +8,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import client_env
 from etwtrace.sampled import finder as _pyfinder
 from etwtrace.sampled.remote import RemoteError
+
+pytestmark = pytest.mark.versioned
 
 
 class Calls:

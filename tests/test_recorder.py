@@ -17,6 +17,8 @@ import pytest
 from etwtrace.trace import ctf as _ctf
 from conftest import SCRIPTS, need_tool, run_etwtrace, scaled
 
+pytestmark = pytest.mark.versioned
+
 # Calls `leaf` in a loop, counting each in COUNTER (an 8-byte file) after the
 # call returns; `fast` calls as fast as it can, else about 5,000 calls/s.
 COUNTING = """

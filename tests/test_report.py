@@ -120,6 +120,7 @@ def _has_interpreter_symbols(cap_path):
     return not re.search(r"\[unknown\] \(\S*/(lib)?python3", text)
 
 
+@pytest.mark.versioned
 def test_mixed_flame_graph_from_perf_samples(capture, tmp_path):
     need_perf()
     cap = capture("hot.py", "1", recorder="perf")
@@ -183,6 +184,7 @@ def calls_capture(capture):
     return capture("report_calls.py", mode="instrumented")
 
 
+@pytest.mark.versioned
 def test_instrumented_text_has_exact_calls_callers_and_callees(calls_capture):
     text = _report(calls_capture.path, "--limit", "0")
     rows = {}
@@ -278,6 +280,7 @@ def _expect_blocked(stacks, function, at_least_ms):
     assert blocked >= at_least_ms * 1e6, (function, blocked / 1e6)
 
 
+@pytest.mark.versioned
 @pytest.mark.parametrize("mode", ["stack", "instrumented"])
 def test_off_cpu_blocked_time_by_python_stack(capture, mode):
     need_perf()
@@ -318,6 +321,7 @@ def _build_bridge(tmp_path):
     return tmp_path
 
 
+@pytest.mark.versioned
 def test_stack_tags_keep_a_c_extension_frame_between_python_frames(capture, tmp_path):
     need_perf()
     ext_dir = _build_bridge(tmp_path)
@@ -399,6 +403,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
         assert ("50.0%" in stream.getvalue()) == shown
 
 
+@pytest.mark.versioned
 def test_cpu_preset_uses_frame_pointers_where_libpython_keeps_them(capture):
     # On a frame-pointer build (3.13 in CI) this is perf's frame-pointer
     # call-graph path; elsewhere DWARF.  Either way the stacks are mixed

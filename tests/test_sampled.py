@@ -17,6 +17,8 @@ import pytest
 
 from conftest import SCRIPTS, client_env, need_sampler_module, report_output, run_etwtrace
 
+pytestmark = pytest.mark.versioned
+
 REQUIRE = os.environ.get("ETWTRACE_REQUIRE_PERF") == "1"
 
 

@@ -32,6 +32,7 @@ from sessions import (NOBODY, as_user, assert_inner_above_outer, etwtrace_messag
 
 # ---- processes joining ----
 
+@pytest.mark.versioned
 def test_processes_started_before_and_during_the_session_join(box):
     capture = box.path("capture")
     before, stop_before = box.worker()
@@ -150,6 +151,7 @@ def test_a_user_runs_a_session_of_their_own(box):
 
 # ---- perf ----
 
+@pytest.mark.versioned
 @pytest.mark.skipif(os.environ.get("ETWTRACE_IN_CHROOT") == "1",
                     reason="perf -a in a chroot (.ci/test-sid) records the host's "
                     "paths of the chroot's files, so it cannot find their unwind tables; the "

@@ -13,6 +13,8 @@ import pytest
 from etwtrace.trace import ctfwrite as _ctfwrite
 from etwtrace.sampled import sampler as _sampled
 
+pytestmark = pytest.mark.versioned
+
 
 ENTRY, NONE = "entry", "none"
 

@@ -9,6 +9,8 @@ import pytest
 from conftest import (RECORDERS, SCRIPTS, marked_stacks, name_stack, need_perf,
                       python_functions, run_etwtrace)
 
+pytestmark = pytest.mark.versioned
+
 
 def test_runs_untraced():
     subprocess.run([sys.executable, SCRIPTS / "no_events.py"], check=True, cwd=SCRIPTS)

@@ -30,6 +30,7 @@ def test_babeltrace2_reads_every_trace(capture):
     assert "Name = \"a\"" in proc.stdout
 
 
+@pytest.mark.versioned
 def test_perf_script_names_python_functions(capture):
     need_perf()
     cap = capture("hot.py", "0.5", recorder="perf")
@@ -46,6 +47,7 @@ def test_perf_script_names_python_functions(capture):
     assert "py::inner:" in raw.stdout
 
 
+@pytest.mark.versioned
 def test_perf_inject_jit_succeeds_and_makes_elf_images(capture):
     need_perf()
     cap = capture("basic.py", recorder="perf")

@@ -18,6 +18,8 @@ import pytest
 from conftest import SCRIPTS
 from etwtrace.sampled import elf as _elfsym, sampler as _sampled
 
+pytestmark = pytest.mark.versioned
+
 COPY_HEAD = struct.Struct("<QQQII")      # struct etw_stack_copy before its bytes
 
 
