@@ -1,0 +1,22 @@
+"""report --diff BASELINE: the comparison of two captures in text, folded
+(flamegraph.pl's difffolded form) or an SVG coloured by change (_diff.py
+computes the shares)."""
+
+from . import _diff, _formats
+
+
+def write_text(out, view):
+    out.write(_diff.text(view.stacks, view.baseline, view.heading, view.limit))
+
+
+def write_folded(out, view):
+    out.write(_diff.folded(view.stacks, view.baseline))
+
+
+def write_svg(out, view):
+    out.write(_formats.format_svg(view.stacks, view.title, view.unit,
+                                  color_of=_diff.colors(view.stacks, view.baseline)))
+
+
+# The formats --diff writes, by name.
+WRITERS = {"text": write_text, "folded": write_folded, "svg": write_svg}

@@ -1,0 +1,29 @@
+"""report --format pprof: a gzipped profile.proto (go tool pprof, Pyroscope)."""
+
+import sys
+
+from . import _pprof
+from ._scan import ReportError
+from ._view import Format
+
+
+def check(view, output):
+    if not output and sys.stdout.isatty():
+        raise ReportError("pprof output is binary: write it with -o FILE")
+
+
+def write(out, view):
+    if view.kind == "calls":
+        types = [("calls", "count")] + ([("time", "nanoseconds")] if view.tree.has_times else [])
+        samples = {key: values[:len(types)] for key, values in view.tree.paths().items()}
+    else:
+        kind, unit = {"samples": ("samples", "count"), "marks": ("marks", "count"),
+                      "off-cpu": ("blocked", "nanoseconds")}[view.kind]
+        types = [(kind, unit)]
+        samples = {key: (value,) for key, value in view.thread_stacks().items()}
+    span = (view.last - view.first) if view.first is not None else 0
+    out.write(_pprof.encode(samples, types, duration_ns=span,
+                            comments=[f"etwtrace: {view.name} ({view.what})"]))
+
+
+FORMAT = Format(write, check=check, binary=True)
