@@ -42,7 +42,7 @@ def estimate(cap, fmt):
     if fmt.size is None:
         return None
     with Scan(cap, None, timeline=fmt.timeline) as scan:
-        return fmt.size(report_view(scan, fmt, False, cap, "x", False, None, None))
+        return fmt.size(report_view(scan, fmt, False, cap, None, False, None, None))
 
 
 def _size(n):

@@ -369,7 +369,7 @@ def _report_view(path, fmt):
     from etwtrace._scan import Scan
     from etwtrace._view import report_view
     with Scan(str(path), None, timeline=True) as scan:
-        yield report_view(scan, _report.FORMATS[fmt], False, str(path), "x", False, None, None)
+        yield report_view(scan, _report.FORMATS[fmt], False, str(path), None, False, None, None)
 
 
 # ---- which file to open with which tool ----

@@ -95,7 +95,7 @@ def _write(fmt, view):
 
 
 def _view(scan, fmt, off_cpu=False, limit=None):
-    return report_view(scan, _report.FORMATS[fmt], fmt == "text", "cap", "cap", off_cpu,
+    return report_view(scan, _report.FORMATS[fmt], fmt == "text", "cap", Cut(), off_cpu,
                        limit, None)
 
 
@@ -258,6 +258,9 @@ def test_a_cut_is_named_in_words():
     assert shown_part(Cut()) == ""
     assert shown_part(Cut(pids={2, 1}, tids={5}, since=0.5)) == "pid 1,2, tid 5, 0.5-end s"
     assert shown_part(Cut(until=3)) == "0-3 s"
+    view = report_view(_scan(samples=SAMPLES), _report.FORMATS["folded"], False, "/x/cap/",
+                       Cut(tids={5}), False, None, None)
+    assert view.name == "cap [tid 5]"
 
 
 # ---- diff ----
@@ -292,11 +295,11 @@ def test_diff_view_refuses_unlike_captures_and_writes_each_format():
     calls = _scan(tree=_tree())
     samples = _scan(samples=SAMPLES)
     with pytest.raises(ReportError, match="record both the same way"):
-        diff_view(calls, samples, "new", "old", "new", "old", False, None)
+        diff_view(calls, samples, "new", "old", False, None)
     with pytest.raises(ReportError, match="no stacks or calls recorded to compare"):
-        diff_view(_scan(), samples, "new", "old", "new", "old", False, None)
+        diff_view(_scan(), samples, "new", "old", False, None)
     base = _scan(samples=Counter({(MAIN, WORK, LEAF): 1, (MAIN, WORK): 9}))
-    view = diff_view(samples, base, "new", "old", "new", "old", False, None)
+    view = diff_view(samples, base, "new", "old", False, None)
     assert set(_fmt_diff.WRITERS) == {"text", "folded", "svg"}
     out = {}
     for fmt, write in _fmt_diff.WRITERS.items():
@@ -418,7 +421,8 @@ def test_formats_refuse_what_they_cannot_show():
         _view(_scan(samples=SAMPLES), "folded", off_cpu=True)
     nothing = types.SimpleNamespace(**{**vars(empty), "ranges": [], "instants": []})
     with pytest.raises(ReportError, match="nothing to put on a timeline"):
-        _report.FORMATS["chrome"].check(_view(nothing, "chrome"), "out.json")
+        _view(nothing, "chrome")
+    _view(empty, "chrome")      # a mark and a range are a timeline
     untimed = _scan(tree=_tree(timed=False))
     with pytest.raises(ReportError, match="no timeline"):
         _view(untimed, "speedscope")

@@ -2,14 +2,7 @@
 opens (_exports.py writes it in chunks)."""
 
 from . import _exports
-from ._scan import ReportError
 from ._view import Format
-
-
-def check(view, output):
-    if not (view.tree.timelines or view.ranges or view.instants or view.offcpu_slices
-            or view.sample_points):
-        raise ReportError(f"{view.path}: nothing to put on a timeline")
 
 
 def write(out, view):
@@ -28,4 +21,4 @@ def size(view):
     return int(records * (85 + name / 2)) + points * 110
 
 
-FORMAT = Format(write, timeline=True, needs_stacks=False, check=check, size=size)
+FORMAT = Format(write, timeline=True, needs_stacks=False, needs_timeline=True, size=size)

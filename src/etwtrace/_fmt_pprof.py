@@ -1,15 +1,7 @@
 """report --format pprof: a gzipped profile.proto (go tool pprof, Pyroscope)."""
 
-import sys
-
 from . import _pprof
-from ._scan import ReportError
 from ._view import Format
-
-
-def check(view, output):
-    if not output and sys.stdout.isatty():
-        raise ReportError("pprof output is binary: write it with -o FILE")
 
 
 def write(out, view):
@@ -26,4 +18,4 @@ def write(out, view):
                             comments=[f"etwtrace: {view.name} ({view.what})"]))
 
 
-FORMAT = Format(write, check=check, binary=True)
+FORMAT = Format(write, binary=True)

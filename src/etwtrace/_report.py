@@ -21,7 +21,7 @@ from . import (_fmt_chrome, _fmt_diff, _fmt_folded, _fmt_pprof, _fmt_speedscope,
                _fmt_text)
 from ._scan import Cut, ReportError, Scan, load_stacktags
 from ._stdout import drop_stdout
-from ._view import diff_view, report_view, shown_part
+from ._view import diff_view, report_view
 
 # Outputs expected to be larger than this are announced before writing.
 WARN_BYTES = 100 * 2**20
@@ -111,18 +111,6 @@ def _output(path, binary=False):
         raise OutputError(f"cannot write the report to standard output: {ex.strerror}") from None
 
 
-def _scan(path, tags, timeline, cut):
-    progress = _Progress()
-    try:
-        return Scan(path, tags, timeline=timeline, progress=progress, cut=cut)
-    finally:
-        progress.close()
-
-
-def _name(path):
-    return os.path.basename(os.path.abspath(path))
-
-
 def run(opts):
     """The report: its options become a cut and a view here, once; the
     format's writer takes the view."""
@@ -131,14 +119,14 @@ def run(opts):
     text = opts.format == "text"
     tags = None if opts.no_stacktags else load_stacktags(opts.stacktags or stacktags_path())
     cut = Cut(pids=opts.pid, tids=opts.tid, since=opts.start, until=opts.end)
-    with _scan(opts.path, tags, fmt.timeline, cut) as scan:
+    with Scan(opts.path, tags, timeline=fmt.timeline, progress=_Progress(), cut=cut) as scan:
         if opts.diff:
-            with _scan(opts.diff, tags, False, cut.every_thread()) as base:
+            with Scan(opts.diff, tags, progress=_Progress(), cut=cut.every_thread()) as base:
                 write = _fmt_diff.WRITERS.get(opts.format)
                 if write is None:
                     raise ReportError("--diff writes text, folded or svg")
-                view = diff_view(scan, base, opts.path, opts.diff, _name(opts.path),
-                                 _name(opts.diff), opts.off_cpu, opts.limit or None)
+                view = diff_view(scan, base, opts.path, opts.diff, opts.off_cpu,
+                                 opts.limit or None)
                 with _output(opts.output, fmt.binary) as out:
                     write(out, view)
             return
@@ -151,12 +139,10 @@ def run(opts):
         children = scan.untraced_children()
         if children:
             print(f"etwtrace: note: {children}", file=sys.stderr)
-        part = shown_part(cut)
-        name = f"{_name(opts.path)} [{part}]" if part else _name(opts.path)
-        view = report_view(scan, fmt, text, opts.path, name, opts.off_cpu,
+        view = report_view(scan, fmt, text, opts.path, cut, opts.off_cpu,
                            opts.limit or None, losses)
-        if fmt.check is not None:
-            fmt.check(view, opts.output)
+        if fmt.binary and not opts.output and sys.stdout.isatty():
+            raise ReportError(f"{opts.format} output is binary: write it with -o FILE")
         if view.cut_short.get(view.kind) and not text:
             print(f"etwtrace: note: {view.cut_short[view.kind]}", file=sys.stderr)
         size = fmt.size(view) if fmt.size is not None else None

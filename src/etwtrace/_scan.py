@@ -184,7 +184,11 @@ class Scan:
         self._open_ranges = {}
         self._call_streams = {}     # (process, tid) -> stream with pushes
         self.problems = []
-        self._read(path, progress)
+        try:
+            self._read(path, progress)
+        finally:
+            if progress is not None:
+                progress.close()
         self._name_all()
 
     def close(self):

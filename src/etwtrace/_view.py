@@ -3,19 +3,21 @@ output writer (_fmt_*.py) takes with its output, and the Format entry that
 says what a writer needs from the scan.
 """
 
+import os
+
 from ._scan import TRUNCATED_FRAME, ReportError
 
 
 class Format:
     """One output format: its writer write(out, view), and what it needs."""
 
-    def __init__(self, write, timeline=False, needs_stacks=True, check=None, binary=False,
-                 size=None):
+    def __init__(self, write, timeline=False, needs_stacks=True, needs_timeline=False,
+                 binary=False, size=None):
         self.write = write
         self.timeline = timeline          # needs every call's open and close
         self.needs_stacks = needs_stacks
-        self.check = check                # check(view, output): raises ReportError first
-        self.binary = binary
+        self.needs_timeline = needs_timeline    # shows nothing without timed events
+        self.binary = binary              # not written to a terminal
         self.size = size                  # size(view): bytes it will write, roughly
 
 
@@ -95,11 +97,18 @@ def shown_part(cut):
     return ", ".join(parts)
 
 
-def report_view(scan, fmt, text, path, name, off_cpu, limit, losses):
-    """The View of one capture for the format `fmt` (`text`: the text
-    table, which shows every kind at once), `losses` the line naming lost
-    events or None.  Raises ReportError when the capture has nothing the
-    format can show."""
+def _name(path, cut=None):
+    """The capture's name in titles: its directory's, and the cut shown."""
+    name = os.path.basename(os.path.abspath(path))
+    part = shown_part(cut) if cut is not None else ""
+    return f"{name} [{part}]" if part else name
+
+
+def report_view(scan, fmt, text, path, cut, off_cpu, limit, losses):
+    """The View of the capture at `path` (the part `cut` selects) for the
+    format `fmt` (`text`: the text table, which shows every kind at once),
+    `losses` the line naming lost events or None.  Raises ReportError when
+    the capture has nothing the format can show."""
     kind, stacks, unit, what = choose(scan, off_cpu, not text)
     if fmt.timeline and scan.tree.untimed_pids and not off_cpu:
         raise ReportError(f"{path}: calls were recorded without call times "
@@ -111,15 +120,18 @@ def report_view(scan, fmt, text, path, name, off_cpu, limit, losses):
     if fmt.needs_stacks and not stacks and not (text and (scan.samples or scan.tree.calls)):
         raise ReportError(f"{path}: no stacks or calls recorded (record with perf, "
                           "--instrumented, or call _mark_stack)")
-    cut = truncated_note(scan, kind)
-    if cut and not text:
-        what = f"{what}; {cut}"     # in the title each format has
-    view = View(scan, path, name, kind, stacks, unit, what, limit)
+    if fmt.needs_timeline and not (scan.tree.timelines or scan.ranges or scan.instants
+                                   or scan.offcpu_slices or scan.sample_points):
+        raise ReportError(f"{path}: nothing to put on a timeline")
+    short = truncated_note(scan, kind)
+    if short and not text:
+        what = f"{what}; {short}"     # in the title each format has
+    view = View(scan, path, _name(path, cut), kind, stacks, unit, what, limit)
     view.losses = losses
     return view
 
 
-def diff_view(scan, base, path, base_path, name, base_name, off_cpu, limit):
+def diff_view(scan, base, path, base_path, off_cpu, limit):
     """The View comparing the capture at `path` with the one at `base_path`."""
     kind, stacks, unit, what = choose(scan, off_cpu)
     base_kind, base_stacks, base_unit, base_what = choose(base, off_cpu)
@@ -129,6 +141,7 @@ def diff_view(scan, base, path, base_path, name, base_name, off_cpu, limit):
     if (kind, unit) != (base_kind, base_unit):
         raise ReportError(f"cannot compare {what} ({path}) with {base_what} "
                           f"({base_path}): record both the same way")
+    name, base_name = _name(path), _name(base_path)
     view = View(scan, path, name, kind, stacks, unit, what, limit)
     view.baseline = base_stacks
     view.heading = (f"{name} against {base_name}: {what}, as shares of each capture's total "
