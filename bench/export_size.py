@@ -15,6 +15,7 @@ import time
 
 from etwtrace.report import command as _report
 from etwtrace.report.scan import Scan
+from etwtrace.report.view import report_view
 
 SCRIPT = """
 import sys
@@ -37,11 +38,11 @@ def report(cap, out, *args):
 
 
 def estimate(cap, fmt):
-    opts = type("Opts", (), {"format": fmt, "off_cpu": False})()
-    with Scan(cap, None, timeline=True) as scan:
-        view, stacks, unit, what = _report._choose_view(scan, False)
-        return _report._expected_size(opts, scan, _report._View("x", view, stacks, unit,
-                                                                 what, None))
+    fmt = _report.FORMATS[fmt]
+    if fmt.size is None:
+        return None
+    with Scan(cap, None, timeline=fmt.timeline) as scan:
+        return fmt.size(report_view(scan, fmt, False, cap, None, False, None, None))
 
 
 def _size(n):

@@ -39,6 +39,11 @@ _PERF_REASON = _perf_unavailable_reason()
 NOBODY_UID = 65534
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "unit: runs in the test's process, without a "
+                            "subprocess or perf (the fast unit layer)")
+
+
 def pytest_sessionstart(session):
     session.config._etwtrace_started = time.time()
 
@@ -78,8 +83,16 @@ def machine_lock():
             _lock["fd"] = -1
 
 
+def _is_unit(node):
+    """Tests marked `unit` run no subprocess and no perf: they need no turn."""
+    return node is not None and node.get_closest_marker("unit") is not None
+
+
 @pytest.fixture(autouse=True)
-def _one_test_on_the_machine_at_a_time():
+def _one_test_on_the_machine_at_a_time(request):
+    if _is_unit(request.node):
+        yield
+        return
     with machine_lock():
         yield
 
@@ -89,6 +102,9 @@ def pytest_fixture_setup(fixturedef, request):
     """Fixtures of a module's or the session's scope are made before any
     test's autouse lock (test_exports' spinners records with perf): every
     fixture is made holding the lock."""
+    if _is_unit(getattr(request, "node", None)):
+        yield
+        return
     with machine_lock():
         yield
 
@@ -265,3 +281,34 @@ def box():
         yield b
     finally:
         b.cleanup()
+
+
+# ---- lines of test scripts, by marker ----
+
+def script_line(script, marker):
+    """The line number of the line of tests/scripts/`script` that ends with
+    the comment `# LINE:marker` (one such line): tests that check which line
+    a frame names find it so, not by a number an edit above would move."""
+    tag = f"# LINE:{marker}"
+    found = [n for n, line in enumerate((SCRIPTS / script).read_text().splitlines(), 1)
+             if line.rstrip().endswith(tag)]
+    if len(found) != 1:
+        raise LookupError(f"{script}: {len(found)} lines marked {tag}, not one")
+    return found[0]
+
+
+def script_block(script, marker):
+    """The line numbers of the block that starts at the line marked
+    `# LINE:marker` (a def and its body: the lines after it indented deeper,
+    up to the first that is not)."""
+    lines = (SCRIPTS / script).read_text().splitlines()
+    first = script_line(script, marker)
+    indent = len(lines[first - 1]) - len(lines[first - 1].lstrip())
+    block = {first}
+    for n in range(first + 1, len(lines) + 1):
+        text = lines[n - 1]
+        if text.strip() and len(text) - len(text.lstrip()) <= indent:
+            break
+        if text.strip():
+            block.add(n)
+    return block

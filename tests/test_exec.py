@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 import etwtrace
-from conftest import SCRIPTS, client_env, need_client, report_output, run_etwtrace
+from conftest import (SCRIPTS, client_env, need_client, report_output, run_etwtrace,
+                      script_line)
 
 BEFORE, AFTER = 777, 333
 
@@ -32,6 +33,13 @@ def untimed(tmp_path_factory):
 @pytest.fixture(scope="module")
 def timed(tmp_path_factory):
     return _capture(tmp_path_factory.mktemp("exec"), "timed")
+
+
+# Where each program's functions are, found by their LINE: markers.
+BEFORE_EXEC = f"exec_before.py:{script_line('exec_before.py', 'before_exec')}"
+AFTER_EXEC = f"exec_after.py:{script_line('exec_after.py', 'after_exec')}"
+BEFORE_MAIN = f"exec_before.py:{script_line('exec_before.py', 'main')}"
+AFTER_MAIN = f"exec_after.py:{script_line('exec_after.py', 'main')}"
 
 
 def _is(label, name, where):
@@ -73,10 +81,10 @@ def test_folded_counts_the_calls_before_and_after_the_exec(untimed):
     for line in lines:
         stack, _, value = line.rpartition(" ")
         counts[stack] = int(value)
-    (before,) = [s for s in counts if _is(s.split(";")[-1], "before_exec", "exec_before.py:7")]
-    (after,) = [s for s in counts if _is(s.split(";")[-1], "after_exec", "exec_after.py:5")]
-    assert _is(before.split(";")[-2], "main", "exec_before.py:11")
-    assert _is(after.split(";")[-2], "main", "exec_after.py:9")
+    (before,) = [s for s in counts if _is(s.split(";")[-1], "before_exec", BEFORE_EXEC)]
+    (after,) = [s for s in counts if _is(s.split(";")[-1], "after_exec", AFTER_EXEC)]
+    assert _is(before.split(";")[-2], "main", BEFORE_MAIN)
+    assert _is(after.split(";")[-2], "main", AFTER_MAIN)
     assert counts[before] == BEFORE and counts[after] == AFTER
 
 
@@ -92,8 +100,8 @@ def test_text_counts_both_programs(timed):
         parts = line.split(None, 4)
         if len(parts) == 5 and parts[0].isdigit():
             rows.append((parts[4], int(parts[0])))
-    assert [n for label, n in rows if _is(label, "before_exec", "exec_before.py:7")] == [BEFORE]
-    assert [n for label, n in rows if _is(label, "after_exec", "exec_after.py:5")] == [AFTER]
+    assert [n for label, n in rows if _is(label, "before_exec", BEFORE_EXEC)] == [BEFORE]
+    assert [n for label, n in rows if _is(label, "after_exec", AFTER_EXEC)] == [AFTER]
 
 
 def test_svg_speedscope_and_chrome_name_the_image(timed):

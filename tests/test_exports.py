@@ -356,8 +356,8 @@ def test_large_timelines_are_announced_with_their_size(tmp_path, monkeypatch):
         # The estimate, in bytes, is within a factor of two of the file.
         monkeypatch.setattr(_report, "WARN_BYTES", 0)
         actual = out.stat().st_size
-        with _report_scan(cap, fmt) as (opts, scan, view):
-            estimate = _report._expected_size(opts, scan, view)
+        with _report_view(cap, fmt) as view:
+            estimate = _report.FORMATS[fmt].size(view)
         assert actual / 2 <= estimate <= actual * 2, (fmt, estimate, actual)
     # Small outputs say nothing.
     monkeypatch.setattr(_report, "WARN_BYTES", 100 * 2**20)
@@ -368,12 +368,11 @@ def test_large_timelines_are_announced_with_their_size(tmp_path, monkeypatch):
 
 
 @contextlib.contextmanager
-def _report_scan(path, fmt):
+def _report_view(path, fmt):
     from etwtrace.report.scan import Scan
-    opts = type("Opts", (), {"format": fmt, "off_cpu": False})()
+    from etwtrace.report.view import report_view
     with Scan(str(path), None, timeline=True) as scan:
-        view, stacks, unit, what = _report._choose_view(scan, False)
-        yield opts, scan, _report._View("x", view, stacks, unit, what, None)
+        yield report_view(scan, _report.FORMATS[fmt], False, str(path), None, False, None, None)
 
 
 # ---- which file to open with which tool ----

@@ -2,11 +2,11 @@
 import sys
 
 
-def after_exec():
+def after_exec():  # LINE:after_exec
     return 2
 
 
-def main(after):
+def main(after):    # LINE:main
     for _ in range(after):
         after_exec()
 

@@ -4,11 +4,11 @@ import os
 import sys
 
 
-def before_exec():
+def before_exec():     # LINE:before_exec
     return 1
 
 
-def main(before, after):
+def main(before, after):   # LINE:main
     for _ in range(before):
         before_exec()
     sys.stdout.flush()

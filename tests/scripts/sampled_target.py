@@ -1,12 +1,12 @@
-"""A target for the BPF sampler (argv: seconds [mode]): inner() (lines
-9-13, which tests check) called by outer() until the time is up; mode
+"""A target for the BPF sampler (argv: seconds [mode]): inner() (its lines,
+marked LINE:inner, are what tests check) called by outer() until the time is up; mode
 "callback": key called from C (sorted); "late_library": see below.
 Prints "done" at the end, so a test sees the program ran on unharmed."""
 import sys
 import time
 
 
-def inner(n):
+def inner(n):   # LINE:inner
     total = 0
     for i in range(n):
         total += i * i

@@ -106,10 +106,28 @@ class _Ranges:
 
 class Cut:
     """The part of a capture a report shows: processes, threads (None for
-    all) and a time window [start, end) in absolute nanoseconds."""
+    all) and a time window [start, end) in absolute nanoseconds, or
+    `since`/`until` seconds after the capture's first event (None for
+    open), which the Scan turns into the absolute window."""
 
-    def __init__(self, pids=None, tids=None, start=0, end=2**64 - 1):
+    def __init__(self, pids=None, tids=None, start=0, end=2**64 - 1, since=None, until=None):
         self.pids, self.tids, self.start, self.end = pids, tids, start, end
+        self.since, self.until = since, until
+
+    def every_thread(self):
+        """The same time window over every process and thread."""
+        return Cut(start=self.start, end=self.end, since=self.since, until=self.until)
+
+    def from_origin(self, origin):
+        """The cut with its seconds made absolute from `origin` (None, a
+        capture without events: unchanged)."""
+        cut = Cut(self.pids, self.tids, self.start, self.end)
+        if origin is not None:
+            if self.since is not None:
+                cut.start = origin + int(self.since * 1e9)
+            if self.until is not None:
+                cut.end = origin + int(self.until * 1e9)
+        return cut
 
     def process(self, pid):
         return self.pids is None or pid in self.pids
@@ -142,7 +160,13 @@ class Scan:
     """
 
     def __init__(self, path, tags, timeline=False, progress=None, cut=ALL):
+        from ..trace.reader import capture_start, open_trace
+        self.path = path
         self.tags = tags
+        if progress is not None:
+            progress.expect(open_trace(path).files())
+        if cut.since is not None or cut.until is not None:
+            cut = cut.from_origin(capture_start(path))
         self.cut = cut
         self.timeline = timeline
         self.tree = CallTree(timeline=timeline)
@@ -160,7 +184,11 @@ class Scan:
         self._open_ranges = {}
         self._call_streams = {}     # (process, tid) -> stream with pushes
         self.problems = []
-        self._read(path, progress)
+        try:
+            self._read(path, progress)
+        finally:
+            if progress is not None:
+                progress.close()
         self._name_all()
 
     def close(self):
@@ -174,6 +202,20 @@ class Scan:
 
     def __exit__(self, *exc):
         self.close()
+
+    def lost_events(self):
+        """Words for the events the recorder could not keep (and why
+        recording stopped early, if it did), or None."""
+        from ..trace.budget import loss_text
+        from ..trace.ctf import recorded_losses
+        from ..trace.manifest import read_manifest
+        return loss_text(recorded_losses(self.path), read_manifest(self.path)) or None
+
+    def untraced_children(self):
+        """One line naming the child processes the capture says were
+        started but not traced (_children.py), or None."""
+        from ..trace import children as _children
+        return _children.describe(_children.untraced_children(self.path))
 
     # ---- reading ----
 

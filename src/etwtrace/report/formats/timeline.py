@@ -1,7 +1,9 @@
 """Timeline exports: speedscope's file format and Chrome's Trace Event JSON.
 
 Both are written in chunks straight to the output, so a large trace never
-needs its whole JSON text in memory at once.
+needs its whole JSON text in memory at once.  Their `scan` is a report's
+View (_view.py), which holds the Scan's tree, threads and timeline under
+the Scan's names.
 """
 
 import json

@@ -1,0 +1,24 @@
+"""report --format chrome: Chrome's Trace Event JSON, which Perfetto UI
+opens (timeline.py writes it in chunks)."""
+
+from . import timeline as _exports
+from ..view import Format
+
+
+def write(out, view):
+    notes = [n for n in (view.cut_short["samples"], view.cut_short["off-cpu"]) if n]
+    _exports.write_chrome(out, view, f"etwtrace: {view.name}" + "".join(f"; {n}" for n in notes))
+
+
+def size(view):
+    """Bytes the file will have, roughly."""
+    records = sum(r.count for *_, r in view.tree.timelines or ()) if view.kind == "calls" else 0
+    points = len(view.sample_points) + len(view.offcpu_slices)
+    # A begin event names its frame; an end does not.
+    names = {k: len(view.tree.label(k)) for *_, keys, _r in view.tree.timelines or ()
+             for k in keys}
+    name = sum(names.values()) / len(names) if names else 0
+    return int(records * (85 + name / 2)) + points * 110
+
+
+FORMAT = Format(write, timeline=True, needs_stacks=False, needs_timeline=True, size=size)

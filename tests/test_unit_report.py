@@ -1,0 +1,498 @@
+"""The report's parts on stacks and captures made here, in this process:
+the call tree, folding, cuts, diff, pprof and every output format, and a
+scan of a tiny capture written with the project's own CTF writer.  No
+subprocess and no perf (marked `unit`: they run without the machine lock).
+"""
+
+import contextlib
+import gzip
+import io
+import json
+import types
+import xml.etree.ElementTree as ET
+from collections import Counter
+
+import pytest
+
+from etwtrace.report import command as _report, compare as _diff
+from etwtrace.report.formats import diff as _fmt_diff, profile_proto as _pprof, render as _formats
+from etwtrace.report.calltree import TIMELINE_RECORD, CallTree, TimelineRecords
+from etwtrace.report.scan import Cut, ReportError, Scan
+from etwtrace.report.view import View, diff_view, report_view, shown_part
+
+pytestmark = pytest.mark.unit
+
+P = (100, 1)            # a process: (pid, image)
+MAIN, WORK, LEAF = "main (app.py:1)", "work (app.py:5)", "leaf (app.py:9)"
+
+
+# ---- made-up inputs ----
+
+def _folded_thread(nodes, timeline=None):
+    """A thread as the C decoder folds it: nodes are (parent index, fid,
+    calls, inclusive ns, exclusive ns), parents first."""
+    return {"nodes": nodes, "calls": sum(n[2] for n in nodes), "unmatched_pops": 0,
+            "mismatched_pops": 0, "discarded": 0, "timeline": timeline}
+
+
+def _tree(timeline=False, timed=True):
+    """main -> work (3 calls) -> leaf (6 calls), and work -> work once:
+    exclusive times add up to main's inclusive 1000 ns."""
+    tree = CallTree(timeline=timeline)
+    for fid, label in ((1, MAIN), (2, WORK), (3, LEAF)):
+        name, where = label[:-1].split(" (")
+        file, line = where.split(":")
+        tree.function(P, {"FunctionID": fid, "Name": name, "SourceFile": file,
+                          "LineNumber": int(line)})
+    records = None
+    if timeline:
+        # main opens at 0, work at 10..990, leaf inside it: properly nested.
+        events = [(1000, 0, 0), (1010, 1, 0), (1020, 2, 0), (1620, 2, 1), (1630, 3, 0),
+                  (1830, 3, 1), (1900, 1, 1), (2000, 0, 1)]
+        data = b"".join(TIMELINE_RECORD.pack(*e) for e in events)
+        records = TimelineRecords(io.BytesIO(data), {"count": len(events), "first": 1000,
+                                                     "last": 2000})
+    tree.add_thread(P, 100, _folded_thread([(-1, 1, 1, 1000, 100), (0, 2, 3, 900, 100),
+                                            (1, 3, 6, 600, 600), (1, 2, 1, 200, 200)],
+                                           records), timed=timed)
+    return tree
+
+
+SAMPLES = Counter({(MAIN, WORK, LEAF): 6, (MAIN, WORK): 3, (MAIN, "read [libc.so.6]"): 1})
+
+
+def _scan(tree=None, samples=(), offcpu=(), points=()):
+    """What a Scan holds, made up: samples on thread 100 (and one on 101)."""
+    samples = Counter(samples)
+    offcpu = Counter(offcpu)
+    by_thread = {"samples": Counter(), "marks": Counter(), "offcpu": Counter()}
+    for view, stacks in (("samples", samples), ("offcpu", offcpu)):
+        for i, (frames, n) in enumerate(sorted(stacks.items())):
+            by_thread[view][((P, 100 if i else 101), frames)] += n
+    return types.SimpleNamespace(
+        tree=tree or CallTree(), samples=samples, marks=Counter(), offcpu=offcpu,
+        by_thread=by_thread, threads={(P, 100): "MainThread", (P, 101): "thread 101"},
+        ranges=[(P, 100, 1000, 1500, "phase")], instants=[(P, 100, 1200, "mark")],
+        offcpu_slices=[], sample_points=list(points), first=1000, last=2000,
+        problems=[], truncated={})
+
+
+def _points(stacks):
+    """One CPU sample per count, 10 ns apart, on thread 100."""
+    out = []
+    ts = 1000
+    for frames, n in sorted(stacks.items()):
+        for _ in range(n):
+            out.append((P, 100, ts, frames, "SampledProfile"))
+            ts += 10
+    return out
+
+
+def _write(fmt, view):
+    entry = _report.FORMATS[fmt]
+    out = io.BytesIO() if entry.binary else io.StringIO()
+    entry.write(out, view)
+    return out.getvalue()
+
+
+def _view(scan, fmt, off_cpu=False, limit=None):
+    return report_view(scan, _report.FORMATS[fmt], fmt == "text", "cap", Cut(), off_cpu,
+                       limit, None)
+
+
+def _parse_folded(text):
+    out = Counter()
+    for line in text.splitlines():
+        stack, n = line.rsplit(" ", 1)
+        out[tuple(stack.split(";"))] += int(n)
+    return out
+
+
+# ---- a protobuf reader for pprof's profile.proto (wire format only) ----
+
+def _varint(data, i):
+    value = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def _fields(data):
+    """[(field number, int or bytes)] of one message."""
+    out = []
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(data, i)
+        elif wire == 2:
+            size, i = _varint(data, i)
+            value, i = data[i:i + size], i + size
+        else:
+            raise AssertionError(f"wire type {wire} is not written by _pprof")
+        out.append((number, value))
+    return out
+
+
+def _packed(value):
+    if isinstance(value, int):
+        return [value]
+    out, i = [], 0
+    while i < len(value):
+        v, i = _varint(value, i)
+        out.append(v)
+    return out
+
+
+def _decode_pprof(blob):
+    """{"types": [(type, unit)], "samples": [(leaf-first names, values, labels)]}."""
+    top = _fields(gzip.decompress(blob))
+    strings = [v.decode() for n, v in top if n == _pprof.PROFILE_STRING_TABLE]
+    assert strings[0] == ""         # profile.proto: the table starts with ""
+    functions = {}
+    for n, v in top:
+        if n == _pprof.PROFILE_FUNCTION:
+            f = dict(_fields(v))
+            functions[f[_pprof.FUNCTION_ID]] = strings[f[_pprof.FUNCTION_NAME]]
+    locations = {}
+    for n, v in top:
+        if n == _pprof.PROFILE_LOCATION:
+            f = _fields(v)
+            (loc_id,) = [x for k, x in f if k == _pprof.LOCATION_ID]
+            (line,) = [x for k, x in f if k == _pprof.LOCATION_LINE]
+            locations[loc_id] = functions[dict(_fields(line))[_pprof.LINE_FUNCTION_ID]]
+    sample_types = [tuple(strings[x] for _, x in _fields(v))
+                    for n, v in top if n == _pprof.PROFILE_SAMPLE_TYPE]
+    samples = []
+    for n, v in top:
+        if n != _pprof.PROFILE_SAMPLE:
+            continue
+        ids, values, labels = [], [], {}
+        for k, x in _fields(v):
+            if k == _pprof.SAMPLE_LOCATION_ID:
+                ids += _packed(x)
+            elif k == _pprof.SAMPLE_VALUE:
+                values += _packed(x)
+            elif k == _pprof.SAMPLE_LABEL:
+                label = dict(_fields(x))
+                labels[strings[label[_pprof.LABEL_KEY]]] = label[_pprof.LABEL_NUM]
+        samples.append((tuple(locations[i] for i in ids), tuple(values), labels))
+    return {"types": sample_types, "samples": samples}
+
+
+# ---- the call tree ----
+
+def test_call_tree_exclusive_times_sum_to_the_roots_inclusive_time():
+    tree = _tree()
+    folded = tree.folded()
+    assert sum(folded.values()) == 1000
+    assert folded[(MAIN, WORK, LEAF)] == 600 and folded[(MAIN, WORK, WORK)] == 200
+    by_thread = tree.folded(by_thread=True)
+    assert {thread for thread, _ in by_thread} == {(P, 100)}
+    assert sum(by_thread.values()) == 1000
+
+
+def test_call_tree_walks_parents_before_children():
+    seen = set()
+    for _thread, _node, path in _tree()._walk():
+        assert len(path) == 1 or path[:-1] in seen, path
+        seen.add(path)
+    assert len(seen) == 4
+
+
+def test_recursion_counts_a_functions_inclusive_time_once():
+    stats = _tree().functions()
+    assert stats[WORK].calls == 4
+    assert stats[WORK].inclusive == 900     # not 900 + the nested 200
+    assert stats[WORK].exclusive == 300
+    assert stats[LEAF].callers == Counter({WORK: 6})
+    assert stats[MAIN].callees == Counter({WORK: 3})
+    assert stats[WORK].callers == Counter({MAIN: 3, WORK: 1})
+
+
+def test_untimed_calls_are_folded_by_count():
+    tree = _tree(timed=False)
+    assert not tree.has_times
+    assert tree.folded() == Counter({(MAIN,): 1, (MAIN, WORK): 3, (MAIN, WORK, LEAF): 6,
+                                     (MAIN, WORK, WORK): 1})
+    assert tree.untimed_pids == {P}
+
+
+def test_paths_carry_calls_and_exclusive_time_per_thread():
+    paths = _tree().paths()
+    assert paths[((P, 100), (MAIN, WORK, LEAF))] == (6, 600)
+    assert sum(calls for calls, _ in paths.values()) == 11
+
+
+# ---- folding and cuts ----
+
+def test_folded_text_reads_back_as_the_stacks():
+    text = _formats.format_folded(SAMPLES)
+    assert _parse_folded(text) == SAMPLES
+    assert text.endswith("\n")
+
+
+def test_a_cut_holds_its_threads_and_window():
+    cut = Cut(pids={100}, tids={7}, start=10, end=20)
+    assert cut.holds(100, 7, 10) and not cut.holds(100, 7, 20)
+    assert not cut.holds(100, 8, 15) and not cut.holds(101, 7, 15)
+    assert cut.process(100) and not cut.process(101)
+
+
+def test_a_cut_in_seconds_is_made_absolute_from_the_captures_start():
+    cut = Cut(pids={3}, since=0.5, until=2)
+    absolute = cut.from_origin(1_000)
+    assert (absolute.start, absolute.end) == (1_000 + 500_000_000, 1_000 + 2_000_000_000)
+    assert absolute.pids == {3}
+    # A capture without events: the window stays open.
+    assert (cut.from_origin(None).start, cut.from_origin(None).end) == (0, 2**64 - 1)
+    whole = cut.every_thread()
+    assert whole.pids is None and (whole.since, whole.until) == (0.5, 2)
+
+
+def test_a_cut_is_named_in_words():
+    assert shown_part(Cut()) == ""
+    assert shown_part(Cut(pids={2, 1}, tids={5}, since=0.5)) == "pid 1,2, tid 5, 0.5-end s"
+    assert shown_part(Cut(until=3)) == "0-3 s"
+    view = report_view(_scan(samples=SAMPLES), _report.FORMATS["folded"], False, "/x/cap/",
+                       Cut(tids={5}), False, None, None)
+    assert view.name == "cap [tid 5]"
+
+
+# ---- diff ----
+
+NEW = Counter({("a", "b"): 80, ("a", "c"): 20})
+BASE = Counter({("a", "b"): 50, ("a", "c"): 50})
+
+
+def test_diff_text_signs_say_which_paths_grew():
+    text = _diff.text(NEW, BASE, "heading", 10)
+    rows = {line.split()[-1]: line.split()[2] for line in text.splitlines()
+            if line.strip() and line.split()[-1] in ("b", "c")}
+    assert rows == {"b": "+30.0", "c": "-30.0"}
+    paths = [line for line in text.splitlines() if line.endswith("a > b")]
+    assert paths and "+30.0" in paths[0]
+
+
+def test_diff_folded_has_baseline_then_now():
+    assert _diff.folded(NEW, Counter({("a", "b"): 50, ("x",): 1})).splitlines() == [
+        "a;b 50 80", "a;c 0 20", "x 1 0"]
+
+
+def test_diff_colours_grown_red_shrunk_blue_held_white():
+    color = _diff.colors(NEW, BASE)
+    assert color(("a", "b"))[0].startswith("hsl(0,")
+    assert color(("a", "c"))[0].startswith("hsl(220,")
+    assert color(("a",))[0] == "hsl(220,80%,97%)"      # no change: the lightest
+    assert _diff.inclusive_shares(NEW)[("a",)] == pytest.approx(1.0)
+
+
+def test_diff_view_refuses_unlike_captures_and_writes_each_format():
+    calls = _scan(tree=_tree())
+    samples = _scan(samples=SAMPLES)
+    with pytest.raises(ReportError, match="record both the same way"):
+        diff_view(calls, samples, "new", "old", False, None)
+    with pytest.raises(ReportError, match="no stacks or calls recorded to compare"):
+        diff_view(_scan(), samples, "new", "old", False, None)
+    base = _scan(samples=Counter({(MAIN, WORK, LEAF): 1, (MAIN, WORK): 9}))
+    view = diff_view(samples, base, "new", "old", False, None)
+    assert set(_fmt_diff.WRITERS) == {"text", "folded", "svg"}
+    out = {}
+    for fmt, write in _fmt_diff.WRITERS.items():
+        buf = io.StringIO()
+        write(buf, view)
+        out[fmt] = buf.getvalue()
+    assert out["text"].startswith("new against old: CPU samples")
+    folded = {line.rsplit(" ", 2)[0]: line.rsplit(" ", 2)[1:] for line in
+              out["folded"].splitlines()}
+    assert folded[";".join((MAIN, WORK, LEAF))] == ["1", "6"]
+    root = ET.fromstring(out["svg"])
+    assert "red grew, blue shrank" in "".join(root.itertext())
+
+
+# ---- pprof ----
+
+def test_pprof_decodes_to_the_stacks_and_values_given():
+    samples = {((P, 100), (MAIN, WORK, LEAF)): (6, 600), ((P, 101), (MAIN,)): (1, 100),
+               (((100, 2), 100), (WORK,)): (2, 20)}
+    profile = _decode_pprof(_pprof.encode(samples, [("calls", "count"), ("time", "nanoseconds")],
+                                          duration_ns=5))
+    assert profile["types"] == [("calls", "count"), ("time", "nanoseconds")]
+    got = {(names, values): labels for names, values, labels in profile["samples"]}
+    assert got[(("leaf", "work", "main"), (6, 600))] == {"pid": 100, "tid": 100}   # leaf first
+    assert got[(("main",), (1, 100))] == {"pid": 100, "tid": 101}
+    assert got[(("work",), (2, 20))] == {"pid": 100, "tid": 100, "exec": 2}
+    assert sum(v[1] for _, v, _ in profile["samples"]) == 720
+
+
+def test_pprof_of_a_call_view_has_calls_and_time():
+    view = _view(_scan(tree=_tree()), "pprof")
+    profile = _decode_pprof(_write("pprof", view))
+    assert profile["types"] == [("calls", "count"), ("time", "nanoseconds")]
+    assert sum(v[0] for _, v, _ in profile["samples"]) == 11
+    assert sum(v[1] for _, v, _ in profile["samples"]) == 1000
+
+
+# ---- every output format, on a view ----
+
+@pytest.mark.parametrize("fmt", ["text", "folded", "svg", "speedscope", "chrome", "pprof"])
+def test_every_format_writes_a_sample_view(fmt):
+    scan = _scan(samples=SAMPLES, points=_points(SAMPLES))
+    out = _write(fmt, _view(scan, fmt))
+    total = sum(SAMPLES.values())
+    if fmt == "text":
+        assert out.startswith(f"{total} CPU samples")
+        (row,) = [line for line in out.splitlines() if line.endswith(LEAF)]
+        assert row.split()[0] == "6"
+    elif fmt == "folded":
+        assert _parse_folded(out) == SAMPLES
+    elif fmt == "svg":
+        root = ET.fromstring(out)
+        text = "".join(root.itertext())
+        assert f"etwtrace: cap ({total}, CPU samples)" in text
+        assert all(frame in text for frame in (MAIN, WORK, LEAF))
+    elif fmt == "speedscope":
+        doc = json.loads(out)
+        assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+        (profile,) = doc["profiles"]
+        assert profile["type"] == "sampled" and sum(profile["weights"]) == total
+        names = [f["name"] for f in doc["shared"]["frames"]]
+        assert Counter(tuple(names[i] for i in s) for s in profile["samples"]) == Counter(
+            {tuple(f.split(" (")[0] for f in k): v for k, v in SAMPLES.items()})
+    elif fmt == "chrome":
+        doc = json.loads(out)
+        assert len(doc["samples"]) == total
+        frames = doc["stackFrames"]
+        for node in frames.values():
+            assert "parent" not in node or node["parent"] in frames
+        assert {e["name"] for e in doc["traceEvents"] if e["ph"] == "M"} == {
+            "process_name", "thread_name"}
+    else:
+        profile = _decode_pprof(out)
+        assert profile["types"] == [("samples", "count")]
+        assert sum(v[0] for _, v, _ in profile["samples"]) == total
+
+
+@pytest.mark.parametrize("fmt", ["text", "folded", "svg", "speedscope", "chrome", "pprof"])
+def test_every_format_writes_a_call_view(fmt):
+    out = _write(fmt, _view(_scan(tree=_tree(timeline=True)), fmt))
+    if fmt == "text":
+        assert out.startswith("11 calls (instrumented)")
+        table = out.split("callers (<-)")[0]
+        (row,) = [line for line in table.splitlines() if line.endswith(WORK)]
+        assert row.split()[0] == "4"        # calls
+    elif fmt == "folded":
+        assert sum(_parse_folded(out).values()) == 1000
+    elif fmt == "svg":
+        assert "1000 ns" not in out and "0.001 ms" in "".join(ET.fromstring(out).itertext())
+    elif fmt == "speedscope":
+        (profile,) = json.loads(out)["profiles"]
+        assert profile["type"] == "evented" and profile["unit"] == "nanoseconds"
+        depth = 0
+        for e in profile["events"]:
+            depth += 1 if e["type"] == "O" else -1
+            assert depth >= 0
+        assert depth == 0 and len(profile["events"]) == 8
+    elif fmt == "chrome":
+        events = [e for e in json.loads(out)["traceEvents"] if e["ph"] in "BE"]
+        opened = []
+        for e in events:
+            if e["ph"] == "B":
+                opened.append(e["name"])
+            else:
+                assert opened
+                opened.pop()
+        assert not opened and len(events) == 8
+        assert [e["name"] for e in events if e["ph"] == "B"][:3] == [MAIN, WORK, LEAF]
+    else:
+        assert sum(v[1] for _, v, _ in _decode_pprof(out)["samples"]) == 1000
+
+
+def test_formats_refuse_what_they_cannot_show():
+    empty = _scan()
+    for fmt in ("text", "folded", "svg", "speedscope", "pprof"):
+        with pytest.raises(ReportError, match="no stacks or calls recorded"):
+            _view(empty, fmt)
+    with pytest.raises(ReportError, match="no off-CPU time recorded"):
+        _view(_scan(samples=SAMPLES), "folded", off_cpu=True)
+    nothing = types.SimpleNamespace(**{**vars(empty), "ranges": [], "instants": []})
+    with pytest.raises(ReportError, match="nothing to put on a timeline"):
+        _view(nothing, "chrome")
+    _view(empty, "chrome")      # a mark and a range are a timeline
+    untimed = _scan(tree=_tree(timed=False))
+    with pytest.raises(ReportError, match="no timeline"):
+        _view(untimed, "speedscope")
+
+
+def test_a_timeline_formats_size_is_estimated():
+    view = _view(_scan(tree=_tree(timeline=True)), "chrome")
+    for fmt in ("speedscope", "chrome"):
+        actual = len(_write(fmt, view))
+        # Small files are mostly headers; the estimate counts the events.
+        assert 0 < _report.FORMATS[fmt].size(view) <= actual
+
+
+def test_every_format_is_a_module_with_a_writer_of_output_and_view():
+    import inspect
+    for fmt, entry in _report.FORMATS.items():
+        assert entry.write.__module__ == f"etwtrace.report.formats.{fmt}", fmt
+        assert list(inspect.signature(entry.write).parameters) == ["out", "view"]
+    assert isinstance(_view(_scan(samples=SAMPLES), "text"), View)
+
+
+# ---- a capture written with the project's CTF writer ----
+
+def _tiny_capture(root):
+    """Two Python functions (outer calls inner) and 5 CPU samples with
+    stacks inside their address ranges, as the BPF sampler writes them."""
+    from etwtrace.trace import ctfwrite as _ctfwrite
+    (root / "ctf").mkdir(parents=True)
+    trace = _ctfwrite.TraceWriter(str(root / "ctf"), 4242)
+    stream = trace.stream(4242)
+    stream.function(1000, 1, 0x1000, 0x1100, 3, True, "t.py", "outer")
+    stream.function(1001, 2, 0x2000, 0x2100, 7, True, "t.py", "inner")
+    for i in range(3):
+        stream.sample(2000 + i, _ctfwrite.sample_payload([0x2010, 0x1010]))
+    for i in range(2):
+        stream.sample(3000 + i, _ctfwrite.sample_payload([0x1020]))
+    trace.close()
+    return root
+
+
+def test_a_scan_names_samples_of_a_written_capture_and_cuts_them(tmp_path):
+    cap = str(_tiny_capture(tmp_path))
+    with Scan(cap, None) as scan:
+        assert scan.samples == Counter({("outer (t.py:3)", "inner (t.py:7)"): 3,
+                                        ("outer (t.py:3)",): 2})
+        assert scan.lost_events() is None and scan.untraced_children() is None
+    # The window [1 us, 2 us) after the first event holds the three inner samples.
+    with Scan(cap, None, cut=Cut(since=1e-6, until=2e-6)) as scan:
+        assert sum(scan.samples.values()) == 3
+    with Scan(cap, None, cut=Cut(tids={1})) as scan:
+        assert not scan.samples
+
+
+@pytest.mark.parametrize("fmt", ["text", "folded", "svg", "speedscope", "chrome", "pprof"])
+def test_the_report_command_writes_every_format_of_a_written_capture(tmp_path, fmt):
+    cap = _tiny_capture(tmp_path / "cap")
+    out = tmp_path / "out"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert _report.main([str(cap), "--format", fmt, "-o", str(out)]) == 0, err.getvalue()
+    data = out.read_bytes()
+    if fmt == "pprof":
+        assert sum(v[0] for _, v, _ in _decode_pprof(data)["samples"]) == 5
+    elif fmt == "svg":
+        ET.fromstring(data)
+    elif fmt in ("speedscope", "chrome"):
+        json.loads(data)
+    elif fmt == "folded":
+        assert sum(_parse_folded(data.decode()).values()) == 5
+    else:
+        assert data.decode().startswith("5 CPU samples")
+
