@@ -438,7 +438,7 @@ def test_timelines_stay_valid_json_at_every_chunk_boundary(calls_capture, tmp_pa
 
 
 def test_svg_is_interactive_and_draws_stacks_deeper_than_the_recursion_limit(tmp_path):
-    from etwtrace.report.formats.text import format_svg
+    from etwtrace.report.formats.render import format_svg
     deep = tuple(f"f{i} (deep.py:{i})" for i in range(3 * sys.getrecursionlimit()))
     svg = format_svg(Counter({deep: 2, ("f0 (deep.py:0)", "leaf [libc.so.6]"): 1}), "deep")
     doc = xml.dom.minidom.parseString(svg)
