@@ -11,6 +11,8 @@ import atexit
 import os
 import sys
 
+from .errors import Error
+
 __version__ = "0.2.0"
 __all__ = [
     "StackSamplingTracer",
@@ -23,6 +25,7 @@ __all__ = [
     "get_stacktags_path",
     "open_trace",
     "TraceError",
+    "Error",
 ]
 
 PROVIDER_NAME = "Python"

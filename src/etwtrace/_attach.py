@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from . import _session, _stdout
+from .errors import Error
 
 CONFIRM_SECONDS = 10
 
@@ -42,7 +43,7 @@ ALTERNATIVE = ("trace it from its start instead: run `python -m etwtrace --enabl
                "once for that Python, then start the program with ETWTRACE_ON=1")
 
 
-class AttachError(Exception):
+class AttachError(Error):
     pass
 
 

@@ -26,6 +26,7 @@ import time
 
 from . import _budget, _children, _confine, _ctf, _env, _guide, _manifest, _perf, _safefs
 from ._perf import PerfError
+from .errors import Error
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autostart")
 MODE_ENV = _env.CAPTURE_MODE
@@ -40,7 +41,7 @@ OWN_ENTRIES = frozenset({
 })
 
 
-class CaptureError(Exception):
+class CaptureError(Error):
     """A capture cannot be made (bad path, bad preset, perf refused)."""
 
 

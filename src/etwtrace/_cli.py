@@ -7,6 +7,7 @@ import sys
 import etwtrace
 
 from . import _env, _stdout
+from .errors import UsageError
 
 PTH_NAME = "etwtrace.pth"
 PTH_TEMPLATE = "import etwtrace; etwtrace.enable_if({!r}, {!r})"
@@ -103,10 +104,6 @@ Environment:
                           exits (default: remove; keep them for a perf
                           recording made outside etwtrace)
 """
-
-
-class UsageError(Exception):
-    pass
 
 
 def _say(text):

@@ -27,6 +27,8 @@ import sys
 import sysconfig
 import time
 
+from .errors import Error
+
 STACK_SAMPLE_PROBE = "sdt_etwtrace:stack_sample"
 SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
 
@@ -45,7 +47,7 @@ MAX_STACK_SYSCTL = "/proc/sys/kernel/perf_event_max_stack"
 SAVED_MAX_STACK = "/run/etwtrace/perf_event_max_stack"
 
 
-class PerfError(Exception):
+class PerfError(Error):
     """perf is missing, refused, or failed."""
 
 

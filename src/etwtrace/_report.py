@@ -19,6 +19,7 @@ import warnings
 from . import _diff, _exports, _formats, _pprof
 from ._scan import TRUNCATED_FRAME, Cut, ReportError, Scan, load_stacktags, process_name
 from ._stdout import drop_stdout
+from .errors import Error
 
 # Outputs expected to be larger than this are announced before writing.
 WARN_BYTES = 100 * 2**20
@@ -173,7 +174,7 @@ def _text(scan, off_cpu, limit, losses=None):
     return _formats.format_text(sections)
 
 
-class OutputError(Exception):
+class OutputError(Error):
     """The output could not be written (a full disk, a read-only
     directory): a failure of the report, not of its input."""
 

@@ -23,6 +23,7 @@ import time
 
 from . import _budget, _capture, _ctfwrite, _elfsym, _pyremote
 from ._pyremote import RemoteError
+from .errors import Error
 
 # Synthetic addresses of Python frames: non-canonical on x86-64, so no
 # native code can be there.
@@ -63,7 +64,7 @@ _TARGET = struct.Struct("<Q14IQQQIIIIII")
 UNWIND_ALWAYS = False
 
 
-class SampledError(Exception):
+class SampledError(Error):
     pass
 
 

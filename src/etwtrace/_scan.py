@@ -26,6 +26,7 @@ import xml.dom.minidom
 from collections import Counter
 
 from ._calltree import CallTree, TimelineRecords, label_of, shown
+from .errors import Error
 
 # Native frames where CPython runs a Python frame: where the Python part of
 # an instrumented capture's stack goes.
@@ -48,7 +49,7 @@ def clean_symbol(sym):
     return _CLONE_SUFFIX.sub("", sym)
 
 
-class ReportError(Exception):
+class ReportError(Error):
     pass
 
 

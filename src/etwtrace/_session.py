@@ -44,6 +44,7 @@ import time
 from . import (_budget, _capture, _children, _confine, _ctf, _env, _manifest, _perf, _pyfinder,
                _safefs, _sampled, _sizes, _stdout)
 from ._capture import CaptureError
+from .errors import Error
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
 STATE = "state.json"      # the session as its daemon describes it
@@ -57,7 +58,7 @@ DAEMON_TIMEOUT = 60       # seconds `start` waits for the daemon to be ready
 PERF_STOP_TIMEOUT = 300   # seconds `stop` waits for perf to write out
 
 
-class SessionError(Exception):
+class SessionError(Error):
     """A session command cannot do what was asked (one line)."""
 
 
