@@ -394,7 +394,7 @@ def _main(args):
                 raise UsageError("--c-calls needs --instrumented")
             # Through the environment, so capture children and spawned
             # Python processes trace C calls too.
-            os.environ[etwtrace.C_CALLS_ENV] = "1"
+            os.environ[_env.C_CALLS] = "1"
         if not opts["call_times"]:
             if mode != "instrumented":
                 raise UsageError("--no-call-times needs --instrumented")
@@ -402,7 +402,7 @@ def _main(args):
                 # perf's samples are placed on call stacks by time.
                 raise UsageError("--no-call-times records with the built-in recorder, not perf")
             opts["recorder"] = "builtin"
-            os.environ[etwtrace.CALL_TIMES_ENV] = "0"
+            os.environ[_env.CALL_TIMES] = "0"
         if opts["capture"]:
             from . import _capture
             try:

@@ -45,6 +45,12 @@ class EnvError(Error):
     status = 2
 
 
+def text(name, environ=os.environ):
+    """A variable's value as set (a path, a directory); None when unset or
+    empty."""
+    return environ.get(name) or None
+
+
 def flag(name, default, environ=os.environ):
     """A yes/no variable: `default` when unset or empty."""
     value = environ.get(name, "").strip().lower()

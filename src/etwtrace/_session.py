@@ -71,7 +71,7 @@ class Place:
     def __init__(self):
         self.system = os.geteuid() == 0
         if self.system:
-            self.dir = os.environ.get(_env.SESSION_DIR) or "/run/etwtrace"
+            self.dir = _env.text(_env.SESSION_DIR) or "/run/etwtrace"
         else:
             self.dir = f"/tmp/etwtrace-{os.geteuid()}"
 
