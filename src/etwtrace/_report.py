@@ -10,7 +10,6 @@ What is shown, by what the capture holds:
 * with --off-cpu, the time threads spent blocked, by stack.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ import warnings
 from . import _diff, _exports, _formats, _pprof
 from ._scan import TRUNCATED_FRAME, Cut, ReportError, Scan, load_stacktags, process_name
 from ._stdout import drop_stdout
-from .errors import Error
+from .errors import Error, UsageError
 
 # Outputs expected to be larger than this are announced before writing.
 WARN_BYTES = 100 * 2**20
@@ -262,7 +261,7 @@ def _shown_part(opts):
 
 def _report_diff(opts, scan, base):
     if opts.format not in ("text", "folded", "svg"):
-        raise ReportError("--diff writes text, folded or svg")
+        raise UsageError("--diff writes text, folded or svg")
     view, stacks, unit, what = _choose_view(scan, opts.off_cpu)
     base_view, base_stacks, base_unit, base_what = _choose_view(base, opts.off_cpu)
     if not stacks or not base_stacks:
@@ -371,7 +370,7 @@ def _write_speedscope(out, opts, scan, v):
 
 def _check_pprof(opts, scan):
     if not opts.output and sys.stdout.isatty():
-        raise ReportError("pprof output is binary: write it with -o FILE")
+        raise UsageError("pprof output is binary: write it with -o FILE")
 
 
 def _write_pprof(out, opts, scan, v):
@@ -419,93 +418,13 @@ FORMATS = {
 }
 
 
-def _id_list(text):
-    try:
-        ids = {int(part) for part in text.split(",")}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of ids: {text!r}") from None
-    if any(i <= 0 for i in ids):
-        raise argparse.ArgumentTypeError(f"ids are positive: {text!r}")
-    return ids
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (value >= 0 and value < 1e9):
-        raise argparse.ArgumentTypeError(f"not a number of seconds from the start: {text!r}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad options are one line on stderr (and status 2), not a usage block."""
-
-    def error(self, message):
-        print(f"etwtrace: error: report: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-    def print_help(self, file=None):
-        """--help, quietly into a closed pipe (3.9's argparse lets the
-        BrokenPipeError out; later ones drop it)."""
-        try:
-            super().print_help(file)
-            (file or sys.stdout).flush()
-        except BrokenPipeError:
-            drop_stdout()
-
-
-def main(args):
-    parser = _Parser(
-        prog="python -m etwtrace report",
-        description="Summarise a capture: functions table (text), folded stacks, "
-                    "speedscope or Chrome/Perfetto JSON, an SVG flame graph, or a "
-                    "pprof profile; or compare two captures (--diff).",
-        epilog="Instrumented captures show exact calls and time (folded/svg values are "
-               "exclusive nanoseconds); perf captures show CPU samples; --off-cpu shows "
-               "blocked time in nanoseconds.")
-    parser.add_argument("path", help="capture directory (from --capture)")
-    parser.add_argument("--format", default="text", choices=list(FORMATS),
-                        help="output format (default: text)")
-    parser.add_argument("-o", "--output", help="write here instead of stdout")
-    parser.add_argument("--off-cpu", action="store_true",
-                        help="blocked time (locks, I/O, sleep) by stack, from perf's "
-                             "context switches")
-    parser.add_argument("--limit", type=int, default=40, metavar="N",
-                        help="rows per table in text output (default 40; 0 for all)")
-    parser.add_argument("--no-stacktags", action="store_true",
-                        help="show interpreter-internal native frames too")
-    parser.add_argument("--stacktags", help="stack tags file (default: the bundled one)")
-    parser.add_argument("--pid", type=_id_list, metavar="PID[,PID...]",
-                        help="only these processes")
-    parser.add_argument("--tid", type=_id_list, metavar="TID[,TID...]",
-                        help="only these threads")
-    parser.add_argument("--from", dest="start", type=_seconds, metavar="SECONDS",
-                        help="only from this many seconds after the capture's first event")
-    parser.add_argument("--to", dest="end", type=_seconds, metavar="SECONDS",
-                        help="only until this many seconds after the capture's first event")
-    parser.add_argument("--diff", metavar="BASELINE",
-                        help="compare with the capture BASELINE: which call paths took a "
-                             "larger or smaller share (text, folded or svg)")
-    try:
-        opts = parser.parse_args(args)
-    except SystemExit as ex:
-        return 0 if ex.code == 0 else 2
-    if opts.start is not None and opts.end is not None and opts.end <= opts.start:
-        parser.error(f"--to {opts.end:g} is not after --from {opts.start:g}")
-    from ._capfile import NoCapture, TraceError
+def main(opts):
+    """python -m etwtrace report, its options parsed (_args); errors are
+    raised for the command line's top level to say."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             run(opts)
-    except (ReportError, NoCapture) as ex:
-        print(f"etwtrace: error: {ex}", file=sys.stderr)
-        return 2
-    except (TraceError, OutputError) as ex:
-        # The capture cannot be read, or the report cannot be written.
-        print(f"etwtrace: error: {ex}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("etwtrace: report interrupted", file=sys.stderr)
         return 130
