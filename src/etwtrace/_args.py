@@ -81,7 +81,7 @@ def capture_path(text):
 
 
 def process_id(command, text):
-    if not text.isdigit() or not 0 < int(text) <= PID_MOST:
+    if not text.isdigit() or int(text) <= 0:
         raise UsageError(f"{command} needs a process id, not {text!r}")
     return int(text)
 
@@ -316,10 +316,20 @@ def _read(options, args, command, fold_case=False, unknown=None):
 def _value(option, args):
     if not args or args[0] == "--":
         raise UsageError(f"{option} needs a value")
-    if args[0].startswith("-") and args[0] != "-":
+    if args[0].startswith("-") and args[0] != "-" and not _is_number(args[0]):
         raise UsageError(f"{option} needs a value, not the option {args[0]!r} "
                          "(write ./-name for a path that starts with -)")
     return args.pop(0)
+
+
+def _is_number(text):
+    """-1, -0.5: a (wrong) value for the option's check to refuse, not a
+    forgotten value."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _words(command, words, expected):
