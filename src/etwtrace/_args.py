@@ -11,8 +11,7 @@ from .errors import UsageError
 
 RECORDERS = ("auto", "perf", "builtin")
 HELP_NAMES = ("-h", "-?", "--help", "/?", "/h")
-# The value options' placeholders: a word after one that starts with "-"
-# is taken for a forgotten value, not read as the value.
+# The largest --pid of --sampled (the kernel's limit of pid_max).
 PID_MOST = 2**22
 
 
@@ -314,6 +313,8 @@ def _read(options, args, command, fold_case=False, unknown=None):
 
 
 def _value(option, args):
+    """The value after `option`: a word after it that starts with "-" is
+    taken for a forgotten value, not read as the value."""
     if not args or args[0] == "--":
         raise UsageError(f"{option} needs a value")
     if args[0].startswith("-") and args[0] != "-" and not _is_number(args[0]):
