@@ -248,3 +248,16 @@ def test_an_unsupported_interpreter_is_refused_in_one_line(version):
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert lines == [lines[0]] and "supports CPython 3.9 to 3.15" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["record", "start"], "record start needs a PATH"),
+    (["record", "bogus"], "unknown record command 'bogus'"),
+    (["attach", "notapid"], "attach needs a process id"),
+    (["report", "somewhere", "--format", "nope"], "invalid choice"),
+])
+def test_every_subcommands_usage_error_exits_2(args, message):
+    proc = run_etwtrace(*args)
+    lines = proc.stderr.strip().splitlines()
+    assert (proc.returncode, len(lines)) == (2, 1), proc.stderr
+    assert lines[0].startswith("etwtrace: error:") and message in lines[0], lines[0]

@@ -17,6 +17,7 @@ import pytest
 
 import etwtrace
 from conftest import SCRIPTS, client_env, need_client, report_output, run_etwtrace
+from etwtrace.cli import main as _cli
 from etwtrace.report import command as _report
 
 
@@ -27,10 +28,11 @@ def _name(label):
     return label.split(" (")[0]
 
 
-def _fails(*args):
-    """A report that must fail: one line on stderr, status 2."""
+def _fails(*args, status=2):
+    """A report that must fail: one line on stderr, status 2 (usage) or
+    1 (a failure)."""
     proc = run_etwtrace("report", *args)
-    assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+    assert proc.returncode == status, (args, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     return proc.stderr
@@ -292,7 +294,7 @@ def test_diff_shows_which_paths_took_a_larger_share(tmp_path):
 def test_diff_refuses_what_cannot_be_compared(tmp_path, capture):
     calls = _capture(tmp_path, "calls", "ratio.py", "1", "1")
     marks = capture("by_arg.py", "a")
-    assert "cannot compare" in _fails(calls, "--diff", marks.path)
+    assert "cannot compare" in _fails(calls, "--diff", marks.path, status=1)
     assert "--diff writes text, folded or svg" in _fails(calls, "--diff", calls,
                                                          "--format", "chrome")
     assert "no such" in _fails(calls, "--diff", tmp_path / "missing").lower()
@@ -327,7 +329,8 @@ def test_tid_and_pid_cut_threads_and_processes(tmp_path):
     assert main == {"<module>": 1, "top": 1, "middle": 2, "leaf": 15}
     assert _text_calls(_report_out(cap, "--pid", pid, "--limit", "0"),
                        "report_calls.py")["leaf"] == 30
-    assert "no stacks or calls" in _fails(cap, "--pid", pid + 1 if pid < 4000000 else 1)
+    assert "no stacks or calls" in _fails(cap, "--pid", pid + 1 if pid < 4000000 else 1,
+                                          status=1)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -349,7 +352,7 @@ def test_large_timelines_are_announced_with_their_size(tmp_path, monkeypatch):
         monkeypatch.setattr(_report, "WARN_BYTES", 1024)
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            assert _report.main([str(cap), "--format", fmt, "-o", str(out)]) == 0
+            assert _cli.main(["report", str(cap), "--format", fmt, "-o", str(out)]) == 0
         m = re.search(r"this \w+ file will be about ([\d,]+) MiB; --pid, --tid and "
                       r"--from/--to SECONDS cut a smaller view", err.getvalue())
         assert m, err.getvalue()
@@ -363,7 +366,8 @@ def test_large_timelines_are_announced_with_their_size(tmp_path, monkeypatch):
     monkeypatch.setattr(_report, "WARN_BYTES", 100 * 2**20)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        assert _report.main([str(cap), "--format", "chrome", "-o", str(tmp_path / "c")]) == 0
+        assert _cli.main(["report", str(cap), "--format", "chrome", "-o",
+                          str(tmp_path / "c")]) == 0
     assert err.getvalue() == ""
 
 

@@ -162,7 +162,8 @@ def test_mixed_flame_graph_from_perf_samples(capture, tmp_path):
 @pytest.mark.parametrize("args, message, status", [
     (["report", "/nonexistent/capture"], "no such capture", 2),
     (["report", "CAP", "--format", "nope"], "invalid choice", 2),
-    (["report", "CAP", "--off-cpu"], "no off-CPU time recorded", 2),
+    # Nothing to show: a failure (exit 1), not a usage error.
+    (["report", "CAP", "--off-cpu"], "no off-CPU time recorded", 1),
     (["report", "CAP", "--stacktags", "/nonexistent.stacktags"], "cannot read stack tags", 2),
     # A failure, not a usage error (DESIGN.md section 3).
     (["report", "CAP", "-o", "/proc/forbidden/out.txt"], "cannot write", 1),
@@ -424,12 +425,13 @@ def test_cpu_preset_uses_frame_pointers_where_libpython_keeps_them(capture):
 
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 def test_timelines_stay_valid_json_at_every_chunk_boundary(calls_capture, tmp_path, monkeypatch, chunk):
+    from etwtrace.cli import main as _cli
     from etwtrace.report.formats import timeline as _exports
-    from etwtrace.report import command as _report
     monkeypatch.setattr(_exports, "CHUNK", chunk)
     for fmt in ("chrome", "speedscope"):
         out = tmp_path / f"{fmt}-{chunk}.json"
-        assert _report.main([str(calls_capture.path), "--format", fmt, "-o", str(out)]) == 0
+        assert _cli.main(["report", str(calls_capture.path), "--format", fmt, "-o",
+                          str(out)]) == 0
         doc = json.loads(out.read_text())
         if fmt == "speedscope":
             check_speedscope(doc)

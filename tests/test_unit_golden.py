@@ -72,12 +72,13 @@ def unpack(into):
 
 def run_case(root, args, out_path):
     """(exit status, stderr, digest of the output) of one report."""
+    from etwtrace.cli import main as _cli
     from etwtrace.report import command as _report
     getattr(_report, "_said", set()).clear()    # warnings are said once per process
     args = [a.replace("CAP", str(root)) for a in args]
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        status = _report.main([*args, "-o", str(out_path)])
+        status = _cli.main(["report", *args, "-o", str(out_path)])
     data = out_path.read_bytes() if out_path.exists() else b""
     if "--format" not in args or args[args.index("--format") + 1] == "text":
         data = b"\n".join(sorted(data.split(b"\n")))

@@ -14,6 +14,7 @@ from collections import Counter
 
 import pytest
 
+from etwtrace.cli import main as _cli
 from etwtrace.report import command as _report, compare as _diff
 from etwtrace.report.formats import diff as _fmt_diff, profile_proto as _pprof, render as _formats
 from etwtrace.report.calltree import TIMELINE_RECORD, CallTree, TimelineRecords
@@ -483,7 +484,8 @@ def test_the_report_command_writes_every_format_of_a_written_capture(tmp_path, f
     out = tmp_path / "out"
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        assert _report.main([str(cap), "--format", fmt, "-o", str(out)]) == 0, err.getvalue()
+        assert _cli.main(["report", str(cap), "--format", fmt, "-o", str(out)]) == 0, \
+            err.getvalue()
     data = out.read_bytes()
     if fmt == "pprof":
         assert sum(v[0] for _, v, _ in _decode_pprof(data)["samples"]) == 5

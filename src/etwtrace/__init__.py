@@ -11,6 +11,8 @@ import atexit
 import os
 import sys
 
+from .errors import Error
+
 __version__ = "0.2.0"
 __all__ = [
     "StackSamplingTracer",
@@ -23,14 +25,11 @@ __all__ = [
     "get_stacktags_path",
     "open_trace",
     "TraceError",
+    "Error",
 ]
 
 PROVIDER_NAME = "Python"
 PROVIDER_GUID = "99a10640-320d-4b37-9e26-c311d86da7ab"
-CAPTURE_ENV = "ETWTRACE_CAPTURE"
-C_CALLS_ENV = "ETWTRACE_C_CALLS"
-CALL_TIMES_ENV = "ETWTRACE_CALL_TIMES"
-PERF_FILES_ENV = "ETWTRACE_PERF_FILES"
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _tracer = None
@@ -113,7 +112,7 @@ class _TracingMixin:
         self.ignore(threading.__file__, threading.Thread.run.__code__.co_filename)
         from .trace import children as _children
         from . import env as _env   # (imported before tracing starts)
-        capture = os.environ.get(CAPTURE_ENV) or None
+        capture = _env.text(_env.CAPTURE)
         limit = _env.size(_env.MAX_SIZE) if capture else None
         if limit is not None:
             from .trace import budget as _budget
@@ -187,9 +186,9 @@ class InstrumentedTracer(_TracingMixin):
         super().__init__()
         from . import env as _env
         if c_calls is None:
-            c_calls = _env.flag(C_CALLS_ENV, False)
+            c_calls = _env.flag(_env.C_CALLS, False)
         if call_times is None:
-            call_times = _env.flag(CALL_TIMES_ENV, True)
+            call_times = _env.flag(_env.CALL_TIMES, True)
         self._c_calls = bool(c_calls)
         self._call_times = bool(call_times)
 
@@ -274,7 +273,7 @@ def enable_if(enable_var, type_var):
             return
         # Started by the .pth: its /tmp perf files go when it exits, unless
         # a recording asked to keep them (a capture collects them).
-        keep = _env.choice(PERF_FILES_ENV) == "keep" or bool(os.getenv(CAPTURE_ENV))
+        keep = _env.choice(_env.PERF_FILES) == "keep" or bool(_env.text(_env.CAPTURE))
         tracer._native.remove_perf_files_at_exit(not keep)
         from .trace import children as _children
         _children.ENABLE_VAR = enable_var or None   # its children need it too

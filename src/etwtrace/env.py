@@ -5,6 +5,8 @@ one-line EnvError), never silently taken as "on"."""
 
 import os
 
+from .errors import Error
+
 CAPTURE = "ETWTRACE_CAPTURE"
 CAPTURE_MODE = "ETWTRACE_CAPTURE_MODE"
 C_CALLS = "ETWTRACE_C_CALLS"
@@ -36,8 +38,17 @@ FLAGS = (C_CALLS, CALL_TIMES)
 MAX_PROFILE_BYTES = 1 << 20
 
 
-class EnvError(Exception):
-    """An ETWTRACE_* variable holds a value it does not accept."""
+class EnvError(Error):
+    """An ETWTRACE_* variable holds a value it does not accept: like a bad
+    option, a usage error."""
+
+    status = 2
+
+
+def text(name, environ=os.environ):
+    """A variable's value as set (a path, a directory); None when unset or
+    empty."""
+    return environ.get(name) or None
 
 
 def flag(name, default, environ=os.environ):

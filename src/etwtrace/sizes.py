@@ -1,10 +1,12 @@
 """Sizes in bytes as users write them (--ring, --max-size,
 ETWTRACE_MAX_SIZE) and as etwtrace prints them: one parser for all."""
 
+from .errors import Error
+
 _SCALES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-class SizeError(ValueError):
+class SizeError(Error, ValueError):
     """A size that cannot be read (its message names the option)."""
 
 

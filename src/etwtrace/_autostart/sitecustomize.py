@@ -6,12 +6,14 @@ import sys
 
 
 def _start_tracing():
+    # Read here, not through etwtrace.env: a process that records into no
+    # capture must not import etwtrace (it may be another Python's).
     if not os.environ.get("ETWTRACE_CAPTURE"):
         return
     try:
         import etwtrace
-        mode_var = "ETWTRACE_CAPTURE_MODE"
-        etwtrace.enable_if("", mode_var)
+        from etwtrace import env as _env
+        etwtrace.enable_if("", _env.CAPTURE_MODE)
     except Exception as ex:  # never break the child's start-up
         print(f"etwtrace: not tracing this process: {ex}", file=sys.stderr)
 

@@ -18,32 +18,16 @@ import tempfile
 import time
 
 from . import session as _session
-from .. import stdout as _stdout
+from ..errors import Error
 
 CONFIRM_SECONDS = 10
 
-ATTACH_HELP = """\
-Usage: python -m etwtrace attach PID [--instrumented [--c-calls]]
-       python -m etwtrace detach PID
-
-    Starts (attach) or stops (detach) tracing in the running Python process
-    PID, which records into the recording session that runs (start one with
-    python -m etwtrace record start PATH).  --instrumented traces every call
-    (with --c-calls, C callables too) instead of stack sampling.
-
-    Needs CPython 3.14 or later (sys.remote_exec), the same major.minor
-    version for this command as for the process (python3.14 -m etwtrace ...),
-    and permission to trace the process: root, or the same user where
-    /proc/sys/kernel/yama/ptrace_scope allows it.  For older Pythons, trace
-    from the start instead: python -m etwtrace --enable ETWTRACE_ON, then
-    run the program with ETWTRACE_ON=1.
-"""
 
 ALTERNATIVE = ("trace it from its start instead: run `python -m etwtrace --enable ETWTRACE_ON` "
                "once for that Python, then start the program with ETWTRACE_ON=1")
 
 
-class AttachError(Exception):
+class AttachError(Error):
     pass
 
 
@@ -159,39 +143,18 @@ def _run_remote(pid, action, mode="stack", c_calls=False):
     return outcome
 
 
-def main(command, args, say):
-    if not args or args[0] in ("-h", "--help", "-?"):
-        _stdout.out(ATTACH_HELP)
-        return 0 if args else 2
-    try:
-        pid_text, options = args[0], args[1:]
-        if not pid_text.isdigit() or int(pid_text) <= 0:
-            raise AttachError(f"{command} needs a process id, not {pid_text!r}")
-        pid = int(pid_text)
-        mode, c_calls = "stack", False
-        for option in options:
-            if command == "attach" and option in ("--instrumented", "--instrument"):
-                mode = "instrumented"
-            elif command == "attach" and option == "--c-calls":
-                c_calls = True
-            elif command == "attach" and option == "--stack":
-                mode = "stack"
-            else:
-                raise AttachError(f"unknown option {option!r} for {command}")
-        if c_calls and mode != "instrumented":
-            raise AttachError("--c-calls needs --instrumented")
-        _check_target(pid)
-        if command == "attach":
-            place = _session.Place()
-            if not (place.daemon_alive() and place.state()):
-                raise AttachError("no recording session is running for the process to join; "
-                                  "start one first: python -m etwtrace record start PATH")
-            outcome = _run_remote(pid, "attach", mode, c_calls)
-            say(f"etwtrace: process {pid} is traced ({mode}) and {outcome}")
-        else:
-            _run_remote(pid, "detach")
-            say(f"etwtrace: process {pid} is no longer traced")
-        return 0
-    except AttachError as ex:
-        say(f"etwtrace: error: {ex}")
-        return 1
+def main(command, opts, say):
+    """python -m etwtrace attach|detach PID, its options parsed (_args)."""
+    pid = opts.pid
+    _check_target(pid)
+    if command == "attach":
+        place = _session.Place()
+        if not (place.daemon_alive() and place.state()):
+            raise AttachError("no recording session is running for the process to join; "
+                              "start one first: python -m etwtrace record start PATH")
+        outcome = _run_remote(pid, "attach", opts.mode, opts.c_calls)
+        say(f"etwtrace: process {pid} is traced ({opts.mode}) and {outcome}")
+    else:
+        _run_remote(pid, "detach")
+        say(f"etwtrace: process {pid} is no longer traced")
+    return 0

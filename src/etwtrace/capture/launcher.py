@@ -55,7 +55,7 @@ class Preset:
 
 def load_preset(name):
     from ..profiles import profile_path
-    path = os.environ.get(_env.PROFILE) or profile_path()
+    path = _env.text(_env.PROFILE) or profile_path()
     parser = configparser.ConfigParser()
     try:
         parser.read_string(_env.read_profile_text(path), source=path)

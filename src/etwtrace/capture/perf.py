@@ -27,6 +27,8 @@ import sys
 import sysconfig
 import time
 
+from .. import env as _env
+from ..errors import Error
 from ..trace.perfscript import STACK_SAMPLE_PROBE
 
 SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
@@ -46,7 +48,7 @@ MAX_STACK_SYSCTL = "/proc/sys/kernel/perf_event_max_stack"
 SAVED_MAX_STACK = "/run/etwtrace/perf_event_max_stack"
 
 
-class PerfError(Exception):
+class PerfError(Error):
     """perf is missing, refused, or failed."""
 
 
@@ -99,8 +101,8 @@ def choose_callgraph(preset):
     read, so a DWARF unwind stops in it, while it keeps frame pointers
     (3.15.2, hot.py: 2 of 1044 samples named inner() with dwarf, 998 of
     1040 with fp).  ETWTRACE_CALLGRAPH=fp|dwarf overrides."""
-    override = os.environ.get("ETWTRACE_CALLGRAPH", "").lower()
-    if override in ("fp", "dwarf"):
+    override = _env.choice(_env.CALLGRAPH)
+    if override:
         return override
     if not python_keeps_frame_pointers():
         return "dwarf"
@@ -145,8 +147,8 @@ def callgraph_note(preset, callgraph):
 def python_keeps_frame_pointers():
     """Whether this interpreter was built with frame pointers, so perf's
     cheap frame-pointer call graphs walk through libpython."""
-    override = os.environ.get("ETWTRACE_CALLGRAPH", "").lower()
-    if override in ("fp", "dwarf"):
+    override = _env.choice(_env.CALLGRAPH)
+    if override:
         return override == "fp"
     flags = " ".join(
         str(sysconfig.get_config_var(v) or "") for v in ("CFLAGS", "PY_CFLAGS", "CONFIGURE_CFLAGS")

@@ -44,10 +44,11 @@ import time
 from ..trace import (budget as _budget, children as _children, ctf as _ctf, manifest as _manifest,
                      safefs as _safefs)
 from . import launcher as _capture, confine as _confine, perf as _perf
-from .. import env as _env, sizes as _sizes, stdout as _stdout
+from .. import env as _env, sizes as _sizes
 from ..sampled import finder as _pyfinder, sampler as _sampled
 from ..trace import capture as _capdir
 from ..trace.capture import CaptureError
+from ..errors import Error, UsageError
 
 ANNOUNCE = "session"      # the file the traced processes read (session.c)
 STATE = "state.json"      # the session as its daemon describes it
@@ -61,7 +62,7 @@ DAEMON_TIMEOUT = 60       # seconds `start` waits for the daemon to be ready
 PERF_STOP_TIMEOUT = 300   # seconds `stop` waits for perf to write out
 
 
-class SessionError(Exception):
+class SessionError(Error):
     """A session command cannot do what was asked (one line)."""
 
 
@@ -74,7 +75,7 @@ class Place:
     def __init__(self):
         self.system = os.geteuid() == 0
         if self.system:
-            self.dir = os.environ.get(_env.SESSION_DIR) or "/run/etwtrace"
+            self.dir = _env.text(_env.SESSION_DIR) or "/run/etwtrace"
         else:
             self.dir = f"/tmp/etwtrace-{os.geteuid()}"
 
@@ -132,20 +133,9 @@ def parse_size(text):
     try:
         size = _sizes.parse_size(text, "--ring")
     except _sizes.SizeError as ex:
-        raise SessionError(str(ex)) from None
+        raise UsageError(str(ex)) from None
     if not MIN_RING <= size <= MAX_RING:
-        raise SessionError(f"--ring {text}: the size must be between 128K and 4G per thread")
-    return size
-
-
-def parse_max_size(text):
-    """Bytes of a --max-size SIZE (_sizes.parse_size's forms)."""
-    try:
-        size = _sizes.parse_size(text, "--max-size")
-    except _sizes.SizeError as ex:
-        raise SessionError(str(ex)) from None
-    if size == 0:
-        raise SessionError("--max-size must be more than 0")
+        raise UsageError(f"--ring {text}: the size must be between 128K and 4G per thread")
     return size
 
 
@@ -973,129 +963,22 @@ def _perf_dies_with_daemon():
 
 # ---- the command line ----
 
-RECORD_HELP = """\
-Usage: python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin]
-                                           [--ring SIZE] [--max-size SIZE]
-       python -m etwtrace record start PATH --sampled [--rate HZ] [--max-size SIZE]
-       python -m etwtrace record status
-       python -m etwtrace record snapshot [PATH]
-       python -m etwtrace record stop
-
-    A recording session, like wpr -start / wpr -stop: every traced Python
-    process (python -m etwtrace -- ..., the etwtrace.pth, attach) that
-    records into no capture of its own records into the session while it
-    runs, whether it started before the session or during it.
-
-    start PATH        Starts a session in the background; PATH becomes the
-                      capture at stop (replaced if it holds an earlier one)
-      --preset NAME   Recording profile preset: Default, CPU or Minimal
-      --recorder W    auto (perf where permitted, else builtin), perf
-                      (CPU samples of the whole machine), or builtin
-      --ring SIZE     Memory mode: each thread keeps only its newest SIZE
-                      of events (e.g. 16M); written by snapshot and stop
-      --max-size SIZE Recording stops when the capture (the traces of
-                      every process, perf.data) reaches SIZE (e.g. 2G);
-                      with --ring, the rings of all threads together stay
-                      within SIZE, each keeping its newest events.  Either
-                      way it also stops before the file system's free
-                      space falls to 5% of its size (at most 1 GiB); the
-                      programs run on
-      --sampled       Hook-free sampling (root): a BPF program samples every
-                      CPython 3.11 and 3.13+ process on the machine, traced or
-                      not, as it starts (see --sampled in python -m etwtrace -h)
-      --rate HZ       With --sampled: samples per second (default 999);
-                      --max-size and the reserve bound it too (the samples
-                      taken after the stop are counted, not kept)
-    status            Whether a session runs, since when, into where, how
-                      many processes joined, and how big its capture is so
-                      far (exit status 1: none)
-    snapshot [PATH]   Writes what the session holds now into PATH (default:
-                      the session's PATH with -snapshot-TIME-RANDOM) and goes on
-    stop              Ends the session and saves the capture
-
-    As root the session is the machine's: processes of every user join it
-    and cannot read each other's traces.  As another user it is that
-    user's own, with the built-in recorder, joined by that user's processes.
-"""
 
 
-def main(args, say):
-    if not args or args[0] in ("-h", "--help", "-?"):
-        _stdout.out(RECORD_HELP)
-        return 0 if args else 2
-    command, rest = args[0], list(args[1:])
-    try:
-        _env.check_all()
-        if command == "start":
-            return _start_from_args(rest, say)
-        if command == "_daemon" and len(rest) == 1:
-            return daemon_main(rest[0])
-        if command in ("status", "stop"):
-            if rest:
-                raise SessionError(f"record {command} takes no arguments, not {rest[0]!r}")
-            return status(say) if command == "status" else stop(say)
-        if command == "snapshot":
-            if len(rest) > 1 or (rest and rest[0].startswith("-")):
-                raise SessionError("usage: python -m etwtrace record snapshot [PATH]")
-            return snapshot(rest[0] if rest else None, say)
-        raise SessionError(f"unknown record command {command!r} (use start, status, snapshot "
-                           "or stop)")
-    except (SessionError, CaptureError, _env.EnvError, _perf.PerfError) as ex:
-        say(f"etwtrace: error: {ex}")
-        return 2 if isinstance(ex, _env.EnvError) else 1
-
-
-def _start_from_args(args, say):
-    original = list(args)
-    path = None
-    preset = "Default"
-    recorder = "auto"
-    ring = 0
-    sampled = 0
-    max_size = None
-
-    def value(option):
-        if not args or args[0].startswith("-"):
-            raise SessionError(f"{option} needs a value")
-        return args.pop(0)
-
-    while args:
-        arg = args.pop(0)
-        name, eq, inline = arg.partition("=")
-        if name == "--preset":
-            preset = inline if eq else value(name)
-        elif name == "--recorder":
-            recorder = (inline if eq else value(name)).lower()
-            if recorder not in ("auto", "perf", "builtin"):
-                raise SessionError(f"--recorder must be auto, perf or builtin, not {recorder!r}")
-        elif name == "--ring":
-            ring = parse_size(inline if eq else value(name))
-        elif name == "--max-size":
-            max_size = parse_max_size(inline if eq else value(name))
-        elif arg == "--sampled":
-            sampled = sampled or _sampled.DEFAULT_RATE
-        elif name == "--rate":
-            sampled = _parse_rate(inline if eq else value(name))
-        elif arg.startswith("-"):
-            raise SessionError(f"unknown option {arg!r} for record start")
-        elif path is None:
-            path = arg
-        else:
-            raise SessionError(f"record start takes one PATH, not also {arg!r}")
-    if path is None:
-        raise SessionError("record start needs a PATH for the capture")
-    if sampled and "--sampled" not in original:
-        raise SessionError("--rate is for --sampled")
-    if max_size is None:
-        max_size = _env.size(_env.MAX_SIZE) or 0
-    return start(path, preset, recorder, ring, say, sampled, max_size)
-
-
-def _parse_rate(text):
-    try:
-        rate = int(text)
-    except ValueError:
-        raise SessionError(f"--rate takes a number, not {text!r}") from None
-    if not 0 < rate <= _sampled.MAX_RATE:
-        raise SessionError(f"--rate {text}: out of range (above 0, at most {_sampled.MAX_RATE})")
-    return rate
+def main(opts, say):
+    """python -m etwtrace record COMMAND, its options parsed (_args)."""
+    _env.check_all()
+    command = opts.command
+    if command == "start":
+        sampled = (opts.rate or _sampled.DEFAULT_RATE) if opts.sampled else 0
+        max_size = opts.max_size
+        if max_size is None:
+            max_size = _env.size(_env.MAX_SIZE) or 0
+        return start(opts.path, opts.preset, opts.recorder, opts.ring, say, sampled, max_size)
+    if command == "_daemon":
+        return daemon_main(opts.request)
+    if command == "status":
+        return status(say)
+    if command == "stop":
+        return stop(say)
+    return snapshot(opts.path, say)

@@ -10,7 +10,6 @@ What is shown, by what the capture holds:
 * with --off-cpu, the time threads spent blocked, by stack.
 """
 
-import argparse
 import contextlib
 import os
 import sys
@@ -20,8 +19,9 @@ import warnings
 from .formats import (chrome as _fmt_chrome, diff as _fmt_diff, folded as _fmt_folded,
                       pprof as _fmt_pprof, speedscope as _fmt_speedscope, svg as _fmt_svg,
                       text as _fmt_text)
-from .scan import Cut, ReportError, Scan, load_stacktags
+from .scan import Cut, Scan, load_stacktags
 from ..stdout import drop_stdout
+from ..errors import Error, UsageError
 from .view import diff_view, report_view
 
 # Outputs expected to be larger than this are announced before writing.
@@ -76,7 +76,7 @@ class _Progress:
             self.stream.flush()
 
 
-class OutputError(Exception):
+class OutputError(Error):
     """The output could not be written (a full disk, a read-only
     directory): a failure of the report, not of its input."""
 
@@ -125,7 +125,7 @@ def run(opts):
             with Scan(opts.diff, tags, progress=_Progress(), cut=cut.every_thread()) as base:
                 write = _fmt_diff.WRITERS.get(opts.format)
                 if write is None:
-                    raise ReportError("--diff writes text, folded or svg")
+                    raise UsageError("--diff writes text, folded or svg")
                 view = diff_view(scan, base, opts.path, opts.diff, opts.off_cpu,
                                  opts.limit or None)
                 with _output(opts.output, fmt.binary) as out:
@@ -143,7 +143,7 @@ def run(opts):
         view = report_view(scan, fmt, text, opts.path, cut, opts.off_cpu,
                            opts.limit or None, losses)
         if fmt.binary and not opts.output and sys.stdout.isatty():
-            raise ReportError(f"{opts.format} output is binary: write it with -o FILE")
+            raise UsageError(f"{opts.format} output is binary: write it with -o FILE")
         if view.cut_short.get(view.kind) and not text:
             print(f"etwtrace: note: {view.cut_short[view.kind]}", file=sys.stderr)
         size = fmt.size(view) if fmt.size is not None else None
@@ -166,93 +166,13 @@ FORMATS = {
 }
 
 
-def _id_list(text):
-    try:
-        ids = {int(part) for part in text.split(",")}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of ids: {text!r}") from None
-    if any(i <= 0 for i in ids):
-        raise argparse.ArgumentTypeError(f"ids are positive: {text!r}")
-    return ids
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (value >= 0 and value < 1e9):
-        raise argparse.ArgumentTypeError(f"not a number of seconds from the start: {text!r}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad options are one line on stderr (and status 2), not a usage block."""
-
-    def error(self, message):
-        print(f"etwtrace: error: report: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-    def print_help(self, file=None):
-        """--help, quietly into a closed pipe (3.9's argparse lets the
-        BrokenPipeError out; later ones drop it)."""
-        try:
-            super().print_help(file)
-            (file or sys.stdout).flush()
-        except BrokenPipeError:
-            drop_stdout()
-
-
-def main(args):
-    parser = _Parser(
-        prog="python -m etwtrace report",
-        description="Summarise a capture: functions table (text), folded stacks, "
-                    "speedscope or Chrome/Perfetto JSON, an SVG flame graph, or a "
-                    "pprof profile; or compare two captures (--diff).",
-        epilog="Instrumented captures show exact calls and time (folded/svg values are "
-               "exclusive nanoseconds); perf captures show CPU samples; --off-cpu shows "
-               "blocked time in nanoseconds.")
-    parser.add_argument("path", help="capture directory (from --capture)")
-    parser.add_argument("--format", default="text", choices=list(FORMATS),
-                        help="output format (default: text)")
-    parser.add_argument("-o", "--output", help="write here instead of stdout")
-    parser.add_argument("--off-cpu", action="store_true",
-                        help="blocked time (locks, I/O, sleep) by stack, from perf's "
-                             "context switches")
-    parser.add_argument("--limit", type=int, default=40, metavar="N",
-                        help="rows per table in text output (default 40; 0 for all)")
-    parser.add_argument("--no-stacktags", action="store_true",
-                        help="show interpreter-internal native frames too")
-    parser.add_argument("--stacktags", help="stack tags file (default: the bundled one)")
-    parser.add_argument("--pid", type=_id_list, metavar="PID[,PID...]",
-                        help="only these processes")
-    parser.add_argument("--tid", type=_id_list, metavar="TID[,TID...]",
-                        help="only these threads")
-    parser.add_argument("--from", dest="start", type=_seconds, metavar="SECONDS",
-                        help="only from this many seconds after the capture's first event")
-    parser.add_argument("--to", dest="end", type=_seconds, metavar="SECONDS",
-                        help="only until this many seconds after the capture's first event")
-    parser.add_argument("--diff", metavar="BASELINE",
-                        help="compare with the capture BASELINE: which call paths took a "
-                             "larger or smaller share (text, folded or svg)")
-    try:
-        opts = parser.parse_args(args)
-    except SystemExit as ex:
-        return 0 if ex.code == 0 else 2
-    if opts.start is not None and opts.end is not None and opts.end <= opts.start:
-        parser.error(f"--to {opts.end:g} is not after --from {opts.start:g}")
-    from ..trace.files import NoCapture, TraceError
+def main(opts):
+    """python -m etwtrace report, its options parsed (cli/args.py); errors
+    are raised for the command line's top level to say."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             run(opts)
-    except (ReportError, NoCapture) as ex:
-        print(f"etwtrace: error: {ex}", file=sys.stderr)
-        return 2
-    except (TraceError, OutputError) as ex:
-        # The capture cannot be read, or the report cannot be written.
-        print(f"etwtrace: error: {ex}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("etwtrace: report interrupted", file=sys.stderr)
         return 130

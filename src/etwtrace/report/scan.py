@@ -26,6 +26,7 @@ import xml.dom.minidom
 from collections import Counter
 
 from .calltree import CallTree, TimelineRecords, label_of, shown
+from ..errors import Error, UsageError
 
 # Native frames where CPython runs a Python frame: where the Python part of
 # an instrumented capture's stack goes.
@@ -48,7 +49,7 @@ def clean_symbol(sym):
     return _CLONE_SUFFIX.sub("", sym)
 
 
-class ReportError(Exception):
+class ReportError(Error):
     pass
 
 
@@ -73,7 +74,7 @@ def load_stacktags(path):
     try:
         doc = xml.dom.minidom.parse(path)
     except Exception as ex:
-        raise ReportError(f"cannot read stack tags {path}: {ex}") from None
+        raise UsageError(f"cannot read stack tags {path}: {ex}") from None
     return [(e.getAttribute("Module") or "*", e.getAttribute("Method") or "*")
             for e in doc.getElementsByTagName("Entrypoint")]
 

@@ -10,6 +10,8 @@ import os
 import struct
 from collections import OrderedDict
 
+from ..errors import Error
+
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
@@ -40,7 +42,7 @@ def load_symbols(path):
     return sym
 
 
-class ElfError(Exception):
+class ElfError(Error):
     pass
 
 

@@ -10,6 +10,7 @@ import os
 import struct
 
 from .elf import ElfError, ProcessMaps
+from ..errors import Error
 
 COOKIE = b"xdebugpy"
 
@@ -135,7 +136,7 @@ def supported_text():
     return ", ".join("%d.%d" % v for v in SUPPORTED)
 
 
-class RemoteError(Exception):
+class RemoteError(Error):
     pass
 
 

@@ -25,6 +25,7 @@ from ..trace import budget as _budget, ctfwrite as _ctfwrite
 from ..trace import capture as _capture
 from . import elf as _elfsym, remote as _pyremote
 from .remote import RemoteError
+from ..errors import Error
 
 # Synthetic addresses of Python frames: non-canonical on x86-64, so no
 # native code can be there.
@@ -69,7 +70,7 @@ _TARGET = struct.Struct("<Q14IQQQIIIIII")
 UNWIND_ALWAYS = False
 
 
-class SampledError(Exception):
+class SampledError(Error):
     pass
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 
 from .. import sizes as _sizes
+from ..errors import Error
 
 NAME = ".budget"
 MAGIC = b"ETWBUDG1"
@@ -42,7 +43,7 @@ _STOP = struct.Struct("<IIQQ")
 _STOP_AT = 32
 
 
-class BudgetError(Exception):
+class BudgetError(Error):
     """The budget file cannot be made (one line)."""
 
 

@@ -9,6 +9,7 @@ import os
 import stat
 import tempfile
 
+from ..errors import Error
 from . import manifest as _manifest, safefs as _safefs
 
 # Every entry a capture directory may hold: all the launcher makes, and
@@ -21,7 +22,7 @@ OWN_ENTRIES = frozenset({
 })
 
 
-class CaptureError(Exception):
+class CaptureError(Error):
     """A capture cannot be made (bad path, bad preset, perf refused)."""
 
 

@@ -62,8 +62,9 @@ def _carriers(environ=os.environ):
     """{name: value} of the variables this process's tracing came by, and
     the interpreter flags that would lose it."""
     carriers, flags = {}, set()
-    if environ.get(_env.CAPTURE):
-        carriers[_env.CAPTURE] = environ[_env.CAPTURE]
+    capture = _env.text(_env.CAPTURE, environ)
+    if capture:
+        carriers[_env.CAPTURE] = capture
     if AUTOSTART_DIR in environ.get("PYTHONPATH", "").split(os.pathsep):
         carriers["PYTHONPATH"] = AUTOSTART_DIR
         flags |= {"E", "I", "S"}

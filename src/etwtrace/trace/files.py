@@ -13,13 +13,17 @@ import errno
 import os
 import stat
 
+from ..errors import Error
 
-class TraceError(Exception):
+
+class TraceError(Error):
     """A capture is missing, not an etwtrace capture, or corrupt."""
 
 
 class NoCapture(TraceError):
     """The path given is not a capture at all (a usage error)."""
+
+    status = 2
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
