@@ -245,3 +245,18 @@ def test_an_unsupported_interpreter_is_refused_in_one_line(version):
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert lines == [lines[0]] and "supports CPython 3.9 to 3.15" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("machine", ["i686", "riscv64"])
+def test_an_unsupported_machine_is_refused_in_one_line(machine):
+    setup_py = Path(__file__).absolute().parent.parent / "setup.py"
+    if not setup_py.exists():
+        pytest.skip("needs the source tree")
+    code = (f"import platform; platform.machine = lambda: {machine!r}; "
+            f"exec(compile({setup_py.read_text()!r}, 'setup.py', 'exec'))")
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, encoding="utf-8", cwd=setup_py.parent)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [lines[0]], proc.stderr
+    assert "on Linux x86_64 and aarch64" in lines[0] and machine in lines[0], proc.stderr
