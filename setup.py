@@ -65,7 +65,8 @@ def sampler_extension():
         # bpf_tracing.h's register names (and sampler.bpf.c's) per machine.
         target = {"x86_64": "x86", "aarch64": "arm64"}[platform.machine()]
         r = subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{target}",
-                            f"-I/usr/include/{arch}", "-c", f"{sampler}/sampler.bpf.c",
+                            f"-I{NATIVE}", f"-I/usr/include/{arch}",
+                            "-c", f"{sampler}/sampler.bpf.c",
                             "-o", obj], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if r.returncode != 0:
             why = "clang could not compile the BPF program: " + \
@@ -86,9 +87,10 @@ def sampler_extension():
         "etwtrace._sampler",
         sources=[f"{sampler}/module.c", f"{sampler}/chunks.c", f"{sampler}/splice.c",
                  f"{sampler}/unwind.c", f"{sampler}/unwinder_type.c"],
-        include_dirs=[out, sampler],
+        include_dirs=[out, sampler, NATIVE],
         depends=[f"{sampler}/sampler.h", f"{sampler}/sampler.bpf.c", f"{sampler}/chunks.h",
-                 f"{sampler}/splice.h", f"{sampler}/unwind.h", f"{sampler}/unwinder_type.h"],
+                 f"{sampler}/splice.h", f"{sampler}/unwind.h", f"{sampler}/unwinder_type.h",
+                 f"{NATIVE}/arch.h"],
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,
         libraries=["bpf"],
