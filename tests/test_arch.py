@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 # ELF machine, DWARF return address column, code alignment factor and
 # trampoline size of each supported machine (setup.py refuses others).
 MACHINES = {
@@ -95,3 +97,29 @@ def test_jitdump_and_perf_map_describe_this_machines_trampolines():
     sized = {int(start, 16): int(size, 16) for start, size, _ in rows}
     for addr, size in loads.values():
         assert sized.get(addr) == size, (hex(addr), sized)
+
+
+@pytest.mark.parametrize("prologue, frame_record", [
+    # Debian bookworm's python3.11 PyObject_Vectorcall: stp, two movs, mov x29, sp.
+    ("fd7bbea9e60301aae70302aafd030091e40303aae52b0090", True),
+    # Debian trixie's python3.13 PyObject_Vectorcall: paciasp first, then
+    # stp, mrs, two adds, mov x29, sp.
+    ("3f2303d5fd7bbea945d03bd5a5004091a5600091fd030091", True),
+    # bookworm's PyTuple_Size: a leaf path first, its frame record later.
+    ("010440f9215440f96100d036000840f9c0035fd6fd7bbfa9", False),
+    # stp x19, x20, [sp, #-32]!; mov x29, sp: registers saved, not a record.
+    ("f353bea9fd030091", False),
+])
+def test_an_aarch64_frame_record_is_told_by_a_function_prologue(prologue, frame_record):
+    from etwtrace._pyremote import sets_up_frame_pointer
+    assert sets_up_frame_pointer(bytes.fromhex(prologue), "aarch64") is frame_record
+
+
+@pytest.mark.skipif(platform.machine() != "aarch64", reason="aarch64's frame records")
+def test_perf_call_graphs_use_frame_records_of_debians_aarch64_python(monkeypatch):
+    """gcc keeps frame records on aarch64 unasked, so CFLAGS do not say
+    it: the choice of perf's call graphs looks at a prologue.  (Debian's
+    bookworm and trixie pythons, which .ci/test-arm64 runs, keep them.)"""
+    from etwtrace import _perf
+    monkeypatch.delenv("ETWTRACE_CALLGRAPH", raising=False)
+    assert _perf.python_keeps_frame_pointers() is True
