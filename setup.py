@@ -5,13 +5,15 @@ import sys
 import sysconfig
 
 # The interpreters and machines the native core is written for (compat.h
-# holds what differs between them): anything else stops here, in one line.
+# holds what differs between interpreters, _native/include/arch.h what differs
+# between machines): anything else stops here, in one line.
 SUPPORTED = ((3, 9), (3, 15))
+MACHINES = ("x86_64", "aarch64")
 if not (SUPPORTED[0] <= sys.version_info[:2] <= SUPPORTED[1]) or \
         sys.implementation.name != "cpython" or sys.platform != "linux" or \
-        platform.machine() != "x86_64":
-    raise SystemExit(f"etwtrace supports CPython 3.9 to 3.15 on Linux x86-64; this is "
-                     f"{sys.implementation.name} {platform.python_version()} on "
+        platform.machine() not in MACHINES:
+    raise SystemExit(f"etwtrace supports CPython 3.9 to 3.15 on Linux {' and '.join(MACHINES)}; "
+                     f"this is {sys.implementation.name} {platform.python_version()} on "
                      f"{sys.platform} {platform.machine()}")
 
 from setuptools import Extension, setup  # noqa: E402 - after the check, which needs none
@@ -22,7 +24,8 @@ NATIVE = "src/etwtrace/_native"
 def have_sdt_header():
     # USDT probes need systemtap's sys/sdt.h; without it the probes compile
     # to nothing and the rest still works (--info reports usdt False).
-    for root in ("/usr/include", "/usr/local/include", "/usr/include/x86_64-linux-gnu"):
+    multiarch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+    for root in ("/usr/include", "/usr/local/include", f"/usr/include/{multiarch}"):
         if os.path.exists(os.path.join(root, "sys", "sdt.h")):
             return True
     return False
@@ -58,9 +61,12 @@ def sampler_extension():
     if why is None:
         os.makedirs(out, exist_ok=True)
         obj = os.path.join(out, "sampler.bpf.o")
-        arch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
-        r = subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86",
-                            f"-I/usr/include/{arch}", "-c", f"{sampler}/sampler.bpf.c",
+        arch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+        # bpf_tracing.h's register names (and sampler.bpf.c's) per machine.
+        target = {"x86_64": "x86", "aarch64": "arm64"}[platform.machine()]
+        r = subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{target}",
+                            f"-I{NATIVE}/include", f"-I/usr/include/{arch}",
+                            "-c", f"{sampler}/sampler.bpf.c",
                             "-o", obj], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if r.returncode != 0:
             why = "clang could not compile the BPF program: " + \
@@ -81,9 +87,10 @@ def sampler_extension():
         "etwtrace._sampler",
         sources=[f"{sampler}/module.c", f"{sampler}/chunks.c", f"{sampler}/splice.c",
                  f"{sampler}/unwind.c", f"{sampler}/unwinder_type.c"],
-        include_dirs=[out, sampler],
+        include_dirs=[out, sampler, f"{NATIVE}/include"],
         depends=[f"{sampler}/sampler.h", f"{sampler}/sampler.bpf.c", f"{sampler}/chunks.h",
-                 f"{sampler}/splice.h", f"{sampler}/unwind.h", f"{sampler}/unwinder_type.h"],
+                 f"{sampler}/splice.h", f"{sampler}/unwind.h", f"{sampler}/unwinder_type.h",
+                 f"{NATIVE}/include/arch.h"],
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,
         libraries=["bpf"],

@@ -261,3 +261,18 @@ def test_every_subcommands_usage_error_exits_2(args, message):
     lines = proc.stderr.strip().splitlines()
     assert (proc.returncode, len(lines)) == (2, 1), proc.stderr
     assert lines[0].startswith("etwtrace: error:") and message in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("machine", ["i686", "riscv64"])
+def test_an_unsupported_machine_is_refused_in_one_line(machine):
+    setup_py = Path(__file__).absolute().parent.parent / "setup.py"
+    if not setup_py.exists():
+        pytest.skip("needs the source tree")
+    code = (f"import platform; platform.machine = lambda: {machine!r}; "
+            f"exec(compile({setup_py.read_text()!r}, 'setup.py', 'exec'))")
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, encoding="utf-8", cwd=setup_py.parent)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [lines[0]], proc.stderr
+    assert "on Linux x86_64 and aarch64" in lines[0] and machine in lines[0], proc.stderr

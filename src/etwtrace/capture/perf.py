@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -155,7 +156,16 @@ def python_keeps_frame_pointers():
     )
     keep = flags.rfind("-fno-omit-frame-pointer")
     omit = flags.rfind("-fomit-frame-pointer")
-    return keep >= 0 and keep > omit
+    if keep >= 0 and keep > omit:
+        return True
+    if platform.machine() == "aarch64":
+        # gcc keeps frame records on aarch64 without being asked (Debian's
+        # flags do not say so): look at a function's prologue instead.
+        import ctypes
+        from ..sampled.remote import sets_up_frame_pointer
+        address = ctypes.cast(ctypes.pythonapi.PyObject_Vectorcall, ctypes.c_void_p).value
+        return sets_up_frame_pointer(ctypes.string_at(address, 24), "aarch64")
+    return False
 
 
 def _ensure_tracefs():

@@ -7,6 +7,7 @@ are read here, once per code object.
 """
 
 import os
+import platform
 import struct
 
 from .elf import ElfError, ProcessMaps
@@ -290,14 +291,34 @@ class Process:
         return qualname, filename, first, table
 
 
-def sets_up_frame_pointer(code):
+def sets_up_frame_pointer(code, machine=None):
     """Whether a function's first bytes set up a frame pointer: push %rbp
     (after an endbr64), then mov %rsp,%rbp soon after (the compiler may
     put other instructions between).  A push %rbp alone only saves the
-    register for other use (3.11's builds)."""
+    register for other use (3.11's builds).  On aarch64: a frame record,
+    see _sets_up_frame_record."""
+    if (machine or platform.machine()) == "aarch64":
+        return _sets_up_frame_record(code)
     if code[:4] == b"\xf3\x0f\x1e\xfa":
         code = code[4:]
     return code[:1] == b"\x55" and b"\x48\x89\xe5" in code[1:16]
+
+
+# aarch64 instructions (little-endian words) of a prologue.
+PACIASP, BTI_C = 0xD503233F, 0xD503245F
+STP_X29_X30_PRE_SP, STP_IMM7_MASK = 0xA9807BFD, 0xFFC07FFF   # stp x29, x30, [sp, #-N]!
+MOV_X29_SP = 0x910003FD
+
+
+def _sets_up_frame_record(code):
+    """aarch64: stp x29, x30, [sp, #-N]! (after a paciasp or bti c), then
+    mov x29, sp within the next four instructions (Debian bookworm's
+    PyObject_Vectorcall has two movs between them)."""
+    words = [int.from_bytes(code[i:i + 4], "little") for i in range(0, len(code) - 3, 4)]
+    if words[:1] in ([PACIASP], [BTI_C]):
+        words = words[1:]
+    return bool(words) and (words[0] & STP_IMM7_MASK) == STP_X29_X30_PRE_SP \
+        and MOV_X29_SP in words[1:5]
 
 
 def _varint(data, pos):

@@ -8,9 +8,6 @@
 #include "clock.h"
 
 #include <linux/perf_event.h>
-#if defined(__x86_64__)
-#  include <cpuid.h>
-#endif
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -19,6 +16,7 @@
 
 EtwTscScale etw_tsc_scale;
 
+#if ETW_ARCH_HAVE_CYCLE_COUNTER
 static int
 scale_from_perf_page(EtwTscScale *scale)
 {
@@ -56,26 +54,15 @@ scale_from_perf_page(EtwTscScale *scale)
     return rc;
 }
 
-#if defined(__x86_64__)
-static int
-tsc_is_invariant(void)
-{
-    unsigned int a, b, c, d;
-    if (!__get_cpuid(0x80000007, &a, &b, &c, &d)) {
-        return 0;
-    }
-    return (d >> 8) & 1; /* runs at a constant rate in every power state */
-}
-
 /* A (TSC, ns) pair read as close together as possible. */
 static void
 read_pair(uint64_t *tsc, uint64_t *ns)
 {
     uint64_t best = UINT64_MAX;
     for (int i = 0; i < 5; i++) {
-        uint64_t before = __rdtsc();
+        uint64_t before = etw_arch_cycles();
         uint64_t now = etw_now_ns();
-        uint64_t after = __rdtsc();
+        uint64_t after = etw_arch_cycles();
         if (after - before < best) {
             best = after - before;
             *tsc = before + (after - before) / 2;
@@ -114,7 +101,7 @@ etw_clock_init(void)
         return;
     }
     done = 1;
-#if defined(__x86_64__)
+#if ETW_ARCH_HAVE_CYCLE_COUNTER
     const char *choice = getenv("ETWTRACE_CLOCK");
     if (choice != NULL && strcmp(choice, "monotonic") == 0) {
         return;
@@ -122,7 +109,7 @@ etw_clock_init(void)
     EtwTscScale scale = {0, 0, 0};
     /* A 2^26-cycle delta times a 32-bit mult stays below 2^58: no overflow. */
     if (scale_from_perf_page(&scale) == 0 ||
-        (tsc_is_invariant() && scale_from_calibration(&scale) == 0)) {
+        (etw_arch_cycles_invariant() && scale_from_calibration(&scale) == 0)) {
         scale.usable = 1;
         etw_tsc_scale = scale;
     }

@@ -3,7 +3,8 @@
  *
  * Reading it through the vDSO costs about twice a TSC read (measured in
  * docs/BENCHMARKS.md), too much for two events per call in instrumented
- * mode, so a stream can also derive it from the TSC: each stream keeps an
+ * mode, so where the machine has a cycle counter to scale (arch.h: the
+ * TSC of x86-64) a stream can also derive it from that: each stream keeps an
  * anchor pair (TSC, ns) read
  * together, and scales TSC deltas from it with the kernel's own TSC-to-ns
  * factor.  Anchors are renewed every 2^26 cycles (tens of ms), which bounds
@@ -14,9 +15,7 @@
 #include <stdint.h>
 #include <time.h>
 
-#if defined(__x86_64__)
-#  include <x86intrin.h>
-#endif
+#include "arch.h"
 
 static inline uint64_t
 etw_now_ns(void)
@@ -27,7 +26,7 @@ etw_now_ns(void)
 }
 
 /* ns = cycles * mult >> shift; usable = 0 when the TSC is not a stable
- * clock here (or not x86-64, or ETWTRACE_CLOCK=monotonic). */
+ * clock here (or the machine has none, or ETWTRACE_CLOCK=monotonic). */
 typedef struct {
     uint32_t mult;
     uint32_t shift;
@@ -57,13 +56,13 @@ etw_clock_read(EtwClockAnchor *anchor)
     }
     return anchor->ns += 20;
 #endif
-#if defined(__x86_64__)
+#if ETW_ARCH_HAVE_CYCLE_COUNTER
     if (etw_tsc_scale.usable) {
-        uint64_t delta = __rdtsc() - anchor->tsc;
+        uint64_t delta = etw_arch_cycles() - anchor->tsc;
         if (__builtin_expect(delta < ETW_ANCHOR_SPAN, 1)) {
             return anchor->ns + ((delta * etw_tsc_scale.mult) >> etw_tsc_scale.shift);
         }
-        anchor->tsc = __rdtsc();
+        anchor->tsc = etw_arch_cycles();
         anchor->ns = etw_now_ns();
         return anchor->ns;
     }

@@ -131,13 +131,14 @@ create_own_file(const char *path, struct stat *st)
     return fd;
 }
 
-/* Stores a 64-bit field of a packet header after the bytes it describes
- * (x86-64 keeps stores in order; the fence keeps the compiler from moving
- * them). */
+/* Stores a 64-bit field of a packet header after the bytes it describes:
+ * the release fence keeps earlier stores from being seen after it (on
+ * x86-64, which keeps stores in order, it only stops the compiler; on
+ * aarch64 it is a dmb ish). */
 static inline void
 put_head_u64(uint8_t *packet, size_t field, uint64_t value)
 {
-    __atomic_signal_fence(__ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     memcpy(packet + field, &value, 8);
 }
 
@@ -482,7 +483,7 @@ begin_packet(EtwStream *s, uint64_t ts)
      * are the same real number.  So the number is spoiled first, the rest
      * rewritten, and the new number stored last. */
     put_head_u64(s->data, offsetof(EtwPacketHead, packet_seq_num), SEQ_REWRITING);
-    __atomic_signal_fence(__ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     memset(s->data + HEAD_BYTES, 0, ETW_END_WORD_SIZE);   /* no event yet */
     EtwPacketHead head = {
         .magic = ETW_CTF_MAGIC,
@@ -495,7 +496,7 @@ begin_packet(EtwStream *s, uint64_t ts)
         .events_discarded = s->discarded,
         .tid = s->tid,
     };
-    __atomic_signal_fence(__ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     memcpy(s->data, &head, sizeof(head));
     put_head_u64(s->data, offsetof(EtwPacketHead, packet_seq_num), s->seq++);
     s->used = HEAD_BYTES;

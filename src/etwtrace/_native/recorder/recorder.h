@@ -155,14 +155,15 @@ void etw_stream_suspend(EtwStream *stream);
 uint8_t *etw_stream_reserve(EtwStream *stream, uint32_t id, size_t payload_size);
 
 /* Writes the header of the event reserved last, after its payload (and
- * after the zero word reserving put after it): the fence keeps the
- * compiler from moving this store before those, and x86-64 keeps stores in
- * order, so neither a reader of the ring nor the page cache after a SIGKILL
- * sees a header whose payload is not written (trace_format.h). */
+ * after the zero word reserving put after it): the release fence keeps
+ * those stores before this one, for the compiler and for the machine (no
+ * instruction on x86-64, which keeps stores in order; dmb ish on aarch64),
+ * so neither a reader of the ring nor the page cache after a SIGKILL sees
+ * a header whose payload is not written (trace_format.h). */
 static inline void
 etw_stream_commit(EtwStream *s)
 {
-    __atomic_signal_fence(__ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     memcpy(s->pending_at, s->pending, s->pending_len);
 }
 
@@ -193,7 +194,7 @@ etw_stream_reserve_compact(EtwStream *s, uint32_t id, size_t payload_size, uint3
 static inline __attribute__((always_inline)) void
 etw_stream_commit_compact(uint8_t *payload, uint32_t header)
 {
-    __atomic_signal_fence(__ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     memcpy(payload - ETW_COMPACT_HEAD_SIZE, &header, 4);
 }
 

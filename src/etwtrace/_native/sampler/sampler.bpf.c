@@ -8,6 +8,7 @@
 #include <linux/bpf_perf_event.h>
 #include <bpf/bpf_helpers.h>
 
+#include "arch.h"
 #include "sampler.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -109,28 +110,29 @@ find_thread(const struct etw_target *t, __u32 tid)
 static __always_inline void
 copy_stack(struct etw_stack_copy *copy, __u32 limit)
 {
-    struct pt_regs regs;
+    etw_user_regs regs;
     copy->size = 0;
     copy->reserved = 0;
-    struct pt_regs *user = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    etw_user_regs *user = (etw_user_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
     if (bpf_probe_read_kernel(&regs, sizeof regs, user) != 0) {
         copy->ip = copy->sp = copy->bp = 0;
         return;
     }
-    copy->ip = regs.rip;
-    copy->sp = regs.rsp;
-    copy->bp = regs.rbp;
+    copy->ip = ETW_REGS_IP(&regs);
+    __u64 sp = ETW_REGS_SP(&regs);
+    copy->sp = sp;
+    copy->bp = ETW_REGS_FP(&regs);
     /* The page sp is in, to its end, then whole pages: at most
      * ETW_SAMPLER_STACK_BYTES in all. */
     __u32 pages = limit / 4096;
     __u32 size = 0;
-    __u32 chunk = 4096 - (__u32)(regs.rsp & 4095);
+    __u32 chunk = 4096 - (__u32)(sp & 4095);
     for (__u32 i = 0; i < ETW_SAMPLER_STACK_BYTES / 4096; i++) {
         if (i >= pages || size > ETW_SAMPLER_STACK_BYTES - 4096 || chunk == 0 || chunk > 4096) {
             break;
         }
         if (bpf_probe_read_user(&copy->bytes[size], chunk,
-                                (const void *)(regs.rsp + size)) != 0) {
+                                (const void *)(sp + size)) != 0) {
             break;      /* past the end of the stack */
         }
         size += chunk;

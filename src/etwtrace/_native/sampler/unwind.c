@@ -6,6 +6,8 @@
  * .eh_frame description give the formats. */
 #include "unwind.h"
 
+#include "arch.h"
+
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -15,10 +17,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* x86-64's DWARF register numbers. */
-#define REG_RBP 6
-#define REG_RSP 7
-#define REG_RA 16
+/* The machine's DWARF register numbers (arch.h): the frame pointer (rbp,
+ * x29), the stack pointer and the return address column.  (The names
+ * below say rbp and bp for the frame pointer of either machine.) */
+#define REG_RBP ETW_DWARF_FP
+#define REG_RSP ETW_DWARF_SP
+#define REG_RA ETW_DWARF_RA
 
 /* Pointer encodings (DW_EH_PE_*). */
 #define PE_OMIT 0xff
@@ -653,6 +657,10 @@ run_cfa(struct cursor *c, const struct cie *cie, struct state *st, const struct 
                     rule->kind = RULE_OTHER;
                 }
                 continue;
+#ifdef ETW_CFA_NEGATE_RA_STATE
+            case ETW_CFA_NEGATE_RA_STATE:               /* return addresses signed */
+                continue;                               /* (stripped when read) */
+#endif
             case 0x2e:                                  /* GNU_args_size */
                 read_uleb(c);
                 continue;
@@ -701,7 +709,7 @@ compute_row(const struct file *f, uint64_t pc, struct row *row)
     if (c.bad || pc < begin || pc - begin >= range) {
         return;
     }
-    struct state st = {.cfa_reg = REG_RSP, .cfa_offset = 8,
+    struct state st = {.cfa_reg = REG_RSP, .cfa_offset = ETW_CFI_CFA_AT_ENTRY,
                        .rbp = {RULE_SAME, 0}, .ra = {RULE_SAME, 0}};
     uint64_t loc = begin;
     struct cursor initial_instructions = cie.instructions;
@@ -950,7 +958,7 @@ etw_unwind(etw_unwinder *u, uint64_t ip, uint64_t sp, uint64_t bp,
         }
         sp = cfa;
         bp = saved_bp;
-        ip = ra;
+        ip = ETW_ARCH_STRIP_RA(ra);
         out[n++] = ip;
     }
     return n;

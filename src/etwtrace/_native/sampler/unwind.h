@@ -3,7 +3,11 @@
  * etw_stack_copy): the call frame information (.eh_frame, found through
  * .eh_frame_hdr) of each mapped file says, for every instruction, where
  * the caller's frame and return address are, as perf --call-graph dwarf
- * and debuggers do.  x86-64 only; pure C, no Python.
+ * and debuggers do.  Pure C, no Python; the machine's registers are
+ * arch.h's.  On aarch64 a leaf's return address is only in x30, which the
+ * copy does not carry: a sample whose leaf has not saved it yet ends
+ * there (unsupported row), as on x86-64 a row without a saved return
+ * address does.
  *
  * A file is added once with its mapped range and load bias; what the CFI
  * says at an address is cached (most samples land on addresses seen

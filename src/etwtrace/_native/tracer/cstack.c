@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "cstack.h"
 
+#include "arch.h"
+
 #include <pthread.h>
 #include <sys/mman.h>
 
@@ -122,37 +124,11 @@ map_larger(void)
     return 0;
 }
 
-/* void etw_cstack_call_on(void (*fn)(void *), void *arg, uintptr_t top):
- * calls fn(arg) with the stack pointer at `top` (16-byte aligned), and
- * returns on the caller's stack.  The frame pointer keeps the caller's
- * stack pointer, and the call frame information says so: unwinders and
- * frame-pointer walks go from the larger stack back into the thread's. */
+/* Calls fn(arg) with the stack pointer at `top` (16-byte aligned), and
+ * returns on the caller's stack: arch.h's ETW_ARCH_CALL_ON_ASM. */
 void etw_cstack_call_on(void (*fn)(void *), void *arg, uintptr_t top)
     __attribute__((visibility("hidden")));
-__asm__(
-    ".text\n"
-    ".p2align 4\n"
-    ".globl etw_cstack_call_on\n"
-    ".hidden etw_cstack_call_on\n"
-    ".type etw_cstack_call_on, @function\n"
-    "etw_cstack_call_on:\n"
-    ".cfi_startproc\n"
-    "    endbr64\n"
-    "    pushq %rbp\n"
-    ".cfi_def_cfa_offset 16\n"
-    ".cfi_offset %rbp, -16\n"
-    "    movq %rsp, %rbp\n"
-    ".cfi_def_cfa_register %rbp\n"
-    "    movq %rdx, %rsp\n"
-    "    movq %rdi, %rax\n"
-    "    movq %rsi, %rdi\n"
-    "    callq *%rax\n"
-    "    movq %rbp, %rsp\n"
-    "    popq %rbp\n"
-    ".cfi_def_cfa %rsp, 8\n"
-    "    ret\n"
-    ".cfi_endproc\n"
-    ".size etw_cstack_call_on, .-etw_cstack_call_on\n");
+__asm__(ETW_ARCH_CALL_ON_ASM);
 
 typedef struct {
     EtwEvalFunc body;

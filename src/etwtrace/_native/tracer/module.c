@@ -1,5 +1,6 @@
 /* etwtrace._etwtrace: the Python face of the native core. */
 #include "compat.h"
+#include "arch.h"
 
 #include "cstack.h"
 #include "events.h"
@@ -215,7 +216,7 @@ etw_technical_info(PyObject *module, PyObject *unused)
         "(sNsNNNzzNNK)",
         PyModule_GetName(module),
         PyLong_FromLong(PY_VERSION_HEX),
-        "x86_64",
+        ETW_ARCH_NAME,
         PyBool_FromLong(etw_events_usdt_available()),
         PyBool_FromLong(etw_trampoline_unwind_registered()),
         PyLong_FromLong(ETW_TRAMPOLINE_SIZE),

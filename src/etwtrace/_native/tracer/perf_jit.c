@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "perf_jit.h"
 
+#include "arch.h"
 #include "clock.h"
 #include "trampoline.h"
 
@@ -25,7 +26,6 @@
 
 #define JITDUMP_MAGIC 0x4A695444u
 #define JITDUMP_VERSION 1u
-#define EM_X86_64_ 62u
 #define JIT_CODE_LOAD 0u
 #define JIT_CODE_UNWINDING_INFO 4u
 
@@ -205,7 +205,7 @@ open_jitdump(pid_t pid)
         .magic = JITDUMP_MAGIC,
         .version = JITDUMP_VERSION,
         .total_size = sizeof(JitHeader),
-        .elf_mach = EM_X86_64_,
+        .elf_mach = ETW_ARCH_ELF_MACHINE,
         .pid = (uint32_t)pid,
         .timestamp = etw_now_ns(),
     };

@@ -7,18 +7,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#if !defined(__x86_64__)
-#  error "etwtrace trampolines are written for x86-64"
-#endif
-
-static const uint8_t trampoline_code[ETW_TRAMPOLINE_SIZE] = {
-    0x55,             /* 0: push %rbp          */
-    0x48, 0x89, 0xe5, /* 1: mov  %rsp,%rbp     */
-    0xff, 0xd1,       /* 4: call *%rcx         */
-    0x5d,             /* 6: pop  %rbp          */
-    0xc3,             /* 7: ret                */
-    0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, /* int3 padding */
-};
+static const uint8_t trampoline_code[ETW_TRAMPOLINE_SIZE] = ETW_ARCH_TRAMPOLINE_CODE;
 
 /* Arena size: 512 trampolines per 64 KiB mapping. */
 #define ARENA_BYTES (64 * 1024)
@@ -32,15 +21,17 @@ enum {
     DW_CFA_def_cfa = 0x0c,
     DW_CFA_def_cfa_register = 0x0d,
     DW_CFA_def_cfa_offset = 0x0e,
+    DW_CFA_restore = 0xc0,
     DW_EH_PE_absptr = 0x00,
     DW_EH_PE_udata4 = 0x03,
     DW_EH_PE_sdata4 = 0x0b,
     DW_EH_PE_pcrel = 0x10,
     DW_EH_PE_datarel = 0x30,
-    REG_RBP = 6,
-    REG_RSP = 7,
-    REG_RA = 16,
 };
+
+/* The machine's CFI (arch.h), in the names above. */
+static const uint8_t cie_rules[] = ETW_ARCH_CIE_RULES;
+static const uint8_t trampoline_rules[] = ETW_ARCH_TRAMPOLINE_RULES;
 
 /* A growable little-endian byte writer for building unwind tables. */
 typedef struct {
@@ -98,8 +89,7 @@ bw_end_entry(ByteWriter *w, size_t start)
 }
 
 /* A CIE whose FDEs encode their addresses with `fde_encoding`.  The initial
- * rule is the one at a function's first instruction: CFA = rsp + 8, return
- * address at CFA - 8. */
+ * rules are those at a function's first instruction (arch.h). */
 static size_t
 write_cie(ByteWriter *w, uint8_t fde_encoding)
 {
@@ -108,13 +98,12 @@ write_cie(ByteWriter *w, uint8_t fde_encoding)
     bw_u32(w, 0);           /* CIE id */
     bw_u8(w, 1);            /* version */
     bw_put(w, "zR", 3);     /* augmentation, with its NUL */
-    bw_u8(w, 1);            /* code alignment factor */
+    bw_u8(w, ETW_CFI_CODE_ALIGN);  /* code alignment factor */
     bw_u8(w, 0x78);         /* data alignment factor: -8 (SLEB128) */
-    bw_u8(w, REG_RA);       /* return address register */
+    bw_u8(w, ETW_DWARF_RA); /* return address register */
     bw_u8(w, 1);            /* augmentation data length */
     bw_u8(w, fde_encoding);
-    bw_u8(w, DW_CFA_def_cfa); bw_u8(w, REG_RSP); bw_u8(w, 8);
-    bw_u8(w, DW_CFA_offset | REG_RA); bw_u8(w, 1);
+    bw_put(w, cie_rules, sizeof cie_rules);
     bw_end_entry(w, start);
     return start;
 }
@@ -123,13 +112,7 @@ write_cie(ByteWriter *w, uint8_t fde_encoding)
 static void
 write_trampoline_rules(ByteWriter *w)
 {
-    bw_u8(w, DW_CFA_advance_loc | 1);          /* after push %rbp */
-    bw_u8(w, DW_CFA_def_cfa_offset); bw_u8(w, 16);
-    bw_u8(w, DW_CFA_offset | REG_RBP); bw_u8(w, 2);
-    bw_u8(w, DW_CFA_advance_loc | 3);          /* after mov %rsp,%rbp */
-    bw_u8(w, DW_CFA_def_cfa_register); bw_u8(w, REG_RBP);
-    bw_u8(w, DW_CFA_advance_loc | 3);          /* after pop %rbp */
-    bw_u8(w, DW_CFA_def_cfa); bw_u8(w, REG_RSP); bw_u8(w, 8);
+    bw_put(w, trampoline_rules, sizeof trampoline_rules);
 }
 
 /* An FDE with absolute 8-byte addresses, for in-process registration (the
@@ -192,7 +175,10 @@ arena_new(void)
         return NULL;
     }
     arena->code = mem;
-    memset(arena->code, 0xcc, ARENA_BYTES);   /* int3 between trampolines */
+    for (size_t i = 0; i < ARENA_BYTES; i += 4) {   /* traps between trampolines */
+        const uint32_t trap = ETW_ARCH_TRAP_WORD;
+        memcpy(arena->code + i, &trap, 4);
+    }
     for (size_t i = 0; i < ARENA_SLOTS; i++) {
         memcpy(arena->code + i * ETW_TRAMPOLINE_STRIDE, trampoline_code, ETW_TRAMPOLINE_SIZE);
     }

@@ -1,10 +1,10 @@
 /* Trampolines: one tiny copy of machine code per Python function, so that a
  * native stack shows one distinct native frame per Python frame.
  *
- * Every trampoline is the same 16 bytes of x86-64 code, at a 128-byte stride:
- *     push rbp; mov rbp, rsp; call rcx; pop rbp; ret
- * i.e. it calls its fourth argument with its first three, keeping a frame
- * pointer so that frame-pointer unwinders walk through it too.
+ * Every trampoline is the same few bytes of machine code (arch.h: 16 on
+ * x86-64, 24 on aarch64), at a 128-byte stride: it calls its fourth
+ * argument with its first three, keeping a frame pointer (a frame record
+ * on aarch64) so that frame-pointer unwinders walk through it too.
  *
  * Trampolines live in arenas that are filled, made executable and have their
  * unwind info (eh_frame) registered with libgcc's unwinder once, when the
@@ -14,10 +14,10 @@
 #ifndef ETWTRACE_TRAMPOLINE_H
 #define ETWTRACE_TRAMPOLINE_H
 
+#include "arch.h"
+
 #include <stddef.h>
 #include <stdint.h>
-
-#define ETW_TRAMPOLINE_SIZE 16
 
 /* Distance between two trampolines.  `perf inject --jit` maps each jitted
  * image over [code, code + ALIGN_8(code size) + unwind info size): with
