@@ -111,7 +111,7 @@ def test_jitdump_and_perf_map_describe_this_machines_trampolines():
     ("f353bea9fd030091", False),
 ])
 def test_an_aarch64_frame_record_is_told_by_a_function_prologue(prologue, frame_record):
-    from etwtrace._pyremote import sets_up_frame_pointer
+    from etwtrace.sampled.remote import sets_up_frame_pointer
     assert sets_up_frame_pointer(bytes.fromhex(prologue), "aarch64") is frame_record
 
 
@@ -120,6 +120,6 @@ def test_perf_call_graphs_use_frame_records_of_debians_aarch64_python(monkeypatc
     """gcc keeps frame records on aarch64 unasked, so CFLAGS do not say
     it: the choice of perf's call graphs looks at a prologue.  (Debian's
     bookworm and trixie pythons, which .ci/test-arm64 runs, keep them.)"""
-    from etwtrace import _perf
+    from etwtrace.capture import perf as _perf
     monkeypatch.delenv("ETWTRACE_CALLGRAPH", raising=False)
     assert _perf.python_keeps_frame_pointers() is True
