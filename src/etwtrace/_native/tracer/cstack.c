@@ -11,6 +11,14 @@
 #  include <sanitizer/common_interface_defs.h>
 #  define ETW_ASAN 1
 #endif
+/* ThreadSanitizer does not follow a switch of stacks (it would need fiber
+ * annotations for each one): under it the hooks stay on the thread's own
+ * stack, and a recursion deep enough ends in RecursionError at its floor. */
+#if defined(__SANITIZE_THREAD__)
+#  define ETW_TSAN 1
+#else
+#  define ETW_TSAN 0
+#endif
 
 /* Room kept below a stack's floor: half the stack, at most 64 MiB.  The
  * frame evaluated lowest on a stack has that much for everything but its
@@ -208,7 +216,7 @@ etw_cstack_eval(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwEvalFunc b
     if (!stacks.on_larger && here - stacks.base > GREENLET_ROOM && greenlet_loaded()) {
         return body(ts, frame, throwflag);
     }
-    if (stacks.on_larger || !map_larger()) {
+    if (ETW_TSAN || stacks.on_larger || !map_larger()) {
         return etw_eval_recursion_error(ts, frame, throwflag);
     }
     return eval_on_larger(ts, frame, throwflag, body);
