@@ -207,6 +207,32 @@ def test_svg_takes_the_window_width_in_chromium(capture, tmp_path):
     assert abs(widths[1800] - (1800 - 20)) < 30, widths
 
 
+def test_svg_opens_on_its_root_and_searches_in_chromium(tmp_path):
+    """A graph taller than the window is turned over in the browser (the
+    root under the title, on the first screen); #search=RE marks the
+    frames whose full name matches and says their share of the whole."""
+    need_client("chromium")
+    from etwtrace.report.formats.render import format_svg
+    deep = ("process 1",) + tuple(f"f{i} (deep.py:{i})" for i in range(120))
+    out = tmp_path / "deep.svg"
+    out.write_text(format_svg(Counter({deep: 10, ("process 1", "main (x.py:1)"): 5}), "deep",
+                              groups=1))
+    dom = _chromium_dom(out.as_uri() + "#search=%5Ef1%5B0-9%5D%20", 1200)   # ^f1[0-9] ; 800 px
+    assert 'data-turned="root at the top"' in dom
+    m = re.search(r'data-n="process 1".*?<rect x="[\d.]+" y="([\d.]+)"', dom, re.S)
+    assert m and float(m.group(1)) < 100, dom[:2000]
+    marked = re.findall(r'data-n="([^"]+)"[^>]*class="f match"|class="f match"[^>]*data-n="([^"]+)"',
+                        dom)
+    names = sorted(a or b for a, b in marked)
+    assert names == sorted(f"f{i} (deep.py:{i})" for i in range(10, 20)), names
+    # f10 to f19 lie on one tower, 10 of the 15 samples: counted once.
+    assert re.search(r'id="matched"[^>]*>matched 66\.7% \(\^f1\[0-9\] \)<', dom), dom[:3000]
+    # A graph that fits the window stays as drawn (root at the bottom).
+    small = tmp_path / "small.svg"
+    small.write_text(format_svg(Counter({("process 1", "main (x.py:1)"): 5}), "small"))
+    assert "data-turned=" not in _chromium_dom(small.as_uri(), 1200)
+
+
 # ---- pprof ----
 
 def _pprof_top(path, tmp_path, *options):

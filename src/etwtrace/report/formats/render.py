@@ -111,7 +111,7 @@ def format_text(sections):
 _SVG_SCRIPT = """
 // Frames are laid out for a width of DATA_W (data-x, data-w); this draws
 // them across the window's width, and again when it changes.
-var DATA_W = %(width)d, PAD = 10, CH = 7, shown = [PAD, DATA_W - 2 * PAD];
+var DATA_W = %(width)d, PAD = 10, CH = 7, ROW = %(row)d, shown = [PAD, DATA_W - 2 * PAD];
 var svg = document.documentElement;
 function frames() { return document.querySelectorAll("g.f"); }
 function fit(g, x, w) {
@@ -146,6 +146,53 @@ document.getElementById("background").addEventListener("click", function () {
 });
 window.addEventListener("resize", function () { zoom(shown[0], shown[1]); });
 zoom(PAD, DATA_W - 2 * PAD);
+// Search: frames whose full name matches a regular expression are drawn
+// in magenta, and the share of the whole they cover is shown.  Names cut
+// to ".." hide them from the browser's own find.  #search=RE in the
+// address searches at once (a link can carry it).
+var MATCH = "rgb(230,0,230)";
+function search(text) {
+  var re = null, spans = [];
+  if (text) { try { re = new RegExp(text); } catch (err) { re = null; } }
+  frames().forEach(function (g) {
+    var r = g.querySelector("rect");
+    if (!g.hasAttribute("data-fill")) g.setAttribute("data-fill", r.getAttribute("fill"));
+    var hit = re !== null && re.test(g.getAttribute("data-n"));
+    r.setAttribute("fill", hit ? MATCH : g.getAttribute("data-fill"));
+    g.classList.toggle("match", hit);
+    if (hit) spans.push([+g.getAttribute("data-x"), +g.getAttribute("data-w")]);
+  });
+  // The union of the matches' spans: a match inside a match counts once.
+  spans.sort(function (a, b) { return a[0] - b[0]; });
+  var covered = 0, end = -1;
+  spans.forEach(function (s) {
+    var from = Math.max(s[0], end), to = s[0] + s[1];
+    if (to > from) { covered += to - from; end = to; }
+  });
+  var label = document.getElementById("matched");
+  label.textContent = re === null ? "" :
+    "matched " + (100 * covered / (DATA_W - 2 * PAD)).toFixed(1) + "%% (" + text + ")";
+  document.getElementById("search").textContent = re === null ? "Search" : "Reset search";
+}
+document.getElementById("search").addEventListener("click", function (e) {
+  e.stopPropagation();
+  if (document.querySelector("g.f.match")) { search(""); return; }
+  var text = window.prompt("Search frames (a regular expression)", "");
+  if (text) search(text);
+});
+var asked = /[#&]search=([^&]*)/.exec(window.location.hash);
+if (asked) search(decodeURIComponent(asked[1]));
+// A graph taller than the window is turned over (root at the top, under
+// the title), so that the first screen shows the root, not a blank top.
+if (svg.getBoundingClientRect().height > window.innerHeight) {
+  var H = +svg.getAttribute("height");
+  frames().forEach(function (g) {
+    var r = g.querySelector("rect"), t = g.querySelector("text"), y = +r.getAttribute("y");
+    var moved = H + 20 - ROW - y;
+    r.setAttribute("y", moved); t.setAttribute("y", moved + ROW - 5);
+  });
+  svg.setAttribute("data-turned", "root at the top");
+}
 """
 
 
@@ -169,7 +216,10 @@ def format_svg(stacks, title, unit="samples", min_width=0.1, groups=0, color_of=
     """A self-contained, interactive flame graph as wide as the window: one
     frame per box, root at the bottom, width proportional to the value;
     hover shows the full name and share, click zooms into a frame, a click
-    on the background zooms out.  Frames narrower than min_width pixels (of
+    on the background zooms out; Search (or #search=RE in the address)
+    marks the frames whose name matches and says their share.  A graph
+    taller than the window is turned over in the browser (root at the
+    top), so that its first screen shows the root.  Frames narrower than min_width pixels (of
     1200) are left out.  The first `groups` levels (process, thread) are
     drawn grey.  color_of(path) -> (colour, note), if given, colours each
     frame by its root-first path (a differential graph)."""
@@ -192,6 +242,9 @@ def format_svg(stacks, title, unit="samples", min_width=0.1, groups=0, color_of=
         f'{html.escape(title)}</text>',
         '<text x="100%" dx="-10" y="16" text-anchor="end" font-size="10" fill="#777">'
         'click a frame to zoom, the background to reset</text>',
+        '<text id="search" x="10" y="16" font-size="12" fill="#336" cursor="pointer">'
+        'Search</text>',
+        '<text id="matched" x="110" y="16" font-size="12" fill="#606"></text>',
     ]
     # Iterative, so stacks deeper than Python's recursion limit draw too.
     todo = [(tree, 10.0, 0, ())]
@@ -226,6 +279,6 @@ def format_svg(stacks, title, unit="samples", min_width=0.1, groups=0, color_of=
             if children:
                 todo.append((children, x, level + 1, path))
             x += w
-    parts.append("<script><![CDATA[" + _SVG_SCRIPT % {"width": width} + "]]></script>")
+    parts.append("<script><![CDATA[" + _SVG_SCRIPT % {"width": width, "row": row} + "]]></script>")
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
