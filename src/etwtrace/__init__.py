@@ -8,6 +8,7 @@ provider ``etwtrace`` and, while capturing, to a CTF trace.
 """
 
 import atexit
+import functools
 import os
 import sys
 
@@ -41,8 +42,10 @@ def _native():
     return _etwtrace
 
 
+@functools.lru_cache(maxsize=None)
 def _own_files():
-    """This package's own source files, which the tracer never traces."""
+    """This package's own source files, which the tracer never traces
+    (walked once: enable() after disable() took 1.5 ms on the walk)."""
     files = set()
     for folder, _, names in os.walk(_PACKAGE_DIR):
         for name in names:
@@ -50,7 +53,7 @@ def _own_files():
                 path = os.path.join(folder, name)
                 files.add(path)
                 files.add(os.path.realpath(path))
-    return files
+    return frozenset(files)
 
 
 class _RangeMark:
