@@ -40,6 +40,8 @@ def untraced(python, seconds):
 
 
 def du(path):
+    if not os.path.isdir(path):
+        return os.lstat(path).st_blocks * 512
     total = 0
     seen = set()
     for root, _dirs, files in os.walk(path):
