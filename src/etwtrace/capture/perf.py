@@ -81,8 +81,8 @@ def check_permitted(perf, system_wide=False):
     scope = ["-a"] if system_wide else []
     try:
         r = subprocess.run(
-            [perf, "record", "-q", NO_BPF_EVENTS, *scope, "-k", "CLOCK_MONOTONIC", "-e", "cpu-clock",
-             "-o", "/dev/null", "--", "true"],
+            [perf, "record", "-q", NO_BPF_EVENTS, *scope, "-k", "CLOCK_MONOTONIC",
+             "-e", "cpu-clock", "-o", "/dev/null", "--", "true"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired) as ex:
