@@ -150,10 +150,11 @@ def capture_pids(path):
 def collect_perf_files(path, pids, owners=None):
     """Copies the perf map, jitdump and `perf inject` images of every
     traced process into the capture (maps/, jit/): files of the process's
-    user (`owners`: {pid: uid}; default this user).  The originals stay in
-    /tmp, where perf and hotspot look for them (perf's unwinder finds the
-    images only there): the capture's README says how to put the copies
-    back on another machine."""
+    user (`owners`: {pid: uid}; default this user).  A --capture then
+    removes the originals of its ended processes (remove_tmp_copies); a
+    session leaves those of processes still running.  perf and hotspot
+    look for them in /tmp only: the capture's README says how to put the
+    copies back."""
     copy_perf_files(path, pids, owners)
     index_perf_files(path)
 
