@@ -152,9 +152,9 @@ def collect_perf_files(path, pids, owners=None):
     traced process into the capture (maps/, jit/): files of the process's
     user (`owners`: {pid: uid}; default this user).  A --capture then
     removes the originals of its ended processes (remove_tmp_copies); a
-    session leaves those of processes still running.  perf and hotspot
-    look for them in /tmp only: the capture's README says how to put the
-    copies back."""
+    session's stop leaves its processes' maps and jitdumps to them.  perf
+    and hotspot look for these files in /tmp only: the capture's README
+    says how to put the copies back."""
     copy_perf_files(path, pids, owners)
     index_perf_files(path)
 
