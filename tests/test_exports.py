@@ -5,6 +5,7 @@ SVG grouped by process and thread and as wide as the window, pprof read by
 with a size warning."""
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -417,29 +418,27 @@ def test_capture_says_which_tool_opens_which_file(tmp_path, capture):
     assert f"perf report -i {cap}/perf.data" in guide
     manifest = json.loads((cap / "etwtrace-capture.json").read_text())
     from etwtrace.capture import perf as _perf
+    # One copy of perf's data: perf inject's output replaced perf.data.
+    assert "perf.jit.data" not in guide and not (cap / "perf.jit.data").exists()
+    assert f"hotspot {cap}/perf.data" in guide
+    assert f"cp {cap}/maps/* {cap}/jit/* /tmp/" in guide
     if not _perf.needs_jit_inject(manifest["callgraph"]):
-        assert "perf.jit.data" not in guide
         return
-    assert f"hotspot {cap}/perf.jit.data" in guide
+    assert manifest["perf_jit_injected"] is True
     if not (cap / "buildid").exists():
         # A perf that names the images only from their paths (7.2, in
         # Debian sid): the guide points at /tmp, where they are copied back.
-        assert "--buildid-dir" not in guide and f"perf report -i {cap}/perf.jit.data" in guide
-        assert f"cp {cap}/maps/* {cap}/jit/* /tmp/" in guide
+        assert "--buildid-dir" not in guide
         return
-    assert f"perf --buildid-dir {cap}/buildid report -i {cap}/perf.jit.data" in guide
-    # The capture's own images name the Python frames once /tmp has lost
-    # them; an empty build-id cache does not.
+    assert f"perf --buildid-dir {cap}/buildid report -i {cap}/perf.data" in guide
+    # The capture's own images name the Python frames with no copy in
+    # /tmp (the capture leaves none); an empty build-id cache does not.
     (pid,) = {int(d.name[4:]) for d in (cap / "ctf").iterdir()}
-    for image in (cap / "jit").glob(f"jitted-{pid}-*.so"):
-        try:
-            os.unlink(f"/tmp/{image.name}")
-        except FileNotFoundError:
-            pass
+    assert not glob.glob(f"/tmp/jitted-{pid}-*.so")
 
     def named(cache):
         out = subprocess.run(["perf", "--buildid-dir", str(cache), "report", "-i",
-                              str(cap / "perf.jit.data"), "--stdio", "--no-children",
+                              str(cap / "perf.data"), "--stdio", "--no-children",
                               "--sort", "sym"], stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, encoding="utf-8").stdout
         return "py::inner:" in out

@@ -37,12 +37,17 @@ def test_perf_script_names_python_functions(capture):
     text = (cap.path / "perf.script").read_text(errors="replace")
     assert "py::inner:" in text and "py::outer:" in text
     # perf opens what it recorded itself, naming Python frames through the
-    # perf map (frame-pointer call graphs) or the injected jitdump (DWARF).
+    # perf map (frame-pointer call graphs) or the injected jitdump (DWARF),
+    # once they are put back in /tmp as the capture's README.txt says.
     perf = shutil.which("perf")
-    data = cap.path / ("perf.jit.data" if (cap.path / "perf.jit.data").exists() else "perf.data")
-    raw = subprocess.run([perf, "script", "-i", str(data)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
-                         errors="replace")
+    copies = _put_back_in_tmp(cap.path)
+    try:
+        raw = subprocess.run([perf, "script", "-i", str(cap.path / "perf.data")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
+                             errors="replace")
+    finally:
+        for copy in copies:
+            os.unlink(copy)
     assert raw.returncode == 0
     assert "py::inner:" in raw.stdout
 
@@ -54,11 +59,24 @@ def test_perf_inject_jit_succeeds_and_makes_elf_images(capture):
     manifest = (cap.path / "etwtrace-capture.json").read_text()
     if '"callgraph": "dwarf"' not in manifest and '"callgraph": "mixed"' not in manifest:
         pytest.skip("frame-pointer call graphs alone: no inject needed")
-    assert (cap.path / "perf.jit.data").is_file()
+    # The injected data replaced perf.data: one copy of perf's data.
+    assert (cap.path / "perf.data").is_file() and not (cap.path / "perf.jit.data").exists()
+    assert '"perf_jit_injected": true' in manifest
     images = glob.glob(str(cap.path / "jit" / "jitted-*.so"))
     assert images
     with open(images[0], "rb") as f:
         assert f.read(4) == b"\x7fELF"
+
+
+def _put_back_in_tmp(path):
+    """The capture's perf maps and images copied into /tmp (README.txt)."""
+    made = []
+    for copy in glob.glob(str(path / "maps" / "*")) + glob.glob(str(path / "jit" / "*")):
+        target = os.path.join("/tmp", os.path.basename(copy))
+        if not os.path.lexists(target):
+            shutil.copyfile(copy, target)
+            made.append(target)
+    return made
 
 
 def test_capture_is_self_contained(capture, tmp_path):

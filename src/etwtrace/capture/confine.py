@@ -14,7 +14,8 @@ processes' perf maps and jitdumps (_capture.copy_perf_files), and for
 every other entry of the real /tmp (mounted read-only inside it) a
 symlink, so perf still reads the other jitdumps and the libraries that
 live there, but no jitted-* name of another user's.  Its output goes
-there too and is moved into the capture after.  perf enters the mount
+there too and is moved into the capture after (none is left in the real
+/tmp).  perf enters the mount
 namespace of a process that still runs (setns) to read its jitdump and
 write its images: it runs without CAP_SYS_ADMIN, so it can neither leave
 its own nor undo it.  Root only (a mount namespace needs CAP_SYS_ADMIN)."""
@@ -23,7 +24,6 @@ import ctypes
 import glob
 import os
 import re
-import stat
 
 from ..trace import safefs as _safefs
 
@@ -53,9 +53,8 @@ class PrivateTmp:
     (see the module's docstring).  Run them with preexec_fn=confine, with
     their output files at inside(NAME); keep(NAME) moves one into PATH;
     close() moves the images perf made of the processes `pids` into
-    PATH/jit, leaves a copy of each in /tmp (where perf and hotspot look
-    for them) made new, never through what another user put there, and
-    removes the rest."""
+    PATH/jit, and removes the rest.  No copy is left in the real /tmp:
+    the capture's README says how to put them there for perf and hotspot."""
 
     NAME = ".perf-tmp"
 
@@ -87,39 +86,12 @@ class PrivateTmp:
         jit = os.path.join(self.path, "jit")
         for pid in self.pids:
             for image in glob.glob(os.path.join(self.work, f"jitted-{pid}-*.so")):
-                name = os.path.basename(image)
-                os.rename(image, os.path.join(jit, name))
-                _leave_in_tmp(os.path.join(jit, name))
+                os.rename(image, os.path.join(jit, os.path.basename(image)))
         fd = _safefs.open_dir(self.path)
         try:
             _safefs.remove_tree(fd, self.NAME)
         finally:
             os.close(fd)
-
-
-def _leave_in_tmp(image):
-    """A copy of `image` in /tmp, in a new file (0644, as perf makes
-    them), replacing only one of ours."""
-    target = os.path.join("/tmp", os.path.basename(image))
-    try:
-        st = os.lstat(target)
-        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
-            os.unlink(target)
-    except FileNotFoundError:
-        pass
-    try:
-        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o644)
-    except OSError:
-        return      # another user's name: left alone
-    try:
-        src = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _safefs.copy_data(src, out, os.fstat(src).st_size)
-        finally:
-            os.close(src)
-    finally:
-        os.close(out)
 
 
 def _mounts():

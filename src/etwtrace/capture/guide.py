@@ -2,8 +2,9 @@
 
 Written from what the capture holds, so each line names files that are
 there.  perf and hotspot look for the perf maps and the `perf inject`
-images in /tmp; where a tool can be pointed at the capture's own copies
-(perf's --buildid-dir, for the images), the commands do so.
+images in /tmp, where the capture leaves none; where a tool can be pointed
+at the capture's own copies (perf's --buildid-dir, for the images), the
+commands do so.
 """
 
 import os
@@ -11,7 +12,7 @@ import shlex
 import sys
 
 from ..trace import manifest as _manifest
-from ..trace.manifest import BUILDID_DIR
+from ..trace.manifest import BUILDID_DIR, PERF_DATA
 
 # The capture's build-id cache of the `perf inject --jit` images.
 
@@ -31,39 +32,29 @@ def text(path):
             "",
             "  babeltrace2 " + q + "/ctf/pid-PID          the built-in recorder's events (CTF 1.8)",
         ]
-    if has("perf.jit.data") and has(BUILDID_DIR):
+    if has(PERF_DATA):
         lines += [
             "",
-            f"  perf --buildid-dir {q}/{BUILDID_DIR} report -i {q}/perf.jit.data",
-            "      mixed Python/native stacks, unwound through Python frames; the images",
-            "      of the Python trampolines come from this capture's build-id cache",
+            f"  perf report -i {q}/{PERF_DATA}",
+            "      mixed Python/native stacks; perf names Python frames from the perf maps",
+            "      and jitted images in /tmp, where the capture leaves none (see below)",
         ]
-    elif has("perf.jit.data"):
+        if has(BUILDID_DIR):
+            lines += [
+                f"  perf --buildid-dir {q}/{BUILDID_DIR} report -i {q}/{PERF_DATA}",
+                "      the same, the images of the Python trampolines taken from this",
+                "      capture's build-id cache",
+            ]
+        lines += [
+            f"  hotspot {q}/{PERF_DATA}",
+            "      the same in a GUI; it reads the images from /tmp/jitted-PID-N.so only",
+        ]
+    if has(PERF_DATA) and (has("maps") or has("jit")):
         lines += [
             "",
-            f"  perf report -i {q}/perf.jit.data",
-            "      mixed Python/native stacks, unwound through Python frames (this perf",
-            "      reads the trampolines' images from /tmp/jitted-PID-N.so only)",
-        ]
-    if has("perf.jit.data"):
-        lines += [
-            f"  hotspot {q}/perf.jit.data",
-            "      the same in a GUI; it reads the images from /tmp/jitted-PID-N.so",
-        ]
-    if has("perf.data"):
-        lines += [
-            "",
-            f"  perf report -i {q}/perf.data",
-        ]
-        if has("perf.jit.data"):
-            lines.append("      raw samples: their stacks stop at the first Python frame; "
-                         "prefer perf.jit.data")
-        lines.append("      names Python frames from /tmp/perf-PID.map (a copy is in maps/)")
-    if has("perf.data") and (has("maps") or has("jit")):
-        lines += [
-            "",
-            "perf and hotspot read the perf maps and jitted images from /tmp. On",
-            "another machine, or once /tmp was cleaned, copy them back first:",
+            "perf and hotspot read the perf maps and jitted images from /tmp. The",
+            "capture keeps them in maps/ and jit/ and leaves no copy in /tmp: put them",
+            "there first (on this machine or another), and remove them after:",
             f"  cp {q}/maps/* {q}/jit/* /tmp/",
         ]
     lines += ["", f"{_manifest.MANIFEST} says how the capture was made and how the program ended."]

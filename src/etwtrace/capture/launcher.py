@@ -24,8 +24,8 @@ import time
 
 from ..trace import (budget as _budget, children as _children, ctf as _ctf, manifest as _manifest,
                      safefs as _safefs)
-from . import confine as _confine, guide as _guide, perf as _perf
-from .. import env as _env
+from . import confine as _confine, guide as _guide, perf as _perf, progress as _progress
+from .. import env as _env, sizes as _sizes
 from .perf import PerfError
 from ..trace.capture import CaptureDir, CaptureError, write_manifest
 
@@ -150,10 +150,11 @@ def capture_pids(path):
 def collect_perf_files(path, pids, owners=None):
     """Copies the perf map, jitdump and `perf inject` images of every
     traced process into the capture (maps/, jit/): files of the process's
-    user (`owners`: {pid: uid}; default this user).  The originals stay in
-    /tmp, where perf and hotspot look for them (perf's unwinder finds the
-    images only there): the capture's README says how to put the copies
-    back on another machine."""
+    user (`owners`: {pid: uid}; default this user).  A --capture then
+    removes the originals of its ended processes (remove_tmp_copies); a
+    session's stop leaves its processes' maps and jitdumps to them.  perf
+    and hotspot look for these files in /tmp only: the capture's README
+    says how to put the copies back."""
     copy_perf_files(path, pids, owners)
     index_perf_files(path)
 
@@ -176,12 +177,56 @@ def index_perf_files(path):
     """The build-id cache of the capture's images, and its README."""
     jit = os.path.join(path, "jit")
     images = sorted(glob.glob(os.path.join(jit, "jitted-*.so")))
-    if images and os.path.isfile(os.path.join(path, "perf.jit.data")):
+    data = os.path.join(path, _manifest.PERF_DATA)
+    if images and os.path.isfile(data):
         perf = _perf.find_perf()
         if perf is not None:
-            _perf.add_to_buildid_cache(perf, os.path.join(path, _guide.BUILDID_DIR), images,
-                                       os.path.join(path, "perf.jit.data"))
+            _perf.add_to_buildid_cache(perf, os.path.join(path, _guide.BUILDID_DIR), images, data)
     _guide.write(path)
+
+
+def remove_tmp_copies(path, pids, owner=None):
+    """Removes the perf maps, jitdumps and `perf inject` images of the
+    capture's ended processes from /tmp once the capture holds copies of
+    them: else every capture would leave them there for good (README.txt
+    says how to put them back for perf report and hotspot).  Only plain
+    files of the traced user (`owner`, default this one) or ours go; the
+    files of a process still running are its own."""
+    owner = os.geteuid() if owner is None else owner
+    for pid in sorted(pids):
+        if os.path.exists(f"/proc/{pid}"):
+            continue
+        names = [(f"/tmp/perf-{pid}.map", "maps"), (f"/tmp/jit-{pid}.dump", "jit")]
+        names += [(image, "jit") for image in glob.glob(f"/tmp/jitted-{pid}-*.so")]
+        for name, kept_in in names:
+            if not os.path.isfile(os.path.join(path, kept_in, os.path.basename(name))):
+                continue
+            fd = _own_tmp_file(name, owner)
+            if fd is None:
+                continue
+            os.close(fd)
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+
+
+def capture_size_text(path):
+    """The capture's size, and its largest files, for its last line."""
+    sizes = {}
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            top = os.path.relpath(os.path.join(root, name), path).split(os.sep)[0]
+            sizes[top] = sizes.get(top, 0) + st.st_blocks * 512
+    total = sum(sizes.values())
+    parts = [f"{name} {_sizes.size_text(size)}"
+             for name, size in sorted(sizes.items(), key=lambda item: -item[1])
+             if size >= max(total // 20, 1)][:3]
+    return _sizes.size_text(total) + (": " + ", ".join(parts) if parts else "")
 
 
 # ---- recorders ----
@@ -257,6 +302,7 @@ class _Child:
                 except InterruptedError:
                     continue
         finally:
+            self.ended = time.monotonic()
             self.restore()
 
     def restore(self):
@@ -328,8 +374,16 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
     status = returncode
     if not os.path.isfile(data) or os.path.getsize(data) == 0:
         raise CaptureError("perf recorded nothing: " + (tee.tail or ["unknown error"])[-1])
-    pids = capture_pids(path)
-    script_input = data
+    finish_perf_data(path, perf, data, callgraph, capture_pids(path), say)
+    return status, proc.received, proc.ended
+
+
+def finish_perf_data(path, perf, data, callgraph, pids, say):
+    """perf inject --jit (where DWARF unwinding needs the trampolines'
+    images) and perf script, after the program ended.  The injected data
+    replaces perf.data: it holds all perf.data held, so the capture keeps
+    one copy.  What runs is shown while it runs (_progress)."""
+    progress = _progress.Progress()
     # As root, perf inject must not write through another user's link in
     # /tmp (the names of its images are known in advance): see _confine.
     tmp = None
@@ -341,34 +395,40 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
         try:
             if _perf.needs_jit_inject(callgraph) and any(
                     os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
-                injected = os.path.join(path, "perf.jit.data")
+                progress.step(f"perf inject --jit of {_sizes.size_text(os.path.getsize(data))}")
+                injected = os.path.join(path, _manifest.PERF_JIT_DATA)
                 # perf's libdw unwinder walks the images inject writes only as
                 # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
                 if tmp is None:
                     _perf.inject_jit(perf, data, injected)
                 else:
-                    _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"), preexec_fn=confine,
-                                     lands_in=path)
-                    tmp.keep("perf.jit.data")
-                script_input = injected
+                    _perf.inject_jit(perf, data, tmp.inside(_manifest.PERF_JIT_DATA),
+                                     preexec_fn=confine, lands_in=path)
+                    tmp.keep(_manifest.PERF_JIT_DATA)
+                os.replace(injected, data)
+                try:
+                    write_manifest(path, **{_manifest.PERF_INJECTED: True})
+                except CaptureError as ex:
+                    say(f"etwtrace: {ex}")
         except _perf.PerfSpaceError as ex:
             say(f"etwtrace: {ex}")
+        progress.step(f"perf script of {_sizes.size_text(os.path.getsize(data))}")
         try:
-            _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT),
+            _perf.save_script(perf, data, os.path.join(path, _manifest.PERF_SCRIPT),
                               preexec_fn=confine)
         except _perf.PerfSpaceError as ex:
             say(f"etwtrace: {ex}")
     finally:
         if tmp is not None:
             tmp.close()
-    return status, proc.received
+        progress.clear()
 
 
 def run_builtin_subprocess(path, mode, target):
     write_manifest(path, recorder="builtin")
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
     proc = _Child(child, child_environment(path, mode))
-    return proc.wait(), proc.received
+    return proc.wait(), proc.received, proc.ended
 
 
 def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0):
@@ -394,11 +454,13 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
         _guide.write(path)
         recorder, perf = choose_recorder(requested_recorder, say)
         if recorder == "perf":
-            status, received = run_with_perf(path, perf, mode, preset, target, say, budget)
+            status, received, ended = run_with_perf(path, perf, mode, preset, target, say,
+                                                    budget)
         else:
-            status, received = run_builtin_subprocess(path, mode, target)
+            status, received, ended = run_builtin_subprocess(path, mode, target)
         pids = capture_pids(path)
         collect_perf_files(path, pids)
+        remove_tmp_copies(path, pids)
         ctf_root = os.path.join(path, "ctf")
         if os.path.isdir(ctf_root):
             _ctf.finalize(ctf_root, room=lambda size: _budget.fits(ctf_root, size))
@@ -424,5 +486,6 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
         say(f"etwtrace: {lost}; the trace holds every event recorded before")
     if untraced:
         say(f"etwtrace: {_children.describe(untraced)}")
-    say(f"etwtrace: capture saved to {path}")
+    say(f"etwtrace: capture saved to {path} ({capture_size_text(path)}; finished "
+        f"{time.monotonic() - ended:.1f} s after the program)")
     return status

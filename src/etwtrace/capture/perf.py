@@ -33,6 +33,11 @@ from ..errors import Error
 from ..trace.perfscript import STACK_SAMPLE_PROBE
 
 SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
+# perf record's side-band thread (BPF program loads) polls with a 1 s
+# timeout, and perf waits for it when it stops: every recording would end
+# up to a second late.  BPF programs' symbols are nothing a capture of a
+# Python program needs.
+NO_BPF_EVENTS = "--no-bpf-event"
 
 # Frames the kernel walks in a frame-pointer stack while perf records: 100
 # Python frames take ~400 on an interpreter with 4 native frames per
@@ -76,8 +81,8 @@ def check_permitted(perf, system_wide=False):
     scope = ["-a"] if system_wide else []
     try:
         r = subprocess.run(
-            [perf, "record", "-q", *scope, "-k", "CLOCK_MONOTONIC", "-e", "cpu-clock",
-             "-o", "/dev/null", "--", "true"],
+            [perf, "record", "-q", NO_BPF_EVENTS, *scope, "-k", "CLOCK_MONOTONIC",
+             "-e", "cpu-clock", "-o", "/dev/null", "--", "true"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired) as ex:
@@ -214,7 +219,7 @@ def record_command(perf, output, preset, callgraph, probe_event, control=None):
     """The perf record command line for a recording-profile preset; with
     `control`, a FIFO through which perf is told to stop sampling when the
     capture stops (_budget.Guard)."""
-    cmd = [perf, "record", "-q", "-k", "CLOCK_MONOTONIC", "-o", output]
+    cmd = [perf, "record", "-q", NO_BPF_EVENTS, "-k", "CLOCK_MONOTONIC", "-o", output]
     if control:
         cmd += ["--control", f"fifo:{control}"]
     if callgraph != "fp" and os.geteuid() == 0:

@@ -619,24 +619,28 @@ def _finish_perf(path, state, pids, say):
     tmp = _confine.PrivateTmp(path, pids) if os.geteuid() == 0 else None
     confine = tmp.confine if tmp is not None else None
     try:
-        script_input = data
         if _perf.needs_jit_inject(state.get("callgraph")) and any(
                 os.path.isfile(os.path.join(jit, f"jit-{pid}.dump")) for pid in pids):
-            injected = os.path.join(path, "perf.jit.data")
+            injected = os.path.join(path, _manifest.PERF_JIT_DATA)
             try:
                 if tmp is None:
                     _perf.inject_jit(perf, data, injected)
                 else:
-                    _perf.inject_jit(perf, data, tmp.inside("perf.jit.data"), lands_in=path,
-                                     preexec_fn=confine)
-                    tmp.keep("perf.jit.data")
-                script_input = injected
+                    _perf.inject_jit(perf, data, tmp.inside(_manifest.PERF_JIT_DATA),
+                                     lands_in=path, preexec_fn=confine)
+                    tmp.keep(_manifest.PERF_JIT_DATA)
+                # It holds all perf.data held: the capture keeps one copy.
+                os.replace(injected, data)
+                try:
+                    _capdir.write_manifest(path, **{_manifest.PERF_INJECTED: True})
+                except CaptureError:
+                    pass        # (the session's own manifest write says so)
             except _perf.PerfError as ex:
                 say(f"etwtrace: {ex}; perf's samples are unwound without the Python "
                     "trampolines' images")
                 if os.path.lexists(injected):
                     os.unlink(injected)
-        _perf.save_script(perf, script_input, os.path.join(path, _manifest.PERF_SCRIPT),
+        _perf.save_script(perf, data, os.path.join(path, _manifest.PERF_SCRIPT),
                           preexec_fn=confine)
     except _perf.PerfError as ex:
         say(f"etwtrace: {ex}; the built-in trace is complete")

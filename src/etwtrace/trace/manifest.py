@@ -10,6 +10,11 @@ from .files import TraceError, read_small
 MANIFEST = "etwtrace-capture.json"
 PERF_SCRIPT = "perf.script"
 BUILDID_DIR = "buildid"     # perf's build-id cache of the capture's files
+PERF_DATA = "perf.data"     # perf's samples: the capture keeps one copy of them
+# `perf inject --jit`'s output while it is made; it then replaces perf.data
+# (the manifest's PERF_INJECTED says so).
+PERF_JIT_DATA = "perf.jit.data"
+PERF_INJECTED = "perf_jit_injected"
 
 # What a manifest can be: written into 8 KiB (capture.MANIFEST_ROOM), longer
 # only with very many processes' counts.
