@@ -25,6 +25,7 @@ Row = namedtuple("Row", "frame own total")
 
 _COUNT = struct.Struct("<I")
 _EVENT_HEAD = 13        # an extended header: id, event id, time (ctfwrite)
+STACK_CACHE = 65536     # named stacks remembered per process (then it starts again)
 
 
 class Symbols:
@@ -75,6 +76,8 @@ class Feed:
         """The frames of an encoded stack (u32 count, u64 addresses)."""
         frames = self.stacks.get(payload)
         if frames is None:
+            if len(self.stacks) >= STACK_CACHE:
+                self.stacks.clear()
             (n,) = _COUNT.unpack_from(payload)
             find = self.symbols.find
             frames = self.stacks[payload] = tuple(
