@@ -4,6 +4,7 @@ its command line.  No BPF, no subprocess (marked `unit`); the live view
 itself is tested in tmux by test_top.py."""
 
 import struct
+import types
 
 import pytest
 
@@ -151,6 +152,25 @@ def test_folded_frames_give_their_time_to_the_function_they_run():
     assert "_PyEval_EvalFrameDefault" not in [r.frame.name for r in rows]
 
 
+def test_the_samplers_recorder_feeds_the_window_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clock = Clock()
+    window = _live.Window(5)
+    recorder = _live.LiveRecorder(None, window, clock)
+    feed = recorder.new_writer(42)
+    # (what SampledRecorder.add sets up for a process it reads)
+    recorder.targets[42] = types.SimpleNamespace(writer=feed)
+    for i, (begin, end, line, is_python, file, name) in enumerate(FUNCTIONS):
+        feed.stream(7).function(0, i + 1, begin, end, line, is_python, file, name)
+    stack = [HOT_5, OUTER, MODULE]
+    recorder.handle_chunk(42, 7, 1, 3, 3, chunk(stack, stack, stack))
+    recorder.handle_chunk(99, 7, 1, 1, 1, chunk(stack))     # no process of its own
+    samples, rows = window.rows(clock.now)
+    assert samples == 3 and table(rows)[0] == ("hot", 0, 3, 3)
+    assert window.threads(clock.now) == [7]
+    assert recorder.ctf_root is None and list(tmp_path.iterdir()) == []
+
+
 # ---- keys and the screen ----
 
 def test_keys_sort_switch_and_step_through_threads():
@@ -246,6 +266,8 @@ def test_top_parses_its_two_forms():
     assert values.sampled and values.target == ["app.py", "--pid", "1"] and values.pid is None
     assert _args.parse(["top", "--help"])[1].help == 0
     assert "python -m etwtrace top --pid PID" in _args.main_help()
+    text = _args.top_help()
+    assert all(option.label() in text for option in _args.TOP_OPTIONS)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -47,7 +47,7 @@ class View:
         elif ch == "l":
             self.lines = not self.lines
         elif ch == "h":
-            order = [None] + [t for t in threads]
+            order = [None, *threads]
             if self.tid not in order:
                 order.insert(1, self.tid)
             self.tid = order[(order.index(self.tid) + 1) % len(order)]
@@ -147,6 +147,11 @@ def main(opts, say):
                            f"{_pyremote.supported_text()}")
     if not (os.isatty(0) and os.isatty(1)):
         raise TopError("top draws on a terminal: run it in one (stdin and stdout)")
+    try:
+        import curses
+    except ImportError:
+        raise TopError("top draws with Python's curses module, which this Python lacks") \
+            from None
     rate = opts.rate or _sampled.DEFAULT_RATE
     window = _live.Window(opts.window, interpreter_fold())
     try:
@@ -175,7 +180,6 @@ def main(opts, say):
             except _sampled.SampledError as ex:
                 raise TopError(str(ex)) from None
         view = View(title, rate, opts.window)
-        import curses
         return curses.wrapper(_live_view, view, window, sampling, pid, child)
     except KeyboardInterrupt:
         return 0        # Ctrl-C quits, as q does (curses.wrapper restored the terminal)
@@ -195,11 +199,14 @@ def _live_view(stdscr, view, window, sampling, pid, child):
     except curses.error:
         pass
     stdscr.nodelay(True)
-    pidfd = os.pidfd_open(pid)
     waiting = select.poll()
-    waiting.register(pidfd, select.POLLIN)
     waiting.register(sampling.fileno(), select.POLLIN)
     waiting.register(0, select.POLLIN)
+    try:
+        pidfd = os.pidfd_open(pid)
+        waiting.register(pidfd, select.POLLIN)
+    except ProcessLookupError:
+        pidfd = None        # (it ended already: said at the first turn)
     ended_at = None
     next_draw = 0.0
     try:
@@ -207,11 +214,12 @@ def _live_view(stdscr, view, window, sampling, pid, child):
             ready = waiting.poll(POLL_MS)
             if ended_at is None:
                 sampling.drain()
-            if ended_at is None and any(fd == pidfd for fd, _ in ready):
+            if ended_at is None and (pidfd is None or any(fd == pidfd for fd, _ in ready)):
                 # The last window stays as it was when the process ended.
                 ended_at = time.monotonic()
-                waiting.unregister(pidfd)
                 waiting.unregister(sampling.fileno())
+                if pidfd is not None:
+                    waiting.unregister(pidfd)   # (readable from now on)
                 view.message = _ended(pid, child)
                 next_draw = 0.0
             now = ended_at if ended_at is not None else time.monotonic()
@@ -229,7 +237,8 @@ def _live_view(stdscr, view, window, sampling, pid, child):
                 _draw(stdscr, view, window, now, sampling.lost(), pid)
                 next_draw = time.monotonic() + REFRESH_SECONDS
     finally:
-        os.close(pidfd)
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _draw(stdscr, view, window, now, lost, pid):

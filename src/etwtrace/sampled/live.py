@@ -104,18 +104,21 @@ class _ThreadFeed:
         self.feed.stacks.clear()    # (a stack named before may name it now)
 
     def sample(self, ts, payload):
-        self.extend(_EVENT_HEAD * b"\0" + payload, ts, ts, 1)
+        """A sample, its stack encoded (ctfwrite.sample_payload)."""
+        feed = self.feed
+        feed.window.add(self.tid, feed.frames(payload), feed.clock())
 
     def extend(self, events, first, last, samples=0):
-        """Encoded SampledProfile events (the sampler's chunks)."""
+        """Encoded SampledProfile events (the sampler's chunks): each an
+        extended header, then its stack encoded."""
         feed = self.feed
         now = feed.clock()
         at, size = 0, len(events)
         while at < size:
-            (n,) = _COUNT.unpack_from(events, at + _EVENT_HEAD)
-            end = at + _EVENT_HEAD + 4 + 8 * n
-            feed.window.add(self.tid, feed.frames(bytes(events[at + _EVENT_HEAD:end])), now)
-            at = end
+            begin = at + _EVENT_HEAD
+            (n,) = _COUNT.unpack_from(events, begin)
+            at = begin + 4 + 8 * n
+            feed.window.add(self.tid, feed.frames(bytes(events[begin:at])), now)
         return True
 
 
