@@ -1,6 +1,6 @@
 """python -m etwtrace top: the live view, drawn with curses, of what
 sampled/live.py counts.  screen() makes the text of one refresh from the
-counts (tests draw it from made-up samples); run() samples and draws."""
+counts (tests draw it from made-up samples); main() checks, samples and draws."""
 
 import fnmatch
 import os
