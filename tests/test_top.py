@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -47,7 +48,9 @@ class Terminal:
     files in `tmp`."""
 
     def __init__(self, tmp, args):
-        self.socket = f"etwtrace-top-{os.getpid()}-{id(self)}"
+        # Its socket in a directory of its own (a short path, as sockets need).
+        self.socket_dir = tempfile.mkdtemp(prefix="etwtrace-top-")
+        self.socket = os.path.join(self.socket_dir, "tmux")
         self.status = tmp / "status"
         self.modes = tmp / "stty"
         command = " ".join(_quote(a) for a in args)
@@ -58,12 +61,20 @@ class Terminal:
         self._tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "top", shell)
 
     def _tmux(self, *args):
-        return subprocess.run(["tmux", "-L", self.socket, *args], stdout=subprocess.PIPE,
+        return subprocess.run(["tmux", "-S", self.socket, *args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, timeout=30,
                               env=dict(os.environ, TERM="xterm-256color"))
 
     def screen(self):
-        return self._tmux("capture-pane", "-p", "-t", "top").stdout
+        """The screen once two reads 0.15 s apart agree: a whole frame, not
+        one the terminal is still receiving (it redraws once a second)."""
+        text = self._tmux("capture-pane", "-p", "-t", "top").stdout
+        while True:
+            time.sleep(0.15)
+            again = self._tmux("capture-pane", "-p", "-t", "top").stdout
+            if again == text:
+                return text
+            text = again
 
     def keys(self, *keys):
         self._tmux("send-keys", "-t", "top", *keys)
@@ -77,7 +88,6 @@ class Terminal:
                 return text
             if time.monotonic() > deadline:
                 pytest.fail(f"not on the screen after {seconds} s:\n{text}")
-            time.sleep(0.1)
 
     def exit_status(self, seconds=15):
         deadline = time.monotonic() + seconds
@@ -89,6 +99,7 @@ class Terminal:
 
     def close(self):
         self._tmux("kill-server")
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def _quote(text):
