@@ -26,6 +26,7 @@ Row = namedtuple("Row", "frame own total")
 _COUNT = struct.Struct("<I")
 _EVENT_HEAD = 13        # an extended header: id, event id, time (ctfwrite)
 STACK_CACHE = 65536     # named stacks remembered per process (then it starts again)
+FRAME_CACHE = 65536     # frames whose folding is remembered
 
 
 class Symbols:
@@ -129,7 +130,8 @@ class Window:
 
     def __init__(self, seconds=5, fold=None):
         self.seconds = seconds
-        self.fold = fold or (lambda frame: False)
+        self.fold_test = fold or (lambda frame: False)
+        self.folded = {}        # frame -> fold_test(frame), asked once a frame
         self.buckets = {}       # whole second -> Counter((tid, frames))
 
     def add(self, tid, frames, now, count=1):
@@ -167,7 +169,7 @@ class Window:
             if tid is not None and thread != tid:
                 continue
             samples += n
-            shown = [self._key(f, lines) for f in frames if not self.fold(f)]
+            shown = [self._key(f, lines) for f in frames if not self._folds(f)]
             if not shown:
                 continue
             own[shown[0]] += n
@@ -178,6 +180,14 @@ class Window:
                 (lambda r: (-r.total, -r.own))
         rows.sort(key=lambda r: (*first(r), r.frame.name, r.frame.file, r.frame.line))
         return samples, rows
+
+    def _folds(self, frame):
+        folds = self.folded.get(frame)
+        if folds is None:
+            if len(self.folded) >= FRAME_CACHE:
+                self.folded.clear()
+            folds = self.folded[frame] = self.fold_test(frame)
+        return folds
 
     @staticmethod
     def _key(frame, lines):
