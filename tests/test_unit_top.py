@@ -76,7 +76,8 @@ def test_own_is_the_leaf_and_total_every_function_on_the_stack():
     assert samples == 10
     got = {name: (own, total) for name, _, own, total in table(rows)}
     assert got == {"hot": (6, 7), "outer": (3, 10), "<module>": (0, 10),
-                   "_PyEval_EvalFrameDefault": (0, 9), "PyNumber_Add": (1, 1), "start_thread": (0, 10)}
+                   "_PyEval_EvalFrameDefault": (0, 9), "PyNumber_Add": (1, 1),
+                   "start_thread": (0, 10)}
     assert [r.frame.name for r in rows][:3] == ["hot", "outer", "PyNumber_Add"]
     _, by_total = window.rows(clock.now, sort="total")
     assert [r.frame.name for r in by_total][:4] == ["outer", "<module>", "start_thread",
@@ -237,7 +238,8 @@ def test_lines_show_where_each_line_is():
 
 def test_native_functions_show_their_file_in_brackets():
     screen = _screen_of()
-    assert any(line.split()[2:] == ["start_thread", "[libc.so.6]"] for line in screen if line.strip())
+    assert any(line.split()[2:] == ["start_thread", "[libc.so.6]"]
+               for line in screen if line.strip())
 
 
 def test_the_process_ending_is_said_and_small_terminals_fit():
