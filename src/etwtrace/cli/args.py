@@ -3,8 +3,8 @@ one table, one parser for them all, and every help text made from the
 tables (so help cannot drift from what is parsed).
 
 parse(args) -> (command, values): command is "run" (the original's
-options, `-- script args`), "report", "record", "attach" or "detach";
-values is a Values of the options by name.  A bad command line raises
+options, `-- script args`), "report", "record", "attach", "detach" or
+"top"; values is a Values of the options by name.  A bad command line raises
 UsageError (exit code 2)."""
 
 from ..errors import UsageError
@@ -258,6 +258,17 @@ ATTACH_OPTIONS = [
     Option("--c-calls", "With --instrumented: C callables too", default=False),
 ]
 
+TOP_OPTIONS = [
+    Option("--pid", "the running CPython 3.11 or 3.13+ to watch", metavar="PID",
+           convert=lambda text: number("--pid", text, int, PID_MOST)),
+    Option("--sampled", "run the program after -- and watch it (its output\n"
+           "goes to /dev/null; it ends when top does)", default=False),
+    Option("--rate", "samples per second (default 999)", metavar="HZ", convert=rate),
+    Option("--window", "the last SECONDS the shares are of (default 5)",
+           metavar="SECONDS", convert=lambda text: number("--window", text, int, 3600),
+           default=5),
+]
+
 # record's commands: their positional words (name, required) and options.
 RECORD_COMMANDS = {
     "start": ([("path", True)], RECORD_START_OPTIONS),
@@ -364,6 +375,8 @@ def parse(args):
         return "record", _parse_record(args[1:])
     if first in ("attach", "detach"):
         return first, _parse_attach(first, args[1:])
+    if first == "top":
+        return "top", _parse_top(args[1:])
     return "run", _parse_run(args)
 
 
@@ -416,6 +429,30 @@ def _parse_record(args):
     if values.get("rate") is not None and not values.get("sampled"):
         raise UsageError("--rate is for --sampled")
     values.command = command
+    values.help = None
+    return values
+
+
+def _parse_top(args):
+    if args[:1] in (["-h"], ["--help"], ["-?"]):
+        return Values(help=0)
+    target = None
+    if "--" in args:
+        at = args.index("--")
+        args, target = args[:at], args[at + 1:]
+        if not target:
+            raise UsageError("nothing to run after --")
+    values, words = _read(TOP_OPTIONS, list(args), "top")
+    if words:
+        raise UsageError(f"top takes options, not {words[0]!r} (a program goes after "
+                         "--sampled --)")
+    if values.pid is not None and (values.sampled or target is not None):
+        raise UsageError("top watches --pid PID or runs --sampled -- script args, not both")
+    if values.pid is None and not values.sampled:
+        raise UsageError("top needs --pid PID, or --sampled -- script args")
+    if values.sampled and target is None:
+        raise UsageError("--sampled needs a program to run after --")
+    values.target = target
     values.help = None
     return values
 
@@ -541,6 +578,29 @@ def attach_help():
         ""])
 
 
+TOP_USAGE = """\
+python -m etwtrace top --pid PID [--rate HZ] [--window SECONDS]
+       python -m etwtrace top --sampled [--rate HZ] [--window SECONDS] -- script.py [args...]"""
+
+
+def top_help():
+    return "\n".join([
+        f"Usage: {TOP_USAGE}",
+        "",
+        "    A live view of where a CPython 3.11 or 3.13+ spends its time, like top:",
+        "    the hottest functions, Python and native, by their share of the samples",
+        "    of the last seconds, refreshed each second.  Samples with the BPF",
+        "    sampler (root, or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE); nothing is",
+        "    written to disk.",
+        "",
+        *_option_lines(TOP_OPTIONS),
+        "",
+        "    Keys: o sort by own share (samples it was running in), t by total",
+        "    (samples it was on the stack of), l functions or lines, h the next",
+        "    thread (or all), q or Ctrl-C quit.",
+        ""])
+
+
 ENVIRONMENT_HELP = """\
 Environment:
     ETWTRACE_CAPTURE=DIR  Any traced process records into DIR (built-in recorder)
@@ -614,6 +674,11 @@ def main_help():
         "",
         "    Starts or stops tracing in a running CPython 3.14+, which joins the",
         "    recording session (see python -m etwtrace attach --help).",
+        "",
+        f"Usage: {TOP_USAGE}",
+        "",
+        "    A live view of the hottest functions of a CPython 3.11 or 3.13+, sampled",
+        "    without hooks (root; see python -m etwtrace top --help).",
         "",
         "Other options:",
         *_option_lines(_pick(run, "-h", "--info", "--profile", "--stacktags")),

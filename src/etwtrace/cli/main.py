@@ -175,6 +175,8 @@ def _main(args):
             return _record(opts)
         if command in ("attach", "detach"):
             return _attach(command, opts)
+        if command == "top":
+            return _top(opts)
         return _run(opts)
     except etwtrace.Error as ex:
         # Every error's one line, here; its class says usage (2) or failure (1).
@@ -204,6 +206,14 @@ def _attach(command, opts):
         return opts.help
     from ..capture import attach as _attach
     return _attach.main(command, opts, _say)
+
+
+def _top(opts):
+    if opts.help is not None:
+        _stdout.out(_args.top_help())
+        return opts.help
+    from . import top as _top_view
+    return _top_view.main(opts, _say)
 
 
 def _run(opts):

@@ -340,8 +340,10 @@ class SampledRecorder:
     def __init__(self, path, sampler, budget=None, say=None):
         self.path = path
         self.sampler = sampler      # the _sampler module: its splice()
-        self.ctf_root = os.path.join(path, "ctf")
-        os.makedirs(self.ctf_root, mode=0o700, exist_ok=True)
+        self.ctf_root = None
+        if path is not None:        # (None: new_writer() says where events go)
+            self.ctf_root = os.path.join(path, "ctf")
+            os.makedirs(self.ctf_root, mode=0o700, exist_ok=True)
         self.budget = _budget.WriterBudget(path, budget, say)
         self.targets = {}
         self.kinds = {}             # pid -> (frame_kinds, native_kinds), for the splice
@@ -359,12 +361,16 @@ class SampledRecorder:
     def add(self, pid):
         target = _Target(pid, None, self.sampler)     # RemoteError: not (yet) a CPython we read
         target.generation = self._generation()
-        target.writer = self.writers[pid] = _ctfwrite.TraceWriter(self.ctf_root, pid,
-                                                                  self.budget)
+        target.writer = self.writers[pid] = self.new_writer(pid)
         self.targets[pid] = target
         self.kinds[pid] = (target.frame_kinds, target.native_kinds, target.unwinder)
         self.processes += 1
         return target
+
+    def new_writer(self, pid):
+        """Where process pid's events go (a TraceWriter's interface): its
+        trace in the capture."""
+        return _ctfwrite.TraceWriter(self.ctf_root, pid, self.budget)
 
     @property
     def samples(self):
@@ -481,6 +487,11 @@ class Sampling:
         """Starts the capture's trace in the capture directory `path`, within
         its `budget` (a _budget.Budget; without one, the reserve alone)."""
         self.recorder = SampledRecorder(path, self.sampler_module, budget, say)
+
+    def record_with(self, recorder):
+        """Hands the samples to `recorder` (a SampledRecorder whose
+        new_writer() keeps them elsewhere than in a capture)."""
+        self.recorder = recorder
 
     @property
     def processes(self):
