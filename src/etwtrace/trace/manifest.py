@@ -27,6 +27,12 @@ def load_manifest(path):
         if not os.path.lexists(target):
             return {}
         raise
+    return parse_manifest(data, target)
+
+
+def parse_manifest(data, target):
+    """The manifest in `data` (bytes of the file `target`): TraceError
+    when it is not one."""
     try:
         value = json.loads(data.decode("utf-8"))
     except RecursionError:
