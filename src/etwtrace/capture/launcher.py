@@ -27,7 +27,7 @@ from ..trace import (budget as _budget, children as _children, ctf as _ctf, mani
 from . import confine as _confine, guide as _guide, perf as _perf
 from .. import env as _env
 from .perf import PerfError
-from ..trace.capture import CaptureDir, CaptureError, write_manifest
+from ..trace.capture import CaptureDir, CaptureError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "_autostart")
@@ -285,8 +285,9 @@ class _Tee(threading.Thread):
             self.tail = (self.tail + [line.decode(errors="replace").rstrip()])[-20:]
 
 
-def run_with_perf(path, perf, mode, preset, target, say, budget=None):
+def run_with_perf(directory, perf, mode, preset, target, say, budget=None):
     from .. import _etwtrace
+    path = directory.path
     callgraph = _perf.choose_callgraph(preset)
     note = _perf.callgraph_note(preset, callgraph)
     if note:
@@ -297,13 +298,13 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
         if probe is None:
             say(f"etwtrace: not recording the stack-sample probe with perf ({reason})")
     if not preset.needs_perf and probe is None:
-        return run_builtin_subprocess(path, mode, target)
+        return run_builtin_subprocess(directory, mode, target)
     data = os.path.join(path, "perf.data")
     control_dir = tempfile.mkdtemp(prefix="etwtrace-perf-")   # private (0700)
     control = _budget.perf_control(control_dir)
     cmd = _perf.record_command(perf, data, preset, callgraph, probe, control)
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
-    write_manifest(path, recorder="perf", callgraph=callgraph, perf_command=cmd)
+    directory.write_manifest(recorder="perf", callgraph=callgraph, perf_command=cmd)
     guard = None
     restore_max_stack = False
     try:
@@ -364,10 +365,10 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
     return status, proc.received
 
 
-def run_builtin_subprocess(path, mode, target):
-    write_manifest(path, recorder="builtin")
+def run_builtin_subprocess(directory, mode, target):
+    directory.write_manifest(recorder="builtin")
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
-    proc = _Child(child, child_environment(path, mode))
+    proc = _Child(child, child_environment(directory.path, mode))
     return proc.wait(), proc.received
 
 
@@ -380,9 +381,9 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
     path = directory.path
     budget = None
     try:
-        write_manifest(path, format=1, mode=mode, preset=preset.name, command=target,
-                       python=sys.version.split()[0], started=time.time(),
-                       **({"max_size": max_size} if max_size else {}))
+        directory.write_manifest(format=1, mode=mode, preset=preset.name, command=target,
+                                 python=sys.version.split()[0], started=time.time(),
+                                 **({"max_size": max_size} if max_size else {}))
         try:
             budget = _budget.create(os.path.join(path, "ctf"), max_size)
         except _budget.BudgetError as ex:
@@ -394,9 +395,10 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
         _guide.write(path)
         recorder, perf = choose_recorder(requested_recorder, say)
         if recorder == "perf":
-            status, received = run_with_perf(path, perf, mode, preset, target, say, budget)
+            status, received = run_with_perf(directory, perf, mode, preset, target, say,
+                                             budget)
         else:
-            status, received = run_builtin_subprocess(path, mode, target)
+            status, received = run_builtin_subprocess(directory, mode, target)
         pids = capture_pids(path)
         collect_perf_files(path, pids)
         ctf_root = os.path.join(path, "ctf")
@@ -412,7 +414,7 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
         untraced = _children.collect(path)
         info[_children.MANIFEST_KEY] = untraced
         try:
-            write_manifest(path, **info)
+            directory.write_manifest(**info)
         except CaptureError as ex:
             say(f"etwtrace: {ex}")      # the trace is there: say so, go on
     finally:

@@ -6,9 +6,9 @@ its start time, its losses and its files; open_trace and the report read
 a capture only through it.
 
 CaptureDir holds one being made: locked against a second capture, its
-earlier capture cleared (never anything else); and its manifest,
-written into room kept for it.  The launcher, sessions and the sampler
-make their captures through it."""
+earlier capture cleared (never anything else), and its manifest written
+into room kept for it, through the held directory.  The launcher,
+sessions and the sampler make their captures through it."""
 
 import bisect
 import fcntl
@@ -412,6 +412,65 @@ class CaptureDir:
                                 "(it was replaced); refusing to finish the capture there")
         return self
 
+    def read_manifest(self):
+        """The manifest, read through the held directory: {} when there is
+        none or it is not one (not a regular file, too large, not JSON)."""
+        self._check_held()
+        try:
+            st = os.stat(_manifest.MANIFEST, dir_fd=self._fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _manifest.MANIFEST_LIMIT:
+                return {}
+            fd = os.open(_manifest.MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, dir_fd=self._fd)
+        except OSError:
+            return {}
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _manifest.MANIFEST_LIMIT:
+                return {}
+            data = os.pread(fd, st.st_size, 0)
+        except OSError:
+            return {}
+        finally:
+            os.close(fd)
+        try:
+            return _manifest.parse_manifest(data, os.path.join(self.path, _manifest.MANIFEST))
+        except TraceError:
+            return {}
+
+    def write_manifest(self, **info):
+        """Updates the manifest with `info`, through the held directory.
+        A failure (a full disk) is a one-line CaptureError; no partial or
+        temporary file is left."""
+        self._check_held()
+        data = self.read_manifest()
+        data.update(info)
+        data.setdefault("tool", "etwtrace")
+        data.setdefault("format", 1)
+        text = json.dumps(data, indent=2).encode() + b"\n"
+        target = os.path.join(self.path, _manifest.MANIFEST)
+        try:
+            fd = os.open(_manifest.MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_NONBLOCK | os.O_CLOEXEC, 0o600, dir_fd=self._fd)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                    raise CaptureError(f"{target} is not a file of this user; refusing to write it")
+                if len(text) < MANIFEST_ROOM:
+                    text = text.ljust(MANIFEST_ROOM - 1) + b"\n"    # JSON ends in blanks
+                os.pwrite(fd, text, 0)
+                os.ftruncate(fd, len(text))
+            finally:
+                os.close(fd)
+        except OSError as ex:
+            raise CaptureError(f"cannot write the capture's manifest in {self.path}: "
+                               f"{ex.strerror}") from None
+
+    def _check_held(self):
+        # (dir_fd=None would be the working directory)
+        if self._fd is None:
+            raise ValueError(f"capture directory {self.path} is not held")
+
     def close(self):
         if self._fd is not None:
             os.close(self._fd)
@@ -420,29 +479,3 @@ class CaptureDir:
 
 class ReplacedError(CaptureError):
     """A session's capture directory is no longer the one it began in."""
-
-
-def write_manifest(path, **info):
-    """Updates the capture's manifest.  A failure (a full disk) is a
-    one-line CaptureError; no partial or temporary file is left."""
-    data = _manifest.read_manifest(path)
-    data.update(info)
-    data.setdefault("tool", "etwtrace")
-    data.setdefault("format", 1)
-    text = json.dumps(data, indent=2).encode() + b"\n"
-    target = os.path.join(path, _manifest.MANIFEST)
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-                     | os.O_CLOEXEC, 0o600)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-                raise CaptureError(f"{target} is not a file of this user; refusing to write it")
-            if len(text) < MANIFEST_ROOM:
-                text = text.ljust(MANIFEST_ROOM - 1) + b"\n"    # JSON ends in blanks
-            os.pwrite(fd, text, 0)
-            os.ftruncate(fd, len(text))
-        finally:
-            os.close(fd)
-    except OSError as ex:
-        raise CaptureError(f"cannot write the capture's manifest in {path}: {ex.strerror}") from None
