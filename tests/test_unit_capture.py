@@ -280,6 +280,17 @@ def test_a_damaged_manifest_is_replaced_and_the_capture_read(tmp_path):
     assert Capture(tmp_path / "cap").manifest["mode"] == "sampled"
 
 
+def test_only_an_earlier_capture_is_cleared_as_its_manifest_says(tmp_path):
+    root, stream = _capture(tmp_path / "cap", manifest={"tool": "etwtrace"})
+    CaptureDir(str(root)).open().close()
+    assert os.listdir(root) == []
+    other, _ = _capture(tmp_path / "other", manifest={"tool": "someone else"})
+    for way in (lambda d: d.check(), lambda d: d.open()):
+        with pytest.raises(CaptureError, match="not an etwtrace capture; refusing"):
+            way(CaptureDir(str(other)))
+    assert sorted(os.listdir(other)) == ["ctf", MANIFEST]
+
+
 def test_a_directory_not_held_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)     # (a descriptor left unset would mean here)
     directory = CaptureDir(str(tmp_path / "cap"))

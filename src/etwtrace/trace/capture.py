@@ -364,16 +364,16 @@ class CaptureDir:
                 names = os.listdir(self.path)
             except OSError as ex:
                 raise CaptureError(f"cannot use {self.path}: {ex.strerror}") from None
-            self._check_replaceable(names)
+            self._check_replaceable(names, _manifest.read_manifest(self.path))
         return self
 
-    def _check_replaceable(self, names):
-        """Only an earlier capture is replaced: its manifest says etwtrace
+    def _check_replaceable(self, names, manifest):
+        """Only an earlier capture is replaced: its `manifest` says etwtrace
         made it, and it holds only the entries etwtrace makes."""
         if not names:
             return
         strangers = sorted(n for n in names if n not in OWN_ENTRIES)
-        if not _manifest.is_own_capture(self.path) or strangers:
+        if not _manifest.is_own_capture(manifest) or strangers:
             shown = ", ".join(strangers[:3]) + (" ..." if len(strangers) > 3 else "")
             why = f" (it holds {shown})" if strangers else ""
             raise CaptureError(f"{self.path} is not empty and is not an etwtrace capture{why}; "
@@ -383,7 +383,7 @@ class CaptureDir:
         """Removes an earlier capture (see _check_replaceable), never
         following a symlink in it."""
         names = os.listdir(self._fd)
-        self._check_replaceable(names)
+        self._check_replaceable(names, self.read_manifest())
         for name in names:
             try:
                 _safefs.remove_tree(self._fd, name)

@@ -52,10 +52,9 @@ def read_manifest(path):
         return {}
 
 
-def is_own_capture(path):
-    """Whether etwtrace wrote this directory's manifest (its own, or one of
-    an earlier etwtrace, which had no "tool" key)."""
-    data = read_manifest(path)
+def is_own_capture(data):
+    """Whether etwtrace wrote this manifest (its own, or one of an earlier
+    etwtrace, which had no "tool" key)."""
     if data.get("tool") == "etwtrace":
         return True
     return "tool" not in data and {"format", "mode", "command", "started"} <= data.keys()
