@@ -15,6 +15,7 @@ import time
 
 from etwtrace.report import command as _report
 from etwtrace.report.scan import Scan
+from etwtrace.trace.capture import Capture
 from etwtrace.report.view import report_view
 
 SCRIPT = """
@@ -41,7 +42,7 @@ def estimate(cap, fmt):
     fmt = _report.FORMATS[fmt]
     if fmt.size is None:
         return None
-    with Scan(cap, None, timeline=fmt.timeline) as scan:
+    with Scan(Capture(cap), None, timeline=fmt.timeline) as scan:
         return fmt.size(report_view(scan, fmt, False, cap, None, False, None, None))
 
 

@@ -402,7 +402,8 @@ def test_large_timelines_are_announced_with_their_size(tmp_path, monkeypatch):
 def _report_view(path, fmt):
     from etwtrace.report.scan import Scan
     from etwtrace.report.view import report_view
-    with Scan(str(path), None, timeline=True) as scan:
+    from etwtrace.trace.capture import Capture
+    with Scan(Capture(path), None, timeline=True) as scan:
         yield report_view(scan, _report.FORMATS[fmt], False, str(path), None, False, None, None)
 
 

@@ -850,15 +850,16 @@ def test_stacks_sent_once_then_by_hash_are_all_written_in_time_order(tmp_path, m
     import select
     import time as clock
     import etwtrace
-    from etwtrace.capture import launcher as _capture
     from etwtrace.sampled import sampler as _sampled
+    from etwtrace.trace.capture import CaptureDir
     monkeypatch.setattr(_sampled, "STACK_CACHE", 8)
     target = Running("sampled_target.py", 4)
     cap = tmp_path / "cap"
     sampling = _sampled.Sampling(999)
     try:
-        cap.mkdir()
-        _capture.write_manifest(str(cap), mode="sampled", recorder="bpf")
+        directory = CaptureDir(str(cap)).open()
+        directory.write_manifest(mode="sampled", recorder="bpf")
+        directory.close()
         sampling.record_into(str(cap))
         sampling.add(target.proc.pid)
         waiting = select.poll()

@@ -20,6 +20,7 @@ from etwtrace.report.formats import diff as _fmt_diff, profile_proto as _pprof, 
 from etwtrace.report.calltree import TIMELINE_RECORD, CallTree, TimelineRecords
 from etwtrace.report.scan import Cut, ReportError, Scan
 from etwtrace.report.view import View, diff_view, report_view, shown_part
+from etwtrace.trace.capture import Capture
 
 pytestmark = pytest.mark.unit
 
@@ -466,7 +467,7 @@ def _tiny_capture(root):
 
 
 def test_a_scan_names_samples_of_a_written_capture_and_cuts_them(tmp_path):
-    cap = str(_tiny_capture(tmp_path))
+    cap = Capture(_tiny_capture(tmp_path))
     with Scan(cap, None) as scan:
         assert scan.samples == Counter({("outer (t.py:3)", "inner (t.py:7)"): 3,
                                         ("outer (t.py:3)",): 2})

@@ -27,7 +27,7 @@ from ..trace import (budget as _budget, children as _children, ctf as _ctf, mani
 from . import confine as _confine, guide as _guide, perf as _perf, progress as _progress
 from .. import env as _env, sizes as _sizes
 from .perf import PerfError
-from ..trace.capture import CaptureDir, CaptureError, write_manifest
+from ..trace.capture import CaptureDir, CaptureError
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "_autostart")
@@ -331,8 +331,9 @@ class _Tee(threading.Thread):
             self.tail = (self.tail + [line.decode(errors="replace").rstrip()])[-20:]
 
 
-def run_with_perf(path, perf, mode, preset, target, say, budget=None):
+def run_with_perf(directory, perf, mode, preset, target, say, budget=None):
     from .. import _etwtrace
+    path = directory.path
     callgraph = _perf.choose_callgraph(preset)
     note = _perf.callgraph_note(preset, callgraph)
     if note:
@@ -343,13 +344,13 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
         if probe is None:
             say(f"etwtrace: not recording the stack-sample probe with perf ({reason})")
     if not preset.needs_perf and probe is None:
-        return run_builtin_subprocess(path, mode, target)
+        return run_builtin_subprocess(directory, mode, target)
     data = os.path.join(path, "perf.data")
     control_dir = tempfile.mkdtemp(prefix="etwtrace-perf-")   # private (0700)
     control = _budget.perf_control(control_dir)
     cmd = _perf.record_command(perf, data, preset, callgraph, probe, control)
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
-    write_manifest(path, recorder="perf", callgraph=callgraph, perf_command=cmd)
+    directory.write_manifest(recorder="perf", callgraph=callgraph, perf_command=cmd)
     guard = None
     restore_max_stack = False
     try:
@@ -374,15 +375,16 @@ def run_with_perf(path, perf, mode, preset, target, say, budget=None):
     status = returncode
     if not os.path.isfile(data) or os.path.getsize(data) == 0:
         raise CaptureError("perf recorded nothing: " + (tee.tail or ["unknown error"])[-1])
-    finish_perf_data(path, perf, data, callgraph, capture_pids(path), say)
+    finish_perf_data(directory, perf, data, callgraph, capture_pids(path), say)
     return status, proc.received, proc.ended
 
 
-def finish_perf_data(path, perf, data, callgraph, pids, say):
+def finish_perf_data(directory, perf, data, callgraph, pids, say):
     """perf inject --jit (where DWARF unwinding needs the trampolines'
     images) and perf script, after the program ended.  The injected data
     replaces perf.data: it holds all perf.data held, so the capture keeps
     one copy.  What runs is shown while it runs (_progress)."""
+    path = directory.path
     progress = _progress.Progress()
     # As root, perf inject must not write through another user's link in
     # /tmp (the names of its images are known in advance): see _confine.
@@ -407,7 +409,7 @@ def finish_perf_data(path, perf, data, callgraph, pids, say):
                     tmp.keep(_manifest.PERF_JIT_DATA)
                 os.replace(injected, data)
                 try:
-                    write_manifest(path, **{_manifest.PERF_INJECTED: True})
+                    directory.write_manifest(**{_manifest.PERF_INJECTED: True})
                 except CaptureError as ex:
                     say(f"etwtrace: {ex}")
         except _perf.PerfSpaceError as ex:
@@ -424,10 +426,10 @@ def finish_perf_data(path, perf, data, callgraph, pids, say):
         progress.clear()
 
 
-def run_builtin_subprocess(path, mode, target):
-    write_manifest(path, recorder="builtin")
+def run_builtin_subprocess(directory, mode, target):
+    directory.write_manifest(recorder="builtin")
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
-    proc = _Child(child, child_environment(path, mode))
+    proc = _Child(child, child_environment(directory.path, mode))
     return proc.wait(), proc.received, proc.ended
 
 
@@ -440,9 +442,9 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
     path = directory.path
     budget = None
     try:
-        write_manifest(path, format=1, mode=mode, preset=preset.name, command=target,
-                       python=sys.version.split()[0], started=time.time(),
-                       **({"max_size": max_size} if max_size else {}))
+        directory.write_manifest(format=1, mode=mode, preset=preset.name, command=target,
+                                 python=sys.version.split()[0], started=time.time(),
+                                 **({"max_size": max_size} if max_size else {}))
         try:
             budget = _budget.create(os.path.join(path, "ctf"), max_size)
         except _budget.BudgetError as ex:
@@ -454,10 +456,10 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
         _guide.write(path)
         recorder, perf = choose_recorder(requested_recorder, say)
         if recorder == "perf":
-            status, received, ended = run_with_perf(path, perf, mode, preset, target, say,
-                                                    budget)
+            status, received, ended = run_with_perf(directory, perf, mode, preset, target,
+                                                    say, budget)
         else:
-            status, received, ended = run_builtin_subprocess(path, mode, target)
+            status, received, ended = run_builtin_subprocess(directory, mode, target)
         pids = capture_pids(path)
         collect_perf_files(path, pids)
         remove_tmp_copies(path, pids)
@@ -474,7 +476,7 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
         untraced = _children.collect(path)
         info[_children.MANIFEST_KEY] = untraced
         try:
-            write_manifest(path, **info)
+            directory.write_manifest(**info)
         except CaptureError as ex:
             say(f"etwtrace: {ex}")      # the trace is there: say so, go on
     finally:

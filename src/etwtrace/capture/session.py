@@ -384,7 +384,7 @@ def snapshot(target, say):
                     processes=len(owners), python=sys.version.split()[0])
         if losses:
             info["events_lost"] = {str(p): n for p, n in losses.items()}
-        _capdir.write_manifest(target, **info)
+        directory.write_manifest(**info)
     finally:
         directory.close()
     extra = ("; perf's samples go into the capture at record stop"
@@ -448,12 +448,12 @@ def _finish(place, state, say):
         processes, owners = _collect_traces(directory, say)
         _capture.copy_perf_files(path, set(owners), owners)
         if os.path.isfile(os.path.join(path, "perf.data")):
-            _finish_perf(path, state, set(owners), say)     # (makes the jitted images)
+            _finish_perf(directory, state, set(owners), say)    # (makes the jitted images)
         _capture.index_perf_files(path)
         losses = _ctf.recorded_losses(path)
         untraced = _children.collect(path)
         # (What the daemon wrote: a sampled session's counts.)
-        manifest = _manifest.read_manifest(path)
+        manifest = directory.read_manifest()
         info = {"finished": time.time(), "processes": processes,
                 "process_users": {str(p): u for p, u in sorted(owners.items())},
                 _children.MANIFEST_KEY: untraced}
@@ -463,7 +463,7 @@ def _finish(place, state, say):
         if state.get("perf_failed"):
             info["perf_failed"] = state["perf_failed"]
         try:
-            _capdir.write_manifest(path, **info)
+            directory.write_manifest(**info)
         except CaptureError as ex:
             say(f"etwtrace: {ex}")
         os.fchmod(directory.fd, 0o700)
@@ -607,9 +607,10 @@ def _not_of_process(pid, owner):
     return f"it belongs to uid {owner}, but process {pid} runs as uid {uids[0]}"
 
 
-def _finish_perf(path, state, pids, say):
+def _finish_perf(directory, state, pids, say):
     """perf inject --jit (where DWARF unwinding needs the images) and perf
     script of the session's perf.data; as root, confined (_confine.py)."""
+    path = directory.path
     perf = _perf.find_perf()
     if perf is None:
         say("etwtrace: perf is gone; perf.data is kept but not scripted")
@@ -632,7 +633,7 @@ def _finish_perf(path, state, pids, say):
                 # It holds all perf.data held: the capture keeps one copy.
                 os.replace(injected, data)
                 try:
-                    _capdir.write_manifest(path, **{_manifest.PERF_INJECTED: True})
+                    directory.write_manifest(**{_manifest.PERF_INJECTED: True})
                 except CaptureError:
                     pass        # (the session's own manifest write says so)
             except _perf.PerfError as ex:
@@ -758,11 +759,11 @@ class _Session:
             "daemon": os.getpid(), "system": place.system, "max_size": max_size,
             "path_id": list(self.directory.identity),
         }
-        _capdir.write_manifest(path, format=1, tool="etwtrace", session=session_id,
-                                recorder=request["recorder"], preset=preset.name,
-                                ring=request["ring"], started=self.state["started"],
-                                python=sys.version.split()[0],
-                                **({"max_size": max_size} if max_size else {}))
+        self.directory.write_manifest(format=1, tool="etwtrace", session=session_id,
+                                      recorder=request["recorder"], preset=preset.name,
+                                      ring=request["ring"], started=self.state["started"],
+                                      python=sys.version.split()[0],
+                                      **({"max_size": max_size} if max_size else {}))
         if request["recorder"] == "perf":
             self._start_perf(preset)
         self.guard = _budget.Guard(
@@ -824,7 +825,7 @@ class _Session:
             self._stop_perf()
             raise
         self.state.update(callgraph=callgraph, perf_command=cmd, notes=notes)
-        _capdir.write_manifest(self.path, callgraph=callgraph, perf_command=cmd)
+        self.directory.write_manifest(callgraph=callgraph, perf_command=cmd)
 
     def _run_perf(self, cmd, data):
         # perf's messages go to a file: a pipe nobody reads would stop it.
@@ -866,7 +867,7 @@ class _Session:
         self.waiting.register(self.sampling.fileno(), select.POLLIN)
         self.next_scan = 0.0
         self.state.update(sampled=rate, recorder="bpf")
-        _capdir.write_manifest(self.path, mode="sampled", recorder="bpf", rate=rate)
+        self.directory.write_manifest(mode="sampled", recorder="bpf", rate=rate)
         self._scan()
 
     def _scan(self):
@@ -943,7 +944,7 @@ class _Session:
             info["processes_not_sampled"] = {str(p): why for p, why
                                              in sorted(self.finder.skipped.items())}
         try:
-            _capdir.write_manifest(self.path, **info)
+            self.directory.write_manifest(**info)
         except CaptureError as ex:
             print(f"etwtrace: {ex}", file=sys.stderr)
 

@@ -20,6 +20,7 @@ from .formats import (chrome as _fmt_chrome, diff as _fmt_diff, folded as _fmt_f
                       pprof as _fmt_pprof, speedscope as _fmt_speedscope, svg as _fmt_svg,
                       text as _fmt_text)
 from .scan import Cut, Scan, load_stacktags
+from ..trace.capture import Capture
 from ..stdout import drop_stdout
 from ..errors import Error, UsageError
 from .view import diff_view, report_view
@@ -120,9 +121,11 @@ def run(opts):
     text = opts.format == "text"
     tags = None if opts.no_stacktags else load_stacktags(opts.stacktags or stacktags_path())
     cut = Cut(pids=opts.pid, tids=opts.tid, since=opts.start, until=opts.end)
-    with Scan(opts.path, tags, timeline=fmt.timeline, progress=_Progress(), cut=cut) as scan:
+    capture = Capture(opts.path)
+    with Scan(capture, tags, timeline=fmt.timeline, progress=_Progress(), cut=cut) as scan:
         if opts.diff:
-            with Scan(opts.diff, tags, progress=_Progress(), cut=cut.every_thread()) as base:
+            with Scan(Capture(opts.diff), tags, progress=_Progress(),
+                      cut=cut.every_thread()) as base:
                 write = _fmt_diff.WRITERS.get(opts.format)
                 if write is None:
                     raise UsageError("--diff writes text, folded or svg")

@@ -144,7 +144,8 @@ ALL = Cut()
 
 
 class Scan:
-    """Reads a capture once (the part `cut` selects).  Views:
+    """Reads a capture (a trace.capture.Capture) once, the part `cut`
+    selects.  Views:
 
     samples / marks / offcpu: Counter of root-first frame tuples (count, count,
         blocked ns); by_thread: the same per thread, {view name: Counter of
@@ -160,14 +161,13 @@ class Scan:
     (see process_name), each with its own FunctionIDs.
     """
 
-    def __init__(self, path, tags, timeline=False, progress=None, cut=ALL):
-        from ..trace.reader import capture_start, open_trace
-        self.path = path
+    def __init__(self, capture, tags, timeline=False, progress=None, cut=ALL):
+        self.capture = capture
         self.tags = tags
         if progress is not None:
-            progress.expect(open_trace(path).files())
+            progress.expect(capture.files())
         if cut.since is not None or cut.until is not None:
-            cut = cut.from_origin(capture_start(path))
+            cut = cut.from_origin(capture.start)
         self.cut = cut
         self.timeline = timeline
         self.tree = CallTree(timeline=timeline)
@@ -186,7 +186,7 @@ class Scan:
         self._call_streams = {}     # (process, tid) -> stream with pushes
         self.problems = []
         try:
-            self._read(path, progress)
+            self._read(progress)
         finally:
             if progress is not None:
                 progress.close()
@@ -207,28 +207,26 @@ class Scan:
     def lost_events(self):
         """Words for the events the recorder could not keep (and why
         recording stopped early, if it did), or None."""
-        from ..trace.budget import loss_text
-        from ..trace.ctf import recorded_losses
-        from ..trace.manifest import read_manifest
-        return loss_text(recorded_losses(self.path), read_manifest(self.path)) or None
+        return self.capture.lost_events()
 
     def untraced_children(self):
         """One line naming the child processes the capture says were
-        started but not traced (_children.py), or None."""
-        from ..trace import children as _children
-        return _children.describe(_children.untraced_children(self.path))
+        started but not traced (trace/children.py), or None."""
+        from ..trace.children import describe
+        return describe(self.capture.untraced_children())
 
     # ---- reading ----
 
-    def _read(self, path, progress):
-        from ..trace.ctf import TraceError, fold_stream, has_call_times
+    def _read(self, progress):
+        from ..trace.capture import TraceError
         from .._ctfdecode import Merge
-        from ..trace.reader import Event, builtin_streams, perf_events
+        capture = self.capture
         tree = self.tree
         cut = self.cut
-        timed = {}
         sources = []
-        streams = builtin_streams(path, problem=self._problem)
+        for problem in capture.problems:
+            self._problem(problem)
+        streams = capture.streams
         # Each built-in stream is folded in C (pushes and pops into the call
         # tree); its other events are merged in time order with perf's.
         readable = 0
@@ -247,12 +245,7 @@ class Scan:
                 # for the report to say.
                 with warnings.catch_warnings(record=True) as said:
                     warnings.simplefilter("always")
-                    folded, events = fold_stream(s.path, pid, Event, s.version,
-                                                 timeline=records, start=cut.start,
-                                                 end=cut.end, image=s.image)
-                    trace_dir = os.path.dirname(s.path)
-                    if trace_dir not in timed:
-                        timed[trace_dir] = has_call_times(trace_dir)
+                    folded, events = s.fold(timeline=records, start=cut.start, end=cut.end)
             except TraceError as ex:
                 self._problem(f"process {process_name(proc)} thread left out: {ex}")
                 continue
@@ -266,18 +259,19 @@ class Scan:
             sources.append(events)
             if not cut.thread(pid, folded["tid"]):
                 continue    # its PythonFunction events still name others' frames
-            tree.add_thread(proc, folded["tid"], folded, timed=timed[trace_dir])
+            tree.add_thread(proc, folded["tid"], folded, timed=s.call_times)
             if folded["calls"]:
-                self._call_streams[(proc, folded["tid"])] = (s.path, s.version)
+                self._call_streams[(proc, folded["tid"])] = s
                 self.threads.setdefault((proc, folded["tid"]),
                                         self._thread_name(proc, folded["tid"]))
             update = progress and progress.reader(s.path)
             if update:
                 update(os.path.getsize(s.path))
-        perf = perf_events(path, progress and progress.reader(os.path.join(path, "perf.script")),
-                           streams=streams)
+        perf = capture.perf_events(progress and capture.perf_script
+                                   and progress.reader(capture.perf_script))
         if self.problems and not readable and perf is None:
-            raise TraceError(f"{path}: no process's trace could be read: {self.problems[0]}")
+            raise TraceError(f"{capture.path}: no process's trace could be read: "
+                             f"{self.problems[0]}")
         if perf is not None:
             sources.append(perf)
         for e in Merge(sources):
@@ -373,12 +367,10 @@ class Scan:
                     wanted.setdefault((proc, python[1]), set()).add(python[2])
         if not wanted:
             return
-        from ..trace.ctf import stacks_at
         open_at = {}
         for (proc, tid), times in wanted.items():
             times = sorted(times)
-            stream, version = self._call_streams[(proc, tid)]
-            stacks = stacks_at(stream, version, times)
+            stacks = self._call_streams[(proc, tid)].stacks_at(times)
             for ts, fids in zip(times, stacks):
                 open_at[(proc, tid, ts)] = tuple(self.tree.label((proc, f)) for f in fids)
         renamed = {}

@@ -607,10 +607,10 @@ def run(path, rate, say, pid=None, target=None, duration=None, max_size=0):
     previous_wakeup = signal.set_wakeup_fd(wake_write)
     try:
         sampling.record_into(path, budget, say)
-        _capture.write_manifest(path, format=1, mode="sampled", recorder="bpf", rate=rate,
-                                command=target, attached_pid=pid,
-                                python=sys.version.split()[0], started=time.time(),
-                                **({"max_size": max_size} if max_size else {}))
+        directory.write_manifest(format=1, mode="sampled", recorder="bpf", rate=rate,
+                                 command=target, attached_pid=pid,
+                                 python=sys.version.split()[0], started=time.time(),
+                                 **({"max_size": max_size} if max_size else {}))
         if pid is None:
             _read_own_symbols()
             child = subprocess.Popen([sys.executable, *target])
@@ -626,7 +626,7 @@ def run(path, rate, say, pid=None, target=None, duration=None, max_size=0):
             say(f"etwtrace: sampling process {pid} at {rate} Hz (BPF; the program runs "
                 f"without hooks)")
             native_frames = describe_native_frames(sampling.recorder.targets[pid], say)
-            _capture.write_manifest(path, native_frames=native_frames)
+            directory.write_manifest(native_frames=native_frames)
             status = _sample_until_done(sampling, pid, child, duration, stop, wake_read, say)
         if child is not None:
             status = child.wait()
@@ -648,7 +648,7 @@ def run(path, rate, say, pid=None, target=None, duration=None, max_size=0):
         info.update(sampling.recorder.budget.info() if sampling.recorder is not None
                     else budget.info())
         try:
-            _capture.write_manifest(path, **info)
+            directory.write_manifest(**info)
         finally:
             budget.remove()     # what it says is in the manifest now
             directory.close()

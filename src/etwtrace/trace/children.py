@@ -251,12 +251,11 @@ def _read_notes(trace_dir):
     return list(notes.values())
 
 
-def untraced_children(path):
+def untraced_children(path, manifest):
     """[{"pid", "parent", "command", "why"}] of the children the capture at
-    `path` says went untraced: its manifest's list (kept by the launcher
+    `path` says went untraced: its `manifest`'s list (kept by the launcher
     and `record stop`), else its processes' notes."""
-    from . import manifest as _manifest
-    kept = _manifest.read_manifest(path).get(MANIFEST_KEY)
+    kept = manifest.get(MANIFEST_KEY)
     if isinstance(kept, list):
         return [_entry(c.get("pid"), c.get("parent"), c.get("command"), c.get("why"))
                 for c in kept if isinstance(c, dict)]

@@ -32,6 +32,12 @@ def load_manifest(path):
         if not os.path.lexists(target):
             return {}
         raise
+    return parse_manifest(data, target)
+
+
+def parse_manifest(data, target):
+    """The manifest in `data` (bytes of the file `target`): TraceError
+    when it is not one."""
     try:
         value = json.loads(data.decode("utf-8"))
     except RecursionError:
@@ -51,10 +57,9 @@ def read_manifest(path):
         return {}
 
 
-def is_own_capture(path):
-    """Whether etwtrace wrote this directory's manifest (its own, or one of
-    an earlier etwtrace, which had no "tool" key)."""
-    data = read_manifest(path)
+def is_own_capture(data):
+    """Whether etwtrace wrote this manifest (its own, or one of an earlier
+    etwtrace, which had no "tool" key)."""
     if data.get("tool") == "etwtrace":
         return True
     return "tool" not in data and {"format", "mode", "command", "started"} <= data.keys()
