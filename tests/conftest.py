@@ -283,22 +283,6 @@ def box():
         b.cleanup()
 
 
-def make_venv(env_dir):
-    """A venv at `env_dir`, without pip, whose interpreter is started the
-    way this one was (its bin/python names sys.executable), so a wrapper
-    around this one wraps it too: .ci/asan's, which preloads the
-    sanitizer's runtime into Python processes alone.  Returns its python."""
-    import venv
-    venv.EnvBuilder(with_pip=False).create(env_dir)
-    bin_dir = os.path.join(env_dir, "bin")
-    for name in os.listdir(bin_dir):
-        path = os.path.join(bin_dir, name)
-        if name.startswith("python"):
-            os.unlink(path)
-            os.symlink(os.path.abspath(sys.executable), path)
-    return os.path.join(bin_dir, "python")
-
-
 # ---- lines of test scripts, by marker ----
 
 def script_line(script, marker):

@@ -186,9 +186,11 @@ def _enabled_python(root):
     """A venv in `root` (which user nobody may read) that sees the
     etwtrace under test and traces every start with ENABLE_VAR set."""
     import subprocess
+    import venv
     import etwtrace
-    from conftest import make_venv
-    python = make_venv(os.path.join(root, "venv"))
+    env_dir = os.path.join(root, "venv")
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = os.path.join(env_dir, "bin", "python")
     site = subprocess.check_output([python, "-c", "import sysconfig; "
                                     "print(sysconfig.get_paths()['purelib'])"],
                                    encoding="utf-8").strip()

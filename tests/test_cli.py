@@ -3,13 +3,14 @@ import ast
 import os
 import subprocess
 import sys
+import venv
 import xml.dom.minidom
 
 import pytest
 
 import etwtrace
 from pathlib import Path
-from conftest import SCRIPTS, make_venv, run_etwtrace
+from conftest import SCRIPTS, run_etwtrace
 
 
 @pytest.mark.parametrize("args", [[], ["-h"], ["-?"], ["--help"]])
@@ -176,7 +177,9 @@ def venv_python(tmp_path):
     """A virtual environment that sees the etwtrace under test (through a
     .pth naming where it is installed: the tests may themselves run in a
     venv, whose packages a nested venv's system site would not show)."""
-    python = Path(make_venv(tmp_path / "venv"))
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
     with open(os.path.join(_site_packages(python), "_etwtrace_under_test.pth"), "w") as f:
         f.write(os.path.dirname(os.path.dirname(os.path.abspath(etwtrace.__file__))) + "\n")
     return python
