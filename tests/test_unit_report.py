@@ -14,6 +14,7 @@ from collections import Counter
 
 import pytest
 
+from chrome_profile import cpu_samples
 from etwtrace.cli import main as _cli
 from etwtrace.report import command as _report, compare as _diff
 from etwtrace.report.formats import diff as _fmt_diff, profile_proto as _pprof, render as _formats
@@ -367,12 +368,16 @@ def test_every_format_writes_a_sample_view(fmt):
             {tuple(f.split(" (")[0] for f in k): v for k, v in SAMPLES.items()})
     elif fmt == "chrome":
         doc = json.loads(out)
-        assert len(doc["samples"]) == total
-        frames = doc["stackFrames"]
-        for node in frames.values():
-            assert "parent" not in node or node["parent"] in frames
+        # A V8 CPU profile, read by Perfetto's rules: every sample, on its
+        # thread, at its time (whole µs after the trace's first event).
+        samples = cpu_samples(doc)
+        assert Counter(s[3] for s in samples) == SAMPLES
+        assert {s[:2] for s in samples} == {(100, 100)}
+        assert [s[2] for s in samples] == [(ts - 1000) // 1000 for *_, ts, _, _ in
+                                           _points(SAMPLES)]
         assert {e["name"] for e in doc["traceEvents"] if e["ph"] == "M"} == {
             "process_name", "thread_name"}
+        assert "samples" not in doc and "stackFrames" not in doc
     else:
         profile = _decode_pprof(out)
         assert profile["types"] == [("samples", "count")]

@@ -117,27 +117,65 @@ def write_speedscope(out, scan, view, unit, title):
     out.write("}}\n")
 
 
-class _StackFrames:
-    """The Trace Event Format's stackFrames: one node per distinct
-    (parent, name), ids as strings."""
+class _CpuProfile:
+    """One thread's CPU samples as a V8 CPU profile: the `Profile` and
+    `ProfileChunk` sample events (ph "P") Chrome's DevTools traces carry,
+    which Perfetto UI imports as CPU samples (a "CPU Stack Samples" track
+    per thread, a flame graph of a selection) and chrome://tracing as the
+    thread's samples.  (The Trace Event Format's top-level `samples` and
+    `stackFrames` are read by chrome://tracing only.)
 
-    def __init__(self):
+    A node per distinct (parent, frame), ids from 2 (chrome://tracing takes
+    node 1 for V8's own root); sample times as whole microseconds after
+    `startTime` 0 (the trace's own `ts` origin), each a delta from the one
+    before."""
+
+    def __init__(self, ident, pid, tid):
+        self.ident, self.pid, self.tid = ident, pid, tid
         self.ids = {}
-        self.records = {}
+        self.new_nodes = []     # nodes not yet written in a chunk
+        self.samples = []
+        self.deltas = []
+        self.last = 0           # µs of the last sample
 
-    def leaf(self, stack):
+    def start_event(self):
+        return {"ph": "P", "cat": "cpu-profile", "name": "Profile", "id": self.ident,
+                "pid": self.pid, "tid": self.tid, "ts": 0, "args": {"data": {"startTime": 0}}}
+
+    def add(self, us, stack):
         parent = None
         for name in stack:
             key = (parent, name)
             node = self.ids.get(key)
             if node is None:
-                node = self.ids[key] = str(len(self.ids) + 1)
-                record = {"name": name, "category": "python" if name.endswith(")") else "native"}
+                node = self.ids[key] = len(self.ids) + 2
+                record = {"id": node, "callFrame": _call_frame(name)}
                 if parent is not None:
                     record["parent"] = parent
-                self.records[node] = record
+                self.new_nodes.append(record)
             parent = node
-        return parent
+        when = max(round(us), self.last)
+        self.samples.append(parent)
+        self.deltas.append(when - self.last)
+        self.last = when
+
+    def chunk_event(self):
+        """The samples added since the last chunk, with the nodes they
+        brought."""
+        event = {"ph": "P", "cat": "cpu-profile", "name": "ProfileChunk", "id": self.ident,
+                 "pid": self.pid, "tid": self.tid, "ts": self.last,
+                 "args": {"data": {"cpuProfile": {"nodes": self.new_nodes,
+                                                  "samples": self.samples},
+                                   "timeDeltas": self.deltas}}}
+        self.new_nodes, self.samples, self.deltas = [], [], []
+        return event
+
+
+def _call_frame(label):
+    """A V8 profile node's callFrame: the frame's label as its function
+    name (as every other export names it), its file as its url."""
+    frame = _frame_record(label)
+    return {"functionName": label, "url": frame.get("file", "")}
 
 
 def write_chrome(out, scan, title):
@@ -145,8 +183,7 @@ def write_chrome(out, scan, title):
     process and thread names, calls as nested begin/end events, marks as
     instant events, mark ranges and off-CPU waits as slices, stack marks
     as instant events named by their text and carrying their stack, and
-    CPU samples as the format's `samples` on each thread, their stacks in
-    `stackFrames`."""
+    CPU samples as each thread's V8 CPU profile (_CpuProfile)."""
     t0 = scan.first or 0
 
     def us(ns):
@@ -200,23 +237,24 @@ def write_chrome(out, scan, title):
         add({"ph": "X", "cat": "off-cpu", "name": f"blocked: {frames[-1]}",
              "pid": chrome_pid(proc), "tid": tid, "ts": us(start),
              "dur": round((end - start) / 1000, 3), "args": {"stack": ";".join(frames)}})
-    stack_frames = _StackFrames()
-    samples = []
+    profiles = {}
     for proc, tid, ts, frames, kind in sorted(scan.sample_points, key=lambda p: p[2]):
         if kind == "SampledProfile":
-            samples.append('{"cpu":0,"pid":%d,"tid":%d,"ts":%s,"name":"cpu-clock","sf":"%s",'
-                           '"weight":1}' % (chrome_pid(proc), tid, json.dumps(us(ts)),
-                                            stack_frames.leaf(frames)))
+            pid = chrome_pid(proc)
+            profile = profiles.get((pid, tid))
+            if profile is None:
+                profile = profiles[(pid, tid)] = _CpuProfile(hex(len(profiles) + 1), pid, tid)
+                add(profile.start_event())
+            profile.add((ts - t0) / 1000, frames)
+            if len(profile.samples) == CHUNK:
+                add(profile.chunk_event())
         else:
             # A stack mark: named by its text (the stack's last frame).
             add({"ph": "i", "s": "t", "cat": "stack-mark", "name": frames[-1],
                  "pid": chrome_pid(proc), "tid": tid, "ts": us(ts),
                  "args": {"stack": ";".join(frames)}})
+    for profile in profiles.values():
+        if profile.samples:
+            add(profile.chunk_event())
     flush()
-    out.write("\n],\n")
-    out.write('"stackFrames": ')
-    json.dump(stack_frames.records, out, separators=(",", ":"))
-    out.write(',\n"samples": [\n')
-    for i in range(0, len(samples), CHUNK):
-        out.write((",\n" if i else "") + ",\n".join(samples[i:i + CHUNK]))
     out.write("\n]}\n")
