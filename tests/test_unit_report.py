@@ -182,7 +182,9 @@ def _decode_pprof(blob):
                 values += _packed(x)
             elif k == _pprof.SAMPLE_LABEL:
                 label = dict(_fields(x))
-                labels[strings[label[_pprof.LABEL_KEY]]] = label[_pprof.LABEL_NUM]
+                labels[strings[label[_pprof.LABEL_KEY]]] = (
+                    strings[label[_pprof.LABEL_STR]] if _pprof.LABEL_STR in label
+                    else label[_pprof.LABEL_NUM])
         samples.append((tuple(locations[i] for i in ids), tuple(values), labels))
     return {"types": sample_types, "samples": samples}
 
@@ -323,11 +325,11 @@ def test_pprof_decodes_to_the_stacks_and_values_given():
     samples = {((P, 100), (MAIN, WORK, LEAF)): (6, 600), ((P, 101), (MAIN,)): (1, 100),
                (((100, 2), 100), (WORK,)): (2, 20)}
     profile = _decode_pprof(_pprof.encode(samples, [("calls", "count"), ("time", "nanoseconds")],
-                                          duration_ns=5))
+                                          duration_ns=5, thread_names={(P, 101): "side"}))
     assert profile["types"] == [("calls", "count"), ("time", "nanoseconds")]
     got = {(names, values): labels for names, values, labels in profile["samples"]}
     assert got[(("leaf", "work", "main"), (6, 600))] == {"pid": 100, "tid": 100}   # leaf first
-    assert got[(("main",), (1, 100))] == {"pid": 100, "tid": 101}
+    assert got[(("main",), (1, 100))] == {"pid": 100, "tid": 101, "thread": "side"}
     assert got[(("work",), (2, 20))] == {"pid": 100, "tid": 100, "exec": 2}
     assert sum(v[1] for _, v, _ in profile["samples"]) == 720
 
@@ -481,6 +483,42 @@ def test_a_scan_names_samples_of_a_written_capture_and_cuts_them(tmp_path):
         assert sum(scan.samples.values()) == 3
     with Scan(cap, None, cut=Cut(tids={1})) as scan:
         assert not scan.samples
+
+
+def test_thread_names_of_a_capture_reach_every_view_of_threads(tmp_path):
+    """A PythonThreadName event, written last (as at the end of tracing),
+    names its thread in the scan, the SVG, speedscope, chrome and pprof;
+    a thread without one stays `thread TID`, the main thread MainThread."""
+    from etwtrace.trace import ctfwrite as _ctfwrite
+    (tmp_path / "ctf").mkdir()
+    trace = _ctfwrite.TraceWriter(str(tmp_path / "ctf"), 4242)
+    main = trace.stream(4242)
+    main.function(1000, 1, 0x1000, 0x1100, 3, True, "t.py", "outer")
+    for tid in (4242, 4243, 4244):
+        trace.stream(tid).sample(2000 + tid, _ctfwrite.sample_payload([0x1010]))
+    main.thread_name(9000, 4243, "side worker")
+    trace.close()
+    cut = Cut(since=0, until=6e-6)      # the name is written after the window
+    with Scan(str(tmp_path), None, timeline=True, cut=cut) as scan:
+        assert scan.threads == {((4242, 1), 4242): "MainThread",
+                                ((4242, 1), 4243): "side worker",
+                                ((4242, 1), 4244): "thread 4244"}
+    outs = {}
+    for fmt in ("svg", "speedscope", "chrome", "pprof"):
+        out = tmp_path / f"out.{fmt}"
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert _cli.main(["report", str(tmp_path), "--format", fmt, "-o", str(out)]) == 0, \
+                err.getvalue()
+        outs[fmt] = out.read_bytes()
+    assert b">side worker (tid 4243)<" in outs["svg"] and b">thread 4244<" in outs["svg"]
+    assert sorted(p["name"] for p in json.loads(outs["speedscope"])["profiles"]) == [
+        "pid 4242 MainThread", "pid 4242 side worker (tid 4243)", "pid 4242 thread 4244"]
+    names = {e["tid"]: e["args"]["name"] for e in json.loads(outs["chrome"])["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names == {4242: "MainThread", 4243: "side worker", 4244: "thread 4244"}
+    labels = {s[2]["tid"]: s[2].get("thread") for s in _decode_pprof(outs["pprof"])["samples"]}
+    assert labels == {4242: "MainThread", 4243: "side worker", 4244: "thread 4244"}
 
 
 @pytest.mark.parametrize("fmt", ["text", "folded", "svg", "speedscope", "chrome", "pprof"])

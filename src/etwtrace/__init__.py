@@ -78,6 +78,9 @@ def _after_fork_in_child():
     exit hook instead, last of its finalizers, so the child's buffered
     events are written.  The child clears the finalizers it inherits, then
     runs its after-fork callbacks: register from one of those."""
+    names = sys.modules.get(__name__ + ".threadnames")
+    if names is not None:
+        names.after_fork_in_child()
     if _tracer is not None:
         _tracer._native.session_after_fork()
     util = sys.modules.get("multiprocessing.util")
@@ -123,6 +126,8 @@ class _TracingMixin:
         _children.watch()
         self._native.enable(self._mode, capture, self._c_calls, self._call_times, sessions)
         _tracer = self
+        from . import threadnames
+        threadnames.start(self._native)
         if not _atexit_registered:
             atexit.register(_disable_at_exit)
             os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -133,6 +138,8 @@ class _TracingMixin:
         is left running)."""
         global _tracer
         if _tracer is self:
+            from . import threadnames
+            threadnames.stop()
             _tracer = None
             self._native.disable()
 

@@ -40,7 +40,12 @@ class _Frames:
 
 
 def _thread_title(scan, proc, tid):
-    return f"pid {process_name(proc)} {scan.threads.get((proc, tid), tid)}"
+    """`pid P NAME`, with the tid after a name that does not say it (a
+    Python thread name other than MainThread)."""
+    name = scan.threads.get((proc, tid), f"thread {tid}")
+    if name not in ("MainThread", f"thread {tid}"):
+        name = f"{name} (tid {tid})"
+    return f"pid {process_name(proc)} {name}"
 
 
 # Chrome's pid is a number: a process's first program keeps its own, the
