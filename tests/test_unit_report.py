@@ -364,7 +364,10 @@ def test_every_format_writes_a_sample_view(fmt):
         doc = json.loads(out)
         assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
         (profile,) = doc["profiles"]
-        assert profile["type"] == "sampled" and sum(profile["weights"]) == total
+        # In real time: samples 10 ns apart from the first event, each
+        # standing for the 10 ns to the next.
+        assert profile["type"] == "sampled" and profile["unit"] == "nanoseconds"
+        assert profile["weights"] == [10] * total and profile["endValue"] == 10 * total
         names = [f["name"] for f in doc["shared"]["frames"]]
         assert Counter(tuple(names[i] for i in s) for s in profile["samples"]) == Counter(
             {tuple(f.split(" (")[0] for f in k): v for k, v in SAMPLES.items()})
@@ -384,6 +387,27 @@ def test_every_format_writes_a_sample_view(fmt):
         profile = _decode_pprof(out)
         assert profile["types"] == [("samples", "count")]
         assert sum(v[0] for _, v, _ in profile["samples"]) == total
+
+
+def test_speedscope_cpu_samples_keep_a_threads_idle_time():
+    """Samples 1 ms apart with a 7 ms wait between: the wait, and the time
+    before the thread's first sample, are empty stacks of their length;
+    samples a little late (jitter) are no wait."""
+    one, two = (MAIN, WORK), (MAIN, LEAF)
+    times = [2_000_000, 3_000_000, 4_000_300, 5_000_000, 12_000_000, 13_000_000]
+    points = [(P, 100, 1_000_000 + t, two if t >= 12_000_000 else one, "SampledProfile")
+              for t in times]
+    scan = _scan(samples=Counter({one: 4, two: 2}), points=points)
+    scan.first = 1_000_000
+    (profile,) = json.loads(_write("speedscope", _view(scan, "speedscope")))["profiles"]
+    names = [f["name"] for f in json.loads(_write("speedscope", _view(scan, "speedscope")))[
+        "shared"]["frames"]]
+    shown = [([names[i] for i in s], w) for s, w in zip(profile["samples"], profile["weights"])]
+    ms = 1_000_000
+    assert shown == [([], 2 * ms), (["main", "work"], ms), (["main", "work"], ms + 300),
+                     (["main", "work"], ms - 300), (["main", "work"], ms), ([], 6 * ms),
+                     (["main", "leaf"], ms), (["main", "leaf"], ms)]
+    assert profile["unit"] == "nanoseconds" and profile["endValue"] == 14 * ms
 
 
 @pytest.mark.parametrize("fmt", ["text", "folded", "svg", "speedscope", "chrome", "pprof"])

@@ -71,9 +71,9 @@ def _sampled_profile(name, samples, frames, unit):
 
 
 def timeline_samples(scan, view):
-    """{(process, tid): [(stack, weight), ...] in time order} of a stack view:
-    one entry per CPU sample or stack mark (weight 1), or per off-CPU wait
-    (its nanoseconds)."""
+    """{(process, tid): [(ts, stack, weight), ...] in time order} of a stack
+    view: one entry per CPU sample or stack mark (weight 1), or per off-CPU
+    wait (its nanoseconds)."""
     threads = {}
     if view == "off-cpu":
         points = sorted((start, pid, tid, frames, end - start)
@@ -82,14 +82,46 @@ def timeline_samples(scan, view):
         kind = "SampledProfile" if view == "samples" else "PythonStackSample"
         points = sorted((ts, pid, tid, frames, 1)
                         for pid, tid, ts, frames, k in scan.sample_points if k == kind)
-    for _ts, pid, tid, frames, weight in points:
-        threads.setdefault((pid, tid), []).append((frames, weight))
+    for ts, pid, tid, frames, weight in points:
+        threads.setdefault((pid, tid), []).append((ts, frames, weight))
     return threads
+
+
+def sample_interval(threads):
+    """The sampling interval (ns) of CPU samples: the lower quartile of the
+    gaps between a thread's consecutive samples, over every thread (gaps
+    while a thread waits are longer); 1 ms when no thread has two."""
+    gaps = sorted(b[0] - a[0] for samples in threads.values()
+                  for a, b in zip(samples, samples[1:]) if b[0] > a[0])
+    return gaps[len(gaps) // 4] if gaps else 1_000_000
+
+
+def _timed_profile(name, samples, frames, origin, interval):
+    """A speedscope sampled profile of CPU samples in real time (ns from
+    `origin`, the trace's first event): a sample stands for the time to the
+    next one; of a gap longer than 1.5 intervals, for one interval, the
+    rest (and the time before the first sample) being an empty stack, so
+    the thread's idle time stays on its timeline."""
+    stacks = []
+    weights = []
+    at = origin
+    for i, (ts, stack, _) in enumerate(samples):
+        if ts > at:
+            stacks.append([])
+            weights.append(ts - at)
+        gap = samples[i + 1][0] - ts if i + 1 < len(samples) else interval
+        span = gap if gap <= interval * 3 // 2 else interval     # (a late sample is no wait)
+        stacks.append([frames(f) for f in stack])
+        weights.append(max(span, 1))
+        at = ts + weights[-1]
+    return {"type": "sampled", "name": name, "unit": "nanoseconds", "startValue": 0,
+            "endValue": at - origin, "samples": stacks, "weights": weights}
 
 
 def write_speedscope(out, scan, view, unit, title):
     """One profile per thread (per process): evented for instrumented
-    calls, else sampled with that thread's samples in time order."""
+    calls, else sampled with that thread's samples in time order (CPU
+    samples in real time, _timed_profile)."""
     frames = _Frames()
     out.write('{"$schema": %s, "exporter": "etwtrace", "name": %s, "activeProfileIndex": 0, '
               '"profiles": [' % (json.dumps(SPEEDSCOPE_SCHEMA), json.dumps(title)))
@@ -114,9 +146,17 @@ def write_speedscope(out, scan, view, unit, title):
             first = False
     else:
         unit = "nanoseconds" if unit == "ns" else "none"
-        for i, ((proc, tid), samples) in enumerate(sorted(timeline_samples(scan, view).items())):
-            out.write(("" if i == 0 else ", ") + json.dumps(
-                _sampled_profile(_thread_title(scan, proc, tid), samples, frames, unit)))
+        threads = timeline_samples(scan, view)
+        interval = sample_interval(threads)
+        origin = scan.first or 0
+        for i, ((proc, tid), samples) in enumerate(sorted(threads.items())):
+            name = _thread_title(scan, proc, tid)
+            if view == "samples":
+                profile = _timed_profile(name, samples, frames, origin, interval)
+            else:
+                profile = _sampled_profile(name, [(stack, w) for _, stack, w in samples],
+                                           frames, unit)
+            out.write(("" if i == 0 else ", ") + json.dumps(profile))
     out.write('], "shared": {"frames": ')
     out.write(json.dumps(frames.records))
     out.write("}}\n")
