@@ -389,6 +389,22 @@ def test_every_format_writes_a_sample_view(fmt):
         assert sum(v[0] for _, v, _ in profile["samples"]) == total
 
 
+def test_chrome_cpu_samples_in_several_chunks_read_as_one_profile(monkeypatch):
+    """A thread's samples past a chunk go on in the next ProfileChunk,
+    which defines only the nodes it brings (each node once per profile)."""
+    from etwtrace.report.formats import timeline as _timeline
+    monkeypatch.setattr(_timeline, "CHUNK", 3)
+    points = [(P, 100, 1000 + 2000 * i, frames, "SampledProfile")
+              for i, frames in enumerate(sorted(SAMPLES.elements()))]
+    out = _write("chrome", _view(_scan(samples=SAMPLES, points=points), "chrome"))
+    doc = json.loads(out)
+    chunks = [e for e in doc["traceEvents"] if e.get("name") == "ProfileChunk"]
+    assert len(chunks) == 4     # 10 samples, 3 a chunk
+    samples = cpu_samples(doc)  # (a node defined twice fails here)
+    assert [s[3] for s in samples] == sorted(SAMPLES.elements())
+    assert [s[2] for s in samples] == [2 * i for i in range(10)]     # µs
+
+
 def test_speedscope_cpu_samples_keep_a_threads_idle_time():
     """Samples 1 ms apart with a 7 ms wait between: the wait, and the time
     before the thread's first sample, are empty stacks of their length;
