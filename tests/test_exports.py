@@ -207,6 +207,34 @@ def test_thread_names_in_the_exports_of_instrumented_and_stack_captures(tmp_path
             "MainThread (tid N)", "worker (tid N)"], threads
 
 
+def test_every_thread_is_named_also_short_ones_started_at_once(tmp_path):
+    """Threads started from several threads at once, ending before the next
+    start: each one's PythonThreadName, by its own tid."""
+    script = tmp_path / "many.py"
+    script.write_text(
+        "import threading\n"
+        "def work():\n"
+        "    sum(range(1000))\n"
+        "def starter(k):\n"
+        "    for i in range(10):\n"
+        "        t = threading.Thread(target=work, name=f'w{k}-{i}')\n"
+        "        t.start()\n"
+        "        t.join()\n"
+        "starters = [threading.Thread(target=starter, args=(k,), name=f's{k}') for k in range(4)]\n"
+        "for s in starters:\n"
+        "    s.start()\n"
+        "for s in starters:\n"
+        "    s.join()\n")
+    cap = _capture(tmp_path, "cap", script)
+    with etwtrace.open_trace(cap) as trace:
+        named = [(e.tid, e.fields["Name"]) for e in trace if e.name == "PythonThreadName"]
+        started = {e.tid for e in etwtrace.open_trace(cap) if e.name == "PythonThread"}
+    names = sorted(n for _, n in named)
+    assert names == sorted(["MainThread"] + [f"s{k}" for k in range(4)]
+                           + [f"w{k}-{i}" for k in range(4) for i in range(10)]), names
+    assert {tid for tid, _ in named} <= started
+
+
 def test_sampled_threads_are_named_in_speedscope_and_svg(tmp_path):
     """--sampled names threads by their OS names (CPython 3.14+ gives a
     Thread's name to the OS thread; spinners.py does so before 3.14)."""

@@ -18,6 +18,7 @@ _WRAPPED = ("_start_new_thread", "_start_joinable_thread")
 _native = None
 _written = {}       # native thread id -> the name written for it
 _pending = []       # Threads started whose names are not written yet
+_lock = threading.Lock()    # over both (threads start threads at once)
 
 
 def start(native):
@@ -44,7 +45,11 @@ def stop():
 
 
 def after_fork_in_child():
-    """A forked child is a process of its own: its names are written anew."""
+    """A forked child is a process of its own: its names are written anew
+    (and the lock, which a thread that did not survive may have held, is
+    made afresh)."""
+    global _lock
+    _lock = threading.Lock()
     _written.clear()
     _pending.clear()
 
@@ -53,7 +58,8 @@ def _noting(original):
     def start_thread(function, *args, **kwargs):
         thread = getattr(function, "__self__", None)    # Thread._bootstrap
         if _native is not None and isinstance(thread, threading.Thread):
-            _pending.append(thread)
+            with _lock:
+                _pending.append(thread)
             _write_pending()
         return original(function, *args, **kwargs)
     start_thread._etwtrace_notes_names = True
@@ -69,16 +75,15 @@ def _write(thread):
 
 
 def _write_pending():
-    global _pending
-    pending, _pending = _pending, []
-    for thread in pending:
-        if thread.native_id is None:
-            _pending.append(thread)     # not running yet
-        else:
+    with _lock:
+        running = [t for t in _pending if t.native_id is not None]
+        _pending[:] = [t for t in _pending if t.native_id is None]    # not running yet
+        for thread in running:
             _write(thread)
 
 
 def _write_live():
-    for thread in threading.enumerate():
-        if thread.native_id is not None:
-            _write(thread)
+    with _lock:
+        for thread in threading.enumerate():
+            if thread.native_id is not None:
+                _write(thread)
