@@ -478,11 +478,18 @@ def test_formats_refuse_what_they_cannot_show():
 
 
 def test_a_timeline_formats_size_is_estimated():
-    view = _view(_scan(tree=_tree(timeline=True)), "chrome")
-    for fmt in ("speedscope", "chrome"):
-        actual = len(_write(fmt, view))
-        # Small files are mostly headers; the estimate counts the events.
-        assert 0 < _report.FORMATS[fmt].size(view) <= actual
+    calls = _view(_scan(tree=_tree(timeline=True)), "chrome")
+    points = [(P, 100, 1000 + i * 1_000_000, frames, kind)      # 1 ms apart
+              for i, (_, _, _, frames, kind) in enumerate(_points(SAMPLES) * 50)]
+    samples = _view(_scan(samples=SAMPLES, points=points), "chrome")
+    for view, formats in ((calls, ("speedscope", "chrome")), (samples, ("chrome",))):
+        for fmt in formats:
+            actual = len(_write(fmt, view))
+            # Small files are mostly headers; the estimate counts the events.
+            assert 0 < _report.FORMATS[fmt].size(view) <= actual, (fmt, view.kind)
+    # 500 samples of 3 stacks: the chrome estimate within a third of it.
+    chrome = len(_write("chrome", samples))
+    assert _report.FORMATS["chrome"].size(samples) > chrome * 2 / 3
 
 
 def test_every_format_is_a_module_with_a_writer_of_output_and_view():

@@ -28,7 +28,7 @@ def size(view):
     names = {k: len(view.tree.label(k)) for *_, keys, _r in view.tree.timelines or ()
              for k in keys}
     name = sum(names.values()) / len(names) if names else 0
-    return int(records * (85 + name / 2)) + points * 110 + len(samples) * 12 + node_bytes
+    return int(records * (85 + name / 2)) + points * 110 + len(samples) * 8 + node_bytes
 
 
 FORMAT = Format(write, timeline=True, needs_stacks=False, needs_timeline=True, size=size)
