@@ -188,14 +188,10 @@ _QUERY_JS = """
 def query(trace, queries, timeout=120):
     """Opens `trace` (a file) in the Perfetto UI in headless chromium and
     returns (each SQL query's rows, as lists of {column: value}, as the
-    UI's trace processor answers them; the UI's tracks, as {name, uri}).  Raises Unavailable where chromium or
-    the UI cannot be had."""
+    UI's trace processor answers them; the UI's tracks, as {name, uri}).
+    Raises Unavailable where chromium or the UI cannot be had."""
     browser = chromium()
     web = ui_dir()
-    handler = functools.partial(_Handler, directory=web, trace=os.fspath(trace))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    serving = threading.Thread(target=server.serve_forever, daemon=True)
-    serving.start()
     profile = tempfile.mkdtemp(prefix="etwtrace-chromium-")
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()
@@ -212,6 +208,11 @@ def query(trace, queries, timeout=120):
         preexec_fn=fds, pass_fds=(3, 4))   # kept: set by fds() before the others close
     os.close(to_r)
     os.close(from_w)
+    # Served from a thread started after chromium's fork (preexec_fn runs
+    # in the child, where only the forking thread exists).
+    handler = functools.partial(_Handler, directory=web, trace=os.fspath(trace))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         pipe = _Pipe(to_w, from_r)
         url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
