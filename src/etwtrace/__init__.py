@@ -124,9 +124,10 @@ class _TracingMixin:
         if sessions is None:
             sessions = _env.choice(_env.SESSION) != "ignore"
         _children.watch()
+        from . import threadnames   # (imported before tracing starts)
+        threadnames.watch()
         self._native.enable(self._mode, capture, self._c_calls, self._call_times, sessions)
         _tracer = self
-        from . import threadnames
         threadnames.start(self._native)
         if not _atexit_registered:
             atexit.register(_disable_at_exit)
@@ -138,8 +139,9 @@ class _TracingMixin:
         is left running)."""
         global _tracer
         if _tracer is self:
-            from . import threadnames
-            threadnames.stop()
+            # Looked up, not imported: an import now would run (and trace)
+            # importlib's Python code.
+            sys.modules[__name__ + ".threadnames"].stop()
             _tracer = None
             self._native.disable()
 

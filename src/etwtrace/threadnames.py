@@ -21,14 +21,20 @@ _pending = []       # Threads started whose names are not written yet
 _lock = threading.Lock()    # over both (threads start threads at once)
 
 
-def start(native):
-    """Tracing started (native: the extension that writes events)."""
-    global _native
-    _native = native
+def watch():
+    """Notes the threads threading starts from now on (called before
+    tracing starts, so that this is not traced)."""
     for attr in _WRAPPED:
         original = getattr(threading, attr, None)
         if original is not None and not getattr(original, "_etwtrace_notes_names", False):
             setattr(threading, attr, _noting(original))
+
+
+def start(native):
+    """Tracing started (native: the extension that writes events): the
+    live threads' names."""
+    global _native
+    _native = native
     _write_live()
 
 
