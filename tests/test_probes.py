@@ -29,6 +29,7 @@ PROBES = {
     "stack_sample": ("text",),
     "thread_start": ("thread_id",),
     "thread_stop": ("thread_id",),
+    "thread_name": ("thread_id", "name"),
 }
 
 
@@ -95,7 +96,8 @@ def test_bpftrace_reads_every_argument_of_the_probes():
         f'usdt:{lib}:etwtrace:mark {{ printf("M %s\\n", str(arg0)); }} '
         f'usdt:{lib}:etwtrace:mark_start {{ printf("S %s\\n", str(arg0)); }} '
         f'usdt:{lib}:etwtrace:mark_stop {{ printf("E %s\\n", str(arg0)); }} '
-        f'usdt:{lib}:etwtrace:thread_start {{ printf("T %d\\n", arg0); }}')
+        f'usdt:{lib}:etwtrace:thread_start {{ printf("T %d\\n", arg0); }} '
+        f'usdt:{lib}:etwtrace:thread_name {{ printf("N %d %s\\n", arg0, str(arg1)); }}')
     out = _bpftrace(program, [sys.executable, "-m", "etwtrace", "--instrumented", "--",
                               "report_calls.py"])
     functions = {}
@@ -122,6 +124,8 @@ def test_bpftrace_reads_every_argument_of_the_probes():
     assert "M start mark" in out.splitlines()
     assert "S worker range" in out.splitlines() and "E worker range" in out.splitlines()
     assert any(l.startswith("T ") for l in out.splitlines())
+    # report_calls.py's worker thread, by the name threading gave it.
+    assert any(re.fullmatch(r"N \d+ worker", l) for l in out.splitlines()), out
 
 
 def test_bpftrace_reads_stack_marks_and_their_text():

@@ -14,6 +14,7 @@ from collections import Counter
 
 import pytest
 
+from chrome_profile import cpu_samples
 from etwtrace.cli import main as _cli
 from etwtrace.report import command as _report, compare as _diff
 from etwtrace.report.formats import diff as _fmt_diff, profile_proto as _pprof, render as _formats
@@ -182,7 +183,9 @@ def _decode_pprof(blob):
                 values += _packed(x)
             elif k == _pprof.SAMPLE_LABEL:
                 label = dict(_fields(x))
-                labels[strings[label[_pprof.LABEL_KEY]]] = label[_pprof.LABEL_NUM]
+                labels[strings[label[_pprof.LABEL_KEY]]] = (
+                    strings[label[_pprof.LABEL_STR]] if _pprof.LABEL_STR in label
+                    else label[_pprof.LABEL_NUM])
         samples.append((tuple(locations[i] for i in ids), tuple(values), labels))
     return {"types": sample_types, "samples": samples}
 
@@ -323,11 +326,11 @@ def test_pprof_decodes_to_the_stacks_and_values_given():
     samples = {((P, 100), (MAIN, WORK, LEAF)): (6, 600), ((P, 101), (MAIN,)): (1, 100),
                (((100, 2), 100), (WORK,)): (2, 20)}
     profile = _decode_pprof(_pprof.encode(samples, [("calls", "count"), ("time", "nanoseconds")],
-                                          duration_ns=5))
+                                          duration_ns=5, thread_names={(P, 101): "side"}))
     assert profile["types"] == [("calls", "count"), ("time", "nanoseconds")]
     got = {(names, values): labels for names, values, labels in profile["samples"]}
     assert got[(("leaf", "work", "main"), (6, 600))] == {"pid": 100, "tid": 100}   # leaf first
-    assert got[(("main",), (1, 100))] == {"pid": 100, "tid": 101}
+    assert got[(("main",), (1, 100))] == {"pid": 100, "tid": 101, "thread": "side"}
     assert got[(("work",), (2, 20))] == {"pid": 100, "tid": 100, "exec": 2}
     assert sum(v[1] for _, v, _ in profile["samples"]) == 720
 
@@ -362,22 +365,66 @@ def test_every_format_writes_a_sample_view(fmt):
         doc = json.loads(out)
         assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
         (profile,) = doc["profiles"]
-        assert profile["type"] == "sampled" and sum(profile["weights"]) == total
+        # In real time: samples 10 ns apart from the first event, each
+        # standing for the 10 ns to the next.
+        assert profile["type"] == "sampled" and profile["unit"] == "nanoseconds"
+        assert profile["weights"] == [10] * total and profile["endValue"] == 10 * total
         names = [f["name"] for f in doc["shared"]["frames"]]
         assert Counter(tuple(names[i] for i in s) for s in profile["samples"]) == Counter(
             {tuple(f.split(" (")[0] for f in k): v for k, v in SAMPLES.items()})
     elif fmt == "chrome":
         doc = json.loads(out)
-        assert len(doc["samples"]) == total
-        frames = doc["stackFrames"]
-        for node in frames.values():
-            assert "parent" not in node or node["parent"] in frames
+        # A V8 CPU profile, read by Perfetto's rules: every sample, on its
+        # thread, at its time (whole µs after the trace's first event).
+        samples = cpu_samples(doc)
+        assert Counter(s[3] for s in samples) == SAMPLES
+        assert {s[:2] for s in samples} == {(100, 100)}
+        assert [s[2] for s in samples] == [(ts - 1000) // 1000 for *_, ts, _, _ in
+                                           _points(SAMPLES)]
         assert {e["name"] for e in doc["traceEvents"] if e["ph"] == "M"} == {
             "process_name", "thread_name"}
+        assert "samples" not in doc and "stackFrames" not in doc
     else:
         profile = _decode_pprof(out)
         assert profile["types"] == [("samples", "count")]
         assert sum(v[0] for _, v, _ in profile["samples"]) == total
+
+
+def test_chrome_cpu_samples_in_several_chunks_read_as_one_profile(monkeypatch):
+    """A thread's samples past a chunk go on in the next ProfileChunk,
+    which defines only the nodes it brings (each node once per profile)."""
+    from etwtrace.report.formats import timeline as _timeline
+    monkeypatch.setattr(_timeline, "CHUNK", 3)
+    points = [(P, 100, 1000 + 2000 * i, frames, "SampledProfile")
+              for i, frames in enumerate(sorted(SAMPLES.elements()))]
+    out = _write("chrome", _view(_scan(samples=SAMPLES, points=points), "chrome"))
+    doc = json.loads(out)
+    chunks = [e for e in doc["traceEvents"] if e.get("name") == "ProfileChunk"]
+    assert len(chunks) == 4     # 10 samples, 3 a chunk
+    samples = cpu_samples(doc)  # (a node defined twice fails here)
+    assert [s[3] for s in samples] == sorted(SAMPLES.elements())
+    assert [s[2] for s in samples] == [2 * i for i in range(10)]     # µs
+
+
+def test_speedscope_cpu_samples_keep_a_threads_idle_time():
+    """Samples 1 ms apart with a 7 ms wait between: the wait, and the time
+    before the thread's first sample, are empty stacks of their length;
+    samples a little late (jitter) are no wait."""
+    one, two = (MAIN, WORK), (MAIN, LEAF)
+    times = [2_000_000, 3_000_000, 4_000_300, 5_000_000, 12_000_000, 13_000_000]
+    points = [(P, 100, 1_000_000 + t, two if t >= 12_000_000 else one, "SampledProfile")
+              for t in times]
+    scan = _scan(samples=Counter({one: 4, two: 2}), points=points)
+    scan.first = 1_000_000
+    (profile,) = json.loads(_write("speedscope", _view(scan, "speedscope")))["profiles"]
+    names = [f["name"] for f in json.loads(_write("speedscope", _view(scan, "speedscope")))[
+        "shared"]["frames"]]
+    shown = [([names[i] for i in s], w) for s, w in zip(profile["samples"], profile["weights"])]
+    ms = 1_000_000
+    assert shown == [([], 2 * ms), (["main", "work"], ms), (["main", "work"], ms + 300),
+                     (["main", "work"], ms - 300), (["main", "work"], ms), ([], 6 * ms),
+                     (["main", "leaf"], ms), (["main", "leaf"], ms)]
+    assert profile["unit"] == "nanoseconds" and profile["endValue"] == 14 * ms
 
 
 @pytest.mark.parametrize("fmt", ["text", "folded", "svg", "speedscope", "chrome", "pprof"])
@@ -432,11 +479,18 @@ def test_formats_refuse_what_they_cannot_show():
 
 
 def test_a_timeline_formats_size_is_estimated():
-    view = _view(_scan(tree=_tree(timeline=True)), "chrome")
-    for fmt in ("speedscope", "chrome"):
-        actual = len(_write(fmt, view))
-        # Small files are mostly headers; the estimate counts the events.
-        assert 0 < _report.FORMATS[fmt].size(view) <= actual
+    calls = _view(_scan(tree=_tree(timeline=True)), "chrome")
+    points = [(P, 100, 1000 + i * 1_000_000, frames, kind)      # 1 ms apart
+              for i, (_, _, _, frames, kind) in enumerate(_points(SAMPLES) * 50)]
+    samples = _view(_scan(samples=SAMPLES, points=points), "chrome")
+    for view, formats in ((calls, ("speedscope", "chrome")), (samples, ("chrome",))):
+        for fmt in formats:
+            actual = len(_write(fmt, view))
+            # Small files are mostly headers; the estimate counts the events.
+            assert 0 < _report.FORMATS[fmt].size(view) <= actual, (fmt, view.kind)
+    # 500 samples of 3 stacks: the chrome estimate within a third of it.
+    chrome = len(_write("chrome", samples))
+    assert _report.FORMATS["chrome"].size(samples) > chrome * 2 / 3
 
 
 def test_every_format_is_a_module_with_a_writer_of_output_and_view():
@@ -477,6 +531,42 @@ def test_a_scan_names_samples_of_a_written_capture_and_cuts_them(tmp_path):
         assert sum(scan.samples.values()) == 3
     with Scan(cap, None, cut=Cut(tids={1})) as scan:
         assert not scan.samples
+
+
+def test_thread_names_of_a_capture_reach_every_view_of_threads(tmp_path):
+    """A PythonThreadName event, written last (as at the end of tracing),
+    names its thread in the scan, the SVG, speedscope, chrome and pprof;
+    a thread without one stays `thread TID`, the main thread MainThread."""
+    from etwtrace.trace import ctfwrite as _ctfwrite
+    (tmp_path / "ctf").mkdir()
+    trace = _ctfwrite.TraceWriter(str(tmp_path / "ctf"), 4242)
+    main = trace.stream(4242)
+    main.function(1000, 1, 0x1000, 0x1100, 3, True, "t.py", "outer")
+    for tid in (4242, 4243, 4244):
+        trace.stream(tid).sample(2000 + tid, _ctfwrite.sample_payload([0x1010]))
+    main.thread_name(9000, 4243, "side worker")
+    trace.close()
+    cut = Cut(since=0, until=6e-6)      # the name is written after the window
+    with Scan(str(tmp_path), None, timeline=True, cut=cut) as scan:
+        assert scan.threads == {((4242, 1), 4242): "MainThread",
+                                ((4242, 1), 4243): "side worker",
+                                ((4242, 1), 4244): "thread 4244"}
+    outs = {}
+    for fmt in ("svg", "speedscope", "chrome", "pprof"):
+        out = tmp_path / f"out.{fmt}"
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert _cli.main(["report", str(tmp_path), "--format", fmt, "-o", str(out)]) == 0, \
+                err.getvalue()
+        outs[fmt] = out.read_bytes()
+    assert b">side worker (tid 4243)<" in outs["svg"] and b">thread 4244<" in outs["svg"]
+    assert sorted(p["name"] for p in json.loads(outs["speedscope"])["profiles"]) == [
+        "pid 4242 MainThread", "pid 4242 side worker (tid 4243)", "pid 4242 thread 4244"]
+    names = {e["tid"]: e["args"]["name"] for e in json.loads(outs["chrome"])["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names == {4242: "MainThread", 4243: "side worker", 4244: "thread 4244"}
+    labels = {s[2]["tid"]: s[2].get("thread") for s in _decode_pprof(outs["pprof"])["samples"]}
+    assert labels == {4242: "MainThread", 4243: "side worker", 4244: "thread 4244"}
 
 
 @pytest.mark.parametrize("fmt", ["text", "folded", "svg", "speedscope", "chrome", "pprof"])

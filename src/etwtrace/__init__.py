@@ -81,6 +81,9 @@ def _after_fork_in_child():
     exit hook instead, last of its finalizers, so the child's buffered
     events are written.  The child clears the finalizers it inherits, then
     runs its after-fork callbacks: register from one of those."""
+    names = sys.modules.get(__name__ + ".threadnames")
+    if names is not None:
+        names.after_fork_in_child()
     if _tracer is not None:
         _tracer._native.session_after_fork()
     util = sys.modules.get("multiprocessing.util")
@@ -124,8 +127,11 @@ class _TracingMixin:
         if sessions is None:
             sessions = _env.choice(_env.SESSION) != "ignore"
         _children.watch()
+        from . import threadnames   # (imported before tracing starts)
+        threadnames.watch()
         self._native.enable(self._mode, capture, self._c_calls, self._call_times, sessions)
         _tracer = self
+        threadnames.start(self._native)
         if not _atexit_registered:
             atexit.register(_disable_at_exit)
             os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -136,6 +142,9 @@ class _TracingMixin:
         is left running)."""
         global _tracer
         if _tracer is self:
+            # Looked up, not imported: an import now would run (and trace)
+            # importlib's Python code.
+            sys.modules[__name__ + ".threadnames"].stop()
             _tracer = None
             self._native.disable()
 

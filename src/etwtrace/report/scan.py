@@ -151,7 +151,8 @@ class Scan:
         blocked ns); by_thread: the same per thread, {view name: Counter of
         ((process, tid), frames)}; stack marks end with a `mark: TEXT` frame;
     tree: the instrumented call tree (CallTree), empty without pushes;
-    threads: {(process, tid): name}; instants: (process, tid, ts, text);
+    threads: {(process, tid): name} (its Python name where the capture has
+        one, else MainThread or `thread TID`); instants: (process, tid, ts, text);
     ranges: (process, tid, start, end, text); offcpu_slices: (process, tid,
         start, end, frames); sample_points: (process, tid, ts, frames, event
         name) of CPU samples and stack marks (timeline only);
@@ -184,6 +185,7 @@ class Scan:
         self._raw_points = []
         self._open_ranges = {}
         self._call_streams = {}     # (process, tid) -> stream with pushes
+        self._names = {}            # (process, tid) -> its Python name
         self.problems = []
         try:
             self._read(progress)
@@ -276,6 +278,11 @@ class Scan:
             sources.append(perf)
         for e in Merge(sources):
             name = e.name
+            if name == "PythonThreadName":
+                # Names a thread whenever it was written (often at the end).
+                if cut.process(e.pid) and e.fields.get("Name"):
+                    self._names[((e.pid, e.image), e.tid)] = e.fields["Name"]
+                continue
             if name != "PythonFunction" and not cut.holds(e.pid, e.tid, e.timestamp):
                 continue
             if self.first is None:
@@ -426,6 +433,9 @@ class Scan:
             else:
                 self.sample_points.append((proc, tid, start, frames, kind))
         self._raw = self._raw_points = None
+        for key in self.threads:
+            if key in self._names:
+                self.threads[key] = self._names[key]
 
     def _name(self, proc, tid, raw, python, mark):
         """Root-first frame labels of one raw stack (a stack mark's text

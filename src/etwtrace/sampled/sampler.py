@@ -99,6 +99,19 @@ def start_sampler(rate):
                            ) from None
 
 
+# How many times a thread's OS name is read before it is left unnamed.
+NAME_READS = 8
+
+
+def _os_name(path):
+    """A comm file's name, or None."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).decode("utf-8", "replace").rstrip("\n") or None
+    except OSError:
+        return None
+
+
 class _Target:
     """One sampled process: its interpreter, and the functions named so far."""
 
@@ -125,6 +138,33 @@ class _Target:
         if UNWIND_ALWAYS or not self.remote.keeps_frame_pointers():
             self.unwinder = sampler.Unwinder()
             self._add_files()
+        # Thread names: the OS's, read from /proc (CPython 3.14+ gives a
+        # threading.Thread's name to its OS thread, cut to 15 bytes).
+        self.thread_names = {}   # tid -> the name written, or reads left
+        self.comm = _os_name(f"/proc/{pid}/comm")
+        try:
+            own = os.stat("/proc/self/ns/pid")
+            self.names_readable = (own.st_dev, own.st_ino) == self.pid_namespace()
+        except (OSError, RemoteError):
+            self.names_readable = False
+
+    def name_thread(self, tid, stream, ts):
+        """Writes thread tid's OS name (PythonThreadName) once it has one of
+        its own, not the process's (read a few times: a thread may be named
+        after its first samples).  Threads of a process in another pid
+        namespace are left unnamed: their ids are not /proc's here."""
+        state = self.thread_names.get(tid, NAME_READS)
+        if not isinstance(state, int) or state <= 0 or tid == self.pid:
+            return
+        if not self.names_readable:
+            self.thread_names[tid] = 0
+            return
+        name = _os_name(f"/proc/{self.pid}/task/{tid}/comm")
+        if name and name != self.comm:
+            stream.thread_name(ts, tid, name)
+            self.thread_names[tid] = name
+        else:
+            self.thread_names[tid] = state - 1
 
     def _add_files(self):
         add_files(self.unwinder, self.remote.maps, self.pid)
@@ -394,6 +434,7 @@ class SampledRecorder:
             self.budget.samples_not_kept += 1
             return
         stream = target.writer.stream(tid)
+        target.name_thread(tid, stream, ts)
         # The program sends a stack whole once, then its hash alone.
         payload = self.stacks.get(stack_hash)
         if payload is None:
@@ -428,7 +469,9 @@ class SampledRecorder:
         if target is None:
             return
         if self._keeps(target):
-            target.writer.stream(tid).extend(events, first, last, count)
+            stream = target.writer.stream(tid)
+            target.name_thread(tid, stream, first)
+            stream.extend(events, first, last, count)
         else:
             self.budget.samples_not_kept += count
 

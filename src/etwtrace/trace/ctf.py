@@ -65,9 +65,10 @@ def fields_of(event_id, values):
 
 def event_tid(event_id, fields, stream_tid):
     """The thread an event is about: its stream's, except PythonThread
-    events, which name theirs (the disabling thread writes every thread's
-    stop into its own stream)."""
-    if EVENTS[event_id].name == "PythonThread":
+    and PythonThreadName events, which name theirs (the disabling thread
+    writes every thread's stop into its own stream; any thread writes
+    another's name)."""
+    if EVENTS[event_id].name in ("PythonThread", "PythonThreadName"):
         return fields["ThreadId"]
     return stream_tid
 

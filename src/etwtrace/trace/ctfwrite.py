@@ -89,6 +89,10 @@ class StreamWriter:
                                                       1 if is_python else 0)
                     + _text(file) + _text(name))
 
+    def thread_name(self, ts, tid, name):
+        """A PythonThreadName event: thread `tid` is called `name`."""
+        self._event("PythonThreadName", ts, struct.pack("<I", tid) + _text(name))
+
     def sample(self, ts, payload):
         """A SampledProfile event; payload: sample_payload(stack)."""
         self._event("SampledProfile", ts, payload, 1)

@@ -383,7 +383,8 @@ reader_next(ReaderObject *r)
                     Py_CLEAR(fields);
                 }
             }
-            if (fields != NULL && e->n_fields == 1 && ev.id <= ETW_EV_THREAD_STOP) {
+            /* Thread events are about the thread their ThreadId names. */
+            if (fields != NULL && (ev.id <= ETW_EV_THREAD_STOP || ev.id == ETW_EV_THREAD_NAME)) {
                 tid = (long long)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(values, 0));
             }
             Py_DECREF(values);

@@ -85,6 +85,9 @@ typedef enum { ETW_FIELD_TYPES(ETW_TYPE_ENUM) ETW_T_COUNT } EtwFieldType;
 #define ETW_FIELDS_FUNCTION(F)                                                   \
     F(FunctionID, U32) F(BeginAddress, HEX64) F(EndAddress, HEX64) F(LineNumber, U32) \
     F(IsPythonCode, U8) F(SourceFile, STRING) F(Name, STRING)
+/* A Python thread's name (threading.Thread.name), written by any thread
+ * of the process once it is known: ThreadId names the thread. */
+#define ETW_FIELDS_THREAD_NAME(F) F(ThreadId, U32) F(Name, STRING)
 #define ETW_FIELDS_MARK(F) F(Mark, STRING)
 #define ETW_FIELDS_STACK_SAMPLE(F) F(Mark, STRING) F(Stack, ADDRESSES)
 /* A CPU sample taken by the BPF sampler (--sampled) on the stream's thread:
@@ -114,7 +117,8 @@ typedef enum { ETW_FIELD_TYPES(ETW_TYPE_ENUM) ETW_T_COUNT } EtwFieldType;
     E(POP_COMPACT, 10, "PythonFunctionPop.compact", "PythonFunctionPop", NULL,              \
       ETW_FIELDS_POP_COMPACT)                                                               \
     E(SAMPLED_PROFILE, 11, "SampledProfile", "SampledProfile", NULL,                        \
-      ETW_FIELDS_SAMPLED_PROFILE)
+      ETW_FIELDS_SAMPLED_PROFILE)                                                           \
+    E(THREAD_NAME, 12, "PythonThreadName", "PythonThreadName", NULL, ETW_FIELDS_THREAD_NAME)
 
 #define ETW_EVENT_ENUM(sym, id, ctf, name, opcode, fields) ETW_EV_##sym = id,
 enum { ETW_EVENTS(ETW_EVENT_ENUM) };

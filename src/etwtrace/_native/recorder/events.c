@@ -64,7 +64,8 @@ static void write_event(EtwStream *s, uint32_t id, const EtwValue *values);
 static int
 describes_process(uint32_t id)
 {
-    return id == ETW_EV_FUNCTION || id == ETW_EV_THREAD_START || id == ETW_EV_THREAD_STOP;
+    return id == ETW_EV_FUNCTION || id == ETW_EV_THREAD_START || id == ETW_EV_THREAD_STOP ||
+           id == ETW_EV_THREAD_NAME;
 }
 
 void
@@ -193,6 +194,14 @@ etw_emit_mark(EtwThread *t, int opcode, const char *text)
     }
     EtwValue v[] = {{.str = {text, (size_t)-1}}};
     etw_emit_event(t, id, v);
+}
+
+void
+etw_emit_thread_name(EtwThread *t, uint32_t tid, const char *name)
+{
+    ETW_PROBE2(thread_name, tid, name);
+    EtwValue v[] = {{.u = tid}, {.str = {name, (size_t)-1}}};
+    etw_emit_event(t, ETW_EV_THREAD_NAME, v);
 }
 
 void

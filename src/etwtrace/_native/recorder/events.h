@@ -16,10 +16,12 @@
 #ifdef ETWTRACE_HAVE_SDT
 #  include <sys/sdt.h>
 #  define ETW_PROBE1(n, a) DTRACE_PROBE1(etwtrace, n, a)
+#  define ETW_PROBE2(n, a, b) DTRACE_PROBE2(etwtrace, n, a, b)
 #  define ETW_PROBE3(n, a, b, c) DTRACE_PROBE3(etwtrace, n, a, b, c)
 #  define ETW_PROBE6(n, a, b, c, d, e, f) DTRACE_PROBE6(etwtrace, n, a, b, c, d, e, f)
 #else
 #  define ETW_PROBE1(n, a) ((void)0)
+#  define ETW_PROBE2(n, a, b) ((void)0)
 #  define ETW_PROBE3(n, a, b, c) ((void)0)
 #  define ETW_PROBE6(n, a, b, c, d, e, f) ((void)0)
 #endif
@@ -129,6 +131,8 @@ void etw_emit_function(EtwThread *t, uint32_t function_id, uintptr_t begin, uint
                        uint32_t line, int is_python, const char *file, size_t file_len,
                        const char *name, size_t name_len);
 void etw_emit_mark(EtwThread *t, int opcode, const char *text);
+/* PythonThreadName: thread `tid` of this process is called `name`. */
+void etw_emit_thread_name(EtwThread *t, uint32_t tid, const char *name);
 void etw_emit_stack_sample(EtwThread *t, const char *text, void *const *frames, int depth);
 void etw_emit_push_slow(EtwThread *t, uint32_t function_id, uint32_t caller, uint32_t caller_line);
 void etw_emit_pop_slow(EtwThread *t, uint32_t function_id);

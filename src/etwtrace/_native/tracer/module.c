@@ -158,6 +158,25 @@ etw_write_mark(PyObject *module, PyObject *args)
     Py_RETURN_TRUE;
 }
 
+/* write_thread_name(tid, name): a PythonThreadName event.  Returns False
+ * (and records nothing) when no tracer is enabled. */
+static PyObject *
+etw_write_thread_name(PyObject *module, PyObject *args)
+{
+    (void)module;
+    unsigned int tid;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "Is:write_thread_name", &tid, &name)) {
+        return NULL;
+    }
+    EtwThread *t = etw_tracer_thread();
+    if (t == NULL) {
+        Py_RETURN_FALSE;
+    }
+    etw_emit_thread_name(t, tid, name);
+    Py_RETURN_TRUE;
+}
+
 /* mark_stack(text): a PythonStackSample event carrying the calling thread's
  * native stack, walked in process by glibc's unwinder (which sees the
  * trampolines through their registered unwind info). */
@@ -352,6 +371,8 @@ static PyMethodDef module_methods[] = {
      "The list of path prefixes traced even when ignored."},
     {"write_mark", etw_write_mark, METH_VARARGS,
      "write_mark(text, opcode=0)\n--\n\nEmit a PythonMark event (opcode 0 plain, 1 start, 2 stop)."},
+    {"write_thread_name", etw_write_thread_name, METH_VARARGS,
+     "write_thread_name(tid, name)\n--\n\nEmit a PythonThreadName event."},
     {"mark_stack", etw_mark_stack, METH_VARARGS,
      "mark_stack(text)\n--\n\nEmit a PythonStackSample event with the native stack."},
     {"remove_perf_files_at_exit", etw_remove_perf_files_at_exit, METH_O,

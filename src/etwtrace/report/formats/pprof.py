@@ -15,7 +15,8 @@ def write(out, view):
         samples = {key: (value,) for key, value in view.thread_stacks().items()}
     span = (view.last - view.first) if view.first is not None else 0
     out.write(_pprof.encode(samples, types, duration_ns=span,
-                            comments=[f"etwtrace: {view.name} ({view.what})"]))
+                            comments=[f"etwtrace: {view.name} ({view.what})"],
+                            thread_names=view.threads))
 
 
 FORMAT = Format(write, binary=True)

@@ -2,7 +2,7 @@
 
 Written by hand (protobuf's wire format is small): one Function and one
 Location per distinct frame, a Sample per distinct stack of each thread
-with the thread's pid and tid as labels.  Python frames carry their file
+with the thread's pid, tid and name as labels.  Python frames carry their file
 and first line; native frames their shared object as the file name.
 """
 
@@ -73,12 +73,14 @@ def frame_parts(label):
     return label, "", 0
 
 
-def encode(samples, sample_types, duration_ns=0, comments=()):
+def encode(samples, sample_types, duration_ns=0, comments=(), thread_names=None):
     """The gzipped profile of `samples`: {(((pid, image), tid), root-first
     frames): tuple of values, one per sample type}; sample_types: [(type,
-    unit)].  Each sample is labelled with its pid and tid, and the programs
-    a process exec'd into also with `exec` (2, 3...), as _scan.process_name
-    names them."""
+    unit)].  Each sample is labelled with its pid and tid, its thread's name
+    (`thread`, where thread_names {((pid, image), tid): name} has one), and
+    the programs a process exec'd into also with `exec` (2, 3...), as
+    _scan.process_name names them."""
+    thread_names = thread_names or {}
     strings = _Strings()
     locations = {}      # label -> id (the same as its function's id)
     functions = []
@@ -107,6 +109,10 @@ def encode(samples, sample_types, duration_ns=0, comments=()):
                   + _bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings("tid")) + _int(LABEL_NUM, tid)))
         if image != 1:
             labels += _bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings("exec")) + _int(LABEL_NUM, image))
+        name = thread_names.get(((pid, image), tid))
+        if name:
+            labels += _bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings("thread"))
+                             + _int(LABEL_STR, strings(name)))
         body.append(_bytes(PROFILE_SAMPLE, _packed(SAMPLE_LOCATION_ID, ids)
                            + _packed(SAMPLE_VALUE, values) + labels))
     for label, i in locations.items():

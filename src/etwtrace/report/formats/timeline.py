@@ -40,7 +40,12 @@ class _Frames:
 
 
 def _thread_title(scan, proc, tid):
-    return f"pid {process_name(proc)} {scan.threads.get((proc, tid), tid)}"
+    """`pid P NAME`, with the tid after a name that does not say it (a
+    Python thread name other than MainThread)."""
+    name = scan.threads.get((proc, tid), f"thread {tid}")
+    if name not in ("MainThread", f"thread {tid}"):
+        name = f"{name} (tid {tid})"
+    return f"pid {process_name(proc)} {name}"
 
 
 # Chrome's pid is a number: a process's first program keeps its own, the
@@ -66,9 +71,9 @@ def _sampled_profile(name, samples, frames, unit):
 
 
 def timeline_samples(scan, view):
-    """{(process, tid): [(stack, weight), ...] in time order} of a stack view:
-    one entry per CPU sample or stack mark (weight 1), or per off-CPU wait
-    (its nanoseconds)."""
+    """{(process, tid): [(ts, stack, weight), ...] in time order} of a stack
+    view: one entry per CPU sample or stack mark (weight 1), or per off-CPU
+    wait (its nanoseconds)."""
     threads = {}
     if view == "off-cpu":
         points = sorted((start, pid, tid, frames, end - start)
@@ -77,14 +82,46 @@ def timeline_samples(scan, view):
         kind = "SampledProfile" if view == "samples" else "PythonStackSample"
         points = sorted((ts, pid, tid, frames, 1)
                         for pid, tid, ts, frames, k in scan.sample_points if k == kind)
-    for _ts, pid, tid, frames, weight in points:
-        threads.setdefault((pid, tid), []).append((frames, weight))
+    for ts, pid, tid, frames, weight in points:
+        threads.setdefault((pid, tid), []).append((ts, frames, weight))
     return threads
+
+
+def sample_interval(threads):
+    """The sampling interval (ns) of CPU samples: the lower quartile of the
+    gaps between a thread's consecutive samples, over every thread (gaps
+    while a thread waits are longer); 1 ms when no thread has two."""
+    gaps = sorted(b[0] - a[0] for samples in threads.values()
+                  for a, b in zip(samples, samples[1:]) if b[0] > a[0])
+    return gaps[len(gaps) // 4] if gaps else 1_000_000
+
+
+def _timed_profile(name, samples, frames, origin, interval):
+    """A speedscope sampled profile of CPU samples in real time (ns from
+    `origin`, the trace's first event): a sample stands for the time to the
+    next one; of a gap longer than 1.5 intervals, for one interval, the
+    rest (and the time before the first sample) being an empty stack, so
+    the thread's idle time stays on its timeline."""
+    stacks = []
+    weights = []
+    at = origin
+    for i, (ts, stack, _) in enumerate(samples):
+        if ts > at:
+            stacks.append([])
+            weights.append(ts - at)
+        gap = samples[i + 1][0] - ts if i + 1 < len(samples) else interval
+        span = gap if gap <= interval * 3 // 2 else interval     # (a late sample is no wait)
+        stacks.append([frames(f) for f in stack])
+        weights.append(max(span, 1))
+        at = ts + weights[-1]
+    return {"type": "sampled", "name": name, "unit": "nanoseconds", "startValue": 0,
+            "endValue": at - origin, "samples": stacks, "weights": weights}
 
 
 def write_speedscope(out, scan, view, unit, title):
     """One profile per thread (per process): evented for instrumented
-    calls, else sampled with that thread's samples in time order."""
+    calls, else sampled with that thread's samples in time order (CPU
+    samples in real time, _timed_profile)."""
     frames = _Frames()
     out.write('{"$schema": %s, "exporter": "etwtrace", "name": %s, "activeProfileIndex": 0, '
               '"profiles": [' % (json.dumps(SPEEDSCOPE_SCHEMA), json.dumps(title)))
@@ -109,35 +146,81 @@ def write_speedscope(out, scan, view, unit, title):
             first = False
     else:
         unit = "nanoseconds" if unit == "ns" else "none"
-        for i, ((proc, tid), samples) in enumerate(sorted(timeline_samples(scan, view).items())):
-            out.write(("" if i == 0 else ", ") + json.dumps(
-                _sampled_profile(_thread_title(scan, proc, tid), samples, frames, unit)))
+        threads = timeline_samples(scan, view)
+        interval = sample_interval(threads)
+        origin = scan.first or 0
+        for i, ((proc, tid), samples) in enumerate(sorted(threads.items())):
+            name = _thread_title(scan, proc, tid)
+            if view == "samples":
+                profile = _timed_profile(name, samples, frames, origin, interval)
+            else:
+                profile = _sampled_profile(name, [(stack, w) for _, stack, w in samples],
+                                           frames, unit)
+            out.write(("" if i == 0 else ", ") + json.dumps(profile))
     out.write('], "shared": {"frames": ')
     out.write(json.dumps(frames.records))
     out.write("}}\n")
 
 
-class _StackFrames:
-    """The Trace Event Format's stackFrames: one node per distinct
-    (parent, name), ids as strings."""
+class _CpuProfile:
+    """One thread's CPU samples as a V8 CPU profile: the `Profile` and
+    `ProfileChunk` sample events (ph "P") Chrome's DevTools traces carry,
+    which Perfetto UI imports as CPU samples (a "CPU Stack Samples" track
+    per thread, a flame graph of a selection) and chrome://tracing as the
+    thread's samples.  (The Trace Event Format's top-level `samples` and
+    `stackFrames` are read by chrome://tracing only.)
 
-    def __init__(self):
+    A node per distinct (parent, frame), ids from 2 (chrome://tracing takes
+    node 1 for V8's own root); sample times as whole microseconds after
+    `startTime` 0 (the trace's own `ts` origin), each a delta from the one
+    before."""
+
+    def __init__(self, ident, pid, tid):
+        self.ident, self.pid, self.tid = ident, pid, tid
         self.ids = {}
-        self.records = {}
+        self.new_nodes = []     # nodes not yet written in a chunk
+        self.samples = []
+        self.deltas = []
+        self.last = 0           # µs of the last sample
 
-    def leaf(self, stack):
+    def start_event(self):
+        return {"ph": "P", "cat": "cpu-profile", "name": "Profile", "id": self.ident,
+                "pid": self.pid, "tid": self.tid, "ts": 0, "args": {"data": {"startTime": 0}}}
+
+    def add(self, us, stack):
         parent = None
         for name in stack:
             key = (parent, name)
             node = self.ids.get(key)
             if node is None:
-                node = self.ids[key] = str(len(self.ids) + 1)
-                record = {"name": name, "category": "python" if name.endswith(")") else "native"}
+                node = self.ids[key] = len(self.ids) + 2
+                record = {"id": node, "callFrame": _call_frame(name)}
                 if parent is not None:
                     record["parent"] = parent
-                self.records[node] = record
+                self.new_nodes.append(record)
             parent = node
-        return parent
+        when = max(round(us), self.last)
+        self.samples.append(parent)
+        self.deltas.append(when - self.last)
+        self.last = when
+
+    def chunk_event(self):
+        """The samples added since the last chunk, with the nodes they
+        brought."""
+        event = {"ph": "P", "cat": "cpu-profile", "name": "ProfileChunk", "id": self.ident,
+                 "pid": self.pid, "tid": self.tid, "ts": self.last,
+                 "args": {"data": {"cpuProfile": {"nodes": self.new_nodes,
+                                                  "samples": self.samples},
+                                   "timeDeltas": self.deltas}}}
+        self.new_nodes, self.samples, self.deltas = [], [], []
+        return event
+
+
+def _call_frame(label):
+    """A V8 profile node's callFrame: the frame's label as its function
+    name (as every other export names it), its file as its url."""
+    frame = _frame_record(label)
+    return {"functionName": label, "url": frame.get("file", "")}
 
 
 def write_chrome(out, scan, title):
@@ -145,8 +228,7 @@ def write_chrome(out, scan, title):
     process and thread names, calls as nested begin/end events, marks as
     instant events, mark ranges and off-CPU waits as slices, stack marks
     as instant events named by their text and carrying their stack, and
-    CPU samples as the format's `samples` on each thread, their stacks in
-    `stackFrames`."""
+    CPU samples as each thread's V8 CPU profile (_CpuProfile)."""
     t0 = scan.first or 0
 
     def us(ns):
@@ -200,23 +282,24 @@ def write_chrome(out, scan, title):
         add({"ph": "X", "cat": "off-cpu", "name": f"blocked: {frames[-1]}",
              "pid": chrome_pid(proc), "tid": tid, "ts": us(start),
              "dur": round((end - start) / 1000, 3), "args": {"stack": ";".join(frames)}})
-    stack_frames = _StackFrames()
-    samples = []
+    profiles = {}
     for proc, tid, ts, frames, kind in sorted(scan.sample_points, key=lambda p: p[2]):
         if kind == "SampledProfile":
-            samples.append('{"cpu":0,"pid":%d,"tid":%d,"ts":%s,"name":"cpu-clock","sf":"%s",'
-                           '"weight":1}' % (chrome_pid(proc), tid, json.dumps(us(ts)),
-                                            stack_frames.leaf(frames)))
+            pid = chrome_pid(proc)
+            profile = profiles.get((pid, tid))
+            if profile is None:
+                profile = profiles[(pid, tid)] = _CpuProfile(hex(len(profiles) + 1), pid, tid)
+                add(profile.start_event())
+            profile.add((ts - t0) / 1000, frames)
+            if len(profile.samples) == CHUNK:
+                add(profile.chunk_event())
         else:
             # A stack mark: named by its text (the stack's last frame).
             add({"ph": "i", "s": "t", "cat": "stack-mark", "name": frames[-1],
                  "pid": chrome_pid(proc), "tid": tid, "ts": us(ts),
                  "args": {"stack": ";".join(frames)}})
+    for profile in profiles.values():
+        if profile.samples:
+            add(profile.chunk_event())
     flush()
-    out.write("\n],\n")
-    out.write('"stackFrames": ')
-    json.dump(stack_frames.records, out, separators=(",", ":"))
-    out.write(',\n"samples": [\n')
-    for i in range(0, len(samples), CHUNK):
-        out.write((",\n" if i else "") + ",\n".join(samples[i:i + CHUNK]))
     out.write("\n]}\n")
