@@ -4,13 +4,16 @@ ones whose interpreter is not readable yet, and ones that end.  No BPF
 here: add and remove are recorded, not sampled."""
 
 import os
+import re
 import subprocess
 import sys
+import sysconfig
+import textwrap
 import time
 
 import pytest
 
-from conftest import client_env
+from conftest import client_env, need_sampler_module, need_tool
 from etwtrace.sampled import finder as _pyfinder
 from etwtrace.sampled.remote import RemoteError
 
@@ -139,3 +142,46 @@ def test_a_process_caught_inside_exec_is_looked_at_again(monkeypatch):
     finally:
         python.kill()
         python.communicate()
+
+
+# Finds a new Python child and reads it as the sampler does when it adds
+# one (its interpreter, symbols and a capture trace), between two marks.
+_FIND_AND_READ = """
+    import os, subprocess, sys, tempfile
+    from etwtrace.sampled import finder, sampler
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print('ready', flush=True); "
+                              "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdout.readline() == b"ready\\n"
+    recorder = sampler.SampledRecorder(tempfile.mkdtemp(dir=sys.argv[1]), sampler.load_sampler())
+    found = finder.PythonFinder(root=os.getpid())
+    os.write(2, b"scan begins\\n")
+    found.scan(recorder.add, recorder.forget)
+    os.write(2, b"scan ends\\n")
+    assert list(recorder.targets) == [child.pid], (recorder.targets, child.pid)
+    recorder.close()
+    child.stdin.close()
+    child.wait()
+"""
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"),
+                    reason="a build with a GIL never spins on its locks")
+def test_finding_and_reading_a_new_process_never_yields_the_cpu(tmp_path):
+    """On free-threaded 3.13 a buffered file's close calls sched_yield()
+    40 times (sampled/unbuffered.py); with the sampled programs busy on
+    every CPU each yield left the sampler a time slice behind, and a
+    program's workers were found seconds late.  The finder and the reads
+    of a new process make no such call."""
+    need_tool("strace")
+    need_sampler_module()
+    log = tmp_path / "strace.log"
+    proc = subprocess.run(["strace", "-o", log, "-e", "trace=sched_yield,write", sys.executable,
+                           "-c", textwrap.dedent(_FIND_AND_READ), tmp_path],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    begin = next(i for i, c in enumerate(calls) if re.match(r'write\(2, "scan begins', c))
+    end = next(i for i, c in enumerate(calls) if re.match(r'write\(2, "scan ends', c))
+    # The interpreter's own start yields (the probe this counts with).
+    assert any(c.startswith("sched_yield(") for c in calls[:begin])
+    assert [c for c in calls[begin:end] if c.startswith("sched_yield(")] == []

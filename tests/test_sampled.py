@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 from collections import Counter
@@ -805,10 +804,6 @@ def test_a_launched_program_is_followed_into_its_workers(tmp_path, method):
     """Its workers, children of the program (fork, spawn) or of the
     forkserver it starts (the program's grandchildren)."""
     need_sampler()
-    if sysconfig.get_config_var("Py_GIL_DISABLED"):
-        pytest.skip("OPEN (2026-12-07): on free-threaded 3.13t the workers' samples span "
-                    "1.3 s of their 3 s (it passed in earlier CI runs); being investigated, "
-                    "the GIL builds run this test")
     if not SAMPLED_HERE:
         pytest.skip("--sampled -- script runs the script with this interpreter (3.11, 3.13+)")
     cap = tmp_path / "cap"

@@ -11,6 +11,7 @@ import struct
 from collections import OrderedDict
 
 from ..errors import Error
+from . import unbuffered
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -71,8 +72,7 @@ class Symbols:
         self.by_name = {}
         starts = []
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = unbuffered.read(path)
         except OSError as ex:
             raise ElfError(f"{path}: {ex.strerror}") from None
         if len(data) < _EHDR.size or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
@@ -128,8 +128,7 @@ class ProcessMaps:
         self.regions = []      # (start, end, offset, path)
         self._symbols = {}
         try:
-            with open(f"/proc/{pid}/maps") as f:
-                lines = f.read().splitlines()
+            lines = os.fsdecode(unbuffered.read(f"/proc/{pid}/maps")).splitlines()
         except OSError as ex:
             raise ElfError(f"process {pid}: {ex.strerror}") from None
         for line in lines:

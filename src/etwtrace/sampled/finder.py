@@ -5,6 +5,7 @@ it can read, as it starts, and told when it ends."""
 import os
 import time
 
+from . import unbuffered
 from .remote import RemoteError
 
 # A process whose files look like Python's but whose interpreter cannot be
@@ -83,8 +84,7 @@ def _looks_like_python(pid, exe):
     executable, or a libpython it loaded); None while its executable is
     not mapped yet (the process is inside exec)."""
     try:
-        with open(f"/proc/{pid}/maps", "rb") as f:
-            maps = f.read()
+        maps = unbuffered.read(f"/proc/{pid}/maps")
     except OSError:
         return False
     if os.fsencode(exe.removesuffix(" (deleted)")) not in maps:
@@ -96,8 +96,7 @@ def _is_record_command(pid):
     """Whether the process is one of etwtrace's own session commands
     (record status, stop...): they are not what the session is about."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"\0-m\0etwtrace\0record\0" in f.read()
+        return b"\0-m\0etwtrace\0record\0" in unbuffered.read(f"/proc/{pid}/cmdline")
     except OSError:
         return False
 
@@ -115,8 +114,8 @@ def descendants(root):
             continue
         for tid in tasks:
             try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    children = [int(c) for c in f.read().split()]
+                children = [int(c) for c in
+                            unbuffered.read(f"/proc/{pid}/task/{tid}/children").split()]
             except (OSError, ValueError):
                 continue
             for child in children:

@@ -23,7 +23,7 @@ import time
 
 from ..trace import budget as _budget, ctfwrite as _ctfwrite
 from ..trace import capture as _capture
-from . import elf as _elfsym, remote as _pyremote
+from . import elf as _elfsym, remote as _pyremote, unbuffered
 from .remote import RemoteError
 from ..errors import Error
 
@@ -339,9 +339,9 @@ def _add_vdso(unwinder, pid):
     image, read from the process, goes to the unwinder through a memfd,
     so samples taken inside it unwind too."""
     try:
-        with open(f"/proc/{pid}/maps") as f:
-            span = next(line.split()[0] for line in f if line.rstrip().endswith("[vdso]"))
-        start, end = (int(x, 16) for x in span.split("-"))
+        maps = unbuffered.read(f"/proc/{pid}/maps").splitlines()
+        span = next(line.split()[0] for line in maps if line.rstrip().endswith(b"[vdso]"))
+        start, end = (int(x, 16) for x in span.split(b"-"))
         with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
             image = os.pread(mem.fileno(), end - start, start)
     except (OSError, StopIteration, ValueError):
