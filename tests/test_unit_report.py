@@ -547,7 +547,7 @@ def test_thread_names_of_a_capture_reach_every_view_of_threads(tmp_path):
     main.thread_name(9000, 4243, "side worker")
     trace.close()
     cut = Cut(since=0, until=6e-6)      # the name is written after the window
-    with Scan(str(tmp_path), None, timeline=True, cut=cut) as scan:
+    with Scan(Capture(str(tmp_path)), None, timeline=True, cut=cut) as scan:
         assert scan.threads == {((4242, 1), 4242): "MainThread",
                                 ((4242, 1), 4243): "side worker",
                                 ((4242, 1), 4244): "thread 4244"}

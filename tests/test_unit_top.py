@@ -160,7 +160,10 @@ def test_the_samplers_recorder_feeds_the_window_and_writes_nothing(tmp_path, mon
     recorder = _live.LiveRecorder(None, window, clock)
     feed = recorder.new_writer(42)
     # (what SampledRecorder.add sets up for a process it reads)
-    recorder.targets[42] = types.SimpleNamespace(writer=feed)
+    named = []
+    recorder.targets[42] = types.SimpleNamespace(
+        writer=feed, name_thread=lambda tid, stream, ts: (
+            named.append(tid), stream.thread_name(ts, tid, "worker")))
     for i, (begin, end, line, is_python, file, name) in enumerate(FUNCTIONS):
         feed.stream(7).function(0, i + 1, begin, end, line, is_python, file, name)
     stack = [HOT_5, OUTER, MODULE]
@@ -168,6 +171,7 @@ def test_the_samplers_recorder_feeds_the_window_and_writes_nothing(tmp_path, mon
     recorder.handle_chunk(99, 7, 1, 1, 1, chunk(stack))     # no process of its own
     samples, rows = window.rows(clock.now)
     assert samples == 3 and table(rows)[0] == ("hot", 0, 3, 3)
+    assert named == [7]
     assert window.threads(clock.now) == [7]
     assert recorder.ctf_root is None and list(tmp_path.iterdir()) == []
 

@@ -104,6 +104,10 @@ class _ThreadFeed:
                                                 bool(is_python)))
         self.feed.stacks.clear()    # (a stack named before may name it now)
 
+    def thread_name(self, ts, tid, name):
+        """A thread's OS name, as the recorder reads it: nothing to keep
+        (top reads the names of the threads it shows from /proc itself)."""
+
     def sample(self, ts, payload):
         """A sample, its stack encoded (ctfwrite.sample_payload)."""
         feed = self.feed
