@@ -54,7 +54,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t out[ROOM];
     enum etw_unwind_end end;
     for (int pass = 0; pass < 2; pass++) {      /* the second from the row cache */
-        uint32_t n = etw_unwind(u, regs[0], regs[1], regs[2], copy, stack_size, out, ROOM, &end);
+        /* The third word serves as both frame pointer and link register
+         * (aarch64's x30; x86-64 ignores it): the seeds keep their format. */
+        uint32_t n = etw_unwind(u, regs[0], regs[1], regs[2], regs[2], copy, stack_size, out,
+                                ROOM, &end);
         if (n > ROOM || end > ETW_UNWIND_FULL || (n == ROOM) != (end == ETW_UNWIND_FULL)) {
             fprintf(stderr, "unwound %u frames, end %d\n", n, (int)end);
             abort();

@@ -20,7 +20,7 @@ from etwtrace.sampled import elf as _elfsym, sampler as _sampled
 
 pytestmark = pytest.mark.versioned
 
-COPY_HEAD = struct.Struct("<QQQII")      # struct etw_stack_copy before its bytes
+COPY_HEAD = struct.Struct("<QQQQII")     # struct etw_stack_copy before its bytes
 
 
 def unwinder_of(sampler, pid):
@@ -85,7 +85,7 @@ def blocked_child(code):
 def stack_copy(regs, data):
     """What the BPF program sends: registers, then the stack from sp."""
     ip, sp, bp = regs
-    return COPY_HEAD.pack(ip, sp, bp, len(data), 0) + data
+    return COPY_HEAD.pack(ip, sp, bp, 0, len(data), 0) + data
 
 
 def names(maps, addresses):
@@ -177,12 +177,12 @@ def test_code_in_no_file_is_said(sampler):
     """An address no file holds (JIT code, a library loaded since) ends
     the walk and is counted, unless frame pointers lead on."""
     unwinder = sampler.Unwinder()
-    assert unwinder.unwind(COPY_HEAD.pack(0x1234, 0x7000_0000, 0, 0, 0)) == [0x1234]
+    assert unwinder.unwind(COPY_HEAD.pack(0x1234, 0x7000_0000, 0, 0, 0, 0)) == [0x1234]
     assert unwinder.ends()["no_file"] == 1
     # Frame pointers in the copy: rbp -> (saved rbp 0, return address).
     sp = 0x7000_0000
     data = struct.pack("<QQQ", 0, 0, 0x5555) + bytes(40)
-    assert unwinder.unwind(COPY_HEAD.pack(0x1234, sp, sp + 8, len(data), 0) + data) \
+    assert unwinder.unwind(COPY_HEAD.pack(0x1234, sp, sp + 8, 0, len(data), 0) + data) \
         == [0x1234, 0x5555]
 
 
@@ -195,7 +195,7 @@ def test_bad_copies_end_cleanly(sampler):
     rng = random.Random(11)
     with pytest.raises(ValueError):
         unwinder.unwind(b"short")
-    assert unwinder.unwind(COPY_HEAD.pack(0, 0, 0, 0, 0)) == []
+    assert unwinder.unwind(COPY_HEAD.pack(0, 0, 0, 0, 0, 0)) == []
     for i in range(3000):
         start, end = rng.choice(texts)
         ip = rng.randrange(start, end)
@@ -210,7 +210,7 @@ def test_bad_copies_end_cleanly(sampler):
             data = rng.randbytes(size)
         # A size field larger than the bytes that follow is cut to them.
         claimed = size + rng.choice((0, 0, 8, 1 << 20))
-        frames = unwinder.unwind(COPY_HEAD.pack(ip, sp, rng.getrandbits(64), claimed, 0) + data)
+        frames = unwinder.unwind(COPY_HEAD.pack(ip, sp, rng.getrandbits(64), rng.getrandbits(64), claimed, 0) + data)
         assert 1 <= len(frames) <= sampler.MAX_NATIVE + 1 and frames[0] == ip
     assert sum(unwinder.ends().values()) == 3000 + 1
 

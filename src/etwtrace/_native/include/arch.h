@@ -68,6 +68,8 @@ etw_arch_cycles_invariant(void)
 
 /* A return address as it is stored on the stack. */
 #  define ETW_ARCH_STRIP_RA(ra) (ra)
+/* The call pushes the return address: no register holds it. */
+#  define ETW_ARCH_HAVE_LINK_REGISTER 0
 
 /* void etw_cstack_call_on(void (*fn)(void *), void *arg, uintptr_t top)
  * (cstack.c): calls fn(arg) with the stack pointer at `top`, and returns on
@@ -148,6 +150,10 @@ etw_arch_cycles_invariant(void)
  * signature is in the bits above. */
 #  define ETW_CFA_NEGATE_RA_STATE 0x2d
 #  define ETW_ARCH_STRIP_RA(ra) ((ra) & ((1ull << 48) - 1))
+/* The call leaves the return address in x30: a leaf (or a prologue before
+ * its stp) has it there only, which the CFI says by having no rule for it.
+ * Stack copies carry x30 for that first frame. */
+#  define ETW_ARCH_HAVE_LINK_REGISTER 1
 
 /* etw_cstack_call_on (see the x86-64 one): x0 = fn, x1 = arg, x2 = top.
  * The frame record keeps the caller's stack pointer in x29. */
@@ -191,12 +197,14 @@ typedef struct pt_regs etw_user_regs;
 #  define ETW_REGS_IP(r) ((r)->rip)
 #  define ETW_REGS_SP(r) ((r)->rsp)
 #  define ETW_REGS_FP(r) ((r)->rbp)
+#  define ETW_REGS_LR(r) 0
 #elif defined(__TARGET_ARCH_arm64)
 /* asm/ptrace.h (uapi): user_pt_regs, the start of the kernel's pt_regs. */
 typedef struct user_pt_regs etw_user_regs;
 #  define ETW_REGS_IP(r) ((r)->pc)
 #  define ETW_REGS_SP(r) ((r)->sp)
 #  define ETW_REGS_FP(r) ((r)->regs[29])
+#  define ETW_REGS_LR(r) ((r)->regs[30])
 #elif defined(__bpf__)
 #  error "sampler.bpf.c needs -D__TARGET_ARCH_x86 or -D__TARGET_ARCH_arm64 (setup.py)"
 #endif

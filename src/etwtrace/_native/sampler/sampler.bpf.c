@@ -115,13 +115,14 @@ copy_stack(struct etw_stack_copy *copy, __u32 limit)
     copy->reserved = 0;
     etw_user_regs *user = (etw_user_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
     if (bpf_probe_read_kernel(&regs, sizeof regs, user) != 0) {
-        copy->ip = copy->sp = copy->bp = 0;
+        copy->ip = copy->sp = copy->bp = copy->lr = 0;
         return;
     }
     copy->ip = ETW_REGS_IP(&regs);
     __u64 sp = ETW_REGS_SP(&regs);
     copy->sp = sp;
     copy->bp = ETW_REGS_FP(&regs);
+    copy->lr = ETW_REGS_LR(&regs);
     /* The page sp is in, to its end, then whole pages: at most
      * ETW_SAMPLER_STACK_BYTES in all. */
     __u32 pages = limit / 4096;

@@ -92,6 +92,7 @@ struct etw_stack_copy {
     __u64 ip;
     __u64 sp;                    /* the address of bytes[0] */
     __u64 bp;
+    __u64 lr;                    /* aarch64's x30 (0 on x86-64) */
     __u32 size;                  /* bytes copied */
     __u32 reserved;
     __u8 bytes[ETW_SAMPLER_STACK_BYTES];

@@ -86,6 +86,7 @@ struct row {
     int32_t rbp_offset;
     uint8_t cfa_reg;
     uint8_t rbp_saved;
+    uint8_t ra_in_lr;               /* no rule: still in the link register */
     uint8_t status;
 };
 
@@ -727,8 +728,9 @@ compute_row(const struct file *f, uint64_t pc, struct row *row)
         row->status = ROW_END;
         return;
     }
+    int ra_in_lr = ETW_ARCH_HAVE_LINK_REGISTER && st.ra.kind == RULE_SAME;
     if ((st.cfa_expression == NULL && st.cfa_reg != REG_RSP && st.cfa_reg != REG_RBP)
-        || st.ra.kind != RULE_OFFSET || st.rbp.kind == RULE_OTHER
+        || (st.ra.kind != RULE_OFFSET && !ra_in_lr) || st.rbp.kind == RULE_OTHER
         || st.cfa_offset < INT32_MIN || st.cfa_offset > INT32_MAX
         || st.ra.offset < INT32_MIN || st.ra.offset > INT32_MAX
         || st.rbp.offset < INT32_MIN || st.rbp.offset > INT32_MAX) {
@@ -740,6 +742,7 @@ compute_row(const struct file *f, uint64_t pc, struct row *row)
     row->cfa_reg = st.cfa_reg;
     row->cfa_offset = (int32_t)st.cfa_offset;
     row->ra_offset = (int32_t)st.ra.offset;
+    row->ra_in_lr = (uint8_t)ra_in_lr;
     row->rbp_saved = st.rbp.kind == RULE_OFFSET;
     row->rbp_offset = (int32_t)st.rbp.offset;
 }
@@ -887,7 +890,7 @@ evaluate(const uint8_t *p, size_t len, const struct regs *r, uint64_t base,
 }
 
 uint32_t
-etw_unwind(etw_unwinder *u, uint64_t ip, uint64_t sp, uint64_t bp,
+etw_unwind(etw_unwinder *u, uint64_t ip, uint64_t sp, uint64_t bp, uint64_t lr,
            const uint8_t *stack, size_t size, uint64_t *out, uint32_t room,
            enum etw_unwind_end *end)
 {
@@ -935,7 +938,17 @@ etw_unwind(etw_unwinder *u, uint64_t ip, uint64_t sp, uint64_t bp,
                 cfa = (row->cfa_reg == REG_RSP ? sp : bp) + (uint64_t)(int64_t)row->cfa_offset;
             }
             uint64_t rbp_at = cfa + (uint64_t)(int64_t)row->rbp_offset;
-            if (!stack_word(cfa + (uint64_t)(int64_t)row->ra_offset, base, stack, size, &ra)) {
+            if (row->ra_in_lr) {
+                /* Only the leaf's is known: above it, the register has
+                 * been overwritten by the calls made since. */
+                if (n != 1) {
+                    *end = ETW_UNWIND_UNSUPPORTED;
+                    break;
+                }
+                ra = lr;
+            }
+            else if (!stack_word(cfa + (uint64_t)(int64_t)row->ra_offset, base, stack, size,
+                                 &ra)) {
                 *end = ETW_UNWIND_OUTSIDE_COPY;
                 break;
             }
@@ -948,7 +961,9 @@ etw_unwind(etw_unwinder *u, uint64_t ip, uint64_t sp, uint64_t bp,
                 break;
             }
         }
-        if (cfa <= sp) {
+        /* (A leaf with its return address in the link register may have
+         * no frame: the CFA is its stack pointer.) */
+        if (cfa < sp || (cfa == sp && !row->ra_in_lr)) {
             *end = ETW_UNWIND_UNSUPPORTED;      /* no progress: a loop */
             break;
         }

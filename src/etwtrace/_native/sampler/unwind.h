@@ -44,11 +44,12 @@ int etw_unwinder_add(etw_unwinder *u, uint64_t start, uint64_t end, uint64_t bia
 /* Forgets every file (before the process's maps are added anew). */
 void etw_unwinder_clear(etw_unwinder *u);
 
-/* Unwinds from the registers ip, sp, bp and the `size` bytes of stack
- * copied from sp: writes up to `room` addresses, leaf first (the leaf's
+/* Unwinds from the registers ip, sp, bp (and lr, aarch64's x30: the
+ * leaf's return address when it has not saved it) and the `size` bytes of
+ * stack copied from sp: writes up to `room` addresses, leaf first (the leaf's
  * ip, then return addresses, as the kernel's stack walk gives them), and
  * returns how many; *end says why it stopped. */
-uint32_t etw_unwind(etw_unwinder *u, uint64_t ip, uint64_t sp, uint64_t bp,
+uint32_t etw_unwind(etw_unwinder *u, uint64_t ip, uint64_t sp, uint64_t bp, uint64_t lr,
                     const uint8_t *stack, size_t size, uint64_t *out, uint32_t room,
                     enum etw_unwind_end *end);
 

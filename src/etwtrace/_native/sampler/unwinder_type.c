@@ -133,7 +133,7 @@ etw_unwinder_run(PyObject *unwinder, const void *copy_bytes, __u64 *out, uint32_
     enum etw_unwind_end end;
     uint64_t frames[ETW_SAMPLER_MAX_NATIVE + 1];
     size_t size = copy.size < ETW_SAMPLER_STACK_BYTES ? copy.size : ETW_SAMPLER_STACK_BYTES;
-    uint32_t n = etw_unwind(self->unwinder, copy.ip, copy.sp, copy.bp,
+    uint32_t n = etw_unwind(self->unwinder, copy.ip, copy.sp, copy.bp, copy.lr,
                             (const uint8_t *)copy_bytes + offsetof(struct etw_stack_copy, bytes),
                             size, frames, room < ETW_SAMPLER_MAX_NATIVE + 1 ? room
                                                                             : ETW_SAMPLER_MAX_NATIVE + 1,
