@@ -178,6 +178,31 @@ def test_max_size_counts_perf_data(tmp_path):
     assert read_manifest(cap)["recording_stopped"]["reason"] == "max-size"
 
 
+@pytest.mark.unit
+def test_perfs_rings_take_an_eighth_of_a_size_limit_at_most():
+    """What perf's rings hold when it is told to stop lands in perf.data:
+    with a size limit they are made small enough that it fits, and the
+    guard counts what they hold (their size, not perf's default's)."""
+    import types
+    from etwtrace.capture import perf as _perf
+    preset = types.SimpleNamespace(dwarf_stack_size=65528)
+    cpus = os.cpu_count() or 1
+    unlimited = _perf.ring_pages(preset, "dwarf")
+    if os.geteuid() == 0:
+        assert unlimited == 1024        # 64 stack copies of 64 KiB
+    for limit in (4 * MiB, 64 * MiB, 1 << 30):
+        pages = _perf.ring_pages(preset, "dwarf", limit)
+        assert pages & (pages - 1) == 0, pages      # a power of two, as perf takes
+        assert pages * 4096 >= 2 * preset.dwarf_stack_size
+        assert _perf.ring_bytes(pages) == cpus * pages * 4096
+        assert _perf.ring_bytes(pages) <= max(limit // 8, cpus * 32 * 4096)
+        assert pages <= (unlimited or 128)
+    assert _perf.ring_pages(preset, "fp") is None
+    assert _perf.ring_bytes(None) == cpus * _perf.DEFAULT_RING
+    assert _perf.ring_bytes(_perf.ring_pages(preset, "fp", 1 * MiB)) <= max(MiB // 8,
+                                                                            cpus * 8 * 4096)
+
+
 def test_sizes_are_read_alike_everywhere(tmp_path):
     from etwtrace.capture import session as _session
     from etwtrace import sizes as _sizes

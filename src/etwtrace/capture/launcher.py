@@ -348,7 +348,8 @@ def run_with_perf(directory, perf, mode, preset, target, say, budget=None):
     data = os.path.join(path, "perf.data")
     control_dir = tempfile.mkdtemp(prefix="etwtrace-perf-")   # private (0700)
     control = _budget.perf_control(control_dir)
-    cmd = _perf.record_command(perf, data, preset, callgraph, probe, control)
+    limit = budget.limit if budget is not None else 0
+    cmd = _perf.record_command(perf, data, preset, callgraph, probe, control, limit)
     child = [sys.executable, "-m", "etwtrace", f"--{mode}", "--", *target]
     directory.write_manifest(recorder="perf", callgraph=callgraph, perf_command=cmd)
     guard = None
@@ -359,7 +360,9 @@ def run_with_perf(directory, perf, mode, preset, target, say, budget=None):
         tee = _Tee(proc.proc.stderr)
         tee.start()
         if budget is not None:
-            guard = _budget.Guard(budget, path, say, perf_data=data, control=control)
+            guard = _budget.Guard(budget, path, say, perf_data=data, control=control,
+                                  perf_flush=_perf.ring_bytes(
+                                      _perf.ring_pages(preset, callgraph, limit)))
             guard.start()
         returncode = proc.wait()
         tee.join(timeout=10)

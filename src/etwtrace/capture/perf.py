@@ -215,20 +215,54 @@ def remove_stack_sample_probe(perf):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
 
-def record_command(perf, output, preset, callgraph, probe_event, control=None):
-    """The perf record command line for a recording-profile preset; with
-    `control`, a FIFO through which perf is told to stop sampling when the
-    capture stops (_budget.Guard)."""
-    cmd = [perf, "record", "-q", NO_BPF_EVENTS, "-k", "CLOCK_MONOTONIC", "-o", output]
-    if control:
-        cmd += ["--control", f"fifo:{control}"]
+# Each CPU's ring buffer when perf is not given -m (as root; less without).
+DEFAULT_RING = 512 << 10
+PAGE = 4096
+
+
+def ring_pages(preset, callgraph, limit=0):
+    """The pages of each CPU's ring buffer (perf record -m), or None for
+    perf's default.  What the rings hold when perf is told to stop still
+    lands in perf.data, so a capture of at most `limit` bytes gives all
+    CPUs' rings together an eighth of it (with room for two stack copies
+    at the least)."""
+    pages = None
     if callgraph != "fp" and os.geteuid() == 0:
         # Room in each CPU's ring for 64 stack copies: with the default
         # (516 KiB) 64 KiB copies at 999 Hz lose samples ("lost chunks").
         # Only root may lock more than the default.
         pages = 128
-        while pages * 4096 < 64 * preset.dwarf_stack_size:
+        while pages * PAGE < 64 * preset.dwarf_stack_size:
             pages *= 2      # perf takes a power of two
+    if limit:
+        least = 8
+        if callgraph != "fp":
+            while least * PAGE < 2 * preset.dwarf_stack_size:
+                least *= 2
+        most = least
+        while most * 2 * PAGE * (os.cpu_count() or 1) <= limit // 8:
+            most *= 2
+        if (pages or DEFAULT_RING // PAGE) > most:
+            pages = most
+    return pages
+
+
+def ring_bytes(pages):
+    """The most all CPUs' rings of that many pages (None: perf's default)
+    hold: what perf may still write after it is told to stop."""
+    return (os.cpu_count() or 1) * (pages * PAGE if pages else DEFAULT_RING)
+
+
+def record_command(perf, output, preset, callgraph, probe_event, control=None, limit=0):
+    """The perf record command line for a recording-profile preset; with
+    `control`, a FIFO through which perf is told to stop sampling when the
+    capture stops (_budget.Guard); `limit`, the capture's size limit
+    (ring_pages)."""
+    cmd = [perf, "record", "-q", NO_BPF_EVENTS, "-k", "CLOCK_MONOTONIC", "-o", output]
+    if control:
+        cmd += ["--control", f"fifo:{control}"]
+    pages = ring_pages(preset, callgraph, limit)
+    if pages:
         cmd += ["-m", str(pages)]
     dwarf = f"dwarf,{preset.dwarf_stack_size}"
     if callgraph == "mixed":

@@ -722,6 +722,7 @@ class _Session:
         self.budget = None
         self.guard = None
         self.control = None
+        self.perf_flush = _budget.PERF_FLUSH     # (perf started: _start_perf)
 
     def begin(self):
         place, request, path = self.place, self.request, self.path
@@ -770,7 +771,7 @@ class _Session:
             self.budget, path, lambda text: print(text, file=sys.stderr, flush=True),
             perf_data=os.path.join(path, "perf.data") if self.perf_proc else None,
             control=self.control, others=os.path.join(staging, "ctf") if shared else None,
-            memory_mode=bool(request["ring"]))
+            memory_mode=bool(request["ring"]), perf_flush=self.perf_flush)
         self.guard.start()
         if request.get("sampled"):
             # Sampled processes run without hooks: no announcement for
@@ -813,8 +814,10 @@ class _Session:
         except OSError as ex:
             raise SessionError(f"cannot make perf's control FIFO in {self.place.dir}: "
                                f"{ex.strerror}") from None
+        limit = self.budget.limit if self.budget is not None else 0
         cmd = _perf.record_command(perf, data, preset, callgraph, self.probe,
-                                   self.control) + ["-a"]
+                                   self.control, limit) + ["-a"]
+        self.perf_flush = _perf.ring_bytes(_perf.ring_pages(preset, callgraph, limit))
         notes = []      # said by `start` (from the state), and in daemon.log
         self.restore_max_stack = _perf.raise_max_stack(callgraph, notes.append)
         for note in notes:

@@ -544,10 +544,11 @@ class Guard(threading.Thread):
     PEAK_LOOKS = 50
 
     def __init__(self, budget, path, say, perf_data=None, control=None, others=None,
-                 memory_mode=False):
+                 memory_mode=False, perf_flush=PERF_FLUSH):
         super().__init__(name="etwtrace-guard", daemon=True)
         self.budget, self.path, self.say = budget, path, say
         self.perf_data, self.control = perf_data, control
+        self.perf_flush = perf_flush    # what perf's rings hold (capture/perf.ring_bytes)
         self.others, self.memory_mode = others, memory_mode
         self.interval = self.PERF_INTERVAL if perf_data else self.INTERVAL
         self.perf_disabled = False
@@ -572,7 +573,7 @@ class Guard(threading.Thread):
         """What perf may still write before it stops writing."""
         if not self.perf_data or self.perf_disabled or self._done.is_set():
             return 0
-        return 2 * max(self._growth, default=0) + PERF_FLUSH
+        return 2 * max(self._growth, default=0) + self.perf_flush
 
     def check(self):
         if self.perf_data:
