@@ -104,10 +104,9 @@ NAME_READS = 8
 
 
 def _os_name(path):
-    """A comm file's name, or None."""
+    """A comm file's name, or None (read unbuffered: sampled/unbuffered.py)."""
     try:
-        with open(path, "rb") as f:
-            return f.read(64).decode("utf-8", "replace").rstrip("\n") or None
+        return unbuffered.read(path)[:64].decode("utf-8", "replace").rstrip("\n") or None
     except OSError:
         return None
 
