@@ -135,7 +135,7 @@ def main(opts, say):
                        "CAP_PERFMON and CAP_SYS_PTRACE") from None
     if opts.pid is not None:
         try:
-            _live.check_process(opts.pid)
+            _sampled.check_process(opts.pid)
         except _sampled.SampledError as ex:
             raise TopError(str(ex)) from None
     else:

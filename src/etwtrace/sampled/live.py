@@ -9,12 +9,10 @@ named, into a Window of per-second counts.  Drawing it is the command
 line's (cli/top.py)."""
 
 import bisect
-import os
 import struct
 import time
 from collections import Counter, namedtuple
 
-from . import remote as _pyremote
 from .sampler import RemoteError, SampledError, SampledRecorder, Sampling
 
 # A frame of a sample: native frames have line 0 and their file's path.
@@ -253,12 +251,3 @@ class LiveSampling:
         self.sampling.close()
 
 
-def check_process(pid):
-    """SampledError unless pid is a CPython the sampler reads."""
-    if not os.path.exists(f"/proc/{pid}"):
-        raise SampledError(f"--pid {pid}: no such process")
-    try:
-        process = _pyremote.Process(pid)
-    except RemoteError as ex:
-        raise SampledError(f"--pid {pid}: {ex}") from None
-    process.close()

@@ -621,7 +621,7 @@ def run(path, rate, say, pid=None, target=None, duration=None, max_size=0):
     load_sampler()
     check_privileges()
     if pid is not None:
-        _check_pid(pid)
+        check_process(pid)
     elif sys.version_info[:2] not in _pyremote.SUPPORTED:
         raise SampledError(f"--sampled reads CPython {_pyremote.supported_text()}; this is "
                            f"{sys.version.split()[0]} (use --stack, which works on 3.9+)")
@@ -788,7 +788,8 @@ def unwinding_cut_short(unwound):
             f"({why}); their Python frames are all there")
 
 
-def _check_pid(pid):
+def check_process(pid):
+    """SampledError unless pid is a CPython the sampler reads."""
     if not os.path.exists(f"/proc/{pid}"):
         raise SampledError(f"--pid {pid}: no such process")
     try:
