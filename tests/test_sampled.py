@@ -347,7 +347,8 @@ def test_a_library_loaded_while_sampled_has_whole_stacks(tmp_path):
         target.finish()
     assert spans
     from etwtrace.sampled.sampler import THREAD_ROOTS
-    in_library = whole = rooted = later = later_rooted = 0
+    in_library = whole = 0
+    rooted = []         # per sample through the library, in time order
     with etwtrace.open_trace(cap) as trace:
         names, natives = {}, []
         for e in trace:
@@ -360,11 +361,7 @@ def test_a_library_loaded_while_sampled_has_whole_stacks(tmp_path):
                 in_library += 1
                 whole += any(names.get(a) == "late_library" for a in e.stack)
                 # Its native frames go down to the thread's first.
-                first = any(lo <= a < hi for a in e.stack for lo, hi in natives)
-                if rooted:
-                    later += 1
-                    later_rooted += first
-                rooted += first
+                rooted.append(any(lo <= a < hi for a in e.stack for lo, hi in natives))
     # (A second's sleep first: its samples span the 3 s of work after.)
     assert_sampled_as_it_ran(in_library, samples_due(cap, watch, target.proc.pid, 999, 2), 0.5)
     assert whole >= 0.99 * in_library, (whole, in_library)     # the Python frames: always
@@ -373,13 +370,21 @@ def test_a_library_loaded_while_sampled_has_whole_stacks(tmp_path):
         # Unwound from stack copies: the samples right after the load stop
         # at the library until the next read of the ring buffer gives the
         # unwinder the new files (how many depends on how soon the sampler
-        # runs: on a loaded machine, later).  From the first whole one on,
-        # they are whole; those cut short are what the manifest counts.
-        assert rooted >= FEWEST and later_rooted >= 0.99 * later, (rooted, later_rooted, later)
+        # runs: on a loaded machine, later).  A few of those still come out
+        # whole, by luck: code of no file is followed by rbp, which may
+        # hold a frame pointer.  From the first run of whole ones on (the
+        # files given), they are whole; those cut short are what the
+        # manifest counts.
+        run = 20
+        given = next((i for i in range(len(rooted)) if all(rooted[i:i + run])), None)
+        assert given is not None, rooted
+        later = rooted[given:]
+        assert len(later) >= FEWEST and sum(later) >= 0.99 * len(later), \
+            (given, sum(later), len(later))
         ends = manifest["native_unwinding"]
         total = sum(ends.values())
-        assert total - ends["complete"] <= in_library - rooted + 0.01 * total, \
-            (ends, in_library, rooted)
+        assert total - ends["complete"] <= in_library - sum(rooted) + 0.01 * total, \
+            (ends, in_library, sum(rooted))
 
 
 def _python_and_native_path(stack):
