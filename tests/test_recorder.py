@@ -202,7 +202,12 @@ def test_c_stack_overflow_keeps_every_event(tmp_path):
             n += 1
             count(n)
             deeper()
-        deeper()
+        try:
+            deeper()
+        except RecursionError:
+            # Said here: 3.13+ print a traceback in Python, and tracing
+            # that walk of 1.5 million frames took most of this test.
+            sys.stderr.write("RecursionError\\n")
     """)
     proc = subprocess.run([sys.executable, str(prog)], env=_env(tmp_path), timeout=300,
                           stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
