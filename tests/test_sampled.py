@@ -18,7 +18,9 @@ import pytest
 from conftest import (SCRIPTS, client_env, need_sampler_module, report_output, run_etwtrace,
                       script_block)
 
-pytestmark = pytest.mark.versioned
+# On each interpreter (pytest -m versioned): every test but the few that
+# read no interpreter's memory (argument and privilege checks, pid
+# namespaces, the sampler's stack cache), which the host and ASan run.
 
 REQUIRE = os.environ.get("ETWTRACE_REQUIRE_PERF") == "1"
 
@@ -233,6 +235,7 @@ def test_bad_input_is_refused_in_one_line(tmp_path):
     assert not cap.exists()
 
 
+@pytest.mark.versioned
 def test_processes_it_cannot_read_are_refused(tmp_path):
     cap = tmp_path / "cap"
     assert "no such process" in _fails("--sampled", "--pid", "4194000", "--capture", cap)
@@ -278,6 +281,7 @@ def test_non_root_is_refused_with_what_it_needs(tmp_path):
 
 # ---- what it records ----
 
+@pytest.mark.versioned
 def test_inner_above_outer_with_lines_and_the_program_unharmed(tmp_path):
     need_sampler()
     target = Running("sampled_target.py", 4)
@@ -301,6 +305,7 @@ def test_inner_above_outer_with_lines_and_the_program_unharmed(tmp_path):
     assert manifest["mode"] == "sampled" and manifest["samples"] >= inner
 
 
+@pytest.mark.versioned
 def test_native_frames_sit_between_python_frames_in_a_callback(tmp_path):
     need_sampler()
     target = Running("sampled_target.py", 4, "callback")
@@ -329,6 +334,7 @@ def test_native_frames_sit_between_python_frames_in_a_callback(tmp_path):
     assert between >= 0.99 * total, (between, total)
 
 
+@pytest.mark.versioned
 def test_a_library_loaded_while_sampled_has_whole_stacks(tmp_path):
     """A C extension the program loads after the sampler attached: the
     stacks through it reach the Python frames (by frame pointers, or
@@ -399,6 +405,7 @@ def _python_and_native_path(stack):
     return tuple(names[first:])
 
 
+@pytest.mark.versioned
 def test_unwinding_stack_copies_gives_what_frame_pointers_give(tmp_path):
     """On an interpreter with frame pointers, the same program sampled both
     ways: native frames from the kernel's frame-pointer walk, and unwound
@@ -448,6 +455,7 @@ def test_unwinding_stack_copies_gives_what_frame_pointers_give(tmp_path):
         assert share < 0.02 or path in by_frame_pointers, (path, share)
 
 
+@pytest.mark.versioned
 def test_threads_have_their_own_stacks(tmp_path):
     need_sampler()
     script = tmp_path / "threads.py"
@@ -479,6 +487,7 @@ def test_threads_have_their_own_stacks(tmp_path):
     assert out.stdout.count("SampledProfile:") == sum(threads.values())
 
 
+@pytest.mark.versioned
 def test_a_process_that_ends_while_sampled(tmp_path):
     need_sampler()
     target = Running("sampled_target.py", 1)
@@ -503,6 +512,7 @@ def test_a_process_in_its_own_pid_namespace(tmp_path):
     assert_sampled_as_it_ran(inner, samples_due(cap, watch, int(children[0]), 999, 1), 0.8)
 
 
+@pytest.mark.versioned
 def test_no_sample_is_named_after_a_dead_function(tmp_path):
     need_sampler()
     windows_file = tmp_path / "windows.txt"
@@ -536,6 +546,7 @@ def test_no_sample_is_named_after_a_dead_function(tmp_path):
     assert_sampled_as_it_ran(checked, samples_due(cap, watch, target.proc.pid, 999, 1.5), 0.7)
 
 
+@pytest.mark.versioned
 def test_a_code_object_freed_before_it_is_read_keeps_the_samples_name(tmp_path):
     """The sampler reads a code object's names after the sample: by then it
     may be freed (pointers into anything) or reused by another function."""
@@ -561,6 +572,7 @@ def test_a_code_object_freed_before_it_is_read_keeps_the_samples_name(tmp_path):
     assert not same(("Other." + long_name, "a.py", 7, b""), 7, long_name.encode()[:16])
 
 
+@pytest.mark.versioned
 def test_launched_program_is_sampled_to_its_end(tmp_path):
     need_sampler()
     if not SAMPLED_HERE:
@@ -619,6 +631,7 @@ def _short_program(tmp_path, code):
     return script, untraced
 
 
+@pytest.mark.versioned
 def test_a_short_program_gives_its_capture_and_exits_as_it_did(tmp_path):
     # fib(20) ends in a few tens of milliseconds, about what reading its
     # interpreter's symbols took before it was sampled (it was refused
@@ -645,6 +658,7 @@ def test_a_short_program_gives_its_capture_and_exits_as_it_did(tmp_path):
         assert "ended before its first sample" in said[0]
 
 
+@pytest.mark.versioned
 def test_a_program_of_under_a_second_has_its_files_and_lines(tmp_path):
     # Code objects are read from the process's memory when the ring buffer
     # is read; read once a second, a program that ended sooner left every
@@ -682,6 +696,7 @@ def test_a_program_of_under_a_second_has_its_files_and_lines(tmp_path):
     assert {int(line) for name, _, line in frames if name == "spin"} & {4, 5, 6}, frames
 
 
+@pytest.mark.versioned
 def test_a_program_that_ends_before_the_first_sample_says_so_in_one_line(tmp_path):
     # At 1 Hz a program of a few milliseconds ends before its first sample.
     need_sampler()
@@ -698,6 +713,7 @@ def test_a_program_that_ends_before_the_first_sample_says_so_in_one_line(tmp_pat
     assert (manifest["samples"], manifest["exit_status"]) == (0, 5)
 
 
+@pytest.mark.versioned
 def test_a_program_gone_before_it_could_be_read_is_not_an_error(monkeypatch):
     # The program ends while its interpreter is being looked for: what
     # _wait_for_runtime meets then is a zombie with no files mapped.
@@ -725,6 +741,7 @@ def _python_stacks(cap, *args):
     return python
 
 
+@pytest.mark.versioned
 def test_a_sampled_session_samples_every_python_process(box):
     """record start --sampled: CPython processes that ran before the session
     and that start during it are sampled without hooks; other processes
@@ -804,6 +821,7 @@ def test_a_sampled_session_refuses_what_it_cannot_do(box):
     assert not os.path.exists(capture)
 
 
+@pytest.mark.versioned
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_a_launched_program_is_followed_into_its_workers(tmp_path, method):
     """Its workers, children of the program (fork, spawn) or of the
