@@ -24,7 +24,7 @@ import time
 
 from ..trace import (budget as _budget, children as _children, ctf as _ctf, manifest as _manifest,
                      safefs as _safefs)
-from . import confine as _confine, guide as _guide, perf as _perf, progress as _progress
+from . import guide as _guide, perf as _perf, progress as _progress
 from .. import env as _env, sizes as _sizes
 from .perf import PerfError
 from ..trace.capture import CaptureDir, CaptureError
@@ -378,55 +378,14 @@ def run_with_perf(directory, perf, mode, preset, target, say, budget=None):
     status = returncode
     if not os.path.isfile(data) or os.path.getsize(data) == 0:
         raise CaptureError("perf recorded nothing: " + (tee.tail or ["unknown error"])[-1])
-    finish_perf_data(directory, perf, data, callgraph, capture_pids(path), say)
-    return status, proc.received, proc.ended
-
-
-def finish_perf_data(directory, perf, data, callgraph, pids, say):
-    """perf inject --jit (where DWARF unwinding needs the trampolines'
-    images) and perf script, after the program ended.  The injected data
-    replaces perf.data: it holds all perf.data held, so the capture keeps
-    one copy.  What runs is shown while it runs (_progress)."""
-    path = directory.path
+    pids = capture_pids(path)
+    copy_perf_files(path, pids)     # (the jitdumps perf inject reads)
     progress = _progress.Progress()
-    # As root, perf inject must not write through another user's link in
-    # /tmp (the names of its images are known in advance): see _confine.
-    tmp = None
-    if os.geteuid() == 0:
-        copy_perf_files(path, pids)
-        tmp = _confine.PrivateTmp(path, pids)
-    confine = tmp.confine if tmp is not None else None
     try:
-        try:
-            if _perf.needs_jit_inject(callgraph) and any(
-                    os.path.isfile(f"/tmp/jit-{pid}.dump") for pid in pids):
-                progress.step(f"perf inject --jit of {_sizes.size_text(os.path.getsize(data))}")
-                injected = os.path.join(path, _manifest.PERF_JIT_DATA)
-                # perf's libdw unwinder walks the images inject writes only as
-                # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
-                if tmp is None:
-                    _perf.inject_jit(perf, data, injected)
-                else:
-                    _perf.inject_jit(perf, data, tmp.inside(_manifest.PERF_JIT_DATA),
-                                     preexec_fn=confine, lands_in=path)
-                    tmp.keep(_manifest.PERF_JIT_DATA)
-                os.replace(injected, data)
-                try:
-                    directory.write_manifest(**{_manifest.PERF_INJECTED: True})
-                except CaptureError as ex:
-                    say(f"etwtrace: {ex}")
-        except _perf.PerfSpaceError as ex:
-            say(f"etwtrace: {ex}")
-        progress.step(f"perf script of {_sizes.size_text(os.path.getsize(data))}")
-        try:
-            _perf.save_script(perf, data, os.path.join(path, _manifest.PERF_SCRIPT),
-                              preexec_fn=confine)
-        except _perf.PerfSpaceError as ex:
-            say(f"etwtrace: {ex}")
+        _perf.finish_data(directory, perf, callgraph, pids, say, progress)
     finally:
-        if tmp is not None:
-            tmp.close()
         progress.clear()
+    return status, proc.received, proc.ended
 
 
 def run_builtin_subprocess(directory, mode, target):

@@ -511,3 +511,64 @@ def save_script(perf, data, output, preexec_fn=None):
                              "perf.data is complete")
     if returncode != 0:
         raise PerfError("perf script failed: " + (message or ["?"])[-1])
+
+
+def finish_data(directory, perf, callgraph, pids, say, progress=None):
+    """Makes a finished capture's perf.data readable, after its processes
+    ended: perf inject --jit (where DWARF unwinding needs the Python
+    trampolines' images; their jitdumps are in the capture's jit/, see
+    launcher.copy_perf_files), whose output then replaces perf.data (it
+    holds all perf.data held: the capture keeps one copy), and perf script.
+    `directory`: the capture's CaptureDir.  As root both run confined
+    (confine.py).  A failed inject is said and the samples are unwound
+    without the images; running out of room is said; perf script's other
+    failures raise PerfError.  `progress`: a progress.Progress shown while
+    it runs."""
+    from . import confine as _confine
+    from ..trace import manifest as _manifest
+    from ..trace.capture import CaptureError
+    from .. import sizes as _sizes
+    path = directory.path
+    data = os.path.join(path, _manifest.PERF_DATA)
+    step = progress.step if progress is not None else (lambda text: None)
+    # As root, perf inject must not write through another user's link in
+    # /tmp (the names of its images are known in advance).
+    tmp = _confine.PrivateTmp(path, pids) if os.geteuid() == 0 else None
+    confine = tmp.confine if tmp is not None else None
+    try:
+        jit = os.path.join(path, "jit")
+        if needs_jit_inject(callgraph) and any(
+                os.path.isfile(os.path.join(jit, f"jit-{pid}.dump")) for pid in pids):
+            step(f"perf inject --jit of {_sizes.size_text(os.path.getsize(data))}")
+            injected = os.path.join(path, _manifest.PERF_JIT_DATA)
+            try:
+                # perf's unwinder finds the images inject writes only as
+                # /tmp/jitted-*.so, next to the jitdump; the capture gets copies.
+                if tmp is None:
+                    inject_jit(perf, data, injected)
+                else:
+                    inject_jit(perf, data, tmp.inside(_manifest.PERF_JIT_DATA),
+                               preexec_fn=confine, lands_in=path)
+                    tmp.keep(_manifest.PERF_JIT_DATA)
+                os.replace(injected, data)
+                try:
+                    directory.write_manifest(**{_manifest.PERF_INJECTED: True})
+                except CaptureError as ex:
+                    say(f"etwtrace: {ex}")
+            except PerfSpaceError as ex:
+                say(f"etwtrace: {ex}")
+            except PerfError as ex:
+                say(f"etwtrace: {ex}; perf's samples are unwound without the Python "
+                    "trampolines' images")
+            finally:
+                if os.path.lexists(injected):
+                    os.unlink(injected)
+        step(f"perf script of {_sizes.size_text(os.path.getsize(data))}")
+        try:
+            save_script(perf, data, os.path.join(path, _manifest.PERF_SCRIPT),
+                        preexec_fn=confine)
+        except PerfSpaceError as ex:
+            say(f"etwtrace: {ex}")
+    finally:
+        if tmp is not None:
+            tmp.close()

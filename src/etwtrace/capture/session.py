@@ -41,9 +41,9 @@ import sys
 import tempfile
 import time
 
-from ..trace import (budget as _budget, children as _children, ctf as _ctf, manifest as _manifest,
+from ..trace import (budget as _budget, children as _children, ctf as _ctf,
                      safefs as _safefs)
-from . import launcher as _capture, confine as _confine, perf as _perf
+from . import launcher as _capture, perf as _perf
 from .. import env as _env, sizes as _sizes
 from ..sampled import finder as _pyfinder, sampler as _sampled
 from ..trace import capture as _capdir
@@ -447,8 +447,16 @@ def _finish(place, state, say):
         budget_info = _budget_info(path)
         processes, owners = _collect_traces(directory, say)
         _capture.copy_perf_files(path, set(owners), owners)
-        if os.path.isfile(os.path.join(path, "perf.data")):
-            _finish_perf(directory, state, set(owners), say)    # (makes the jitted images)
+        perf = _perf.find_perf()
+        if not os.path.isfile(os.path.join(path, "perf.data")):
+            pass
+        elif perf is None:
+            say("etwtrace: perf is gone; perf.data is kept but not scripted")
+        else:
+            try:       # (makes the jitted images)
+                _perf.finish_data(directory, perf, state.get("callgraph"), set(owners), say)
+            except _perf.PerfError as ex:
+                say(f"etwtrace: {ex}; the built-in trace is complete")
         _capture.index_perf_files(path)
         losses = _ctf.recorded_losses(path)
         untraced = _children.collect(path)
@@ -605,49 +613,6 @@ def _not_of_process(pid, owner):
     if not uids or owner in uids:
         return None
     return f"it belongs to uid {owner}, but process {pid} runs as uid {uids[0]}"
-
-
-def _finish_perf(directory, state, pids, say):
-    """perf inject --jit (where DWARF unwinding needs the images) and perf
-    script of the session's perf.data; as root, confined (_confine.py)."""
-    path = directory.path
-    perf = _perf.find_perf()
-    if perf is None:
-        say("etwtrace: perf is gone; perf.data is kept but not scripted")
-        return
-    data = os.path.join(path, "perf.data")
-    jit = os.path.join(path, "jit")
-    tmp = _confine.PrivateTmp(path, pids) if os.geteuid() == 0 else None
-    confine = tmp.confine if tmp is not None else None
-    try:
-        if _perf.needs_jit_inject(state.get("callgraph")) and any(
-                os.path.isfile(os.path.join(jit, f"jit-{pid}.dump")) for pid in pids):
-            injected = os.path.join(path, _manifest.PERF_JIT_DATA)
-            try:
-                if tmp is None:
-                    _perf.inject_jit(perf, data, injected)
-                else:
-                    _perf.inject_jit(perf, data, tmp.inside(_manifest.PERF_JIT_DATA),
-                                     lands_in=path, preexec_fn=confine)
-                    tmp.keep(_manifest.PERF_JIT_DATA)
-                # It holds all perf.data held: the capture keeps one copy.
-                os.replace(injected, data)
-                try:
-                    directory.write_manifest(**{_manifest.PERF_INJECTED: True})
-                except CaptureError:
-                    pass        # (the session's own manifest write says so)
-            except _perf.PerfError as ex:
-                say(f"etwtrace: {ex}; perf's samples are unwound without the Python "
-                    "trampolines' images")
-                if os.path.lexists(injected):
-                    os.unlink(injected)
-        _perf.save_script(perf, data, os.path.join(path, _manifest.PERF_SCRIPT),
-                          preexec_fn=confine)
-    except _perf.PerfError as ex:
-        say(f"etwtrace: {ex}; the built-in trace is complete")
-    finally:
-        if tmp is not None:
-            tmp.close()
 
 
 # ---- the daemon ----
