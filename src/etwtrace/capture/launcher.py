@@ -27,7 +27,7 @@ from ..trace import (budget as _budget, children as _children, ctf as _ctf, mani
 from . import guide as _guide, perf as _perf, progress as _progress
 from .. import env as _env, sizes as _sizes
 from .perf import PerfError
-from ..trace.capture import CaptureDir, CaptureError
+from ..trace.capture import CaptureDir, CaptureError, recorded_losses
 
 AUTOSTART_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "_autostart")
@@ -428,7 +428,7 @@ def capture(path, mode, requested_recorder, preset_name, target, say, max_size=0
         ctf_root = os.path.join(path, "ctf")
         if os.path.isdir(ctf_root):
             _ctf.finalize(ctf_root, room=lambda size: _budget.fits(ctf_root, size))
-        losses = _ctf.recorded_losses(path)
+        losses = recorded_losses(path)
         info = {"finished": time.time(), "exit_status": status}
         if received is not None:
             info["stopped_by_signal"] = signal.Signals(received).name

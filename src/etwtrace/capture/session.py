@@ -375,7 +375,7 @@ def snapshot(target, say):
         finally:
             os.close(session_fd)
         _capture.collect_perf_files(target, set(owners), owners)
-        losses = _ctf.recorded_losses(target)
+        losses = _capdir.recorded_losses(target)
         kind = (dict(mode="sampled", recorder="bpf", rate=state["sampled"])
                 if state.get("sampled") else dict(recorder="builtin"))
         info = dict(tool="etwtrace", format=1, **kind, preset=state.get("preset"),
@@ -458,7 +458,7 @@ def _finish(place, state, say):
             except _perf.PerfError as ex:
                 say(f"etwtrace: {ex}; the built-in trace is complete")
         _capture.index_perf_files(path)
-        losses = _ctf.recorded_losses(path)
+        losses = _capdir.recorded_losses(path)
         untraced = _children.collect(path)
         # (What the daemon wrote: a sampled session's counts.)
         manifest = directory.read_manifest()

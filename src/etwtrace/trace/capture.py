@@ -181,6 +181,16 @@ class Capture:
         return _dedupe_stack_samples(events, {s.pid for s in self.streams})
 
 
+def recorded_losses(path):
+    """{pid: events lost} of the built-in traces of the capture being
+    finished at `path` (only pids that lost any): Capture.losses().  A
+    capture it cannot open has none to say (its reader says what is wrong)."""
+    try:
+        return Capture(path).losses()
+    except TraceError:
+        return {}
+
+
 def _image_starts(streams):
     """{pid: sorted [(first timestamp, image)]} of the processes that
     exec'd (more than one image): perf's events, which name only the pid,

@@ -576,25 +576,5 @@ def alive(pid):
     return state not in (b"Z", b"X")
 
 
-def recorded_losses(path):
-    """{pid: events lost} of the capture's built-in traces (only pids that
-    lost any), from the streams' packet headers."""
-    ctf_root = os.path.join(path, "ctf")
-    if not os.path.isdir(ctf_root):
-        return {}
-    losses = {}
-    for pid, trace_dir in trace_dirs(ctf_root):
-        try:
-            version = trace_version(trace_dir)
-            streams = stream_files(trace_dir)
-        except TraceError:
-            continue        # the readers say what is wrong with it
-        for stream in streams:
-            lost = stream_losses(stream, version)
-            if lost:
-                losses[pid] = losses.get(pid, 0) + lost
-    return losses
-
-
 def describe_losses(losses):
     return ", ".join(f"process {pid}: {n:,}" for pid, n in sorted(losses.items()))
