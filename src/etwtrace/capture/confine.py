@@ -10,7 +10,7 @@ directory) would have root write an ELF image into any file.  So perf
 runs in a mount namespace of its own where every file system is
 read-only, and /tmp is a private directory of the capture's, the one
 place it may write: it holds root's checked copies of the traced
-processes' perf maps and jitdumps (_capture.copy_perf_files), and for
+processes' perf maps and jitdumps (launcher.copy_perf_files), and for
 every other entry of the real /tmp (mounted read-only inside it) a
 symlink, so perf still reads the other jitdumps and the libraries that
 live there, but no jitted-* name of another user's.  Its output goes

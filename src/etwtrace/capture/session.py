@@ -23,8 +23,8 @@ same copy into another directory while the session goes on (in memory
 mode, what the rings hold now).
 
 A sampled session (--sampled) announces nothing: its daemon runs the BPF
-sampler (_sampled.Sampling), finds the machine's CPython processes itself
-(_pyfinder) and writes each one's samples into the same staging directory,
+sampler (_sampler.Sampling), finds the machine's CPython processes itself
+(sampled/finder.py) and writes each one's samples into the same staging directory,
 within the session's budget (_budget.WriterBudget), so status, snapshot and
 stop treat its traces as any other."""
 
@@ -43,9 +43,9 @@ import time
 
 from ..trace import (budget as _budget, children as _children, ctf as _ctf,
                      safefs as _safefs)
-from . import launcher as _capture, perf as _perf
+from . import launcher as _launcher, perf as _perf
 from .. import env as _env, sizes as _sizes
-from ..sampled import finder as _pyfinder, sampler as _sampled
+from ..sampled import finder as _finder, sampler as _sampler
 from ..trace import capture as _capdir
 from ..trace.capture import CaptureError
 from ..errors import Error, UsageError
@@ -208,12 +208,12 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0, max_size=
             raise SessionError("--sampled samples every Python process on the machine, "
                                "which needs root")
         try:
-            _sampled.load_sampler()
-            _sampled.check_privileges()
-        except _sampled.SampledError as ex:
+            _sampler.load_sampler()
+            _sampler.check_privileges()
+        except _sampler.SampledError as ex:
             raise SessionError(str(ex)) from None
     path = _capdir.CaptureDir(path).check().path
-    preset = _capture.load_preset(preset_name)
+    preset = _launcher.load_preset(preset_name)
     if ring and requested_recorder == "perf":
         raise SessionError("memory mode (--ring) records with the built-in recorder; "
                            "leave out --recorder perf")
@@ -222,7 +222,7 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0, max_size=
     elif ring:
         recorder = "builtin"
     else:
-        recorder, _ = _capture.choose_recorder(requested_recorder, say, system_wide=True)
+        recorder, _ = _launcher.choose_recorder(requested_recorder, say, system_wide=True)
     if place.system and not sampled:     # (a sampled session's daemon writes alone)
         blocked = _unreachable_by_others(path)
         if blocked is not None:
@@ -374,7 +374,7 @@ def snapshot(target, say):
             _, owners = _gather_from(session_fd, session_path, final, say, stopping=False)
         finally:
             os.close(session_fd)
-        _capture.collect_perf_files(target, set(owners), owners)
+        _launcher.collect_perf_files(target, set(owners), owners)
         losses = _capdir.recorded_losses(target)
         kind = (dict(mode="sampled", recorder="bpf", rate=state["sampled"])
                 if state.get("sampled") else dict(recorder="builtin"))
@@ -446,7 +446,7 @@ def _finish(place, state, say):
     try:
         budget_info = _budget_info(path)
         processes, owners = _collect_traces(directory, say)
-        _capture.copy_perf_files(path, set(owners), owners)
+        _launcher.copy_perf_files(path, set(owners), owners)
         perf = _perf.find_perf()
         if not os.path.isfile(os.path.join(path, "perf.data")):
             pass
@@ -457,7 +457,7 @@ def _finish(place, state, say):
                 _perf.finish_data(directory, perf, state.get("callgraph"), set(owners), say)
             except _perf.PerfError as ex:
                 say(f"etwtrace: {ex}; the built-in trace is complete")
-        _capture.index_perf_files(path)
+        _launcher.index_perf_files(path)
         losses = _capdir.recorded_losses(path)
         untraced = _children.collect(path)
         # (What the daemon wrote: a sampled session's counts.)
@@ -504,7 +504,7 @@ def _collect_traces(directory, say):
     Returns (how many, {pid: owner uid})."""
     path = directory.path
     final = os.path.join(path, "ctf")
-    _capture.own_directory(final)
+    _launcher.own_directory(final)
     count, owners = _gather_from(directory.fd, path, final, say, stopping=True)
     try:
         _safefs.remove_tree(directory.fd, STAGING)
@@ -717,7 +717,7 @@ class _Session:
             raise SessionError(f"cannot prepare {staging}: {ex.strerror}") from None
         except _budget.BudgetError as ex:
             raise SessionError(str(ex)) from None
-        preset = _capture.load_preset(request["preset"])
+        preset = _launcher.load_preset(request["preset"])
         session_id = secrets.token_hex(8)
         self.state = {
             "id": session_id, "path": path, "preset": preset.name,
@@ -824,12 +824,12 @@ class _Session:
 
     def _start_sampling(self, rate, staging):
         try:
-            self.sampling = _sampled.Sampling(rate)
-        except _sampled.SampledError as ex:
+            self.sampling = _sampler.Sampling(rate)
+        except _sampler.SampledError as ex:
             raise SessionError(str(ex)) from None
         self.sampling.record_into(staging, self.budget,
                                   lambda text: print(text, file=sys.stderr, flush=True))
-        self.finder = _pyfinder.PythonFinder(exclude={os.getpid()})
+        self.finder = _finder.PythonFinder(exclude={os.getpid()})
         self.native_frames = {}
         self.waiting = select.poll()
         self.waiting.register(self.sampling.fileno(), select.POLLIN)
@@ -843,13 +843,13 @@ class _Session:
 
         def add(pid):
             target = self.sampling.add(pid)
-            self.native_frames[str(pid)] = _sampled.describe_native_frames(target, quiet.append)
+            self.native_frames[str(pid)] = _sampler.describe_native_frames(target, quiet.append)
 
         self.finder.scan(add, self.sampling.remove)
-        self.next_scan = time.monotonic() + _sampled.SCAN_SECONDS
+        self.next_scan = time.monotonic() + _sampler.SCAN_SECONDS
 
     def wait_for_samples(self):
-        wait = min(_sampled.WAIT_MS, (self.next_scan - time.monotonic()) * 1000)
+        wait = min(_sampler.WAIT_MS, (self.next_scan - time.monotonic()) * 1000)
         self.waiting.poll(max(wait, 0))
 
     def tick(self):
@@ -943,7 +943,7 @@ def main(opts, say):
     _env.check_all()
     command = opts.command
     if command == "start":
-        sampled = (opts.rate or _sampled.DEFAULT_RATE) if opts.sampled else 0
+        sampled = (opts.rate or _sampler.DEFAULT_RATE) if opts.sampled else 0
         max_size = opts.max_size
         if max_size is None:
             max_size = _env.size(_env.MAX_SIZE) or 0

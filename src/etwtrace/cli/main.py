@@ -267,14 +267,14 @@ def _run(opts):
         opts.recorder = "builtin"
         os.environ[_env.CALL_TIMES] = "0"
     if opts.capture:
-        from ..capture import launcher as _capture
+        from ..capture import launcher as _launcher
         max_size = opts.max_size
         if max_size is None:
             max_size = _env.size(_env.MAX_SIZE)
         try:
-            return _capture.capture(opts.capture, mode, opts.recorder, opts.preset,
+            return _launcher.capture(opts.capture, mode, opts.recorder, opts.preset,
                                     target, _say, max_size=max_size or 0)
-        except (_capture.CaptureError, _capture.PerfError) as ex:
+        except (_launcher.CaptureError, _launcher.PerfError) as ex:
             # The launcher's own failures have always exited 2 (tests/test_cli.py).
             raise UsageError(str(ex)) from None
     tracer = (etwtrace.InstrumentedTracer() if mode == "instrumented"
@@ -287,8 +287,8 @@ def _run(opts):
 
 def _run_sampled(opts, target):
     """--sampled: hook-free sampling of a program it runs or of --pid."""
-    from ..capture import launcher as _capture
-    from ..sampled import sampler as _sampled
+    from ..capture import launcher as _launcher
+    from ..sampled import sampler as _sampler
     if opts.mode != "sampled":
         used = [f"--{o}" for o in ("rate", "pid", "duration") if opts[o]]
         raise UsageError(f"{', '.join(used)} needs --sampled")
@@ -298,16 +298,16 @@ def _run_sampled(opts, target):
         raise UsageError("--sampled takes a program to run after --, or --pid PID (not both)")
     if opts.duration is not None and opts.pid is None:
         raise UsageError("--duration is for --pid (a program it runs is sampled to its end)")
-    rate = opts.rate if opts.rate is not None else _sampled.DEFAULT_RATE
+    rate = opts.rate if opts.rate is not None else _sampler.DEFAULT_RATE
     if target is not None:
         check_target(target)
     max_size = opts.max_size
     if max_size is None:
         max_size = _env.size(_env.MAX_SIZE)
     try:
-        return _sampled.run(opts.capture, rate, _say, pid=opts.pid, target=target,
+        return _sampler.run(opts.capture, rate, _say, pid=opts.pid, target=target,
                             duration=opts.duration, max_size=max_size or 0)
-    except (_sampled.SampledError, _capture.CaptureError) as ex:
+    except (_sampler.SampledError, _launcher.CaptureError) as ex:
         # The launcher's own failures have always exited 2 (tests/test_sampled.py).
         raise UsageError(str(ex)) from None
 

@@ -126,25 +126,25 @@ def interpreter_fold():
 def main(opts, say):
     """The top command: checks, then the live view until q, Ctrl-C or
     SIGTERM; the exit status."""
-    from ..sampled import live as _live, remote as _pyremote, sampler as _sampled
-    _sampled.load_sampler()
+    from ..sampled import live as _live, remote as _remote, sampler as _sampler
+    _sampler.load_sampler()
     try:
-        _sampled.check_privileges()
-    except _sampled.SampledError:
+        _sampler.check_privileges()
+    except _sampler.SampledError:
         raise TopError("top samples with the BPF sampler: it needs root, or CAP_BPF, "
                        "CAP_PERFMON and CAP_SYS_PTRACE") from None
     if opts.pid is not None:
         try:
-            _sampled.check_process(opts.pid)
-        except _sampled.SampledError as ex:
+            _sampler.check_process(opts.pid)
+        except _sampler.SampledError as ex:
             raise TopError(str(ex)) from None
     else:
         from .main import check_target
         check_target(opts.target)
-        if sys.version_info[:2] not in _pyremote.SUPPORTED:
+        if sys.version_info[:2] not in _remote.SUPPORTED:
             raise TopError(f"top --sampled runs the program with this Python, "
                            f"{sys.version.split()[0]}, and reads CPython "
-                           f"{_pyremote.supported_text()}")
+                           f"{_remote.supported_text()}")
     if not (os.isatty(0) and os.isatty(1)):
         raise TopError("top draws on a terminal: run it in one (stdin and stdout)")
     try:
@@ -152,11 +152,11 @@ def main(opts, say):
     except ImportError:
         raise TopError("top draws with Python's curses module, which this Python lacks") \
             from None
-    rate = opts.rate or _sampled.DEFAULT_RATE
+    rate = opts.rate or _sampler.DEFAULT_RATE
     window = _live.Window(opts.window, interpreter_fold())
     try:
         sampling = _live.LiveSampling(rate, window)
-    except _sampled.SampledError as ex:
+    except _sampler.SampledError as ex:
         raise TopError(str(ex)) from None
     child = None
     previous = signal.signal(signal.SIGTERM, lambda *a: sys.exit(128 + signal.SIGTERM))
@@ -166,7 +166,7 @@ def main(opts, say):
             title = f"process {pid} ({_command_of(pid)})"
             try:
                 sampling.add(pid)
-            except _sampled.SampledError as ex:
+            except _sampler.SampledError as ex:
                 raise TopError(str(ex)) from None
         else:
             # Its own session: Ctrl-C is top's; its output would draw over the view.
@@ -177,7 +177,7 @@ def main(opts, say):
             title = f"process {pid} ({' '.join(opts.target)})"
             try:
                 sampling.add(pid, child)    # (False: it ended first; the view says so)
-            except _sampled.SampledError as ex:
+            except _sampler.SampledError as ex:
                 raise TopError(str(ex)) from None
         view = View(title, rate, opts.window)
         return curses.wrapper(_live_view, view, window, sampling, pid, child)

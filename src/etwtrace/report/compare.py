@@ -9,7 +9,7 @@ in percentage points.
 
 from collections import Counter
 
-from .formats import render as _formats
+from .formats import render as _render
 
 
 def inclusive_shares(stacks):
@@ -48,7 +48,7 @@ def text(new, base, heading, limit=40):
     for p in paths[:limit and min(limit, 15)]:
         out.append(f"{100 * base_p[p]:>8.1f}% {100 * new_p[p]:>6.1f}% "
                    f"{100 * (new_p[p] - base_p[p]):>+7.1f}  {' > '.join(p)}")
-    return _formats.format_text([out])
+    return _render.format_text([out])
 
 
 def _exclusive_shares(stacks):

@@ -23,7 +23,7 @@ import time
 
 from ..trace import budget as _budget, ctfwrite as _ctfwrite
 from ..trace import capture as _capture
-from . import elf as _elfsym, remote as _pyremote, unbuffered
+from . import elf as _elf, remote as _remote, unbuffered
 from .remote import RemoteError
 from ..errors import Error
 
@@ -117,7 +117,7 @@ class _Target:
     def __init__(self, pid, writer, sampler):
         self.pid = pid
         self.sampler = sampler   # the _sampler module: the constants it shares with C
-        self.remote = _pyremote.Process(pid)
+        self.remote = _remote.Process(pid)
         self.writer = writer
         self.codes = {}          # (code, firstlineno, name16) -> (qualname, file, first, table)
         self.lines = {}          # (code key, line) -> synthetic address
@@ -126,7 +126,7 @@ class _Target:
         self.frame_kinds = {}    # a Python frame's record bytes -> frame_kind()
         self.described = set()   # native function begins written as PythonFunction
         self.generation = 0      # hashed into its stacks by the BPF program
-        self.cstack_owner = _pyremote.CSTACK_OWNER[self.remote.version]
+        self.cstack_owner = _remote.CSTACK_OWNER[self.remote.version]
         self.next_id = 1
         self.maps_read = time.monotonic()
         # Without frame pointers, each sample carries a copy of the top of
@@ -186,7 +186,7 @@ class _Target:
 
     def _read_maps(self):
         try:
-            self.remote.maps = _pyremote.ProcessMaps(self.pid)
+            self.remote.maps = _remote.ProcessMaps(self.pid)
         except Exception:
             pass
         self.maps_read = time.monotonic()
@@ -265,7 +265,7 @@ class _Target:
                 info = (short.decode("ascii", "replace") or "?", "?", first, b"")
             self.codes[key] = info
         qualname, file, firstlineno, table = info
-        line = _pyremote.line_of(table, firstlineno, unit) if table else firstlineno
+        line = _remote.line_of(table, firstlineno, unit) if table else firstlineno
         if not 0 <= line < 1 << 31:
             line = 0    # no line: a frame read mid-change, or a code object's -1
         address = self.lines.get((key, line))
@@ -345,7 +345,7 @@ def _add_vdso(unwinder, pid):
             image = os.pread(mem.fileno(), end - start, start)
     except (OSError, StopIteration, ValueError):
         return
-    load = _elfsym.first_load(image)
+    load = _elf.first_load(image)
     if load is None:
         return
     fd = os.memfd_create("etwtrace-vdso", os.MFD_CLOEXEC)
@@ -622,8 +622,8 @@ def run(path, rate, say, pid=None, target=None, duration=None, max_size=0):
     check_privileges()
     if pid is not None:
         check_process(pid)
-    elif sys.version_info[:2] not in _pyremote.SUPPORTED:
-        raise SampledError(f"--sampled reads CPython {_pyremote.supported_text()}; this is "
+    elif sys.version_info[:2] not in _remote.SUPPORTED:
+        raise SampledError(f"--sampled reads CPython {_remote.supported_text()}; this is "
                            f"{sys.version.split()[0]} (use --stack, which works on 3.9+)")
     sampling = Sampling(rate)
     try:
@@ -793,7 +793,7 @@ def check_process(pid):
     if not os.path.exists(f"/proc/{pid}"):
         raise SampledError(f"--pid {pid}: no such process")
     try:
-        process = _pyremote.Process(pid)
+        process = _remote.Process(pid)
     except RemoteError as ex:
         raise SampledError(f"--pid {pid}: {ex}") from None
     process.close()
@@ -804,8 +804,8 @@ def _read_own_symbols():
     then the program is sampled from its first milliseconds, not after
     the ~0.1 s its files' symbols take to read."""
     try:
-        _elfsym.ProcessMaps(os.getpid()).find_symbol("_PyRuntime")
-    except _elfsym.ElfError:
+        _elf.ProcessMaps(os.getpid()).find_symbol("_PyRuntime")
+    except _elf.ElfError:
         pass
 
 

@@ -19,7 +19,7 @@ import tempfile
 
 from ..errors import Error
 from .. import _ctfdecode
-from . import (children as _children, ctf as _ctf, files as _capfile, manifest as _manifest,
+from . import (children as _children, ctf as _ctf, files as _files, manifest as _manifest,
                perfscript as _perfscript, safefs as _safefs)
 from .budget import loss_text
 from .files import NoCapture, TraceError
@@ -98,7 +98,7 @@ class Capture:
             raise TraceError(f"{ctf_root}: a symbolic link; not followed")
         has_ctf = os.path.isdir(ctf_root)
         script = os.path.join(path, _manifest.PERF_SCRIPT)
-        self.perf_script = script if _capfile.exists(script) else None
+        self.perf_script = script if _files.exists(script) else None
         if not (has_ctf or self.perf_script):
             raise NoCapture(f"{path}: not an etwtrace capture (no ctf/ or "
                             f"{_manifest.PERF_SCRIPT})")

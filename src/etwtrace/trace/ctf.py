@@ -13,7 +13,7 @@ import stat
 import struct
 import warnings
 
-from . import files as _capfile, safefs as _safefs
+from . import files as _files, safefs as _safefs
 from .. import _ctfdecode
 from .files import TraceError
 
@@ -79,11 +79,11 @@ IN_TRACE = 3
 
 
 def open_stream(path):
-    """A descriptor of a stream file (see _capfile), refused when it is
+    """A descriptor of a stream file (see files.py), refused when it is
     larger than its file system could hold."""
-    fd = _capfile.open_file(path, IN_TRACE)
+    fd = _files.open_file(path, IN_TRACE)
     try:
-        _capfile.check_real_size(fd, path)
+        _files.check_real_size(fd, path)
     except TraceError:
         os.close(fd)
         raise
@@ -186,7 +186,7 @@ METADATA_LIMIT = 1 << 20        # a trace's metadata is a few KiB
 def _metadata_text(trace_dir):
     path = os.path.join(trace_dir, "metadata")
     try:
-        data = _capfile.read_small(path, METADATA_LIMIT, IN_TRACE)
+        data = _files.read_small(path, METADATA_LIMIT, IN_TRACE)
     except TraceError as ex:
         raise TraceError(f"{trace_dir}: no readable CTF metadata ({ex})") from None
     return data.decode("utf-8", errors="replace")
@@ -228,7 +228,7 @@ def has_call_times(trace_dir):
 def stream_files(trace_dir):
     """The stream files of a per-process trace (its directory entered
     without following a link)."""
-    names = _capfile.list_dir(trace_dir, IN_TRACE - 1)
+    names = _files.list_dir(trace_dir, IN_TRACE - 1)
     return sorted(os.path.join(trace_dir, n) for n in names if n.startswith("stream-"))
 
 
@@ -354,13 +354,13 @@ def _read_ring(ring, head):
     slot: recorder.c writes a new number last and spoils it first).  A file
     that is not a ring (a link, a FIFO, not the size of a ring) is left out
     with a RuntimeWarning."""
-    if not _capfile.exists(ring, IN_TRACE):
+    if not _files.exists(ring, IN_TRACE):
         return None, 0
     packet_bytes = _ctfdecode.PACKET_BYTES
     seq_of = struct.Struct("<Q")
     packets = []
     try:
-        fd = _capfile.open_file(ring, IN_TRACE)
+        fd = _files.open_file(ring, IN_TRACE)
     except TraceError as ex:
         warnings.warn(f"{ex}; its ring left out", RuntimeWarning)
         return None, 0
@@ -460,7 +460,7 @@ def finalize_trace(trace_dir, room=None):
             if parts.tail and room is not None and not room(len(parts.tail)):
                 continue
             if parts.tail or parts.cut_short:
-                with os.fdopen(_capfile.open_regular(path, os.O_RDWR, own=True), "r+b") as f:
+                with os.fdopen(_files.open_regular(path, os.O_RDWR, own=True), "r+b") as f:
                     f.truncate(parts.length)
                     f.seek(parts.length)
                     f.write(parts.tail)
@@ -486,7 +486,7 @@ def _carry_losses(path, lost):
     after that packet (recorder.c).  False when the file has no packet to
     hold it (the ring must stay)."""
     head = _HEAD[2]
-    with os.fdopen(_capfile.open_regular(path, os.O_RDWR, own=True), "r+b") as f:
+    with os.fdopen(_files.open_regular(path, os.O_RDWR, own=True), "r+b") as f:
         size = os.fstat(f.fileno()).st_size
         offset, last = 0, None
         while offset + head.size <= size:
@@ -512,7 +512,7 @@ def copy_trace(trace_dir, target):
     symlink; the copies are new files of this user's.  Streams that cannot
     be read are left out; returns how many were copied."""
     os.mkdir(target, 0o700)
-    src = _capfile.open_regular(os.path.join(trace_dir, "metadata"), os.O_RDONLY)
+    src = _files.open_regular(os.path.join(trace_dir, "metadata"), os.O_RDONLY)
     try:
         text = os.read(src, 1 << 20)
     finally:
@@ -528,7 +528,7 @@ def copy_trace(trace_dir, target):
     for path in stream_files(trace_dir):
         try:
             parts = StreamParts(path, version)
-            src = _capfile.open_regular(path, os.O_RDONLY)
+            src = _files.open_regular(path, os.O_RDONLY)
             try:
                 out = _new_file(os.path.join(target, os.path.basename(path)))
                 try:
@@ -553,7 +553,7 @@ NOTES_MAX_BYTES = 1 << 20
 def _copy_notes(trace_dir, target):
     for name in NOTES:
         try:
-            src = _capfile.open_regular(os.path.join(trace_dir, name), os.O_RDONLY)
+            src = _files.open_regular(os.path.join(trace_dir, name), os.O_RDONLY)
         except (OSError, TraceError):
             continue
         try:

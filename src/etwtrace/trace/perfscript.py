@@ -201,7 +201,7 @@ def read_script(path, make_event, progress=None):
 
 def _open_script(path):
     """The saved script as text, opened as every file of a capture is
-    (_capfile): perf script writes it front to back, so one with a hole
+    (files.py): perf script writes it front to back, so one with a hole
     is not its output."""
     fd = open_file(path)
     try:

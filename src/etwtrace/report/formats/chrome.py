@@ -1,13 +1,13 @@
 """report --format chrome: Chrome's Trace Event JSON, which Perfetto UI
 opens (timeline.py writes it in chunks)."""
 
-from . import timeline as _exports
+from . import timeline as _timeline
 from ..view import Format
 
 
 def write(out, view):
     notes = [n for n in (view.cut_short["samples"], view.cut_short["off-cpu"]) if n]
-    _exports.write_chrome(out, view, f"etwtrace: {view.name}" + "".join(f"; {n}" for n in notes))
+    _timeline.write_chrome(out, view, f"etwtrace: {view.name}" + "".join(f"; {n}" for n in notes))
 
 
 def size(view):

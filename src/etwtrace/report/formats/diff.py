@@ -2,21 +2,21 @@
 (flamegraph.pl's difffolded form) or an SVG coloured by change (compare.py
 computes the shares)."""
 
-from .. import compare as _diff
-from . import render as _formats
+from .. import compare as _compare
+from . import render as _render
 
 
 def write_text(out, view):
-    out.write(_diff.text(view.stacks, view.baseline, view.heading, view.limit))
+    out.write(_compare.text(view.stacks, view.baseline, view.heading, view.limit))
 
 
 def write_folded(out, view):
-    out.write(_diff.folded(view.stacks, view.baseline))
+    out.write(_compare.folded(view.stacks, view.baseline))
 
 
 def write_svg(out, view):
-    out.write(_formats.format_svg(view.stacks, view.title, view.unit,
-                                  color_of=_diff.colors(view.stacks, view.baseline)))
+    out.write(_render.format_svg(view.stacks, view.title, view.unit,
+                                  color_of=_compare.colors(view.stacks, view.baseline)))
 
 
 # The formats --diff writes, by name.

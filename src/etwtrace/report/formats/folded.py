@@ -1,11 +1,11 @@
 """report --format folded: `root;...;leaf COUNT` lines (Brendan Gregg's form)."""
 
-from . import render as _formats
+from . import render as _render
 from ..view import Format
 
 
 def write(out, view):
-    out.write(_formats.format_folded(view.stacks))
+    out.write(_render.format_folded(view.stacks))
 
 
 FORMAT = Format(write)

@@ -1,6 +1,6 @@
 """report --format pprof: a gzipped profile.proto (go tool pprof, Pyroscope)."""
 
-from . import profile_proto as _pprof
+from . import profile_proto as _profile_proto
 from ..view import Format
 
 
@@ -14,7 +14,7 @@ def write(out, view):
         types = [(kind, unit)]
         samples = {key: (value,) for key, value in view.thread_stacks().items()}
     span = (view.last - view.first) if view.first is not None else 0
-    out.write(_pprof.encode(samples, types, duration_ns=span,
+    out.write(_profile_proto.encode(samples, types, duration_ns=span,
                             comments=[f"etwtrace: {view.name} ({view.what})"],
                             thread_names=view.threads))
 

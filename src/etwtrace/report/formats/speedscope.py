@@ -1,12 +1,12 @@
 """report --format speedscope: speedscope's JSON file format, one profile
 per thread (timeline.py writes it in chunks)."""
 
-from . import timeline as _exports
+from . import timeline as _timeline
 from ..view import Format
 
 
 def write(out, view):
-    _exports.write_speedscope(out, view, view.kind, view.unit,
+    _timeline.write_speedscope(out, view, view.kind, view.unit,
                               f"etwtrace: {view.name} ({view.what})")
 
 

@@ -1,6 +1,6 @@
 """report --format text: tables of functions with samples, calls and time."""
 
-from . import render as _formats
+from . import render as _render
 from ..scan import process_name
 from ..view import Format
 
@@ -18,14 +18,14 @@ def text(view):
         sections.append(notes)
     limit = view.limit
     if off_cpu:
-        sections.append(_formats.offcpu_tables(view.offcpu, limit))
-        return _formats.format_text(sections)
+        sections.append(_render.offcpu_tables(view.offcpu, limit))
+        return _render.format_text(sections)
     tree = view.tree
     if view.samples:
-        sections.append(_formats.stack_table(
+        sections.append(_render.stack_table(
             view.samples, f"{sum(view.samples.values())} CPU samples", limit=limit))
     if tree.calls:
-        sections.append(_formats.calls_table(tree.functions(), limit=limit,
+        sections.append(_render.calls_table(tree.functions(), limit=limit,
                                              times=tree.has_times))
         if tree.untimed_pids:
             pids = ", ".join(process_name(p) for p in sorted(tree.untimed_pids))
@@ -45,9 +45,9 @@ def text(view):
         if pop_notes:
             sections.append(["note: " + ", ".join(pop_notes)])
     if view.marks and not [s for s in sections if s is not head and s is not notes]:
-        sections.append(_formats.stack_table(
+        sections.append(_render.stack_table(
             view.marks, f"{sum(view.marks.values())} stack marks", limit=limit))
-    return _formats.format_text(sections)
+    return _render.format_text(sections)
 
 
 FORMAT = Format(write)
