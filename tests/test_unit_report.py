@@ -318,6 +318,15 @@ def test_diff_view_refuses_unlike_captures_and_writes_each_format():
     assert folded[";".join((MAIN, WORK, LEAF))] == ["1", "6"]
     root = ET.fromstring(out["svg"])
     assert "red grew, blue shrank" in "".join(root.itertext())
+    # Grouped by process and thread as the plain SVG; below them, coloured
+    # by the call path's change: leaf's share went from 10% to 60%.
+    fills = {g.get("data-n"): g.find("{http://www.w3.org/2000/svg}rect").get("fill")
+             for g in root.iter("{http://www.w3.org/2000/svg}g")}
+    assert fills["process 100"] == fills["MainThread (tid 100)"] == "hsl(0,0%,82%)"
+    assert fills[LEAF].startswith("hsl(0,80%,")
+    assert fills["read [libc.so.6]"].startswith("hsl(0,80%,")     # not in the baseline
+    titles = [t.text for t in root.iter("{http://www.w3.org/2000/svg}title")]
+    assert any(t.startswith(LEAF) and "10.0% -> 60.0%" in t for t in titles), titles
 
 
 # ---- pprof ----
