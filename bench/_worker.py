@@ -13,10 +13,11 @@ def setup(config, build_dir, capture_dir):
     """Starts tracing as `config` says; returns what stops it (or None)."""
     if config == "none":
         return None
-    if config in ("noop_hook", "noop_profile"):
+    if config in ("noop_hook", "noop_profile", "noop_monitoring"):
         sys.path.insert(0, build_dir)
         import noop_hook
-        noop_hook.enable() if config == "noop_hook" else noop_hook.enable_profile()
+        {"noop_hook": noop_hook.enable, "noop_profile": noop_hook.enable_profile,
+         "noop_monitoring": getattr(noop_hook, "enable_monitoring", None)}[config]()
         return None
     if config == "cprofile":
         import cProfile

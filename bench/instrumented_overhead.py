@@ -10,7 +10,9 @@ tracing; the ratios compare those overheads.
                                            [--no-peers]
 
 On 3.12+ C calls are measured both through sys.monitoring (etwtrace's
-default there) and through the legacy profile function.  --no-peers leaves
+default there) and through the legacy profile function, and the floor of
+sys.monitoring (no-op C callbacks for every Python call event) is measured
+beside the PEP 523 hook's.  --no-peers leaves
 out yappi, viztracer and pyinstrument (when they are not installed).
 
 Also prints the recorder's bytes per push/pop from a capture of fib(27).
@@ -33,6 +35,7 @@ CONFIGS = ["none", "noop_hook", "noop_profile", "etwtrace_instr", "etwtrace_inst
 PROFILE_HOOK = "etwtrace_instr_c_profilehook_capture"
 LABELS = {
     "noop_hook": "eval hook floor", "noop_profile": "profile hook floor",
+    "noop_monitoring": "sys.monitoring floor",
     "etwtrace_instr": "etwtrace", "etwtrace_instr_capture": "etwtrace+capture",
     "etwtrace_instr_untimed_capture": "etwtrace+capture, no call times",
     "etwtrace_instr_c_capture": "etwtrace+C calls+capture", "cprofile": "cProfile",
@@ -93,7 +96,10 @@ def main():
     if args.no_peers:
         CONFIGS = [c for c in CONFIGS if c not in ("yappi", "viztracer", "pyinstrument")]
     if sys.version_info >= (3, 12):
-        CONFIGS = CONFIGS + [PROFILE_HOOK]
+        # The two routes' floors side by side (issue 27): a no-op PEP 523
+        # hook and no-op sys.monitoring callbacks in C for every Python
+        # start, resume, return, yield, unwind and throw.
+        CONFIGS = CONFIGS[:3] + ["noop_monitoring"] + CONFIGS[3:] + [PROFILE_HOOK]
     build_dir = os.path.join(tempfile.gettempdir(), "etwtrace-bench-build")
     build_noop_hook(build_dir)
     names = args.workloads.split(",")
@@ -128,6 +134,18 @@ def main():
               f"| {_ratio(over, 'yappi', cp)} | {_ratio(over, 'viztracer', cp)} |"
               + (f" {over['etwtrace_instr_c_capture'] / over[PROFILE_HOOK]:.2f} |"
                  if PROFILE_HOOK in CONFIGS else ""))
+    if "noop_monitoring" in CONFIGS:
+        print("\nThe floors of the two routes to every Python call (time over no tracing; "
+              "overhead as a share of cProfile's):\n")
+        print("| workload | PEP 523 floor | sys.monitoring floor | PEP 523 floor / cProfile "
+              "| sys.monitoring floor / cProfile |")
+        print("|---" * 5 + "|")
+        for w in names:
+            base = best[w, "none"]
+            cp = best[w, "cprofile"] - base
+            print(f"| {w} | {best[w, 'noop_hook'] / base:.2f} | {best[w, 'noop_monitoring'] / base:.2f} "
+                  f"| {(best[w, 'noop_hook'] - base) / cp:.2f} "
+                  f"| {(best[w, 'noop_monitoring'] - base) / cp:.2f} |")
     per_event, calls = bytes_per_event()
     print(f"\nRecorder: {per_event:.2f} bytes per push/pop ({calls:,} calls of fib(27)).")
 
