@@ -9,6 +9,8 @@ named, into a Window of per-second counts.  Drawing it is the command
 line's (cli/top.py)."""
 
 import bisect
+import fnmatch
+import os
 import struct
 import time
 from collections import Counter, namedtuple
@@ -64,6 +66,7 @@ class Feed:
         self.symbols = Symbols()
         self.stacks = {}        # encoded stack -> its frames, leaf first
         self.threads = {}
+        self.thread_names = {}  # tid -> its OS name, where not the process's
 
     def stream(self, tid):
         thread = self.threads.get(tid)
@@ -103,8 +106,10 @@ class _ThreadFeed:
         self.feed.stacks.clear()    # (a stack named before may name it now)
 
     def thread_name(self, ts, tid, name):
-        """A thread's OS name, as the recorder reads it: nothing to keep
-        (top reads the names of the threads it shows from /proc itself)."""
+        """A thread's OS name, as the recorder reads it (top reads the
+        names of the threads it shows from /proc itself; a profile of an
+        interval labels samples with it)."""
+        self.feed.thread_names[tid] = name
 
     def sample(self, ts, payload):
         """A sample, its stack encoded (ctfwrite.sample_payload)."""
@@ -197,6 +202,25 @@ class Window:
             return frame
         # A function: its lines together, at its first line.
         return frame._replace(line=0)
+
+
+def interpreter_fold():
+    """Whether a frame is one the bundled stack tags fold (the
+    interpreter's own functions: their time goes to the Python function
+    they run), or a native frame without a name."""
+    from ..profiles import stacktags_path
+    from ..report.scan import load_stacktags
+    tags = load_stacktags(stacktags_path())
+
+    def fold(frame):
+        if frame.python:
+            return False
+        if not frame.file:
+            return True
+        module = os.path.basename(frame.file)
+        return any(fnmatch.fnmatchcase(module, m) and fnmatch.fnmatchcase(frame.name, f)
+                   for m, f in tags)
+    return fold
 
 
 class LiveRecorder(SampledRecorder):
