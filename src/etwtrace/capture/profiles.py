@@ -91,7 +91,7 @@ class IntervalProfiles:
         self.say = say
         self.store = ProfileStore(path, keep)
         self.intervals = _intervals.Intervals()
-        self.fold = _live.interpreter_fold()
+        self.fold = _live.Window(fold=_live.interpreter_fold()).folds
         self.recorder = _intervals.IntervalRecorder(sampling.sampler_module, self.intervals)
         sampling.record_with(self.recorder)
         self.last = None            # (samples, seconds) of the last whole interval

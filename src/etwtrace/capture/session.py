@@ -903,7 +903,7 @@ class _Session:
     def _write_state(self):
         if self.profiles is not None:
             self.state.update(self.profiles.status(), snapshots=self.snapshots)
-        self._write(self.place.path(STATE), json.dumps(self.state, indent=2), 0o644)
+        self._write(self.place.path(STATE), json.dumps(self.state), 0o644)
         self.next_state = time.monotonic() + _sampled.SCAN_SECONDS
 
     @staticmethod

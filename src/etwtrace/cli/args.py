@@ -80,8 +80,8 @@ def every(text):
 
 def keep(text):
     value = size("--keep", text)
-    if value < 64 << 10:
-        raise UsageError(f"--keep {text}: at least 64K (a profile takes a few KiB)")
+    if value == 0:
+        raise UsageError("--keep must be more than 0 (the newest profile is always kept)")
     return value
 
 

@@ -176,7 +176,7 @@ class Window:
             if tid is not None and thread != tid:
                 continue
             samples += n
-            shown = [self._key(f, lines) for f in frames if not self._folds(f)]
+            shown = [self._key(f, lines) for f in frames if not self.folds(f)]
             if not shown:
                 continue
             own[shown[0]] += n
@@ -188,7 +188,8 @@ class Window:
         rows.sort(key=lambda r: (*first(r), r.frame.name, r.frame.file, r.frame.line))
         return samples, rows
 
-    def _folds(self, frame):
+    def folds(self, frame):
+        """Whether `frame` folds (fold(frame), asked once a frame)."""
         folds = self.folded.get(frame)
         if folds is None:
             if len(self.folded) >= FRAME_CACHE:
