@@ -12,6 +12,7 @@ import pytest
 from etwtrace.capture import profiles as _profiles
 from etwtrace.cli import args as _args
 from etwtrace.errors import UsageError
+from etwtrace.report import scan as _scan
 from etwtrace.sampled import intervals as _intervals, live as _live
 from test_unit_report import _decode_pprof
 from test_unit_top import EVAL, FUNCTIONS, HOT_5, HOT_6, MAIN, MODULE, OUTER, chunk
@@ -58,7 +59,7 @@ def samples_of(blob):
     return decoded["types"], out, labels
 
 
-FOLD = _live.interpreter_fold()
+FOLD = _scan.interpreter_fold()
 
 
 def test_an_interval_is_one_profile_of_its_stacks_with_their_labels():
@@ -72,7 +73,7 @@ def test_an_interval_is_one_profile_of_its_stacks_with_their_labels():
     clock.now += 5
     began, ended, counts, samples = intervals.cut()
     assert (ended - began, samples) == (5, 8)
-    types_, got, labels = samples_of(_intervals.profile(counts, began, ended, 100, FOLD))
+    types_, got, labels = samples_of(_profiles.profile(counts, began, ended, 100, FOLD))
     assert types_ == [("samples", "count"), ("cpu", "nanoseconds")]
     # The interpreter's frames folded, as the report folds them; a sample
     # is worth 1/rate s of CPU.
@@ -88,8 +89,8 @@ def test_frames_carry_the_reports_names_files_and_lines():
     frames = {f.name: f for f in [_live.Frame("hot", "/src/app.py", 5, True),
                                   _live.Frame("PyNumber_Add", "/usr/lib/libpython3.11.so", 0,
                                               False)]}
-    assert _intervals.frame_label(frames["hot"]) == "hot (/src/app.py:5)"
-    assert _intervals.frame_label(frames["PyNumber_Add"]) == "PyNumber_Add [libpython3.11.so]"
+    assert _profiles.frame_label(frames["hot"]) == "hot (/src/app.py:5)"
+    assert _profiles.frame_label(frames["PyNumber_Add"]) == "PyNumber_Add [libpython3.11.so]"
 
 
 def test_each_interval_has_only_its_own_samples():
@@ -104,7 +105,7 @@ def test_each_interval_has_only_its_own_samples():
     second = intervals.cut()
     assert (first[3], second[3], intervals.total) == (3, 1, 4)
     assert second[0] == first[1]        # no gap between intervals, no overlap
-    _, got, _ = samples_of(_intervals.profile(second[2], second[0], second[1], 100, FOLD))
+    _, got, _ = samples_of(_profiles.profile(second[2], second[0], second[1], 100, FOLD))
     assert got == {(("hot", "outer", "<module>"), 42, 42): (1, 10_000_000)}
 
 
@@ -116,7 +117,7 @@ def test_a_process_that_ends_mid_interval_keeps_its_samples():
     recorder.handle_chunk(42, 42, 1, 1, 1, chunk([OUTER, MODULE]))
     clock.now += 3
     began, ended, counts, _ = intervals.cut()
-    _, got, labels = samples_of(_intervals.profile(counts, began, ended, 100, FOLD))
+    _, got, labels = samples_of(_profiles.profile(counts, began, ended, 100, FOLD))
     assert got[(("hot", "outer", "<module>"), 50, 50)] == (4, 40_000_000)
     assert labels[(("hot", "outer", "<module>"), 50, 50)]["executable"] == "/usr/bin/python3.11"
 
@@ -129,7 +130,7 @@ def test_a_pid_used_again_within_an_interval_is_told_apart():
     again = _intervals.ProcessInfo(42, "/usr/bin/python3.13", "3.13.1", "other")
     intervals.counts[(again, 42, (_live.Frame("f", "/x.py", 1, True),))] += 2
     began, ended, counts, _ = intervals.cut()
-    decoded = _decode_pprof(_intervals.profile(counts, began, ended + 1, 100, FOLD))
+    decoded = _decode_pprof(_profiles.profile(counts, began, ended + 1, 100, FOLD))
     by_exe = {labels["executable"]: labels for _, _, labels in decoded["samples"]}
     assert "exec" not in by_exe["/usr/bin/python3.11"]
     assert by_exe["/usr/bin/python3.13"]["exec"] == 2
@@ -140,7 +141,7 @@ def test_a_sample_of_the_interpreters_frames_alone_is_counted():
     recorder, intervals = recorder_with(clock, 42)
     recorder.handle_chunk(42, 42, 1, 1, 1, chunk([EVAL + 0x10, 0x5555]))
     began, ended, counts, _ = intervals.cut()
-    _, got, _ = samples_of(_intervals.profile(counts, began, ended + 1, 100, FOLD))
+    _, got, _ = samples_of(_profiles.profile(counts, began, ended + 1, 100, FOLD))
     assert got == {(("[unknown]",), 42, 42): (1, 10_000_000)}
 
 

@@ -2,13 +2,19 @@
 SECONDS [--keep SIZE]): one gzipped pprof profile per interval in
 PATH/profiles, named by their number and the UTC time their interval
 began (so names sort oldest first), the oldest removed once they hold more
-than --keep.  The daemon (session.py) asks due() after each read of the
-sampler's ring and write() at an interval's end, a snapshot and the stop;
-the counting is sampled/intervals.py's."""
+than --keep.  The daemon (session.py) asks due_in() after each read of the
+sampler's ring, and calls write() at an interval's end, a snapshot and
+the stop;
+the counting is sampled/intervals.py's, the encoding the report's
+(report/formats/profile_proto.py)."""
 
 import os
 import time
+from collections import Counter
 
+from ..report import scan as _scan
+from ..report.calltree import shown
+from ..report.formats import profile_proto as _pprof
 from ..sampled import intervals as _intervals, live as _live
 from ..trace import budget as _budget
 from .. import sizes as _sizes
@@ -16,9 +22,60 @@ from .. import sizes as _sizes
 DIRECTORY = "profiles"
 SUFFIX = ".pb.gz"
 DEFAULT_KEEP = 100 << 20
-# A continuous profile's rate (Parca's agent takes 19 Hz, Pyroscope's
-# 100): a tenth of a capture's costs a tenth (docs/BENCHMARKS.md).
+# A continuous profile's rate (Parca's agent samples at 19 Hz,
+# Pyroscope's at 100): hundreds of samples an interval, a tenth of a
+# capture's unwinding (docs/BENCHMARKS.md).
 DEFAULT_RATE = 99
+# Each sample twice: as a count, and as the CPU time it stands for (the
+# profile's default type, what pprof -top shows first).
+SAMPLE_TYPES = [("samples", "count"), ("cpu", "nanoseconds")]
+# The stack of a sample whose frames are all the interpreter's own.
+UNNAMED = ("[unknown]",)
+
+
+def frame_label(frame):
+    """A live.Frame as the report labels it (calltree.label_of and
+    scan's native frames), which the pprof encoder reads back."""
+    if frame.python:
+        return f"{shown(frame.name)} ({shown(frame.file)}:{frame.line})"
+    return f"{frame.name} [{os.path.basename(frame.file)}]"
+
+
+def profile(counts, began, ended, rate, fold=None, comments=()):
+    """The gzipped profile.proto of one interval's `counts` ({(ProcessInfo,
+    tid, leaf-first frames): samples}) sampled at `rate` Hz: the frames
+    `fold` says are the interpreter's own left out, as the report does."""
+    fold = fold or (lambda frame: False)
+    period = 1_000_000_000 // rate
+    labels = {}         # leaf-first frames -> root-first labels
+    images = {}         # ProcessInfo -> (pid, image)
+    samples = Counter()
+    thread_names = {}
+    process_labels = {}
+    for (process, tid, frames), n in counts.items():
+        key = images.get(process)
+        if key is None:
+            # A pid used again within the interval: its second process
+            # is told apart as the report tells an exec'd program.
+            image = 1 + sum(1 for p in images if p.pid == process.pid)
+            key = images[process] = (process.pid, image)
+            process_labels[key] = [("executable", process.executable),
+                                   ("python", process.python)]
+        named = labels.get(frames)
+        if named is None:
+            named = labels[frames] = tuple(frame_label(f) for f in reversed(frames)
+                                           if not fold(f))
+        if not named:
+            named = UNNAMED      # (the report leaves these out; counted here)
+        samples[((key, tid), named)] += n
+        name = process.thread_name(tid)
+        if name:
+            thread_names[(key, tid)] = name
+    values = {key: (n, n * period) for key, n in samples.items()}
+    return _pprof.encode(values, SAMPLE_TYPES, duration_ns=int((ended - began) * 1e9),
+                         comments=comments, thread_names=thread_names,
+                         process_labels=process_labels, time_ns=int(began * 1e9),
+                         period=period)
 
 
 class ProfileStore:
@@ -91,7 +148,7 @@ class IntervalProfiles:
         self.say = say
         self.store = ProfileStore(path, keep)
         self.intervals = _intervals.Intervals()
-        self.fold = _live.Window(fold=_live.interpreter_fold()).folds
+        self.fold = _live.Window(fold=_scan.interpreter_fold()).folds
         self.recorder = _intervals.IntervalRecorder(sampling.sampler_module, self.intervals)
         sampling.record_with(self.recorder)
         self.last = None            # (samples, seconds) of the last whole interval
@@ -115,7 +172,7 @@ class IntervalProfiles:
         began, ended, counts, samples = self.intervals.cut()
         if ended - began >= self.every * 0.5:
             self.last = (samples, ended - began)
-        data = _intervals.profile(
+        data = profile(
             counts, began, ended, self.rate, self.fold,
             comments=[f"etwtrace: every CPython sampled at {self.rate} Hz, "
                       f"{samples} samples from {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(began))}"

@@ -10,7 +10,7 @@ import sys
 import time
 
 from ..errors import Error
-from ..sampled.live import interpreter_fold  # noqa: F401 (what top folds)
+from ..report.scan import interpreter_fold  # noqa: F401 (what top folds)
 
 REFRESH_SECONDS = 1.0
 POLL_MS = 100           # the longest wait between reads of the sampler's ring

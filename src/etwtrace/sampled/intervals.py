@@ -1,8 +1,8 @@
 """record start --sampled --every: the BPF sampler's samples of every
 process counted in memory by (process, thread, stack), as `top` counts
-them (live.Feed names each sample's frames), and each interval's counts
-turned into one pprof profile (report/formats/profile_proto.py's encoder)
-instead of a trace of every sample.
+them (live.Feed names each sample's frames), interval by interval; each
+interval's counts become one pprof profile (capture/profiles.py) instead
+of a trace of every sample.
 
 Memory and the work at the end of an interval grow with the number of
 distinct stacks, not with samples.  A process that ends mid-interval keeps
@@ -13,15 +13,7 @@ import os
 import time
 from collections import Counter
 
-from ..report.calltree import shown
-from ..report.formats import profile_proto as _pprof
 from .live import Feed, LiveRecorder
-
-# Each sample twice: as a count, and as the CPU time it stands for (the
-# profile's default type, what pprof -top shows first).
-SAMPLE_TYPES = [("samples", "count"), ("cpu", "nanoseconds")]
-# The stack of a sample whose frames are all the interpreter's own.
-UNNAMED = ("[unknown]",)
 
 
 class ProcessInfo:
@@ -106,48 +98,3 @@ class IntervalRecorder(LiveRecorder):
         target = super().add(pid)
         target.writer.window.process.describe(target)
         return target
-
-
-def frame_label(frame):
-    """A live.Frame as the report labels it (calltree.label_of and
-    scan's native frames), which the pprof encoder reads back."""
-    if frame.python:
-        return f"{shown(frame.name)} ({shown(frame.file)}:{frame.line})"
-    return f"{frame.name} [{os.path.basename(frame.file)}]"
-
-
-def profile(counts, began, ended, rate, fold=None, comments=()):
-    """The gzipped profile.proto of one interval's `counts` ({(ProcessInfo,
-    tid, leaf-first frames): samples}) sampled at `rate` Hz: the frames
-    `fold` says are the interpreter's own left out, as the report does."""
-    fold = fold or (lambda frame: False)
-    period = 1_000_000_000 // rate
-    labels = {}         # leaf-first frames -> root-first labels
-    images = {}         # ProcessInfo -> (pid, image)
-    samples = Counter()
-    thread_names = {}
-    process_labels = {}
-    for (process, tid, frames), n in counts.items():
-        key = images.get(process)
-        if key is None:
-            # A pid used again within the interval: its second process
-            # is told apart as the report tells an exec'd program.
-            image = 1 + sum(1 for p in images if p.pid == process.pid)
-            key = images[process] = (process.pid, image)
-            process_labels[key] = [("executable", process.executable),
-                                   ("python", process.python)]
-        named = labels.get(frames)
-        if named is None:
-            named = labels[frames] = tuple(frame_label(f) for f in reversed(frames)
-                                           if not fold(f))
-        if not named:
-            named = UNNAMED      # (the report leaves these out; counted here)
-        samples[((key, tid), named)] += n
-        name = process.thread_name(tid)
-        if name:
-            thread_names[(key, tid)] = name
-    values = {key: (n, n * period) for key, n in samples.items()}
-    return _pprof.encode(values, SAMPLE_TYPES, duration_ns=int((ended - began) * 1e9),
-                         comments=comments, thread_names=thread_names,
-                         process_labels=process_labels, time_ns=int(began * 1e9),
-                         period=period)

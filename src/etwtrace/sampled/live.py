@@ -9,8 +9,6 @@ named, into a Window of per-second counts.  Drawing it is the command
 line's (cli/top.py)."""
 
 import bisect
-import fnmatch
-import os
 import struct
 import time
 from collections import Counter, namedtuple
@@ -203,25 +201,6 @@ class Window:
             return frame
         # A function: its lines together, at its first line.
         return frame._replace(line=0)
-
-
-def interpreter_fold():
-    """Whether a frame is one the bundled stack tags fold (the
-    interpreter's own functions: their time goes to the Python function
-    they run), or a native frame without a name."""
-    from ..profiles import stacktags_path
-    from ..report.scan import load_stacktags
-    tags = load_stacktags(stacktags_path())
-
-    def fold(frame):
-        if frame.python:
-            return False
-        if not frame.file:
-            return True
-        module = os.path.basename(frame.file)
-        return any(fnmatch.fnmatchcase(module, m) and fnmatch.fnmatchcase(frame.name, f)
-                   for m, f in tags)
-    return fold
 
 
 class LiveRecorder(SampledRecorder):
