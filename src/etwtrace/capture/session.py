@@ -558,6 +558,9 @@ def _finish_profiles(place, state, say):
         size = sum(os.path.getsize(os.path.join(profiles, n)) for n in kept)
     except OSError:
         kept, size = [], 0
+    if "finished" not in manifest:
+        say("etwtrace: the samples of the interval that ran when the background process "
+            "died were lost with it (the profiles written before are kept)")
     lost = manifest.get("samples_lost", 0)
     if lost:
         say(f"etwtrace: {lost:,} samples were lost (the sampler's ring buffer was full)")
