@@ -26,6 +26,12 @@ DEFAULT_KEEP = 100 << 20
 # Pyroscope's at 100): hundreds of samples an interval, a tenth of a
 # capture's unwinding (docs/BENCHMARKS.md).
 DEFAULT_RATE = 99
+# The longest wait between reads of the sampler's ring (it wakes the
+# daemon sooner when a quarter full): 2.5 times the capture's, which
+# halves the daemon's running cost at 99 Hz (docs/BENCHMARKS.md).  A
+# process that ends within it after a stack never seen before leaves
+# that stack's functions without file and line (their names stay).
+WAIT_MS = 250
 # Each sample twice: as a count, and as the CPU time it stands for (the
 # profile's default type, what pprof -top shows first).
 SAMPLE_TYPES = [("samples", "count"), ("cpu", "nanoseconds")]

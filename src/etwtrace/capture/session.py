@@ -1012,7 +1012,8 @@ class _Session:
         self.next_scan = time.monotonic() + _sampled.SCAN_SECONDS
 
     def wait_for_samples(self):
-        wait = min(_sampled.WAIT_MS, (self.next_scan - time.monotonic()) * 1000)
+        wait = min(_sampled.WAIT_MS if self.profiles is None else _profiles.WAIT_MS,
+                   (self.next_scan - time.monotonic()) * 1000)
         if self.profiles is not None:
             wait = min(wait, self.profiles.due_in() * 1000)
         self.waiting.poll(max(wait, 0))
