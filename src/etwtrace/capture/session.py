@@ -2,6 +2,7 @@
 
     python -m etwtrace record start PATH [--preset NAME] [--recorder auto|perf|builtin] [--ring SIZE] [--max-size SIZE]
     python -m etwtrace record start PATH --sampled [--rate HZ] [--max-size SIZE]
+    python -m etwtrace record start PATH --sampled --every SECONDS [--keep SIZE] [--rate HZ]
     python -m etwtrace record status | snapshot [PATH] | stop
 
 `start` runs a small background process (the session's daemon) that holds
@@ -26,7 +27,10 @@ A sampled session (--sampled) announces nothing: its daemon runs the BPF
 sampler (_sampler.Sampling), finds the machine's CPython processes itself
 (sampled/finder.py) and writes each one's samples into the same staging directory,
 within the session's budget (_budget.WriterBudget), so status, snapshot and
-stop treat its traces as any other."""
+stop treat its traces as any other.  With --every it writes no trace: it
+counts the samples in memory and writes one pprof profile per interval
+into PATH/profiles (profiles.py); snapshot (SIGUSR1 to the daemon) ends
+the interval that runs at once, stop writes the last one."""
 
 import errno
 import fcntl
@@ -41,9 +45,9 @@ import sys
 import tempfile
 import time
 
-from ..trace import (budget as _budget, children as _children, ctf as _ctf,
+from ..trace import (budget as _budget, children as _children, ctf as _ctf, manifest as _manifest,
                      safefs as _safefs)
-from . import launcher as _launcher, perf as _perf
+from . import launcher as _launcher, perf as _perf, profiles as _profiles
 from .. import env as _env, sizes as _sizes
 from ..sampled import finder as _finder, sampler as _sampler
 from ..trace import capture as _capdir
@@ -155,6 +159,11 @@ def _duration(seconds):
 def _describe(state):
     limit = state.get("max_size") or 0
     limit = f", at most {_sizes.size_text(limit)}" if limit else ""
+    if state.get("sampled") and state.get("every"):
+        return (f"hook-free sampling of every CPython 3.11 and 3.13+ process at "
+                f"{state['sampled']} Hz (BPF), a profile every {state['every']:g} s into "
+                f"{os.path.join(state.get('path', ''), _profiles.DIRECTORY)} (the oldest "
+                f"removed past {_sizes.size_text(state.get('keep') or 0)})")
     if state.get("sampled"):
         return (f"hook-free sampling of every CPython 3.11 and 3.13+ process at "
                 f"{state['sampled']} Hz (BPF){limit}, capture {state.get('path')}")
@@ -191,7 +200,8 @@ def _unreachable_by_others(path):
 
 # ---- commands ----
 
-def start(path, preset_name, requested_recorder, ring, say, sampled=0, max_size=0):
+def start(path, preset_name, requested_recorder, ring, say, sampled=0, max_size=0,
+          every=0, keep=0):
     place = Place()
     place.prepare()
     if place.daemon_alive():
@@ -229,7 +239,8 @@ def start(path, preset_name, requested_recorder, ring, say, sampled=0, max_size=
             say(f"etwtrace: warning: other users cannot pass {blocked}, so only root's "
                 "processes can record into this session")
     request = {"path": path, "preset": preset.name, "recorder": recorder, "ring": ring,
-               "sampled": sampled, "dir": place.dir, "max_size": max_size}
+               "sampled": sampled, "dir": place.dir, "max_size": max_size,
+               "every": every, "keep": keep}
     try:
         log = os.open(place.path("daemon.log"),
                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -269,6 +280,8 @@ def status(say):
     place = Place()
     state = place.state()
     if place.daemon_alive() and state:
+        if state.get("every"):
+            return _profiles_status(state, say)
         joined = _joined(state)
         count = "an unknown number of" if joined is None else f"{joined}"
         verb = "sampled" if state.get("sampled") else "joined"
@@ -285,6 +298,26 @@ def status(say):
         return 1
     say("etwtrace: no recording session is running")
     return 1
+
+
+def _profiles_status(state, say):
+    """status of a session that writes a profile per interval."""
+    now = state.get("processes_now", 0)
+    say(f"etwtrace: a recording session is running since {_when(state['started'])} "
+        f"(for {_duration(time.time() - state['started'])}): {_describe(state)}; "
+        f"{now} process{'es' if now != 1 else ''} sampled now")
+    written, kept = state.get("profiles_written", 0), state.get("profiles_kept", 0)
+    removed = f", {kept} kept (the oldest removed past --keep)" if kept < written else ""
+    lost = state.get("samples_lost", 0)
+    say(f"etwtrace: interval {state['every']:g} s; {written} profile{'s' if written != 1 else ''}"
+        f" written{removed}, {_sizes.size_text(state.get('profiles_bytes', 0))} on disk; "
+        f"{state.get('samples_per_second', 0):,.0f} samples a second; "
+        + (f"{lost:,} samples lost (the sampler's ring buffer was full)" if lost
+           else "no sample lost"))
+    if state.get("profiles_not_written"):
+        say(f"etwtrace: warning: {state['profiles_not_written']} profiles were not written "
+            "(the file system's free space was down to etwtrace's reserve)")
+    return 0
 
 
 def _size_line(state):
@@ -345,6 +378,8 @@ def snapshot(target, say):
         if _recover_stale(place, say):
             return 1
         raise SessionError("no recording session is running")
+    if state.get("every"):
+        return _profile_now(place, state, target, say)
     session_path = state["path"]
     if target is None:
         where = os.path.dirname(session_path)
@@ -394,6 +429,33 @@ def snapshot(target, say):
     return 0
 
 
+def _profile_now(place, state, target, say):
+    """snapshot of a session that writes a profile per interval: the
+    daemon ends the interval that runs now and writes its profile."""
+    if target is not None:
+        raise SessionError("this session writes its profiles into "
+                           f"{os.path.join(state['path'], _profiles.DIRECTORY)}: "
+                           "leave out the snapshot's PATH")
+    before = state.get("snapshots", 0)
+    try:
+        os.kill(state["daemon"], signal.SIGUSR1)
+    except (ProcessLookupError, KeyError):
+        raise SessionError("no recording session is running") from None
+    deadline = time.monotonic() + DAEMON_TIMEOUT
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = place.state() or {}
+        if now.get("snapshots", 0) > before:
+            if now.get("last_profile"):
+                say(f"etwtrace: profile of the interval so far written to {now['last_profile']}")
+                return 0
+            raise SessionError("the profile was not written (the file system's free space "
+                               "is down to etwtrace's reserve)")
+        if not place.daemon_alive():
+            break
+    raise SessionError("the session's background process did not write the profile")
+
+
 def _open_session_dir(state):
     """A descriptor of the session's PATH: the very directory it began in
     (no symlink, this user's), or SessionError."""
@@ -434,6 +496,8 @@ def _finish(place, state, say):
     """Turns the staging directory into the capture at the session's PATH
     (see the module's docstring) and ends the session."""
     path = state["path"]
+    if state.get("every"):
+        return _finish_profiles(place, state, say)
     time.sleep(2 * POLL_SECONDS)    # the processes' last look
     directory = _capdir.CaptureDir(path)
     try:
@@ -484,6 +548,31 @@ def _finish(place, state, say):
     if untraced:
         say(f"etwtrace: {_children.describe(untraced)}")
     say(f"etwtrace: session saved to {path} ({processes} process{'es' if processes != 1 else ''})")
+
+
+def _finish_profiles(place, state, say):
+    """Ends a session that wrote a profile per interval: its daemon wrote
+    the last one and the manifest."""
+    path = state["path"]
+    place.remove(STATE)
+    try:
+        manifest = _manifest.load_manifest(path)
+    except _manifest.TraceError:
+        manifest = {}
+    profiles = os.path.join(path, _profiles.DIRECTORY)
+    try:
+        kept = [n for n in os.listdir(profiles) if n.endswith(_profiles.SUFFIX)]
+        size = sum(os.path.getsize(os.path.join(profiles, n)) for n in kept)
+    except OSError:
+        kept, size = [], 0
+    if "finished" not in manifest:
+        say("etwtrace: the samples of the interval that ran when the background process "
+            "died were lost with it (the profiles written before are kept)")
+    lost = manifest.get("samples_lost", 0)
+    if lost:
+        say(f"etwtrace: {lost:,} samples were lost (the sampler's ring buffer was full)")
+    say(f"etwtrace: session ended: {len(kept)} profile{'s' if len(kept) != 1 else ''} "
+        f"({_sizes.size_text(size)}) in {profiles}")
 
 
 def _budget_info(path):
@@ -629,7 +718,8 @@ def daemon_main(request_text):
         print(f"error: bad daemon request: {ex}", flush=True)
         return 2
     signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    # SIGUSR1: snapshot of a session with --every (its profile now).
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals | {signal.SIGUSR1})
     try:
         lock_fd = _take_lock(place)
         session = _Session(place, request)
@@ -649,9 +739,12 @@ def daemon_main(request_text):
                 # The signals stay pending while it waits for samples
                 # (at most WAIT_MS).
                 session.wait_for_samples()
-                received = signal.sigtimedwait(signals, 0)
+                received = signal.sigtimedwait(signals | {signal.SIGUSR1}, 0)
             else:
                 received = signal.sigtimedwait(signals, 1.0)
+            if received is not None and received.si_signo == signal.SIGUSR1:
+                session.tick(profile_now=True)
+                continue
             if received is not None:
                 break
             session.tick()
@@ -687,11 +780,17 @@ class _Session:
         self.budget = None
         self.guard = None
         self.control = None
+        self.profiles = None
+        self.snapshots = 0
+        self.next_state = 0.0
         self.perf_flush = _budget.PERF_FLUSH     # (perf started: _start_perf)
 
     def begin(self):
         place, request, path = self.place, self.request, self.path
         self.directory = _capdir.CaptureDir(path).open()
+        if request.get("every"):
+            self._begin_profiles()
+            return
         staging = os.path.join(path, STAGING)
         max_size = request.get("max_size") or 0
         # Every user's processes pass through PATH and .session (not list
@@ -749,6 +848,30 @@ class _Session:
         announce = (f"etwtrace-session=1\nid={session_id}\ncapture={staging}\n"
                     f"ring={request['ring']}\n")
         self._write(place.path(ANNOUNCE), announce, 0o644)
+
+    def _begin_profiles(self):
+        """A session that writes a profile per interval (--every): no
+        trace, so no staging directory, budget or guard; each profile is
+        written whole within the file system's reserve (profiles.py)."""
+        request = self.request
+        session_id = secrets.token_hex(8)
+        self.state = {
+            "id": session_id, "path": self.path, "preset": request["preset"],
+            "recorder": "bpf", "ring": 0, "started": time.time(), "daemon": os.getpid(),
+            "system": self.place.system, "max_size": 0, "every": request["every"],
+            "keep": request["keep"], "path_id": list(self.directory.identity)}
+        self.directory.write_manifest(format=1, tool="etwtrace", session=session_id,
+                                      started=self.state["started"],
+                                      python=sys.version.split()[0],
+                                      every=request["every"], keep=request["keep"])
+        self._start_sampling(request["sampled"], None)
+        self._write_state()
+
+    def _write_state(self):
+        if self.profiles is not None:
+            self.state.update(self.profiles.status(), snapshots=self.snapshots)
+        self._write(self.place.path(STATE), json.dumps(self.state), 0o644)
+        self.next_state = time.monotonic() + _sampler.SCAN_SECONDS
 
     @staticmethod
     def _write(target, text, mode):
@@ -827,8 +950,12 @@ class _Session:
             self.sampling = _sampler.Sampling(rate)
         except _sampler.SampledError as ex:
             raise SessionError(str(ex)) from None
-        self.sampling.record_into(staging, self.budget,
-                                  lambda text: print(text, file=sys.stderr, flush=True))
+        if self.request.get("every"):
+            self.profiles = _profiles.IntervalProfiles(
+                self.sampling, self.path, self.request["every"], self.request["keep"], rate,
+                _say_in_log)
+        else:
+            self.sampling.record_into(staging, self.budget, _say_in_log)
         self.finder = _finder.PythonFinder(exclude={os.getpid()})
         self.native_frames = {}
         self.waiting = select.poll()
@@ -849,12 +976,17 @@ class _Session:
         self.next_scan = time.monotonic() + _sampler.SCAN_SECONDS
 
     def wait_for_samples(self):
-        wait = min(_sampler.WAIT_MS, (self.next_scan - time.monotonic()) * 1000)
+        wait = min(_sampler.WAIT_MS if self.profiles is None else _profiles.WAIT_MS,
+                   (self.next_scan - time.monotonic()) * 1000)
+        if self.profiles is not None:
+            wait = min(wait, self.profiles.due_in() * 1000)
         self.waiting.poll(max(wait, 0))
 
-    def tick(self):
-        """After each wait: the sampler's samples into the trace, and each
-        second a look for new and ended Python processes."""
+    def tick(self, profile_now=False):
+        """After each wait: the sampler's samples into the trace (or the
+        interval's counts), each second a look for new and ended Python
+        processes, and with --every a profile at each interval's end
+        (`profile_now`: a snapshot's, at once)."""
         self.check_perf()
         if self.sampling is None:
             return
@@ -862,6 +994,19 @@ class _Session:
         if time.monotonic() >= self.next_scan:
             self.sampling.recorder.flush()      # what a snapshot copies
             self._scan()
+        if self.profiles is not None:
+            if profile_now or self.profiles.due_in() <= 0:
+                self._write_profile()
+                self.snapshots += profile_now
+                self._write_state()
+            elif time.monotonic() >= self.next_state:
+                self._write_state()     # (what status shows)
+
+    def _write_profile(self):
+        try:
+            self.profiles.write()
+        except OSError as ex:
+            _say_in_log(f"etwtrace: cannot write a profile: {ex.strerror}")
 
     def check_perf(self):
         if self.perf_proc is not None and self.perf_proc.poll() is not None \
@@ -876,7 +1021,9 @@ class _Session:
         self.place.remove(ANNOUNCE)
         if self.guard is not None:
             self.guard.finish()
-        if self.sampling is not None:
+        if self.profiles is not None:
+            self._end_profiles()
+        elif self.sampling is not None:
             self._end_sampling()
         self._stop_perf()
         if self.control:
@@ -884,6 +1031,26 @@ class _Session:
         if self.budget is not None:
             self.budget.close()
         self.directory.close()
+
+    def _end_profiles(self):
+        """The last (partial) interval's profile, and the manifest."""
+        lost = self.profiles.close()
+        self._write_profile()
+        status = self.profiles.status()
+        info = {key: status[key] for key in ("profiles_written", "profiles_kept",
+                                            "profiles_removed", "profiles_not_written",
+                                            "samples")}
+        info.update(finished=time.time(), native_frames=self.native_frames,
+                    samples_lost=lost, processes=self.sampling.processes)
+        if self.sampling.recorder.unwound:
+            info["native_unwinding"] = self.sampling.recorder.unwound
+        if self.finder.skipped:
+            info["processes_not_sampled"] = {str(p): why for p, why
+                                             in sorted(self.finder.skipped.items())}
+        try:
+            self.directory.write_manifest(**info)
+        except CaptureError as ex:
+            _say_in_log(f"etwtrace: {ex}")
 
     def _stop_perf(self):
         if self.perf_proc is not None and self.perf_proc.poll() is None:
@@ -947,7 +1114,12 @@ def main(opts, say):
         max_size = opts.max_size
         if max_size is None:
             max_size = _env.size(_env.MAX_SIZE) or 0
-        return start(opts.path, opts.preset, opts.recorder, opts.ring, say, sampled, max_size)
+        every = opts.get("every") or 0
+        if every and not opts.rate:
+            sampled = _profiles.DEFAULT_RATE
+        keep = (opts.get("keep") or _profiles.DEFAULT_KEEP) if every else 0
+        return start(opts.path, opts.preset, opts.recorder, opts.ring, say, sampled, max_size,
+                     every, keep)
     if command == "_daemon":
         return daemon_main(opts.request)
     if command == "status":

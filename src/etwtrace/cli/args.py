@@ -68,6 +68,23 @@ def max_size(text):
     return value
 
 
+def every(text):
+    try:
+        value = float(text.removesuffix("s"))
+    except ValueError:
+        raise UsageError(f"--every takes a number of seconds, not {text!r}") from None
+    if not 1 <= value <= 86400:
+        raise UsageError(f"--every {text}: out of range (1 to 86400 seconds)")
+    return value
+
+
+def keep(text):
+    value = size("--keep", text)
+    if value == 0:
+        raise UsageError("--keep must be more than 0 (the newest profile is always kept)")
+    return value
+
+
 def ring(text):
     from ..capture.session import parse_size    # the session's bounds of a ring
     return parse_size(text)
@@ -245,9 +262,16 @@ RECORD_START_OPTIONS = [
     Option("--sampled", "Hook-free sampling (root): a BPF program samples every\n"
            "CPython 3.11 and 3.13+ process on the machine, traced or\n"
            "not, as it starts (see --sampled in python -m etwtrace -h)", default=False),
-    Option("--rate", "With --sampled: samples per second (default 999);\n"
-           "--max-size and the reserve bound it too (the samples\n"
-           "taken after the stop are counted, not kept)", metavar="HZ", convert=rate),
+    Option("--rate", "With --sampled: samples per second (default 999, with\n"
+           "--every 99); --max-size and the reserve bound it too\n"
+           "(the samples taken after the stop are counted, not kept)",
+           metavar="HZ", convert=rate),
+    Option("--every", "With --sampled: write no trace, but one pprof profile\n"
+           "per SECONDS (1 to 86400) into PATH/profiles, the samples\n"
+           "counted by stack in memory; snapshot writes the\n"
+           "interval's so far, stop the last", metavar="SECONDS", convert=every),
+    Option("--keep", "With --every: the oldest profiles are removed once\n"
+           "they hold more than SIZE (default 100M)", metavar="SIZE", convert=keep),
 ]
 
 ATTACH_OPTIONS = [
@@ -428,6 +452,13 @@ def _parse_record(args):
     values.update(_words(name, words, expected))
     if values.get("rate") is not None and not values.get("sampled"):
         raise UsageError("--rate is for --sampled")
+    if values.get("every") is not None and not values.get("sampled"):
+        raise UsageError("--every is for --sampled (a profile per interval of its samples)")
+    if values.get("keep") is not None and values.get("every") is None:
+        raise UsageError("--keep is for --every (how much of its profiles to keep)")
+    if values.get("every") is not None and values.get("max_size") is not None:
+        raise UsageError("--every writes no capture for --max-size to bound: "
+                         "--keep bounds its profiles")
     values.command = command
     values.help = None
     return values
@@ -523,7 +554,9 @@ def report_help():
 RECORD_USAGE = f"""\
 python -m etwtrace record start PATH [--preset NAME] [--recorder {'|'.join(RECORDERS)}]
                                            [--ring SIZE] [--max-size SIZE]
-       python -m etwtrace record start PATH --sampled [--rate HZ] [--max-size SIZE]"""
+       python -m etwtrace record start PATH --sampled [--rate HZ] [--max-size SIZE]
+       python -m etwtrace record start PATH --sampled --every SECONDS [--keep SIZE]
+                                           [--rate HZ]"""
 
 
 def record_help():
@@ -543,10 +576,13 @@ def record_help():
         *_option_lines(RECORD_START_OPTIONS, indent=6, width=16),
         "    status            Whether a session runs, since when, into where, how",
         "                      many processes joined, and how big its capture is so",
-        "                      far (exit status 1: none)",
+        "                      far (with --every: the interval, profiles written, disk",
+        "                      used, samples a second and lost; exit status 1: none)",
         "    snapshot [PATH]   Writes what the session holds now into PATH (default:",
-        "                      the session's PATH with -snapshot-TIME-RANDOM) and goes on",
-        "    stop              Ends the session and saves the capture",
+        "                      the session's PATH with -snapshot-TIME-RANDOM) and goes on;",
+        "                      with --every (no PATH): the interval's profile so far",
+        "    stop              Ends the session and saves the capture (with --every:",
+        "                      writes the last interval's profile)",
         "",
         "    As root the session is the machine's: processes of every user join it",
         "    and cannot read each other's traces.  As another user it is that",

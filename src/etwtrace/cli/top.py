@@ -2,7 +2,6 @@
 sampled/live.py counts.  screen() makes the text of one refresh from the
 counts (tests draw it from made-up samples); main() checks, samples and draws."""
 
-import fnmatch
 import os
 import select
 import signal
@@ -11,6 +10,7 @@ import sys
 import time
 
 from ..errors import Error
+from ..report.scan import interpreter_fold  # noqa: F401 (what top folds)
 
 REFRESH_SECONDS = 1.0
 POLL_MS = 100           # the longest wait between reads of the sampler's ring
@@ -102,25 +102,6 @@ def _fit(text, width):
     if width <= 0:
         return ""
     return text if len(text) <= width else text[:width - 1] + "~"
-
-
-def interpreter_fold():
-    """Whether a frame is one the bundled stack tags fold (the
-    interpreter's own functions: their time goes to the Python function
-    they run), or a native frame without a name."""
-    from ..profiles import stacktags_path
-    from ..report.scan import load_stacktags
-    tags = load_stacktags(stacktags_path())
-
-    def fold(frame):
-        if frame.python:
-            return False
-        if not frame.file:
-            return True
-        module = os.path.basename(frame.file)
-        return any(fnmatch.fnmatchcase(module, m) and fnmatch.fnmatchcase(frame.name, f)
-                   for m, f in tags)
-    return fold
 
 
 def main(opts, say):

@@ -479,6 +479,25 @@ class Scan:
         return tuple(frames)
 
 
+def interpreter_fold():
+    """fold(frame) of a live sample's frame (sampled/live.Frame: top's and
+    record --every's): whether the bundled stack tags fold it (the
+    interpreter's own functions: their time goes to the Python function
+    they run), or it is a native frame without a name."""
+    from ..profiles import stacktags_path
+    tags = load_stacktags(stacktags_path())
+
+    def fold(frame):
+        if frame.python:
+            return False
+        if not frame.file:
+            return True
+        module = os.path.basename(frame.file)
+        return any(fnmatch.fnmatchcase(module, m) and fnmatch.fnmatchcase(frame.name, f)
+                   for m, f in tags)
+    return fold
+
+
 def _folded_by_tags(sym, dso, tags):
     """Whether stack tags fold this frame: an interpreter-internal function,
     or a nameless frame of a module they cover (an interpreter built

@@ -64,6 +64,7 @@ class Feed:
         self.symbols = Symbols()
         self.stacks = {}        # encoded stack -> its frames, leaf first
         self.threads = {}
+        self.thread_names = {}  # tid -> its OS name, where not the process's
 
     def stream(self, tid):
         thread = self.threads.get(tid)
@@ -103,8 +104,10 @@ class _ThreadFeed:
         self.feed.stacks.clear()    # (a stack named before may name it now)
 
     def thread_name(self, ts, tid, name):
-        """A thread's OS name, as the recorder reads it: nothing to keep
-        (top reads the names of the threads it shows from /proc itself)."""
+        """A thread's OS name, as the recorder reads it (top reads the
+        names of the threads it shows from /proc itself; a profile of an
+        interval labels samples with it)."""
+        self.feed.thread_names[tid] = name
 
     def sample(self, ts, payload):
         """A sample, its stack encoded (ctfwrite.sample_payload)."""
@@ -171,7 +174,7 @@ class Window:
             if tid is not None and thread != tid:
                 continue
             samples += n
-            shown = [self._key(f, lines) for f in frames if not self._folds(f)]
+            shown = [self._key(f, lines) for f in frames if not self.folds(f)]
             if not shown:
                 continue
             own[shown[0]] += n
@@ -183,7 +186,8 @@ class Window:
         rows.sort(key=lambda r: (*first(r), r.frame.name, r.frame.file, r.frame.line))
         return samples, rows
 
-    def _folds(self, frame):
+    def folds(self, frame):
+        """Whether `frame` folds (fold(frame), asked once a frame)."""
         folds = self.folded.get(frame)
         if folds is None:
             if len(self.folded) >= FRAME_CACHE:

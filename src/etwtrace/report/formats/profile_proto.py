@@ -73,14 +73,19 @@ def frame_parts(label):
     return label, "", 0
 
 
-def encode(samples, sample_types, duration_ns=0, comments=(), thread_names=None):
+def encode(samples, sample_types, duration_ns=0, comments=(), thread_names=None,
+           process_labels=None, time_ns=0, period=0):
     """The gzipped profile of `samples`: {(((pid, image), tid), root-first
     frames): tuple of values, one per sample type}; sample_types: [(type,
     unit)].  Each sample is labelled with its pid and tid, its thread's name
-    (`thread`, where thread_names {((pid, image), tid): name} has one), and
-    the programs a process exec'd into also with `exec` (2, 3...), as
-    _scan.process_name names them."""
+    (`thread`, where thread_names {((pid, image), tid): name} has one), the
+    programs a process exec'd into also with `exec` (2, 3...), as
+    _scan.process_name names them, and with its process's text labels
+    (process_labels {(pid, image): [(key, text)]}).  time_ns: when the
+    profile began (ns since the epoch); period: the value of one sample
+    of the last type."""
     thread_names = thread_names or {}
+    process_labels = process_labels or {}
     strings = _Strings()
     locations = {}      # label -> id (the same as its function's id)
     functions = []
@@ -109,6 +114,9 @@ def encode(samples, sample_types, duration_ns=0, comments=(), thread_names=None)
                   + _bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings("tid")) + _int(LABEL_NUM, tid)))
         if image != 1:
             labels += _bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings("exec")) + _int(LABEL_NUM, image))
+        for key, text in process_labels.get((pid, image), ()):
+            labels += _bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings(key))
+                             + _int(LABEL_STR, strings(text)))
         name = thread_names.get(((pid, image), tid))
         if name:
             labels += _bytes(SAMPLE_LABEL, _int(LABEL_KEY, strings("thread"))
@@ -120,6 +128,8 @@ def encode(samples, sample_types, duration_ns=0, comments=(), thread_names=None)
         body.append(_bytes(PROFILE_LOCATION, _int(LOCATION_ID, i) + _bytes(
             LOCATION_LINE, _int(LINE_FUNCTION_ID, i) + _int(LINE_LINE, line))))
     body.extend(_bytes(PROFILE_FUNCTION, f) for f in functions)
+    if time_ns:
+        body.append(_int(PROFILE_TIME_NANOS, time_ns))
     if duration_ns:
         body.append(_int(PROFILE_DURATION_NANOS, duration_ns))
     for text in comments:
@@ -127,5 +137,7 @@ def encode(samples, sample_types, duration_ns=0, comments=(), thread_names=None)
     type_, unit = sample_types[-1]
     body.append(_bytes(PROFILE_PERIOD_TYPE, _int(VALUE_TYPE_TYPE, strings(type_))
                        + _int(VALUE_TYPE_UNIT, strings(unit))))
+    if period:
+        body.append(_int(PROFILE_PERIOD, period))
     body.append(_int(PROFILE_DEFAULT_TYPE, strings(type_)))
     return gzip.compress(b"".join(body) + strings.encoded(), mtime=0)
