@@ -161,6 +161,28 @@ def test_the_oldest_profiles_go_past_keep_the_newest_stays(tmp_path):
     assert "over --keep" in said[0]
 
 
+def test_profiles_go_where_the_store_opened_never_through_a_link(tmp_path):
+    """Root's daemon writes the profiles: a name swapped for a link after it
+    started, or planted before, must not move where it writes or removes."""
+    cap, elsewhere = tmp_path / "cap", tmp_path / "elsewhere"
+    cap.mkdir()
+    elsewhere.mkdir()
+    store = _profiles.ProfileStore(str(cap), keep=150)
+    first = store.write(bytes(100), 1_800_000_000, print)
+    (cap / "profiles").rename(cap / "moved")
+    (cap / "profiles").symlink_to(elsewhere)
+    store.write(bytes(100), 1_800_000_001, print)     # keep: the first is removed
+    assert os.listdir(elsewhere) == []
+    left = os.listdir(cap / "moved")      # the second, where the first was
+    assert len(left) == 1 and left[0].startswith("000002-") and left[0] != os.path.basename(first)
+    # Planted before: PATH/profiles, or PATH, a link.
+    with pytest.raises(OSError):
+        _profiles.ProfileStore(str(cap), keep=150)
+    (tmp_path / "link").symlink_to(cap / "moved")
+    with pytest.raises(OSError):
+        _profiles.ProfileStore(str(tmp_path / "link"), keep=150)
+
+
 def test_a_profile_that_would_eat_the_reserve_is_not_written(tmp_path, monkeypatch):
     said = []
     store = _profiles.ProfileStore(str(tmp_path), keep=1 << 20)

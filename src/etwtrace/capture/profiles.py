@@ -16,7 +16,8 @@ from ..report import scan as _scan
 from ..report.calltree import shown
 from ..report.formats import profile_proto as _pprof
 from ..sampled import intervals as _intervals, live as _live
-from ..trace import budget as _budget
+from ..trace import budget as _budget, safefs as _safefs
+from ..trace.capture import CaptureError
 from .. import sizes as _sizes
 
 DIRECTORY = "profiles"
@@ -85,16 +86,34 @@ def profile(counts, began, ended, rate, fold=None, comments=()):
 
 
 class ProfileStore:
-    """PATH/profiles: the profiles written, within `keep` bytes."""
+    """PATH/profiles: the profiles written, within `keep` bytes.  Every file
+    is made, renamed and removed through a descriptor of the directory,
+    held for the store's life (the session's daemon runs as root: a name
+    swapped for a link after it started must not move where it writes).
+    `parent_fd`: PATH's descriptor (the session's CaptureDir holds one);
+    without it, PATH is opened here, never through a link."""
 
-    def __init__(self, path, keep):
-        self.path = os.path.join(path, DIRECTORY)
+    def __init__(self, path, keep, parent_fd=None):
+        self.path = os.path.join(path, DIRECTORY)       # (for what it says)
         self.keep = keep
         self.written = 0        # profiles written
         self.removed = 0        # written, then removed past --keep
         self.not_written = 0    # left unwritten: the disk's reserve
         self.files = []         # [name, size] of those there, oldest first
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        parent = _safefs.open_dir(path) if parent_fd is None else parent_fd
+        try:
+            try:
+                os.mkdir(DIRECTORY, 0o700, dir_fd=parent)
+            except FileExistsError:
+                pass
+            self.fd = _safefs.open_dir(DIRECTORY, dir_fd=parent)
+        finally:
+            if parent_fd is None:
+                os.close(parent)
+        if os.fstat(self.fd).st_uid != os.geteuid():
+            os.close(self.fd)
+            raise CaptureError(f"{self.path} is not a directory of this user; "
+                               "refusing to write into it")
 
     @property
     def used(self):
@@ -103,7 +122,7 @@ class ProfileStore:
     def write(self, data, began, say):
         """Writes one profile (whole, or not at all); its path, or None when
         it would leave the file system less than etwtrace's reserve."""
-        if not _budget.fits(self.path, len(data)):
+        if not _budget.fits(self.fd, len(data)):
             self.not_written += 1
             say(f"etwtrace: a profile of {_sizes.size_text(len(data))} was not written: "
                 "the file system's free space is down to etwtrace's reserve")
@@ -111,30 +130,29 @@ class ProfileStore:
         self.written += 1
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(began))
         name = f"{self.written:06d}-{stamp}{SUFFIX}"
-        target = os.path.join(self.path, name)
-        tmp = os.path.join(self.path, f".{name}.tmp")
+        tmp = f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+                     0o600, dir_fd=self.fd)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.rename(tmp, target)
+            os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except BaseException:
             try:
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=self.fd)
             except OSError:
                 pass
             raise
         self.files.append([name, len(data)])
         self._prune(say)
-        return target
+        return os.path.join(self.path, name)
 
     def _prune(self, say):
         """Removes the oldest profiles past `keep` (never the newest)."""
         while len(self.files) > 1 and self.used > self.keep:
             name, _ = self.files.pop(0)
             try:
-                os.unlink(os.path.join(self.path, name))
+                os.unlink(name, dir_fd=self.fd)
             except FileNotFoundError:
                 pass
             self.removed += 1
@@ -147,12 +165,12 @@ class IntervalProfiles:
     """The session's sampling counted into intervals, each written as a
     profile when it ends."""
 
-    def __init__(self, sampling, path, every, keep, rate, say):
+    def __init__(self, sampling, path, every, keep, rate, say, path_fd=None):
         self.sampling = sampling
         self.every = every
         self.rate = rate
         self.say = say
-        self.store = ProfileStore(path, keep)
+        self.store = ProfileStore(path, keep, path_fd)
         self.intervals = _intervals.Intervals()
         self.fold = _live.Window(fold=_scan.interpreter_fold()).folds
         self.recorder = _intervals.IntervalRecorder(sampling.sampler_module, self.intervals)

@@ -953,7 +953,7 @@ class _Session:
         if self.request.get("every"):
             self.profiles = _profiles.IntervalProfiles(
                 self.sampling, self.path, self.request["every"], self.request["keep"], rate,
-                _say_in_log)
+                _say_in_log, self.directory.fd)
         else:
             self.sampling.record_into(staging, self.budget, _say_in_log)
         self.finder = _finder.PythonFinder(exclude={os.getpid()})

@@ -65,9 +65,10 @@ def room(path):
 
 
 def fits(path, size):
-    """Whether `size` more bytes on the file system of `path` leave its
-    reserve free (space is taken in blocks: a write takes at most one more
-    than its size rounds up to, as budget.c counts)."""
+    """Whether `size` more bytes on the file system of `path` (or of the
+    open descriptor `path`) leave its reserve free (space is taken in
+    blocks: a write takes at most one more than its size rounds up to, as
+    budget.c counts)."""
     try:
         st = os.statvfs(path)
     except OSError:
