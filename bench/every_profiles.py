@@ -28,6 +28,8 @@ import tempfile
 import threading
 import time
 
+from sampled_cost import _bpf_runs     # (bench/ is the script's path)
+
 LOCK = "/tmp/etwtrace-perf.lock"
 HOT = """
 import sys, time
@@ -67,20 +69,6 @@ class DaemonWatch(threading.Thread):
             self.cpu_ns, self.wchar = cpu, int(io["wchar"])
             self.bpf = bpf or self.bpf
             time.sleep(0.05)
-
-
-def _bpf_runs(pid):
-    """(run_time_ns, run_cnt) of the BPF program pid holds, or None."""
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                info = dict(line.split(":", 1) for line in f if ":" in line)
-            return int(info["run_time_ns"]), int(info["run_cnt"])
-        except (OSError, KeyError, ValueError):
-            continue
-    return None
 
 
 def _children_cpu():
