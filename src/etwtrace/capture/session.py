@@ -1042,15 +1042,7 @@ class _Session:
                                             "samples")}
         info.update(finished=time.time(), native_frames=self.native_frames,
                     samples_lost=lost, processes=self.sampling.processes)
-        if self.sampling.recorder.unwound:
-            info["native_unwinding"] = self.sampling.recorder.unwound
-        if self.finder.skipped:
-            info["processes_not_sampled"] = {str(p): why for p, why
-                                             in sorted(self.finder.skipped.items())}
-        try:
-            self.directory.write_manifest(**info)
-        except CaptureError as ex:
-            _say_in_log(f"etwtrace: {ex}")
+        self._write_sampling_manifest(info)
 
     def _stop_perf(self):
         if self.perf_proc is not None and self.perf_proc.poll() is None:
@@ -1072,16 +1064,21 @@ class _Session:
         info = {"samples": self.sampling.samples, "native_frames": self.native_frames}
         if dropped:
             info["samples_lost"] = dropped
+        info.update(self.sampling.recorder.budget.info())
+        self._write_sampling_manifest(info)
+
+    def _write_sampling_manifest(self, info):
+        """The end of a sampled session's manifest: `info` and what the
+        sampler saw of native stacks and of processes it could not read."""
         if self.sampling.recorder.unwound:
             info["native_unwinding"] = self.sampling.recorder.unwound
-        info.update(self.sampling.recorder.budget.info())
         if self.finder.skipped:
             info["processes_not_sampled"] = {str(p): why for p, why
                                              in sorted(self.finder.skipped.items())}
         try:
             self.directory.write_manifest(**info)
         except CaptureError as ex:
-            print(f"etwtrace: {ex}", file=sys.stderr)
+            _say_in_log(f"etwtrace: {ex}")
 
 
 def _say_in_log(text):
