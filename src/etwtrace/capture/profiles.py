@@ -205,11 +205,11 @@ class IntervalProfiles:
         return self.last_path
 
     def lost(self):
-        """Samples the ring buffer lost (it was full), and those of a stack
-        no longer known (sampler.Sampling.close counts the same)."""
+        """Samples lost so far (sampler.Sampling.lost), or in all once
+        sampling stopped."""
         if self.lost_at_close is not None:
             return self.lost_at_close
-        return self.sampling.sampler.dropped() + self.recorder.forgotten
+        return self.sampling.lost()
 
     def samples_per_second(self, now=None):
         """Over the interval that runs (once a second of it has passed),

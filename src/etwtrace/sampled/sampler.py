@@ -581,12 +581,17 @@ class Sampling:
                 self.sampler.add(pid, target.config())
         recorder.drains += 1
 
+    def lost(self):
+        """Samples lost so far: the ring buffer's (it was full), and those
+        of a stack no longer known."""
+        return self.sampler.dropped() + self.recorder.forgotten
+
     def close(self):
         """Stops sampling, writes out what was taken; returns how many
-        samples the ring buffer lost."""
+        samples were lost (lost())."""
         try:
             self.drain()
-            return self.sampler.dropped() + self.recorder.forgotten
+            return self.lost()
         finally:
             self.sampler.close()
             if self.recorder is not None:
