@@ -117,7 +117,7 @@ setup(
             "etwtrace._etwtrace",
             sources=native("tracer", "module.c", "tracer.c", "cstack.c", "functions.c",
                            "code_index.c", "c_functions.c", "monitoring.c", "perf_jit.c",
-                           "trampoline.c")
+                           "tasks.c", "trampoline.c")
             + native("recorder", "clock.c", "events.c", "recorder.c", "session.c", "copier.c",
                      "budget.c"),
             include_dirs=[f"{NATIVE}/{folder}" for folder in TRACER_DIRS],

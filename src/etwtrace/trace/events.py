@@ -28,8 +28,11 @@ def markdown_table():
         opcodes = list(dict.fromkeys(row["opcodes"]))
         shown = name if opcodes == ["plain"] else f"{name} ({' / '.join(opcodes)})"
         names = [f for f, t in row["fields"] if t != "ADDRESSES"]
+        lists = [f for f, t in row["fields"] if t == "ADDRESSES"]
         text = ", ".join(names)
-        if any(t == "ADDRESSES" for _, t in row["fields"]):
+        if lists == ["Functions"]:
+            text += ", plus the FunctionIDs of the chain it waits at (suspend)"
+        elif lists:
             text += (", plus the native stack" if names
                      else "the stack: native and Python frames (from --sampled)")
         lines.append(f"| {shown} | {text} |")

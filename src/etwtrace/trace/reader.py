@@ -23,8 +23,9 @@ def _warn(message):
 
 
 # Events the report reads that open_trace does not give: its events are
-# the contract's (DESIGN.md section 3), and thread names are not among them.
-REPORT_ONLY = frozenset({"PythonThreadName"})
+# the contract's (DESIGN.md section 3), and thread names and asyncio
+# task steps (report --async) are not among them.
+REPORT_ONLY = frozenset({"PythonThreadName", "PythonTask"})
 
 
 class open_trace:

@@ -23,6 +23,10 @@
  *                                CPython's C-stack bounds (3.14+), moved to
  *                                another stack while the hooks run there
  *   ETW_CPYTHON_STACK_RESERVE    the end of a stack CPython 3.14+ keeps
+ *   ETW_HAVE_TASKS               3.11+: asyncio task steps can be told apart
+ *   etw_frame_coroutine(frame)   the coroutine (or generator) owning a frame
+ *   etw_coroutine_suspended(gen) whether it yielded (rather than finished)
+ *   etw_weakref_get(ref, &obj)   a weak reference's object, as a new reference
  */
 #ifndef ETWTRACE_COMPAT_H
 #define ETWTRACE_COMPAT_H
@@ -46,6 +50,7 @@
 #  if PY_VERSION_HEX >= 0x030E0000
 /* 3.14 moved the frame's layout and its inline helpers here. */
 #    include "internal/pycore_interpframe.h"
+#    include "internal/pycore_genobject.h"
 /* The thread state's C-stack bounds, and the margin they keep. */
 #    include "internal/pycore_tstate.h"
 #    include "internal/pycore_pythonrun.h"
@@ -354,6 +359,76 @@ typedef int EtwLock;
 static inline void etw_lock(EtwLock *lock) { (void)lock; }
 static inline void etw_unlock(EtwLock *lock) { (void)lock; }
 #  define ETW_MOD_GIL_SLOT
+#endif
+
+/* asyncio task steps (tracer/tasks.c): a task runs its coroutine one step
+ * at a time, each step a call of the evaluator on the coroutine's own
+ * frame.  From 3.11 the hook is given that frame, which the coroutine
+ * object owns, and after the step the coroutine's state says whether it
+ * yielded.  3.9 and 3.10 hand the hook a frame object: not followed. */
+#if PY_VERSION_HEX >= 0x030B0000
+#  define ETW_HAVE_TASKS 1
+
+static inline int
+etw_code_is_coroutine(PyCodeObject *co)
+{
+    return (co->co_flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE)) != 0;
+}
+
+/* Frames of coroutines, generators and async generators: what a suspended
+ * task's chain of awaits is made of. */
+static inline int
+etw_code_is_resumable(PyCodeObject *co)
+{
+    return (co->co_flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_GENERATOR |
+                            CO_ASYNC_GENERATOR)) != 0;
+}
+
+static inline PyObject *
+etw_frame_coroutine(EtwFrame *frame)
+{
+    if (frame->owner != FRAME_OWNED_BY_GENERATOR) {
+        return NULL;
+    }
+#  if PY_VERSION_HEX >= 0x030E0000
+    return (PyObject *)_PyGen_GetGeneratorFromFrame(frame);
+#  else
+    return (PyObject *)_PyFrame_GetGenerator(frame);
+#  endif
+}
+
+/* Right after the evaluator returned from a step of `gen`: whether the
+ * step ended in a yield or await (the coroutine waits), not in a return
+ * or an exception.  CPython marks a finished frame only after the
+ * evaluator returns, so here a suspended state can only come from a
+ * yield. */
+static inline int
+etw_coroutine_suspended(PyObject *gen)
+{
+    int state = ((PyGenObject *)gen)->gi_frame_state;
+#  ifdef FRAME_STATE_SUSPENDED
+    return FRAME_STATE_SUSPENDED(state);
+#  else
+    return state == FRAME_SUSPENDED;
+#  endif
+}
+
+/* 1 with *obj a new reference, 0 if the object is gone, -1 on error. */
+static inline int
+etw_weakref_get(PyObject *ref, PyObject **obj)
+{
+#  if PY_VERSION_HEX >= 0x030D0000
+    return PyWeakref_GetRef(ref, obj);
+#  else
+    PyObject *o = PyWeakref_GetObject(ref);
+    if (o == NULL) {
+        *obj = NULL;
+        return -1;
+    }
+    *obj = o == Py_None ? NULL : Py_NewRef(o);
+    return *obj != NULL;
+#  endif
+}
 #endif
 
 /* Sub-interpreters: the tracer is process-wide state, and the decoder has

@@ -94,6 +94,13 @@ typedef enum { ETW_FIELD_TYPES(ETW_TYPE_ENUM) ETW_T_COUNT } EtwFieldType;
  * native addresses and, for Python frames, addresses inside the ranges of
  * the sampler's PythonFunction events; leaf first, as perf's. */
 #define ETW_FIELDS_SAMPLED_PROFILE(F) F(Stack, ADDRESSES)
+/* asyncio (tracer/tasks.c): a step of task TaskId (the process's own
+ * number for it) begins on the stream's thread, or ends with the task
+ * waiting, at the chain of FunctionIDs given root first: its task frames,
+ * then the coroutines down to the await it waits at.  An empty chain: the
+ * same as the task's last suspend in the trace. */
+#define ETW_FIELDS_TASK_RESUME(F) F(TaskId, U32)
+#define ETW_FIELDS_TASK_SUSPEND(F) F(TaskId, U32) F(Functions, ADDRESSES)
 #define ETW_FIELDS_PUSH(F) F(FunctionID, U32) F(Caller, U32) F(CallerLine, U32)
 #define ETW_FIELDS_POP(F) F(FunctionID, U32)
 /* Compact push: its Caller is the innermost open push of the stream (the
@@ -118,7 +125,9 @@ typedef enum { ETW_FIELD_TYPES(ETW_TYPE_ENUM) ETW_T_COUNT } EtwFieldType;
       ETW_FIELDS_POP_COMPACT)                                                               \
     E(SAMPLED_PROFILE, 11, "SampledProfile", "SampledProfile", NULL,                        \
       ETW_FIELDS_SAMPLED_PROFILE)                                                           \
-    E(THREAD_NAME, 12, "PythonThreadName", "PythonThreadName", NULL, ETW_FIELDS_THREAD_NAME)
+    E(THREAD_NAME, 12, "PythonThreadName", "PythonThreadName", NULL, ETW_FIELDS_THREAD_NAME) \
+    E(TASK_RESUME, 13, "PythonTask.resume", "PythonTask", "resume", ETW_FIELDS_TASK_RESUME)  \
+    E(TASK_SUSPEND, 14, "PythonTask.suspend", "PythonTask", "suspend", ETW_FIELDS_TASK_SUSPEND)
 
 #define ETW_EVENT_ENUM(sym, id, ctf, name, opcode, fields) ETW_EV_##sym = id,
 enum { ETW_EVENTS(ETW_EVENT_ENUM) };

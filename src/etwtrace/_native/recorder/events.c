@@ -214,6 +214,29 @@ etw_emit_stack_sample(EtwThread *t, const char *text, void *const *frames, int d
 }
 
 void
+etw_emit_task_resume(EtwThread *t, uint32_t task)
+{
+    ETW_PROBE1(task_resume, task);
+    if (t->stream == NULL) {
+        return;
+    }
+    EtwValue v[] = {{.u = task}};
+    etw_emit_event(t, ETW_EV_TASK_RESUME, v);
+}
+
+void
+etw_emit_task_suspend(EtwThread *t, uint32_t task, void *const *functions, uint32_t depth)
+{
+    ETW_PROBE2(task_suspend, task, depth);
+    if (t->stream == NULL) {
+        return;
+    }
+    EtwValue v[] = {{.u = task},
+                    {.addresses = {functions, depth}}};
+    etw_emit_event(t, ETW_EV_TASK_SUSPEND, v);
+}
+
+void
 etw_emit_push_slow(EtwThread *t, uint32_t function_id, uint32_t caller, uint32_t caller_line)
 {
     if (caller == t->current && caller != 0 && function_id <= 0xFFFF && caller_line <= 0xFFFF) {

@@ -30,6 +30,10 @@
  * are not traced (their push/pop pairs are left out together). */
 #define ETW_MAX_C_DEPTH 128
 
+/* How many resumable frames of a task's step are followed; deeper awaits
+ * are left out of where it waits. */
+#define ETW_TASK_PATH_MAX 32
+
 /* Per-thread writer state. */
 typedef struct EtwThread {
     struct EtwThread *next;   /* registry of live threads (threads lock) */
@@ -45,6 +49,20 @@ typedef struct EtwThread {
     uint32_t current;
     uint32_t c_depth;
     uint32_t c_saved[ETW_MAX_C_DEPTH];
+    /* asyncio (tracer/tasks.c): the task whose step runs on this thread
+     * (0: none), the resumable frames of the step (FunctionIDs, root
+     * first) and those open when a frame last returned without calling
+     * any (where the step waits, once it ends suspended). */
+    uint32_t task;
+    uint32_t task_path_n, task_waits_n;
+    int task_leaf;
+    uint32_t task_path[ETW_TASK_PATH_MAX];
+    uint32_t task_waits[ETW_TASK_PATH_MAX];
+    /* Stack mode: the trampolines the step still calls before its own. */
+    void *const *task_chain;
+    uint32_t task_chain_n, task_chain_next;
+    void *task_target;
+    void *task_target_eval;
 } EtwThread;
 
 /* Bumped by each enable and disable; a thread whose epoch differs announces
@@ -134,6 +152,9 @@ void etw_emit_mark(EtwThread *t, int opcode, const char *text);
 /* PythonThreadName: thread `tid` of this process is called `name`. */
 void etw_emit_thread_name(EtwThread *t, uint32_t tid, const char *name);
 void etw_emit_stack_sample(EtwThread *t, const char *text, void *const *frames, int depth);
+void etw_emit_task_resume(EtwThread *t, uint32_t task);
+/* `functions`: FunctionIDs as the pointer-sized values of an ADDRESSES field. */
+void etw_emit_task_suspend(EtwThread *t, uint32_t task, void *const *functions, uint32_t n);
 void etw_emit_push_slow(EtwThread *t, uint32_t function_id, uint32_t caller, uint32_t caller_line);
 void etw_emit_pop_slow(EtwThread *t, uint32_t function_id);
 

@@ -13,6 +13,7 @@
 #include "perf_jit.h"
 #include "recorder.h"
 #include "session.h"
+#include "tasks.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -61,12 +62,8 @@ previous_eval(void)
  * back the C-recursion units the evaluator takes for a call that untraced
  * would not have been one (compat.h). */
 static inline __attribute__((always_inline)) PyObject *
-stack_eval_body(PyThreadState *ts, EtwFrame *frame, int throwflag)
+stack_eval_plain(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwFunction *f)
 {
-    /* A thread seen for the first time in this session announces itself
-     * (PythonThread start); afterwards this is one TLS load and compare. */
-    EtwThread *t = etw_thread();
-    EtwFunction *f = function_of(etw_frame_code(frame), t, 1);
     PyObject *result;
     etw_eval_units_refund(ts);
     if (f != NULL && f->trampoline != NULL) {
@@ -77,6 +74,59 @@ stack_eval_body(PyThreadState *ts, EtwFrame *frame, int throwflag)
     }
     etw_eval_units_charge(ts);
     return result;
+}
+
+#ifdef ETW_HAVE_TASKS
+/* A coroutine's or generator's frame (tasks.h): the first coroutine a
+ * thread enters outside an asyncio task's step may begin one, whose task
+ * frames are trampolines around it; inside a step, resumable frames are
+ * followed for where the task waits. */
+static __attribute__((noinline)) PyObject *
+stack_eval_resumable(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwThread *t,
+                     PyCodeObject *co, EtwFunction *f)
+{
+    EtwTaskStep step;
+    int begins = t->task == 0 && etw_code_is_coroutine(co) && etw_task_step_begin(t, frame, &step);
+    int follow = t->task != 0 && f != NULL && f->traced;
+    PyObject *coroutine = NULL;
+    if (follow) {
+        coroutine = etw_frame_coroutine(frame);
+        etw_task_frame_enter(t, f->id);
+    }
+    PyObject *result;
+    if (begins && step.n > 0) {
+        etw_eval_units_refund(ts);
+        result = etw_task_step_eval(ts, frame, throwflag, &step,
+                                    f != NULL ? f->trampoline : NULL, previous_eval());
+        etw_eval_units_charge(ts);
+    }
+    else {
+        result = stack_eval_plain(ts, frame, throwflag, f);
+    }
+    if (follow) {
+        etw_task_frame_exit(t, coroutine);
+    }
+    if (begins) {
+        etw_task_step_end(t, &step);
+    }
+    return result;
+}
+#endif
+
+static inline __attribute__((always_inline)) PyObject *
+stack_eval_body(PyThreadState *ts, EtwFrame *frame, int throwflag)
+{
+    /* A thread seen for the first time in this session announces itself
+     * (PythonThread start); afterwards this is one TLS load and compare. */
+    EtwThread *t = etw_thread();
+    PyCodeObject *co = etw_frame_code(frame);
+    EtwFunction *f = function_of(co, t, 1);
+#ifdef ETW_HAVE_TASKS
+    if (__builtin_expect(etw_code_is_resumable(co), 0)) {
+        return stack_eval_resumable(ts, frame, throwflag, t, co, f);
+    }
+#endif
+    return stack_eval_plain(ts, frame, throwflag, f);
 }
 
 static PyObject *
@@ -129,10 +179,9 @@ caller_of(EtwThread *t, EtwFrame *cf, uint32_t *line)
 static void close_unreturned_c_calls(PyThreadState *ts, EtwThread *t, uint32_t c_depth);
 
 static inline __attribute__((always_inline)) PyObject *
-instrumented_eval_body(PyThreadState *ts, EtwFrame *frame, int throwflag)
+instrumented_eval_plain(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwThread *t,
+                        EtwFunction *f)
 {
-    EtwThread *t = etw_thread();
-    EtwFunction *f = function_of(etw_frame_code(frame), t, 0);
     PyObject *result;
     etw_eval_units_refund(ts);
     if (__builtin_expect(f == NULL || !f->traced, 0)) {
@@ -157,6 +206,59 @@ instrumented_eval_body(PyThreadState *ts, EtwFrame *frame, int throwflag)
         etw_emit_pop(t, f->id);
     }
     return result;
+}
+
+#ifdef ETW_HAVE_TASKS
+/* As stack_eval_resumable; the task frames are pushes around the step. */
+static __attribute__((noinline)) PyObject *
+instrumented_eval_resumable(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwThread *t,
+                            PyCodeObject *co, EtwFunction *f)
+{
+    EtwTaskStep step;
+    int begins = t->task == 0 && etw_code_is_coroutine(co) && etw_task_step_begin(t, frame, &step);
+    uint32_t epoch = t->epoch;
+    uint32_t saved = t->current;
+    if (begins) {
+        for (uint32_t i = 0; i < step.n; i++) {
+            etw_emit_push(t, step.chain[i]->id, t->current, 0);
+            t->current = step.chain[i]->id;
+        }
+    }
+    int follow = t->task != 0 && f != NULL && f->traced;
+    PyObject *coroutine = NULL;
+    if (follow) {
+        coroutine = etw_frame_coroutine(frame);
+        etw_task_frame_enter(t, f->id);
+    }
+    PyObject *result = instrumented_eval_plain(ts, frame, throwflag, t, f);
+    if (follow) {
+        etw_task_frame_exit(t, coroutine);
+    }
+    if (begins) {
+        if (epoch == etw_current_epoch()) {
+            for (uint32_t i = step.n; i-- > 0;) {
+                etw_emit_pop(t, step.chain[i]->id);
+            }
+            t->current = saved;
+        }
+        etw_task_step_end(t, &step);
+    }
+    return result;
+}
+#endif
+
+static inline __attribute__((always_inline)) PyObject *
+instrumented_eval_body(PyThreadState *ts, EtwFrame *frame, int throwflag)
+{
+    EtwThread *t = etw_thread();
+    PyCodeObject *co = etw_frame_code(frame);
+    EtwFunction *f = function_of(co, t, 0);
+#ifdef ETW_HAVE_TASKS
+    if (__builtin_expect(etw_code_is_resumable(co), 0)) {
+        return instrumented_eval_resumable(ts, frame, throwflag, t, co, f);
+    }
+#endif
+    return instrumented_eval_plain(ts, frame, throwflag, t, f);
 }
 
 static PyObject *
@@ -412,6 +514,7 @@ disable_locked(void)
         etw_clear_profile_all_threads(tracer.interp, c_call_profile);
     }
     etw_thread_started_hook = NULL;
+    etw_tasks_clear();
     tracer.mode = ETW_MODE_OFF;
     tracer.c_calls = 0;
     etw_events_disable();
