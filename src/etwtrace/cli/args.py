@@ -227,6 +227,9 @@ REPORT_OPTIONS = [
     Option("-o --output", "write here instead of stdout", metavar="OUT"),
     Option("--off-cpu", "blocked time (locks, I/O, sleep) by stack, from perf's\n"
            "context switches", default=False),
+    Option("--async", "group every view by asyncio task: frames task:NAME, the\n"
+           "tasks awaiting it above; with --off-cpu, where each task waited",
+           dest="tasks", default=False),
     Option("--limit", "rows per table in text output (default 40; 0 for all)",
            metavar="N", convert=limit, default=40),
     Option("--no-stacktags", "show interpreter-internal native frames too", default=False),

@@ -64,8 +64,20 @@ def shown(text):
     return text.translate(_CONTROL)
 
 
+# The SourceFile of an asyncio task's frame (etwtrace.asynciotasks).
+TASK_FILE = "<asyncio task>"
+
+
+def is_task(fields):
+    """Whether a PythonFunction event describes an asyncio task's frame."""
+    return fields.get("SourceFile") == TASK_FILE
+
+
 def label_of(fields):
-    """`qualname (file:line)` of a PythonFunction event's fields."""
+    """`qualname (file:line)` of a PythonFunction event's fields; an asyncio
+    task's frame is its `task:NAME`."""
+    if is_task(fields):
+        return shown(fields["Name"])
     return f"{shown(fields['Name'])} ({shown(fields['SourceFile'])}:{fields['LineNumber']})"
 
 
@@ -94,9 +106,36 @@ class CallTree:
         self.calls = 0
         self.timed_calls = 0
         self.untimed_pids = set()   # processes recorded without call times
+        self.task_keys = set()      # (process, FunctionID) of asyncio task frames
 
     def function(self, pid, fields):
         self.labels[(pid, fields["FunctionID"])] = label_of(fields)
+        if is_task(fields):
+            self.task_keys.add((pid, fields["FunctionID"]))
+
+    def drop_tasks(self):
+        """Takes the asyncio task frames out of the tree (a report without
+        --async): each one's calls go to its caller, merged with the calls
+        made there outside tasks; its own time goes to the caller."""
+        tasks = self.task_keys
+        if not tasks:
+            return
+        todo = [(self.roots, None, True)]
+        while todo:
+            siblings, parent, at_root = todo.pop()
+            while True:
+                found = [(slot, n) for slot, n in siblings.items() if n.key in tasks]
+                if not found:
+                    break
+                for slot, node in found:
+                    siblings.pop(slot, None)
+                    if parent is not None:
+                        parent.exclusive += node.exclusive
+                    for child in node.children.values():
+                        # A root's slot names its thread: (process, tid, FunctionID).
+                        cslot = (slot[0], slot[1], child.key[1]) if at_root else child.key
+                        _merge(siblings, cslot, child, parent)
+            todo.extend((n.children, n, False) for n in siblings.values())
 
     @property
     def has_times(self):
@@ -215,6 +254,23 @@ class CallTree:
             todo.append((node, True))
             todo.extend((c, False) for c in node.children.values())
         return stats
+
+
+def _merge(siblings, slot, node, parent):
+    """Puts `node` (with its subtree) at `slot` of `siblings` under
+    `parent`, adding it to the node already there."""
+    todo = [(siblings, slot, node, parent)]
+    while todo:
+        siblings, slot, node, parent = todo.pop()
+        have = siblings.get(slot)
+        if have is None:
+            siblings[slot] = node
+            node.parent = parent
+            continue
+        have.calls += node.calls
+        have.inclusive += node.inclusive
+        have.exclusive += node.exclusive
+        todo.extend((have.children, s, c, have) for s, c in node.children.items())
 
 
 class FunctionStats:

@@ -122,10 +122,15 @@ def run(opts):
     tags = None if opts.no_stacktags else load_stacktags(opts.stacktags or stacktags_path())
     cut = Cut(pids=opts.pid, tids=opts.tid, since=opts.start, until=opts.end)
     capture = Capture(opts.path)
-    with Scan(capture, tags, timeline=fmt.timeline, progress=_Progress(), cut=cut) as scan:
+    with Scan(capture, tags, timeline=fmt.timeline, progress=_Progress(), cut=cut,
+              tasks=opts.tasks) as scan:
+        if opts.tasks and not scan.tree.task_keys:
+            print(f"etwtrace: note: {opts.path} holds no asyncio task (recorded on "
+                  "CPython 3.11+ in stack or instrumented mode): --async shows it "
+                  "as it is", file=sys.stderr)
         if opts.diff:
             with Scan(Capture(opts.diff), tags, progress=_Progress(),
-                      cut=cut.every_thread()) as base:
+                      cut=cut.every_thread(), tasks=opts.tasks) as base:
                 write = _fmt_diff.WRITERS.get(opts.format)
                 if write is None:
                     raise UsageError("--diff writes text, folded or svg")

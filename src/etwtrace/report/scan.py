@@ -25,7 +25,7 @@ import warnings
 import xml.dom.minidom
 from collections import Counter
 
-from .calltree import CallTree, TimelineRecords, label_of, shown
+from .calltree import CallTree, TimelineRecords, is_task, label_of, shown
 from ..errors import Error, UsageError
 
 # Native frames where CPython runs a Python frame: where the Python part of
@@ -34,6 +34,7 @@ EVAL_SYMBOLS = ("_PyEval_EvalFrameDefault", "_PyEval_EvalFrame", "PyEval_EvalCod
 
 
 _AT = object()     # marks a stack whose Python calls are looked up by time
+_TASK = object()   # the range of an asyncio task's frame, in a view without --async
 
 # The root of a stack that perf's unwind cut short (_perfscript.whole_stack):
 # shown above what was recorded, never as a shorter stack.
@@ -158,12 +159,21 @@ class Scan:
         name) of CPU samples and stack marks (timeline only);
     problems: one line for each trace (or part) that could not be read.
 
+    With `tasks` (report --async) asyncio task frames (`task:NAME`) stay in
+    every view, and `offcpu` is the time tasks waited, by the chain of awaits
+    each waited at (PythonTask suspend to resume); without, they are taken
+    out.
+
     A process is (pid, image): a process that exec'd is one per program
     (see process_name), each with its own FunctionIDs.
     """
 
-    def __init__(self, capture, tags, timeline=False, progress=None, cut=ALL):
+    def __init__(self, capture, tags, timeline=False, progress=None, cut=ALL, tasks=False):
         self.capture = capture
+        self.tasks = tasks
+        self.task_waits = []        # (process, tid, start, end, FunctionIDs)
+        self._suspended = {}        # (process, TaskId) -> (tid, start, FunctionIDs)
+        self._last_waits = {}       # (process, TaskId) -> FunctionIDs of its last wait
         self.tags = tags
         if progress is not None:
             progress.expect(capture.files())
@@ -192,6 +202,8 @@ class Scan:
         finally:
             if progress is not None:
                 progress.close()
+        if not tasks:
+            self.tree.drop_tasks()
         self._name_all()
 
     def close(self):
@@ -294,7 +306,9 @@ class Scan:
                     continue
                 f = e.fields
                 tree.function(proc, f)
-                if f.get("IsPythonCode", 1):
+                if is_task(f) and not self.tasks:
+                    named = _TASK
+                elif f.get("IsPythonCode", 1):
                     named = label_of(f)
                 else:
                     # A native function the BPF sampler's samples land in:
@@ -309,6 +323,8 @@ class Scan:
                     self.threads.setdefault((proc, e.tid), self._thread_name(proc, e.tid))
             elif name == "PythonMark":
                 self._mark(e, proc)
+            elif name == "PythonTask":
+                self._task_event(e, proc)
         span = tree.timeline_span()
         if span:
             self.first = span[0] if self.first is None else min(self.first, span[0])
@@ -362,6 +378,21 @@ class Scan:
                     self.ranges.append((proc, e.tid, start, e.timestamp, text))
                     break
 
+    def _task_event(self, e, proc):
+        """A task's step ends waiting (suspend) or begins (resume): the
+        wait between them is the task's, at the awaits the suspend names."""
+        key = (proc, e.fields.get("TaskId"))
+        if e.opcode == "suspend":
+            # An empty chain: where the task waited the last time.
+            fids = tuple(e.stack) or self._last_waits.get(key, ())
+            self._last_waits[key] = fids
+            self._suspended[key] = (e.tid, e.timestamp, fids)
+            return
+        waited = self._suspended.pop(key, None)
+        if waited is not None:
+            tid, start, fids = waited
+            self.task_waits.append((proc, tid, start, e.timestamp, fids))
+
     # ---- naming ----
 
     def _resolve_open_calls(self):
@@ -378,8 +409,10 @@ class Scan:
         for (proc, tid), times in wanted.items():
             times = sorted(times)
             stacks = self._call_streams[(proc, tid)].stacks_at(times)
+            tasks = () if self.tasks else self.tree.task_keys
             for ts, fids in zip(times, stacks):
-                open_at[(proc, tid, ts)] = tuple(self.tree.label((proc, f)) for f in fids)
+                open_at[(proc, tid, ts)] = tuple(self.tree.label((proc, f)) for f in fids
+                                                 if (proc, f) not in tasks)
         renamed = {}
         for kind, raw in self._raw.items():
             resolved = Counter()
@@ -433,9 +466,37 @@ class Scan:
             else:
                 self.sample_points.append((proc, tid, start, frames, kind))
         self._raw = self._raw_points = None
+        if self.tasks:
+            self._name_task_waits()
         for key in self.threads:
             if key in self._names:
                 self.threads[key] = self._names[key]
+
+    def _name_task_waits(self):
+        """The off-CPU view of --async: the time each task waited, by the
+        chain it waited at.  A task still waiting when the capture ends
+        waited until its end."""
+        waits = self.task_waits
+        for (proc, _task), (tid, start, fids) in self._suspended.items():
+            if self.last is not None and self.last > start:
+                waits.append((proc, tid, start, self.last, fids))
+        self._suspended = {}
+        named = Counter()
+        threads = Counter()
+        slices = []
+        for proc, tid, start, end, fids in waits:
+            frames = tuple(self.tree.label((proc, f)) for f in fids)
+            if not frames:
+                continue
+            named[frames] += end - start
+            threads[((proc, tid), frames)] += end - start
+            self.threads.setdefault((proc, tid), self._thread_name(proc, tid))
+            if self.timeline:
+                slices.append((proc, tid, start, end, frames))
+        self.offcpu = named
+        self.by_thread["offcpu"] = threads
+        self.offcpu_slices = slices
+        self.truncated["offcpu"] = 0
 
     def _name(self, proc, tid, raw, python, mark):
         """Root-first frame labels of one raw stack (a stack mark's text
@@ -450,6 +511,8 @@ class Scan:
                 frames.append(TRUNCATED_FRAME)
                 continue
             label = ranges.find(ip) if ranges else None
+            if label is _TASK:
+                continue
             if isinstance(label, tuple):
                 sym, dso = label        # a native function the sampler described
             elif label is not None:

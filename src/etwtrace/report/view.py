@@ -114,6 +114,8 @@ def report_view(scan, fmt, text, path, cut, off_cpu, limit, losses):
         raise ReportError(f"{path}: calls were recorded without call times "
                           f"(--no-call-times), so they have no timeline; use --format text, "
                           "folded or svg")
+    if off_cpu and not stacks and getattr(scan, "tasks", False):
+        raise ReportError(f"{path}: no asyncio task waited in this capture")
     if off_cpu and not stacks:
         raise ReportError(f"{path}: no off-CPU time recorded (capture with perf and the "
                           "Default preset, which records context switches)")

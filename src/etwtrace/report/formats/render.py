@@ -39,8 +39,9 @@ def stack_table(stacks, heading, unit="samples", limit=40):
 
 
 def is_python(label):
-    """Python frames are `qualname (file:line)`; native ones `symbol [dso]`."""
-    return label.endswith(")") and " (" in label
+    """Python frames are `qualname (file:line)`, asyncio tasks' `task:NAME`
+    (report --async); native ones `symbol [dso]`."""
+    return (label.endswith(")") and " (" in label) or label.startswith("task:")
 
 
 def python_stacks(stacks):
