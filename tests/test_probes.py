@@ -30,6 +30,8 @@ PROBES = {
     "thread_start": ("thread_id",),
     "thread_stop": ("thread_id",),
     "thread_name": ("thread_id", "name"),
+    "task_resume": ("task",),
+    "task_suspend": ("task", "depth"),
 }
 
 

@@ -234,6 +234,53 @@ def test_paths_carry_calls_and_exclusive_time_per_thread():
     assert sum(calls for calls, _ in paths.values()) == 11
 
 
+def _task_tree():
+    """main -> task:a (2 steps) -> work -> leaf, main -> task:b -> task:a (a
+    task named a awaited by b) -> work, and main -> work outside tasks;
+    a thread whose root is a task frame too."""
+    tree = CallTree()
+    functions = [(1, "main", "app.py", 1), (2, "work", "app.py", 5), (3, "leaf", "app.py", 9),
+                 (4, "task:a", "<asyncio task>", 1), (5, "task:b", "<asyncio task>", 1)]
+    for fid, name, file, line in functions:
+        tree.function(P, {"FunctionID": fid, "Name": name, "SourceFile": file,
+                          "LineNumber": line})
+    tree.add_thread(P, 100, _folded_thread([
+        (-1, 1, 1, 1000, 100),          # 0 main
+        (0, 4, 2, 400, 10),             # 1 main > task:a
+        (1, 2, 2, 390, 290),            # 2 main > task:a > work
+        (2, 3, 4, 100, 100),            # 3 ... > work > leaf
+        (0, 5, 1, 300, 5),              # 4 main > task:b
+        (4, 4, 1, 295, 5),              # 5 main > task:b > task:a
+        (5, 2, 1, 290, 290),            # 6 ... > task:a > work
+        (0, 2, 3, 200, 200)]))          # 7 main > work
+    tree.add_thread(P, 101, _folded_thread([(-1, 4, 1, 50, 10), (0, 2, 1, 40, 40)]))
+    return tree
+
+
+def test_task_frames_are_labelled_by_their_task():
+    tree = _task_tree()
+    paths = tree.folded()
+    assert paths[(MAIN, "task:b", "task:a", WORK)] == 290
+    assert tree.task_keys == {(P, 4), (P, 5)}
+
+
+def test_dropping_task_frames_merges_their_calls_into_the_callers():
+    tree = _task_tree()
+    tree.drop_tasks()
+    assert not any(f.startswith("task:") for path in tree.folded() for f in path)
+    stats = tree.functions()
+    assert stats[WORK].calls == 2 + 1 + 3 + 1
+    assert stats[LEAF].callers == Counter({WORK: 4})
+    assert tree.folded() == Counter({
+        (MAIN,): 100 + 10 + 5 + 5,        # the task frames' own time goes to main
+        (MAIN, WORK): 290 + 290 + 200,
+        (MAIN, WORK, LEAF): 100,
+        (WORK,): 40})                      # the other thread's root was a task
+    root = tree.roots[(P, 100, 1)]
+    assert root.children[(P, 2)].calls == 6 and root.children[(P, 2)].parent is root
+    assert (P, 101, 2) in tree.roots
+
+
 # ---- folding and cuts ----
 
 def test_folded_text_reads_back_as_the_stacks():
