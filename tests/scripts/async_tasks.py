@@ -7,7 +7,7 @@ top() STEPS times, one step each, burning BURN loop turns), sleepy
 (waits SLEEP seconds at sleepy -> waiter -> asyncio.sleep), gathered-1
 and -2 (gather's own tasks, renamed in their first step; top() once in
 each step), and canceller, which cancels doomed while doomed sleeps.
-A thread runs a loop of its own with task side-alpha (top() STEPS
+A thread runs a loop of its own, beside the main one, with task side-alpha (top() STEPS
 times), and a coroutine is driven by hand with send(), outside any task,
 before the loop and from one of its callbacks.
 """
@@ -121,7 +121,9 @@ def run(coroutine):
 
 
 by_hand()
+# The side thread's loop runs beside the main one (at once, on a
+# free-threaded build).
 side = threading.Thread(target=run, args=(side_main(),), name="side")
 side.start()
-side.join()
 run(main())
+side.join()

@@ -33,12 +33,16 @@ static struct {
     size_t capacity;          /* a power of two, or 0 */
     size_t count;
     uint32_t last_task;
-    PyObject *helper;         /* etwtrace.asynciotasks, once asyncio is in use */
+    /* etwtrace.asynciotasks, once asyncio is in use (atomic), and what
+     * is asked of it: set once (init_lock), kept for the process's life. */
+    PyObject *helper;
     PyObject *asyncio_name, *get_name, *describe, *chain;
-    int failed;               /* the helper could not be used: stop asking */
+    int failed;               /* the helper could not be used: stop asking (atomic) */
 } tasks;
 
 static EtwLock lock = ETW_LOCK_INIT;
+/* Taken to set up the helper; never with `lock`. */
+static EtwLock init_lock = ETW_LOCK_INIT;
 
 static size_t
 slot_of(const void *key, size_t cap)
@@ -162,6 +166,12 @@ set_codes(Entry *e, PyObject *codes, PyObject *name)
     Py_XSETREF(e->name, Py_XNewRef(name));
 }
 
+static int
+failed(void)
+{
+    return __atomic_load_n(&tasks.failed, __ATOMIC_RELAXED);
+}
+
 /* Asks the helper; a failure is said once and stops task attribution. */
 static PyObject *
 ask(PyObject *function, PyObject *arg)
@@ -169,47 +179,68 @@ ask(PyObject *function, PyObject *arg)
     PyObject *result = PyObject_CallOneArg(function, arg);
     if (result == NULL) {
         PyErr_WriteUnraisable(function);
-        tasks.failed = 1;
+        __atomic_store_n(&tasks.failed, 1, __ATOMIC_RELAXED);
     }
     return result;
 }
 
-/* The helper, once asyncio is imported; NULL before (or if it failed). */
+/* The helper, once asyncio is imported; NULL before (or if it failed).
+ * Set once for the process's life and published last: its functions are
+ * read by any thread after it. */
 static PyObject *
 helper(void)
 {
-    if (tasks.helper != NULL || tasks.failed) {
-        return tasks.helper;
+    PyObject *module = __atomic_load_n(&tasks.helper, __ATOMIC_ACQUIRE);
+    if (module != NULL || failed()) {
+        return module;
     }
-    if (tasks.asyncio_name == NULL) {
+    etw_lock(&init_lock);
+    module = tasks.helper;
+    if (module == NULL && tasks.asyncio_name == NULL) {
         tasks.asyncio_name = PyUnicode_InternFromString("asyncio");
         tasks.get_name = PyUnicode_InternFromString("get_name");
         if (tasks.asyncio_name == NULL || tasks.get_name == NULL) {
             PyErr_Clear();
-            tasks.failed = 1;
-            return NULL;
+            Py_CLEAR(tasks.asyncio_name);
+            Py_CLEAR(tasks.get_name);
+            __atomic_store_n(&tasks.failed, 1, __ATOMIC_RELAXED);
         }
     }
-    PyObject *asyncio = PyImport_GetModule(tasks.asyncio_name);
-    if (asyncio == NULL) {
-        PyErr_Clear();
-        return NULL;     /* a coroutine, but no asyncio (yet) */
+    PyObject *asyncio = NULL;
+    if (module == NULL && !failed()) {
+        asyncio = PyImport_GetModule(tasks.asyncio_name);
+        if (asyncio == NULL) {
+            PyErr_Clear();      /* a coroutine, but no asyncio (yet) */
+        }
     }
-    Py_DECREF(asyncio);
-    PyObject *module = PyImport_ImportModule("etwtrace.asynciotasks");
-    PyObject *describe = module ? PyObject_GetAttrString(module, "describe") : NULL;
-    PyObject *chain = module ? PyObject_GetAttrString(module, "chain") : NULL;
-    if (describe == NULL || chain == NULL) {
-        PyErr_WriteUnraisable(NULL);
-        Py_XDECREF(module);
-        Py_XDECREF(describe);
-        Py_XDECREF(chain);
-        tasks.failed = 1;
-        return NULL;
+    if (asyncio != NULL) {
+        Py_DECREF(asyncio);
+        /* Importing may let another thread in (the GIL is released for
+         * the import lock): whoever publishes first wins. */
+        PyObject *imported = PyImport_ImportModule("etwtrace.asynciotasks");
+        PyObject *describe = imported ? PyObject_GetAttrString(imported, "describe") : NULL;
+        PyObject *chain = imported ? PyObject_GetAttrString(imported, "chain") : NULL;
+        if (describe == NULL || chain == NULL) {
+            PyErr_WriteUnraisable(NULL);
+            __atomic_store_n(&tasks.failed, 1, __ATOMIC_RELAXED);
+            Py_XDECREF(imported);
+            Py_XDECREF(describe);
+            Py_XDECREF(chain);
+        }
+        else if (tasks.helper == NULL) {
+            tasks.describe = describe;
+            tasks.chain = chain;
+            __atomic_store_n(&tasks.helper, imported, __ATOMIC_RELEASE);
+            module = imported;
+        }
+        else {
+            Py_DECREF(imported);
+            Py_DECREF(describe);
+            Py_DECREF(chain);
+            module = tasks.helper;
+        }
     }
-    tasks.describe = describe;
-    tasks.chain = chain;
-    tasks.helper = module;
+    etw_unlock(&init_lock);
     return module;
 }
 
@@ -345,7 +376,7 @@ int
 etw_task_step_begin(EtwThread *t, EtwFrame *frame, EtwTaskStep *step)
 {
     PyObject *coroutine = etw_frame_coroutine(frame);
-    if (coroutine == NULL || tasks.failed) {
+    if (coroutine == NULL || failed()) {
         return 0;
     }
     PyCodeObject *codes[ETW_TASK_CHAIN_MAX];
@@ -374,7 +405,7 @@ etw_task_step_begin(EtwThread *t, EtwFrame *frame, EtwTaskStep *step)
         read_entry(coroutine, &task, codes, &n, NULL, NULL, NULL, &waits_hash);
         PyErr_Restore(exc_type, exc_value, exc_tb);
     }
-    if (task == 0 || tasks.failed) {
+    if (task == 0 || failed()) {
         return 0;
     }
     step->coroutine = coroutine;
@@ -493,19 +524,16 @@ etw_tasks_clear(void)
     size_t cap = tasks.capacity;
     tasks.slots = NULL;
     tasks.capacity = tasks.count = 0;
-    PyObject *module = tasks.helper, *describe = tasks.describe, *chain = tasks.chain;
-    tasks.helper = tasks.describe = tasks.chain = NULL;
-    tasks.failed = 0;
     etw_unlock(&lock);
+    /* The helper is kept: a step still running on another thread may be
+     * calling it, and a later session asks it again. */
+    __atomic_store_n(&tasks.failed, 0, __ATOMIC_RELAXED);
     for (size_t i = 0; i < cap; i++) {
         if (slots[i].coroutine != NULL) {
             clear_entry(&slots[i]);
         }
     }
     free(slots);
-    Py_XDECREF(module);
-    Py_XDECREF(describe);
-    Py_XDECREF(chain);
 }
 
 #else
