@@ -29,11 +29,18 @@ SIDE = "task:side-main;task:side-alpha;cpu;top;mid;leaf;burn"
 
 
 def record(tmp_path, mode, *options, burn=2000, name="c", program=()):
+    """A capture of the program in `mode` (in tmp_path/name)."""
     path = tmp_path / name
     proc = run_etwtrace(f"--{mode}", "--capture", path, "--max-size", "500M", *options, "--",
                         SCRIPTS / "async_tasks.py", STEPS, burn, SLEEP, *program, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return path
+
+
+@pytest.fixture(scope="module")
+def timed_capture(tmp_path_factory):
+    """One instrumented capture with call times, read by several tests."""
+    return record(tmp_path_factory.mktemp("asyncio"), "instrumented")
 
 
 def folded(path, *args):
@@ -78,8 +85,8 @@ def test_instrumented_counts_calls_per_task(tmp_path):
                                       if not s.split(";")[-1].startswith("task:"))
 
 
-def test_instrumented_says_where_tasks_waited(tmp_path):
-    path = record(tmp_path, "instrumented")
+def test_instrumented_says_where_tasks_waited(timed_capture):
+    path = timed_capture
     waits = folded(path, "--async", "--off-cpu")
     slept = ending(waits, "task:main-task;task:sleepy;sleepy;waiter;sleep")
     assert 0.8 * SLEEP * 1e9 <= slept <= 1.2 * SLEEP * 1e9, waits
@@ -105,8 +112,8 @@ def test_babeltrace2_reads_task_events(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["text", "svg", "speedscope", "chrome", "pprof"])
-def test_every_format_takes_async(tmp_path, fmt):
-    path = record(tmp_path, "instrumented")
+def test_every_format_takes_async(timed_capture, tmp_path, fmt):
+    path = timed_capture
     out = tmp_path / f"out.{fmt}"
     proc = run_etwtrace("report", path, "--async", "--limit", "0", "--format", fmt, "-o", out)
     assert proc.returncode == 0, proc.stderr
