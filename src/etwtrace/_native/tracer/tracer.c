@@ -77,40 +77,9 @@ stack_eval_plain(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwFunction 
 }
 
 #ifdef ETW_HAVE_TASKS
-/* A coroutine's or generator's frame (tasks.h): the first coroutine a
- * thread enters outside an asyncio task's step may begin one, whose task
- * frames are trampolines around it; inside a step, resumable frames are
- * followed for where the task waits. */
-static __attribute__((noinline)) PyObject *
-stack_eval_resumable(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwThread *t,
-                     PyCodeObject *co, EtwFunction *f)
-{
-    EtwTaskStep step;
-    int begins = t->task == 0 && etw_code_is_coroutine(co) && etw_task_step_begin(t, frame, &step);
-    int follow = t->task != 0 && f != NULL && f->traced;
-    PyObject *coroutine = NULL;
-    if (follow) {
-        coroutine = etw_frame_coroutine(frame);
-        etw_task_frame_enter(t, f->id);
-    }
-    PyObject *result;
-    if (begins && step.n > 0) {
-        etw_eval_units_refund(ts);
-        result = etw_task_step_eval(ts, frame, throwflag, &step,
-                                    f != NULL ? f->trampoline : NULL, previous_eval());
-        etw_eval_units_charge(ts);
-    }
-    else {
-        result = stack_eval_plain(ts, frame, throwflag, f);
-    }
-    if (follow) {
-        etw_task_frame_exit(t, coroutine);
-    }
-    if (begins) {
-        etw_task_step_end(t, &step);
-    }
-    return result;
-}
+/* A coroutine's or generator's frame, in either mode (defined below). */
+static PyObject *resumable_eval(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwThread *t,
+                                PyCodeObject *co, EtwFunction *f, int instrumented);
 #endif
 
 static inline __attribute__((always_inline)) PyObject *
@@ -123,7 +92,7 @@ stack_eval_body(PyThreadState *ts, EtwFrame *frame, int throwflag)
     EtwFunction *f = function_of(co, t, 1);
 #ifdef ETW_HAVE_TASKS
     if (__builtin_expect(etw_code_is_resumable(co), 0)) {
-        return stack_eval_resumable(ts, frame, throwflag, t, co, f);
+        return resumable_eval(ts, frame, throwflag, t, co, f, 0);
     }
 #endif
     return stack_eval_plain(ts, frame, throwflag, f);
@@ -209,16 +178,20 @@ instrumented_eval_plain(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwTh
 }
 
 #ifdef ETW_HAVE_TASKS
-/* As stack_eval_resumable; the task frames are pushes around the step. */
+/* A coroutine's or generator's frame (tasks.h): the first coroutine a
+ * thread enters outside an asyncio task's step may begin one, whose task
+ * frames go around it, as trampolines in stack mode and as pushes and
+ * pops in instrumented mode; inside a step, resumable frames are followed
+ * for where the task waits. */
 static __attribute__((noinline)) PyObject *
-instrumented_eval_resumable(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwThread *t,
-                            PyCodeObject *co, EtwFunction *f)
+resumable_eval(PyThreadState *ts, EtwFrame *frame, int throwflag, EtwThread *t,
+               PyCodeObject *co, EtwFunction *f, int instrumented)
 {
     EtwTaskStep step;
     int begins = t->task == 0 && etw_code_is_coroutine(co) && etw_task_step_begin(t, frame, &step);
     uint32_t epoch = t->epoch;
     uint32_t saved = t->current;
-    if (begins) {
+    if (begins && instrumented) {
         for (uint32_t i = 0; i < step.n; i++) {
             etw_emit_push(t, step.chain[i]->id, t->current, 0);
             t->current = step.chain[i]->id;
@@ -230,12 +203,24 @@ instrumented_eval_resumable(PyThreadState *ts, EtwFrame *frame, int throwflag, E
         coroutine = etw_frame_coroutine(frame);
         etw_task_frame_enter(t, f->id);
     }
-    PyObject *result = instrumented_eval_plain(ts, frame, throwflag, t, f);
+    PyObject *result;
+    if (instrumented) {
+        result = instrumented_eval_plain(ts, frame, throwflag, t, f);
+    }
+    else if (begins && step.n > 0) {
+        etw_eval_units_refund(ts);
+        result = etw_task_step_eval(ts, frame, throwflag, &step,
+                                    f != NULL ? f->trampoline : NULL, previous_eval());
+        etw_eval_units_charge(ts);
+    }
+    else {
+        result = stack_eval_plain(ts, frame, throwflag, f);
+    }
     if (follow) {
         etw_task_frame_exit(t, coroutine);
     }
     if (begins) {
-        if (epoch == etw_current_epoch()) {
+        if (instrumented && epoch == etw_current_epoch()) {
             for (uint32_t i = step.n; i-- > 0;) {
                 etw_emit_pop(t, step.chain[i]->id);
             }
@@ -255,7 +240,7 @@ instrumented_eval_body(PyThreadState *ts, EtwFrame *frame, int throwflag)
     EtwFunction *f = function_of(co, t, 0);
 #ifdef ETW_HAVE_TASKS
     if (__builtin_expect(etw_code_is_resumable(co), 0)) {
-        return instrumented_eval_resumable(ts, frame, throwflag, t, co, f);
+        return resumable_eval(ts, frame, throwflag, t, co, f, 1);
     }
 #endif
     return instrumented_eval_plain(ts, frame, throwflag, t, f);
