@@ -12,6 +12,7 @@
 #include "c_functions.h"
 
 #include "functions.h"
+#include "pointer_slot.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -37,20 +38,11 @@ typedef struct Table {
 static Table *table;         /* atomic */
 static EtwLock lock = ETW_LOCK_INIT;
 
-static size_t
-slot_of(const PyMethodDef *def, size_t cap)
-{
-    uintptr_t h = (uintptr_t)def;
-    h ^= h >> 17;
-    h *= (uintptr_t)0x9E3779B97F4A7C15ull;
-    return (size_t)(h >> 7) & (cap - 1);
-}
-
 /* The entry of `def` in `t`, or the empty slot where it would go. */
 static Entry *
 find(Table *t, const PyMethodDef *def)
 {
-    for (size_t i = slot_of(def, t->capacity);; i = (i + 1) & (t->capacity - 1)) {
+    for (size_t i = etw_pointer_slot(def, t->capacity);; i = (i + 1) & (t->capacity - 1)) {
         const PyMethodDef *key = __atomic_load_n(&t->entries[i].def, __ATOMIC_ACQUIRE);
         if (key == def || key == NULL) {
             return &t->entries[i];

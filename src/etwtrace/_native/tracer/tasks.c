@@ -8,6 +8,8 @@
  * touched holding `lock` (free-threaded builds; the GIL elsewhere). */
 #include "tasks.h"
 
+#include "pointer_slot.h"
+
 #ifdef ETW_HAVE_TASKS
 
 #include <stdlib.h>
@@ -44,22 +46,13 @@ static EtwLock lock = ETW_LOCK_INIT;
 /* Taken to set up the helper; never with `lock`. */
 static EtwLock init_lock = ETW_LOCK_INIT;
 
-static size_t
-slot_of(const void *key, size_t cap)
-{
-    uintptr_t h = (uintptr_t)key;
-    h ^= h >> 17;
-    h *= (uintptr_t)0x9E3779B97F4A7C15ull;
-    return (size_t)(h >> 7) & (cap - 1);
-}
-
 static Entry *
 find(const PyObject *coroutine)
 {
     if (tasks.capacity == 0) {
         return NULL;
     }
-    for (size_t i = slot_of(coroutine, tasks.capacity);; i = (i + 1) & (tasks.capacity - 1)) {
+    for (size_t i = etw_pointer_slot(coroutine, tasks.capacity);; i = (i + 1) & (tasks.capacity - 1)) {
         Entry *e = &tasks.slots[i];
         if (e->coroutine == coroutine || e->coroutine == NULL) {
             return e;
@@ -93,7 +86,7 @@ evict(const PyObject *coroutine)
     size_t cap = tasks.capacity;
     size_t hole = (size_t)(e - tasks.slots);
     for (size_t i = (hole + 1) & (cap - 1); tasks.slots[i].coroutine != NULL; i = (i + 1) & (cap - 1)) {
-        size_t home = slot_of(tasks.slots[i].coroutine, cap);
+        size_t home = etw_pointer_slot(tasks.slots[i].coroutine, cap);
         /* Moves back unless its home lies cyclically in (hole, i]. */
         if ((i > hole && (home <= hole || home > i)) || (i < hole && home <= hole && home > i)) {
             tasks.slots[hole] = tasks.slots[i];
