@@ -430,6 +430,8 @@ class Scan:
 
     def _name_all(self):
         self._resolve_open_calls()
+        if self.tasks:
+            self._take_task_waits()
         for (proc, tid), opened in self._open_ranges.items():
             for text, start in opened:
                 self.ranges.append((proc, tid, start, self.last, text))
@@ -466,37 +468,29 @@ class Scan:
             else:
                 self.sample_points.append((proc, tid, start, frames, kind))
         self._raw = self._raw_points = None
-        if self.tasks:
-            self._name_task_waits()
         for key in self.threads:
             if key in self._names:
                 self.threads[key] = self._names[key]
 
-    def _name_task_waits(self):
-        """The off-CPU view of --async: the time each task waited, by the
-        chain it waited at.  A task still waiting when the capture ends
-        waited until its end."""
+    def _take_task_waits(self):
+        """--async: the off-CPU view becomes the time each task waited,
+        from suspend to resume, its stack the chain it waited at (as the
+        Python part of a stack with no native frames).  A task still
+        waiting when the capture ends waited until its end."""
         waits = self.task_waits
         for (proc, _task), (tid, start, fids) in self._suspended.items():
             if self.last is not None and self.last > start:
                 waits.append((proc, tid, start, self.last, fids))
         self._suspended = {}
-        named = Counter()
-        threads = Counter()
-        slices = []
+        raw = Counter()
+        points = [p for p in self._raw_points if p[0] != "CSwitch"]
         for proc, tid, start, end, fids in waits:
-            frames = tuple(self.tree.label((proc, f)) for f in fids)
-            if not frames:
-                continue
-            named[frames] += end - start
-            threads[((proc, tid), frames)] += end - start
-            self.threads.setdefault((proc, tid), self._thread_name(proc, tid))
+            key = (proc, tid, (), tuple(self.tree.label((proc, f)) for f in fids), None)
+            raw[key] += end - start
             if self.timeline:
-                slices.append((proc, tid, start, end, frames))
-        self.offcpu = named
-        self.by_thread["offcpu"] = threads
-        self.offcpu_slices = slices
-        self.truncated["offcpu"] = 0
+                points.append(("CSwitch", proc, tid, start, end, key))
+        self._raw["CSwitch"] = raw
+        self._raw_points = points
 
     def _name(self, proc, tid, raw, python, mark):
         """Root-first frame labels of one raw stack (a stack mark's text
