@@ -17,7 +17,8 @@ NATIVE = {"_etwtrace", "_ctfdecode", "_sampler"}
 # (capture may also use sampled: a sampled session's daemon runs the
 # sampler).  Groups of one rank do not import each other.
 RANKS = {
-    "top": 5,           # cli, and __init__ (the public API), threadnames, __main__, _autostart
+    "top": 5,           # cli, and __init__ (the public API), threadnames, asynciotasks,
+                        # __main__, _autostart
     "capture": 4,
     "sampled": 3,
     "report": 3,
@@ -32,7 +33,7 @@ BASE = {"errors", "env", "sizes", "stdout", "profiles"}
 def group_of(module):
     """The layer's group of a dotted module name under etwtrace."""
     parts = module.split(".")[1:]
-    if not parts or parts[0] in ("__main__", "_autostart", "cli", "threadnames"):
+    if not parts or parts[0] in ("__main__", "_autostart", "cli", "threadnames", "asynciotasks"):
         return "top"
     if parts[0] in NATIVE:
         return "native"

@@ -217,9 +217,6 @@ void
 etw_emit_task_resume(EtwThread *t, uint32_t task)
 {
     ETW_PROBE1(task_resume, task);
-    if (t->stream == NULL) {
-        return;
-    }
     EtwValue v[] = {{.u = task}};
     etw_emit_event(t, ETW_EV_TASK_RESUME, v);
 }
@@ -228,9 +225,6 @@ void
 etw_emit_task_suspend(EtwThread *t, uint32_t task, void *const *functions, uint32_t depth)
 {
     ETW_PROBE2(task_suspend, task, depth);
-    if (t->stream == NULL) {
-        return;
-    }
     EtwValue v[] = {{.u = task},
                     {.addresses = {functions, depth}}};
     etw_emit_event(t, ETW_EV_TASK_SUSPEND, v);
