@@ -413,6 +413,13 @@ etw_stream_discard(EtwStream *s)
     if (s->control != NULL) {
         s->control->events_discarded = s->discarded;
     }
+    else if (etw_budget_add_unrecorded(1)) {
+        /* No ring either (a thread not recorded): its count goes to the
+         * budget's shared page at once.  Kept here until the thread's exit,
+         * it died with a process that ended first (os._exit, a signal, or
+         * an exit() racing the thread's own end after a join). */
+        s->in_budget++;
+    }
 }
 
 /* Ends the open packet (its first `size` bytes) and moves to the next
@@ -553,9 +560,11 @@ free_stream(EtwStream *s)
         suspend_stream(s);
     }
     /* No packet holds the count of a stream that never had one: the
-     * budget does, when this process may write it; else its ring does. */
+     * budget does, when this process may write it (what it was not told
+     * yet: see etw_stream_discard); else its ring does. */
+    uint64_t untold = s->discarded - s->in_budget;
     int counted = own && s->seq == 0 && s->discarded > 0 &&
-                  etw_budget_add_unrecorded(s->discarded);
+                  (untold == 0 || etw_budget_add_unrecorded(untold));
     int keep_ring = s->copy_error != 0 || (s->lost_outside && !counted) ||
                     (s->error < 0 && !etw_budget_writable());
     if (s->ring != NULL) {
@@ -585,8 +594,8 @@ ring_slots(void)
 }
 
 /* A stream with no file, of a thread that began after the capture stopped
- * recording: it counts the events lost (etw_budget_add_unrecorded when it
- * closes), and writes nothing. */
+ * recording: it counts the events lost (etw_budget_add_unrecorded, as
+ * they are lost), and writes nothing. */
 static EtwStream *
 unrecorded_stream(uint32_t tid)
 {

@@ -90,6 +90,8 @@ typedef struct EtwStream {
                                * (its `used`) so its header counts the losses */
     int lost_outside;         /* events lost with no packet to count them in:
                                * the ring (its control page) is kept for readers */
+    uint64_t in_budget;       /* of `discarded`, those counted in the budget's
+                               * events_unrecorded already (a stream with no ring) */
     uint64_t generation;      /* the trace it belongs to (recorder.c) */
     pid_t pid;                /* its creator: after a fork, not the child */
     char *path;               /* the stream file, made by the recorder ... */
