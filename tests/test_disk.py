@@ -150,6 +150,23 @@ def test_processes_of_a_capture_share_its_max_size(tmp_path):
     assert_every_call_recorded_or_counted(cap, 3 * 3 * n)
 
 
+def test_a_thread_not_recorded_is_counted_when_its_process_ends_first(tmp_path):
+    """A thread that began after the capture stopped has no ring to keep
+    its count of lost events: the budget's shared page counts them as they
+    go, so a process that ends before the thread's own end runs (os._exit
+    here; an exit() racing the end of a thread it joined, as in
+    busy_processes.py under load) loses none of the count."""
+    cap = tmp_path / "cap"
+    n = scaled(200_000, 100_000)
+    proc = run_etwtrace("--instrumented", "--capture", cap, "--recorder", "builtin",
+                        "--max-size", "512K", "--", SCRIPTS / "late_thread.py", n)
+    assert proc.returncode == 0, proc.stderr
+    assert calls_of(proc.stdout) == 2 * n
+    missed = read_manifest(cap)["not_recorded"]
+    assert missed.get("threads") == 1 and missed.get("events", 0) >= 2 * n, missed
+    assert_every_call_recorded_or_counted(cap, 2 * n)
+
+
 def test_max_size_of_a_capture_recorded_without_the_launcher(tmp_path):
     """ETWTRACE_CAPTURE with ETWTRACE_MAX_SIZE: the first process makes the
     budget that the others share."""
