@@ -7,6 +7,7 @@ doomed while it sleeps); a thread runs side-main awaiting side-alpha; a
 coroutine is driven by hand outside any task.
 """
 import importlib.util
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -124,6 +125,15 @@ def test_every_format_takes_async(timed_capture, tmp_path, fmt):
         import gzip
         data = gzip.decompress(data)
     assert b"task:alpha" in data and b"task:main-task" in data
+    if fmt == "speedscope":
+        # A track per task and thread: alpha's own steps on alpha's.
+        doc = json.loads(data)
+        names = [f["name"] for f in doc["shared"]["frames"]]
+        (alpha,) = [p for p in doc["profiles"] if " task:alpha (on " in p["name"]]
+        opened = [names[e["frame"]] for e in alpha["events"] if e["type"] == "O"]
+        assert opened[:3] == ["task:main-task", "task:group", "task:alpha"], opened[:5]
+        assert opened.count("burn") == STEPS, opened
+        assert any(" task:side-alpha (on " in p["name"] for p in doc["profiles"])
 
 
 def test_stack_mode_samples_carry_their_task(tmp_path):

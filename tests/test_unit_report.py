@@ -281,6 +281,87 @@ def test_dropping_task_frames_merges_their_calls_into_the_callers():
     assert (P, 101, 2) in tree.roots
 
 
+def _task_timeline_tree():
+    """Thread 100's calls with a timeline: main; a step of task a (work);
+    a step of task a awaited by b (task:b, task:a, work); work outside any
+    task; a step of task b alone."""
+    tree = CallTree(timeline=True)
+    for fid, name, file, line in ((1, "main", "app.py", 1), (2, "work", "app.py", 5),
+                                  (4, "task:a", "<asyncio task>", 1),
+                                  (5, "task:b", "<asyncio task>", 1)):
+        tree.function(P, {"FunctionID": fid, "Name": name, "SourceFile": file,
+                          "LineNumber": line})
+    events = [(1000, 0, 0),                                         # main
+              (1010, 1, 0), (1020, 2, 0), (1100, 2, 1), (1110, 1, 1),   # a: work
+              (1200, 3, 0), (1210, 4, 0), (1220, 5, 0), (1300, 5, 1),   # b, a: work
+              (1310, 4, 1), (1320, 3, 1),
+              (1400, 6, 0), (1500, 6, 1),                           # work outside
+              (1600, 3, 0), (1650, 3, 1),                           # b alone
+              (2000, 0, 1)]
+    data = b"".join(TIMELINE_RECORD.pack(*e) for e in events)
+    records = TimelineRecords(io.BytesIO(data), {"count": len(events), "first": 1000,
+                                                 "last": 2000})
+    tree.add_thread(P, 100, _folded_thread([
+        (-1, 1, 1, 1000, 700), (0, 4, 1, 100, 20), (1, 2, 1, 80, 80), (0, 5, 2, 170, 70),
+        (3, 4, 1, 100, 20), (4, 2, 1, 80, 80), (0, 2, 1, 100, 100)], records))
+    return tree
+
+
+def test_async_timelines_give_each_task_a_track_of_its_steps():
+    scan = _scan(tree=_task_timeline_tree())
+    scan.tasks = True
+    doc = json.loads(_write("speedscope", _view(scan, "speedscope")))
+    label = [f["name"] if "file" not in f else f"{f['name']} ({f['file']}:{f['line']})"
+             for f in doc["shared"]["frames"]]
+    profiles = {p["name"]: [(e["type"], label[e["frame"]], e["at"]) for e in p["events"]]
+                for p in doc["profiles"]}
+    main, work, a, b = "main (app.py:1)", WORK, "task:a", "task:b"
+    assert profiles == {
+        "pid 100 MainThread": [("O", main, 1000), ("O", work, 1400), ("C", work, 1500),
+                               ("C", main, 2000)],
+        "pid 100 task:a (on MainThread, tid 100)": [
+            ("O", a, 1010), ("O", work, 1020), ("C", work, 1100), ("C", a, 1110),
+            ("O", b, 1200), ("O", a, 1210), ("O", work, 1220), ("C", work, 1300),
+            ("C", a, 1310), ("C", b, 1320)],
+        "pid 100 task:b (on MainThread, tid 100)": [("O", b, 1600), ("C", b, 1650)]}
+    doc = json.loads(_write("chrome", _view(scan, "chrome")))
+    names = {e["tid"]: e["args"]["name"] for e in doc["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    by_track = {}
+    for e in doc["traceEvents"]:
+        if e["ph"] in "BE":
+            by_track.setdefault(names.get(e["tid"]), []).append((e["ph"], e.get("name"), e["ts"]))
+    assert [(ph, ts) for ph, _, ts in by_track["MainThread"]] == [
+        ("B", 0), ("B", 0.4), ("E", 0.5), ("E", 1)]
+    assert [(ph, name) for ph, name, _ in by_track["task:a (on MainThread, tid 100)"]] == [
+        ("B", "task:a"), ("B", WORK), ("E", None), ("E", None),
+        ("B", "task:b"), ("B", "task:a"), ("B", WORK), ("E", None), ("E", None), ("E", None)]
+    assert len(by_track["task:b (on MainThread, tid 100)"]) == 2
+    # Without --async: one track per thread, as before.
+    scan.tasks = False
+    (only,) = json.loads(_write("speedscope", _view(scan, "speedscope")))["profiles"]
+    assert only["name"] == "pid 100 MainThread" and len(only["events"]) == 16
+
+
+def test_async_samples_go_on_their_innermost_tasks_track():
+    tree = _task_timeline_tree()
+    stacks = Counter({(MAIN, "task:b", "task:a", WORK): 3, (MAIN, "task:b"): 2, (MAIN, WORK): 1})
+    scan = _scan(tree=CallTree(), samples=stacks, points=_points(stacks))
+    scan.tree.labels.update(tree.labels)
+    scan.tree.task_keys.update(tree.task_keys)
+    scan.tasks = True
+    doc = json.loads(_write("chrome", _view(scan, "chrome")))
+    names = {e["tid"]: e["args"]["name"] for e in doc["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "thread_name"}
+    on = Counter((names[tid], frames[-1]) for _pid, tid, _ts, frames in cpu_samples(doc))
+    assert on == {("task:a (on MainThread, tid 100)", WORK): 3,
+                  ("task:b (on MainThread, tid 100)", "task:b"): 2, ("MainThread", WORK): 1}
+    profiles = json.loads(_write("speedscope", _view(scan, "speedscope")))["profiles"]
+    assert sorted(p["name"] for p in profiles) == [
+        "pid 100 MainThread", "pid 100 task:a (on MainThread, tid 100)",
+        "pid 100 task:b (on MainThread, tid 100)"]
+
+
 # ---- folding and cuts ----
 
 def test_folded_text_reads_back_as_the_stacks():

@@ -40,12 +40,19 @@ class TimelineRecords:
         self.file.close()
 
     def __iter__(self):
-        self.file.seek(0)
+        return self.between(0, self.count)
+
+    def between(self, first, end):
+        """The records from index `first` to before `end` (each 16 bytes:
+        a stretch of them is read without the ones before)."""
         size = TIMELINE_RECORD.size
-        while True:
-            data = self.file.read(self.CHUNK * size)
+        self.file.seek(first * size)
+        left = end - first
+        while left > 0:
+            data = self.file.read(min(left, self.CHUNK) * size)
             if not data:
                 return
+            left -= len(data) // size
             yield from TIMELINE_RECORD.iter_unpack(data[:len(data) - len(data) % size])
 
 

@@ -43,6 +43,7 @@ class View:
         self.ranges, self.instants = scan.ranges, scan.instants
         self.offcpu_slices, self.sample_points = scan.offcpu_slices, scan.sample_points
         self.first, self.last = scan.first, scan.last
+        self.tasks = getattr(scan, "tasks", False)     # report --async: a track per task
         self._by_thread = scan.by_thread
 
     def thread_stacks(self):

@@ -9,6 +9,7 @@ the Scan's names.
 import json
 
 from ..scan import process_name
+from .tracks import Tracks, each_step, outside
 
 
 CHUNK = 8192    # events per write
@@ -39,15 +40,6 @@ class _Frames:
         return i
 
 
-def _thread_title(scan, proc, tid):
-    """`pid P NAME`, with the tid after a name that does not say it (a
-    Python thread name other than MainThread)."""
-    name = scan.threads.get((proc, tid), f"thread {tid}")
-    if name not in ("MainThread", f"thread {tid}"):
-        name = f"{name} (tid {tid})"
-    return f"pid {process_name(proc)} {name}"
-
-
 # Chrome's pid is a number: a process's first program keeps its own, the
 # ones it exec'd into get one above every real pid (Linux's are below 2**22)
 # and are named by their process_name.
@@ -70,10 +62,10 @@ def _sampled_profile(name, samples, frames, unit):
             "endValue": sum(weights), "samples": stacks, "weights": weights}
 
 
-def timeline_samples(scan, view):
-    """{(process, tid): [(ts, stack, weight), ...] in time order} of a stack
-    view: one entry per CPU sample or stack mark (weight 1), or per off-CPU
-    wait (its nanoseconds)."""
+def timeline_samples(scan, view, tracks):
+    """{track: [(ts, stack, weight), ...] in time order} of a stack view:
+    one entry per CPU sample or stack mark (weight 1), or per off-CPU wait
+    (its nanoseconds); a track is a thread's, or a task's (tracks.py)."""
     threads = {}
     if view == "off-cpu":
         points = sorted((start, pid, tid, frames, end - start)
@@ -83,7 +75,7 @@ def timeline_samples(scan, view):
         points = sorted((ts, pid, tid, frames, 1)
                         for pid, tid, ts, frames, k in scan.sample_points if k == kind)
     for ts, pid, tid, frames, weight in points:
-        threads.setdefault((pid, tid), []).append((ts, frames, weight))
+        threads.setdefault(tracks.of_stack(pid, tid, frames), []).append((ts, frames, weight))
     return threads
 
 
@@ -118,39 +110,55 @@ def _timed_profile(name, samples, frames, origin, interval):
             "endValue": at - origin, "samples": stacks, "weights": weights}
 
 
+def _evented_profile(out, sep, name, records, parts, frame_of):
+    """Writes a speedscope evented profile of the records in `parts`
+    ((first, end) stretches of one thread's records, each properly nested),
+    in chunks."""
+    (start, _, _), = records.between(parts[0][0], parts[0][0] + 1)
+    (end, _, _), = records.between(parts[-1][1] - 1, parts[-1][1])
+    out.write(sep + json.dumps({"type": "evented", "name": name, "unit": "nanoseconds",
+                                "startValue": start, "endValue": end})[:-1] + ', "events": [')
+    pieces = []
+    joiner = ""
+    for first, last in parts:
+        for ts, node, kind in records.between(first, last):
+            pieces.append('{"type":"%s","frame":%d,"at":%d}' % ("OC"[kind], frame_of[node], ts))
+            if len(pieces) == CHUNK:
+                out.write(joiner + ",".join(pieces))
+                pieces.clear()
+                joiner = ","
+    out.write((joiner if pieces else "") + ",".join(pieces) + "]}")
+
+
 def write_speedscope(out, scan, view, unit, title):
     """One profile per thread (per process): evented for instrumented
     calls, else sampled with that thread's samples in time order (CPU
     samples in real time, _timed_profile)."""
     frames = _Frames()
+    tracks = Tracks(scan)
     out.write('{"$schema": %s, "exporter": "etwtrace", "name": %s, "activeProfileIndex": 0, '
               '"profiles": [' % (json.dumps(SPEEDSCOPE_SCHEMA), json.dumps(title)))
     if view == "calls":
         first = True
         for proc, tid, keys, records in sorted(scan.tree.timelines, key=lambda t: t[:2]):
             frame_of = [frames(scan.tree.label(k)) for k in keys]
-            start, end = records.first, records.last
-            out.write(("" if first else ", ") + json.dumps(
-                {"type": "evented", "name": _thread_title(scan, proc, tid),
-                 "unit": "nanoseconds", "startValue": start, "endValue": end})[:-1]
-                + ', "events": [')
-            parts = []
-            sep = ""
-            for ts, node, kind in records:
-                parts.append('{"type":"%s","frame":%d,"at":%d}' % ("OC"[kind], frame_of[node], ts))
-                if len(parts) == CHUNK:
-                    out.write(sep + ",".join(parts))
-                    parts.clear()
-                    sep = ","
-            out.write((sep if parts else "") + ",".join(parts) + "]}")
-            first = False
+            steps = tracks.steps(keys, records)
+            stretches = {None: list(outside(steps, records.count))}
+            for start, end, node in each_step(steps):
+                stretches.setdefault(scan.tree.label(keys[node]), []).append((start, end))
+            for task, parts in sorted(stretches.items(), key=lambda t: t[0] or ""):
+                if parts:
+                    _evented_profile(out, "" if first else ", ", tracks.title((proc, tid, task)),
+                                     records, parts, frame_of)
+                    first = False
     else:
         unit = "nanoseconds" if unit == "ns" else "none"
-        threads = timeline_samples(scan, view)
+        threads = timeline_samples(scan, view, tracks)
         interval = sample_interval(threads)
         origin = scan.first or 0
-        for i, ((proc, tid), samples) in enumerate(sorted(threads.items())):
-            name = _thread_title(scan, proc, tid)
+        for i, (track, samples) in enumerate(sorted(threads.items(),
+                                                    key=lambda t: (*t[0][:2], t[0][2] or ""))):
+            name = tracks.title(track)
             if view == "samples":
                 profile = _timed_profile(name, samples, frames, origin, interval)
             else:
@@ -223,6 +231,9 @@ def _call_frame(label):
     return {"functionName": label, "url": frame.get("file", "")}
 
 
+_NO_STEP = (float("inf"), float("inf"), None)
+
+
 def write_chrome(out, scan, title):
     """Chrome Trace Event JSON (opens in Perfetto UI and chrome://tracing):
     process and thread names, calls as nested begin/end events, marks as
@@ -259,14 +270,39 @@ def write_chrome(out, scan, title):
     for (proc, tid), name in sorted(scan.threads.items()):
         add({"ph": "M", "name": "thread_name", "pid": chrome_pid(proc), "tid": tid,
              "args": {"name": name}})
+    tracks = Tracks(scan)
+    named = set()
+
+    def track_tid(track):
+        """The track's tid, named (once) where it is a task's."""
+        tid = tracks.tid(track)
+        if track[2] is not None and track not in named:
+            named.add(track)
+            add({"ph": "M", "name": "thread_name", "pid": chrome_pid(track[0]), "tid": tid,
+                 "args": {"name": tracks.name(track)}})
+        return tid
+
     for proc, tid, keys, records in scan.tree.timelines or ():
         # Begin/end pairs straight from the decoder's records (properly
-        # nested per thread).
+        # nested per thread, and per task within a thread's steps).
         names = [json.dumps(scan.tree.label(k)) for k in keys]
         pid = chrome_pid(proc)
-        begin = '{"ph":"B","cat":"python","pid":%d,"tid":%d,' % (pid, tid)
-        end = '{"ph":"E","cat":"python","pid":%d,"tid":%d,' % (pid, tid)
-        for ts, node, kind in records:
+        steps = each_step(tracks.steps(keys, records))
+        step = next(steps, _NO_STEP)
+        step_tid = current = None
+        for i, (ts, node, kind) in enumerate(records):
+            if i == step[1]:
+                step, step_tid = next(steps, _NO_STEP), None
+            if step[0] <= i:
+                if step_tid is None:
+                    step_tid = track_tid((proc, tid, scan.tree.label(keys[step[2]])))
+                where = step_tid
+            else:
+                where = tid
+            if where != current:
+                current = where
+                begin = '{"ph":"B","cat":"python","pid":%d,"tid":%d,' % (pid, where)
+                end = '{"ph":"E","cat":"python","pid":%d,"tid":%d,' % (pid, where)
             when = '"ts":%d.%03d' % divmod(ts - t0, 1000)
             if kind:
                 add_text(end + when + "}")
@@ -280,15 +316,17 @@ def write_chrome(out, scan, title):
              "tid": tid, "ts": us(ts)})
     for proc, tid, start, end, frames in scan.offcpu_slices:
         add({"ph": "X", "cat": "off-cpu", "name": f"blocked: {frames[-1]}",
-             "pid": chrome_pid(proc), "tid": tid, "ts": us(start),
+             "pid": chrome_pid(proc), "tid": track_tid(tracks.of_stack(proc, tid, frames)),
+             "ts": us(start),
              "dur": round((end - start) / 1000, 3), "args": {"stack": ";".join(frames)}})
     profiles = {}
     for proc, tid, ts, frames, kind in sorted(scan.sample_points, key=lambda p: p[2]):
         if kind == "SampledProfile":
             pid = chrome_pid(proc)
-            profile = profiles.get((pid, tid))
+            where = track_tid(tracks.of_stack(proc, tid, frames))
+            profile = profiles.get((pid, where))
             if profile is None:
-                profile = profiles[(pid, tid)] = _CpuProfile(hex(len(profiles) + 1), pid, tid)
+                profile = profiles[(pid, where)] = _CpuProfile(hex(len(profiles) + 1), pid, where)
                 add(profile.start_event())
             profile.add((ts - t0) / 1000, frames)
             if len(profile.samples) == CHUNK:
@@ -296,7 +334,8 @@ def write_chrome(out, scan, title):
         else:
             # A stack mark: named by its text (the stack's last frame).
             add({"ph": "i", "s": "t", "cat": "stack-mark", "name": frames[-1],
-                 "pid": chrome_pid(proc), "tid": tid, "ts": us(ts),
+                 "pid": chrome_pid(proc), "tid": track_tid(tracks.of_stack(proc, tid, frames)),
+                 "ts": us(ts),
                  "args": {"stack": ";".join(frames)}})
     for profile in profiles.values():
         if profile.samples:
