@@ -35,14 +35,13 @@ def _perf_unavailable_reason():
     return None
 
 
+_PERF_REASON = _perf_unavailable_reason()
 NOBODY_UID = 65534
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "unit: runs in the test's process, without a "
                             "subprocess or perf (the fast unit layer)")
-    config.addinivalue_line("markers", "machine: runs perf, bpftrace, the BPF sampler or a "
-                            "recording session: holds the machine lock (below) throughout")
 
 
 def pytest_sessionstart(session):
@@ -50,42 +49,21 @@ def pytest_sessionstart(session):
 
 
 # Two perf sessions (or perf and bpftrace) at once on one machine have
-# crashed its kernel (uprobe list corruption).  A test that runs perf,
-# bpftrace, the BPF sampler or a recording session therefore holds this
-# machine-wide lock from the moment it says so (need_perf(),
-# need_sampler_module(), need_tool/need_client("bpftrace"), the `box`
-# fixture, or the `machine` mark on it or its module) to its end.  Suites
-# run side by side (CI's two lanes, developers' worktrees) take turns at
-# those tests and run all the others at once.  The perf and bpftrace the
-# tests find on PATH are tests/shims/, which refuse to trace for a test
-# that does not hold the lock: that test fails, saying so.
+# crashed its kernel (uprobe list corruption), and many tests record with
+# perf, some without saying so (--recorder auto).  Each test therefore
+# holds this machine-wide lock while it runs, so that suites run side by
+# side (developers' worktrees) take turns test by test; in CI nothing
+# else waits on it.  Scripts that run perf by hand take it with flock(1).
 TEST_LOCK = os.environ.get("ETWTRACE_TEST_LOCK", "/tmp/etwtrace-perf.lock")
-HELD = "ETWTRACE_TEST_MACHINE"     # "held" in the environment while held (shims)
-SHIMS = ROOT / "shims"
 
 
-def _install_shims():
-    """Puts tests/shims first on PATH where perf or bpftrace is there, each
-    told where the real one is; and the file the shims note refusals in."""
-    found = False
-    for tool in ("perf", "bpftrace"):
-        real = shutil.which(tool)
-        if real and Path(real).parent != SHIMS:
-            os.environ[f"ETWTRACE_TEST_REAL_{tool.upper()}"] = real
-            found = True
-    if found:
-        import tempfile
-        fd, path = tempfile.mkstemp(prefix="etwtrace-test-refused-")
-        os.close(fd)
-        os.chmod(path, 0o666)       # perf may run as another user
-        os.environ["ETWTRACE_TEST_REFUSED"] = path
-        os.environ["PATH"] = f"{SHIMS}{os.pathsep}{os.environ.get('PATH', '')}"
+_lock = {"fd": -1, "depth": 0}
 
 
-_lock = {"fd": -1, "depth": 0, "test": False}
-
-
-def _acquire():
+@contextlib.contextmanager
+def machine_lock():
+    """Holds TEST_LOCK; re-entrant within this process (flock would wait
+    on this process's own other descriptor)."""
     if _lock["depth"] == 0:
         import fcntl
         fd = os.open(TEST_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -95,73 +73,40 @@ def _acquire():
             os.close(fd)
             raise
         _lock["fd"] = fd
-        os.environ[HELD] = "held"
     _lock["depth"] += 1
-
-
-def _release():
-    _lock["depth"] -= 1
-    if _lock["depth"] == 0:
-        os.environ.pop(HELD, None)
-        os.close(_lock["fd"])
-        _lock["fd"] = -1
-
-
-@contextlib.contextmanager
-def machine_lock():
-    """Holds TEST_LOCK; re-entrant within this process (flock would wait
-    on this process's own other descriptor)."""
-    _acquire()
     try:
         yield
     finally:
-        _release()
+        _lock["depth"] -= 1
+        if _lock["depth"] == 0:
+            os.close(_lock["fd"])
+            _lock["fd"] = -1
 
 
-with machine_lock():      # `perf record -- true` is a perf session too
-    _PERF_REASON = _perf_unavailable_reason()
-_install_shims()
-
-
-def hold_machine():
-    """The running test holds the machine lock from now to its end."""
-    if not _lock["test"]:
-        _acquire()
-        _lock["test"] = True
-
-
-def _refused():
-    path = os.environ.get("ETWTRACE_TEST_REFUSED")
-    if not path:
-        return ""
-    with open(path, "r+") as f:
-        text = f.read()
-        f.truncate(0)
-    return text.strip()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    """Setup, call and teardown of one test (and the making of the module
-    fixtures it is the first to use): a `machine` test holds the lock
-    throughout, any other from its hold_machine() on."""
-    if item.get_closest_marker("machine") is not None:
-        hold_machine()
-    try:
-        yield
-    finally:
-        if _lock["test"]:
-            _lock["test"] = False
-            _release()
+def _is_unit(node):
+    """Tests marked `unit` run no subprocess and no perf: they need no turn."""
+    return node is not None and node.get_closest_marker("unit") is not None
 
 
 @pytest.fixture(autouse=True)
-def _no_tracing_without_the_lock():
-    yield
-    refused = _refused()
-    if refused:
-        pytest.fail("traced without holding the machine lock (call need_perf(), or mark "
-                    f"the test @pytest.mark.machine): {refused}", pytrace=False)
+def _one_test_on_the_machine_at_a_time(request):
+    if _is_unit(request.node):
+        yield
+        return
+    with machine_lock():
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """Fixtures of a module's or the session's scope are made before any
+    test's autouse lock (test_exports' spinners records with perf): every
+    fixture is made holding the lock."""
+    if _is_unit(getattr(request, "node", None)):
+        yield
+        return
+    with machine_lock():
+        yield
 
 
 def pytest_sessionfinish(session):
@@ -169,23 +114,16 @@ def pytest_sessionfinish(session):
     suite's ended processes left (perf captures keep them for perf report,
     README), its own and those of the programs it ran as nobody:
     thousands per run would otherwise pile up, and a later process of
-    another user under a reused pid would meet them.  Files of the last
-    minute are left: a suite run beside this one may be collecting them
-    into a capture (the launcher does, once their process has ended)."""
+    another user under a reused pid would meet them."""
     started = getattr(session.config, "_etwtrace_started", None)
     if started is None:
         return
-    recent = time.time() - 60
-    refused = os.environ.get("ETWTRACE_TEST_REFUSED")
-    if refused:
-        with contextlib.suppress(OSError):
-            os.unlink(refused)
     for pattern in ("perf-*.map", "jit-*.dump", "jitted-*.so"):
         for path in Path("/tmp").glob(pattern):
             pid = path.name.split("-")[1].split(".")[0]
             try:
                 st = path.lstat()
-                if (started <= st.st_mtime < recent and st.st_uid in (os.geteuid(), NOBODY_UID)
+                if (st.st_mtime >= started and st.st_uid in (os.geteuid(), NOBODY_UID)
                         and pid.isdigit() and not os.path.exists(f"/proc/{pid}")):
                     path.unlink()
             except OSError:
@@ -194,9 +132,7 @@ def pytest_sessionfinish(session):
 
 def need_perf():
     """Skips the calling test where perf cannot record; under
-    ETWTRACE_REQUIRE_PERF=1 (CI) that is a failure instead.  The test
-    holds the machine lock from here on."""
-    hold_machine()
+    ETWTRACE_REQUIRE_PERF=1 (CI) that is a failure instead."""
     if _PERF_REASON is None:
         return
     if REQUIRE_PERF:
@@ -205,8 +141,6 @@ def need_perf():
 
 
 def need_tool(name):
-    if name == "bpftrace":
-        hold_machine()
     if shutil.which(name) is None:
         if REQUIRE_PERF:
             pytest.fail(f"{name} is required in CI but not installed")
@@ -218,9 +152,7 @@ REQUIRE_CLIENTS = os.environ.get("ETWTRACE_REQUIRE_CLIENTS") == "1"
 
 def need_sampler_module():
     """etwtrace._sampler (the BPF sampler's C module), or a skip where this
-    install was built without it (a failure in CI, which builds it).  The
-    test holds the machine lock from here on."""
-    hold_machine()
+    install was built without it (a failure in CI, which builds it)."""
     try:
         import etwtrace._sampler as sampler
     except ImportError:
@@ -240,8 +172,6 @@ def need_client(name):
     """Skips the calling test where `name` (bpftrace, go, chromium: a real
     client an export is checked with) is not installed; under
     ETWTRACE_REQUIRE_CLIENTS=1 (CI's host run) that is a failure instead."""
-    if name == "bpftrace":
-        hold_machine()
     if shutil.which(name) is None:
         if REQUIRE_CLIENTS:
             pytest.fail(f"{name} is required here (ETWTRACE_REQUIRE_CLIENTS=1) but not installed")
@@ -346,7 +276,6 @@ RECORDERS = ["builtin", "perf"]
 def box():
     """A recording session of the test's own (tests/sessions.py)."""
     from sessions import Box
-    hold_machine()
     b = Box()
     try:
         yield b

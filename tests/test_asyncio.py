@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import SCRIPTS, hold_machine, need_perf, need_tool, report_output, run_etwtrace
+from conftest import SCRIPTS, need_perf, need_tool, report_output, run_etwtrace
 
 pytestmark = pytest.mark.versioned
 
@@ -31,8 +31,6 @@ SIDE = "task:side-main;task:side-alpha;cpu;top;mid;leaf;burn"
 
 def record(tmp_path, mode, *options, burn=2000, name="c", program=()):
     """A capture of the program in `mode` (in tmp_path/name)."""
-    if "builtin" not in options:
-        hold_machine()      # --recorder auto records with perf where it can
     path = tmp_path / name
     proc = run_etwtrace(f"--{mode}", "--capture", path, "--max-size", "500M", *options, "--",
                         SCRIPTS / "async_tasks.py", STEPS, burn, SLEEP, *program, timeout=300)
@@ -159,8 +157,7 @@ def test_stack_mode_samples_carry_their_task(tmp_path):
 
 def test_a_program_with_no_tasks_says_so(tmp_path):
     path = tmp_path / "c"
-    proc = run_etwtrace("--instrumented", "--capture", path, "--recorder", "builtin", "--",
-                        SCRIPTS / "calls.py", "3")
+    proc = run_etwtrace("--instrumented", "--capture", path, "--", SCRIPTS / "calls.py", "3")
     assert proc.returncode == 0, proc.stderr
     proc = run_etwtrace("report", path, "--async", "--format", "folded")
     assert proc.returncode == 0 and "holds no asyncio task" in proc.stderr

@@ -15,7 +15,7 @@ from sessions import NOBODY, as_user, need_nobody, one_line_error, stacks_of, wa
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="attaching to processes of any user needs root (CI is root)")
-pytestmark = [pytestmark, pytest.mark.versioned, pytest.mark.machine]
+pytestmark = [pytestmark, pytest.mark.versioned]
 
 REMOTE_EXEC = sys.version_info >= (3, 14)
 

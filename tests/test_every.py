@@ -19,9 +19,6 @@ from sessions import one_line_error
 from test_sampled import Running, need_sampler
 from test_unit_report import _decode_pprof
 
-# perf, bpftrace, the BPF sampler or a session in every test (conftest.py).
-pytestmark = pytest.mark.machine
-
 HOT = "inner"           # sampled_target.py's hot function
 
 

@@ -15,9 +15,6 @@ import pytest
 import etwtrace._etwtrace as native
 from conftest import SCRIPTS, client_env, need_client, need_perf
 
-# perf, bpftrace, the BPF sampler or a session in every test (conftest.py).
-pytestmark = pytest.mark.machine
-
 LIBRARY = native.__file__
 
 # Every probe with its arguments, in order: what the README documents.

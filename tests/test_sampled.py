@@ -18,9 +18,6 @@ import pytest
 from conftest import (SCRIPTS, client_env, need_sampler_module, report_output, run_etwtrace,
                       script_block)
 
-# perf, bpftrace, the BPF sampler or a session in every test (conftest.py).
-pytestmark = pytest.mark.machine
-
 # On each interpreter (pytest -m versioned): every test but the few that
 # read no interpreter's memory (argument and privilege checks, pid
 # namespaces, the sampler's stack cache), which the host and ASan run.

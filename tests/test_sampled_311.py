@@ -18,9 +18,6 @@ from etwtrace.sampled import remote as _pyremote
 from test_sampled import (REQUIRE, CpuWatch, Running, _folded, _name, _sample,
                           assert_sampled_as_it_ran, need_sampler, samples_due)
 
-# perf, bpftrace, the BPF sampler or a session in every test (conftest.py).
-pytestmark = pytest.mark.machine
-
 TOOL = ROOT.parent / "tools" / "remote_offsets.c"
 DEBIAN_311 = "/usr/bin/python3.11"
 

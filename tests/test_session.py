@@ -30,9 +30,6 @@ from conftest import need_perf, need_tool, name_stack, python_functions
 from sessions import (NOBODY, as_user, assert_inner_above_outer, etwtrace_messages, need_nobody,
                       one_line_error, stacks_of, wait_joined)
 
-# perf, bpftrace, the BPF sampler or a session in every test (conftest.py).
-pytestmark = pytest.mark.machine
-
 # ---- processes joining ----
 
 @pytest.mark.versioned

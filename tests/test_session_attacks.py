@@ -27,9 +27,6 @@ from conftest import SCRIPTS, need_perf
 from sessions import (NOBODY, as_user, assert_inner_above_outer, need_nobody, one_line_error,
                       wait_joined)
 
-# perf, bpftrace, the BPF sampler or a session in every test (conftest.py).
-pytestmark = pytest.mark.machine
-
 SECRET = b"root's secret line"
 
 

@@ -15,9 +15,6 @@ import pytest
 
 from conftest import REQUIRE_PERF, SCRIPTS, client_env, need_sampler_module
 
-# perf, bpftrace, the BPF sampler or a session in every test (conftest.py).
-pytestmark = pytest.mark.machine
-
 SHOWN_WITHIN = 4.0      # seconds from the command to the hot function on screen
 CACHE = os.environ.get("ETWTRACE_PYTHONS", "/var/cache/etwtrace-pythons")
 
