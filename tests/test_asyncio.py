@@ -139,7 +139,7 @@ def test_stack_mode_samples_carry_their_task(tmp_path):
     frames (native frames the trampolines make), with the tasks awaiting
     them above."""
     need_perf()
-    path = record(tmp_path, "stack", "--recorder", "perf", burn=400000)
+    path = record(tmp_path, "stack", "--recorder", "perf", burn=200000)
     stacks = folded(path, "--async")
     in_cpu = {s: v for s, v in stacks.items() if ";cpu;top;mid;leaf;burn" in s}
     total = sum(in_cpu.values())

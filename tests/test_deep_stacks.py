@@ -71,7 +71,7 @@ def _max_stack_set_back(stderr):
 @pytest.mark.parametrize("depth", [30, 100])
 def test_deep_recursion_keeps_its_root_in_stack_mode(capture, depth):
     need_perf()
-    cap = capture("deep.py", str(depth), "1.5", recorder="perf")
+    cap = capture("deep.py", str(depth), "1", recorder="perf")
     assert _max_stack_set_back(cap.proc.stderr)
     events = cap.events()
     pid = python_functions(events, "deep.py")[0].pid
@@ -134,7 +134,7 @@ def test_deep_recursion_keeps_its_root_in_a_recording_session():
         # and perf then unwinds none of its stacks); its leaf runs on while
         # the session starts (seconds, on a busy machine).
         proc = subprocess.Popen(
-            [sys.executable, "-m", "etwtrace", "--stack", "--", SCRIPTS / "deep.py", "100", "6"],
+            [sys.executable, "-m", "etwtrace", "--stack", "--", SCRIPTS / "deep.py", "100", "4"],
             env=box.env, cwd=box.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(0.5)
         box.start(capture, "--recorder", "perf", "--preset", "CPU")
