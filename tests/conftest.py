@@ -46,6 +46,11 @@ def pytest_configure(config):
 
 def pytest_sessionstart(session):
     session.config._etwtrace_started = time.time()
+    # What an earlier suite left when it was killed before its end (below):
+    # a session test's worker runs as nobody, and under a reused pid it may
+    # not write a perf map or jitdump another user's dead process left, so
+    # perf could not unwind its Python frames.
+    _sweep_tmp(lambda mtime: mtime < time.time() - 600)
 
 
 # Two perf sessions (or perf and bpftrace) at once on one machine have
@@ -116,14 +121,19 @@ def pytest_sessionfinish(session):
     thousands per run would otherwise pile up, and a later process of
     another user under a reused pid would meet them."""
     started = getattr(session.config, "_etwtrace_started", None)
-    if started is None:
-        return
+    if started is not None:
+        _sweep_tmp(lambda mtime: mtime >= started)
+
+
+def _sweep_tmp(chosen):
+    """Removes this user's and nobody's /tmp perf maps, jitdumps and jitted
+    images of processes that have ended, whose mtime is `chosen`."""
     for pattern in ("perf-*.map", "jit-*.dump", "jitted-*.so"):
         for path in Path("/tmp").glob(pattern):
             pid = path.name.split("-")[1].split(".")[0]
             try:
                 st = path.lstat()
-                if (st.st_mtime >= started and st.st_uid in (os.geteuid(), NOBODY_UID)
+                if (chosen(st.st_mtime) and st.st_uid in (os.geteuid(), NOBODY_UID)
                         and pid.isdigit() and not os.path.exists(f"/proc/{pid}")):
                     path.unlink()
             except OSError:
