@@ -72,9 +72,9 @@ class Tracks:
         return f"pid {process_name(proc)} {name}"
 
     def steps(self, keys, records):
-        """(first record, record after the last, the task's node key) of each
-        step of a task in one thread's call records (none without --async).
-        An array of triples, the records read once."""
+        """(first record, record after the last, node index of the innermost
+        task frame) of each step of a task in one thread's call records (none
+        without --async): an array of triples, the records read once."""
         out = array("q")
         if not self.task_keys:
             return out
