@@ -160,11 +160,15 @@ def _wait_for_pid(path, proc, timeout=60):
 @pytest.mark.parametrize("capture", [False, True])
 def test_sigterm_to_the_launcher_ends_the_program_and_the_capture(tmp_path, capture):
     pidfile = tmp_path / "pid"
+    # The pid is written after 1,000 calls, so the calls made before the
+    # signal are known (under qemu the loop may not start for a while).
     spin = _script(tmp_path, f"""
         import os
-        open({str(pidfile)!r}, "w").write(str(os.getpid()))
         def work():
             pass
+        for _ in range(1000):
+            work()
+        open({str(pidfile)!r}, "w").write(str(os.getpid()))
         while True:
             work()
     """)
@@ -181,7 +185,10 @@ def test_sigterm_to_the_launcher_ends_the_program_and_the_capture(tmp_path, capt
         manifest = json.loads((cap / "etwtrace-capture.json").read_text())
         assert manifest["exit_status"] == -signal.SIGTERM
         report = run_etwtrace("report", cap)
-        assert report.returncode == 0 and " work (" in report.stdout
+        assert report.returncode == 0, report.stderr
+        work_calls = [int(line.split()[0]) for line in report.stdout.splitlines()
+                      if " work (" in line and line.split()[0].isdigit()]
+        assert work_calls and work_calls[0] >= 1000, report.stdout
 
 
 def test_a_killed_launcher_takes_its_program_with_it(tmp_path):
