@@ -179,7 +179,7 @@ def sampler():
 
 
 def need_client(name):
-    """Skips the calling test where `name` (bpftrace, go, chromium: a real
+    """Skips the calling test where `name` (bpftrace, go, chromium, hotspot: a real
     client an export is checked with) is not installed; under
     ETWTRACE_REQUIRE_CLIENTS=1 (CI's host run) that is a failure instead."""
     if shutil.which(name) is None:

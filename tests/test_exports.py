@@ -537,6 +537,40 @@ def test_large_timelines_are_announced_with_their_size(tmp_path, monkeypatch):
     assert err.getvalue() == ""
 
 
+def test_hotspot_finds_every_file_behind_a_stack_captures_mappings(tmp_path):
+    """hotspot's parser looks for the file behind every mapping perf
+    recorded. The recorder's ring files and budget page (gone when the
+    capture ends) and perf's own buffer are renamed //anon in perf.data,
+    and the trampolines' images are found in jit/ as the guide says."""
+    from conftest import need_perf
+    need_perf()
+    need_client("hotspot")
+    (parser, *_) = glob.glob("/usr/lib/*/libexec/hotspot-perfparser") or [None]
+    assert parser, "hotspot is installed without its parser (hotspot-perfparser)"
+    # perf and the built-in recorder, whose rings perf sees mapped.
+    cap = _capture(tmp_path, "cap", "hot.py", "1", options=("--stack",), recorder=None)
+    assert (cap / "ctf").is_dir()
+    mmaps = [line for line in subprocess.run(
+        ["perf", "script", "-i", str(cap / "perf.data"), "--show-mmap-events"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, encoding="utf-8",
+        env=client_env(), timeout=120).stdout.splitlines() if "PERF_RECORD_MMAP" in line]
+    assert mmaps
+    assert not [line for line in mmaps
+                if ".ring-" in line or ".budget" in line or "anon_inode:" in line], mmaps
+    manifest = json.loads((cap / "etwtrace-capture.json").read_text())
+    if manifest["callgraph"].startswith("dwarf"):
+        # DWARF makes perf record data mappings: the rings' are there, renamed.
+        assert [line for line in mmaps if "rw-s //anon" in line], mmaps
+    extra = ["--extra", str(cap / "jit")] if (cap / "jit").is_dir() else []
+    parsed = subprocess.run([parser, "--input", str(cap / "perf.data"), *extra,
+                             "--output", os.devnull], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, encoding="utf-8", errors="replace",
+                            env=client_env(), timeout=300)
+    assert parsed.returncode == 0, parsed.stderr
+    missing = [line for line in parsed.stderr.splitlines() if "Could not find ELF file" in line]
+    assert not missing, missing
+
+
 @contextlib.contextmanager
 def _report_view(path, fmt):
     from etwtrace.report.scan import Scan
@@ -560,7 +594,10 @@ def test_capture_says_which_tool_opens_which_file(tmp_path, capture):
     from etwtrace.capture import perf as _perf
     # One copy of perf's data: perf inject's output replaced perf.data.
     assert "perf.jit.data" not in guide and not (cap / "perf.jit.data").exists()
-    assert f"hotspot {cap}/perf.data" in guide
+    if (cap / "jit").is_dir():
+        assert f"hotspot --extraLibPaths {cap}/jit {cap}/perf.data" in guide
+    else:
+        assert f"hotspot {cap}/perf.data" in guide
     assert f"cp {cap}/maps/* {cap}/jit/* /tmp/" in guide
     if not _perf.needs_jit_inject(manifest["callgraph"]):
         return

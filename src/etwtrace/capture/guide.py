@@ -3,8 +3,8 @@
 Written from what the capture holds, so each line names files that are
 there.  perf and hotspot look for the perf maps and the `perf inject`
 images in /tmp, where the capture leaves none; where a tool can be pointed
-at the capture's own copies (perf's --buildid-dir, for the images), the
-commands do so.
+at the capture's own copies (perf's --buildid-dir and hotspot's
+--extraLibPaths, for the images), the commands do so.
 """
 
 import os
@@ -45,10 +45,17 @@ def text(path):
                 "      the same, the images of the Python trampolines taken from this",
                 "      capture's build-id cache",
             ]
-        lines += [
-            f"  hotspot {q}/{PERF_DATA}",
-            "      the same in a GUI; it reads the images from /tmp/jitted-PID-N.so only",
-        ]
+        if has("jit"):
+            lines += [
+                f"  hotspot --extraLibPaths {q}/jit {q}/{PERF_DATA}",
+                "      the same in a GUI: the images from jit/, the Python names from",
+                "      /tmp/perf-PID.map only (see below)",
+            ]
+        else:
+            lines += [
+                f"  hotspot {q}/{PERF_DATA}",
+                "      the same in a GUI; it names Python frames from /tmp/perf-PID.map only",
+            ]
     if has(PERF_DATA) and (has("maps") or has("jit")):
         lines += [
             "",

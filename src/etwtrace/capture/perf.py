@@ -525,6 +525,7 @@ def finish_data(directory, perf, callgraph, pids, say, progress=None):
     failures raise PerfError.  `progress`: a progress.Progress shown while
     it runs."""
     from . import confine as _confine
+    from . import perfdata as _perfdata
     from ..trace import manifest as _manifest
     from ..trace.capture import CaptureError
     from .. import sizes as _sizes
@@ -563,6 +564,9 @@ def finish_data(directory, perf, callgraph, pids, say, progress=None):
             finally:
                 if os.path.lexists(injected):
                     os.unlink(injected)
+        # hotspot would list the ring files, the budget page and perf's
+        # buffer, gone by now, as parser errors (perfdata.py).
+        _perfdata.anonymize_capture_mappings(_manifest.PERF_DATA, dir_fd=directory.fd)
         step(f"perf script of {_sizes.size_text(os.path.getsize(data))}")
         try:
             save_script(perf, data, os.path.join(path, _manifest.PERF_SCRIPT),
