@@ -167,6 +167,28 @@ def test_a_thread_not_recorded_is_counted_when_its_process_ends_first(tmp_path):
     assert_every_call_recorded_or_counted(cap, 2 * n)
 
 
+def test_a_thread_whose_files_cannot_be_made_is_said_and_its_events_counted(tmp_path):
+    """No descriptor is left when a thread begins (RLIMIT_NOFILE), so its
+    stream file cannot be made: the recorder says so, and every event the
+    thread makes after is counted as lost, not dropped unseen."""
+    cap = tmp_path / "cap"
+    n = scaled(100_000, 20_000)
+    proc = run_etwtrace("--instrumented", "--capture", cap, "--recorder", "builtin",
+                        "--", SCRIPTS / "thread_without_files.py", n)
+    assert proc.returncode == 0, proc.stderr
+    assert calls_of(proc.stdout) == n
+    assert "cannot create" in proc.stderr and "Too many open files" in proc.stderr, proc.stderr
+    missed = read_manifest(cap)["not_recorded"]
+    assert missed.get("threads_unwritable") == 1 and "threads" not in missed, missed
+    assert 2 * n <= missed.get("events", 0) <= 2 * n + 1000, missed
+    said = [line for line in proc.stderr.splitlines() if "events were lost" in line]
+    assert said and "1 thread whose trace files could not be made was not recorded" in said[0]
+    assert "--max-size" not in said[0], said
+    report = run_etwtrace("report", cap)
+    assert report.returncode == 0, report.stderr
+    assert f"threads not recorded: {missed['events']:,}" in report.stdout.splitlines()[0]
+
+
 def test_max_size_of_a_capture_recorded_without_the_launcher(tmp_path):
     """ETWTRACE_CAPTURE with ETWTRACE_MAX_SIZE: the first process makes the
     budget that the others share."""

@@ -34,7 +34,7 @@ STOP_LIMIT = 1
 STOP_RESERVE = 2
 # magic, limit, claimed, counted, stopped, stopped_pid, free_at_stop,
 # reserve_at_stop, threads_refused, processes_refused, events_unrecorded,
-# summarized, reserved
+# summarized, threads_unwritable
 _LAYOUT = struct.Struct("<8sQQQIIQQIIQII")
 _COUNTED = struct.Struct("<Q")
 _CLAIMED_AT = 16
@@ -243,13 +243,14 @@ class Budget:
         (threads and processes that had no trace, and their events); {}
         when there was no limit and nothing of that."""
         (_magic, limit, _claimed, _counted, stopped, pid, free, reserve, threads,
-         processes, unrecorded, _summarized, _reserved) = self.values()
+         processes, unrecorded, _summarized, unwritable) = self.values()
         info = {}
         if limit:
             info["max_size"] = limit
         if stopped:
             info["recording_stopped"] = _stop_info(stopped, pid, limit, free, reserve)
         missed = {k: v for k, v in (("processes", processes), ("threads", threads),
+                                    ("threads_unwritable", unwritable),
                                     ("events", unrecorded)) if v}
         if missed:
             info["not_recorded"] = missed
@@ -312,6 +313,10 @@ def loss_text(losses, manifest):
                "(no room left for their rings within --max-size)")
         lines.append(f"{' and '.join(names)} {why} {'was' if count == 1 else 'were'} "
                      "not recorded")
+    unwritable = _count(missed.get("threads_unwritable"))
+    if unwritable:
+        lines.append(f"{unwritable} thread{'' if unwritable == 1 else 's'} whose trace files "
+                     f"could not be made {'was' if unwritable == 1 else 'were'} not recorded")
     unrecorded = _count(missed.get("events"))
     total = sum(losses.values()) + unrecorded
     parts = [describe_losses(losses)] if losses else []

@@ -170,7 +170,8 @@ typedef struct {
                                   * of theirs to count them in) */
     uint32_t summarized;         /* 1: the launcher or session says at the end
                                   * what was lost; processes do not */
-    uint32_t reserved;
+    uint32_t threads_unwritable; /* threads whose trace files could not be made
+                                  * (their events are in events_unrecorded) */
 } EtwBudget;
 #define ETW_BUDGET_BYTES 4096
 #define ETW_STOP_LIMIT 1

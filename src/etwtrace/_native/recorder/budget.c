@@ -236,6 +236,15 @@ etw_budget_refuse(int process)
     }
 }
 
+void
+etw_budget_unwritable_thread(void)
+{
+    EtwBudget *b = current();
+    if (b != NULL && __atomic_load_n(&writable, __ATOMIC_ACQUIRE)) {
+        __atomic_fetch_add(&b->threads_unwritable, 1, __ATOMIC_RELAXED);
+    }
+}
+
 int
 etw_budget_writable(void)
 {

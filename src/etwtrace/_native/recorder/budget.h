@@ -52,8 +52,12 @@ int etw_budget_stop(int why, uint64_t free_bytes, uint64_t reserve);
  * capture stopped. */
 void etw_budget_refuse(int process);
 
+/* Counts a thread that was not recorded because its trace files could
+ * not be made (said by the recorder when it happened). */
+void etw_budget_unwritable_thread(void);
+
 /* Counts events lost by a thread whose trace has no packet to count them
- * in (it began after the capture stopped); 0 when it cannot (the budget
+ * in (it began after the capture stopped, or has no files); 0 when it cannot (the budget
  * is read only, or there is none). */
 int etw_budget_add_unrecorded(uint64_t events);
 

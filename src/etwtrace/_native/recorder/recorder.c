@@ -594,8 +594,8 @@ ring_slots(void)
 }
 
 /* A stream with no file, of a thread that began after the capture stopped
- * recording: it counts the events lost (etw_budget_add_unrecorded, as
- * they are lost), and writes nothing. */
+ * recording or whose files could not be made: it counts the events lost
+ * (etw_budget_add_unrecorded, as they are lost), and writes nothing. */
 static EtwStream *
 unrecorded_stream(uint32_t tid)
 {
@@ -616,8 +616,10 @@ unrecorded_stream(uint32_t tid)
     return s;
 }
 
-/* Holding registry_lock: a new stream file and ring for thread `tid`, or
- * NULL.  `kept`: never overwritten, whatever the mode. */
+/* Holding registry_lock: a new stream file and ring for thread `tid`; a
+ * stream that only counts what is lost when the capture stopped or the
+ * files cannot be made; NULL when out of memory.  `kept`: never
+ * overwritten, whatever the mode. */
 static EtwStream *
 create_stream(uint32_t tid, int kept)
 {
@@ -731,13 +733,21 @@ create_stream(uint32_t tid, int kept)
     }
     return s;
 
-failed:
+failed:;
+    /* Not recorded, as note_failure said: a stream with no file counts
+     * every later event of the thread as lost. */
+    int err = s->error;
     free(s->path);
     free(s->ring_path);
     free(s->busy);
     free(ring_path);
     free(s);
-    return NULL;
+    etw_budget_unwritable_thread();
+    EtwStream *unrecorded = unrecorded_stream(tid);
+    if (unrecorded != NULL) {
+        unrecorded->error = err;
+    }
+    return unrecorded;
 }
 
 static EtwStream *
