@@ -56,9 +56,12 @@ static uintptr_t
 floor_of(uintptr_t base, uintptr_t top)
 {
     uintptr_t size = top - base;
+    /* (a variable: before 3.14 the reserve is 0, and a comparison with a
+     * constant 0 would warn) */
+    const uintptr_t least = 2 * ETW_CPYTHON_STACK_RESERVE;
     uintptr_t room = size / 2 < ROOM_MAX ? size / 2 : ROOM_MAX;
-    if (room < 2 * ETW_CPYTHON_STACK_RESERVE) {
-        room = 2 * ETW_CPYTHON_STACK_RESERVE < size ? 2 * ETW_CPYTHON_STACK_RESERVE : size;
+    if (room < least) {
+        room = least < size ? least : size;
     }
     return base + room;
 }
