@@ -219,6 +219,11 @@ etw_sample(struct bpf_perf_event_data *ctx)
     s->time = bpf_ktime_get_ns();
     s->flags = 0;
     s->reserved = 0;
+    s->task = 0;
+    s->task_code = 0;
+    s->task_name_type = 0;
+    s->task_name_digits = 0;
+    __builtin_memset(s->task_name, 0, sizeof s->task_name);
     s->native_count = 0;
     if (t->stack_bytes) {
         s->flags |= ETW_SAMPLE_STACK_COPY;      /* copied as it is sent */
@@ -247,6 +252,25 @@ etw_sample(struct bpf_perf_event_data *ctx)
         s->flags |= ETW_SAMPLE_NO_THREAD_STATE;
         s->stack_hash = etw_hash_finish(etw_hash_word(h, ETW_SAMPLE_NO_THREAD_STATE));
         return send(s, t->stack_bytes);
+    }
+    if (t->thread_running_task) {
+        /* The task is part of the stack's identity, and so is its name
+         * (a task's address is used again after it is freed; a rename
+         * replaces the name object). */
+        __u64 task = read_word(ts + t->thread_running_task);
+        if (task != 0) {
+            __u64 name = read_word(task + t->task_name);
+            s->task = task;
+            s->task_name_type = read_word(name + t->object_type);
+            s->task_name_digits = read_word(name + t->long_digits);
+            bpf_probe_read_user(s->task_name, sizeof s->task_name,
+                                (const void *)(name + t->unicode_data));
+            __u64 coro = read_word(task + t->task_coro);
+            if (coro != 0) {
+                s->task_code = read_word(coro + t->gen_iframe + t->frame_executable) & ~(__u64)7;
+            }
+            h = etw_hash_word(etw_hash_word(h, task), name);
+        }
     }
     __u64 frame = t->thread_cframe
                   ? read_word(read_word(ts + t->thread_cframe) + t->cframe_current_frame)
