@@ -87,7 +87,10 @@ _LAYOUTS = {
         ("tuple_object", "size", "ob_item", "ob_size"),
         ("list_object", "size", "ob_item", "ob_size"),
         *_OBJECTS_314,
-        ("gc", "size", "collecting", "frame"),
+        # Sid's 3.15.2: six words this does not use between unicode_object
+        # and gen_object (PyCompactUnicodeObject's size, then the gc
+        # section), read from its .PyRuntime; gen_object is as in 3.14.
+        ("unused_3_15", "w1", "w2", "w3", "w4", "w5", "w6"),
         ("gen_object", "size", "gi_name", "gi_iframe", "gi_frame_state"),
     ],
 }
