@@ -107,8 +107,7 @@ _ASYNCIO_LAYOUT = [
     ("asyncio_thread_state", "size", "asyncio_running_loop", "asyncio_running_task",
      "asyncio_tasks_head"),
 ]
-# How far a chain of awaiting tasks is followed (a cycle ends there too).
-MAX_AWAITERS = 16
+
 # The owner of the frame the evaluator pushes when C code enters it, one per
 # native evaluator call: FRAME_OWNED_BY_CSTACK in 3.13, renamed
 # FRAME_OWNED_BY_INTERPRETER in 3.14 (with the same value; seen in their
@@ -344,37 +343,6 @@ class Process:
             if len(short) == 2 and short[0] and short[0].isascii():
                 return short[0].decode("ascii")
         return None
-
-    def task_awaiters(self, task, asyncio):
-        """The tasks awaiting `task`, nearest first (following the first
-        task of each awaited_by set), at most MAX_AWAITERS."""
-        o = self.offsets
-        chain, seen = [], {task}
-        while len(chain) < MAX_AWAITERS:
-            awaited_by = self.word(task + asyncio[("asyncio_task_object", "task_awaited_by")])
-            if awaited_by == 0:
-                break
-            is_set = self.read(task + asyncio[("asyncio_task_object", "task_awaited_by_is_set")],
-                               1)[0]
-            candidates = [awaited_by]
-            if is_set:
-                used = self.word(awaited_by + o[("set_object", "used")])
-                mask = self.word(awaited_by + o[("set_object", "mask")])
-                table = self.word(awaited_by + o[("set_object", "table")])
-                if mask > 1 << 16 or used == 0:
-                    break
-                entries = self.read(table, 16 * (mask + 1))
-                candidates = [key for key, h in struct.iter_unpack("<Qq", entries)
-                              if key != 0 and h != -1]
-            parent = next((c for c in candidates
-                           if self.read(c + asyncio[("asyncio_task_object", "task_is_task")],
-                                        1)[0]), None)
-            if parent is None or parent in seen:
-                break
-            seen.add(parent)
-            chain.append(parent)
-            task = parent
-        return chain
 
     def keeps_frame_pointers(self):
         """Whether its interpreter was built with frame pointers, as seen in

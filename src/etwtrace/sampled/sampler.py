@@ -62,9 +62,10 @@ FRAME_CACHE = 262144    # distinct Python frames (code object, instruction) per 
 
 SAMPLE_EVENT_ID = _ctfwrite.EVENT_ID["SampledProfile"]
 NAME_BYTES = 16         # of a qualname, read by the BPF program (sampler.h)
-_SAMPLE_HEAD = struct.Struct(f"<IIQIIIIQQQQQ{NAME_BYTES}s")
+MAX_TASKS = 4           # the running task and those awaiting it (sampler.h)
+_SAMPLE_HEAD = struct.Struct("<IIQIIIIQQ" + f"QQQ{NAME_BYTES}s" * MAX_TASKS)
 _PY_FRAME = struct.Struct(f"<QIiII{NAME_BYTES}s")
-_TARGET = struct.Struct("<Q14IQQQIIIIIIIIII")
+_TARGET = struct.Struct("<Q14IQQQ14I")
 # The SourceFile of an asyncio task's frame, as the tracer writes it
 # (etwtrace.asynciotasks) and the report finds it (report.calltree).
 TASK_FILE = "<asyncio task>"
@@ -144,7 +145,7 @@ class _Target:
         self.runs_asyncio = False   # a frame of asyncio's files was seen
         self.config_changed = False
         self.code_addresses = {}    # code object -> its frames' synthetic addresses
-        self.tasks = {}             # (task, its name object) -> (task frames, coroutine code)
+        self.tasks = {}             # tasks as samples saw them -> their frames' addresses
         self.task_addresses = {}    # "task:NAME" -> synthetic address
         # Without frame pointers, each sample carries a copy of the top of
         # its stack, which the sampler unwinds by the files' CFI.
@@ -240,15 +241,17 @@ class _Target:
             *self._task_offsets())
 
     def _task_offsets(self):
-        """(the thread state's running task, a task's name, an int's first
-        digit, a task's coroutine, a coroutine's frame) for config()."""
+        """The offsets of sampler.h's etw_target that follow a running
+        asyncio task (zeros: none)."""
         a = self.asyncio
         o = self.remote.offsets.fields
         if a is None or ("gen_object", "gi_iframe") not in o:
-            return 0, 0, 0, 0, 0
-        return (a[("asyncio_thread_state", "asyncio_running_task")],
-                a[("asyncio_task_object", "task_name")], o[("long_object", "ob_digit")],
-                a[("asyncio_task_object", "task_coro")], o[("gen_object", "gi_iframe")])
+            return (0,) * 9
+        task = lambda field: a[("asyncio_task_object", field)]     # noqa: E731
+        return (a[("asyncio_thread_state", "asyncio_running_task")], task("task_name"),
+                o[("long_object", "ob_digit")], task("task_coro"), o[("gen_object", "gi_iframe")],
+                task("task_awaited_by"), task("task_is_task"), task("task_awaited_by_is_set"),
+                o[("set_object", "table")])
 
     def _look_for_asyncio(self, now_it_runs=False):
         """Finds asyncio's offsets (3.14+), at most once a second, until
@@ -269,29 +272,26 @@ class _Target:
             self.asyncio = None
         self.config_changed = self.asyncio is not None
 
-    def with_task(self, stream, ts, payload, task, coroutine, seen_name):
+    def with_task(self, stream, ts, payload, coroutine, seen):
         """A sample's encoded stack (leaf first) with the frames of the
         asyncio task that ran it: `task:NAME` frames of the tasks awaiting
         it, outermost first, then its own, right above the outermost frame
-        of its coroutine.  Unchanged where the task cannot be read, or its
+        of its coroutine (`coroutine`: its code object).  `seen`: the
+        running task and those awaiting it, nearest first, as the sample
+        saw them (address, name type, digits, text).  Unchanged where its
         coroutine is not on the stack."""
-        key = (task, seen_name)
-        frames = self.tasks.get(key)
+        frames = self.tasks.get(seen)
         if frames is None:
-            # The running task's name as the sample saw it (the task may
-            # have ended, or the process, by now); the tasks awaiting it
-            # are read now, where they still can be.
-            name = self.remote.seen_task_name(*seen_name)
-            parents = []
-            try:
-                if name is None:
-                    name = self.remote.task_name(task, self.asyncio)
-                parents = [self.remote.task_name(t, self.asyncio)
-                           for t in self.remote.task_awaiters(task, self.asyncio)]
-            except RemoteError:
-                pass
-            frames = self.tasks[key] = [self._task_address(stream, ts, n)
-                                        for n in [name or "?"] + parents]
+            names = []
+            for task, kind, digits, text in seen:
+                name = self.remote.seen_task_name(kind, digits, text)
+                if name is None:        # (not ASCII, or long: read whole)
+                    try:
+                        name = self.remote.task_name(task, self.asyncio)
+                    except RemoteError:
+                        name = text.split(b"\0", 1)[0].decode("utf-8", "replace") or "?"
+                names.append(name)
+            frames = self.tasks[seen] = [self._task_address(stream, ts, n) for n in names]
         own = self.code_addresses.get(coroutine)
         if not own:
             return payload
@@ -523,8 +523,8 @@ class SampledRecorder:
     def handle(self, record):
         """A record the sampler could not turn into an event itself: a
         stack seen the first time, or one it does not know."""
-        (pid, tid, ts, n_native, n_python, flags, _, stack_hash, task, task_code, name_type,
-         name_digits, name_text) = _SAMPLE_HEAD.unpack_from(record)
+        (pid, tid, ts, n_native, n_python, flags, _, stack_hash, task_code,
+         *tasks) = _SAMPLE_HEAD.unpack_from(record)
         target = self.targets.get(pid)
         if target is None:
             return
@@ -546,9 +546,10 @@ class SampledRecorder:
             if payload is None:
                 self._learn(target, stream, ts, record, n_native, n_python)
                 payload = self.sampler.splice(record, target.frame_kinds, target.native_kinds)
-            if task and payload and target.asyncio is not None:
-                payload = target.with_task(stream, ts, payload, task, task_code,
-                                           (name_type, name_digits, name_text))
+            if tasks[0] and payload and target.asyncio is not None:
+                seen = tuple(tuple(tasks[i:i + 4]) for i in range(0, len(tasks), 4)
+                             if tasks[i])
+                payload = target.with_task(stream, ts, payload, task_code, seen)
             if len(self.stacks) >= STACK_CACHE and self.drains > self.regenerated_at:
                 # Starts again: the program hashes every process's stacks
                 # anew once told (at the end of this drain), and sends them

@@ -53,6 +53,24 @@ struct etw_target {
                                   * before it is asked for is its number) */
     __u32 task_coro;             /* offset of a task's coroutine */
     __u32 gen_iframe;            /* offset of a coroutine's frame in it */
+    __u32 task_awaited_by;       /* offset of what awaits a task: a task (or
+                                  * future), or a set of them */
+    __u32 task_is_task;          /* offset of a future's is-a-task byte */
+    __u32 task_awaited_by_is_set;
+    __u32 set_table;             /* offset of a set's table of entries */
+};
+
+#define ETW_SAMPLER_MAX_TASKS 4      /* the running task and those awaiting it */
+
+/* An asyncio task as a sample saw it: its address, and its name (the
+ * task may be gone when user space reads the sample): the name object's
+ * type, an int's first two digits (the number of a task named "Task-N"),
+ * and the first ETW_SAMPLER_NAME_BYTES of an ASCII str's text. */
+struct etw_task_seen {
+    __u64 task;
+    __u64 name_type;
+    __u64 name_digits;
+    char name[ETW_SAMPLER_NAME_BYTES];
 };
 
 #define ETW_NO_OWNER 0xFFFFFFFFu
@@ -80,15 +98,10 @@ struct etw_sample {
     __u32 reserved;
     __u64 stack_hash;            /* of pid, generation, native and Python frames,
                                   * and the running task and its name */
-    __u64 task;                  /* the thread's running asyncio task, or 0 */
-    /* Its name as the sample saw it (the task may be gone when user space
-     * reads the sample): the name object's type, then the first
-     * ETW_SAMPLER_NAME_BYTES of an ASCII str's text, and an int's first
-     * two digits (the number of a task named "Task-N"). */
-    __u64 task_code;             /* the code object of the task's coroutine */
-    __u64 task_name_type;
-    __u64 task_name_digits;
-    char task_name[ETW_SAMPLER_NAME_BYTES];
+    __u64 task_code;             /* the code object of the running task's coroutine */
+    /* The thread's running asyncio task (task 0 when none), then the tasks
+     * awaiting it, nearest first. */
+    struct etw_task_seen tasks[ETW_SAMPLER_MAX_TASKS];
     __u64 native[ETW_SAMPLER_MAX_NATIVE + 1];
     struct etw_python_frame python[ETW_SAMPLER_MAX_PYTHON];
 };
