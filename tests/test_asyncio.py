@@ -8,13 +8,15 @@ coroutine is driven by hand outside any task.
 """
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
 
 import pytest
 
-from conftest import SCRIPTS, need_perf, need_tool, report_output, run_etwtrace
+from conftest import (REQUIRE_PERF, SCRIPTS, need_perf, need_sampler_module, need_tool,
+                      report_output, run_etwtrace)
 
 pytestmark = pytest.mark.versioned
 
@@ -153,6 +155,30 @@ def test_stack_mode_samples_carry_their_task(tmp_path):
     assert any(s.split(";")[-1].endswith("]") for s in in_cpu), list(in_cpu)[:5]
     plain = folded(path)
     assert not any("task:" in s for s in plain)
+
+
+def test_sampled_samples_carry_their_task(tmp_path):
+    """--sampled reads the thread's running task at each sample (the
+    offsets asyncio's C module publishes, 3.14+), and the tasks awaiting
+    it from memory: alpha's and beta's CPU work is under its task frames."""
+    if sys.version_info < (3, 14):
+        pytest.skip("--sampled finds the running task through asyncio's debug offsets (3.14+)")
+    need_sampler_module()
+    if os.geteuid() != 0:
+        if REQUIRE_PERF:
+            pytest.fail("--sampled must run here (ETWTRACE_REQUIRE_PERF=1): it needs root")
+        pytest.skip("--sampled needs root")
+    path = record(tmp_path, "sampled", burn=200000)
+    stacks = folded(path, "--async")
+    in_cpu = {s: v for s, v in stacks.items() if ";cpu;top;mid;leaf;burn" in s}
+    total = sum(in_cpu.values())
+    tasked = sum(v for s, v in in_cpu.items()
+                 if "task:main-task;task:group;task:alpha;cpu;" in s
+                 or "task:main-task;task:group;task:beta;cpu;" in s
+                 or "task:side-main;task:side-alpha;cpu;" in s)
+    assert total >= 50, in_cpu
+    assert tasked >= 0.9 * total, (tasked, total, sorted(in_cpu.items(), key=lambda i: -i[1])[:4])
+    assert not any("task:" in s for s in folded(path))
 
 
 def test_a_program_with_no_tasks_says_so(tmp_path):

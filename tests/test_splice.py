@@ -34,7 +34,8 @@ class Sample:
             self.frame_kinds[raw] = {ENTRY: sampler.FRAME_ENTRY,
                                      NONE: sampler.FRAME_NO_FUNCTION}.get(kind, kind)
         self.native_kinds = {address: bits for address, bits in native}
-        head = _sampled._SAMPLE_HEAD.pack(10, 11, 12, len(native), len(python), 0, 0, 99)
+        head = _sampled._SAMPLE_HEAD.pack(10, 11, 12, len(native), len(python), 0, 0, 99, 0,
+                                          *(0, 0, 0, b"") * _sampled.MAX_TASKS)
         self.record = (head + struct.pack(f"<{len(native)}Q", *(a for a, _ in native))
                        + b"".join(frames))
 
@@ -137,7 +138,8 @@ def test_a_malformed_record_is_refused(sampler):
         sampler.splice(s.record[:-1], s.frame_kinds, s.native_kinds)
     with pytest.raises(ValueError, match="shorter than its header"):
         sampler.splice(s.record[:10], s.frame_kinds, s.native_kinds)
-    head = _sampled._SAMPLE_HEAD.pack(10, 11, 12, 1000, 0, 0, 0, 99)
+    head = _sampled._SAMPLE_HEAD.pack(10, 11, 12, 1000, 0, 0, 0, 99, 0,
+                                      *(0, 0, 0, b"") * _sampled.MAX_TASKS)
     with pytest.raises(ValueError):
         sampler.splice(head, {}, {})
 

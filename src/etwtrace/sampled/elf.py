@@ -47,6 +47,27 @@ class ElfError(Error):
     pass
 
 
+def section_bytes(path, name):
+    """The contents of section `name` of the ELF file at `path` (as in the
+    file: the initial values of a data section), or None without one."""
+    try:
+        data = unbuffered.read(path)
+        (_ident, _type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize,
+         _phentsize, _phnum, shentsize, shnum, shstrndx) = _EHDR.unpack_from(data)
+        if data[:4] != b"\x7fELF" or not 0 <= shstrndx < shnum:
+            return None
+        sections = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
+        names_at = sections[shstrndx][4]
+        wanted = name.encode()
+        for sh in sections:
+            start = names_at + sh[0]
+            if data[start:data.index(b"\0", start)] == wanted:
+                return data[sh[4]:sh[4] + sh[5]]
+    except (OSError, struct.error, ValueError):
+        pass
+    return None
+
+
 def first_load(data):
     """(address, file offset) of an ELF image's first loadable segment:
     what a mapping's start less its offset gives back (the load bias);

@@ -10,7 +10,7 @@ import os
 import platform
 import struct
 
-from .elf import ElfError, ProcessMaps
+from .elf import ElfError, ProcessMaps, section_bytes
 from ..errors import Error
 
 COOKIE = b"xdebugpy"
@@ -69,6 +69,8 @@ _LAYOUTS = {
         ("tuple_object", "size", "ob_item", "ob_size"),
         ("list_object", "size", "ob_item", "ob_size"),
         *_OBJECTS_314,
+        ("gc", "size", "collecting"),
+        ("gen_object", "size", "gi_name", "gi_iframe", "gi_frame_state"),
     ],
     (3, 15): _COMMON_HEAD + [
         _INTERP_314,
@@ -85,8 +87,27 @@ _LAYOUTS = {
         ("tuple_object", "size", "ob_item", "ob_size"),
         ("list_object", "size", "ob_item", "ob_size"),
         *_OBJECTS_314,
+        # Sid's 3.15.2: six words this does not use between unicode_object
+        # and gen_object (PyCompactUnicodeObject's size, then the gc
+        # section), read from its .PyRuntime; gen_object is as in 3.14.
+        ("unused_3_15", "w1", "w2", "w3", "w4", "w5", "w6"),
+        ("gen_object", "size", "gi_name", "gi_iframe", "gi_frame_state"),
     ],
 }
+# asyncio's C module (3.14+) publishes the offsets of its tasks and of the
+# thread state's running task in a section of its own (Modules/
+# _asynciomodule.c, _Py_AsyncioModuleDebugOffsets: all uint64): in the
+# _asyncio extension module's file (Debian's 3.14) or in the interpreter's
+# (3.15, built in).
+ASYNCIO_SECTION = ".AsyncioDebug"
+_ASYNCIO_LAYOUT = [
+    ("asyncio_task_object", "size", "task_name", "task_awaited_by", "task_is_task",
+     "task_awaited_by_is_set", "task_coro", "task_node"),
+    ("asyncio_interpreter_state", "size", "asyncio_tasks_head"),
+    ("asyncio_thread_state", "size", "asyncio_running_loop", "asyncio_running_task",
+     "asyncio_tasks_head"),
+]
+
 # The owner of the frame the evaluator pushes when C code enters it, one per
 # native evaluator call: FRAME_OWNED_BY_CSTACK in 3.13, renamed
 # FRAME_OWNED_BY_INTERPRETER in 3.14 (with the same value; seen in their
@@ -222,6 +243,106 @@ class Process:
             self.close()
             raise RemoteError(f"process {self.pid}: no PyCode_Type in its files")
         self.code_type = found[0]
+
+    def asyncio_offsets(self):
+        """The offsets asyncio's C module publishes ({(section, field):
+        value}), or None: before 3.14, or while the module is not loaded."""
+        if self.version < (3, 14):
+            return None
+        paths = [self.binary] + sorted({r[3] for r in self.maps.regions
+                                        if os.path.basename(r[3]).startswith("_asyncio")})
+        paths += self._asyncio_module_files()
+        for path in paths:
+            data = None
+            for candidate in (f"/proc/{self.pid}/root{path}", path):
+                data = section_bytes(candidate, ASYNCIO_SECTION)
+                if data is not None:
+                    break
+            words = sum(len(section) - 1 for section in _ASYNCIO_LAYOUT)
+            if data is None or len(data) < 8 * words:
+                continue
+            raw = iter(struct.unpack_from(f"<{words}Q", data))
+            values = {(section[0], field): next(raw)
+                      for section in _ASYNCIO_LAYOUT for field in section[1:]}
+            task = values[("asyncio_task_object", "size")]
+            if not 0 < values[("asyncio_task_object", "task_name")] < task < 4096:
+                continue        # not the layout this reads
+            return values
+        return None
+
+    def _asyncio_module_files(self):
+        """Where the interpreter's _asyncio extension module is on disk, by
+        the usual layout (PREFIX/bin/pythonX.Y or PREFIX/lib*/libpythonX.Y,
+        and PREFIX/lib/pythonX.Y/lib-dynload): its offsets can be read
+        before the program imports asyncio."""
+        name = os.path.basename(self.binary)
+        version = "%d.%d" % self.version
+        at = name.find(version)
+        if at < 0:
+            return []
+        flags = name[at + len(version):].split(".so", 1)[0]
+        if not flags.isalpha():
+            flags = ""
+        folder = os.path.dirname(self.binary)     # PREFIX/bin, PREFIX/lib[/<triplet>]
+        while os.path.basename(folder) not in ("bin", "lib", "lib64", ""):
+            folder = os.path.dirname(folder)
+        prefix = os.path.dirname(folder)
+        folder = f"{prefix}/lib/python{version}{flags if flags == 't' else ''}/lib-dynload"
+        tag = f"_asyncio.cpython-{self.version[0]}{self.version[1]}{flags}-"
+        found = []
+        for root in (f"/proc/{self.pid}/root", ""):
+            try:
+                names = os.listdir(root + folder)
+            except OSError:
+                continue
+            found = [f"{folder}/{n}" for n in sorted(names)
+                     if n.startswith(tag) and n.endswith(".so")]
+            break
+        return found
+
+    def _type_address(self, name):
+        cache = self.__dict__.setdefault("_types", {})
+        if name not in cache:
+            found = self.maps.find_symbol(name)
+            cache[name] = found[0] if found is not None else None
+        return cache[name]
+
+    def small_int(self, obj):
+        """The value of an int object of at most two digits (3.12+), or None."""
+        o = self.offsets
+        tag = self.word(obj + o[("long_object", "lv_tag")])
+        digits = tag >> 3
+        if digits > 2:
+            return None
+        raw = struct.unpack(f"<{digits}I", self.read(obj + o[("long_object", "ob_digit")],
+                                                      4 * digits)) if digits else ()
+        value = sum(d << (30 * i) for i, d in enumerate(raw))
+        return -value if tag & 3 == 2 else value
+
+    def task_name(self, task, asyncio):
+        """A task's name as Task.get_name() gives it: its str, or "Task-N"
+        for the number CPython keeps until the name is asked for."""
+        name = self.word(task + asyncio[("asyncio_task_object", "task_name")])
+        kind = self.word(name + self.offsets[("pyobject", "ob_type")])
+        if kind == self._type_address("PyUnicode_Type"):
+            return self.string(name)
+        if kind == self._type_address("PyLong_Type"):
+            number = self.small_int(name)
+            return f"Task-{number}" if number is not None else "Task-?"
+        return "?"
+
+    def seen_task_name(self, kind, digits, text):
+        """A task's name from what a sample read of it (its name object's
+        type, first digits and first bytes of text), or None for a name
+        it cannot tell: not ASCII, or longer than the bytes read (read
+        whole from memory then)."""
+        if kind == self._type_address("PyLong_Type"):
+            return f"Task-{digits & 0x3FFFFFFF}"
+        if kind == self._type_address("PyUnicode_Type"):
+            short = text.split(b"\0", 1)
+            if len(short) == 2 and short[0] and short[0].isascii():
+                return short[0].decode("ascii")
+        return None
 
     def keeps_frame_pointers(self):
         """Whether its interpreter was built with frame pointers, as seen in

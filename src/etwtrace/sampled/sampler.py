@@ -60,11 +60,18 @@ MAX_RATE = 20000
 STACK_CACHE = 65536     # stacks remembered (about 30 MB; then it starts again)
 FRAME_CACHE = 262144    # distinct Python frames (code object, instruction) per process
 
-_SAMPLE_HEAD = struct.Struct("<IIQIIIIQ")
 SAMPLE_EVENT_ID = _ctfwrite.EVENT_ID["SampledProfile"]
 NAME_BYTES = 16         # of a qualname, read by the BPF program (sampler.h)
+MAX_TASKS = 4           # the running task and those awaiting it (sampler.h)
+_SAMPLE_HEAD = struct.Struct("<IIQIIIIQQ" + f"QQQ{NAME_BYTES}s" * MAX_TASKS)
 _PY_FRAME = struct.Struct(f"<QIiII{NAME_BYTES}s")
-_TARGET = struct.Struct("<Q14IQQQIIIIII")
+_TARGET = struct.Struct("<Q14IQQQ14I")
+# The SourceFile of an asyncio task's frame, as the tracer writes it
+# (etwtrace.asynciotasks) and the report finds it (report.calltree).
+TASK_FILE = "<asyncio task>"
+# How many times (once a second) a process running asyncio is looked at
+# for its C module's offsets before it is taken to have none.
+ASYNCIO_LOOKS = 30
 # Tests set it to unwind from stack copies where frame pointers would do,
 # and compare the two.
 UNWIND_ALWAYS = False
@@ -129,11 +136,23 @@ class _Target:
         self.cstack_owner = _remote.CSTACK_OWNER[self.remote.version]
         self.next_id = 1
         self.maps_read = time.monotonic()
+        # asyncio (3.14+): the offsets its C module publishes, once found;
+        # config() gives the program the running task's, so that each
+        # sample says which task ran (with_task()).
+        self.asyncio = None
+        self.asyncio_looked = 0.0
+        self.asyncio_looks = 0      # (given up after ASYNCIO_LOOKS)
+        self.runs_asyncio = False   # a frame of asyncio's files was seen
+        self.config_changed = False
+        self.code_addresses = {}    # code object -> its frames' synthetic addresses
+        self.tasks = {}             # tasks as samples saw them -> their frames' addresses
+        self.task_addresses = {}    # "task:NAME" -> synthetic address
         # Without frame pointers, each sample carries a copy of the top of
         # its stack, which the sampler unwinds by the files' CFI.
         self.unwinder = None
         self.unwinder_misses = 0
         self.unwinder_regions = None    # the maps it was given files from
+        self._look_for_asyncio()        # (3.15: built into the interpreter)
         if UNWIND_ALWAYS or not self.remote.keeps_frame_pointers():
             self.unwinder = sampler.Unwinder()
             self._add_files()
@@ -218,7 +237,83 @@ class _Target:
             fields.get(("interpreter_frame", "is_entry"), 0),
             *self.pid_namespace(), self.remote.code_type, o[("pyobject", "ob_type")],
             self.generation & 0xFFFFFFFF, cframe, fields.get(("cframe", "current_frame"), 0),
-            0 if self.unwinder is None else self.sampler.STACK_BYTES, 0)
+            0 if self.unwinder is None else self.sampler.STACK_BYTES,
+            *self._task_offsets())
+
+    def _task_offsets(self):
+        """The offsets of sampler.h's etw_target that follow a running
+        asyncio task (zeros: none)."""
+        a = self.asyncio
+        o = self.remote.offsets.fields
+        if a is None or ("gen_object", "gi_iframe") not in o:
+            return (0,) * 9
+        task = lambda field: a[("asyncio_task_object", field)]     # noqa: E731
+        return (a[("asyncio_thread_state", "asyncio_running_task")], task("task_name"),
+                o[("long_object", "ob_digit")], task("task_coro"), o[("gen_object", "gi_iframe")],
+                task("task_awaited_by"), task("task_is_task"), task("task_awaited_by_is_set"),
+                o[("set_object", "table")])
+
+    def _look_for_asyncio(self, now_it_runs=False):
+        """Finds asyncio's offsets (3.14+), at most once a second, until
+        found: its C module may be loaded after sampling began (at once
+        when its first frame is seen: `now_it_runs`)."""
+        now = time.monotonic()
+        if self.asyncio is not None or self.asyncio_looks >= ASYNCIO_LOOKS \
+                or (now - self.asyncio_looked < 1.0 and not now_it_runs):
+            return
+        self.asyncio_looked = now
+        self.asyncio_looks += 1
+        if self.remote.version < (3, 14):
+            return
+        self._read_maps()
+        try:
+            self.asyncio = self.remote.asyncio_offsets()
+        except RemoteError:
+            self.asyncio = None
+        self.config_changed = self.asyncio is not None
+
+    def with_task(self, stream, ts, payload, coroutine, seen):
+        """A sample's encoded stack (leaf first) with the frames of the
+        asyncio task that ran it: `task:NAME` frames of the tasks awaiting
+        it, outermost first, then its own, right above the outermost frame
+        of its coroutine (`coroutine`: its code object).  `seen`: the
+        running task and those awaiting it, nearest first, as the sample
+        saw them (address, name type, digits, text).  Unchanged where its
+        coroutine is not on the stack."""
+        frames = self.tasks.get(seen)
+        if frames is None:
+            names = []
+            for task, kind, digits, text in seen:
+                name = self.remote.seen_task_name(kind, digits, text)
+                if name is None:        # (not ASCII, or long: read whole)
+                    try:
+                        name = self.remote.task_name(task, self.asyncio)
+                    except RemoteError:
+                        name = text.split(b"\0", 1)[0].decode("utf-8", "replace") or "?"
+                names.append(name)
+            frames = self.tasks[seen] = [self._task_address(stream, ts, n) for n in names]
+        own = self.code_addresses.get(coroutine)
+        if not own:
+            return payload
+        (n,) = struct.unpack_from("<I", payload)
+        stack = list(struct.unpack_from(f"<{n}Q", payload, 4))
+        outermost = max((i for i, address in enumerate(stack) if address in own), default=None)
+        if outermost is None:
+            return payload
+        # Leaf first: the task's own frame, then those awaiting it.
+        stack[outermost + 1:outermost + 1] = frames
+        return _ctfwrite.sample_payload(stack)
+
+    def _task_address(self, stream, ts, name):
+        label = f"task:{name}"
+        address = self.task_addresses.get(label)
+        if address is None:
+            address = SYNTHETIC_BASE + len(self.lines) * SYNTHETIC_SLOT
+            self.lines[("task", label)] = address
+            self.task_addresses[label] = address
+            stream.function(ts, self._function_id(), address, address + SYNTHETIC_SLOT, 0,
+                            True, TASK_FILE, label)
+        return address
 
     def pid_namespace(self):
         """(device, inode) of the process's pid namespace: the program finds
@@ -272,8 +367,12 @@ class _Target:
         if address is None:
             address = SYNTHETIC_BASE + len(self.lines) * SYNTHETIC_SLOT
             self.lines[(key, line)] = address
+            self.code_addresses.setdefault(code, set()).add(address)
             stream.function(ts, self._function_id(), address, address + SYNTHETIC_SLOT, line,
                             True, file, qualname)
+            if not self.runs_asyncio and "asyncio" in file:
+                self.runs_asyncio = True
+                self._look_for_asyncio(now_it_runs=True)
         return address
 
     def native_kind(self, stream, ts, address):
@@ -424,8 +523,8 @@ class SampledRecorder:
     def handle(self, record):
         """A record the sampler could not turn into an event itself: a
         stack seen the first time, or one it does not know."""
-        pid, tid, ts, n_native, n_python, flags, _, stack_hash = \
-            _SAMPLE_HEAD.unpack_from(record)
+        (pid, tid, ts, n_native, n_python, flags, _, stack_hash, task_code,
+         *tasks) = _SAMPLE_HEAD.unpack_from(record)
         target = self.targets.get(pid)
         if target is None:
             return
@@ -447,6 +546,10 @@ class SampledRecorder:
             if payload is None:
                 self._learn(target, stream, ts, record, n_native, n_python)
                 payload = self.sampler.splice(record, target.frame_kinds, target.native_kinds)
+            if tasks[0] and payload and target.asyncio is not None:
+                seen = tuple(tuple(tasks[i:i + 4]) for i in range(0, len(tasks), 4)
+                             if tasks[i])
+                payload = target.with_task(stream, ts, payload, task_code, seen)
             if len(self.stacks) >= STACK_CACHE and self.drains > self.regenerated_at:
                 # Starts again: the program hashes every process's stacks
                 # anew once told (at the end of this drain), and sends them
@@ -572,8 +675,13 @@ class Sampling:
                 recorder.handle_chunk(*item)
             else:
                 recorder.handle(item)
-        for target in recorder.targets.values():
+        for pid, target in recorder.targets.items():
             target.refresh_unwinder()
+            if target.runs_asyncio and target.asyncio is None:
+                target._look_for_asyncio()      # (its C module loaded since)
+            if target.config_changed:
+                target.config_changed = False
+                self.sampler.add(pid, target.config())
         while recorder.regenerated:
             pid = recorder.regenerated.pop()
             target = recorder.targets.get(pid)

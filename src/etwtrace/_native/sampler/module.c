@@ -121,7 +121,8 @@ add_encoded(Sampler *self, const struct etw_sample *s)
     }
     int done = 0;
     PyObject *kinds = NULL;
-    if (!(s->flags & ETW_SAMPLE_KNOWN_STACK) && self->processes != NULL
+    /* (A stack run by an asyncio task gets its task frames from Python.) */
+    if (!(s->flags & ETW_SAMPLE_KNOWN_STACK) && s->tasks[0].task == 0 && self->processes != NULL
         && PyDict_GET_SIZE(self->stacks) < self->stack_room) {
         PyObject *pid = PyLong_FromUnsignedLong(s->pid);
         kinds = pid == NULL ? NULL : PyDict_GetItemWithError(self->processes, pid);

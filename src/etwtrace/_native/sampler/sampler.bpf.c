@@ -104,6 +104,53 @@ find_thread(const struct etw_target *t, __u32 tid)
     return 0;
 }
 
+/* Records `task` and its name; returns its name object. */
+static __always_inline __u64
+see_task(const struct etw_target *t, struct etw_task_seen *seen, __u64 task)
+{
+    __u64 name = read_word(task + t->task_name);
+    seen->task = task;
+    seen->name_type = read_word(name + t->object_type);
+    seen->name_digits = read_word(name + t->long_digits);
+    bpf_probe_read_user(seen->name, sizeof seen->name, (const void *)(name + t->unicode_data));
+    return name;
+}
+
+static __always_inline int
+is_a_task(const struct etw_target *t, __u64 future)
+{
+    __u8 flag = 0;
+    bpf_probe_read_user(&flag, 1, (const void *)(future + t->task_is_task));
+    return flag != 0;
+}
+
+/* The task awaiting `task` (the first task in the first slots of a set of
+ * them), or 0. */
+static __always_inline __u64
+awaiter_of(const struct etw_target *t, __u64 task)
+{
+    __u64 by = read_word(task + t->task_awaited_by);
+    if (by == 0) {
+        return 0;
+    }
+    __u8 is_set = 0;
+    bpf_probe_read_user(&is_set, 1, (const void *)(task + t->task_awaited_by_is_set));
+    if (!is_set) {
+        return is_a_task(t, by) ? by : 0;
+    }
+    __u64 table = read_word(by + t->set_table);
+    for (int i = 0; i < 8; i++) {
+        __u64 entry[2] = {0, 0};     /* key, hash (-1: a removed entry) */
+        if (bpf_probe_read_user(entry, sizeof entry, (const void *)(table + 16 * i)) != 0) {
+            break;
+        }
+        if (entry[0] != 0 && entry[1] != (__u64)-1 && is_a_task(t, entry[0])) {
+            return entry[0];
+        }
+    }
+    return 0;
+}
+
 /* Copies the top of the thread's user stack (up to `limit` bytes, a
  * multiple of 4 KiB, from its stack pointer, a page at a time, so that a
  * stack ending sooner is copied to its end) with the user-mode registers. */
@@ -219,6 +266,8 @@ etw_sample(struct bpf_perf_event_data *ctx)
     s->time = bpf_ktime_get_ns();
     s->flags = 0;
     s->reserved = 0;
+    s->task_code = 0;
+    __builtin_memset(s->tasks, 0, sizeof s->tasks);
     s->native_count = 0;
     if (t->stack_bytes) {
         s->flags |= ETW_SAMPLE_STACK_COPY;      /* copied as it is sent */
@@ -247,6 +296,24 @@ etw_sample(struct bpf_perf_event_data *ctx)
         s->flags |= ETW_SAMPLE_NO_THREAD_STATE;
         s->stack_hash = etw_hash_finish(etw_hash_word(h, ETW_SAMPLE_NO_THREAD_STATE));
         return send(s, t->stack_bytes);
+    }
+    if (t->thread_running_task) {
+        /* The running task and those awaiting it are read now: by the
+         * time user space reads the sample, a task that ended has let go
+         * of its coroutine and awaiters, and may be freed.  They are part
+         * of the stack's identity, with their names (a task's address is
+         * used again after it is freed; a rename replaces the name). */
+        __u64 task = read_word(ts + t->thread_running_task);
+        if (task != 0) {
+            __u64 coro = read_word(task + t->task_coro);
+            if (coro != 0) {
+                s->task_code = read_word(coro + t->gen_iframe + t->frame_executable) & ~(__u64)7;
+            }
+            for (int i = 0; i < ETW_SAMPLER_MAX_TASKS && task != 0; i++) {
+                h = etw_hash_word(etw_hash_word(h, task), see_task(t, &s->tasks[i], task));
+                task = awaiter_of(t, task);
+            }
+        }
     }
     __u64 frame = t->thread_cframe
                   ? read_word(read_word(ts + t->thread_cframe) + t->cframe_current_frame)

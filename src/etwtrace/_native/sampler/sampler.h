@@ -45,7 +45,32 @@ struct etw_target {
     __u32 stack_bytes;           /* of its user stack to copy with each sample,
                                   * for user space to unwind (an interpreter
                                   * without frame pointers); 0: none */
-    __u32 reserved;
+    __u32 thread_running_task;   /* offset of the thread state's running asyncio
+                                  * task (3.14+, from _asyncio's AsyncioDebug
+                                  * section); 0: not read */
+    __u32 task_name;             /* offset of a task's name in its object */
+    __u32 long_digits;           /* offset of an int's first digit (a task's name
+                                  * before it is asked for is its number) */
+    __u32 task_coro;             /* offset of a task's coroutine */
+    __u32 gen_iframe;            /* offset of a coroutine's frame in it */
+    __u32 task_awaited_by;       /* offset of what awaits a task: a task (or
+                                  * future), or a set of them */
+    __u32 task_is_task;          /* offset of a future's is-a-task byte */
+    __u32 task_awaited_by_is_set;
+    __u32 set_table;             /* offset of a set's table of entries */
+};
+
+#define ETW_SAMPLER_MAX_TASKS 4      /* the running task and those awaiting it */
+
+/* An asyncio task as a sample saw it: its address, and its name (the
+ * task may be gone when user space reads the sample): the name object's
+ * type, an int's first two digits (the number of a task named "Task-N"),
+ * and the first ETW_SAMPLER_NAME_BYTES of an ASCII str's text. */
+struct etw_task_seen {
+    __u64 task;
+    __u64 name_type;
+    __u64 name_digits;
+    char name[ETW_SAMPLER_NAME_BYTES];
 };
 
 #define ETW_NO_OWNER 0xFFFFFFFFu
@@ -71,7 +96,12 @@ struct etw_sample {
     __u32 python_count;
     __u32 flags;                 /* ETW_SAMPLE_* */
     __u32 reserved;
-    __u64 stack_hash;            /* of pid, generation, native and Python frames */
+    __u64 stack_hash;            /* of pid, generation, native and Python frames,
+                                  * and the running task and its name */
+    __u64 task_code;             /* the code object of the running task's coroutine */
+    /* The thread's running asyncio task (task 0 when none), then the tasks
+     * awaiting it, nearest first. */
+    struct etw_task_seen tasks[ETW_SAMPLER_MAX_TASKS];
     __u64 native[ETW_SAMPLER_MAX_NATIVE + 1];
     struct etw_python_frame python[ETW_SAMPLER_MAX_PYTHON];
 };
