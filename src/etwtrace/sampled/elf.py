@@ -47,24 +47,50 @@ class ElfError(Error):
     pass
 
 
+_sections = OrderedDict()   # (device, inode, size, mtime, name) -> bytes or None
+
+
 def section_bytes(path, name):
     """The contents of section `name` of the ELF file at `path` (as in the
-    file: the initial values of a data section), or None without one."""
+    file: the initial values of a data section), or None without one.
+    Reads the headers and that section alone, once per version of the
+    file: a sampler looks in the same interpreter for each process."""
     try:
-        data = unbuffered.read(path)
-        (_ident, _type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize,
-         _phentsize, _phnum, shentsize, shnum, shstrndx) = _EHDR.unpack_from(data)
-        if data[:4] != b"\x7fELF" or not 0 <= shstrndx < shnum:
-            return None
-        sections = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
-        names_at = sections[shstrndx][4]
-        wanted = name.encode()
-        for sh in sections:
-            start = names_at + sh[0]
-            if data[start:data.index(b"\0", start)] == wanted:
-                return data[sh[4]:sh[4] + sh[5]]
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, name)
+        if key in _sections:
+            _sections.move_to_end(key)
+            return _sections[key]
+        found = _read_section(fd, name)
     except (OSError, struct.error, ValueError):
-        pass
+        return None
+    finally:
+        os.close(fd)
+    _sections[key] = found
+    if len(_sections) > CACHED_FILES:
+        _sections.popitem(last=False)
+    return found
+
+
+def _read_section(fd, name):
+    head = os.pread(fd, _EHDR.size, 0)
+    (_ident, _type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize,
+     _phentsize, _phnum, shentsize, shnum, shstrndx) = _EHDR.unpack_from(head)
+    if head[:4] != b"\x7fELF" or not 0 <= shstrndx < shnum or shentsize < _SHDR.size:
+        return None
+    table = os.pread(fd, shnum * shentsize, shoff)
+    sections = [_SHDR.unpack_from(table, i * shentsize) for i in range(shnum)]
+    names = os.pread(fd, sections[shstrndx][5], sections[shstrndx][4])
+    wanted = name.encode()
+    for sh in sections:
+        end = names.find(b"\0", sh[0])
+        if end >= 0 and names[sh[0]:end] == wanted:
+            data = os.pread(fd, sh[5], sh[4])
+            return data if len(data) == sh[5] else None
     return None
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 
 from ..trace import budget as _budget, ctfwrite as _ctfwrite
-from ..trace import capture as _capture
+from ..trace import TASK_FILE, capture as _capture
 from . import elf as _elf, remote as _remote, unbuffered
 from .remote import RemoteError
 from ..errors import Error
@@ -66,9 +66,6 @@ MAX_TASKS = 4           # the running task and those awaiting it (sampler.h)
 _SAMPLE_HEAD = struct.Struct("<IIQIIIIQQ" + f"QQQ{NAME_BYTES}s" * MAX_TASKS)
 _PY_FRAME = struct.Struct(f"<QIiII{NAME_BYTES}s")
 _TARGET = struct.Struct("<Q14IQQQ14I")
-# The SourceFile of an asyncio task's frame, as the tracer writes it
-# (etwtrace.asynciotasks) and the report finds it (report.calltree).
-TASK_FILE = "<asyncio task>"
 # How many times (once a second) a process running asyncio is looked at
 # for its C module's offsets before it is taken to have none.
 ASYNCIO_LOOKS = 30
@@ -265,7 +262,8 @@ class _Target:
         self.asyncio_looks += 1
         if self.remote.version < (3, 14):
             return
-        self._read_maps()
+        if self.asyncio_looks > 1:      # (the first look uses the maps just read)
+            self._read_maps()
         try:
             self.asyncio = self.remote.asyncio_offsets()
         except RemoteError:
