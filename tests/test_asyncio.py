@@ -61,6 +61,17 @@ def ending(stacks, tail):
     return sum(v for s, v in stacks.items() if s == tail or s.endswith(";" + tail))
 
 
+def cpu_under_tasks(stacks):
+    """(the stacks of the known program's CPU work, the samples of them
+    under their whole task chain, all samples of them) of folded stacks."""
+    in_cpu = {s: v for s, v in stacks.items() if ";cpu;top;mid;leaf;burn" in s}
+    tasked = sum(v for s, v in in_cpu.items()
+                 if "task:main-task;task:group;task:alpha;cpu;" in s
+                 or "task:main-task;task:group;task:beta;cpu;" in s
+                 or "task:side-main;task:side-alpha;cpu;" in s)
+    return in_cpu, tasked, sum(in_cpu.values())
+
+
 def test_instrumented_counts_calls_per_task(tmp_path):
     path = record(tmp_path, "instrumented", "--no-call-times")
     stacks = folded(path, "--async")
@@ -142,13 +153,7 @@ def test_stack_mode_samples_carry_their_task(tmp_path):
     them above."""
     need_perf()
     path = record(tmp_path, "stack", "--recorder", "perf", burn=200000)
-    stacks = folded(path, "--async")
-    in_cpu = {s: v for s, v in stacks.items() if ";cpu;top;mid;leaf;burn" in s}
-    total = sum(in_cpu.values())
-    tasked = sum(v for s, v in in_cpu.items()
-                 if "task:main-task;task:group;task:alpha;cpu;" in s
-                 or "task:main-task;task:group;task:beta;cpu;" in s
-                 or "task:side-main;task:side-alpha;cpu;" in s)
+    in_cpu, tasked, total = cpu_under_tasks(folded(path, "--async"))
     assert total >= 50, in_cpu
     assert tasked >= 0.9 * total, (tasked, total)
     # Native frames are kept under the Python ones.
@@ -169,13 +174,7 @@ def test_sampled_samples_carry_their_task(tmp_path):
             pytest.fail("--sampled must run here (ETWTRACE_REQUIRE_PERF=1): it needs root")
         pytest.skip("--sampled needs root")
     path = record(tmp_path, "sampled", burn=200000)
-    stacks = folded(path, "--async")
-    in_cpu = {s: v for s, v in stacks.items() if ";cpu;top;mid;leaf;burn" in s}
-    total = sum(in_cpu.values())
-    tasked = sum(v for s, v in in_cpu.items()
-                 if "task:main-task;task:group;task:alpha;cpu;" in s
-                 or "task:main-task;task:group;task:beta;cpu;" in s
-                 or "task:side-main;task:side-alpha;cpu;" in s)
+    in_cpu, tasked, total = cpu_under_tasks(folded(path, "--async"))
     assert total >= 50, in_cpu
     assert tasked >= 0.9 * total, (tasked, total, sorted(in_cpu.items(), key=lambda i: -i[1])[:4])
     assert not any("task:" in s for s in folded(path))

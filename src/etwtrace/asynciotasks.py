@@ -16,9 +16,7 @@ future, and who awaits that).
 
 import sys
 
-# The SourceFile of a task frame's PythonFunction event: how the report
-# tells task frames from functions (report/scan.py).
-TASK_FILE = "<asyncio task>"
+from .trace import TASK_FILE
 # Distinct task names given frames of their own; past this, tasks share
 # one frame, so that a service naming each task after its request does not
 # grow the process without bound.

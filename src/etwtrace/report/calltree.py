@@ -17,6 +17,8 @@ decoder's packed records (16 bytes each), in time order and properly nested.
 import struct
 from collections import Counter
 
+from ..trace import TASK_FILE
+
 TIMELINE_RECORD = struct.Struct("<QII")     # ts, node, kind (0 open, 1 close)
 
 
@@ -71,8 +73,6 @@ def shown(text):
     return text.translate(_CONTROL)
 
 
-# The SourceFile of an asyncio task's frame (etwtrace.asynciotasks).
-TASK_FILE = "<asyncio task>"
 
 
 def is_task(fields):
