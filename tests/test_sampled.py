@@ -195,7 +195,7 @@ def assert_sampled_as_it_ran(count, due, share):
     assert count >= share * due and count >= FEWEST, (count, due)
 
 
-def _sample(tmp_path, pid, seconds=2.0, *extra, watch=None):
+def _sample(tmp_path, pid, seconds=2.0, *extra, watch=None, env=None):
     """Samples process pid for `seconds` (at 999 Hz); with `watch`, a
     CpuWatch of it runs meanwhile."""
     cap = tmp_path / "cap"
@@ -203,7 +203,7 @@ def _sample(tmp_path, pid, seconds=2.0, *extra, watch=None):
         watch.watch(pid)
     try:
         proc = run_etwtrace("--sampled", "--pid", pid, "--duration", seconds, "--capture", cap,
-                            *extra)
+                            *extra, env=env)
     finally:
         if watch is not None:
             watch.stop()
@@ -287,11 +287,12 @@ def test_non_root_is_refused_with_what_it_needs(tmp_path):
 # ---- what it records ----
 
 @pytest.mark.versioned
-def test_inner_above_outer_with_lines_and_the_program_unharmed(tmp_path):
+def test_inner_above_outer_with_lines_and_the_program_unharmed(tmp_path, walk=None):
     need_sampler()
     target = Running("sampled_target.py", 4)
     watch = CpuWatch()
-    cap, proc = _sample(tmp_path, target.proc.pid, 2, watch=watch)
+    env = {"ETWTRACE_FRAME_WALK": walk} if walk else None
+    cap, proc = _sample(tmp_path, target.proc.pid, 2, watch=watch, env=env)
     status, out = target.finish()
     assert status == 0 and out.strip() == "done"      # it ran on, to its end
     stacks = _folded(cap)
@@ -308,6 +309,41 @@ def test_inner_above_outer_with_lines_and_the_program_unharmed(tmp_path):
     assert lines and lines <= script_block("sampled_target.py", "inner"), lines
     manifest = json.loads((cap / "etwtrace-capture.json").read_text())
     assert manifest["mode"] == "sampled" and manifest["samples"] >= inner
+
+
+def test_the_frame_walk_is_bpf_loop_where_the_kernel_has_it():
+    """The BPF program walks Python frames with bpf_loop on 5.17+ (one
+    frame's step verified, not 96); the unrolled walk is there for older
+    kernels, and a walk that is neither is refused."""
+    sampler = need_sampler_module()
+    need_sampler()
+    release = tuple(int(p) for p in re.findall(r"\d+", os.uname().release)[:2])
+    loaded = sampler.Sampler(99)
+    try:
+        assert loaded.frame_walk == ("bpf_loop" if release >= (5, 17) else "unrolled")
+    finally:
+        loaded.close()
+    unrolled = sampler.Sampler(99, "unrolled")
+    try:
+        assert unrolled.frame_walk == "unrolled"
+    finally:
+        unrolled.close()
+    with pytest.raises(ValueError, match="frame_walk"):
+        sampler.Sampler(99, "sideways")
+
+
+def test_the_unrolled_frame_walk_gives_the_same_stacks(tmp_path):
+    """Kernels before 5.17 load the walk unrolled: the same checks as
+    with bpf_loop (run on the host only: the walk reads no version's
+    layout of its own)."""
+    test_inner_above_outer_with_lines_and_the_program_unharmed(tmp_path, walk="unrolled")
+
+
+def test_a_frame_walk_that_is_not_one_is_refused_in_one_line(tmp_path):
+    need_sampler_module()
+    line = _fails("--sampled", "--pid", os.getpid(), "--duration", "1", "--capture",
+                  tmp_path / "cap", env={"ETWTRACE_FRAME_WALK": "sideways"})
+    assert line.startswith("etwtrace: error: ETWTRACE_FRAME_WALK='sideways'"), line
 
 
 @pytest.mark.versioned

@@ -25,6 +25,7 @@ from ..trace import budget as _budget, ctfwrite as _ctfwrite
 from ..trace import TASK_FILE, capture as _capture
 from . import elf as _elf, remote as _remote, unbuffered
 from .remote import RemoteError
+from .. import env as _env
 from ..errors import Error
 
 # Synthetic addresses of Python frames: non-canonical on x86-64, so no
@@ -90,9 +91,13 @@ def load_sampler():
 
 
 def start_sampler(rate):
+    """The _sampler module and a Sampler at `rate` Hz, loaded and attached.
+    Its BPF program walks Python frames with bpf_loop where the kernel has
+    it (5.17+), else unrolled; ETWTRACE_FRAME_WALK picks one."""
     sampler_module = load_sampler()
+    walk = _env.choice(_env.FRAME_WALK)
     try:
-        return sampler_module, sampler_module.Sampler(rate)
+        return sampler_module, sampler_module.Sampler(rate, walk)
     except OSError as ex:
         text = str(ex)
         if "Operation not permitted" in text or "Permission denied" in text:

@@ -3,7 +3,12 @@
  * attaches it to a cpu-clock perf event on every CPU, and hands its sample
  * records to Python as bytes.
  *
- *   s = Sampler(rate_hz)      load and attach; OSError when not permitted
+ *   s = Sampler(rate_hz[, frame_walk])
+ *                             load and attach; OSError when not permitted.
+ *                             frame_walk: "bpf_loop" (kernel 5.17+: the
+ *                             verifier checks one frame's step, not all
+ *                             96), "unrolled", or None for bpf_loop where
+ *                             the kernel has it; s.frame_walk says which
  *   s.add(pid, config)        sample process pid (config: struct etw_target)
  *   s.remove(pid)
  *   s.drain([stacks, id, processes, room])
@@ -58,6 +63,7 @@ typedef struct {
     int n_links;
     int targets_fd;
     int dropped_fd;
+    const char *frame_walk;     /* "bpf_loop" or "unrolled": the program loaded */
     struct ring_buffer *ring;
     PyObject *pending;          /* list the ring buffer callback appends to */
     /* During drain(stacks, event_id, processes, room): the encoded stacks
@@ -299,9 +305,15 @@ fail(Sampler *self, int err, const char *what)
 static int
 sampler_init(Sampler *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"rate", NULL};
+    static char *keywords[] = {"rate", "frame_walk", NULL};
     unsigned int rate;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "I:Sampler", keywords, &rate)) {
+    const char *walk = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "I|z:Sampler", keywords, &rate, &walk)) {
+        return -1;
+    }
+    if (walk != NULL && strcmp(walk, "bpf_loop") != 0 && strcmp(walk, "unrolled") != 0) {
+        PyErr_Format(PyExc_ValueError, "frame_walk must be 'bpf_loop', 'unrolled' or None, "
+                     "not '%s'", walk);
         return -1;
     }
     sampler_release(self);
@@ -332,12 +344,26 @@ sampler_init(Sampler *self, PyObject *args, PyObject *kwargs)
     if (ring_map != NULL) {
         bpf_map__set_max_entries(ring_map, ring_bytes(cpus));
     }
+    /* One of the two programs is loaded: the other is not verified. */
+    if (walk == NULL) {
+        walk = libbpf_probe_bpf_helper(BPF_PROG_TYPE_PERF_EVENT, BPF_FUNC_loop, NULL) == 1
+               ? "bpf_loop" : "unrolled";
+    }
+    self->frame_walk = strcmp(walk, "bpf_loop") == 0 ? "bpf_loop" : "unrolled";
+    const char *name = self->frame_walk[0] == 'b' ? "etw_sample" : "etw_sample_unrolled";
+    const char *other = self->frame_walk[0] == 'b' ? "etw_sample_unrolled" : "etw_sample";
+    struct bpf_program *prog = bpf_object__find_program_by_name(self->obj, name);
+    struct bpf_program *unused = bpf_object__find_program_by_name(self->obj, other);
+    if (prog == NULL || unused == NULL) {
+        fail(self, ENOENT, "the sampler's BPF object is incomplete");
+        return -1;
+    }
+    bpf_program__set_autoload(unused, false);
     int err = bpf_object__load(self->obj);
     if (err) {
         fail(self, err, "cannot load the sampler's BPF program");
         return -1;
     }
-    struct bpf_program *prog = bpf_object__find_program_by_name(self->obj, "etw_sample");
     self->targets_fd = bpf_object__find_map_fd_by_name(self->obj, "targets");
     self->dropped_fd = bpf_object__find_map_fd_by_name(self->obj, "dropped");
     int ring_fd = bpf_object__find_map_fd_by_name(self->obj, "samples");
@@ -514,6 +540,21 @@ static PyMethodDef sampler_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+sampler_frame_walk(Sampler *self, void *Py_UNUSED(closure))
+{
+    if (self->frame_walk == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_FromString(self->frame_walk);
+}
+
+static PyGetSetDef sampler_getset[] = {
+    {"frame_walk", (getter)sampler_frame_walk, NULL,
+     "how the loaded program walks Python frames: 'bpf_loop' or 'unrolled'", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject SamplerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "etwtrace._sampler.Sampler",
@@ -523,7 +564,8 @@ static PyTypeObject SamplerType = {
     .tp_init = (initproc)sampler_init,
     .tp_dealloc = (destructor)sampler_dealloc,
     .tp_methods = sampler_methods,
-    .tp_doc = "The BPF sampler: Sampler(rate_hz)",
+    .tp_getset = sampler_getset,
+    .tp_doc = "The BPF sampler: Sampler(rate_hz[, frame_walk])",
 };
 
 /* splice(record, frame_kinds, native_kinds): a record as drain() hands it
