@@ -4,6 +4,8 @@ offsets from a section of the interpreter or its _asyncio module."""
 import os
 import struct
 
+import pytest
+
 from etwtrace.sampled import elf
 
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -67,3 +69,31 @@ def test_files_that_are_not_elf_or_are_cut_short_give_none(tmp_path):
     path = tmp_path / "cut"
     path.write_bytes(bytes(head))
     assert elf.section_bytes(str(path), ".s") is None
+
+
+def test_symbols_and_load_bias_give_a_function_s_address_in_this_process():
+    """Read from the files alone (headers, symbol and string tables), the
+    address of Py_Initialize in this process is the one the loader gave."""
+    import ctypes
+    maps = elf.ProcessMaps(os.getpid())
+    found = maps.find_symbol("Py_Initialize")
+    assert found is not None
+    assert found[0] == ctypes.cast(ctypes.pythonapi.Py_Initialize, ctypes.c_void_p).value
+    name, begin, end, path = maps.function_at(found[0] + 1)
+    assert (name, begin, path) == ("Py_Initialize", found[0], found[1]) and end > begin
+
+
+def test_a_damaged_file_is_an_elf_error(tmp_path):
+    whole = make_elf({".s": b"12345678"})
+    assert elf.Symbols(str(_write(tmp_path / "ok", whole))).by_name == {}
+    shoff = EHDR.unpack_from(whole)[6]
+    for name, data in {"text": b"#!/bin/sh\n" * 10, "no section headers": whole[:shoff + 8]}.items():
+        with pytest.raises(elf.ElfError, match="^" + str(tmp_path)):
+            elf.Symbols(str(_write(tmp_path / name.replace(" ", "-"), data)))
+    with pytest.raises(elf.ElfError, match="No such file"):
+        elf.Symbols(str(tmp_path / "missing"))
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path

@@ -50,11 +50,35 @@ class ElfError(Error):
 _sections = OrderedDict()   # (device, inode, size, mtime, name) -> bytes or None
 
 
+def _read_at(fd, size, offset):
+    """`size` bytes of the file at `offset` (ValueError when it ends sooner):
+    the sampler reads the parts of an ELF file it needs, not the whole
+    file (an unstripped libpython is over 20 MB)."""
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise ValueError("an ELF file cut short")
+    return data
+
+
+def _headers(fd):
+    """(the ELF header's fields, the section headers) of the file at fd;
+    ValueError when it is not a 64-bit little-endian ELF file."""
+    head = os.pread(fd, _EHDR.size, 0)
+    if len(head) < _EHDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        raise ValueError("not a 64-bit little-endian ELF file")
+    fields = _EHDR.unpack(head)
+    shoff, shentsize, shnum = fields[6], fields[11], fields[12]
+    if shnum and shentsize < _SHDR.size:
+        raise ValueError("an ELF file with short section headers")
+    table = _read_at(fd, shnum * shentsize, shoff)
+    return fields, [_SHDR.unpack_from(table, i * shentsize) for i in range(shnum)]
+
+
 def section_bytes(path, name):
     """The contents of section `name` of the ELF file at `path` (as in the
     file: the initial values of a data section), or None without one.
-    Reads the headers and that section alone, once per version of the
-    file: a sampler looks in the same interpreter for each process."""
+    Read once per version of the file: a sampler looks in the same
+    interpreter for each process."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -66,7 +90,7 @@ def section_bytes(path, name):
             _sections.move_to_end(key)
             return _sections[key]
         found = _read_section(fd, name)
-    except (OSError, struct.error, ValueError):
+    except (OSError, struct.error, ValueError, IndexError):
         return None
     finally:
         os.close(fd)
@@ -77,27 +101,24 @@ def section_bytes(path, name):
 
 
 def _read_section(fd, name):
-    head = os.pread(fd, _EHDR.size, 0)
-    (_ident, _type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize,
-     _phentsize, _phnum, shentsize, shnum, shstrndx) = _EHDR.unpack_from(head)
-    if head[:4] != b"\x7fELF" or not 0 <= shstrndx < shnum or shentsize < _SHDR.size:
+    fields, sections = _headers(fd)
+    shstrndx = fields[13]
+    if not 0 <= shstrndx < len(sections):
         return None
-    table = os.pread(fd, shnum * shentsize, shoff)
-    sections = [_SHDR.unpack_from(table, i * shentsize) for i in range(shnum)]
-    names = os.pread(fd, sections[shstrndx][5], sections[shstrndx][4])
+    names = _read_at(fd, sections[shstrndx][5], sections[shstrndx][4])
     wanted = name.encode()
     for sh in sections:
         end = names.find(b"\0", sh[0])
         if end >= 0 and names[sh[0]:end] == wanted:
-            data = os.pread(fd, sh[5], sh[4])
-            return data if len(data) == sh[5] else None
+            return _read_at(fd, sh[5], sh[4])
     return None
 
 
 def first_load(data):
     """(address, file offset) of an ELF image's first loadable segment:
     what a mapping's start less its offset gives back (the load bias);
-    None without one."""
+    None without one.  `data`: the image from its start, through its
+    program headers at least."""
     try:
         (_ident, _type, _machine, _version, _entry, phoff, _shoff, _flags, _ehsize,
          phentsize, phnum, _shentsize, _shnum, _shstrndx) = _EHDR.unpack_from(data)
@@ -119,34 +140,46 @@ class Symbols:
         self.by_name = {}
         starts = []
         try:
-            data = unbuffered.read(path)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as ex:
             raise ElfError(f"{path}: {ex.strerror}") from None
-        if len(data) < _EHDR.size or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-            raise ElfError(f"{path}: not a 64-bit little-endian ELF file")
-        (_ident, _type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize,
-         _phentsize, _phnum, shentsize, shnum, _shstrndx) = _EHDR.unpack_from(data)
-        self.first_load = first_load(data)
-        sections = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
-        tables = [s for s in sections if s[1] == SHT_SYMTAB] or \
-            [s for s in sections if s[1] == SHT_DYNSYM]
-        for sh in tables:
-            strtab = sections[sh[6]]
-            str_off = strtab[4]
-            offset, size, entsize = sh[4], sh[5], sh[9] or _SYM.size
-            for pos in range(offset, offset + size, entsize):
-                name_off, info, _other, shndx, value, sym_size = _SYM.unpack_from(data, pos)
-                kind = info & 0xF
-                if shndx == 0 or value == 0 or kind not in (STT_FUNC, STT_OBJECT):
-                    continue
-                end = data.index(b"\0", str_off + name_off)
-                name = data[str_off + name_off:end].decode("utf-8", "replace")
-                self.by_name.setdefault(name, value)
-                if kind == STT_FUNC:
-                    starts.append((value, max(sym_size, 1), name))
+        try:
+            fields, sections = _headers(fd)
+            phoff, phentsize, phnum = fields[5], fields[9], fields[10]
+            # The program headers follow the ELF header in every linker's
+            # output; one read from the start covers both.
+            self.first_load = first_load(os.pread(fd, min(phoff + phnum * phentsize, 1 << 20), 0))
+            tables = [s for s in sections if s[1] == SHT_SYMTAB] or \
+                [s for s in sections if s[1] == SHT_DYNSYM]
+            for sh in tables:
+                strtab = sections[sh[6]]
+                self._add_table(_read_at(fd, sh[5], sh[4]), sh[9],
+                                _read_at(fd, strtab[5], strtab[4]), starts)
+        except OSError as ex:
+            raise ElfError(f"{path}: {ex.strerror}") from None
+        except (ValueError, IndexError, struct.error) as ex:
+            raise ElfError(f"{path}: {ex if isinstance(ex, ValueError) else 'a damaged ELF file'}"
+                           ) from None
+        finally:
+            os.close(fd)
         starts.sort()
         self._starts = [s[0] for s in starts]
         self._funcs = starts
+
+    def _add_table(self, table, entsize, strtab, starts):
+        if entsize != _SYM.size:
+            raise ValueError("an ELF symbol table of another layout")
+        by_name = self.by_name
+        end_of = strtab.index
+        for name_off, info, _other, shndx, value, sym_size in \
+                _SYM.iter_unpack(table[:len(table) - len(table) % _SYM.size]):
+            kind = info & 0xF
+            if shndx == 0 or value == 0 or (kind != STT_FUNC and kind != STT_OBJECT):
+                continue
+            name = strtab[name_off:end_of(b"\0", name_off)].decode("utf-8", "replace")
+            by_name.setdefault(name, value)
+            if kind == STT_FUNC:
+                starts.append((value, sym_size or 1, name))
 
     def find(self, name):
         return self.by_name.get(name)
