@@ -36,7 +36,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import select
 import signal
 import stat
@@ -817,7 +816,7 @@ class _Session:
         except _budget.BudgetError as ex:
             raise SessionError(str(ex)) from None
         preset = _launcher.load_preset(request["preset"])
-        session_id = secrets.token_hex(8)
+        session_id = os.urandom(8).hex()
         self.state = {
             "id": session_id, "path": path, "preset": preset.name,
             "recorder": request["recorder"], "ring": request["ring"], "started": time.time(),
@@ -854,7 +853,7 @@ class _Session:
         trace, so no staging directory, budget or guard; each profile is
         written whole within the file system's reserve (profiles.py)."""
         request = self.request
-        session_id = secrets.token_hex(8)
+        session_id = os.urandom(8).hex()
         self.state = {
             "id": session_id, "path": self.path, "preset": request["preset"],
             "recorder": "bpf", "ring": 0, "started": time.time(), "daemon": os.getpid(),

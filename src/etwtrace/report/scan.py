@@ -22,7 +22,6 @@ import os
 import re
 import tempfile
 import warnings
-import xml.dom.minidom
 from collections import Counter
 
 from .calltree import CallTree, TimelineRecords, is_task, label_of, shown
@@ -72,6 +71,7 @@ def mark_frame(text):
 
 def load_stacktags(path):
     """(module glob, method glob) of every Entrypoint in a stack-tags file."""
+    import xml.dom.minidom      # (5 ms to import: not for a session's commands)
     try:
         doc = xml.dom.minidom.parse(path)
     except Exception as ex:
