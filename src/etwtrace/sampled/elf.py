@@ -6,6 +6,7 @@ files: the symbols of functions and objects, by address.
 """
 
 import bisect
+import itertools
 import os
 import struct
 from collections import OrderedDict
@@ -165,6 +166,11 @@ class Symbols:
         starts.sort()
         self._starts = [s[0] for s in starts]
         self._funcs = starts
+        # The furthest end of the functions up to each one: lookup stops
+        # walking back where no function before reaches the address (an
+        # address between functions, or in a file's nameless code, no
+        # longer walks back over every function of the megabyte before it).
+        self._reach = list(itertools.accumulate((s[0] + s[1] for s in starts), max))
 
     def _add_table(self, table, entsize, strtab, starts):
         if entsize != _SYM.size:
@@ -188,7 +194,7 @@ class Symbols:
         """(name, start, size) of the function at `address` (as linked),
         or None."""
         i = bisect.bisect_right(self._starts, address) - 1
-        while i >= 0:
+        while i >= 0 and self._reach[i] > address:
             start, size, name = self._funcs[i]
             if start <= address < start + size:
                 return name, start, size
