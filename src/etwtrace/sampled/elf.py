@@ -258,12 +258,13 @@ class ProcessMaps:
         return None
 
     def find_symbol(self, name):
-        """(address, path) of the first mapped file that defines `name`."""
-        seen = set()
-        for _start, _end, _offset, path in self.regions:
-            if path in seen:
-                continue
-            seen.add(path)
+        """(address, path) of the first mapped file that defines `name`,
+        looking first in the interpreter's (python*, libpython*): the names
+        looked up are CPython's, and each other file looked in is parsed
+        (a process maps dozens: libc, extension modules...)."""
+        paths = list(dict.fromkeys(r[3] for r in self.regions))
+        paths.sort(key=lambda p: not os.path.basename(p).startswith(("python", "libpython")))
+        for path in paths:
             sym = self.symbols(path)
             if sym is not None:
                 value = sym.find(name)
