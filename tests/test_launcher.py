@@ -370,3 +370,30 @@ def test_names_that_are_not_utf8_or_hold_newlines_survive(tmp_path):
     lines = folded.stdout.splitlines()
     assert all(line.rsplit(" ", 1)[1].isdigit() for line in lines), lines
     assert any("bad\\nname (" in line and "caf\\xe9.py" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+@pytest.mark.parametrize("system_wide", [False, True])
+def test_asking_the_kernel_gives_perf_s_own_answer(system_wide, user):
+    """The launcher and sessions ask the kernel whether perf may record
+    (perf_event_open of its event, 1 ms) instead of running `perf record
+    -- true` (0.14 s): the answer is perf's, for root and for a user
+    (who, at perf_event_paranoid 2, may sample its own programs but not
+    every CPU)."""
+    need_perf()
+    from sessions import NOBODY, as_user, need_nobody
+    who = as_user(None)
+    if user == "nobody":
+        need_nobody()
+        who = as_user(NOBODY)
+    ours = subprocess.run(
+        [sys.executable, "-c", "from etwtrace.capture import perf; "
+         f"print(perf._may_open_cpu_clock({system_wide}))"],
+        cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60, **who)
+    assert ours.returncode == 0, ours.stderr
+    from etwtrace.capture import perf as _perf
+    theirs = subprocess.run(
+        ["perf", "record", "-q", _perf.NO_BPF_EVENTS, *(["-a"] if system_wide else []),
+         "-k", "CLOCK_MONOTONIC", "-e", "cpu-clock", "-o", "/dev/null", "--", "true"],
+        cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, **who)
+    assert ours.stdout.strip() == str(theirs.returncode == 0), (ours.stdout, theirs.stderr)
