@@ -66,14 +66,23 @@ class PerfSpaceError(PerfError):
 
 def find_perf():
     perf = shutil.which("perf")
-    if not perf:
-        return None
-    try:
-        r = subprocess.run([perf, "version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return perf if r.returncode == 0 else None
+    return perf if perf and perf_version(perf) is not None else None
+
+
+_versions = {}      # perf's path -> its `perf version` words, or None
+
+
+def perf_version(perf):
+    """The words `perf version` prints (b"perf", b"version", b"6.1.x"),
+    asked once per process; None when it does not run."""
+    if perf not in _versions:
+        try:
+            r = subprocess.run([perf, "version"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, timeout=30)
+            _versions[perf] = r.stdout.split() if r.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            _versions[perf] = None
+    return _versions[perf]
 
 
 # perf_event_open(2)'s number, per machine (asm/unistd.h).
@@ -486,8 +495,7 @@ def add_to_buildid_cache(perf, cache, images, data):
     perf 7.2 (Debian sid) lists the images' build-ids but still names them
     from their paths alone (seen here), so the cache is made for perf 6 only."""
     try:
-        version = subprocess.run([perf, "version"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, timeout=60).stdout.split()
+        version = perf_version(perf) or []
         major = int(version[2].split(b".")[0]) if len(version) > 2 else 0
         listed = subprocess.run([perf, "buildid-list", "-i", data], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, timeout=120).stdout
