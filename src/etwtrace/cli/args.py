@@ -302,7 +302,6 @@ RECORD_COMMANDS = {
     "status": ([], []),
     "snapshot": ([("path", False)], []),
     "stop": ([], []),
-    "_daemon": ([("request", True)], []),    # the session's background process
 }
 
 
