@@ -122,6 +122,31 @@ def test_a_python_it_cannot_read_is_listed_with_why():
         python.communicate()
 
 
+def test_past_skipped_kept_the_pythons_it_cannot_read_are_counted(monkeypatch):
+    """A session left running among Pythons it cannot read keeps a bounded
+    record: SKIPPED_KEPT of them by pid and why, the rest counted, once each
+    however often they are tried again."""
+    monkeypatch.setattr(_pyfinder, "SKIPPED_KEPT", 1)
+    pythons = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                stdin=subprocess.PIPE, env=client_env()) for _ in range(3)]
+    try:
+        for p in pythons:
+            _wait_exe(p.pid, os.path.basename(os.path.realpath(sys.executable)))
+        finder = _pyfinder.PythonFinder(root=os.getpid())
+
+        def add(pid):
+            raise RemoteError(f"process {pid} is not readable yet")
+
+        for _ in range(3):      # tried again: within SETTLE_SECONDS of being seen
+            finder.scan(add, lambda pid: None)
+        assert len(finder.skipped) == 1 and next(iter(finder.skipped)) in [p.pid for p in pythons]
+        assert finder.skipped_more == 2
+    finally:
+        for p in pythons:
+            p.kill()
+            p.communicate()
+
+
 def test_a_process_caught_inside_exec_is_looked_at_again(monkeypatch):
     python = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                               stdin=subprocess.PIPE, env=client_env())

@@ -58,6 +58,10 @@ STATE = "state.json"      # the session as its daemon describes it
 LOCK = "lock"             # held by the daemon for the session's life
 STAGING = ".session"      # inside PATH while the session runs
 POLL_SECONDS = 0.2        # session.c's ETW_SESSION_POLL_MS
+# Sampled processes whose native frames a manifest names one by one; past
+# this they are counted by how they got them (a session left running among
+# processes coming and going keeps a bounded record).
+NATIVE_FRAMES_KEPT = 1000
 PACKET_BYTES = 64 * 1024  # a ring holds whole packets (trace_format.h)
 MIN_RING = 2 * PACKET_BYTES
 MAX_RING = 4 << 30
@@ -985,7 +989,8 @@ class _Session:
         else:
             self.sampling.record_into(staging, self.budget, _say_in_log)
         self.finder = _finder.PythonFinder(exclude={os.getpid()})
-        self.native_frames = {}
+        self.native_frames = {}         # pid -> how its native frames are had
+        self.native_frames_more = {}    # past NATIVE_FRAMES_KEPT: how -> processes
         self.waiting = select.poll()
         self.waiting.register(self.sampling.fileno(), select.POLLIN)
         self.next_scan = 0.0
@@ -998,7 +1003,11 @@ class _Session:
 
         def add(pid):
             target = self.sampling.add(pid)
-            self.native_frames[str(pid)] = _sampler.describe_native_frames(target, quiet.append)
+            how = _sampler.describe_native_frames(target, quiet.append)
+            if str(pid) in self.native_frames or len(self.native_frames) < NATIVE_FRAMES_KEPT:
+                self.native_frames[str(pid)] = how
+            else:
+                self.native_frames_more[how] = self.native_frames_more.get(how, 0) + 1
 
         self.finder.scan(add, self.sampling.remove)
         self.next_scan = time.monotonic() + _sampler.SCAN_SECONDS
@@ -1098,11 +1107,15 @@ class _Session:
     def _write_sampling_manifest(self, info):
         """The end of a sampled session's manifest: `info` and what the
         sampler saw of native stacks and of processes it could not read."""
+        if self.native_frames_more:
+            info["native_frames_more"] = self.native_frames_more
         if self.sampling.recorder.unwound:
             info["native_unwinding"] = self.sampling.recorder.unwound
         if self.finder.skipped:
             info["processes_not_sampled"] = {str(p): why for p, why
                                              in sorted(self.finder.skipped.items())}
+        if self.finder.skipped_more:
+            info["processes_not_sampled_more"] = self.finder.skipped_more
         try:
             self.directory.write_manifest(**info)
         except CaptureError as ex:

@@ -12,6 +12,10 @@ from .remote import RemoteError
 # read yet (a shared libpython not mapped yet, right after exec) is tried
 # again for this long.
 SETTLE_SECONDS = 5.0
+# Processes named one by one in what a session says it could not sample;
+# past this they are counted (a session left running among processes
+# coming and going keeps a bounded record).
+SKIPPED_KEPT = 1000
 
 
 class PythonFinder:
@@ -23,6 +27,7 @@ class PythonFinder:
         self.examined = {}      # pid -> (its executable, until when it is tried again or None)
         self.sampled = set()    # pids given to the sampler
         self.skipped = {}       # pid -> why a Python process is not sampled (yet)
+        self.skipped_more = 0   # ... past SKIPPED_KEPT of them
 
     def scan(self, add, remove):
         """Calls add(pid) for each process started (or exec'd) since the
@@ -71,7 +76,10 @@ class PythonFinder:
             except RemoteError as ex:
                 # Said even while it is tried again: a session that ends
                 # first did not sample it either.
-                self.skipped[pid] = str(ex)
+                if pid in self.skipped or len(self.skipped) < SKIPPED_KEPT:
+                    self.skipped[pid] = str(ex)
+                elif seen is None or seen[0] != exe:
+                    self.skipped_more += 1
                 self.examined[pid] = (exe, retry_until if now < retry_until else None)
                 continue
             self.examined[pid] = (exe, None)
