@@ -99,6 +99,11 @@ def _one_test_on_the_machine_at_a_time(request):
         yield
         return
     with machine_lock():
+        # What the suite's own ended processes left: with pid_max at 32768
+        # a run reuses pids, and no test should meet the perf map, jitdump
+        # or jitted images an earlier test's process left under its pid
+        # (a worker of another user could not write its own there).
+        _sweep_tmp(lambda mtime: True)
         yield
 
 

@@ -137,7 +137,10 @@ def test_a_process_that_ends_mid_interval_keeps_its_samples(box):
     box.stop()
     (profile,) = profiles_of(capture)
     counts, labels = samples_by_pid(profile, short.proc.pid)
-    hot = sum(n for names, n in counts.items() if names[:2] == (HOT, "outer"))
+    # inner called by outer, under the native frames it ran (allocation,
+    # arithmetic: the stack tags fold the evaluator's frames, not those).
+    hot = sum(n for names, n in counts.items()
+              if any(pair == (HOT, "outer") for pair in zip(names, names[1:])))
     assert hot >= 20, counts.most_common(5)
     assert labels["executable"]
     if shutil.which("go"):

@@ -304,8 +304,9 @@ def test_a_directory_not_held_writes_nothing(tmp_path, monkeypatch):
 # ---- the report reaches into a capture only through Capture ----
 
 REPORT = os.path.join(os.path.dirname(etwtrace.__file__), "report")
-# What the report may take from trace/ besides Capture: words for people.
-WORDS = {("etwtrace.trace.children", "describe")}
+# What the report may take from trace/ besides Capture: words for people,
+# and the format's mark of an asyncio task's frame (its SourceFile).
+WORDS = {("etwtrace.trace.children", "describe"), ("etwtrace.trace", "TASK_FILE")}
 
 
 def _trace_imports(path):
