@@ -73,8 +73,6 @@ def shown(text):
     return text.translate(_CONTROL)
 
 
-
-
 def is_task(fields):
     """Whether a PythonFunction event describes an asyncio task's frame."""
     return fields.get("SourceFile") == TASK_FILE

@@ -21,8 +21,21 @@ _PHDR = struct.Struct("<IIQQQQQQ")
 SHT_SYMTAB, SHT_DYNSYM = 2, 11
 STT_OBJECT, STT_FUNC = 1, 2
 PT_LOAD = 1
-CACHED_FILES = 64       # files whose symbols are kept between processes
+CACHED_FILES = 64       # files whose symbols (or a section) are kept between processes
 _cache = OrderedDict()  # (device, inode, size, mtime) -> Symbols
+_sections = OrderedDict()   # (device, inode, size, mtime, name) -> bytes or None
+
+
+def _remembered(cache, key, make):
+    """cache[key], made by make() the first time: the newest CACHED_FILES
+    entries are kept (a key names one version of a file)."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = make()
+    if len(cache) > CACHED_FILES:
+        cache.popitem(last=False)
+    return value
 
 
 def load_symbols(path):
@@ -34,21 +47,11 @@ def load_symbols(path):
     except OSError as ex:
         raise ElfError(f"{path}: {ex.strerror}") from None
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    sym = _cache.get(key)
-    if sym is None:
-        sym = _cache[key] = Symbols(path)
-        if len(_cache) > CACHED_FILES:
-            _cache.popitem(last=False)
-    else:
-        _cache.move_to_end(key)
-    return sym
+    return _remembered(_cache, key, lambda: Symbols(path))
 
 
 class ElfError(Error):
     pass
-
-
-_sections = OrderedDict()   # (device, inode, size, mtime, name) -> bytes or None
 
 
 def _read_at(fd, size, offset):
@@ -87,18 +90,11 @@ def section_bytes(path, name):
     try:
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, name)
-        if key in _sections:
-            _sections.move_to_end(key)
-            return _sections[key]
-        found = _read_section(fd, name)
+        return _remembered(_sections, key, lambda: _read_section(fd, name))
     except (OSError, struct.error, ValueError, IndexError):
         return None
     finally:
         os.close(fd)
-    _sections[key] = found
-    if len(_sections) > CACHED_FILES:
-        _sections.popitem(last=False)
-    return found
 
 
 def _read_section(fd, name):
